@@ -1,0 +1,46 @@
+"""The README's set-up commands and CI agree; the package's entry points work."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lowbit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    found = {}
+    for label in ("main-job", "tests"):
+        m = re.search(rf"<!-- setup:{label} -->\s*```(?:bash|sh)?\n(.+?)\n```", text, re.S)
+        assert m, f"README has no block marked setup:{label}"
+        found[label] = m.group(1).strip()
+    return found
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    cmd = _readme_commands()["tests"]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert cmd in ci, f"README test command not found as a line of .ci/run:\n{cmd}"
+
+
+def test_readme_commands_pin_cpu_torch_and_install_the_package() -> None:
+    for label, cmd in _readme_commands().items():
+        assert "torch==2.13.0" in cmd, label
+        assert "pip install -e ." in cmd or 'pip install -e ".[dev]"' in cmd, label
+    assert _readme_commands()["main-job"].endswith("lowbit train")
+
+
+def test_cli_version_and_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "lowbit", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"lowbit {lowbit.__version__}"
+    out = subprocess.run([sys.executable, "-m", "lowbit", "--help"], capture_output=True, text=True, check=True)
+    for command in ("train", "bench", "plot", "data"):
+        assert command in out.stdout
+
+
+def test_layers_exist() -> None:
+    for room in ("kernels", "functional", "nn", "models", "train", "data", "optim", "monitor", "cli", "bench"):
+        assert (ROOT / "src" / "lowbit" / room / "__init__.py").is_file(), room
