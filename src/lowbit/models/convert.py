@@ -1,0 +1,91 @@
+"""Which CLIP linears a precision recipe converts, and ``convert_clip`` to apply one.
+
+Like the paper (and open_clip's int8 integration), the first and last layers stay in 16-bit by default: the
+patch embedding (a conv, never converted) and the two final projections (``visual.proj``, ``text.proj``).
+Optionally the last ``keep_last_blocks`` transformer blocks of each tower stay 16-bit too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from torch import nn
+
+__all__ = ["ModuleFilter", "clip_module_filter", "convert_clip", "make_clip_module_filter"]
+
+ModuleFilter = Callable[[str, nn.Module], bool]
+_BLOCK = re.compile(r"^(visual|text)\.blocks\.(\d+)\.")
+
+
+def make_clip_module_filter(
+    *,
+    keep_patch_embed: bool = True,
+    keep_projections: bool = True,
+    keep_last_blocks: int = 0,
+    depths: dict[str, int] | None = None,
+) -> ModuleFilter:
+    """A filter ``(fqn, module) -> bool`` that is True for the ``nn.Linear`` modules a recipe should convert.
+
+    ``keep_last_blocks`` > 0 keeps the last blocks of each tower 16-bit; it needs ``depths``
+    (``{"visual": layers, "text": layers}``, which ``convert_clip`` fills in from the model).
+    """
+    if keep_last_blocks < 0:
+        raise ValueError(f"keep_last_blocks must be >= 0, got {keep_last_blocks}")
+    if keep_last_blocks and depths is None:
+        raise ValueError("keep_last_blocks > 0 needs depths={'visual': layers, 'text': layers}")
+
+    def module_filter(fqn: str, module: nn.Module) -> bool:
+        if not isinstance(module, nn.Linear):
+            return False
+        if keep_patch_embed and fqn.startswith("visual.patch_embed"):
+            return False
+        if keep_projections and fqn in ("visual.proj", "text.proj"):
+            return False
+        m = _BLOCK.match(fqn)
+        if keep_last_blocks and m and depths is not None:
+            tower, index = m.group(1), int(m.group(2))
+            if index >= depths[tower] - keep_last_blocks:
+                return False
+        return True
+
+    return module_filter
+
+
+clip_module_filter: ModuleFilter = make_clip_module_filter()
+"""Default filter: convert every ``nn.Linear`` except the final projections (the patch embedding is a conv)."""
+
+
+def convert_clip(
+    model: nn.Module,
+    recipe: str | None,
+    *,
+    keep_patch_embed: bool = True,
+    keep_projections: bool = True,
+    keep_last_blocks: int = 0,
+    module_filter: ModuleFilter | None = None,
+) -> nn.Module:
+    """Swap the model's linears to ``recipe`` with ``lowbit.nn.convert`` (``None``/``"none"``: leave as is).
+
+    ``module_filter`` overrides the filter built from the ``keep_*`` options. Returns the model.
+    """
+    if recipe is None or recipe == "none":
+        return model
+    if module_filter is None:
+        depths = None
+        if keep_last_blocks:
+            depths = {"visual": len(model.visual.blocks), "text": len(model.text.blocks)}
+        module_filter = make_clip_module_filter(
+            keep_patch_embed=keep_patch_embed,
+            keep_projections=keep_projections,
+            keep_last_blocks=keep_last_blocks,
+            depths=depths,
+        )
+    try:
+        from lowbit.nn import convert
+    except ImportError as e:  # the recipe layer is not installed in this tree
+        raise RuntimeError(
+            f"recipe {recipe!r} needs lowbit.nn.convert, which is not available in this build ({e}); "
+            "use recipe 'none' to train with plain nn.Linear"
+        ) from e
+    return convert(model, recipe=recipe, module_filter=module_filter)

@@ -1,0 +1,92 @@
+"""Tokenizers, LayerScale, and the CLIP conversion filter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.models import CLIP, ByteTokenizer, clip_module_filter, convert_clip, get_config, get_tokenizer
+from lowbit.models.convert import make_clip_module_filter
+from lowbit.models.tokenizer import find_bpe_vocab
+from lowbit.nn.layer_scale import LayerScale
+
+
+def test_byte_tokenizer_layout_and_roundtrip() -> None:
+    tok = ByteTokenizer(context_length=10)
+    t = tok(["hé", "a"])
+    assert t.shape == (2, 10) and t.dtype == torch.long
+    assert t[0].tolist() == [1, ord("h") + 3, 0xC3 + 3, 0xA9 + 3, 2, 0, 0, 0, 0, 0]
+    assert tok.decode(t[0]) == "hé"
+    assert tok.vocab_size == 259 and int(t.max()) < 259
+
+
+def test_byte_tokenizer_truncation_keeps_end_token() -> None:
+    tok = ByteTokenizer(context_length=6)
+    t = tok("abcdefghij")
+    assert t[0].tolist() == [1, *(ord(c) + 3 for c in "abcd"), 2]
+    with pytest.raises(TypeError, match="expects str"):
+        tok([3])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="context_length"):
+        ByteTokenizer(1)
+
+
+def test_bpe_tokenizer_clear_error_or_works() -> None:
+    if find_bpe_vocab() is None:
+        with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6"):
+            get_tokenizer("bpe", 77)
+    else:
+        t = get_tokenizer("bpe", 77)(["a photo of a cat"])
+        assert t[0, 0].item() == 49406 and 49407 in t[0].tolist()
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        get_tokenizer("chars")
+
+
+def test_layer_scale() -> None:
+    ls = LayerScale(4, 0.0)
+    assert isinstance(ls.gamma, nn.Parameter) and ls.gamma.shape == (4,)
+    x = torch.randn(2, 3, 4)
+    assert torch.count_nonzero(ls(x)) == 0
+    ls = LayerScale(4, 0.5)
+    torch.testing.assert_close(ls(x), 0.5 * x)
+    ls(x).sum().backward()
+    torch.testing.assert_close(ls.gamma.grad, x.sum(dim=(0, 1)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ls(x.bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="last dimension 4"):
+        ls(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="dim"):
+        LayerScale(0, 0.0)
+    assert "init_value=0.5" in repr(ls)
+
+
+def test_module_filter_keeps_projections_and_first_layer() -> None:
+    model = CLIP(get_config("tiny"))
+    chosen = {n for n, m in model.named_modules() if clip_module_filter(n, m)}
+    assert "visual.proj" not in chosen and "text.proj" not in chosen
+    assert not any(n.startswith("visual.patch_embed") for n in chosen)
+    assert "visual.blocks.0.attn.qkv" in chosen and "text.blocks.1.mlp.proj" in chosen
+    assert all(isinstance(dict(model.named_modules())[n], nn.Linear) for n in chosen)
+    f = make_clip_module_filter(keep_last_blocks=1, depths={"visual": 3, "text": 2}, keep_projections=False)
+    chosen = {n for n, m in model.named_modules() if f(n, m)}
+    assert "visual.proj" in chosen and "visual.blocks.1.mlp.fc" in chosen
+    assert "visual.blocks.2.mlp.fc" not in chosen and "text.blocks.1.attn.qkv" not in chosen
+    with pytest.raises(ValueError, match="depths"):
+        make_clip_module_filter(keep_last_blocks=1)
+
+
+def test_convert_clip_none_is_identity_and_recipes_use_lowbit_nn() -> None:
+    model = CLIP(get_config("tiny"))
+    assert convert_clip(model, "none") is model
+    try:
+        from lowbit.nn import convert  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"lowbit\.nn\.convert"):
+            convert_clip(model, "bf16")
+        return
+    x = torch.randn(2, 3, 32, 32)
+    before = model.encode_image(x)
+    out = convert_clip(model, "bf16")
+    assert type(out.visual.proj) is nn.Linear
+    assert type(out.visual.blocks[0].attn.qkv) is not nn.Linear
+    torch.testing.assert_close(out.encode_image(x), before, atol=0.1, rtol=0.1)
