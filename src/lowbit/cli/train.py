@@ -1,16 +1,109 @@
-"""``lowbit train``: not yet available (placeholder until its issue lands)."""
+"""``lowbit train``: train CLIP (default: the ``tiny`` preset on synthetic data, SwitchBack int8, StableAdamW).
+
+Options come from the defaults, then the checkpoint (``--resume``), then ``--config FILE.yaml``, then the command
+line; ``--set KEY=VALUE`` sets any option (``--set model.layer_scale_init=0.0`` for a model field).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
-HELP = "train (not yet available)"
+HELP = "train CLIP (default: tiny preset, synthetic data, switchback int8, StableAdamW; minutes on a CPU)"
+
+# flag -> (TrainConfig field, type, help)
+_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--preset", "preset", str, "model preset: tiny, vit-s-32, vit-b-32, vit-l-14, vit-h-14"),
+    ("--recipe", "recipe", str, "precision recipe from lowbit.nn (switchback, bf16, fp8-switchback, ...) or none"),
+    ("--optimizer", "optimizer", str, "adamw or stableadamw"),
+    ("--lr", "lr", float, "peak learning rate"),
+    ("--beta1", "beta1", float, "Adam beta1"),
+    ("--beta2", "beta2", float, "Adam beta2 (the paper: lower is more stable)"),
+    ("--eps", "eps", float, "Adam epsilon"),
+    ("--weight-decay", "weight_decay", float, "decoupled weight decay (matrices only)"),
+    ("--warmup", "warmup", int, "linear warmup steps"),
+    ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off"),
+    ("--batch-size", "batch_size", int, "samples per step (per process)"),
+    ("--steps", "steps", int, "total steps (the cosine schedule's length)"),
+    ("--stop-at", "stop_at", int, "end this invocation after this step, as if pre-empted (resume later)"),
+    ("--precision", "precision", str, "bf16 or fp32 (default: bf16 autocast on GPU, fp32 on CPU)"),
+    ("--data", "data", str, "training data spec (lowbit.data), e.g. synthetic"),
+    ("--zeroshot", "zeroshot", str, "zero-shot evaluation spec, or none"),
+    ("--zeroshot-limit", "zeroshot_limit", int, "images per zero-shot task, 0 = all"),
+    ("--out", "out", str, "run directory (default runs/<timestamp>; with --resume, the checkpoint's directory)"),
+    ("--resume", "resume", str, "continue exactly from a checkpoint file or run directory"),
+    ("--eval-every", "eval_every", int, "steps between zero-shot evaluations, 0 = at the end only"),
+    ("--log-every", "log_every", int, "steps between metrics rows"),
+    ("--save-every", "save_every", int, "steps between checkpoints, 0 = at the end only"),
+    ("--seed", "seed", int, "random seed (model init and data order)"),
+    ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.add_argument("--config", metavar="FILE", help="YAML file of options (command-line flags win)")
+    for flag, dest, typ, text in _OPTIONS:
+        parser.add_argument(flag, dest=dest, type=typ, default=None, help=text)
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    parser.add_argument("--monitor", action="store_true", default=None, help="log per-parameter RMS (loss-spike predictor)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any option (YAML value), e.g. --set model.qk_norm=true; repeatable")
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        value = yaml.safe_load(raw) if raw else ""
+        *parents, leaf = key.replace("-", "_").split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {p} is not a mapping")
+        node[leaf] = value
+    return out
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line (flags left out are not overrides)."""
+    out = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest, None) is not None}
+    for name in ("compile", "monitor", "progress"):
+        if getattr(args, name, None) is not None:
+            out[name] = getattr(args, name)
+    sets = _parse_sets(getattr(args, "sets", []) or [])
+    if "model" in sets:
+        out["model"] = sets.pop("model")
+    out.update(sets)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    print("lowbit train: not yet available")
+    from lowbit.train import NonFiniteLossError, resolve_config, train
+
+    try:
+        cfg = resolve_config(overrides_from_args(args), args.config)
+    except ValueError as e:
+        print(f"lowbit train: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = train(cfg)
+    except NonFiniteLossError as e:
+        print(f"lowbit train: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as e:
+        print(f"lowbit train: error: {e}", file=sys.stderr)
+        return 2
+    loss = summary["final_loss"]
+    print(f"run: {summary['out']}  steps: {summary['step']}  final loss: {loss:.4f}" if loss is not None else f"run: {summary['out']}")
+    if summary["samples_per_s"]:
+        print(f"throughput: {summary['samples_per_s']:.1f} samples/s on {summary['device']} ({summary['recipe']}, {summary['precision']})")
+    for task, acc in summary["zeroshot"].items():
+        print(f"zero-shot top-1 on {task}: {100 * acc:.1f}% (chance {100 * summary['chance'][task]:.1f}%)")
     return 0

@@ -1,0 +1,146 @@
+"""``TrainConfig``: every option of a training run, with validation, YAML loading and overrides.
+
+Precedence (lowest first): dataclass defaults < checkpoint's config (when resuming) < YAML file < command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["OPTIMIZERS", "PRECISIONS", "TrainConfig", "load_yaml"]
+
+OPTIMIZERS = ("adamw", "stableadamw")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """A CLIP training run. Defaults are the main job: ``tiny`` on synthetic data, SwitchBack, StableAdamW."""
+
+    # model
+    preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # CLIPConfig overrides, e.g. {"layer_scale_init": 0.0}
+    recipe: str = "switchback"  # a lowbit.nn recipe, or "none" for plain nn.Linear
+    keep_last_blocks: int = 0  # transformer blocks per tower kept 16-bit by the recipe filter
+    # optimisation
+    optimizer: str = "stableadamw"
+    lr: float = 2e-3
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.1
+    warmup: int = 30
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 = off (StableAdamW clips updates itself)
+    batch_size: int = 128
+    steps: int = 300
+    stop_at: int = 0  # end this invocation after this step (as if pre-empted); 0 = run to `steps`
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    # data
+    data: str = "synthetic"
+    zeroshot: str = "synthetic"  # zero-shot task spec; "" or "none" = no evaluation
+    zeroshot_limit: int = 0  # images per task, 0 = all
+    # bookkeeping
+    out: str = ""  # run directory; "" = runs/<timestamp>
+    resume: str = ""  # checkpoint file or run directory to continue
+    eval_every: int = 0  # steps between zero-shot evaluations; 0 = at the end only
+    log_every: int = 1  # steps between rows of metrics.csv / TensorBoard
+    save_every: int = 100  # steps between checkpoints (one is always written at the end); 0 = end only
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    monitor: bool = False  # log per-parameter RMS (lowbit.monitor.RMSMonitor) as rms/<param>
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option and its value."""
+        for name in ("steps", "batch_size"):
+            _check(name, getattr(self, name), _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive int")
+        for name in ("warmup", "stop_at", "eval_every", "log_every", "save_every", "zeroshot_limit", "keep_last_blocks", "seed"):
+            v = getattr(self, name)
+            _check(name, v, _is_int(v) and v >= 0, "an int >= 0")
+        _check("log_every", self.log_every, self.log_every > 0, "an int >= 1")
+        _check("lr", self.lr, _is_num(self.lr) and self.lr > 0 and math.isfinite(self.lr), "a positive float")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            _check(name, v, _is_num(v) and 0 <= v < 1, "a float in [0, 1)")
+        _check("eps", self.eps, _is_num(self.eps) and self.eps > 0, "a positive float")
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            _check(name, v, _is_num(v) and v >= 0 and math.isfinite(v), "a float >= 0")
+        _check("min_lr_ratio", self.min_lr_ratio, _is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "a float in [0, 1]")
+        _check("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
+        _check("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+        _check("model", self.model, isinstance(self.model, dict), "a mapping of CLIPConfig overrides")
+        for name in ("preset", "recipe", "data", "zeroshot", "out", "resume", "device"):
+            v = getattr(self, name)
+            _check(name, v, isinstance(v, str), "a string")
+        _check("recipe", self.recipe, bool(self.recipe), "a recipe name or 'none'")
+        for name in ("compile", "monitor", "progress"):
+            _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
+        _check("device", self.device, self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "auto, cpu, cuda or cuda:N")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A copy with ``overrides`` applied; unknown keys and bad values raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(names))}")
+        values = {**self.to_dict(), **{k: _coerce(k, v) for k, v in overrides.items()}}
+        return TrainConfig(**values)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls().replace(d)
+
+
+_FLOATS = {f.name for f in dataclasses.fields(TrainConfig) if f.type == "float"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    # YAML reads 1e-3 as a string and 2 as an int; accept ints (and numeric strings) for float options.
+    if name in _FLOATS and not isinstance(value, bool):
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"bad training option {name}={value!r}: expected {expected}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML mapping; dashes in keys read as underscores (``grad-clip`` = ``grad_clip``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of options, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,378 @@
+"""The CLIP training loop (``lowbit train``), in the style of nanoGPT's train.py: set up, loop, evaluate.
+
+One process trains on one device; under ``torchrun`` (``WORLD_SIZE`` > 1) every process takes a GPU and its
+own shard of the data, features are all-gathered for the contrastive loss and rank 0 writes the run directory:
+
+    OUT/metrics.csv  OUT/eval.csv  OUT/tensorboard/  OUT/checkpoint.pt  OUT/summary.json  OUT/config.yaml
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+
+import lowbit
+from lowbit.models import CLIP, clip_loss, convert_clip, count_parameters, get_config, get_tokenizer
+from lowbit.train.checkpoint import (
+    CHECKPOINT_NAME,
+    get_rng_state,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from lowbit.train.config import TrainConfig, load_yaml
+from lowbit.train.metrics import RunLogger
+from lowbit.train.schedule import warmup_cosine_scheduler
+from lowbit.train.zeroshot import evaluate_zeroshot
+
+__all__ = ["NonFiniteLossError", "resolve_config", "train"]
+
+# Options that may differ between a run and its resumption without changing what is computed.
+RESUMABLE_CHANGES = {"steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot", "zeroshot_limit", "monitor", "compile"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/Inf (or the weights did); the run stopped without saving the bad state."""
+
+    def __init__(self, step: int, value: float, checkpoint: Path | None, checkpoint_step: int | None, what: str = "loss") -> None:
+        self.step, self.value, self.checkpoint, self.checkpoint_step = step, value, checkpoint, checkpoint_step
+        kept = (
+            f"last good checkpoint: {checkpoint} (step {checkpoint_step})"
+            if checkpoint is not None
+            else "no checkpoint had been written yet"
+        )
+        super().__init__(f"{what} is {value} at step {step}: stopped without saving this state; {kept}")
+
+
+def data_module() -> Any:
+    """``lowbit.data`` (imported lazily; tests replace this function)."""
+    return importlib.import_module("lowbit.data")
+
+
+def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | None = None) -> TrainConfig:
+    """Defaults < checkpoint's config (if resuming) < YAML ``config_file`` < ``overrides`` (the command line)."""
+    overrides = dict(overrides or {})
+    from_file = load_yaml(config_file) if config_file else {}
+    resume = overrides.get("resume") or from_file.get("resume") or ""
+    base = TrainConfig()
+    if resume:
+        saved = load_checkpoint(resume)["config"]
+        saved = {k: v for k, v in saved.items() if k not in ("stop_at", "resume", "out")}
+        base = base.replace(saved)
+    merged = base.to_dict()
+    for layer in (from_file, overrides):
+        merged = _deep_merge(merged, layer)
+    return TrainConfig.from_dict(merged)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``; nested mappings (the ``model`` overrides) merge key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _versions() -> dict[str, str]:
+    out = {"lowbit": str(lowbit.__version__), "torch": str(torch.__version__), "python": platform.python_version()}
+    try:
+        out["triton"] = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        out["triton"] = "not installed"
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _default_out() -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, i = Path("runs") / stamp, 1
+    while out.exists():
+        out, i = Path("runs") / f"{stamp}-{i}", i + 1
+    return out
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on gains, biases, embeddings, positions or the temperature), as in open_clip."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.weight_decay)
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    try:
+        from lowbit.optim import StableAdamW
+    except ImportError as e:
+        raise RuntimeError(f"optimizer 'stableadamw' needs lowbit.optim.StableAdamW, not available in this build ({e}); use --optimizer adamw") from e
+    return StableAdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def _monitor(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:
+    if not cfg.monitor:
+        return None
+    try:
+        from lowbit.monitor import RMSMonitor
+    except ImportError as e:
+        raise RuntimeError(f"--monitor needs lowbit.monitor.RMSMonitor, not available in this build ({e})") from e
+    return RMSMonitor(model, optimizer)
+
+
+def _monitor_rms(monitor: Any) -> dict[str, float]:
+    """``{"rms/<param>": value}`` from the monitor's latest step."""
+    if monitor is None:
+        return {}
+    values = monitor.rms() if callable(getattr(monitor, "rms", None)) else monitor.latest()
+    return {f"rms/{k}": float(v) for k, v in values.items()}
+
+
+def _all_gather_features(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's features, keeping the gradient path (like open_clip's gather_with_grad)."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def _batches(dataset: Any, batch_size: int, tokenizer: Any) -> Any:
+    """Infinite ``(images [B,3,H,W], tokens [B,context])`` from an iterable of ``(image, caption)``."""
+    it = iter(dataset)
+    while True:
+        items = [next(it) for _ in range(batch_size)]
+        yield torch.stack([im for im, _ in items]), tokenizer([c for _, c in items])
+
+
+def _finite_params(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the summary written to ``OUT/summary.json``.
+
+    Raises ``NonFiniteLossError`` if the loss becomes NaN/Inf, leaving the last good checkpoint in place.
+    """
+    cfg.validate()
+    # ---------------------------------------------------------------- processes, device, precision
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world_size > 1
+    if distributed:
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    else:
+        rank, local_rank = 0, 0
+    master = rank == 0
+    device_str = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_str)
+    if device.type == "cuda":
+        if distributed:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    # ---------------------------------------------------------------- resume, run directory
+    ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
+    out = Path(cfg.out) if cfg.out else (resolve_checkpoint(cfg.resume).parent if cfg.resume else _default_out())
+    if ckpt is not None:
+        changed = {k for k, v in ckpt["config"].items() if k not in RESUMABLE_CHANGES and getattr(cfg, k) != v}
+        if changed:
+            raise ValueError(f"cannot resume with changed option(s) {', '.join(sorted(changed))}: they change the computation")
+    start_step = int(ckpt["step"]) if ckpt else 0
+    end_step = min(cfg.stop_at or cfg.steps, cfg.steps)
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    # ---------------------------------------------------------------- model, recipe, optimizer, schedule
+    torch.manual_seed(cfg.seed)
+    model_cfg = get_config(cfg.preset, **cfg.model)
+    raw_model = CLIP(model_cfg)
+    n_params = count_parameters(raw_model)
+    raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks).to(device)
+    optimizer = _optimizer(cfg, raw_model)
+    scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+    model: torch.nn.Module = raw_model
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    monitor = _monitor(cfg, raw_model, optimizer)
+
+    # ---------------------------------------------------------------- data
+    data = data_module()
+    tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.text.context_length)
+    data_position = int(ckpt["data_position"]) if ckpt else 0
+    dataset = data.build_train_data(
+        cfg.data, image_size=model_cfg.vision.image_size, seed=cfg.seed, start=data_position, rank=rank, world_size=world_size
+    )
+    batches = _batches(dataset, cfg.batch_size, tokenizer)
+    tasks = []
+    if master and cfg.zeroshot not in ("", "none"):
+        tasks = data.build_zeroshot(cfg.zeroshot, image_size=model_cfg.vision.image_size, seed=0, limit=cfg.zeroshot_limit or None)
+
+    # ---------------------------------------------------------------- bookkeeping
+    logger = RunLogger(out, resume_step=start_step if ckpt else None) if master else None
+    last_ckpt: Path | None = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    last_ckpt_step: int | None = start_step if ckpt else None
+    evals: list[dict[str, Any]] = []
+
+    def save(step: int) -> None:
+        nonlocal last_ckpt, last_ckpt_step
+        if not _finite_params(raw_model):
+            raise NonFiniteLossError(step, float("nan"), last_ckpt, last_ckpt_step, what="a weight")
+        if master:
+            state = {
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": get_rng_state(),
+                "data_position": data_position,
+                "step": step,
+                "config": cfg.to_dict(),
+                "model_config": model_cfg.to_dict(),
+                "versions": _versions(),
+            }
+            last_ckpt, last_ckpt_step = save_checkpoint(out / CHECKPOINT_NAME, state), step
+
+    def evaluate(step: int) -> None:
+        nonlocal evals
+        if not tasks:
+            return
+        evals = evaluate_zeroshot(raw_model, tasks, tokenizer, device, autocast)
+        assert logger is not None
+        logger.log_eval(step, evals)
+        if cfg.progress:
+            pbar.write(f"step {step}: " + ", ".join(f"{r['task']} top-1 {r['top1']:.3f} (chance {r['chance']:.3f})" for r in evals))
+
+    from tqdm.auto import tqdm
+
+    pbar = tqdm(total=cfg.steps, initial=start_step, disable=not (master and cfg.progress), unit="step", dynamic_ncols=True)
+    losses: list[float] = []
+    samples_per_step = cfg.batch_size * world_size
+    t_train, t_log, steps_since_log = 0.0, time.perf_counter(), 0
+    samples_per_s = 0.0
+    model.train()
+
+    # ---------------------------------------------------------------- the loop
+    try:
+        for step in range(start_step + 1, end_step + 1):  # `step` counts completed updates (1-based)
+            t0 = time.perf_counter()
+            images, tokens = next(batches)
+            images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+            with autocast():
+                image_features, text_features, logit_scale = model(images, tokens)
+                if distributed:
+                    image_features, text_features = _all_gather_features(image_features), _all_gather_features(text_features)
+                loss = clip_loss(image_features, text_features, logit_scale)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(step, loss_value, last_ckpt, last_ckpt_step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
+            optimizer.step()
+            scheduler.step()
+            raw_model.clamp_logit_scale_()
+            data_position += cfg.batch_size
+            t_train += time.perf_counter() - t0
+            losses.append(loss_value)
+            steps_since_log += 1
+
+            if master and (step % cfg.log_every == 0 or step == end_step):
+                now = time.perf_counter()
+                samples_per_s = steps_since_log * samples_per_step / max(now - t_log, 1e-9)
+                t_log, steps_since_log = now, 0
+                row = {
+                    "step": step,
+                    "loss": loss_value,
+                    "lr": _lr_used(scheduler, step),
+                    "samples_per_s": samples_per_s,
+                    "logit_scale": raw_model.logit_scale.exp().item(),
+                    "grad_norm": float(grad_norm),
+                    **_monitor_rms(monitor),
+                }
+                assert logger is not None
+                logger.log_step(row)
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{_lr_used(scheduler, step):.2e}", samples_s=f"{samples_per_s:.0f}")
+            if cfg.save_every and step % cfg.save_every == 0 and step != end_step:
+                save(step)
+            if master and cfg.eval_every and step % cfg.eval_every == 0 and step != end_step:
+                evaluate(step)
+        # ------------------------------------------------------------ the end
+        if end_step > start_step:
+            save(end_step)
+        if master:
+            evaluate(end_step)
+    finally:
+        pbar.close()
+        if logger is not None:
+            logger.close()
+        if monitor is not None and hasattr(monitor, "close"):
+            monitor.close()
+        if distributed:
+            dist.destroy_process_group()
+
+    summary = {
+        "status": "finished" if end_step == cfg.steps else "stopped",
+        "step": end_step,
+        "final_loss": losses[-1] if losses else None,
+        "final_loss_avg10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+        "zeroshot": {r["task"]: r["top1"] for r in evals},
+        "chance": {r["task"]: r["chance"] for r in evals},
+        "zeroshot_mean": sum(r["top1"] for r in evals) / len(evals) if evals else None,
+        "samples_per_s": (len(losses) * samples_per_step / t_train) if t_train else None,
+        "train_seconds": t_train,
+        "samples_seen": data_position * world_size,
+        "parameters": n_params,
+        "recipe": cfg.recipe,
+        "optimizer": cfg.optimizer,
+        "precision": precision,
+        "device": _device_name(device),
+        "world_size": world_size,
+        "config": cfg.to_dict(),
+        "model_config": model_cfg.to_dict(),
+        "versions": _versions(),
+        "out": str(out),
+    }
+    if master:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _lr_used(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> float:
+    """The learning rate the update of (1-based) ``step`` used."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step - 1)  # type: ignore[attr-defined]

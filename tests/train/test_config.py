@@ -1,0 +1,47 @@
+"""TrainConfig validation, YAML loading and precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lowbit.train import TrainConfig, resolve_config
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"steps": 0}, "steps=0"),
+        ({"batch_size": 2.5}, "batch_size=2.5"),
+        ({"lr": 0}, "lr=0.0"),
+        ({"beta2": 1.0}, "beta2=1.0"),
+        ({"optimizer": "sgd"}, "optimizer='sgd'.*adamw, stableadamw"),
+        ({"precision": "fp16"}, "precision='fp16'"),
+        ({"warmup": -1}, "warmup=-1"),
+        ({"grad_clip": float("inf")}, "grad_clip=inf"),
+        ({"device": "tpu"}, "device='tpu'"),
+        ({"compile": "yes"}, "compile='yes'"),
+        ({"lr": "fast"}, "lr='fast'"),
+        ({"bogus": 1}, "unknown training option.*'bogus'"),
+    ],
+)
+def test_validation_names_the_bad_value(override: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig().replace(override)
+
+
+def test_defaults_are_the_main_job() -> None:
+    c = TrainConfig()
+    assert (c.preset, c.recipe, c.optimizer, c.data, c.zeroshot) == ("tiny", "switchback", "stableadamw", "synthetic", "synthetic")
+
+
+def test_yaml_then_command_line_precedence(tmp_path: Path) -> None:
+    f = tmp_path / "run.yaml"
+    f.write_text("lr: 1e-3\nbatch-size: 32\nsteps: 10\nmodel: {layer_scale_init: 0.0}\n")
+    c = resolve_config({"steps": 20}, str(f))
+    assert (c.lr, c.batch_size, c.steps, c.model) == (1e-3, 32, 20, {"layer_scale_init": 0.0})
+    assert c.warmup == TrainConfig().warmup
+    f.write_text("- not a mapping\n")
+    with pytest.raises(ValueError, match="mapping"):
+        resolve_config({}, str(f))

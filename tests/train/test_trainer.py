@@ -1,0 +1,130 @@
+"""The training loop on a tiny model and fake data: learning, exact resume, NaN stop, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import SMALL, make_fake_data
+from lowbit.cli.main import main
+from lowbit.train import NonFiniteLossError, TrainConfig, load_checkpoint, save_checkpoint, train
+from lowbit.train.schedule import WarmupCosine
+
+
+def _cfg(tmp_path: Path, name: str = "run", **kw: object) -> TrainConfig:
+    return TrainConfig.from_dict({**SMALL, "out": str(tmp_path / name), **kw})
+
+
+def _losses(run: Path) -> dict[int, float]:
+    with (run / "metrics.csv").open() as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_training_reduces_loss_and_beats_chance(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    summary = train(_cfg(tmp_path, steps=30, warmup=3, save_every=0))
+    losses = _losses(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 31))
+    first, last = losses[1], sum(losses[s] for s in range(26, 31)) / 5
+    assert last < 0.75 * first, (first, last)
+    assert summary["zeroshot"]["fake-colors"] > 2 * summary["chance"]["fake-colors"] == 0.5
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["recipe"] == "none" and s["versions"]["torch"] == torch.__version__
+    assert {"final_loss", "zeroshot", "chance", "samples_per_s", "config", "device"} <= set(s)
+    with (tmp_path / "run" / "eval.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-1]["task"] == "fake-colors" and int(rows[-1]["step"]) == 30
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_resume_is_exact(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    common = {"steps": 8, "save_every": 0, "zeroshot": "none"}
+    train(_cfg(tmp_path, "full", **common))
+    train(_cfg(tmp_path, "split", stop_at=4, **common))
+    assert load_checkpoint(tmp_path / "split")["step"] == 4
+    assert max(_losses(tmp_path / "split")) == 4
+    # Resume from the run directory: the checkpoint's config is reused, only `steps` could change.
+    train(TrainConfig.from_dict({**SMALL, **common, "resume": str(tmp_path / "split")}))
+    full, split = _losses(tmp_path / "full"), _losses(tmp_path / "split")
+    assert sorted(split) == list(range(1, 9))
+    assert split[8] == full[8]  # bitwise on CPU
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["data_position"] == b["data_position"] == 8 * 16
+
+
+def test_resume_refuses_changed_computation(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    train(_cfg(tmp_path, steps=2, zeroshot="none"))
+    with pytest.raises(ValueError, match=r"changed option.*lr"):
+        train(_cfg(tmp_path, steps=4, zeroshot="none", lr=1e-4, resume=str(tmp_path / "run")))
+
+
+def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lowbit.train.loop.data_module", lambda: make_fake_data(nan_at=5 * 16))  # step 6 sees NaN
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 6.*checkpoint\.pt \(step 3\)") as e:
+        train(_cfg(tmp_path, steps=10, save_every=3))
+    assert e.value.step == 6 and e.value.checkpoint_step == 3
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert max(_losses(tmp_path / "run")) == 5
+
+
+def test_checkpoint_is_plain_and_written_atomically(tmp_path: Path, fake_data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    train(_cfg(tmp_path, steps=2, zeroshot="none"))
+    path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "data_position", "step", "config"} <= set(ckpt)
+    assert set(ckpt["rng"]) == {"torch", "cuda", "python", "numpy"}
+    before = path.read_bytes()
+
+    def boom(*a: object, **k: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"x": torch.ones(1)})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_warmup_cosine() -> None:
+    f = WarmupCosine(warmup=4, steps=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert math.isclose(f(13), 0.1) and math.isclose(f(4 + 9 / 2), 0.55)
+    assert all(f(s) >= f(s + 1) for s in range(4, 20))
+
+
+def test_cli_end_to_end(tmp_path: Path, fake_data: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        "preset: tiny\nrecipe: none\ndata: fake\nzeroshot: fake\nsteps: 50\nbatch-size: 8\nlr: 1e-2\n"
+        "model:\n  vision: {image_size: 16, patch_size: 8, width: 32, layers: 1, heads: 2}\n"
+        "  text: {width: 32, layers: 1, heads: 2, context_length: 24}\n  embed_dim: 32\n"
+    )
+    out = tmp_path / "cli"
+    rc = main(["train", "--config", str(cfg_file), "--steps", "3", "--optimizer", "adamw", "--no-progress",
+               "--out", str(out), "--set", "model.qk_norm=true", "--set", "warmup=1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "zero-shot top-1 on fake-colors" in printed and "chance 25.0%" in printed
+    saved = json.loads((out / "summary.json").read_text())["config"]
+    assert saved["steps"] == 3 and saved["batch_size"] == 8 and saved["lr"] == 1e-2 and saved["warmup"] == 1
+    assert saved["model"]["qk_norm"] is True and saved["model"]["embed_dim"] == 32
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["model_config"]["qk_norm"] is True
+    assert sorted(_losses(out)) == [1, 2, 3]
+
+
+def test_cli_reports_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--lr", "-1", "--out", str(tmp_path)]) == 2
+    assert "lr=-1.0" in capsys.readouterr().err
+    assert main(["train", "--set", "nope=1"]) == 2
+    assert "'nope'" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
