@@ -1,0 +1,117 @@
+"""PNG plots of a run directory (``lowbit plot RUN_DIR``): loss, learning rate, zero-shot accuracy, RMS.
+
+Reads ``metrics.csv`` and ``eval.csv`` (see ``lowbit.train.metrics``); uses matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+__all__ = ["plot_run"]
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _column(rows: list[dict[str, str]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key, "")
+        if v not in ("", None):
+            xs.append(int(float(r["step"])))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _ema(ys: list[float], alpha: float) -> list[float]:
+    """Bias-corrected exponential moving average (non-finite values are skipped)."""
+    out, m, n = [], 0.0, 0
+    for y in ys:
+        if math.isfinite(y):
+            m, n = alpha * m + (1 - alpha) * y, n + 1
+        out.append(m / (1 - alpha**n) if n else y)
+    return out
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, top_rms: int = 8) -> list[Path]:
+    """Write ``loss.png``, ``lr.png``, ``zeroshot.png`` (if evaluated), ``rms.png`` + ``rms_heatmap.png`` (if
+    monitored) to ``out_dir`` (default ``RUN_DIR/plots``); returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run_dir)
+    metrics = _read(run / "metrics.csv")
+    if not metrics:
+        raise ValueError(f"no metrics.csv with rows in {str(run)!r}: is it a lowbit run directory?")
+    out = Path(out_dir) if out_dir else run / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(fig: plt.Figure, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+
+    steps, loss = _column(metrics, "loss")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, lw=0.8, alpha=0.4, label="loss")
+    ax.plot(steps, _ema(loss, 0.9), lw=1.5, label="loss (EMA 0.9)")
+    ax.set(xlabel="step", ylabel="contrastive loss", title=f"training loss: {run.name}")
+    ax.legend()
+    save(fig, "loss.png")
+
+    steps, lr = _column(metrics, "lr")
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(steps, lr)
+    ax.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    save(fig, "lr.png")
+
+    evals = _read(run / "eval.csv")
+    if evals:
+        by_task: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+        for r in evals:
+            by_task[r["task"]].append((int(float(r["step"])), float(r["top1"]), float(r["chance"])))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for task, pts in by_task.items():
+            (line,) = ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=task)
+            ax.axhline(100 * pts[0][2], color=line.get_color(), ls=":", lw=1)
+        ax.set(xlabel="step", ylabel="top-1 (%)", title="zero-shot accuracy (dotted: chance)", ylim=(0, 100))
+        ax.legend(fontsize="small")
+        save(fig, "zeroshot.png")
+
+    rms_keys = [k for k in metrics[0] if k.startswith("rms/")]
+    if rms_keys:
+        series = {k[4:]: _column(metrics, k) for k in rms_keys}
+        peak = sorted(series, key=lambda k: -max(series[k][1], default=0.0))[:top_rms]
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for name in peak:
+            ax.plot(*series[name], lw=1, label=name)
+        ax.set(xlabel="step", ylabel="RMS", yscale="log", title=f"RMS per parameter (top {len(peak)} by peak)")
+        ax.legend(fontsize="x-small")
+        save(fig, "rms.png")
+
+        import numpy as np
+
+        names = list(series)
+        grid = np.full((len(names), len(metrics)), np.nan)
+        for i, name in enumerate(names):
+            ys = series[name][1]
+            grid[i, : len(ys)] = ys
+        fig, ax = plt.subplots(figsize=(9, max(3, 0.12 * len(names))))
+        im = ax.imshow(np.log10(np.clip(grid, 1e-3, None)), aspect="auto", interpolation="nearest", cmap="magma")
+        ax.set(xlabel="logged step index", title="log10 RMS per parameter (rows in model order)")
+        if len(names) <= 60:
+            ax.set_yticks(range(len(names)), names, fontsize=5)
+        fig.colorbar(im, ax=ax)
+        save(fig, "rms_heatmap.png")
+    return written
