@@ -1,0 +1,109 @@
+"""Shared definitions of the quantizers: formats, granularities, input checks, backend choice."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+import torch
+
+Granularity = Literal["row", "column", "tensor"]
+Format = Literal["int8", "e4m3", "e5m2"]
+Backend = Literal["auto", "torch", "triton"]
+
+GRANULARITIES: tuple[str, ...] = ("row", "column", "tensor")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+INT8_MAX = 127.0
+FP8_DTYPES: dict[Format, torch.dtype] = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+FP8_FORMATS: dict[torch.dtype, Format] = {v: k for k, v in FP8_DTYPES.items()}
+FP8_MAX: dict[Format, float] = {"e4m3": 448.0, "e5m2": 57344.0}
+# Mantissa bits and smallest normal exponent, used to round to the fp8 grid in float32 arithmetic.
+FP8_MANTISSA_BITS: dict[Format, int] = {"e4m3": 3, "e5m2": 2}
+FP8_MIN_NORMAL_EXP: dict[Format, int] = {"e4m3": -6, "e5m2": -14}
+# absmax is floored at fmax / 2**127 so that scale = fmax / absmax stays finite (≤ 2**127) even for an
+# all-zero or denormal group: zeros quantize to zeros with a finite scale, never NaN.
+FP8_AMAX_FLOOR: dict[Format, float] = {f: m / 2.0**127 for f, m in FP8_MAX.items()}
+
+
+def qmax(fmt: Format) -> float:
+    """Largest representable magnitude of a format (127 for int8)."""
+    return INT8_MAX if fmt == "int8" else FP8_MAX[fmt]
+
+
+def storage_dtype(fmt: Format) -> torch.dtype:
+    return torch.int8 if fmt == "int8" else FP8_DTYPES[fmt]
+
+
+def fp8_format(dtype: torch.dtype) -> Format:
+    """Map a torch float8 dtype to its format name, with a clear error for anything else."""
+    try:
+        return FP8_FORMATS[dtype]
+    except KeyError:
+        raise TypeError(
+            f"fp8 dtype must be torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}"
+        ) from None
+
+
+def check_granularity(granularity: str, ndim: int, op: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"{op}: granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if granularity == "column" and ndim < 2:
+        raise ValueError(f"{op}: column-wise scaling needs a tensor with at least 2 dims, got {ndim}-D")
+
+
+def check_input(x: torch.Tensor, op: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: expected a float32, float16 or bfloat16 tensor, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError(f"{op}: expected a tensor with at least 1 dim, got a 0-dim tensor")
+
+
+def checks_enabled(check: bool | None) -> bool:
+    """Checked mode: the explicit argument, else the ``LOWBIT_CHECK_FINITE`` environment variable."""
+    if check is not None:
+        return bool(check)
+    return os.environ.get("LOWBIT_CHECK_FINITE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def raise_if_nonfinite(x: torch.Tensor, op: str) -> None:
+    """Checked mode: raise ``ValueError`` if ``x`` holds NaN or Inf (costs a device-to-host sync)."""
+    bad = (~torch.isfinite(x)).sum().item() if x.numel() else 0
+    if bad:
+        n_nan = torch.isnan(x).sum().item()
+        raise ValueError(
+            f"{op}: input holds {bad} non-finite value(s) ({n_nan} NaN, {bad - n_nan} Inf) "
+            f"of {x.numel()}; quantizing it would give meaningless codes"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - triton missing or broken
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(x: torch.Tensor, backend: Backend, op: str) -> bool:
+    """Pick the implementation: Triton for CUDA tensors (or CPU tensors under the interpreter), else PyTorch."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"{op}: backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "torch":
+        return False
+    runnable = triton_available() and (x.is_cuda or (interpreting() and x.device.type == "cpu"))
+    if backend == "triton" and not runnable:
+        raise RuntimeError(
+            f"{op}: the Triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors) and an "
+            f"installed triton; got a tensor on {x.device}"
+        )
+    return runnable and (backend == "triton" or x.is_cuda)

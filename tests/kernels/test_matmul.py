@@ -1,0 +1,105 @@
+"""Scaled int8/fp8 matmul: Triton (interpreter on CPU) vs float64 reference, epilogue, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lowbit.kernels import quantize
+from lowbit.kernels import reference as ref
+from lowbit.kernels.matmul import scaled_mm
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FORMATS = [("int8", "int8"), ("e4m3", "e4m3"), ("e5m2", "e4m3")]
+
+
+def _exact(qa, qb, sa, sb, fa, fb, bias):
+    """float64: exact products of the codes, then the dequantization factors and bias."""
+    return ref.scaled_mm(qa.cpu(), qb.cpu(), sa.cpu(), sb.cpu(), fa, fb,
+                         None if bias is None else bias.cpu(), torch.float64, acc_dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("fa", "fb"), FORMATS)
+@given(m=st.integers(1, 40), n=st.integers(1, 40), k=st.integers(1, 80), a_row=st.booleans(),
+       b_row=st.booleans(), with_bias=st.booleans(), out=st.sampled_from([torch.float32, torch.bfloat16]),
+       seed=st.integers(0, 2**16))
+def test_triton_matches_float64_reference(fa, fb, m, n, k, a_row, b_row, with_bias, out, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, k, generator=g).to(DEVICE)
+    b = torch.randn(n, k, generator=g).to(DEVICE) * 3
+    bias = torch.randn(n, generator=g).to(DEVICE) if with_bias else None
+    qa, sa = quantize(a, fa, "row" if a_row else "tensor")
+    qb, sb = quantize(b, fb, "row" if b_row else "tensor")
+    expected = _exact(qa, qb, sa, sb, fa, fb, bias)
+    got = scaled_mm(qa, qb, sa, sb, bias=bias, out_dtype=out, backend="triton")
+    assert got.dtype == out and got.shape == (m, n)
+    # float32 epilogue: a few ulps; bf16 output: half a bf16 ulp (2**-9 relative) on top.
+    rtol = 1e-5 if out == torch.float32 else 2**-8
+    scale = expected.abs().max().clamp_min(1e-30)
+    assert float((got.double().cpu() - expected).abs().max()) <= rtol * float(scale) + 1e-6
+    # and the quantized product approximates the exact product (loose, format-dependent)
+    exact = a.double() @ b.double().t() + (bias.double() if bias is not None else 0)
+    tol = {"int8": 0.05, "e4m3": 0.15, "e5m2": 0.25}[fa]
+    rel = float((expected - exact.cpu()).norm() / exact.norm().clamp_min(1e-12))
+    assert rel < tol
+
+
+def test_reference_float32_path_close_to_float64() -> None:
+    a, b = torch.randn(64, 300), torch.randn(32, 300)
+    qa, sa = quantize(a, "int8", "row")
+    qb, sb = quantize(b, "int8", "tensor")
+    r32 = ref.scaled_mm(qa, qb, sa, sb, "int8", "int8", None, torch.float32)
+    r64 = ref.scaled_mm(qa, qb, sa, sb, "int8", "int8", None, torch.float64, acc_dtype=torch.float64)
+    assert torch.allclose(r32.double(), r64, rtol=1e-6, atol=1e-6)
+
+
+def test_epilogue_writes_every_element_and_handles_odd_shapes() -> None:
+    """Shapes that are not multiples of the tile: every output written (poisoned buffer check by value)."""
+    for m, n, k in [(17, 33, 50), (1, 1, 1), (3, 70, 16), (40, 5, 129)]:
+        a, b = torch.randn(m, k, device=DEVICE), torch.randn(n, k, device=DEVICE)
+        qa, sa = quantize(a, "int8", "row")
+        qb, sb = quantize(b, "int8", "row")
+        got = scaled_mm(qa, qb, sa, sb, out_dtype=torch.float32, backend="triton")
+        want = _exact(qa, qb, sa, sb, "int8", "int8", None)
+        assert torch.allclose(got.double().cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_scale_propagates() -> None:
+    a, b = torch.randn(4, 32), torch.randn(8, 32)
+    a[2, 5] = float("nan")
+    qa, sa = quantize(a.to(DEVICE), "int8", "row")
+    qb, sb = quantize(b.to(DEVICE), "int8", "tensor")
+    out = scaled_mm(qa, qb, sa, sb, out_dtype=torch.float32, backend="triton").cpu()
+    assert bool(torch.isnan(out[2]).all()) and bool(torch.isfinite(out[[0, 1, 3]]).all())
+
+
+def test_bad_input() -> None:
+    q8 = torch.zeros(4, 8, dtype=torch.int8)
+    s = torch.ones(4, 1)
+    with pytest.raises(TypeError, match="cannot multiply int8 codes with fp8"):
+        scaled_mm(q8, q8.to(torch.float8_e4m3fn), s, s)
+    with pytest.raises(ValueError, match="same K"):
+        scaled_mm(q8, torch.zeros(4, 9, dtype=torch.int8), s, s)
+    with pytest.raises(TypeError, match="codes must be int8"):
+        scaled_mm(q8.float(), q8, s, s)
+    with pytest.raises(ValueError, match=r"scale_a must have shape \[4, 1\]"):
+        scaled_mm(q8, q8, torch.ones(3, 1), s)
+    with pytest.raises(ValueError, match=r"bias must have shape \[4\]"):
+        scaled_mm(q8, q8, s, s, bias=torch.ones(5))
+    with pytest.raises(TypeError, match="out_dtype"):
+        scaled_mm(q8, q8, s, s, out_dtype=torch.int32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the GPU host)")
+def test_cublas_backend_agrees_on_gpu() -> None:
+    a, b = torch.randn(256, 512, device="cuda"), torch.randn(128, 512, device="cuda")
+    for fmt in ("int8", "e4m3"):
+        if fmt == "e4m3" and torch.cuda.get_device_capability() < (8, 9):
+            continue
+        qa, sa = quantize(a, fmt, "row")
+        qb, sb = quantize(b, fmt, "row")
+        t = scaled_mm(qa, qb, sa, sb, out_dtype=torch.float32, backend="triton")
+        c = scaled_mm(qa, qb, sa, sb, out_dtype=torch.float32, backend="cublas")
+        assert torch.allclose(t, c, rtol=1e-4, atol=1e-3)
