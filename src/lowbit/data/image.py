@@ -1,0 +1,91 @@
+"""Image decoding and CLIP preprocessing with Pillow (torchvision is not needed).
+
+Pipeline for stored images: decode → RGB (transparent pixels composited over white) → resize so the
+shorter side equals ``image_size`` (bicubic; small images are upsampled here, never stored enlarged) →
+centre crop to a square → float32 ``[3, S, S]`` normalised with the OpenAI CLIP mean/std.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+
+_MEAN255 = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1) * 255.0
+_INV_STD255 = 1.0 / (torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1) * 255.0)
+
+
+def check_image_size(image_size: int, minimum: int = 1) -> int:
+    """Validate ``image_size`` (a positive int, at least ``minimum``)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
+    if image_size < minimum:
+        raise ValueError(f"image_size must be >= {minimum}, got {image_size}")
+    return image_size
+
+
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` (0–255) → float32 normalised with CLIP_MEAN/CLIP_STD."""
+    return (images.to(torch.float32) - _MEAN255) * _INV_STD255
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of the normalisation: float ``[..., 3, H, W]`` → values in [0, 1] (for viewing)."""
+    return (images * (_INV_STD255.reciprocal() / 255.0) + _MEAN255 / 255.0).clamp(0.0, 1.0)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB; transparency is composited over white (emoji, logos)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_center_crop(img: Image.Image, image_size: int) -> Image.Image:
+    """Resize the shorter side to ``image_size`` (bicubic) and crop the centre square."""
+    w, h = img.size
+    if (w, h) != (image_size, image_size):
+        scale = image_size / min(w, h)
+        nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - image_size) // 2, (nh - image_size) // 2
+        if (nw, nh) != (image_size, image_size):
+            img = img.crop((left, top, left + image_size, top + image_size))
+    return img
+
+
+def pil_to_tensor(img: Image.Image, image_size: int) -> torch.Tensor:
+    """A Pillow image → normalised float32 ``[3, image_size, image_size]``."""
+    img = resize_center_crop(to_rgb(img), image_size)
+    arr = np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, 3)
+    return normalize_uint8(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+
+
+def decode_image(data: bytes | str | os.PathLike[str], image_size: int) -> torch.Tensor:
+    """Decode image bytes (or a file path) → normalised ``[3, S, S]``.
+
+    Raises on anything undecodable (truncated, not an image, decompression bomb); callers count and skip.
+    """
+    source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (image_size, image_size))  # decode big JPEGs at reduced scale: much faster
+            img.load()
+            return pil_to_tensor(img, image_size)
