@@ -100,7 +100,7 @@ class Scenes:
     angle: np.ndarray
     rgb: np.ndarray  # [B, K, 3]
     gradient: np.ndarray  # [B, 2]
-    words: np.ndarray  # [B, 24] caption choices in [0, 1)
+    words: np.ndarray  # [B, 40] caption choices in [0, 1)
 
     @property
     def present(self) -> np.ndarray:
@@ -179,7 +179,7 @@ def sample_scenes(
     rgb = palette[colour] * (0.92 + 0.16 * u("bright"))[..., None]
     rgb = np.clip(rgb + (_rng.uniform(seed, sid, idx2[..., None], slot[..., None], np.arange(3), "tint") - 0.5) * 28, 0, 255)
     gradient = (_rng.uniform(seed, sid, index[:, None], np.arange(2)[None, :], "grad") - 0.5) * 0.4
-    words = _rng.uniform(seed, sid, index[:, None], np.arange(24)[None, :], "words")
+    words = _rng.uniform(seed, sid, index[:, None], np.arange(40)[None, :], "words")
     return Scenes(index, n_obj, shape, colour, size, position, texture, background, cx, cy, radius, angle, rgb, gradient, words)
 
 
@@ -252,7 +252,7 @@ def render(scenes: Scenes, image_size: int, *, noise: float = 0.05) -> np.ndarra
         ca, sa = np.cos(ang), np.sin(ang)
         u, v = ca * dx + sa * dy, ca * dy - sa * dx  # object frame, units of radius, [M, S, S]
         px = r * _F32(s)  # radius in pixels
-        alpha = np.clip(0.5 - _sdf(int(sid), u, v) * px, 0.0, 1.0).astype(_F32, copy=False)
+        alpha = np.minimum(np.maximum(0.5 - _sdf(int(sid), u, v) * px, 0.0), 1.0).astype(_F32, copy=False)
         tex = scenes.texture[gb, gk]
         shade_obj = alpha
         if (tex > 0).any():  # stripes / checks at least 3 px wide, dark bands at 35 % brightness
@@ -279,7 +279,8 @@ def render(scenes: Scenes, image_size: int, *, noise: float = 0.05) -> np.ndarra
         pix = _rng.hash64(_rng.key("noise"), scenes.index[:, None], np.arange(s * s)[None, :])
         amp = _F32(2 * 255 * noise / 2**24)
         img += ((pix >> np.uint64(40)).astype(_F32) * amp - _F32(255 * noise)).reshape(b, 1, s, s)
-    return np.clip(img, 0.0, 255.0, out=img)
+    np.maximum(img, 0.0, out=img)
+    return np.minimum(img, 255.0, out=img)
 
 
 _MEAN255 = np.array(CLIP_MEAN, dtype=_F32).reshape(3, 1, 1) * 255
@@ -338,7 +339,7 @@ def caption(sc: Scenes, i: int) -> str:
     parts = []
     n = int(sc.n_objects[i])
     for k in range(n):
-        wk = np.roll(w, -7 * k)
+        wk = w[7 * k :]
         phrase = _article(_noun_phrase(sc, i, k, wk[:4]))
         if (n > 1 and wk[4] < 0.6) or (n == 1 and wk[4] < 0.5):
             phrase += " " + _position_phrase(tuple(POSITIONS)[sc.position[i, k]], wk[5])
@@ -347,14 +348,14 @@ def caption(sc: Scenes, i: int) -> str:
         body = parts[0]
     else:
         body = ", ".join(parts[:-1]) + " and " + parts[-1]
-        if w[6] < 0.3:
+        if w[30] < 0.3:
             body = ("two" if n == 2 else "three") + " shapes: " + body
-    frame = _FRAMES[min(int(w[20] * len(_FRAMES)), len(_FRAMES) - 1)]
+    frame = _FRAMES[min(int(w[34] * len(_FRAMES)), len(_FRAMES) - 1)]
     text = frame.format(body)
-    if w[21] < 0.4:
+    if w[35] < 0.4:
         bg = tuple(BACKGROUNDS)[sc.background[i]]
-        text += " " + _BG_FORMS[min(int(w[22] * 4), 3)].format(bg)
-    return text + ("." if w[23] < 0.5 else "")
+        text += " " + _BG_FORMS[min(int(w[36] * 4), 3)].format(bg)
+    return text + ("." if w[37] < 0.5 else "")
 
 
 # ---- datasets ----------------------------------------------------------------------------------------------
@@ -393,6 +394,8 @@ def generate(
 
 class SyntheticStream(SampleStream):
     """Infinite training stream: global position ``q`` is synthetic sample ``q`` of split "train"."""
+
+    chunk = 128  # scenes rendered per vectorised call
 
     def __init__(self, config: SyntheticConfig, **kwargs: int) -> None:
         super().__init__(**kwargs)

@@ -20,7 +20,7 @@ import re
 import tarfile
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,7 @@ def braceexpand(pattern: str) -> list[str]:
 def expand_shards(spec: str) -> list[str]:
     """Shard paths of a pattern: ``::``-separated parts, braces, then globs; every path must exist."""
     paths: list[str] = []
+    missing: list[str] = []
     for part in spec.split("::"):
         for item in braceexpand(os.path.expanduser(part)):
             if any(ch in item for ch in "*?["):
@@ -77,10 +78,13 @@ def expand_shards(spec: str) -> list[str]:
                 if not found:
                     raise FileNotFoundError(f"no shard matches {item!r} (from data spec {spec!r})")
                 paths.extend(found)
-            else:
-                if not os.path.isfile(item):
-                    raise FileNotFoundError(f"shard {item!r} not found (from data spec {spec!r})")
+            elif os.path.isfile(item):
                 paths.append(item)
+            else:
+                missing.append(item)
+    if missing:
+        shown = missing if len(missing) <= 4 else [*missing[:3], "...", missing[-1]]
+        raise FileNotFoundError(f"{len(missing)} shard(s) of data spec {spec!r} not found: {', '.join(shown)}")
     if not paths:
         raise FileNotFoundError(f"data spec {spec!r} names no shard")
     return paths
@@ -110,72 +114,134 @@ class ShardIndex:
         return len(self.keys)
 
 
-@dataclass
-class _Group:
-    key: str
-    exts: dict[str, tuple[int, int]] = field(default_factory=dict)
+_MEMBERS_CACHE: dict[tuple[str, int, int], tuple[list[tuple[str, int, int]], str | None]] = {}
 
 
-_INDEX_CACHE: dict[tuple[str, int, int, tuple[str, ...]], ShardIndex] = {}
+class _NeedTarfile(Exception):
+    """The fast scanner met a header it does not handle (PAX, GNU long names, sparse files...)."""
 
 
-def index_shard(path: str, *, require: tuple[str, ...] = ("txt",)) -> ShardIndex:
-    """Scan a tar's headers (no data read); keep groups with an image and all ``require``d extensions.
+def _scan_fast(path: str, file_size: int) -> tuple[list[tuple[str, int, int]], str | None]:
+    """(name, data offset, size) of the regular files of a plain ustar/v7/GNU tar, reading headers only.
 
-    Cached per (path, size, mtime). A truncated or damaged tar keeps the samples read before the damage and
-    records ``error``; a compressed tar raises ``ValueError``.
+    Reads 256 KiB windows and jumps over large members, so small-member shards are read sequentially and
+    big-image shards mostly seeked; several times faster than iterating ``tarfile``.
+    """
+    members: list[tuple[str, int, int]] = []
+    pos, buf, buf_start = 0, b"", 0
+    window = 1 << 18
+    zero = b"\0" * 512
+    with open(path, "rb") as f:
+        while pos + 512 <= file_size:
+            rel = pos - buf_start
+            if rel < 0 or rel + 512 > len(buf):
+                f.seek(pos)
+                buf, buf_start, rel = f.read(window), pos, 0
+                if len(buf) < 512:
+                    return members, "truncated header"
+            h = buf[rel : rel + 512]
+            if h == zero:
+                break
+            try:
+                want = int(h[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+            except ValueError as exc:
+                raise _NeedTarfile from exc
+            if want != sum(h) - sum(h[148:156]) + 256:
+                if not members:
+                    raise _NeedTarfile  # let tarfile produce the proper error
+                return members, f"bad header checksum at byte {pos}"
+            typeflag = h[156:157]
+            raw_size = h[124:136]
+            if raw_size[0] & 0x80:  # GNU base-256 size
+                raise _NeedTarfile
+            size = int(raw_size.split(b"\0", 1)[0].strip() or b"0", 8)
+            if typeflag in (b"0", b"\0", b"7"):
+                name = h[0:100].split(b"\0", 1)[0]
+                if h[257:262] == b"ustar" and h[345] != 0:
+                    name = h[345:500].split(b"\0", 1)[0] + b"/" + name
+                if pos + 512 + size > file_size:
+                    return members, f"member {name.decode('utf-8', 'replace')!r} is truncated"
+                members.append((name.decode("utf-8", "surrogateescape"), pos + 512, size))
+            elif typeflag not in (b"5", b"1", b"2", b"3", b"4", b"6"):  # x, g, L, K, S, ...: not for us
+                raise _NeedTarfile
+            pos += 512 + (size + 511) // 512 * 512
+        else:
+            return members, "no end-of-archive marker (truncated?)"
+    return members, None
+
+
+def _scan_tarfile(path: str, file_size: int) -> tuple[list[tuple[str, int, int]], str | None]:
+    members: list[tuple[str, int, int]] = []
+    try:
+        with tarfile.open(path, mode="r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                if m.offset_data + m.size > file_size:
+                    return members, f"member {m.name!r} is truncated"
+                members.append((m.name, m.offset_data, m.size))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        if not members:
+            raise ValueError(f"{path!r} is not a readable tar shard ({type(exc).__name__}: {exc})") from exc
+        return members, f"{type(exc).__name__}: {exc}"
+    return members, None
+
+
+def scan_members(path: str) -> tuple[list[tuple[str, int, int]], str | None]:
+    """Regular-file members (name, data offset, size) of a tar and why reading stopped early (or None).
+
+    Cached per (path, size, mtime). Compressed tars raise ``ValueError``.
     """
     st = os.stat(path)
-    cache_key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, require)
-    if cache_key in _INDEX_CACHE:
-        return _INDEX_CACHE[cache_key]
+    cache_key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if cache_key in _MEMBERS_CACHE:
+        return _MEMBERS_CACHE[cache_key]
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00" or magic[:4] == b"(\xb5/\xfd":
         raise ValueError(f"shard {path!r} is compressed; lowbit reads uncompressed .tar shards (random access)")
-    groups: OrderedDict[str, _Group] = OrderedDict()
-    error = None
     try:
-        with tarfile.open(path, mode="r:") as tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > st.st_size:
-                    error = f"member {member.name!r} is truncated"
-                    break
-                k, ext = split_key(member.name)
-                if not ext:
-                    continue
-                groups.setdefault(k, _Group(k)).exts.setdefault(ext, (member.offset_data, member.size))
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        if not groups:
-            raise ValueError(f"{path!r} is not a readable tar shard ({error})") from exc
+        result = _scan_fast(path, st.st_size)
+    except _NeedTarfile:
+        result = _scan_tarfile(path, st.st_size)
+    if len(_MEMBERS_CACHE) > 4096:
+        _MEMBERS_CACHE.clear()
+    _MEMBERS_CACHE[cache_key] = result
+    return result
+
+
+def index_shard(path: str, *, require: tuple[str, ...] = ("txt",)) -> ShardIndex:
+    """Index a tar's samples (headers only): keep groups with an image and all ``require``d extensions.
+
+    A truncated or damaged tar keeps the samples read before the damage and records ``error``.
+    """
+    members, error = scan_members(path)
+    groups: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
+    for name, offset, size in members:
+        k, ext = split_key(name)
+        if ext:
+            groups.setdefault(k, {}).setdefault(ext, (offset, size))
     keys: list[str] = []
     images: list[tuple[int, int]] = []
     extra: dict[str, list[tuple[int, int]]] = {}
     incomplete = 0
-    for g in groups.values():
-        img = next((g.exts[e] for e in IMAGE_EXTENSIONS if e in g.exts), None)
-        if img is None or any(r not in g.exts for r in require):
+    for k, exts in groups.items():
+        img = next((exts[e] for e in IMAGE_EXTENSIONS if e in exts), None)
+        if img is None or any(r not in exts for r in require):
             incomplete += 1
             continue
         n = len(keys)
-        keys.append(g.key)
+        keys.append(k)
         images.append(img)
-        for ext, loc in g.exts.items():
-            if ext in IMAGE_EXTENSIONS:
-                continue
-            col = extra.setdefault(ext, [(-1, 0)] * n)
-            col.append(loc)
+        for ext, loc in exts.items():
+            if ext not in IMAGE_EXTENSIONS:
+                extra.setdefault(ext, [(-1, 0)] * n).append(loc)
         for col in extra.values():
             if len(col) < len(keys):
                 col.append((-1, 0))
-    members = {ext: np.asarray(col, dtype=np.int64).reshape(-1, 2) for ext, col in extra.items()}
+    members_arr = {ext: np.asarray(col, dtype=np.int64).reshape(-1, 2) for ext, col in extra.items()}
     image = np.asarray(images, dtype=np.int64).reshape(-1, 2)
-    result = ShardIndex(path, keys, image, members, incomplete, error)
-    _INDEX_CACHE[cache_key] = result
-    return result
+    return ShardIndex(path, keys, image, members_arr, incomplete, error)
 
 
 class FileCache:
