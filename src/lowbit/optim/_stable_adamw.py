@@ -1,0 +1,540 @@
+"""StableAdamW: AdamW with per-tensor update clipping (SPEC §5; Wortsman et al. 2023, arXiv 2304.13013).
+
+Per step ``t`` and parameter tensor θ with gradient g (all arithmetic in float32, float64 for float64 params):
+
+    β̂1 = β1 (1 − β1^(t−1)) / (1 − β1^t)          β̂2 = β2 (1 − β2^(t−1)) / (1 − β2^t)
+    m  = β̂1 m + (1 − β̂1) g                        v  = β̂2 v + (1 − β̂2) g²
+    RMS = sqrt(mean(g² / max(v, ε²)))              # per tensor, from the *updated* v
+    η  = lr / max(1, RMS)                          # update clipping (η = lr when clip_update=False)
+    θ  = θ − η λ θ − η m / (sqrt(v) + ε)
+
+Folding the bias correction into β̂ makes the stored moments the bias-corrected ones: by induction
+``m = m_AdamW / (1 − β1^t)`` and ``v = v_AdamW / (1 − β2^t)`` (since 1 − β̂ = (1 − β) / (1 − β^t)). The update
+``m / (sqrt(v) + ε)`` is therefore *exactly* AdamW's ``m̂ / (sqrt(v̂) + ε)``, ε outside the square root as in
+``torch.optim.AdamW``; with ``clip_update=False`` the two optimizers follow the same trajectory up to
+floating-point rounding (the tests check 1e-12 in float64). Only the state differs: ``exp_avg`` and
+``exp_avg_sq`` here hold m̂ and v̂, not AdamW's raw m and v, so the two state_dicts are not interchangeable.
+
+Three implementations of the one algorithm, chosen like torch's: ``foreach=False`` (per-tensor reference),
+``foreach=True`` (``torch._foreach_*``; the default), ``fused=True`` (Triton, two passes per tensor; see
+``lowbit.optim._fused``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from itertools import chain
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT
+
+__all__ = ["StableAdamW", "folded_betas", "stable_adamw"]
+
+_STATE_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def folded_betas(beta1: float, beta2: float, step: float) -> tuple[float, float]:
+    """β̂1, β̂2 of SPEC §5 for step ``step`` (1-based): AdamW's bias correction folded into the decay."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    b1 = beta1 * (1.0 - beta1 ** (step - 1)) / (1.0 - beta1**step) if beta1 > 0 else 0.0
+    b2 = beta2 * (1.0 - beta2 ** (step - 1)) / (1.0 - beta2**step) if beta2 > 0 else 0.0
+    return b1, b2
+
+
+def _dtype_name(dtype: torch.dtype | str | None) -> str | None:
+    if dtype is None:
+        return None
+    for name, dt in _STATE_DTYPES.items():
+        if dtype in (dt, name):
+            return name
+    raise TypeError(f"state_dtype must be one of {sorted(_STATE_DTYPES)} or None, got {dtype!r}")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_hyper(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
+    """Raise ValueError/TypeError naming the first bad hyper-parameter."""
+    if not _is_number(lr):
+        raise TypeError(f"lr must be a Python number, got {type(lr).__name__}")
+    if not lr >= 0.0 or math.isinf(lr):
+        raise ValueError(f"Invalid learning rate: {lr} (must be finite and >= 0)")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if not _is_number(b):
+            raise TypeError(f"betas[{i}] must be a Python number, got {type(b).__name__}")
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b} (must be in [0, 1))")
+    if not _is_number(eps):
+        raise TypeError(f"eps must be a Python number, got {type(eps).__name__}")
+    if not eps > 0.0 or math.isinf(eps):
+        raise ValueError(f"Invalid epsilon value: {eps} (must be finite and > 0)")
+    if not _is_number(weight_decay):
+        raise TypeError(f"weight_decay must be a Python number, got {type(weight_decay).__name__}")
+    if not weight_decay >= 0.0 or math.isinf(weight_decay):
+        raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be finite and >= 0)")
+
+
+class StableAdamW(Optimizer):
+    """AdamW with per-tensor update clipping (SPEC §5), replacing gradient-norm clipping.
+
+    Args:
+        params: iterable of parameters or param-group dicts.
+        lr: learning rate (Python number; LR schedulers work as usual).
+        betas: (β1, β2), each in [0, 1).
+        eps: ε > 0, both the denominator term and the floor ε² on v in the RMS.
+        weight_decay: decoupled weight decay λ, scaled by the clipped step η like the update.
+        clip_update: divide the step by max(1, RMS). False gives torch.optim.AdamW (RMS still recorded).
+        foreach: use the ``torch._foreach_*`` implementation (default when ``fused`` is not set).
+        fused: use the Triton implementation (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1).
+        maximize: ascend instead of descend (gradient negated; RMS unaffected).
+        state_dtype: dtype of ``exp_avg``/``exp_avg_sq``; None = the parameter's dtype, as torch does. Use
+            ``torch.float32`` for bf16/fp16 parameters to keep fp32 moments. Arithmetic is always fp32
+            (fp64 for fp64 tensors); only the stored result is rounded.
+
+    State per parameter: ``step`` (0-dim float32 CPU tensor, like torch's AdamW), ``exp_avg`` = m̂,
+    ``exp_avg_sq`` = v̂ (bias-corrected, see module doc), ``rms`` (0-dim float32 tensor on the parameter's
+    device: the last step's RMS, written without a host sync).
+
+    Not supported (rejected): sparse or complex gradients, ``capturable``, ``differentiable``, AMP
+    ``grad_scale``/``found_inf`` (unscale gradients before ``step``), Tensor lr/betas.
+    """
+
+    #: ``exp_avg``/``exp_avg_sq`` hold bias-corrected moments (read by lowbit.monitor.RMSMonitor).
+    bias_corrected_moments: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        clip_update: bool = True,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        *,
+        maximize: bool = False,
+        state_dtype: torch.dtype | str | None = None,
+    ) -> None:
+        _check_hyper(lr, betas, eps, weight_decay)
+        if foreach and fused:
+            raise ValueError("`fused` and `foreach` cannot both be True")
+        defaults = {
+            "lr": lr,
+            "betas": tuple(float(b) for b in betas),
+            "eps": float(eps),
+            "weight_decay": float(weight_decay),
+            "clip_update": bool(clip_update),
+            "foreach": foreach,
+            "fused": fused,
+            "maximize": bool(maximize),
+            "state_dtype": _dtype_name(state_dtype),
+        }
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its hyper-parameters are validated like the constructor's."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_hyper(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        group["betas"] = tuple(float(b) for b in group["betas"])
+        group["state_dtype"] = _dtype_name(group["state_dtype"])
+        if group["foreach"] and group["fused"]:
+            raise ValueError("`fused` and `foreach` cannot both be True")
+        for p in group["params"]:
+            if not (p.is_floating_point() and not torch.is_complex(p)):
+                raise TypeError(f"StableAdamW needs real floating-point parameters, got {p.dtype}")
+            if group["fused"] and p.dtype not in _FUSED_DTYPES:
+                raise TypeError(f"fused=True supports {_FUSED_DTYPES} parameters, got {p.dtype}")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("clip_update", True)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+            group.setdefault("maximize", False)
+            group.setdefault("state_dtype", None)
+
+    def _state_dtype(self, group: dict[str, Any], p: Tensor) -> torch.dtype:
+        name = group.get("state_dtype")
+        return p.dtype if name is None else _STATE_DTYPES[name]
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
+        params, grads, exp_avgs, exp_avg_sqs, rmss, steps = [], [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad
+            if g.is_sparse or g.layout != torch.strided:
+                raise TypeError(f"StableAdamW does not support sparse gradients (got layout {g.layout})")
+            if torch.is_complex(g):
+                raise TypeError(f"StableAdamW does not support complex gradients (got {g.dtype})")
+            if not g.is_floating_point():
+                raise TypeError(f"StableAdamW needs floating-point gradients, got {g.dtype}")
+            state = self.state[p]
+            if len(state) == 0:
+                if group["fused"]:
+                    from lowbit.optim._fused import check_fused_device
+
+                    check_fused_device(p)
+                sdt = self._state_dtype(group, p)
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+                state["rms"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            params.append(p)
+            grads.append(g)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            rmss.append(state["rms"])
+            steps.append(state["step"])
+        return params, grads, exp_avgs, exp_avg_sqs, rmss, steps
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One optimisation step over every parameter that has a gradient."""
+        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            raise RuntimeError("StableAdamW does not take grad_scale/found_inf: unscale gradients first")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            tensors = self._init_group(group)
+            if not tensors[0]:
+                continue
+            beta1, beta2 = group["betas"]
+            stable_adamw(
+                *tensors,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                clip_update=group["clip_update"],
+                maximize=group["maximize"],
+                foreach=group["foreach"],
+                fused=group["fused"],
+            )
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like torch, but keep ``step`` on the CPU and the moments in the group's ``state_dtype``.
+
+        torch's loader casts every floating state tensor to the parameter's dtype, which would round fp32
+        moments of bf16 parameters; the saved tensors are re-read here at full precision.
+        """
+        saved_state = dict(state_dict["state"])
+        saved_groups = state_dict["param_groups"]
+        super().load_state_dict(state_dict)
+        old_ids = chain.from_iterable(g["params"] for g in saved_groups)
+        owners = [(p, g) for g in self.param_groups for p in g["params"]]
+        for old_id, (p, group) in zip(old_ids, owners):
+            if old_id not in saved_state:
+                continue
+            saved, state = saved_state[old_id], self.state[p]
+            sdt = self._state_dtype(group, p)
+            state["step"] = torch.tensor(float(saved["step"]), dtype=torch.float32)
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = saved[key].detach().to(device=p.device, dtype=sdt, copy=True)
+            rms = saved.get("rms")
+            state["rms"] = (
+                torch.zeros((), dtype=torch.float32, device=p.device)
+                if rms is None
+                else rms.detach().to(device=p.device, dtype=torch.float32, copy=True).reshape(())
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# functional API and the three implementations
+# --------------------------------------------------------------------------------------------------------------
+
+
+def stable_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    rmss: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    clip_update: bool = True,
+    maximize: bool = False,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> None:
+    """Functional StableAdamW step over lists of tensors (see :class:`StableAdamW`); increments the steps."""
+    if fused and foreach:
+        raise ValueError("`fused` and `foreach` cannot both be True")
+    kwargs: dict[str, Any] = dict(
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        clip_update=clip_update,
+        maximize=maximize,
+    )
+    if fused:
+        from lowbit.optim._fused import fused_stable_adamw
+
+        fused_stable_adamw(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps, **kwargs)
+    elif foreach is None or foreach:
+        _multi_tensor_stable_adamw(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps, **kwargs)
+    else:
+        _single_tensor_stable_adamw(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps, **kwargs)
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """fp64 if any operand is fp64, else fp32: the arithmetic precision of every implementation."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _single_tensor_stable_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    rmss: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    clip_update: bool,
+    maximize: bool,
+) -> None:
+    """Reference: SPEC §5 written out literally, one tensor at a time."""
+    for p, g, m, v, rms, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps):
+        step_t += 1
+        b1, b2 = folded_betas(beta1, beta2, float(step_t))
+        cdt = _compute_dtype(p, m, v)
+        gc = g.to(cdt)
+        if maximize:
+            gc = -gc
+        mc, vc, pc = m.to(cdt), v.to(cdt), p.to(cdt)  # the state itself when the dtypes agree
+        mc.mul_(b1).add_(gc, alpha=1.0 - b1)
+        vc.mul_(b2).addcmul_(gc, gc, value=1.0 - b2)
+        if p.numel() == 0:
+            r = torch.zeros((), dtype=cdt, device=p.device)
+        else:
+            r = (gc * gc / vc.clamp_min(eps * eps)).mean().sqrt()
+        rms.copy_(r)
+        eta = lr / r.clamp_min(1.0) if clip_update else torch.full((), lr, dtype=cdt, device=p.device)
+        update = mc / (vc.sqrt() + eps)
+        pc.sub_(eta * weight_decay * pc + eta * update)
+        for dst, src in ((m, mc), (v, vc), (p, pc)):
+            if dst is not src:
+                dst.copy_(src)
+
+
+def _grouped(
+    params: list[Tensor], exp_avgs: list[Tensor], state_steps: list[Tensor]
+) -> dict[tuple[Any, ...], list[int]]:
+    """Indices grouped by (device, param dtype, state dtype, step): one scalar β̂ pair per group."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (p, m, s) in enumerate(zip(params, exp_avgs, state_steps)):
+        groups.setdefault((p.device, p.dtype, m.dtype, float(s)), []).append(i)
+    return groups
+
+
+def _multi_tensor_stable_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    rmss: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    clip_update: bool,
+    maximize: bool,
+    engine: str | None = None,
+    host_scalars: bool | None = None,
+) -> None:
+    """Multi-tensor implementation (the default).
+
+    Tensors are bucketed by (device, dtypes, step) so that β̂1, β̂2 are scalars per bucket. Each bucket runs
+    one of two engines (``engine`` forces one; tests use this):
+
+    * ``"cpu"`` (CPU tensors with p, g, m, v of one dtype): RMS reduction in cache-sized slices (reads g
+      and v once, no full-size temporaries), then the update by torch's fused CPU AdamW kernel
+      ``torch._fused_adamw_`` called with β̂1, β̂2, lr = η_i and unit bias correction, which is exactly
+      ``θ − η λ θ − η m / (sqrt(v) + ε)``. torch's foreach AdamW allocates full-size temporaries every
+      step; this engine does not, which is why it is faster than torch's foreach AdamW on the CPU.
+    * ``"foreach"``: ``torch._foreach_*`` ops. η_i is applied as Python scalars on the CPU and as 0-dim
+      device tensors elsewhere (``host_scalars`` forces either), so a CUDA step never syncs the host.
+    """
+    if not params:
+        return
+    for s in state_steps:
+        s += 1
+    for (device, _pdt, _sdt, step), idx in _grouped(params, exp_avgs, state_steps).items():
+        b1, b2 = folded_betas(beta1, beta2, step)
+        lists = [[x[i] for i in idx] for x in (params, grads, exp_avgs, exp_avg_sqs, rmss)]
+        kw = dict(b1=b1, b2=b2, lr=lr, weight_decay=weight_decay, eps=eps, clip_update=clip_update)
+        use = engine or ("cpu" if device.type == "cpu" and _cpu_engine_ok(*lists[:4]) else "foreach")
+        if use == "cpu":
+            _cpu_bucket(*lists, maximize=maximize, **kw)
+        else:
+            use_host = device.type == "cpu" if host_scalars is None else host_scalars
+            _foreach_bucket(*lists, maximize=maximize, host_scalars=use_host, **kw)
+
+
+def _cpu_engine_ok(p_: list[Tensor], g_: list[Tensor], m_: list[Tensor], v_: list[Tensor]) -> bool:
+    if not hasattr(torch, "_fused_adamw_"):
+        return False
+    dt = p_[0].dtype
+    return all(t.dtype == dt and t.device.type == "cpu" for ts in (p_, g_, m_, v_) for t in ts)
+
+
+_BIG_STEP: dict[torch.device, Tensor] = {}
+
+
+def _cpu_bucket(
+    p_: list[Tensor],
+    g_: list[Tensor],
+    m_: list[Tensor],
+    v_: list[Tensor],
+    r_: list[Tensor],
+    *,
+    b1: float,
+    b2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    clip_update: bool,
+    maximize: bool,
+) -> None:
+    """CPU engine: sliced RMS (phase 1), then torch's fused AdamW kernel with lr = η_i (phase 2)."""
+    cdt = _compute_dtype(p_[0])
+    threads = max(1, torch.get_num_threads())
+    span = min(65536 * threads, max(t.numel() for t in p_))
+    t1 = torch.empty(span, dtype=cdt)
+    t2 = torch.empty(span, dtype=cdt)
+    eps2 = eps * eps
+    etas: list[float] = []
+    for g, v, r in zip(g_, v_, r_):
+        gf, vf = g.reshape(-1), v.reshape(-1)
+        n = gf.numel()
+        total = 0.0
+        for i in range(0, n, span):
+            a, b = gf[i : i + span], vf[i : i + span]
+            if a.dtype != cdt:
+                a, b = a.to(cdt), b.to(cdt)
+            k = a.numel()
+            u, w = t1[:k], t2[:k]
+            torch.mul(b, b2, out=u)
+            u.addcmul_(a, a, value=1.0 - b2)  # v_new
+            u.clamp_min_(eps2)
+            torch.div(a, u, out=w)
+            total += float(torch.dot(w, a))  # Σ g² / max(v_new, ε²)
+        rms = math.sqrt(total / n) if n else 0.0
+        r.fill_(rms)
+        etas.append(lr / max(1.0, rms) if clip_update else lr)
+    # one fused call per distinct η (usually: all unclipped tensors together, then each clipped one)
+    by_eta: dict[float, list[int]] = {}
+    for i, e in enumerate(etas):
+        by_eta.setdefault(e, []).append(i)
+    big = _BIG_STEP.setdefault(torch.device("cpu"), torch.tensor(2.0**30))  # β^step = 0: no bias correction
+    for e, ids in by_eta.items():
+        torch._fused_adamw_(
+            [p_[i] for i in ids],
+            [g_[i] for i in ids],
+            [m_[i] for i in ids],
+            [v_[i] for i in ids],
+            [],
+            [big] * len(ids),
+            lr=e,
+            beta1=b1,
+            beta2=b2,
+            weight_decay=weight_decay,
+            eps=eps,
+            amsgrad=False,
+            maximize=maximize,
+        )
+
+
+def _foreach_bucket(
+    p_: list[Tensor],
+    g_: list[Tensor],
+    m_: list[Tensor],
+    v_: list[Tensor],
+    r_: list[Tensor],
+    *,
+    b1: float,
+    b2: float,
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    clip_update: bool,
+    maximize: bool,
+    host_scalars: bool,
+) -> None:
+    """``torch._foreach_*`` engine for one bucket."""
+    device = p_[0].device
+    cdt = _compute_dtype(p_[0], m_[0])
+    gc = [g if g.dtype == cdt else g.to(cdt) for g in g_]
+    if maximize:
+        gc = torch._foreach_neg(gc)
+    mc = [t if t.dtype == cdt else t.to(cdt) for t in m_]
+    vc = [t if t.dtype == cdt else t.to(cdt) for t in v_]
+    pc = [t if t.dtype == cdt else t.to(cdt) for t in p_]
+
+    torch._foreach_lerp_(mc, gc, 1.0 - b1)
+    torch._foreach_mul_(vc, b2)
+    torch._foreach_addcmul_(vc, gc, gc, 1.0 - b2)
+
+    denom = torch._foreach_sqrt(vc)  # sqrt(v); max(sqrt(v), ε) = sqrt(max(v, ε²))
+    ratio = torch._foreach_clamp_min(denom, eps)
+    torch._foreach_div_(ratio, gc)  # sqrt(max(v, ε²)) / g, inverted next: one temporary instead of two
+    torch._foreach_reciprocal_(ratio)
+    norms = torch._foreach_norm(ratio, 2)
+    del ratio
+    numel = torch.tensor([max(t.numel(), 1) for t in p_], dtype=cdt, device=device)
+    rms = torch.stack(norms) / numel.sqrt()
+    torch._foreach_copy_(r_, list(rms.to(torch.float32).unbind(0)))
+    eta = lr / rms.clamp_min(1.0) if clip_update else torch.full_like(rms, lr)
+    torch._foreach_add_(denom, eps)
+
+    if host_scalars:
+        etas = eta.tolist()
+        if weight_decay != 0.0:
+            torch._foreach_mul_(pc, [1.0 - e * weight_decay for e in etas])
+        torch._foreach_addcdiv_(pc, mc, denom, [-e for e in etas])
+    else:
+        if weight_decay != 0.0:
+            torch._foreach_mul_(pc, list((1.0 - eta * weight_decay).unbind(0)))
+        torch._foreach_div_(denom, mc)  # denom / m, inverted: update = m / denom
+        torch._foreach_reciprocal_(denom)
+        torch._foreach_mul_(denom, list((-eta).unbind(0)))
+        torch._foreach_add_(pc, denom)
+    for dst, src in ((m_, mc), (v_, vc), (p_, pc)):
+        pairs = [(d, s) for d, s in zip(dst, src) if d is not s]
+        if pairs:
+            torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
