@@ -1,1 +1,17 @@
-"""lowbit.monitor"""
+"""lowbit.monitor: loss-spike diagnostics (SPEC §4): per-tensor RMS of the Adam update and its spikes."""
+
+from lowbit.monitor.plot import plot_spikes, read_metrics_csv
+from lowbit.monitor.rms import RMSMonitor, adam_rms
+from lowbit.monitor.spikes import LossSpike, RMSPrecursor, find_loss_spikes, find_spikes, rms_precursors
+
+__all__ = [
+    "LossSpike",
+    "RMSMonitor",
+    "RMSPrecursor",
+    "adam_rms",
+    "find_loss_spikes",
+    "find_spikes",
+    "plot_spikes",
+    "read_metrics_csv",
+    "rms_precursors",
+]
