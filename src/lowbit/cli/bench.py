@@ -1,16 +1,28 @@
-"""``lowbit bench``: not yet available (placeholder until its issue lands)."""
+"""``lowbit bench WHAT``: benchmarks (GPU timings are ratios measured side by side in one run)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 
-HELP = "bench (not yet available)"
+HELP = "benchmarks: linear | mlp | matmul | memory | sweep | optim"
+
+_LINEAR_FAMILY = ("linear", "mlp", "matmul", "memory", "sweep")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    from lowbit.bench import linear
+
+    sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
+    for what in _LINEAR_FAMILY:
+        p = sub.add_parser(what, help=linear.WHAT[what], description=linear.WHAT[what])
+        linear.add_arguments(p)
+        p.set_defaults(_bench="lowbit.bench.linear")
+    optim = importlib.import_module("lowbit.bench.optim")
+    p = sub.add_parser("optim", help=optim.HELP, description=optim.HELP)
+    optim.add_arguments(p)
+    p.set_defaults(_bench="lowbit.bench.optim")
 
 
 def run(args: argparse.Namespace) -> int:
-    print("lowbit bench: not yet available")
-    return 0
+    return int(importlib.import_module(args._bench).run(args) or 0)

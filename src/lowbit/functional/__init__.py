@@ -1,1 +1,6 @@
-"""lowbit.functional"""
+"""Autograd functions driven by a :class:`Recipe`, and the named recipes."""
+
+from lowbit.functional.linear import linear
+from lowbit.functional.recipe import RECIPES, Matmul, Quant, Recipe, get_recipe
+
+__all__ = ["RECIPES", "Matmul", "Quant", "Recipe", "get_recipe", "linear"]

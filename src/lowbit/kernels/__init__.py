@@ -1,7 +1,7 @@
 """Quantizers and scaled matmuls: PyTorch reference numerics (any device) and Triton kernels (CUDA)."""
 
 from lowbit.kernels._common import FP8_MAX, GRANULARITIES, Backend, Format, Granularity
-from lowbit.kernels.quantize import (
+from lowbit.kernels.quantizers import (
     dequantize,
     dequantize_fp8,
     dequantize_int8,

@@ -35,7 +35,7 @@ _FP8_BIAS = {"e4m3": 7, "e5m2": 15}
 
 def _fmt_constants(fmt: Format) -> dict:
     if fmt == "int8":
-        return dict(FMT=0, QMAX=INT8_MAX, AMAX_FLOOR=0.0, MBITS=0, EMIN=0, BIAS=0, INV_SUB=1.0)
+        return dict(FMT=0, QMAX=INT8_MAX, AMAX_FLOOR=0.0, MBITS=0, EMIN=0, BIAS=0, INV_SUB=1.0, EMULATE=False)
     mbits, emin = FP8_MANTISSA_BITS[fmt], FP8_MIN_NORMAL_EXP[fmt]
     return dict(
         FMT=_FMT_ID[fmt],
@@ -45,6 +45,7 @@ def _fmt_constants(fmt: Format) -> dict:
         EMIN=emin,
         BIAS=_FP8_BIAS[fmt],
         INV_SUB=2.0 ** (mbits - emin),  # 1 / (spacing of the subnormals)
+        EMULATE=interpreting(),
     )
 
 
@@ -70,16 +71,25 @@ def _round_half_even(v):
 
 @triton.jit
 def _encode(x, mul, FMT: tl.constexpr, QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-            BIAS: tl.constexpr, INV_SUB: tl.constexpr):
-    """Codes of float32 ``x`` times ``mul``: int8 values, or fp8 bit patterns as uint8."""
+            BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr):
+    """Codes of float32 ``x`` times ``mul``: int8 values, or fp8 bit patterns as uint8.
+
+    fp8 uses the hardware's round-to-nearest-even conversion on the GPU and an exact emulation in the
+    interpreter (``EMULATE``), whose own conversion truncates; the tests check both against PyTorch's cast.
+    """
     y = x * mul
     if FMT == 0:
         y = tl.where(y == y, y, 0.0)
         y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
         return _round_half_even(y).to(tl.int8)
+    y = tl.minimum(tl.maximum(y, -QMAX, propagate_nan=tl.PropagateNan.ALL), QMAX,
+                   propagate_nan=tl.PropagateNan.ALL)
+    if not EMULATE:
+        if FMT == 1:
+            return y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        else:
+            return y.to(tl.float8e5).to(tl.uint8, bitcast=True)
     else:
-        y = tl.minimum(tl.maximum(y, -QMAX, propagate_nan=tl.PropagateNan.ALL), QMAX,
-                       propagate_nan=tl.PropagateNan.ALL)
         # Round to the fp8 grid: spacing 2**(e - MBITS), e = max(exponent(y), EMIN) (subnormals below).
         e = tl.maximum(((y.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, EMIN)
         inv_sp = ((127 - e + MBITS) << 23).to(tl.float32, bitcast=True)
@@ -93,6 +103,13 @@ def _encode(x, mul, FMT: tl.constexpr, QMAX: tl.constexpr, MBITS: tl.constexpr, 
         code = tl.where(ef >= EMIN, normal, sub) | tl.where(y.to(tl.int32, bitcast=True) < 0, 128, 0)
         code = tl.where(r == r, code, 0x7F)
         return code.to(tl.uint8)
+
+
+@triton.jit
+def _abs_bits(x):
+    """``|x|`` as int32 bit patterns: ordered like the values, with NaN above Inf, so an integer max is a
+    NaN-propagating absmax (and can be combined across programs with an integer atomic max)."""
+    return tl.abs(x).to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -111,7 +128,7 @@ def _scale_and_multiplier(amax, FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOO
 def _quantize_rows_kernel(
     x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk,
     FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr,
-    EMIN: tl.constexpr, BIAS: tl.constexpr, INV_SUB: tl.constexpr,
+    EMIN: tl.constexpr, BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -122,36 +139,54 @@ def _quantize_rows_kernel(
     if ONE_PASS:
         mask = rmask[:, None] & (cols[None, :] < K)
         x = tl.load(x_rows + cols[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=1)
-        bad = tl.max((x != x).to(tl.int32), axis=1)
+        amax_bits = tl.max(_abs_bits(x), axis=1)
     else:
-        amax = tl.zeros([BLOCK_M], dtype=tl.float32)
-        bad = tl.zeros([BLOCK_M], dtype=tl.int32)
+        amax_bits = tl.zeros([BLOCK_M], dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
             mask = rmask[:, None] & ((k0 + cols)[None, :] < K)
             x = tl.load(x_rows + (k0 + cols)[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-            bad = tl.maximum(bad, tl.max((x != x).to(tl.int32), axis=1))
-    amax = tl.where(bad > 0, float("nan"), amax)
+            amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(x), axis=1))
+    amax = amax_bits.to(tl.float32, bitcast=True)
     scale, mul = _scale_and_multiplier(amax, FMT, QMAX, AMAX_FLOOR)
     tl.store(s_ptr + rows, scale, mask=rmask)
     if ONE_PASS:
-        code = _encode(x, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB)
+        code = _encode(x, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
         tl.store(q_rows + cols[None, :], code, mask=mask)
     else:
         for k0 in range(0, K, BLOCK_K):
             mask = rmask[:, None] & ((k0 + cols)[None, :] < K)
             x = tl.load(x_rows + (k0 + cols)[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            code = _encode(x, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB)
+            code = _encode(x, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
             tl.store(q_rows + (k0 + cols)[None, :], code, mask=mask)
 
 
 @triton.jit
+def _absmax_kernel(
+    x_ptr, amax_ptr, M, K, stride_xm, stride_xk, PER_COLUMN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ROW_BLOCKS: tl.constexpr,
+):
+    """Column-wise or tensor-wise absmax as int32 bit patterns, combined across programs by atomic max."""
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.int32)
+    for i in range(ROW_BLOCKS):
+        rows = (tl.program_id(0) * ROW_BLOCKS + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (rows[:, None] < M) & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :] * stride_xk, mask=mask,
+                    other=0.0).to(tl.float32)
+        acc = tl.maximum(acc, _abs_bits(x))
+    if PER_COLUMN:
+        tl.atomic_max(amax_ptr + cols, tl.max(acc, axis=0), mask=cols < K)
+    else:
+        tl.atomic_max(amax_ptr, tl.max(tl.max(acc, axis=1), axis=0))
+
+
+@triton.jit
 def _quantize_scaled_kernel(
-    x_ptr, q_ptr, mul_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_qk,
+    x_ptr, q_ptr, amax_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_qk,
     PER_COLUMN: tl.constexpr,
-    FMT: tl.constexpr, QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
-    INV_SUB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+    BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -159,10 +194,17 @@ def _quantize_scaled_kernel(
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :] * stride_xk, mask=mask,
                 other=0.0).to(tl.float32)
     if PER_COLUMN:
-        mul = tl.load(mul_ptr + cols, mask=cols < K, other=0.0)[None, :]
+        amax = tl.load(amax_ptr + cols, mask=cols < K, other=0).to(tl.float32, bitcast=True)
+        scale, mul = _scale_and_multiplier(amax, FMT, QMAX, AMAX_FLOOR)
+        if tl.program_id(0) == 0:
+            tl.store(s_ptr + cols, scale, mask=cols < K)
+        mul = mul[None, :]
     else:
-        mul = tl.load(mul_ptr)
-    code = _encode(x, mul, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB)
+        amax = tl.load(amax_ptr).to(tl.float32, bitcast=True)
+        scale, mul = _scale_and_multiplier(amax, FMT, QMAX, AMAX_FLOOR)
+        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+            tl.store(s_ptr, scale)
+    code = _encode(x, mul, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
     tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + cols[None, :].to(tl.int64) * stride_qk, code,
              mask=mask)
 
@@ -212,22 +254,35 @@ def quantize_rows(x2d: torch.Tensor, fmt: Format) -> tuple[torch.Tensor, torch.T
 
 
 def quantize_scaled(
-    x2d: torch.Tensor, multiplier: torch.Tensor, fmt: Format, per_column: bool, transpose: bool
-) -> torch.Tensor:
-    """Codes of a 2-D tensor given its multiplier (``[K]`` per column or ``[]``); ``transpose`` writes ``[K, M]``."""
+    x2d: torch.Tensor, fmt: Format, per_column: bool, transpose: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column- or tensor-wise quantization of a 2-D tensor, optionally writing the transpose ``[K, M]``.
+
+    Two launches: the absmax reduction (atomic max of bit patterns) and the quantize pass, which derives the
+    scale in-kernel. Returns ``(codes, scale)`` with scale ``[K]`` (per column) or ``[]``.
+    """
     M, K = x2d.shape
+    dev = x2d.device
+    amax = torch.zeros(K if per_column else 1, dtype=torch.int32, device=dev)
+    scale = torch.empty(K if per_column else (), dtype=torch.float32, device=dev)
     shape = (K, M) if transpose else (M, K)
-    q = torch.empty(shape, dtype=storage_dtype(fmt), device=x2d.device)
+    q = torch.empty(shape, dtype=storage_dtype(fmt), device=dev)
     stride_qm, stride_qk = (1, M) if transpose else (K, 1)
+    if interpreting():
+        bm, bk, row_blocks = 16, 16, 2
+    else:
+        bm, bk, row_blocks = 32, 128, 8
+    _absmax_kernel[(triton.cdiv(M, bm * row_blocks), triton.cdiv(K, bk))](
+        x2d, amax, M, K, x2d.stride(0), x2d.stride(1), PER_COLUMN=per_column, BLOCK_M=bm, BLOCK_K=bk,
+        ROW_BLOCKS=row_blocks, num_warps=4,
+    )
     block = (16, 16) if interpreting() else (64, 64)
-    c = _fmt_constants(fmt)
-    del c["AMAX_FLOOR"]
     _quantize_scaled_kernel[(triton.cdiv(M, block[0]), triton.cdiv(K, block[1]))](
-        x2d, q if fmt == "int8" else q.view(torch.uint8), multiplier.contiguous().float(), M, K,
-        x2d.stride(0), x2d.stride(1), stride_qm, stride_qk, PER_COLUMN=per_column, **c,
+        x2d, q if fmt == "int8" else q.view(torch.uint8), amax, scale, M, K,
+        x2d.stride(0), x2d.stride(1), stride_qm, stride_qk, PER_COLUMN=per_column, **_fmt_constants(fmt),
         BLOCK_M=block[0], BLOCK_K=block[1], num_warps=4,
     )
-    return q
+    return q, scale
 
 
 def dequantize(q2d: torch.Tensor, scale2d: torch.Tensor, fmt: Format, dtype: torch.dtype) -> torch.Tensor:

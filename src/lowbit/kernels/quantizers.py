@@ -72,12 +72,12 @@ def quantize(
     if granularity == "row":
         q, scale = triton_quant.quantize_rows(x2d, fmt)
         return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
-    scale = reference.scale_from_absmax(reference.absmax(x, granularity), fmt)
-    mul = reference.quantize_multiplier(scale, fmt)
     per_column = granularity == "column"
-    q = triton_quant.quantize_scaled(x2d, mul.reshape(-1) if per_column else mul, fmt, per_column, transpose)
+    q, scale = triton_quant.quantize_scaled(x2d, fmt, per_column, transpose)
     if transpose:
         return q, scale.reshape(-1, 1) if per_column else scale
+    if per_column:
+        scale = scale.reshape((1,) * (x.ndim - 1) + (x.shape[-1],))
     return q.reshape(x.shape), scale
 
 

@@ -1,0 +1,295 @@
+"""``lowbit bench linear | mlp | matmul | memory``: recipes against bf16 ``nn.Linear`` at CLIP shapes.
+
+* ``linear``: forward + backward of one layer (d→4d and 4d→d), each recipe's time as a ratio to bf16
+  ``nn.Linear`` measured in the same run (eager, and compiled with ``--compile``).
+* ``mlp``: the transformer MLP block ``Linear → GELU → Linear`` forward + backward.
+* ``matmul``: TFLOP/s of the int8 / fp8 kernels (dequantize + bias fused) against cuBLAS bf16,
+  ``torch._int_mm`` and ``torch._scaled_mm``; and the quantize kernels' bandwidth.
+* ``memory``: bytes each recipe saves for the backward (autograd saved-tensor hooks), as a ratio to bf16.
+
+Timings are medians of many runs after warm-up (``triton.testing.do_bench`` on CUDA). When torchao is
+installed, its float8 (tensorwise, rowwise) and int8 mixed-precision linears join the tables as anchors.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.bench.common import bench, environment, markdown_table, write_results
+
+# name: (width d, MLP width 4d, tokens per GPU batch) — CLIP towers at their usual per-GPU batch.
+SHAPES: dict[str, tuple[int, int, int]] = {
+    "vit-b-32": (768, 3072, 256 * 50),
+    "vit-l-14": (1024, 4096, 256 * 257),
+    "vit-h-14": (1280, 5120, 128 * 257),
+    "llm": (4096, 16384, 16384),
+}
+DEFAULT_RECIPES = ["switchback", "switchback-q", "switchback-m", "int8-all", "llm-int8",
+                   "fp8-switchback", "fp8-tensorwise", "fp8-rowwise"]
+
+
+def _torchao_variants() -> dict[str, Callable[[nn.Module], nn.Module]]:
+    """torchao's training linears, when torchao is importable (anchors only)."""
+    out: dict[str, Callable[[nn.Module], nn.Module]] = {}
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except Exception:
+        return out
+    out["torchao-float8-tensorwise"] = lambda m: convert_to_float8_training(m)
+    out["torchao-float8-rowwise"] = lambda m: convert_to_float8_training(
+        m, config=Float8LinearConfig.from_recipe_name("rowwise"))
+    try:
+        from torchao import quantize_
+        from torchao.prototype.quantized_training import int8_mixed_precision_training
+
+        def _int8mp(m: nn.Module) -> nn.Module:
+            quantize_(m, int8_mixed_precision_training())
+            return m
+
+        out["torchao-int8-mixed"] = _int8mp
+    except Exception:
+        pass
+    return out
+
+
+def _make(kind: str, d_in: int, d_out: int, device, dtype, mlp_hidden: int | None = None) -> nn.Module:
+    """A bf16 layer (or MLP block) converted to ``kind``: ``nn.Linear``, a lowbit recipe, or a torchao anchor."""
+    from lowbit.nn import convert
+
+    if mlp_hidden is None:
+        m: nn.Module = nn.Sequential(nn.Linear(d_in, d_out))
+    else:
+        m = nn.Sequential(nn.Linear(d_in, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, d_in))
+    m = m.to(device=device, dtype=dtype)
+    if kind == "nn.Linear":
+        return m
+    anchors = _torchao_variants()
+    if kind in anchors:
+        return anchors[kind](m)
+    return convert(m, kind, module_filter=lambda fqn, mod: True)
+
+
+def _fwd_bwd(module: nn.Module, tokens: int, d_in: int, device, dtype, compiled: bool):
+    x = torch.randn(tokens, d_in, device=device, dtype=dtype, requires_grad=True)
+    with torch.no_grad():
+        d_out = module(x[:1]).shape[-1]
+    g = torch.randn(tokens, d_out, device=device, dtype=dtype)
+    fn_module = torch.compile(module) if compiled else module
+
+    def step() -> None:
+        fn_module(x).backward(g)
+
+    return step, [x, *module.parameters()]
+
+
+def time_block(kind: str, d_in: int, d_out: int, tokens: int, device, dtype=torch.bfloat16,
+               compiled: bool = False, mlp_hidden: int | None = None) -> float:
+    module = _make(kind, d_in, d_out, device, dtype, mlp_hidden)
+    step, grads = _fwd_bwd(module, tokens, d_in, device, dtype, compiled)
+    return bench(step, device, grad_to_none=grads)
+
+
+def _kinds(recipes: list[str]) -> list[str]:
+    return ["nn.Linear", *recipes, *_torchao_variants()]
+
+
+def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
+    device = torch.device(args.device)
+    rows = []
+    for shape in args.shapes:
+        d, d4, tokens = SHAPES[shape]
+        tokens = args.tokens or tokens
+        layers = [("mlp", d, d, d4)] if mlp else [("fc1", d, d4, None), ("fc2", d4, d, None)]
+        for layer, d_in, d_out, hidden in layers:
+            for compiled in ([False, True] if args.compile else [False]):
+                base = time_block("nn.Linear", d_in, d_out, tokens, device, compiled=compiled, mlp_hidden=hidden)
+                for kind in _kinds(args.recipes):
+                    try:
+                        ms = base if kind == "nn.Linear" else time_block(
+                            kind, d_in, d_out, tokens, device, compiled=compiled, mlp_hidden=hidden)
+                        err = None
+                    except Exception as e:  # a recipe that cannot run here is reported, not fatal
+                        ms, err = float("nan"), f"{type(e).__name__}: {e}"[:160]
+                    rows.append({"shape": shape, "layer": layer, "tokens": tokens,
+                                 "dims": f"{d_in}→{hidden or d_out}" + (f"→{d_out}" if hidden else ""),
+                                 "mode": "compiled" if compiled else "eager", "kind": kind, "ms": ms,
+                                 "speedup_vs_bf16": base / ms if ms == ms else None, "error": err})
+                    print(f"{shape} {layer} {rows[-1]['mode']} {kind}: {ms:.3f} ms "
+                          f"({rows[-1]['speedup_vs_bf16'] or 0:.2f}x)" + (f" [{err}]" if err else ""), flush=True)
+    return {"rows": rows}
+
+
+def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Speed-up of each recipe vs bf16 as the width grows (d→4d and 4d→d), to place convert()'s threshold."""
+    device = torch.device(args.device)
+    rows = []
+    tokens = args.tokens or 32768
+    for d in args.widths:
+        for layer, d_in, d_out in (("fc1", d, 4 * d), ("fc2", 4 * d, d), ("square", d, d)):
+            base = time_block("nn.Linear", d_in, d_out, tokens, device)
+            for kind in args.recipes:
+                ms = time_block(kind, d_in, d_out, tokens, device)
+                rows.append({"width": d, "layer": layer, "dims": f"{d_in}→{d_out}", "tokens": tokens,
+                             "kind": kind, "ms": ms, "bf16_ms": base, "speedup_vs_bf16": base / ms})
+                print(rows[-1], flush=True)
+    return {"rows": rows}
+
+
+def run_matmul(args: argparse.Namespace) -> dict[str, Any]:
+    """TFLOP/s of the quantized matmuls (epilogue included) and GB/s of the quantize kernels."""
+    from lowbit.kernels import quantize
+    from lowbit.kernels.matmul import scaled_mm
+
+    device = torch.device(args.device)
+    rows = []
+    shapes = [(32896, 1280, 5120), (32896, 5120, 1280), (32896, 1280, 3840), (12800, 768, 3072),
+              (12800, 3072, 768), (65792, 1024, 4096), (8192, 8192, 8192)]
+    fp8_ok = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    for M, K, N in shapes:
+        a = torch.randn(M, K, device=device, dtype=torch.bfloat16)
+        b = torch.randn(N, K, device=device, dtype=torch.bfloat16)
+        bias = torch.randn(N, device=device, dtype=torch.bfloat16)
+        flops = 2 * M * N * K
+        q8a, s8a = quantize(a, "int8", "row")
+        q8b, s8b = quantize(b, "int8", "tensor")
+        cands: dict[str, Callable[[], Any]] = {
+            "bf16 cuBLAS (F.linear)": lambda: torch.nn.functional.linear(a, b, bias),
+            "int8 torch._int_mm": lambda: torch._int_mm(q8a, q8b.t()),
+            "int8 lowbit Triton (+dequant+bias)": lambda: scaled_mm(q8a, q8b, s8a, s8b, bias=bias),
+        }
+        if fp8_ok:
+            qfa, sfa = quantize(a, "e4m3", "row")
+            qfb, sfb = quantize(b, "e4m3", "row")
+            cands["fp8 torch._scaled_mm rowwise"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias,
+                                                                     backend="cublas")
+            cands["fp8 lowbit Triton rowwise (+bias)"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias)
+        base = None
+        for name, fn in cands.items():
+            ms = bench(fn, device)
+            tflops = flops / ms / 1e9
+            base = base or tflops
+            rows.append({"M×K×N": f"{M}×{K}×{N}", "kernel": name, "ms": ms, "TFLOP/s": tflops,
+                         "vs_bf16": tflops / base})
+            print(rows[-1], flush=True)
+        for fmt in ("int8", "e4m3") if fp8_ok else ("int8",):
+            ms = bench(lambda fmt=fmt: quantize(a, fmt, "row"), device)
+            gbs = (a.numel() * 2 + a.numel() + M * 4) / ms / 1e6
+            rows.append({"M×K×N": f"{M}×{K}", "kernel": f"quantize {fmt} row-wise (bf16 in)", "ms": ms,
+                         "GB/s": gbs})
+            print(rows[-1], flush=True)
+        ms = bench(lambda: quantize(b, "int8", "tensor", transpose=True), device)
+        rows.append({"M×K×N": f"{N}×{K}", "kernel": "quantize int8 tensor-wise + transpose (W)", "ms": ms,
+                     "GB/s": (b.numel() * 3) / ms / 1e6})
+    rows += _breakdown(device, fp8_ok)
+    return {"rows": rows}
+
+
+def _breakdown(device, fp8_ok: bool) -> list[dict[str, Any]]:
+    """Where a SwitchBack layer's time goes (ViT-H fc1, 32896 tokens, 1280→5120): each step alone."""
+    from lowbit.kernels import quantize
+    from lowbit.kernels.matmul import scaled_mm
+
+    T, d_in, d_out = 32896, 1280, 5120
+    x = torch.randn(T, d_in, device=device, dtype=torch.bfloat16)
+    w = torch.randn(d_out, d_in, device=device, dtype=torch.bfloat16)
+    dy = torch.randn(T, d_out, device=device, dtype=torch.bfloat16)
+    rows = []
+    fmts = ["int8", "e4m3"] if fp8_ok else ["int8"]
+    for fmt in fmts:
+        gfmt = "e5m2" if fmt == "e4m3" else fmt
+        qx, sx = quantize(x, fmt, "row")
+        qw, sw = quantize(w, fmt, "tensor")
+        qdy, sdy = quantize(dy, gfmt, "row")
+        qwt, swt = quantize(w, fmt, "tensor", transpose=True)
+        steps = {
+            "fwd: quantize X row-wise": lambda: quantize(x, fmt, "row"),
+            "fwd: quantize W tensor-wise": lambda: quantize(w, fmt, "tensor"),
+            "fwd: matmul (+dequant+bias)": lambda: scaled_mm(qx, qw, sx, sw),
+            "dgrad: quantize dY row-wise": lambda: quantize(dy, gfmt, "row"),
+            "dgrad: quantize+transpose W": lambda: quantize(w, fmt, "tensor", transpose=True),
+            "dgrad: matmul": lambda: scaled_mm(qdy, qwt, sdy, swt),
+            "wgrad: bf16 cuBLAS dYᵀX": lambda: dy.t() @ x,
+            "bf16 forward F.linear": lambda: torch.nn.functional.linear(x, w),
+            "bf16 dgrad dY W": lambda: dy @ w,
+        }
+        for name, fn in steps.items():
+            rows.append({"M×K×N": f"breakdown {fmt} {T}×{d_in}→{d_out}", "kernel": name, "ms": bench(fn, device)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def saved_bytes(kind: str, d_in: int, d_out: int, tokens: int, device, dtype=torch.bfloat16) -> int:
+    """Bytes autograd keeps for the backward of one layer's forward (parameters excluded)."""
+    module = _make(kind, d_in, d_out, device, dtype)
+    params = {p.data_ptr() for p in module.parameters()}
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        if t.data_ptr() not in params:
+            total += t.numel() * t.element_size()
+        return t
+
+    x = torch.randn(tokens, d_in, device=device, dtype=dtype, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return total
+
+
+def run_memory(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    rows = []
+    for shape in args.shapes:
+        d, d4, tokens = SHAPES[shape]
+        tokens = min(args.tokens or tokens, 4096) if device.type == "cpu" else (args.tokens or tokens)
+        base = saved_bytes("nn.Linear", d, d4, tokens, device)
+        for kind in ["nn.Linear", *args.recipes]:
+            b = saved_bytes(kind, d, d4, tokens, device)
+            rows.append({"shape": shape, "dims": f"{d}→{d4}", "tokens": tokens, "kind": kind, "saved_MiB": b / 2**20,
+                         "vs_bf16": b / base, "saving": 1 - b / base})
+    return {"rows": rows}
+
+
+WHAT = {
+    "linear": "one linear layer fwd+bwd per recipe vs bf16 nn.Linear at CLIP shapes",
+    "mlp": "the MLP block (Linear-GELU-Linear) fwd+bwd per recipe vs bf16",
+    "matmul": "TFLOP/s of the int8/fp8 kernels vs cuBLAS bf16, torch._int_mm, torch._scaled_mm",
+    "memory": "bytes saved for the backward per recipe",
+    "sweep": "speed-up vs width, to place convert()'s size threshold",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
+    parser.add_argument("--tokens", type=int, default=None, help="override the token count of every shape")
+    parser.add_argument("--widths", nargs="+", type=int, default=[256, 384, 512, 768, 1024],
+                        help="widths for `sweep`")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="directory for NAME.json and NAME.md")
+
+
+_COLUMNS = {
+    "linear": ["shape", "layer", "dims", "tokens", "mode", "kind", "ms", "speedup_vs_bf16", "error"],
+    "mlp": ["shape", "layer", "dims", "tokens", "mode", "kind", "ms", "speedup_vs_bf16", "error"],
+    "matmul": ["M×K×N", "kernel", "ms", "TFLOP/s", "vs_bf16", "GB/s"],
+    "memory": ["shape", "dims", "tokens", "kind", "saved_MiB", "vs_bf16", "saving"],
+    "sweep": ["width", "layer", "dims", "tokens", "kind", "ms", "bf16_ms", "speedup_vs_bf16"],
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    runners = {"linear": lambda: run_linear(args, mlp=False), "mlp": lambda: run_linear(args, mlp=True),
+               "matmul": lambda: run_matmul(args), "memory": lambda: run_memory(args), "sweep": lambda: run_sweep(args)}
+    result = runners[args.what]()
+    payload = {"env": environment(device), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+               **result}
+    write_results(args.out, args.what, payload, markdown_table(result["rows"], _COLUMNS[args.what]))
+    return 0

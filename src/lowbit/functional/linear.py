@@ -1,0 +1,145 @@
+"""``lowbit.functional.linear``: one autograd function for every recipe.
+
+The recipe says, for each of the three matmuls, whether it runs in 16-bit or on quantized operands, and
+how; this module only wires the operands: which tensor is quantized along which axis, what is saved. On CUDA
+the quantized matmuls run the Triton kernels (int8 or fp8 codes, dequantize + bias fused in the epilogue);
+elsewhere the PyTorch reference computes the same numerics. ``*-sim`` recipes quantize → dequantize and run
+an ordinary matmul in the input's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.functional.recipe import Quant, Recipe, get_recipe
+from lowbit.kernels import ops
+
+
+def _quantize_operand(t: torch.Tensor, q: Quant, transpose: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes laid out with the inner dimension last (transposing if asked) and their scale.
+
+    Vector-wise scaling is always one scale per row of the laid-out operand: a row of ``t`` when it is used
+    as is, a column of ``t`` when it is transposed.
+    """
+    vector = q.scaling != "tensor"
+    if transpose:
+        return ops.quantize(t, q.format, "column" if vector else "tensor", True)
+    return ops.quantize(t, q.format, "row" if vector else "tensor", False)
+
+
+def _qmm(a, b, qa: Quant, qb: Quant, bias, out_dtype: torch.dtype, simulated: bool) -> torch.Tensor:
+    """``dequant(a) @ dequant(b)ᵀ (+ bias)`` from ``(codes, scale)`` pairs laid out inner-dimension-last."""
+    (ca, sa), (cb, sb) = a, b
+    if simulated:
+        da = ops.dequantize(ca, sa, qa.format, "row" if sa.ndim else "tensor", out_dtype)
+        db = ops.dequantize(cb, sb, qb.format, "row" if sb.ndim else "tensor", out_dtype)
+        return F.linear(da, db, bias)
+    return ops.scaled_mm(ca, cb, sa, sb, bias, out_dtype)
+
+
+class _LowbitLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe):
+        x2d = x.reshape(-1, x.shape[-1])
+        fwd, sim = recipe.forward, recipe.simulated
+        qx = None
+        if fwd.quantized:
+            qx = _quantize_operand(x2d, fwd.left, False)
+            qw = _quantize_operand(weight, fwd.right, False)
+            y = _qmm(qx, qw, fwd.left, fwd.right, bias, x.dtype, sim)
+        else:
+            y = F.linear(x2d, weight, bias)
+        if recipe.save == "forward-quantized":
+            saved = qx
+        elif recipe.save == "wgrad-quantized":
+            saved = _quantize_operand(x2d, recipe.wgrad.right, True) if ctx.needs_input_grad[1] else (None, None)
+        else:
+            saved = (x2d, None)
+        ctx.save_for_backward(*saved, weight)
+        ctx.recipe = recipe
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        saved_a, saved_b, weight = ctx.saved_tensors
+        recipe: Recipe = ctx.recipe
+        sim = recipe.simulated
+        dy2d = dy.reshape(-1, dy.shape[-1])
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dg = recipe.dgrad
+            if dg.quantized:
+                dx2d = _qmm(_quantize_operand(dy2d, dg.left, False), _quantize_operand(weight, dg.right, True),
+                            dg.left, dg.right, None, dy.dtype, sim)
+            else:
+                dx2d = dy2d @ weight
+            dx = dx2d.reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            wg = recipe.wgrad
+            if wg.quantized:
+                dw = _qmm(_quantize_operand(dy2d, wg.left, True), (saved_a, saved_b), wg.left, wg.right, None,
+                          weight.dtype, sim)
+            else:
+                if recipe.save == "forward-quantized":
+                    x2d = ops.dequantize(saved_a, saved_b, recipe.forward.left.format,
+                                         "row" if saved_b.ndim else "tensor", dy.dtype)
+                else:
+                    x2d = saved_a
+                dw = dy2d.t() @ x2d
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy2d.sum(0, dtype=torch.float32).to(dy.dtype)
+        return dx, dw, db, None
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe) -> None:
+    if not x.is_floating_point() or not weight.is_floating_point():
+        raise TypeError(f"lowbit linear: input and weight must be floating tensors, got {x.dtype} and {weight.dtype}")
+    if weight.ndim != 2:
+        raise ValueError(f"lowbit linear: weight must be 2-D [out_features, in_features], got {tuple(weight.shape)}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"lowbit linear: input's last dim must be in_features={weight.shape[1]}, "
+                         f"got input of shape {tuple(x.shape)}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"lowbit linear: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+    devices = {x.device, weight.device} | ({bias.device} if bias is not None else set())
+    if len(devices) > 1:
+        raise ValueError(f"lowbit linear: input, weight and bias must be on one device, got {sorted(map(str, devices))}")
+    dtypes = {x.dtype, weight.dtype} | ({bias.dtype} if bias is not None else set())
+    if len(dtypes) > 1:
+        raise TypeError(f"lowbit linear: input, weight and bias dtypes differ ({sorted(map(str, dtypes))}); "
+                        "cast the module or run under torch.autocast")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"lowbit linear: recipe {recipe.name!r} takes float32, float16 or bfloat16, got {x.dtype}")
+    if recipe.uses_fp8 and not recipe.simulated and x.is_cuda:
+        cap = torch.cuda.get_device_capability(x.device)
+        if cap < (8, 9):
+            name = torch.cuda.get_device_name(x.device)
+            raise RuntimeError(
+                f"recipe {recipe.name!r} runs fp8 matmuls natively, which needs compute capability ≥ 8.9 "
+                f"(Ada, Hopper); {name} has {cap[0]}.{cap[1]}. Use {recipe.name + '-sim'!r} to simulate the "
+                "fp8 numerics on this GPU."
+            )
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, recipe: str | Recipe = "switchback"
+) -> torch.Tensor:
+    """``x @ weightᵀ + bias`` with the three matmuls of forward and backward as ``recipe`` says.
+
+    ``x`` is ``[..., in_features]`` (leading dims are flattened into tokens). Under ``torch.autocast`` the
+    operands are cast to the autocast dtype first, as ``F.linear`` does. The ``bf16`` recipe is ``F.linear``.
+    """
+    recipe = get_recipe(recipe)
+    if not recipe.quantized:
+        return F.linear(x, weight, bias)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    _check(x, weight, bias, recipe)
+    with torch.autocast(device_type, enabled=False):
+        return _LowbitLinearFunction.apply(x, weight, bias, recipe)

@@ -1,0 +1,163 @@
+"""lowbit.functional.linear: every recipe against a float64 re-computation of its numerics and the exact linear."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.functional import RECIPES, Matmul, Quant, Recipe, get_recipe, linear
+from lowbit.kernels import quantize
+
+QUANTIZED = [name for name, r in RECIPES.items() if r.quantized]
+
+
+def _deq64(codes: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
+    """float64 value of (codes, scale) laid out inner-dim-last with a [rows, 1] or [] scale."""
+    c, s = codes.double(), scale.double()
+    return c * s / 127 if fmt == "int8" else c / s
+
+
+def _operand64(t: torch.Tensor, q: Quant | None, transpose: bool) -> torch.Tensor:
+    """The operand as the recipe feeds it to its matmul (inner dim last), in float64."""
+    if q is None:
+        return (t.t() if transpose else t).double()
+    vector = q.scaling != "tensor"
+    if transpose:
+        codes, scale = quantize(t, q.format, "column" if vector else "tensor", transpose=True)
+    else:
+        codes, scale = quantize(t, q.format, "row" if vector else "tensor")
+    return _deq64(codes, scale, q.format)
+
+
+def recipe_reference(x, w, b, g, recipe: Recipe):
+    """Forward, dX, dW of ``recipe`` wired by hand, every matmul in float64."""
+    x2 = x.reshape(-1, x.shape[-1])
+    g2 = g.reshape(-1, g.shape[-1])
+    f, d, wg = recipe.forward, recipe.dgrad, recipe.wgrad
+    y = _operand64(x2, f.left, False) @ _operand64(w, f.right, False).t() + b.double()
+    dx = _operand64(g2, d.left, False) @ _operand64(w, d.right, True).t()
+    if wg.quantized:
+        dw = _operand64(g2, wg.left, True) @ _operand64(x2, wg.right, True).t()
+    elif recipe.save == "forward-quantized":
+        dw = g2.double().t() @ _operand64(x2, f.left, False)
+    else:
+        dw = g2.double().t() @ x2.double()
+    return y.reshape(*x.shape[:-1], -1), dx.reshape(x.shape), dw, g2.double().sum(0)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# Loose tolerance against the exact linear, by the worst format in the recipe (relative Frobenius error).
+EXACT_TOL = {"int8": 0.03, "e4m3": 0.08, "e5m2": 0.15}
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+def test_recipe_matches_its_float64_numerics_and_the_exact_linear(name: str) -> None:
+    recipe = RECIPES[name]
+    torch.manual_seed(1)
+    x = torch.randn(3, 7, 48, requires_grad=True)
+    w = (torch.randn(40, 48) / 7).requires_grad_()
+    b = torch.randn(40, requires_grad=True)
+    y = linear(x, w, b, recipe)
+    g = torch.randn_like(y)
+    dx, dw, db = torch.autograd.grad(y, [x, w, b], g)
+    assert y.dtype == dx.dtype == dw.dtype == torch.float32
+    ry, rdx, rdw, rdb = recipe_reference(x.detach(), w.detach(), b.detach(), g, recipe)
+    # Tight: the same numerics up to float32 rounding of the epilogue / simulated matmul.
+    for got, want in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
+        assert _rel(got, want) < 2e-6, name
+    # Loose: close to the exact linear; an unquantized wgrad is exact to float32 precision.
+    x64, w64 = x.detach().double(), w.detach().double()
+    ey = x64 @ w64.t() + b.detach().double()
+    edx = g.double() @ w64
+    edw = g.double().reshape(-1, 40).t() @ x64.reshape(-1, 48)
+    tol = max(EXACT_TOL[f] for f in recipe.formats)
+    assert _rel(y, ey) < tol and _rel(dx, edx) < tol and _rel(dw, edw) < tol
+    if not recipe.wgrad.quantized and recipe.save == "input":
+        assert _rel(dw, edw) < 1e-6
+
+
+def test_bf16_recipe_is_f_linear() -> None:
+    x, w, b = torch.randn(5, 8), torch.randn(4, 8), torch.randn(4)
+    assert torch.equal(linear(x, w, b, "bf16"), torch.nn.functional.linear(x, w, b))
+
+
+def test_shapes_without_bias_and_odd_dims() -> None:
+    x = torch.randn(2, 3, 5, 19, requires_grad=True)
+    w = torch.randn(13, 19, requires_grad=True)
+    y = linear(x, w, None, "switchback")
+    assert y.shape == (2, 3, 5, 13)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    # empty batch
+    e = linear(torch.randn(0, 19), w, None, "switchback")
+    assert e.shape == (0, 13)
+
+
+def test_autocast_bf16_casts_like_f_linear() -> None:
+    x = torch.randn(16, 32)
+    w = torch.randn(24, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = linear(x, w, None, "switchback")
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32
+
+
+def test_nan_input_fast_mode_propagates_and_checked_mode_raises(monkeypatch) -> None:
+    x = torch.randn(4, 16)
+    x[1, 3] = float("nan")
+    w = torch.randn(8, 16)
+    y = linear(x, w, None, "switchback")
+    assert bool(torch.isnan(y[1]).all()) and bool(torch.isfinite(y[[0, 2, 3]]).all())
+    monkeypatch.setenv("LOWBIT_CHECK_FINITE", "1")
+    with pytest.raises(ValueError, match="non-finite"):
+        linear(x, w, None, "switchback")
+
+
+def test_bad_input() -> None:
+    w = torch.randn(8, 16)
+    with pytest.raises(ValueError, match="last dim must be in_features=16"):
+        linear(torch.randn(4, 15), w, None, "switchback")
+    with pytest.raises(TypeError, match="dtypes differ"):
+        linear(torch.randn(4, 16, dtype=torch.float16), w, None, "switchback")
+    with pytest.raises(TypeError, match="floating"):
+        linear(torch.ones(4, 16, dtype=torch.int64), w, None, "switchback")
+    with pytest.raises(ValueError, match="bias must have shape"):
+        linear(torch.randn(4, 16), w, torch.randn(9), "switchback")
+    with pytest.raises(ValueError, match="unknown recipe 'int4'"):
+        linear(torch.randn(4, 16), w, None, "int4")
+
+
+def test_recipe_validation() -> None:
+    assert get_recipe("switchback") is RECIPES["switchback"]
+    with pytest.raises(ValueError, match="cannot be scaled column-wise"):
+        Recipe("bad", forward=Matmul(Quant("int8", "column"), Quant("int8", "tensor")))
+    with pytest.raises(ValueError, match="quantizes one operand"):
+        Recipe("bad", forward=Matmul(Quant("int8", "row"), None))
+    with pytest.raises(ValueError, match="mixes int8 with fp8"):
+        Recipe("bad", forward=Matmul(Quant("int8", "row"), Quant("e4m3", "tensor")))
+    with pytest.raises(ValueError, match="format must be"):
+        Quant("int4", "row")  # type: ignore[arg-type]
+    assert RECIPES["switchback-sim"].simulated and not RECIPES["switchback"].simulated
+    assert "X int8 row-wise, W int8 tensor-wise" in RECIPES["switchback"].describe()
+
+
+def test_torch_compile_fullgraph_matches_eager() -> None:
+    """The ops are torch.library custom ops: dynamo traces the layer without graph breaks."""
+    torch._dynamo.reset()
+    from lowbit.nn import LowbitLinear
+
+    layer = LowbitLinear(32, 24, recipe="switchback")
+    x = torch.randn(10, 32, requires_grad=True)
+    eager = layer(x)
+    eager.sum().backward()
+    g_eager = x.grad.clone()
+    x.grad = None
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    assert torch.allclose(out, eager, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(x.grad, g_eager, rtol=1e-6, atol=1e-6)
