@@ -78,6 +78,13 @@ def test_prepare_is_reproducible_and_verify_catches_damage(fashion_src: Path, tm
     assert a["files"] == b["files"]
     with pytest.raises(FileExistsError):
         prepare("fashion-mnist", tmp_path / "a", source=fashion_src)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "train-mine.tar").write_bytes(b"user file")
+    prepare("fashion-mnist", tmp_path / "c", source=fashion_src, shard_size=4)
+    prepare("fashion-mnist", tmp_path / "c", source=fashion_src, shard_size=7, force=True)
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.tar")) == [
+        "test-000000.tar", "train-000000.tar", "train-000001.tar", "train-mine.tar",
+    ]  # fmt: skip
     shard = tmp_path / "a" / "train-000000.tar"
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
@@ -177,10 +184,16 @@ def test_emoji_prepare_and_read_back(emoji_src: Path, tmp_path: Path) -> None:
         assert abs(red - colours[label][0]) < 3
 
 
-def test_cli_info_and_bench(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_info_bench_preview(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["data", "info", "synthetic:max_objects=1"]) == 0
     assert json.loads(capsys.readouterr().out)["params"]["max_objects"] == 1
     assert main(["data", "bench", "synthetic", "--n", "64", "--image-size", "16"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 64
+    assert main(["data", "preview", "--out", str(tmp_path / "p.png"), "--n", "6", "--image-size", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and lines[0].startswith("   0 ")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size == (48, 32)  # 3 columns x 2 rows of 16 px
     assert main(["data", "info", "/definitely/not/here"]) == 2
     assert "not/here" in capsys.readouterr().err

@@ -86,3 +86,12 @@ def test_bad_arguments_are_rejected() -> None:
         build_train_data("synthetic", image_size=16.0, seed=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="image_size"):
         build_train_data("synthetic", image_size=0, seed=0)
+
+
+def test_workers_forked_after_the_parent_read_the_shards(tar_spec: str) -> None:
+    """Inherited descriptors must not be shared by forked workers (no shared file offsets)."""
+    ds = build_train_data(tar_spec, image_size=16, seed=0, batch_size=2)
+    first = _take(ds, 14)  # the parent opens the shards
+    dl = DataLoader(ds, batch_size=2, num_workers=2)
+    again = [(x[i], c[i]) for x, c in itertools.islice(dl, 7) for i in range(2)]
+    assert _same(again, first)

@@ -333,8 +333,9 @@ def prepare(
         captions = "emoji name (with skin tone), sometimes with its category"
     say(f"source: {folder}")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("train-*.tar")) + list(out.glob("test-*.tar")):
-        stale.unlink()
+    for split in ("train", "test"):  # shards of an earlier run (--force); only our own naming pattern
+        for stale in out.glob(f"{split}-" + "[0-9]" * 6 + ".tar"):
+            stale.unlink()
     splits: dict[str, Any] = {}
     files: dict[str, Any] = {}
     for split, items in samples.items():

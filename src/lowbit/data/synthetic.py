@@ -40,7 +40,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (142, 58, 204),
     "pink": (247, 128, 192),
 }
-SIZES: dict[str, float] = {"small": 0.13, "medium": 0.19, "large": 0.27}  # radius / image side
+SIZES: dict[str, float] = {"small": 0.15, "medium": 0.21, "large": 0.29}  # radius / image side
 _GRID = (0.28, 0.5, 0.72)
 POSITIONS: dict[str, tuple[float, float]] = {
     name: (_GRID[col], _GRID[row])
@@ -114,7 +114,7 @@ def sample_scenes(
     index: np.ndarray,
     *,
     max_objects: int = 3,
-    p_multi: float = 0.3,
+    p_multi: float = 0.2,
     force: Mapping[str, np.ndarray] | None = None,
 ) -> Scenes:
     """Draw scene attributes for the given indices (deterministic per (seed, split, index)).
@@ -351,7 +351,7 @@ def caption(sc: Scenes, i: int) -> str:
         if w[30] < 0.3:
             body = ("two" if n == 2 else "three") + " shapes: " + body
     frame = _FRAMES[min(int(w[34] * len(_FRAMES)), len(_FRAMES) - 1)]
-    text = frame.format(body)
+    text = frame.format(body) if n == 1 or w[33] < 0.3 else body  # keep multi-object captions short
     if w[35] < 0.4:
         bg = tuple(BACKGROUNDS)[sc.background[i]]
         text += " " + _BG_FORMS[min(int(w[36] * 4), 3)].format(bg)
@@ -365,7 +365,7 @@ class SyntheticConfig:
 
     seed_offset: int = 0
     max_objects: int = 3
-    p_multi: float = 0.3
+    p_multi: float = 0.2
     noise: float = 0.05
     eval_n: int = 512
     tasks: tuple[str, ...] = TASKS

@@ -12,6 +12,7 @@ read at random.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import io
@@ -245,24 +246,40 @@ def index_shard(path: str, *, require: tuple[str, ...] = ("txt",)) -> ShardIndex
 
 
 class FileCache:
-    """Open read handles per process (LRU); dropped on pickling so DataLoader workers open their own."""
+    """Open read-only descriptors per process (LRU), read with ``os.pread`` (no shared file offset).
+
+    Safe across ``fork``: a DataLoader worker that inherits the parent's descriptors notices the new pid and
+    opens its own; pickling (spawn) drops them.
+    """
 
     def __init__(self, size: int = 16) -> None:
         self.size = size
-        self._files: OrderedDict[str, io.BufferedReader] = OrderedDict()
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._pid = os.getpid()
 
     def read(self, path: str, offset: int, size: int) -> bytes:
-        f = self._files.pop(path, None)
-        if f is None:
-            f = open(path, "rb")  # noqa: SIM115 - kept open on purpose (LRU)
-            while len(self._files) >= self.size:
-                self._files.popitem(last=False)[1].close()
-        self._files[path] = f
-        f.seek(offset)
-        data = f.read(size)
+        if self._pid != os.getpid():  # forked: the inherited descriptors belong to the parent
+            self._fds, self._pid = OrderedDict(), os.getpid()
+        fd = self._fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            while len(self._fds) >= self.size:
+                os.close(self._fds.popitem(last=False)[1])
+        self._fds[path] = fd
+        data = os.pread(fd, size, offset)
         if len(data) != size:
             raise OSError(f"short read in {path!r} at {offset}")
         return data
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()
 
     def __getstate__(self) -> dict[str, int]:
         return {"size": self.size}
