@@ -190,3 +190,28 @@ def test_rms_bound() -> None:
     b2h = b2 * (1 - b2 ** (t - 1)) / (1 - b2**t)
     assert rms == pytest.approx(1 / math.sqrt(1 - b2h), rel=1e-4)
     assert rms <= 1 / math.sqrt(1 - b2)
+
+
+def test_fused_follows_moved_tensors_and_mixed_steps() -> None:
+    """The cached launch tables are rebuilt when an address changes; tensors at different steps split."""
+    torch.manual_seed(0)
+    base = [torch.randn(s, device=DEVICE) for s in [(40, 9), (300,), (17,)]]
+    runs = {}
+    for name, kw in {"fused": dict(fused=True), "reference": dict(foreach=False)}.items():
+        ps = [torch.nn.Parameter(b.clone()) for b in base]
+        opt = StableAdamW(ps, **HYPER, **kw)
+        gen = torch.Generator().manual_seed(5)
+        for t in range(1, 7):
+            for i, p in enumerate(ps):
+                g = torch.randn(p.shape, generator=gen).to(DEVICE)
+                p.grad = None if (i == 1 and t == 2) else g  # param 1 skips step 2: its step count lags
+            if t == 4:
+                ps[0].data = ps[0].data.clone()  # same Parameter object, new storage
+                st = opt.state[ps[2]]
+                st["exp_avg"] = st["exp_avg"].clone()  # a state tensor replaced by a new object
+            opt.step()
+        runs[name] = (ps, opt)
+    (pf, of), (pr, _) = runs["fused"], runs["reference"]
+    assert [float(of.state[p]["step"]) for p in pf] == [6.0, 5.0, 6.0]
+    for a, b in zip(pf, pr):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -24,9 +24,11 @@ The kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors (the tests do t
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -220,7 +222,7 @@ if _HAVE_TRITON:
                 tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
                 tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n2", "q2_base", "iters2", "q1_base", "iters1"])  # one compile, any layout
     def _stable_adamw_kernel(
         p_base,
         g_base,
@@ -303,9 +305,10 @@ def _build_plan(numels: list[int], foot: int, device: torch.device, cfg: FusedCo
     groups: list[list[int]] = []
     cur: list[int] = []
     cur_bytes = 0
+    small = cfg.l2_budget_bytes // 16  # biases and norms join the current chunk whatever its size
     for i, n in enumerate(numels):
         b = n * foot
-        if cur and cur_bytes + b > cfg.l2_budget_bytes:
+        if cur and cur_bytes + b > cfg.l2_budget_bytes and b > small:
             groups.append(cur)
             cur, cur_bytes = [], 0
         cur.append(i)
@@ -367,33 +370,101 @@ def _plan_for(numels: list[int], foot: int, device: torch.device) -> _Plan:
     return plan
 
 
-def _bases_and_offsets(roles: list[list[Tensor]]) -> tuple[list[Tensor], list[list[int]], bool]:
-    """Per role: the lowest-address tensor (kernel base pointer) and each tensor's element offset from it."""
-    bases: list[Tensor] = []
-    offsets: list[list[int]] = []
-    aligned = True
-    for r, tensors in enumerate(roles):
-        ptrs = [t.data_ptr() for t in tensors]
-        lo = min(range(len(ptrs)), key=ptrs.__getitem__)
-        es = tensors[0].element_size()
-        offs = [(x - ptrs[lo]) // es for x in ptrs]
-        if r < 4 and (ptrs[lo] % 16 or any(o % 16 for o in offs)):
-            aligned = False
-        bases.append(tensors[lo])
-        offsets.append(offs)
-    return bases, offsets, aligned
+_OK_DTYPES = frozenset((torch.float32, torch.bfloat16, torch.float16))
 
 
 def _eligible(p: Tensor, g: Tensor, m: Tensor, v: Tensor, rms: Tensor) -> bool:
-    ok_dtypes = (torch.float32, torch.bfloat16, torch.float16)
-    return (
-        p.numel() > 0
-        and all(t.dtype in ok_dtypes for t in (p, g, m, v))
-        and rms.dtype == torch.float32
-        and all(t.device == p.device for t in (g, m, v, rms))
-        and all(t.is_contiguous() for t in (p, g, m, v))
-        and g.shape == p.shape == m.shape == v.shape
-    )
+    """Whether the kernel can address this tensor (else it takes the reference path)."""
+    ok = _OK_DTYPES
+    if not (p.dtype in ok and g.dtype in ok and m.dtype in ok and v.dtype in ok and rms.dtype == torch.float32):
+        return False
+    if not (p.is_contiguous() and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
+        return False
+    dev = p.device
+    if not (g.device == dev and m.device == dev and v.device == dev and rms.device == dev):
+        return False
+    return p.numel() > 0 and g.shape == p.shape and m.shape == p.shape and v.shape == p.shape
+
+
+@dataclass
+class _Bucket:
+    """Tensors of one (device, dtypes): one set of launches. ``offs`` caches the device offset table."""
+
+    idx: np.ndarray
+    device: torch.device
+    foot: int  # bytes of g + v per element
+    elsize: np.ndarray  # per role
+    plan: _Plan
+    ptrs: np.ndarray | None = None  # [5, len(idx)] snapshot the cached table was built from
+    offs: Tensor | None = None
+    bases: list[int] = field(default_factory=list)  # index (into idx) of each role's base tensor
+    aligned: bool = False
+
+
+@dataclass
+class _Prepared:
+    """Per parameter list: bucket membership and eligibility, valid while the tensors stay where they are."""
+
+    ids: tuple[tuple[int, ...], ...]
+    ptrs: np.ndarray  # [5, n] addresses of p, g, m, v, rms when prepared
+    gdtypes: list[torch.dtype]
+    buckets: list[_Bucket]
+    fallback: list[int]
+
+
+_PREPARED: dict[tuple[tuple[int, ...], ...], _Prepared] = {}
+
+
+def _prepare(roles: list[list[Tensor]], ids: tuple[tuple[int, ...], ...], ptrs: np.ndarray) -> _Prepared:
+    """Check every tensor once and bucket them; cached until a tensor object or address changes."""
+    params, grads = roles[0], roles[1]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    fallback: list[int] = []
+    for i, (p, g, m, v, r) in enumerate(zip(*roles)):
+        if _eligible(p, g, m, v, r):
+            groups.setdefault((p.device, p.dtype, g.dtype, m.dtype, v.dtype), []).append(i)
+        else:
+            fallback.append(i)
+    buckets = []
+    for (device, pdt, gdt, mdt, vdt), idx in groups.items():
+        sizes = [torch.empty((), dtype=d).element_size() for d in (pdt, gdt, mdt, vdt, torch.float32)]
+        foot = sizes[1] + sizes[3]
+        numels = [params[i].numel() for i in idx]
+        buckets.append(
+            _Bucket(
+                idx=np.asarray(idx, dtype=np.int64),
+                device=device,
+                foot=foot,
+                elsize=np.asarray(sizes, dtype=np.int64),
+                plan=_plan_for(numels, foot, device),
+            )
+        )
+    prep = _Prepared(ids=ids, ptrs=ptrs, gdtypes=[g.dtype for g in grads], buckets=buckets, fallback=fallback)
+    if len(_PREPARED) >= 8:
+        _PREPARED.pop(next(iter(_PREPARED)))
+    _PREPARED[ids] = prep
+    # forget the entry when its tensors die, so recycled object ids can never match a stale entry
+    for role in (roles[0], roles[2], roles[3], roles[4]):
+        weakref.finalize(role[0], _PREPARED.pop, ids, None)
+    return prep
+
+
+def _offsets(b: _Bucket, ptrs: np.ndarray) -> None:
+    """(Re)build the bucket's device table of element offsets from each role's lowest address, if stale.
+
+    The kernel is promised 16-element alignment (vectorised accesses) only when every p/g/m/v offset and
+    base is a multiple of 16 elements / 16 bytes.
+    """
+    sub = ptrs[:, b.idx]
+    if b.ptrs is not None and np.array_equal(sub, b.ptrs):
+        return
+    lo = sub.argmin(axis=1)
+    base_ptr = sub[np.arange(5), lo]
+    offs = (sub - base_ptr[:, None]) // b.elsize[:, None]
+    b.aligned = bool(not (base_ptr[:4] % 16).any() and not (offs[:4] % 16).any())
+    b.bases = [int(k) for k in lo]
+    b.offs = torch.from_numpy(np.ascontiguousarray(offs.T)).to(b.device, non_blocking=True)
+    b.ptrs = sub
 
 
 def fused_stable_adamw(
@@ -412,23 +483,39 @@ def fused_stable_adamw(
     clip_update: bool,
     maximize: bool,
 ) -> None:
-    """Fused StableAdamW step. Tensors the kernel cannot address (non-contiguous, empty) use the reference."""
-    from lowbit.optim._stable_adamw import _single_tensor_stable_adamw, folded_betas
+    """Fused StableAdamW step. Tensors the kernel cannot address (non-contiguous, empty) use the reference.
+
+    Host work per step is a few list passes (addresses, grad dtype/contiguity) when nothing moved; every
+    tensor is re-checked whenever a parameter/state object or any address changes.
+    """
+    from lowbit.optim._stable_adamw import _increment, _single_tensor_stable_adamw, folded_betas
 
     if not _HAVE_TRITON:
         raise RuntimeError("fused=True needs Triton, which is not installed")
-    buckets: dict[tuple[Any, ...], list[int]] = {}
-    fallback: list[int] = []
-    for i, (p, g, m, v, r) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, rmss)):
-        if _eligible(p, g, m, v, r):
-            key = (p.device, p.dtype, g.dtype, m.dtype, v.dtype, float(state_steps[i]) + 1.0)
-            buckets.setdefault(key, []).append(i)
-        else:
-            fallback.append(i)
-    if fallback:
-        lists = (params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps)
+    if not params:
+        return
+    roles = [params, grads, exp_avgs, exp_avg_sqs, rmss]
+    cfg = config
+    ids = (
+        tuple(map(id, params)),
+        tuple(map(id, exp_avgs)),
+        tuple(map(id, exp_avg_sqs)),
+        tuple(map(id, rmss)),
+        (cfg.block, cfg.l2_budget_bytes, cfg.p1_programs_per_sm, cfg.p2_iters),
+    )
+    ptrs = np.array([[t.data_ptr() for t in role] for role in roles], dtype=np.int64)
+    prep = _PREPARED.get(ids)
+    if (
+        prep is None
+        or not np.array_equal(prep.ptrs[[0, 2, 3, 4]], ptrs[[0, 2, 3, 4]])
+        or [g.dtype for g in grads] != prep.gdtypes
+        or not all(map(Tensor.is_contiguous, grads))
+    ):
+        prep = _prepare(roles, ids, ptrs)
+    steps = np.asarray(torch.stack(state_steps).tolist(), dtype=np.float64)
+    if prep.fallback:
         _single_tensor_stable_adamw(
-            *([x[i] for i in fallback] for x in lists),
+            *([x[i] for i in prep.fallback] for x in (*roles, state_steps)),
             beta1=beta1,
             beta2=beta2,
             lr=lr,
@@ -437,63 +524,84 @@ def fused_stable_adamw(
             clip_update=clip_update,
             maximize=maximize,
         )
-    cfg = config
-    for (device, _pdt, gdt, _mdt, vdt, step), idx in buckets.items():
-        b1, b2 = folded_betas(beta1, beta2, step)
-        roles = [[x[i] for i in idx] for x in (params, grads, exp_avgs, exp_avg_sqs, rmss)]
-        bases, offsets, aligned = _bases_and_offsets(roles)
-        numels = [t.numel() for t in roles[0]]
-        foot = torch.empty((), dtype=gdt).element_size() + torch.empty((), dtype=vdt).element_size()
-        plan = _plan_for(numels, foot, device)
-        offs = torch.tensor(list(zip(*offsets)), dtype=torch.int64).to(device, non_blocking=True)
-        partials = torch.empty(max(plan.n_partials, 1), dtype=torch.float32, device=device)
-        scalars = dict(
-            lr=float(lr),
-            wd=float(weight_decay),
-            w1=1.0 - b1,
-            b2=b2,
-            w2=1.0 - b2,
-            eps=float(eps),
-            eps_sq=float(eps) * float(eps),
-        )
-        consts = dict(
-            BLOCK=cfg.block,
-            RBLOCK=cfg.rblock,
-            CLIP=bool(clip_update),
-            MAXIMIZE=bool(maximize),
-            ALIGNED=aligned,
-            REVERSE=cfg.reverse_phase2,
-            num_warps=cfg.num_warps,
-        )
-        common = (*bases, offs, plan.ttab, plan.p1tab, plan.p2tab, partials)
-
-        def launch(
-            c2: _Chunk | None, c1: _Chunk | None, common: tuple = common, scalars=scalars, consts=consts
-        ):
-            n2 = c2.n2 if c2 else 0
-            n1 = c1.n1 if c1 else 0
-            if n1 + n2 == 0:
-                return
-            _stable_adamw_kernel[(n2 + n1,)](
-                *common,
-                n2,
-                c2.q2 if c2 else 0,
-                c2.iters2 if c2 else 1,
-                c1.q1 if c1 else 0,
-                c1.iters1 if c1 else 1,
-                **scalars,
-                **consts,
+    for b in prep.buckets:
+        st = steps[b.idx]
+        if (st == st[0]).all():
+            parts = [(b, float(st[0]) + 1.0)]
+        else:  # tensors at different steps (some skipped a step): one uncached sub-bucket per step value
+            parts = []
+            for value in np.unique(st):
+                sel = b.idx[st == value]
+                numels = [params[i].numel() for i in sel]
+                sub = _Bucket(sel, b.device, b.foot, b.elsize, _plan_for(numels, b.foot, b.device))
+                parts.append((sub, float(value) + 1.0))
+        for bucket, step in parts:
+            _offsets(bucket, ptrs)
+            _launch_bucket(
+                bucket, roles, folded_betas(beta1, beta2, step), lr, weight_decay, eps, clip_update, maximize
             )
+        _increment([state_steps[i] for i in b.idx])
 
-        chunks = plan.chunks
-        if cfg.merge_phases:
-            launch(None, chunks[0])
-            for k in range(1, len(chunks)):
-                launch(chunks[k - 1], chunks[k])
-            launch(chunks[-1], None)
-        else:
-            for c in chunks:
-                launch(None, c)
-                launch(c, None)
-        for i in idx:
-            state_steps[i] += 1
+
+def _launch_bucket(
+    b: _Bucket,
+    roles: list[list[Tensor]],
+    betas_hat: tuple[float, float],
+    lr: float,
+    weight_decay: float,
+    eps: float,
+    clip_update: bool,
+    maximize: bool,
+) -> None:
+    """All launches of one bucket: P1(c0) | P2(c0)+P1(c1) | ... | P2(c_last) (or unmerged pairs)."""
+    cfg = config
+    plan = b.plan
+    b1, b2 = betas_hat
+    bases = [roles[r][int(b.idx[k])] for r, k in enumerate(b.bases)]
+    partials = torch.empty(max(plan.n_partials, 1), dtype=torch.float32, device=b.device)
+    common = (*bases, b.offs, plan.ttab, plan.p1tab, plan.p2tab, partials)
+    scalars = dict(
+        lr=float(lr),
+        wd=float(weight_decay),
+        w1=1.0 - b1,
+        b2=b2,
+        w2=1.0 - b2,
+        eps=float(eps),
+        eps_sq=float(eps) * float(eps),
+    )
+    consts = dict(
+        BLOCK=cfg.block,
+        RBLOCK=cfg.rblock,
+        CLIP=bool(clip_update),
+        MAXIMIZE=bool(maximize),
+        ALIGNED=b.aligned,
+        REVERSE=cfg.reverse_phase2,
+        num_warps=cfg.num_warps,
+    )
+
+    def launch(c2: _Chunk | None, c1: _Chunk | None) -> None:
+        n2 = c2.n2 if c2 else 0
+        n1 = c1.n1 if c1 else 0
+        if n1 + n2 == 0:
+            return
+        _stable_adamw_kernel[(n2 + n1,)](
+            *common,
+            n2,
+            c2.q2 if c2 else 0,
+            c2.iters2 if c2 else 1,
+            c1.q1 if c1 else 0,
+            c1.iters1 if c1 else 1,
+            **scalars,
+            **consts,
+        )
+
+    chunks = plan.chunks
+    if cfg.merge_phases:
+        launch(None, chunks[0])
+        for k in range(1, len(chunks)):
+            launch(chunks[k - 1], chunks[k])
+        launch(chunks[-1], None)
+    else:
+        for c in chunks:
+            launch(None, c)
+            launch(c, None)

@@ -87,6 +87,18 @@ def _check_hyper(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
         raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be finite and >= 0)")
 
 
+_REAL_FLOATS = frozenset((torch.float64, torch.float32, torch.bfloat16, torch.float16))
+
+
+def _reject_grad(g: Tensor) -> None:
+    """Raise the error naming why this gradient cannot be used."""
+    if g.layout is not torch.strided:
+        raise TypeError(f"StableAdamW does not support sparse gradients (got layout {g.layout})")
+    if torch.is_complex(g):
+        raise TypeError(f"StableAdamW does not support complex gradients (got {g.dtype})")
+    raise TypeError(f"StableAdamW needs floating-point gradients, got {g.dtype}")
+
+
 class StableAdamW(Optimizer):
     """AdamW with per-tensor update clipping (SPEC §5), replacing gradient-norm clipping.
 
@@ -179,12 +191,8 @@ class StableAdamW(Optimizer):
             if p.grad is None:
                 continue
             g = p.grad
-            if g.is_sparse or g.layout != torch.strided:
-                raise TypeError(f"StableAdamW does not support sparse gradients (got layout {g.layout})")
-            if torch.is_complex(g):
-                raise TypeError(f"StableAdamW does not support complex gradients (got {g.dtype})")
-            if not g.is_floating_point():
-                raise TypeError(f"StableAdamW needs floating-point gradients, got {g.dtype}")
+            if g.layout is not torch.strided or g.dtype not in _REAL_FLOATS:
+                _reject_grad(g)
             state = self.state[p]
             if len(state) == 0:
                 if group["fused"]:
@@ -392,8 +400,7 @@ def _multi_tensor_stable_adamw(
     """
     if not params:
         return
-    for s in state_steps:
-        s += 1
+    _increment(state_steps)
     for (device, _pdt, _sdt, step), idx in _grouped(params, exp_avgs, state_steps).items():
         b1, b2 = folded_betas(beta1, beta2, step)
         lists = [[x[i] for i in idx] for x in (params, grads, exp_avgs, exp_avg_sqs, rmss)]
@@ -404,6 +411,14 @@ def _multi_tensor_stable_adamw(
         else:
             use_host = device.type == "cpu" if host_scalars is None else host_scalars
             _foreach_bucket(*lists, maximize=maximize, host_scalars=use_host, **kw)
+
+
+_ONE = torch.tensor(1.0)
+
+
+def _increment(state_steps: list[Tensor]) -> None:
+    """step += 1 for CPU step tensors in one call (a wrapped CPU scalar avoids a per-tensor re-wrap)."""
+    torch._foreach_add_(state_steps, _ONE, alpha=1.0)
 
 
 def _cpu_engine_ok(p_: list[Tensor], g_: list[Tensor], m_: list[Tensor], v_: list[Tensor]) -> bool:
