@@ -366,3 +366,25 @@ def test_closure_is_evaluated_with_grad() -> None:
     loss = opt.step(closure)
     assert float(loss.detach()) == pytest.approx(5.0)
     assert torch.all(p.detach().abs() < torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("impl", [*IMPLS, "fused"])
+def test_empty_parameter_is_harmless(impl: str, monkeypatch) -> None:
+    if impl == "fused":
+        from lowbit.optim import _fused
+
+        if not _fused.interpreter_mode():
+            pytest.skip("fused on CPU needs TRITON_INTERPRET=1")
+        kwargs = dict(fused=True)
+    else:
+        kwargs, engine, host = IMPLS[impl]
+        if engine is not None:
+            _patched(monkeypatch, engine, host)
+    empty = torch.nn.Parameter(torch.zeros(0, 3))
+    full = torch.nn.Parameter(torch.ones(4))
+    opt = StableAdamW([empty, full], **kwargs)
+    empty.grad, full.grad = torch.zeros(0, 3), torch.full((4,), 0.5)
+    opt.step()
+    assert float(opt.state[empty]["rms"]) == 0.0 and float(opt.state[empty]["step"]) == 1.0
+    assert float(opt.state[full]["rms"]) == pytest.approx(1.0)
+    assert torch.all(full.detach() < 1.0)

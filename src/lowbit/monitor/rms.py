@@ -89,13 +89,22 @@ def _rms_chunk(
         coefs = [_coefs(float(s) + 1.0, beta2, bc, v is None) for s, v in zip(steps, vs)]
     else:  # device steps (e.g. torch AdamW fused/capturable): k as 0-dim device tensors
         coefs = [_coefs_dev(s, beta2, bc, v is None, device) for s, v in zip(steps, vs)]
-    # u = a v + c g²: group the a/c scalars (identical within an optimizer group except on step 1)
-    u: list[Tensor] = []
-    for t, v, (a, c, _k) in zip(g, vs, coefs):
-        if v is None or a == 0.0:
-            u.append(t * t * c if c != 1.0 else t * t)
+    # u = a v + c g², with foreach ops per distinct (a, c) (one pair per optimizer group after step 1)
+    u: list[Tensor] = [g[0]] * len(g)
+    pairs: dict[tuple[float, float], list[int]] = {}
+    for i, (a, c, _k) in enumerate(coefs):
+        pairs.setdefault((0.0 if vs[i] is None else a, c), []).append(i)
+    for (a, c), ids in pairs.items():
+        gs = [g[i] for i in ids]
+        if a == 0.0:
+            us = torch._foreach_mul(gs, gs)
+            if c != 1.0:
+                torch._foreach_mul_(us, c)
         else:
-            u.append(torch.addcmul(v.to(cdt) * a, t, t, value=c))
+            us = torch._foreach_mul([v if (v := vs[i]).dtype == cdt else v.to(cdt) for i in ids], a)
+            torch._foreach_addcmul_(us, gs, gs, c)
+        for i, t in zip(ids, us):
+            u[i] = t
     if host:
         torch._foreach_clamp_min_(u, [k * eps * eps for _a, _c, k in coefs])
     else:
@@ -105,12 +114,30 @@ def _rms_chunk(
     torch._foreach_div_(u, g)  # sqrt(max(u, kε²)) / g → inverted: g / sqrt(...), 0 where g = 0
     torch._foreach_reciprocal_(u)
     norms = torch.stack(torch._foreach_norm(u, 2)).to(cdt)
-    n = torch.tensor([max(t.numel(), 1) for t in g], dtype=cdt, device=device)
+    inv_sqrt_n = _inv_sqrt_numel(tuple(t.numel() for t in g), cdt, device)
+    ks = [c[2] for c in coefs]
+    if host and all(k == ks[0] for k in ks):
+        return norms * inv_sqrt_n * math.sqrt(ks[0])
     if host:
-        k = torch.tensor([c[2] for c in coefs], dtype=cdt, device=device)
+        k = torch.tensor(ks, dtype=cdt).to(device, non_blocking=True)
     else:
-        k = torch.stack([torch.as_tensor(c[2], dtype=cdt, device=device) for c in coefs])
-    return norms * torch.sqrt(k / n)
+        k = torch.stack([torch.as_tensor(x, dtype=cdt, device=device) for x in ks])
+    return norms * inv_sqrt_n * torch.sqrt(k)
+
+
+_INV_SQRT_N: dict[tuple[Any, ...], Tensor] = {}
+
+
+def _inv_sqrt_numel(numels: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """1/sqrt(numel) per tensor, cached on the device (no host-to-device copy per step)."""
+    key = (numels, dtype, device)
+    t = _INV_SQRT_N.get(key)
+    if t is None:
+        if len(_INV_SQRT_N) >= 32:
+            _INV_SQRT_N.pop(next(iter(_INV_SQRT_N)))
+        t = torch.tensor([1.0 / math.sqrt(max(n, 1)) for n in numels], dtype=dtype).to(device)
+        _INV_SQRT_N[key] = t
+    return t
 
 
 def _coefs(t: float, beta2: float, bias_corrected: bool, fresh: bool) -> tuple[float, float, float]:

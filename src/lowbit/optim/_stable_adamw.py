@@ -15,9 +15,20 @@ Folding the bias correction into β̂ makes the stored moments the bias-correcte
 floating-point rounding (the tests check 1e-12 in float64). Only the state differs: ``exp_avg`` and
 ``exp_avg_sq`` here hold m̂ and v̂, not AdamW's raw m and v, so the two state_dicts are not interchangeable.
 
-Three implementations of the one algorithm, chosen like torch's: ``foreach=False`` (per-tensor reference),
-``foreach=True`` (``torch._foreach_*``; the default), ``fused=True`` (Triton, two passes per tensor; see
-``lowbit.optim._fused``).
+Three implementations of the one algorithm, chosen like torch's:
+
+* ``foreach=False``: the per-tensor reference, SPEC §5 written out literally.
+* ``foreach=True`` / default: multi-tensor. On CPU tensors (p, g, m, v of one dtype) the RMS is reduced in
+  cache-sized slices and the update is done by torch's fused CPU AdamW kernel called with β̂1, β̂2, lr = η
+  and unit bias correction (exactly the SPEC update); otherwise ``torch._foreach_*`` ops, with η applied
+  as 0-dim device tensors so that a CUDA step never syncs the host.
+* ``fused=True``: Triton, two passes per tensor arranged for L2 reuse (``lowbit.optim._fused``); CUDA
+  tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (tests).
+
+All agree to float32 rounding (tests: float64 trajectories against an independent transcription of
+SPEC §5 to 1e-10, fused kernel per step against float64). Arithmetic is fp32 (fp64 for fp64 tensors) in
+every path; bf16/fp16 values are rounded once when stored, with no stochastic rounding: with bf16
+parameters, updates smaller than half a bf16 ulp are lost, as with torch's AdamW.
 """
 
 from __future__ import annotations
@@ -449,7 +460,7 @@ def _cpu_bucket(
     """CPU engine: sliced RMS (phase 1), then torch's fused AdamW kernel with lr = η_i (phase 2)."""
     cdt = _compute_dtype(p_[0])
     threads = max(1, torch.get_num_threads())
-    span = min(65536 * threads, max(t.numel() for t in p_))
+    span = max(1, min(65536 * threads, max(t.numel() for t in p_)))
     t1 = torch.empty(span, dtype=cdt)
     t2 = torch.empty(span, dtype=cdt)
     eps2 = eps * eps
