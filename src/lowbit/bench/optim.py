@@ -165,15 +165,21 @@ def _impls(device: torch.device, dtype: str, budgets: list[float] | None, with_r
         try:
             import optimi  # torch-optimi
 
-            out["optimi StableAdamW"] = lambda ps: optimi.StableAdamW(ps, **HYPER)
+            out["optimi StableAdamW foreach"] = lambda ps: optimi.StableAdamW(
+                ps, **HYPER, foreach=True, triton=False
+            )
+            if device.type == "cuda":
+                out["optimi StableAdamW triton"] = lambda ps: optimi.StableAdamW(ps, **HYPER, triton=True)
         except ImportError:
-            missing["optimi StableAdamW"] = "torch-optimi not installed"
+            missing["optimi StableAdamW"] = "torch-optimi not installed (pip install torch-optimi)"
         try:
             import pytorch_optimizer
 
             out["pytorch-optimizer StableAdamW"] = lambda ps: pytorch_optimizer.StableAdamW(ps, **HYPER)
         except ImportError:
-            missing["pytorch-optimizer StableAdamW"] = "pytorch-optimizer not installed"
+            missing["pytorch-optimizer StableAdamW"] = (
+                "pytorch-optimizer not installed (pip install pytorch-optimizer)"
+            )
     return out, missing
 
 
@@ -247,6 +253,16 @@ def bench_one(preset: str, device: torch.device, dtype: str, args: argparse.Name
     }
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def _env(device: torch.device) -> dict[str, Any]:
     try:
         import triton
@@ -256,7 +272,7 @@ def _env(device: torch.device) -> dict[str, Any]:
         triton_version = None
     from lowbit.optim import _fused as fused_mod
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "device": str(device),
         "device_name": name,

@@ -23,6 +23,7 @@ The kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors (the tests do t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -596,12 +597,14 @@ def _launch_bucket(
         )
 
     chunks = plan.chunks
-    if cfg.merge_phases:
-        launch(None, chunks[0])
-        for k in range(1, len(chunks)):
-            launch(chunks[k - 1], chunks[k])
-        launch(chunks[-1], None)
-    else:
-        for c in chunks:
-            launch(None, c)
-            launch(c, None)
+    # Triton launches on the current device: make it the tensors' device (multi-GPU processes)
+    with torch.cuda.device(b.device) if b.device.type == "cuda" else contextlib.nullcontext():
+        if cfg.merge_phases:
+            launch(None, chunks[0])
+            for k in range(1, len(chunks)):
+                launch(chunks[k - 1], chunks[k])
+            launch(chunks[-1], None)
+        else:
+            for c in chunks:
+                launch(None, c)
+                launch(c, None)

@@ -457,32 +457,50 @@ def _cpu_bucket(
     clip_update: bool,
     maximize: bool,
 ) -> None:
-    """CPU engine: sliced RMS (phase 1), then torch's fused AdamW kernel with lr = η_i (phase 2)."""
+    """CPU engine: RMS (phase 1), then torch's fused AdamW kernel with lr = η_i (phase 2).
+
+    Phase 1 reads g and v once: large tensors in cache-sized slices through two reused scratch buffers,
+    small ones together with a few ``torch._foreach_*`` calls (their temporaries are small).
+    """
     cdt = _compute_dtype(p_[0])
     threads = max(1, torch.get_num_threads())
-    span = max(1, min(65536 * threads, max(t.numel() for t in p_)))
-    t1 = torch.empty(span, dtype=cdt)
-    t2 = torch.empty(span, dtype=cdt)
+    span = 65536 * threads
     eps2 = eps * eps
-    etas: list[float] = []
-    for g, v, r in zip(g_, v_, r_):
-        gf, vf = g.reshape(-1), v.reshape(-1)
-        n = gf.numel()
+    totals = [0.0] * len(p_)
+    small = [i for i, g in enumerate(g_) if g.numel() <= span]
+    if small:
+        gs = [g_[i] if g_[i].dtype == cdt else g_[i].to(cdt) for i in small]
+        u = torch._foreach_mul([v_[i] if v_[i].dtype == cdt else v_[i].to(cdt) for i in small], b2)
+        torch._foreach_addcmul_(u, gs, gs, 1.0 - b2)  # v_new
+        torch._foreach_clamp_min_(u, eps2)
+        torch._foreach_sqrt_(u)
+        torch._foreach_div_(u, gs)  # sqrt(max(v_new, ε²)) / g, inverted next (0 where g = 0)
+        torch._foreach_reciprocal_(u)
+        sq = torch.stack(torch._foreach_norm(u, 2)).double().square().tolist()
+        for i, x in zip(small, sq):
+            totals[i] = x
+    large = [i for i, g in enumerate(g_) if g.numel() > span]
+    if large:
+        t1 = torch.empty(span, dtype=cdt)
+        t2 = torch.empty(span, dtype=cdt)
+    for i in large:
+        gf, vf = g_[i].reshape(-1), v_[i].reshape(-1)
         total = 0.0
-        for i in range(0, n, span):
-            a, b = gf[i : i + span], vf[i : i + span]
+        for j in range(0, gf.numel(), span):
+            a, b = gf[j : j + span], vf[j : j + span]
             if a.dtype != cdt:
                 a, b = a.to(cdt), b.to(cdt)
             k = a.numel()
-            u, w = t1[:k], t2[:k]
-            torch.mul(b, b2, out=u)
-            u.addcmul_(a, a, value=1.0 - b2)  # v_new
-            u.clamp_min_(eps2)
-            torch.div(a, u, out=w)
+            u1, w = t1[:k], t2[:k]
+            torch.mul(b, b2, out=u1)
+            u1.addcmul_(a, a, value=1.0 - b2)  # v_new
+            u1.clamp_min_(eps2)
+            torch.div(a, u1, out=w)
             total += float(torch.dot(w, a))  # Σ g² / max(v_new, ε²)
-        rms = math.sqrt(total / n) if n else 0.0
-        r.fill_(rms)
-        etas.append(lr / max(1.0, rms) if clip_update else lr)
+        totals[i] = total
+    rms = [math.sqrt(tot / n) if (n := p.numel()) else 0.0 for tot, p in zip(totals, p_)]
+    torch._foreach_copy_(r_, list(torch.tensor(rms, dtype=torch.float32).unbind(0)))
+    etas = [lr / max(1.0, x) if clip_update else lr for x in rms]
     # one fused call per distinct η (usually: all unclipped tensors together, then each clipped one)
     by_eta: dict[float, list[int]] = {}
     for i, e in enumerate(etas):
