@@ -325,6 +325,9 @@ def test_bad_param_group_is_rejected() -> None:
     opt = StableAdamW([torch.nn.Parameter(torch.randn(3))])
     with pytest.raises(ValueError, match="index 1"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "betas": (0.9, 1.5)})
+    with pytest.raises(TypeError, match="real floating-point"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))]})
+    assert len(opt.param_groups) == 1  # nothing half-added
 
 
 def test_unsupported_keywords_are_not_accepted() -> None:
