@@ -209,3 +209,23 @@ def test_params_without_grad_are_nan_and_unknown_optimizers_rejected() -> None:
     assert set(mon.metrics()) == {"rms/visual.conv1.weight", "rms_max", "rms_mean", "rms_max_interval"}
     with pytest.raises(TypeError, match="Adam"):
         RMSMonitor(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_update_from_optimizer_equals_update_for_stable_adamw() -> None:
+    torch.manual_seed(0)
+    model = Toy()
+    opt = StableAdamW(model.parameters(), lr=1e-2, betas=BETAS, eps=EPS)
+    before, after = RMSMonitor(model, opt), RMSMonitor(model, opt)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, 26):
+        set_grads(model, step, gen, {"visual.conv1.weight": (20, 100.0)})
+        if step == 7:
+            model.visual.mlp.bias.grad = None  # no gradient this step: NaN in both
+        before.update(step)
+        opt.step()
+        after.update_from_optimizer(step)
+    a, b = before.history()["rms"], after.history()["rms"]
+    np.testing.assert_allclose(b, a, rtol=2e-5)
+    assert np.isnan(b[6, 2]) and b[19, 0] > 2.0
+    with pytest.raises(TypeError, match="StableAdamW"):
+        RMSMonitor(model, torch.optim.AdamW(model.parameters())).update_from_optimizer(1)

@@ -12,7 +12,8 @@ coupled weight decay the gradient is g + λθ, as Adam sees it. This equals the 
 in its step (``optimizer.state[p]["rms"]``). ``amsgrad``'s running maximum is not used.
 
 Call ``update(step)`` after ``backward()`` (after unscaling, with a GradScaler) and before
-``optimizer.step()``. Values stay on the device in a ring buffer of ``history`` steps; ``metrics()``,
+``optimizer.step()``; it reads g and v once more (about as many bytes as an AdamW step). With StableAdamW,
+``update_from_optimizer(step)`` after ``optimizer.step()`` records the same values for free. Values stay on the device in a ring buffer of ``history`` steps; ``metrics()``,
 ``rows()``, ``history()`` and ``spikes()`` each do one device-to-host copy, so a trainer that logs every
 N steps syncs once per N steps.
 """
@@ -261,10 +262,39 @@ class RMSMonitor:
                 idx = torch.tensor(cols, dtype=torch.long, device=self.device)
                 self._index_cache[cols] = idx
             row.index_copy_(0, idx, vals.to(self.device))
+        self._store(step, row)
+
+    def _store(self, step: int, row: Tensor) -> None:
+        step = int(step)
         slot = step % self.capacity
         self._rms[slot].copy_(row)
         self._rms_step[slot] = step
         self._last_step = step
+
+    def update_from_optimizer(self, step: int) -> None:
+        """StableAdamW only, called *after* ``optimizer.step()``: record the RMS its step computed.
+
+        StableAdamW keeps RMS_t of its last step in ``state[p]["rms"]`` (same definition as ``update``), so
+        this costs one small stack instead of another pass over gradients and second moments. Tensors
+        without a gradient at this step are NaN.
+        """
+        if not self.bias_corrected:
+            raise TypeError(f"update_from_optimizer needs StableAdamW, got {type(self.optimizer).__name__}")
+        cols, vals = [], []
+        for c, pid in enumerate(self._ids):
+            p = self._params[pid]
+            st = self.optimizer.state.get(p)
+            if p.grad is not None and st and "rms" in st:
+                cols.append(c)
+                vals.append(st["rms"].to(self.device))
+        row = torch.full((len(self._ids),), float("nan"), dtype=torch.float32, device=self.device)
+        if cols:
+            key = tuple(cols)
+            idx = self._index_cache.get(key)
+            if idx is None:
+                idx = self._index_cache[key] = torch.tensor(key, dtype=torch.long, device=self.device)
+            row.index_copy_(0, idx, torch.stack(vals).to(torch.float32))
+        self._store(step, row)
 
     def record_loss(self, step: int, loss: Tensor | float) -> None:
         """Store the step's training loss (a tensor is copied on its device: no host sync)."""
