@@ -22,7 +22,7 @@ from lowbit.nn.layer_scale import LayerScale
 # Whole-CLIP parameter counts (qk_norm off, no LayerScale). vit-b-32 / vit-l-14 match OpenAI CLIP exactly,
 # vit-h-14 matches open_clip ViT-H-14 (986M).
 PARAMS = {
-    "tiny": 1_089_025,
+    "tiny": 1_094_785,
     "vit-s-32": 63_085_825,
     "vit-b-32": 151_277_313,
     "vit-l-14": 427_616_513,
@@ -138,8 +138,8 @@ def test_bad_inputs_named() -> None:
     model = _tiny()
     with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\]"):
         model.encode_image(torch.randn(1, 3, 64, 64))
-    with pytest.raises(ValueError, match="<= 32"):
-        model.encode_text(torch.zeros(1, 40, dtype=torch.long))
+    with pytest.raises(ValueError, match="<= 77"):
+        model.encode_text(torch.zeros(1, 80, dtype=torch.long))
     with pytest.raises(TypeError, match="int64"):
         model.encode_text(torch.zeros(1, 8))
 

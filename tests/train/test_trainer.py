@@ -128,3 +128,16 @@ def test_cli_reports_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "'nope'" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_monitor_logs_rms_per_parameter(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    try:
+        from lowbit.monitor import RMSMonitor  # noqa: F401
+    except ImportError:
+        pytest.skip("lowbit.monitor.RMSMonitor not in this build")
+    train(_cfg(tmp_path, steps=3, zeroshot="none", monitor=True))
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    assert "rms/visual.patch_embed.weight" in rows[0] and "rms/text.proj.weight" in rows[0]
+    assert all(math.isfinite(float(r["rms/visual.patch_embed.weight"])) for r in rows)

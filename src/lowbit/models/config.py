@@ -4,7 +4,7 @@ Parameter counts (whole CLIP, ``qk_norm=False``, ``layer_scale_init=None``; chec
 
 | preset | vision (width/layers/heads, patch, image) | text (width/layers/heads, vocab) | embed | parameters |
 |---|---|---|---|---|
-| ``tiny`` | 128/3/4, patch 8, 32 px | 128/2/4, bytes 259, context 32 | 128 | 1,089,025 |
+| ``tiny`` | 128/3/4, patch 8, 32 px | 128/2/4, bytes 259 | 128 | 1,094,785 |
 | ``vit-s-32`` | 384/12/6, patch 32, 224 px | 384/12/6, BPE 49408 | 384 | 63,085,825 |
 | ``vit-b-32`` | 768/12/12, patch 32, 224 px | 512/12/8, BPE 49408 | 512 | 151,277,313 |
 | ``vit-l-14`` | 1024/24/16, patch 14, 224 px | 768/12/12, BPE 49408 | 768 | 427,616,513 |
@@ -166,7 +166,7 @@ PRESETS: dict[str, CLIPConfig] = {
     # Small enough to train on a 2-core CPU in minutes; byte tokenizer, so no files needed.
     "tiny": CLIPConfig(
         vision=VisionConfig(image_size=32, patch_size=8, width=128, layers=3, heads=4),
-        text=TextConfig(context_length=32, vocab_size=259, width=128, layers=2, heads=4),
+        text=TextConfig(context_length=77, vocab_size=259, width=128, layers=2, heads=4),
         embed_dim=128,
         tokenizer="bytes",
     ),

@@ -142,12 +142,6 @@ def _monitor(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Op
     return RMSMonitor(model, optimizer)
 
 
-def _monitor_rms(monitor: Any) -> dict[str, float]:
-    """``{"rms/<param>": value}`` from the monitor's latest step."""
-    if monitor is None:
-        return {}
-    values = monitor.rms() if callable(getattr(monitor, "rms", None)) else monitor.latest()
-    return {f"rms/{k}": float(v) for k, v in values.items()}
 
 
 def _all_gather_features(x: torch.Tensor) -> torch.Tensor:
@@ -282,6 +276,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     losses: list[float] = []
     samples_per_step = cfg.batch_size * world_size
     t_train, t_log, steps_since_log = 0.0, time.perf_counter(), 0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     samples_per_s = 0.0
     model.train()
 
@@ -303,6 +298,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             loss.backward()
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
+            if monitor is not None:  # RMS of the update about to be taken (SPEC §4); no host sync
+                monitor.record_loss(step, loss_value)
+                monitor.update(step)
             optimizer.step()
             scheduler.step()
             raw_model.clamp_logit_scale_()
@@ -322,7 +320,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "samples_per_s": samples_per_s,
                     "logit_scale": raw_model.logit_scale.exp().item(),
                     "grad_norm": float(grad_norm),
-                    **_monitor_rms(monitor),
+                    **(monitor.metrics() if monitor is not None else {}),  # rms/<param>, rms_max, ...
                 }
                 assert logger is not None
                 logger.log_step(row)
@@ -356,6 +354,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "zeroshot_mean": sum(r["top1"] for r in evals) / len(evals) if evals else None,
         "samples_per_s": (len(losses) * samples_per_step / t_train) if t_train else None,
         "train_seconds": t_train,
+        "wall_seconds": time.perf_counter() - wall0,  # this invocation's loop, evaluations included
+        "cpu_seconds": time.process_time() - cpu0,  # CPU time of all threads (contention-independent)
         "samples_seen": data_position * world_size,
         "parameters": n_params,
         "recipe": cfg.recipe,

@@ -13,15 +13,22 @@ __all__ = ["class_embeddings", "evaluate_zeroshot", "zeroshot_top1"]
 
 @torch.no_grad()
 def class_embeddings(
-    model: Any, tokenizer: Callable[[Sequence[str]], torch.Tensor], classnames: Sequence[str], templates: Sequence[str], device: torch.device
+    model: Any,
+    tokenizer: Callable[[Sequence[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    device: torch.device,
+    batch_size: int = 256,
 ) -> torch.Tensor:
-    """``[num_classes, D]`` unit vectors: mean of the normalised embeddings of ``template.format(c)``."""
-    out = []
-    for c in classnames:
-        tokens = tokenizer([t.format(c) for t in templates]).to(device)
-        e = model.encode_text(tokens, normalize=True).float().mean(dim=0)
-        out.append(F.normalize(e, dim=-1))
-    return torch.stack(out)
+    """``[num_classes, D]`` unit vectors: mean of the normalised embeddings of ``template.format(c)``.
+
+    All prompts of the task go through the text tower in batches of ``batch_size``."""
+    prompts = [t.format(c) for c in classnames for t in templates]
+    tokens = tokenizer(prompts)
+    feats = torch.cat(
+        [model.encode_text(tokens[i : i + batch_size].to(device), normalize=True).float() for i in range(0, len(prompts), batch_size)]
+    )
+    return F.normalize(feats.view(len(classnames), len(templates), -1).mean(dim=1), dim=-1)
 
 
 @torch.no_grad()
