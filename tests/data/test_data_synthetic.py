@@ -52,6 +52,8 @@ def test_samples_depend_only_on_seed_and_index() -> None:
     assert not torch.equal(c_img, a_img)
     d_img, _ = generate(3, "test", np.arange(10), 32, cfg)  # held-out split: another hash stream
     assert all(not torch.equal(d_img[i], a_img[i]) for i in range(10))
+    big, _ = generate(3, "train", np.arange(30), 96, cfg)  # rendered in sub-batches of 18
+    assert torch.equal(generate(3, "train", np.arange(16, 21), 96, cfg)[0], big[16:21])
     offset = build_train_data("synthetic:seed_offset=1", image_size=32, seed=3)
     assert torch.equal(_take(offset, 1)[0][0], c_img[0])
 
