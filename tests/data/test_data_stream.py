@@ -7,9 +7,12 @@ from collections import Counter
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from lowbit.data import build_train_data
+from lowbit.data.sources import EpochOrder
 
 
 def _take(ds, n: int) -> list:
@@ -95,3 +98,15 @@ def test_workers_forked_after_the_parent_read_the_shards(tar_spec: str) -> None:
     dl = DataLoader(ds, batch_size=2, num_workers=2)
     again = [(x[i], c[i]) for x, c in itertools.islice(dl, 7) for i in range(2)]
     assert _same(again, first)
+
+
+@given(
+    counts=st.lists(st.integers(0, 40), min_size=1, max_size=8).filter(lambda c: sum(c) > 0),
+    span=st.integers(1, 64),
+    epoch=st.integers(0, 5),
+)
+def test_epoch_order_is_a_permutation(counts: list[int], span: int, epoch: int) -> None:
+    """Whatever the shard sizes (empty ones included) and shuffle span, an epoch visits every sample once."""
+    order = EpochOrder(counts, seed=7, span=span)
+    ids = [order(epoch, p) for p in range(sum(counts))]
+    assert sorted(ids) == list(range(sum(counts)))
