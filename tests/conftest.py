@@ -15,6 +15,8 @@ from hypothesis import settings
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=100, deadline=None)
+# On the GPU host every new shape compiles/tunes kernels: fewer examples keep a run inside minutes.
+settings.register_profile("gpu", max_examples=6, deadline=None, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

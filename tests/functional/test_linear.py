@@ -161,3 +161,27 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
     out.sum().backward()
     assert torch.allclose(out, eager, rtol=1e-6, atol=1e-6)
     assert torch.allclose(x.grad, g_eager, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the GPU host)")
+@pytest.mark.parametrize("name", [n for n in QUANTIZED if not RECIPES[n].uses_fp8
+                                  or (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9))])
+def test_cuda_triton_path_matches_cpu_reference(name: str) -> None:
+    """The Triton kernels (CUDA) and the PyTorch reference (CPU) give the same layer, fwd and bwd."""
+    torch.manual_seed(2)
+    x = torch.randn(2, 100, 96)
+    w = torch.randn(80, 96) / 10
+    b = torch.randn(80)
+    g = torch.randn(2, 100, 80)
+    outs = []
+    for dev in ("cpu", "cuda"):
+        xs, ws, bs = (t.to(dev).requires_grad_() for t in (x, w, b))
+        y = linear(xs, ws, bs, name)
+        grads = torch.autograd.grad(y, [xs, ws, bs], g.to(dev))
+        outs.append([t.detach().cpu() for t in (y, *grads)])
+    # int8 accumulates exactly in int32 on both; Hopper's fp8 tensor cores accumulate with a reduced-precision
+    # adder (about 2**-13 relative per partial sum), so fp8 gets a looser bound than float32 rounding.
+    tol = 2e-3 if RECIPES[name].uses_fp8 else 1e-5
+    for cpu, gpu in zip(*outs):
+        assert _rel(gpu, cpu.double()) < tol, (name, _rel(gpu, cpu.double()))
+        print(name, _rel(gpu, cpu.double()))

@@ -35,8 +35,11 @@ def test_triton_matches_float64_reference(fa, fb, m, n, k, a_row, b_row, with_bi
     expected = _exact(qa, qb, sa, sb, fa, fb, bias)
     got = scaled_mm(qa, qb, sa, sb, bias=bias, out_dtype=out, backend="triton")
     assert got.dtype == out and got.shape == (m, n)
-    # float32 epilogue: a few ulps; bf16 output: half a bf16 ulp (2**-9 relative) on top.
+    # float32 epilogue: a few ulps; bf16 output: half a bf16 ulp (2**-9 relative) on top. Hopper's fp8
+    # tensor cores accumulate with a reduced-precision adder (~1e-4 relative seen on an H100).
     rtol = 1e-5 if out == torch.float32 else 2**-8
+    if fa != "int8" and got.is_cuda:
+        rtol = max(rtol, 2e-3)
     scale = expected.abs().max().clamp_min(1e-30)
     assert float((got.double().cpu() - expected).abs().max()) <= rtol * float(scale) + 1e-6
     # and the quantized product approximates the exact product (loose, format-dependent)
@@ -102,4 +105,7 @@ def test_cublas_backend_agrees_on_gpu() -> None:
         qb, sb = quantize(b, fmt, "row")
         t = scaled_mm(qa, qb, sa, sb, out_dtype=torch.float32, backend="triton")
         c = scaled_mm(qa, qb, sa, sb, out_dtype=torch.float32, backend="cublas")
-        assert torch.allclose(t, c, rtol=1e-4, atol=1e-3)
+        # int8: exact int32 sums on both; fp8: the two kernels sum in different orders with Hopper's
+        # reduced-precision fp8 accumulator (~1e-4 relative seen on an H100).
+        tol = 1e-6 if fmt == "int8" else 1e-3
+        assert float((t - c).norm() / c.norm()) < tol, fmt

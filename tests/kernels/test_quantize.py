@@ -268,3 +268,13 @@ def test_fp8_saturates_and_handles_tiny_and_huge() -> None:
         big = torch.tensor([1.0e6])
         qs = (big * s[1]).clamp(-FP8_MAX[fmt], FP8_MAX[fmt]).to(dtype)
         assert math.isfinite(float(qs.float()))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
+def test_wide_rows_use_the_default_blocks_and_match(fmt) -> None:
+    """Rows wider than one block (5000 > 2048 on the GPU) with odd row counts: same codes and scales."""
+    x = _sample((7, 5000), torch.bfloat16, 2.0, 9)
+    x[3, 4999] = float("nan")
+    qr, sr = quantize(x, fmt, "row", backend="torch")
+    qt, st_ = quantize(x.to(DEVICE), fmt, "row", backend="triton")
+    assert _same_codes(qr, qt.cpu()) and _same_scale(sr, st_.cpu())

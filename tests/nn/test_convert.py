@@ -97,9 +97,10 @@ def test_filter_and_default_skips_are_reported(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="lowbit.nn.convert"):
         convert(small)
     assert type(small[0]) is nn.Linear and "too small to gain" in caplog.text
-    assert skip_reason("x", nn.Linear(1024, 4096)) is None
-    assert "multiples of 16" in skip_reason("x", nn.Linear(1000, 4096))
-    mha = nn.MultiheadAttention(1024, 8)
+    assert skip_reason("x", nn.Linear(1280, 5120)) is None
+    assert "too small" in skip_reason("x", nn.Linear(1024, 4096))
+    assert "multiples of 16" in skip_reason("x", nn.Linear(1288 + 4, 5120))
+    mha = nn.MultiheadAttention(1280, 8)
     assert "MultiheadAttention" in skip_reason("out_proj", mha.out_proj)
 
 

@@ -220,6 +220,20 @@ def _breakdown(device, fp8_ok: bool) -> list[dict[str, Any]]:
         for name, fn in steps.items():
             rows.append({"M×K×N": f"breakdown {fmt} {T}×{d_in}→{d_out}", "kernel": name, "ms": bench(fn, device)})
             print(rows[-1], flush=True)
+    # Row-quantization block shapes for the widest operand (dY, 5120 wide): informs _row_blocks.
+    from lowbit.kernels import triton_quant
+
+    default = triton_quant._row_blocks
+    for cfg in [(1, 8192, True, 8), (1, 8192, True, 16), (2, 8192, True, 16), (1, 2048, False, 8),
+                (2, 2048, False, 8), (4, 1024, False, 8)]:
+        triton_quant._row_blocks = lambda K, cfg=cfg: cfg
+        try:
+            ms = bench(lambda: quantize(dy, "int8", "row"), device)
+        finally:
+            triton_quant._row_blocks = default
+        rows.append({"M×K×N": f"row-quant config {T}×{d_out}", "kernel": f"BLOCK_M,BLOCK_K,one_pass,warps={cfg}",
+                     "ms": ms, "GB/s": dy.numel() * 3 / ms / 1e6})
+        print(rows[-1], flush=True)
     return rows
 
 

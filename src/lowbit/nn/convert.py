@@ -18,9 +18,10 @@ logger = logging.getLogger(__name__)
 
 ModuleFilter = Callable[[str, nn.Linear], bool]
 
-# Smallest in/out width worth converting: below it the quantize passes and launches cost more than the
-# int8/fp8 matmul saves. Measured on an H100 with `lowbit bench linear --sweep` (bench/results/).
-MIN_FEATURES = 512
+# Smallest in/out width worth converting. On an H100 (bench/results/h100/sweep.md, linear.log) no width up to
+# 1024 gained at 32k tokens (0.1-0.8x: the extra quantize launches cost more host time than the 8-bit matmuls
+# save), 1280 (ViT-H) is break-even (0.97-1.08x by recipe) and 4096 gains (1.12-1.43x).
+MIN_FEATURES = 1280
 # Widths must be multiples of 16 for aligned, vectorised 8-bit tiles.
 ALIGNMENT = 16
 
