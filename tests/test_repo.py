@@ -44,3 +44,11 @@ def test_cli_version_and_help() -> None:
 def test_layers_exist() -> None:
     for room in ("kernels", "functional", "nn", "models", "train", "data", "optim", "monitor", "cli", "bench"):
         assert (ROOT / "src" / "lowbit" / room / "__init__.py").is_file(), room
+
+
+def test_readme_python_quick_start_runs() -> None:
+    """The README's Python quick-start is executed as written."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start\s*```python\n(.+?)\n```", text, re.S)
+    assert block, "README has no Python quick-start block"
+    exec(compile(block.group(1), "README.md", "exec"), {})

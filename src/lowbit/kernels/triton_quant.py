@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from lowbit.kernels._common import (
     FP8_AMAX_FLOOR,
@@ -35,7 +36,8 @@ _FP8_BIAS = {"e4m3": 7, "e5m2": 15}
 
 def _fmt_constants(fmt: Format) -> dict:
     if fmt == "int8":
-        return dict(FMT=0, QMAX=INT8_MAX, AMAX_FLOOR=0.0, MBITS=0, EMIN=0, BIAS=0, INV_SUB=1.0, EMULATE=False)
+        return dict(FMT=0, QMAX=INT8_MAX, AMAX_FLOOR=0.0, MBITS=0, EMIN=0, BIAS=0, INV_SUB=1.0,
+                    EMULATE=interpreting())
     mbits, emin = FP8_MANTISSA_BITS[fmt], FP8_MIN_NORMAL_EXP[fmt]
     return dict(
         FMT=_FMT_ID[fmt],
@@ -81,7 +83,11 @@ def _encode(x, mul, FMT: tl.constexpr, QMAX: tl.constexpr, MBITS: tl.constexpr, 
     if FMT == 0:
         y = tl.where(y == y, y, 0.0)
         y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
-        return _round_half_even(y).to(tl.int8).to(tl.uint8, bitcast=True)
+        if EMULATE:
+            y = _round_half_even(y)
+        else:
+            y = libdevice.rint(y)  # a single cvt.rni on the GPU
+        return y.to(tl.int8).to(tl.uint8, bitcast=True)
     y = tl.minimum(tl.maximum(y, -QMAX, propagate_nan=tl.PropagateNan.ALL), QMAX,
                    propagate_nan=tl.PropagateNan.ALL)
     if not EMULATE:
