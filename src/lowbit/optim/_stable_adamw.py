@@ -530,6 +530,21 @@ def _cpu_bucket(
         )
 
 
+_SQRT_NUMEL: dict[tuple[Any, ...], Tensor] = {}
+
+
+def _sqrt_numels(p_: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """sqrt(numel) per tensor as one device tensor, cached: building it each step would be an H2D copy."""
+    key = (device, dtype, tuple(t.numel() for t in p_))
+    out = _SQRT_NUMEL.get(key)
+    if out is None:
+        if len(_SQRT_NUMEL) >= 32:
+            _SQRT_NUMEL.pop(next(iter(_SQRT_NUMEL)))
+        out = torch.tensor([max(n, 1) for n in key[2]], dtype=torch.float64).sqrt().to(dtype).to(device)
+        _SQRT_NUMEL[key] = out
+    return out
+
+
 def _foreach_bucket(
     p_: list[Tensor],
     g_: list[Tensor],
@@ -546,45 +561,58 @@ def _foreach_bucket(
     maximize: bool,
     host_scalars: bool,
 ) -> None:
-    """``torch._foreach_*`` engine for one bucket."""
+    """``torch._foreach_*`` engine for one bucket: every op is one call over the list, no per-tensor Python.
+
+    Arithmetic is in the compute dtype ``cdt`` (fp32, fp64 for fp64). When g, m or v are stored in another
+    dtype (bf16/fp16), they are copied once into ``cdt`` working lists (``_foreach_copy_``), so that the RMS
+    and the update use the *unrounded* m and v, exactly as the reference; m and v are rounded once when
+    copied back and θ once when the update is added. Two full-size temporaries at most (``s`` then ``u``).
+
+    Per-tensor η stays on the device (no host sync) unless ``host_scalars``: the one op that needs it
+    (θ += u · (−η)) then takes torch's per-tensor loop in C++, which is still a single Python call.
+    """
     device = p_[0].device
     cdt = _compute_dtype(p_[0], m_[0])
-    gc = [g if g.dtype == cdt else g.to(cdt) for g in g_]
+
+    def work(ts: list[Tensor]) -> list[Tensor]:
+        if all(t.dtype == cdt for t in ts):
+            return ts
+        out = [torch.empty_like(t, dtype=cdt) for t in ts]
+        torch._foreach_copy_(out, ts)
+        return out
+
+    gc, mc, vc = work(g_), work(m_), work(v_)
     if maximize:
         gc = torch._foreach_neg(gc)
-    mc = [t if t.dtype == cdt else t.to(cdt) for t in m_]
-    vc = [t if t.dtype == cdt else t.to(cdt) for t in v_]
-    pc = [t if t.dtype == cdt else t.to(cdt) for t in p_]
 
-    torch._foreach_lerp_(mc, gc, 1.0 - b1)
+    torch._foreach_lerp_(mc, gc, 1.0 - b1)  # m = β̂1 m + (1 − β̂1) g
     torch._foreach_mul_(vc, b2)
-    torch._foreach_addcmul_(vc, gc, gc, 1.0 - b2)
+    torch._foreach_addcmul_(vc, gc, gc, 1.0 - b2)  # v = β̂2 v + (1 − β̂2) g²  (the updated v: SPEC §5)
 
-    denom = torch._foreach_sqrt(vc)  # sqrt(v); max(sqrt(v), ε) = sqrt(max(v, ε²))
-    ratio = torch._foreach_clamp_min(denom, eps)
-    torch._foreach_div_(ratio, gc)  # sqrt(max(v, ε²)) / g, inverted next: one temporary instead of two
-    torch._foreach_reciprocal_(ratio)
-    norms = torch._foreach_norm(ratio, 2)
-    del ratio
-    numel = torch.tensor([max(t.numel(), 1) for t in p_], dtype=cdt, device=device)
-    rms = torch.stack(norms) / numel.sqrt()
+    s = torch._foreach_sqrt(vc)
+    c = torch._foreach_clamp_min(s, eps)  # sqrt(max(v, ε²)) = max(sqrt(v), ε)
+    torch._foreach_div_(c, gc)  # max(sqrt(v), ε) / g, inverted next (0 where g = 0): no third temporary
+    torch._foreach_reciprocal_(c)
+    norms = torch._foreach_norm(c, 2)  # sqrt(Σ g² / max(v, ε²))
+    del c
+    rms = torch.stack(norms).div_(_sqrt_numels(p_, cdt, device))
     torch._foreach_copy_(r_, list(rms.to(torch.float32).unbind(0)))
     eta = lr / rms.clamp_min(1.0) if clip_update else torch.full_like(rms, lr)
-    torch._foreach_add_(denom, eps)
 
+    torch._foreach_add_(s, eps)
+    u = torch._foreach_div(mc, s)  # m / (sqrt(v) + ε)
+    del s
+    if weight_decay != 0.0:
+        torch._foreach_add_(u, p_, alpha=weight_decay)  # u = m / (sqrt(v) + ε) + λ θ
+    neg_eta = eta.neg()
     if host_scalars:
-        etas = eta.tolist()
-        if weight_decay != 0.0:
-            torch._foreach_mul_(pc, [1.0 - e * weight_decay for e in etas])
-        torch._foreach_addcdiv_(pc, mc, denom, [-e for e in etas])
+        torch._foreach_mul_(u, neg_eta.tolist())
+        torch._foreach_add_(p_, u)
+    elif p_[0].dtype == cdt:
+        torch._foreach_addcmul_(p_, u, list(neg_eta.unbind(0)))  # θ += u · (−η)
     else:
-        if weight_decay != 0.0:
-            torch._foreach_mul_(pc, list((1.0 - eta * weight_decay).unbind(0)))
-        torch._foreach_div_(denom, mc)  # denom / m, inverted: update = m / denom
-        torch._foreach_reciprocal_(denom)
-        torch._foreach_mul_(denom, list((-eta).unbind(0)))
-        torch._foreach_add_(pc, denom)
-    for dst, src in ((m_, mc), (v_, vc), (p_, pc)):
-        pairs = [(d, s) for d, s in zip(dst, src) if d is not s]
-        if pairs:
-            torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
+        torch._foreach_mul_(u, list(neg_eta.unbind(0)))
+        torch._foreach_add_(p_, u)  # bf16/fp16 θ: added in fp32, rounded once
+    for dst, src in ((m_, mc), (v_, vc)):
+        if dst is not src:
+            torch._foreach_copy_(dst, src)
