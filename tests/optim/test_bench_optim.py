@@ -46,4 +46,5 @@ def test_bench_optim_runs_on_cpu(tmp_path: Path, capsys) -> None:
     assert "StableAdamW fused" in rec["not_run"]
     md = (tmp_path / "optim-tiny-cpu.md").read_text()
     assert "| StableAdamW foreach |" in md
+    assert "## summary" in md and "fp32 ms (ratio)" in md
     assert "StableAdamW foreach" in capsys.readouterr().out

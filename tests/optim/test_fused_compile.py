@@ -25,12 +25,11 @@ SCRIPT = textwrap.dedent(
     out = {}
     for pdt, mdt, aligned in (("fp32", "fp32", True), ("bf16", "fp32", True), ("fp32", "fp32", False)):
         sig = {"p_base": f"*{pdt}", "g_base": f"*{pdt}", "m_base": f"*{mdt}", "v_base": f"*{mdt}",
-               "r_base": "*fp32", "offs": "*i64", "ttab": "*i64", "p1tab": "*i64", "p2tab": "*i64",
-               "partials": "*fp32", "n2": "i32", "q2_base": "i32", "iters2": "i32", "q1_base": "i32",
-               "iters1": "i32", "lr": "fp32", "wd": "fp32", "w1": "fp32", "b2": "fp32", "w2": "fp32",
-               "eps": "fp32", "eps_sq": "fp32"}
-        consts = {"BLOCK": 1024, "RBLOCK": 1024, "CLIP": True, "MAXIMIZE": False, "ALIGNED": aligned,
-                  "REVERSE": True}
+               "r_base": "*fp32", "offs": "*i64", "ttab": "*i64", "items": "*i64", "partials": "*fp32",
+               "ws": "*i32", "n_items": "i32", "lr": "fp32", "wd": "fp32", "w1": "fp32", "b2": "fp32",
+               "w2": "fp32", "eps": "fp32", "eps_sq": "fp32"}
+        consts = {"BLOCK": 1024, "P1_BLOCKS": 2, "P2_BLOCKS": 4, "RBLOCK": 1024, "CLIP": True,
+                  "MAXIMIZE": False, "ALIGNED": aligned}
         sig.update({c: "constexpr" for c in consts})
         attrs = {(i,): [["tt.divisibility", 16]] for i in range(10)}  # what a launch with aligned tensors gets
         c = triton.compile(ASTSource(fn=k, signature=sig, constexprs=consts, attrs=attrs),

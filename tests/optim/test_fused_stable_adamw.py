@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,9 +99,10 @@ def test_fused_steps_match_spec_float32() -> None:
 @pytest.mark.parametrize(
     "cfg",
     [
-        dict(l2_budget_bytes=1, p2_iters=1),  # one tensor per chunk, many phase-2 programs per tensor
-        dict(merge_phases=False, reverse_phase2=False, p2_iters=2),
-        dict(l2_budget_bytes=20_000, p1_programs_per_sm=1),  # mixed chunks, one partial per program
+        # many phase-1 tiles per tensor (28 partials for 70×50), summed 8 at a time; phase 2 right behind
+        dict(block=128, p1_blocks=1, p2_blocks=1, rblock=8, l2_budget_bytes=0, programs_per_sm=1),
+        dict(reverse_phase2=False, p2_blocks=2, l2_budget_bytes=1 << 30),  # all phase 1 first, in order
+        dict(block=64, p1_blocks=3, p2_blocks=5, rblock=16),  # tiles of odd block counts, ragged tails
     ],
 )
 def test_fused_launch_layouts_agree(cfg, monkeypatch) -> None:
@@ -162,6 +164,28 @@ def test_fused_unaligned_and_noncontiguous_params() -> None:
         opt_ref.step()
     for p, r in zip(params, ref):
         torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)
+
+
+def test_item_order_interleaves_phases_with_the_lag() -> None:
+    """Every tile once; a tensor's phase 2 after all its phase 1 plus the lag; big tensors last-read-first."""
+    cfg = _fused.FusedConfig(block=4, p1_blocks=2, p2_blocks=1, l2_budget_bytes=3 * 8 * 8)  # lag: 3 tiles
+    numels = [20, 3, 8, 1, 33]
+    items = _fused.item_order(numels, foot=8, cfg=cfg, grid=2)
+    kind, tid, start = items[:, 0] & 1, items[:, 0] >> 1, items[:, 1]
+    for t, n in enumerate(numels):
+        assert sorted(start[(tid == t) & (kind == 0)]) == list(range(0, n, 8))
+        p2 = start[(tid == t) & (kind == 1)]
+        assert list(p2) == list(range(0, n, 4))[::-1]  # reverse_phase2
+    p1_seen = (kind == 0).cumsum()
+    n1 = int((kind == 0).sum())
+    for t, n in enumerate(numels):
+        last1 = int(np.nonzero((tid == t) & (kind == 0))[0].max())
+        first2 = int(np.nonzero((tid == t) & (kind == 1))[0].min())
+        assert first2 > last1
+        assert p1_seen[first2] >= min(p1_seen[last1] + 3, n1)  # the lag (or the end of phase 1)
+    # the phase-1 stream keeps tensor order, phase 2 too
+    assert list(tid[kind == 0]) == sorted(tid[kind == 0])
+    assert list(tid[kind == 1]) == sorted(tid[kind == 1])
 
 
 def test_fused_rejects_float64_and_cpu_without_interpreter(monkeypatch) -> None:

@@ -424,3 +424,18 @@ def test_bf16_multi_tensor_matches_reference_over_many_steps(impl: str, state_dt
         # one bf16 rounding of θ per step; fp32-rounding differences may flip it by one ulp now and then
         torch.testing.assert_close(a.float(), b.float(), rtol=1.6e-2, atol=1e-5)
         torch.testing.assert_close(om.state[a]["rms"], orf.state[b]["rms"], rtol=1e-4, atol=0)
+
+
+def test_default_implementation_is_foreach_off_cuda(monkeypatch) -> None:
+    """fused/foreach left at None: CPU tensors take the multi-tensor path (fused is the CUDA default)."""
+    from lowbit.optim import _fused
+
+    p = torch.nn.Parameter(torch.randn(5))
+    assert not sa._default_fused([p], [p], [p])
+    assert not _fused.fused_available([p])
+    calls = []
+    monkeypatch.setattr(sa, "_multi_tensor_stable_adamw", lambda *a, **k: calls.append("foreach"))
+    opt = StableAdamW([p])
+    p.grad = torch.randn(5)
+    opt.step()
+    assert calls == ["foreach"]

@@ -122,7 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         nargs="+",
         default=None,
-        help="fused StableAdamW: g+v bytes per chunk (several values = several rows)",
+        help="fused StableAdamW: g+v bytes read between a tensor's phase 1 and phase 2 "
+        "(several values = several rows; default: the built-in budget, one row)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write optim-*.json and optim-*.md here")
 
@@ -316,6 +317,35 @@ def to_markdown(env: dict[str, Any], records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compact_table(records: list[dict[str, Any]]) -> str:
+    """One row per implementation, one ``ms (ratio)`` column per dtype: the whole run at a glance."""
+    names: list[str] = []
+    for rec in records:
+        for r in rec["results"]:
+            if r["impl"] not in names:
+                names.append(r["impl"])
+    heads = [f"{rec['dtype']} ms (ratio)" for rec in records]
+    lines = [
+        f"## summary: {records[0]['preset']}, ratio to {records[0]['baseline']}" if records else "## summary",
+        "",
+        "| implementation | " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * len(heads),
+    ]
+    for name in names:
+        cells = []
+        for rec in records:
+            r = next((x for x in rec["results"] if x["impl"] == name), None)
+            if r is None:
+                cells.append("")
+            elif "error" in r:
+                cells.append("error")
+            else:
+                ratio = f" ({r['ratio']:.2f})" if "ratio" in r else ""
+                cells.append(f"{r['median_ms']:.2f}{ratio}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``lowbit bench optim``."""
     device = _resolve_device(args.device)
@@ -324,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
     dtypes = args.dtype or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     env = _env(device)
     records = [bench_one(args.preset, device, dt, args) for dt in dtypes]
-    md = to_markdown(env, records)
+    md = to_markdown(env, records) + "\n" + compact_table(records)
     print(md)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

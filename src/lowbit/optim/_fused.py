@@ -1,24 +1,45 @@
-"""Fused (Triton) StableAdamW step: two passes per tensor, arranged to re-read from L2.
+"""Fused (Triton) StableAdamW step: one persistent launch per bucket, phase 2 re-reading g and v from L2.
 
-Bytes per fp32 parameter: AdamW fused reads p, g, m, v and writes p, m, v (28 B). The per-tensor RMS needs
-a full reduction over the *updated* second moment before any element of the tensor may be updated, so:
+**Bytes per parameter.** torch's fused AdamW reads p, g, m, v and writes p, m, v: 7 values, 28 B per fp32
+parameter, 14 B for bf16 p, g, m, v (the bench's bf16 rows keep the moments in the parameter's dtype),
+18 B for bf16 p, g with fp32 m, v (``state_dtype=torch.float32``). StableAdamW needs a full reduction over
+the tensor's *updated* second moment before any of its elements may be updated (SPEC §5), so it has two
+phases per tensor:
 
-* phase 1 reads only g and v (8 B), forms v_new = β̂2 v + (1 − β̂2) g² on the fly and writes one partial sum
-  of g² / max(v_new, ε²) per program (nothing else is written);
-* phase 2 re-reduces its tensor's few partials (≤ ~1k floats, from L2), takes RMS and η, and does the full
-  AdamW-style update (28 B).
+* phase 1 reads g and v (8 B fp32 / 4 B bf16), forms v_new = β̂2 v + (1 − β̂2) g² in registers and reduces
+  Σ g² / max(v_new, ε²) over a tile to one partial (nothing else is written);
+* phase 2 does the AdamW-style update of a tile (the 28 / 14 / 18 B above) with η = lr / max(1, RMS).
 
-Tensors are processed in *chunks* whose g + v footprint fits in ``l2_budget_bytes``: phase 1 of a chunk
-runs just before its phase 2, and phase 2 walks the chunk in reverse order, so g and v are mostly still in
-L2 (even for a tensor larger than the budget, the most recently read tail is). HBM traffic is then
-≈ 28 B + (L2 miss fraction) × 8 B per parameter. To halve the number of launches, phase 2 of chunk k and
-phase 1 of chunk k+1 share one launch (independent work; phase-2 programs are dispatched first).
+HBM traffic is ``AdamW bytes + (fraction of phase-2 reads of g, v that miss L2) × (g + v bytes)``: 28 B +
+8 B × miss for fp32, 14 B + 4 B × miss for bf16. Everything here serves to keep that miss fraction small
+and the GPU busy:
 
-All tensors of a bucket (same device, dtypes and step) are addressed as ``base + offset``: one base tensor
-per role (the one with the lowest address) and a small int64 table of element offsets, rebuilt every step
-(gradients may be re-allocated) and copied to the device once per bucket. No host sync happens.
+* **One launch per bucket and step** (plus a 4-byte-per-tensor memset), whatever the number of tensors: a
+  persistent grid (``programs_per_sm`` × SMs) takes *work items* — a phase-1 or phase-2 tile of one
+  tensor — from a ticket counter (an atomic) in the order of a static item table. The tables (item order,
+  per-tensor numel / tile counts / partial slots) depend only on the sizes and are built once and cached;
+  the per-tensor element offsets from one base pointer per role are rebuilt only when an address changes
+  (``data_ptr``-keyed), e.g. when gradients are re-allocated.
+* **Interleaved phases for L2 reuse.** The item table streams phase-1 tiles in tensor order and inserts a
+  tensor's phase-2 tiles as soon as its last phase-1 tile is ``lag`` phase-1 tiles behind the stream
+  (``lag`` = ``l2_budget_bytes`` of g + v, at least one grid's worth so that nobody waits): g and v are
+  re-read about ``l2_budget_bytes`` after they were first read, well inside the 50 MB L2 of an H100. A
+  tensor larger than the budget has its phase-2 tiles in reverse order, so its most recently read tail is
+  re-read first, from L2. Phase-1 loads are ``evict_last``, phase-2 accesses ``evict_first``.
+* **RMS without a second pass or a host sync.** Each phase-1 tile stores its partial, then increments the
+  tensor's counter (acq_rel atomic); the tile that completes the count sums the tensor's partials in a
+  fixed order (deterministic, no float atomics), stores RMS into ``state['rms']`` and bumps the counter
+  once more (release). A phase-2 tile polls that counter (acquire) and then reads one float.
+* **No deadlock by construction:** tickets are taken in increasing order by running programs, a phase-2
+  tile only waits for phase-1 tiles with smaller tickets, and phase-1 tiles never wait. Under
+  ``TRITON_INTERPRET=1`` (programs run one after another) the first program simply takes every ticket in
+  order.
+* **Launch count** for CLIP ViT-H/14 (686 tensors, 986 M parameters): 1 kernel + 1 memset per step (the
+  previous chunked design needed one launch per L2-sized chunk: ~330 fp32 / ~165 bf16 at 24 MB).
 
-The kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors (the tests do this at tiny sizes).
+bf16/fp16 tensors are loaded as 16-byte vectors (8 elements per thread with the default ``block`` 1024 and 4
+warps, when every base and offset is 16-element aligned), upcast to fp32 in registers, and rounded once
+when stored. The kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors (the tests do, at tiny sizes).
 """
 
 from __future__ import annotations
@@ -41,21 +62,28 @@ try:
 except ImportError:  # pragma: no cover - triton is a linux dependency
     _HAVE_TRITON = False
 
-__all__ = ["FusedConfig", "check_fused_device", "config", "fused_stable_adamw", "interpreter_mode"]
+__all__ = [
+    "FusedConfig",
+    "check_fused_device",
+    "config",
+    "fused_available",
+    "fused_stable_adamw",
+    "interpreter_mode",
+]
 
 
 @dataclass
 class FusedConfig:
-    """Tuning knobs of the fused path (module-global ``config``; the benchmark sweeps them)."""
+    """Tuning knobs of the fused path (module-global ``config``; the benchmark sweeps ``l2_budget_bytes``)."""
 
     block: int = 1024  # elements per inner iteration (power of 2)
     num_warps: int = 4
-    l2_budget_bytes: int = 24 << 20  # g + v bytes per chunk
-    p1_programs_per_sm: int = 8  # phase-1 programs per chunk ≈ this × SMs (bounds the partials per tensor)
-    p2_iters: int = 4  # phase-2 program = p2_iters × block elements
-    reverse_phase2: bool = True
-    merge_phases: bool = True  # phase 2 of chunk k and phase 1 of chunk k+1 in one launch
-    rblock: int = 1024  # partials reduced per inner iteration in phase 2
+    p1_blocks: int = 2  # a phase-1 tile is p1_blocks × block elements (one partial each)
+    p2_blocks: int = 4  # a phase-2 tile is p2_blocks × block elements
+    programs_per_sm: int = 8  # persistent grid = this × SMs
+    l2_budget_bytes: int = 16 << 20  # g + v bytes read by phase 1 between a tensor's phase 1 and phase 2
+    reverse_phase2: bool = True  # phase-2 tiles of a tensor last-read-first
+    rblock: int = 1024  # partials summed per inner iteration by the finishing phase-1 tile
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
 
@@ -67,6 +95,13 @@ def interpreter_mode() -> bool:
     if not _HAVE_TRITON:
         return False
     return type(_stable_adamw_kernel).__name__ == "InterpretedFunction"
+
+
+def fused_available(tensors: list[Tensor]) -> bool:
+    """Whether the fused path is the right default for these tensors: Triton and all on CUDA, fused dtypes."""
+    if not _HAVE_TRITON or not tensors or interpreter_mode():
+        return False
+    return all(t.device.type == "cuda" and t.dtype in _OK_DTYPES for t in tensors)
 
 
 def check_fused_device(p: Tensor) -> None:
@@ -87,31 +122,34 @@ def check_fused_device(p: Tensor) -> None:
 if _HAVE_TRITON:
 
     @triton.jit
-    def _phase1(
+    def _phase1_tile(
         g_base,
         v_base,
+        r_base,
         offs,
         ttab,
-        p1tab,
         partials,
-        q,
-        iters,
+        cnt,
+        t,
+        start,
         b2,
         w2,
         eps_sq,
         BLOCK: tl.constexpr,
+        TILE1: tl.constexpr,
+        RBLOCK: tl.constexpr,
         ALIGNED: tl.constexpr,
     ):
-        """Partial Σ g² / max(v_new, ε²) over ``iters`` blocks of one tensor → partials[q]."""
-        ti = tl.load(p1tab + 2 * q)
-        start = tl.multiple_of(tl.load(p1tab + 2 * q + 1), BLOCK)
-        n = tl.load(ttab + 3 * ti)
-        goff = tl.load(offs + 5 * ti + 1)
-        voff = tl.load(offs + 5 * ti + 3)
+        """Partial Σ g² / max(v_new, ε²) over one tile; the tile that completes the tensor writes its RMS."""
+        n = tl.load(ttab + 4 * t)
+        k1 = tl.load(ttab + 4 * t + 1)
+        pst = tl.load(ttab + 4 * t + 2)
+        goff = tl.load(offs + 5 * t + 1)
+        voff = tl.load(offs + 5 * t + 3)
         if ALIGNED:
             goff = tl.multiple_of(goff, 16)
             voff = tl.multiple_of(voff, 16)
-        end = tl.minimum(n, start + iters * BLOCK)
+        end = tl.minimum(n, start + TILE1)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         lane = tl.arange(0, BLOCK).to(tl.int64)
         for it in range(tl.cdiv(end - start, BLOCK)):
@@ -122,19 +160,30 @@ if _HAVE_TRITON:
                 v = tl.load(v_base + voff + idx, eviction_policy="evict_last").to(tl.float32)
             else:
                 mask = idx < end
-                g = tl.load(g_base + goff + idx, mask=mask, other=0.0, eviction_policy="evict_last").to(
-                    tl.float32
-                )
-                v = tl.load(v_base + voff + idx, mask=mask, other=0.0, eviction_policy="evict_last").to(
-                    tl.float32
-                )
+                g = tl.load(g_base + goff + idx, mask=mask, other=0.0, eviction_policy="evict_last")
+                v = tl.load(v_base + voff + idx, mask=mask, other=0.0, eviction_policy="evict_last")
+                g = g.to(tl.float32)
+                v = v.to(tl.float32)
             gg = g * g
             vn = b2 * v + w2 * gg
             acc += tl.div_rn(gg, tl.maximum(vn, eps_sq))
-        tl.store(partials + q, tl.sum(acc, axis=0))
+        tl.store(partials + pst + start // TILE1, tl.sum(acc, axis=0))
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt + t, 1, sem="acq_rel")  # publishes the partial
+        if done == k1 - 1:  # the last tile of this tensor: all partials are in
+            tl.debug_barrier()
+            racc = tl.zeros([RBLOCK], dtype=tl.float32)
+            rl = tl.arange(0, RBLOCK).to(tl.int64)
+            for j in range(0, k1, RBLOCK):
+                ri = j + rl
+                racc += tl.load(partials + pst + ri, mask=ri < k1, other=0.0, cache_modifier=".cg")
+            rms = tl.sqrt_rn(tl.div_rn(tl.sum(racc, axis=0), n.to(tl.float32)))
+            tl.store(r_base + tl.load(offs + 5 * t + 4), rms)
+            tl.debug_barrier()
+            tl.atomic_add(cnt + t, 1, sem="release")  # count k1 + 1: RMS is readable
 
     @triton.jit
-    def _phase2(
+    def _phase2_tile(
         p_base,
         g_base,
         m_base,
@@ -142,10 +191,9 @@ if _HAVE_TRITON:
         r_base,
         offs,
         ttab,
-        p2tab,
-        partials,
-        q,
-        iters,
+        cnt,
+        t,
+        start,
         lr,
         wd,
         w1,
@@ -153,41 +201,35 @@ if _HAVE_TRITON:
         w2,
         eps,
         BLOCK: tl.constexpr,
-        RBLOCK: tl.constexpr,
+        TILE2: tl.constexpr,
         CLIP: tl.constexpr,
         MAXIMIZE: tl.constexpr,
         ALIGNED: tl.constexpr,
     ):
-        """RMS of the tensor from its partials, then the update of ``iters`` blocks of it."""
-        ti = tl.load(p2tab + 2 * q)
-        start = tl.multiple_of(tl.load(p2tab + 2 * q + 1), BLOCK)
-        n = tl.load(ttab + 3 * ti)
-        ps = tl.load(ttab + 3 * ti + 1)
-        pc = tl.load(ttab + 3 * ti + 2)
-        racc = tl.zeros([RBLOCK], dtype=tl.float32)
-        rl = tl.arange(0, RBLOCK).to(tl.int64)
-        for j in range(0, pc, RBLOCK):
-            ri = j + rl
-            racc += tl.load(partials + ps + ri, mask=ri < pc, other=0.0)
-        rms = tl.sqrt_rn(tl.div_rn(tl.sum(racc, axis=0), n.to(tl.float32)))
+        """Wait for the tensor's RMS, then the update of one tile."""
+        n = tl.load(ttab + 4 * t)
+        k1 = tl.load(ttab + 4 * t + 1)
+        ready = tl.atomic_add(cnt + t, 0, sem="acquire")
+        while ready <= k1:  # only tiles with smaller tickets are awaited: they are running or done
+            ready = tl.atomic_add(cnt + t, 0, sem="acquire")
+        tl.debug_barrier()
+        rms = tl.load(r_base + tl.load(offs + 5 * t + 4), cache_modifier=".cg")
         if CLIP:
             eta = tl.div_rn(lr, tl.maximum(rms, 1.0))
         else:
             eta = lr
-        roff = tl.load(offs + 5 * ti + 4)
-        tl.store(r_base + roff, rms, mask=start == 0)
         decay = 1.0 - eta * wd
 
-        poff = tl.load(offs + 5 * ti + 0)
-        goff = tl.load(offs + 5 * ti + 1)
-        moff = tl.load(offs + 5 * ti + 2)
-        voff = tl.load(offs + 5 * ti + 3)
+        poff = tl.load(offs + 5 * t + 0)
+        goff = tl.load(offs + 5 * t + 1)
+        moff = tl.load(offs + 5 * t + 2)
+        voff = tl.load(offs + 5 * t + 3)
         if ALIGNED:
             poff = tl.multiple_of(poff, 16)
             goff = tl.multiple_of(goff, 16)
             moff = tl.multiple_of(moff, 16)
             voff = tl.multiple_of(voff, 16)
-        end = tl.minimum(n, start + iters * BLOCK)
+        end = tl.minimum(n, start + TILE2)
         lane = tl.arange(0, BLOCK).to(tl.int64)
         for it in range(tl.cdiv(end - start, BLOCK)):
             base = start + it * BLOCK
@@ -215,15 +257,15 @@ if _HAVE_TRITON:
             v = b2 * v + w2 * (g * g)
             p = p * decay - eta * tl.div_rn(m, tl.sqrt_rn(v) + eps)
             if full:
-                tl.store(pp, p.to(pp.dtype.element_ty))
-                tl.store(mp, m.to(mp.dtype.element_ty))
-                tl.store(vp, v.to(vp.dtype.element_ty))
+                tl.store(pp, p.to(pp.dtype.element_ty), eviction_policy="evict_first")
+                tl.store(mp, m.to(mp.dtype.element_ty), eviction_policy="evict_first")
+                tl.store(vp, v.to(vp.dtype.element_ty), eviction_policy="evict_first")
             else:
                 tl.store(pp, p.to(pp.dtype.element_ty), mask=mask)
                 tl.store(mp, m.to(mp.dtype.element_ty), mask=mask)
                 tl.store(vp, v.to(vp.dtype.element_ty), mask=mask)
 
-    @triton.jit(do_not_specialize=["n2", "q2_base", "iters2", "q1_base", "iters1"])  # one compile, any layout
+    @triton.jit(do_not_specialize=["n_items"])  # one compile for any parameter set
     def _stable_adamw_kernel(
         p_base,
         g_base,
@@ -232,14 +274,10 @@ if _HAVE_TRITON:
         r_base,
         offs,
         ttab,
-        p1tab,
-        p2tab,
+        items,
         partials,
-        n2,
-        q2_base,
-        iters2,
-        q1_base,
-        iters1,
+        ws,
+        n_items,
         lr,
         wd,
         w1,
@@ -248,106 +286,102 @@ if _HAVE_TRITON:
         eps,
         eps_sq,
         BLOCK: tl.constexpr,
+        P1_BLOCKS: tl.constexpr,
+        P2_BLOCKS: tl.constexpr,
         RBLOCK: tl.constexpr,
         CLIP: tl.constexpr,
         MAXIMIZE: tl.constexpr,
         ALIGNED: tl.constexpr,
-        REVERSE: tl.constexpr,
     ):
-        """Programs [0, n2): phase 2 of one chunk; programs [n2, grid): phase 1 of the next chunk."""
-        pid = tl.program_id(0)
-        if pid < n2:
-            if REVERSE:
-                q = q2_base + (n2 - 1 - pid)
+        """Persistent: take tickets from ws[0] until the item table is exhausted; ws[1 + t] counts tensor t."""
+        cnt = ws + 1
+        i = tl.atomic_add(ws, 1, sem="relaxed")
+        while i < n_items:
+            word = tl.load(items + 2 * i.to(tl.int64))
+            start = tl.multiple_of(tl.load(items + 2 * i.to(tl.int64) + 1), BLOCK)  # tiles start at blocks
+            t = word >> 1
+            if (word & 1) == 0:
+                _phase1_tile(
+                    g_base, v_base, r_base, offs, ttab, partials, cnt, t, start, b2, w2, eps_sq,
+                    BLOCK, BLOCK * P1_BLOCKS, RBLOCK, ALIGNED,
+                )  # fmt: skip
             else:
-                q = q2_base + pid
-            _phase2(
-                p_base, g_base, m_base, v_base, r_base, offs, ttab, p2tab, partials, q.to(tl.int64), iters2,
-                lr, wd, w1, b2, w2, eps, BLOCK, RBLOCK, CLIP, MAXIMIZE, ALIGNED,
-            )  # fmt: skip
-        else:
-            q = q1_base + (pid - n2)
-            _phase1(
-                g_base, v_base, offs, ttab, p1tab, partials, q.to(tl.int64), iters1, b2, w2, eps_sq, BLOCK,
-                ALIGNED,
-            )  # fmt: skip
-
-
-@dataclass
-class _Chunk:
-    q1: int  # first phase-1 program (global in the bucket)
-    n1: int
-    iters1: int
-    q2: int
-    n2: int
-    iters2: int
+                _phase2_tile(
+                    p_base, g_base, m_base, v_base, r_base, offs, ttab, cnt, t, start, lr, wd, w1, b2, w2,
+                    eps, BLOCK, BLOCK * P2_BLOCKS, CLIP, MAXIMIZE, ALIGNED,
+                )  # fmt: skip
+            i = tl.atomic_add(ws, 1, sem="relaxed")
 
 
 @dataclass
 class _Plan:
     """Static launch tables for one bucket shape (cached): they depend only on sizes and the config."""
 
-    ttab: Tensor  # int64 [n, 3]: numel, first partial, number of partials
-    p1tab: Tensor  # int64 [n1, 2]: tensor index, start element
-    p2tab: Tensor  # int64 [n2, 2]
-    chunks: list[_Chunk]
+    ttab: Tensor  # int64 [n, 4]: numel, phase-1 tiles, first partial, 0
+    items: Tensor  # int64 [n_items, 2]: 2·tensor + (0 phase 1 | 1 phase 2), first element
+    n_items: int
     n_partials: int
+    grid: int
+    n_tensors: int
 
 
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    return 1
+
+
+def item_order(numels: list[int], foot: int, cfg: FusedConfig, grid: int) -> np.ndarray:
+    """The work-item table: [n_items, 2] int64 rows (2·tensor + phase − 1, first element).
+
+    Phase-1 tiles stream in tensor order; the phase-2 tiles of tensor t are inserted as soon as the stream is
+    ``lag`` phase-1 tiles past t's last one (all of them at the end). Within a tensor, phase-2 tiles run
+    last-read-first when ``reverse_phase2``.
+    """
+    t1 = cfg.block * cfg.p1_blocks
+    t2 = cfg.block * cfg.p2_blocks
+    n = np.asarray(numels, dtype=np.int64)
+    k1 = -(-n // t1)
+    k2 = -(-n // t2)
+    tid1 = np.repeat(np.arange(len(n)), k1)
+    first1 = np.concatenate(([0], np.cumsum(k1)[:-1]))
+    start1 = (np.arange(k1.sum()) - np.repeat(first1, k1)) * t1
+    n1 = int(k1.sum())
+    lag = max(math.ceil(cfg.l2_budget_bytes / max(1, t1 * foot)), grid)
+    ready = np.minimum(np.cumsum(k1) + lag, n1)  # phase-1 tiles emitted before tensor t's phase 2 may go
+    tid2 = np.repeat(np.arange(len(n)), k2)
+    first2 = np.concatenate(([0], np.cumsum(k2)[:-1]))
+    j2 = np.arange(k2.sum()) - np.repeat(first2, k2)
+    if cfg.reverse_phase2:
+        j2 = np.repeat(k2, k2) - 1 - j2
+    start2 = j2 * t2
+    # merge: key 2·(tiles emitted before) + (0 for phase 2, 1 for phase 1); stable keeps each stream's order
+    key = np.concatenate((2 * np.repeat(ready, k2), 2 * np.arange(n1) + 1))
+    words = np.concatenate((2 * tid2 + 1, 2 * tid1))
+    starts = np.concatenate((start2, start1))
+    order = np.argsort(key, kind="stable")
+    return np.stack((words[order], starts[order]), axis=1).astype(np.int64)
 
 
 def _build_plan(numels: list[int], foot: int, device: torch.device, cfg: FusedConfig) -> _Plan:
-    """Split tensors into L2-sized chunks and lay out the phase-1/phase-2 program tables."""
-    block = cfg.block
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    cur_bytes = 0
-    small = cfg.l2_budget_bytes // 16  # biases and norms join the current chunk whatever its size
-    for i, n in enumerate(numels):
-        b = n * foot
-        if cur and cur_bytes + b > cfg.l2_budget_bytes and b > small:
-            groups.append(cur)
-            cur, cur_bytes = [], 0
-        cur.append(i)
-        cur_bytes += b
-    if cur:
-        groups.append(cur)
-
-    target1 = max(1, cfg.p1_programs_per_sm * _num_sms(device))
-    ttab = torch.zeros(len(numels), 3, dtype=torch.int64)
-    p1: list[Tensor] = []
-    p2: list[Tensor] = []
-    chunks: list[_Chunk] = []
-    q1 = q2 = 0
-    for grp in groups:
-        total = sum(numels[i] for i in grp)
-        iters1 = max(1, math.ceil(total / (block * target1)))
-        span1 = block * iters1
-        iters2 = max(1, cfg.p2_iters)
-        span2 = block * iters2
-        c = _Chunk(q1=q1, n1=0, iters1=iters1, q2=q2, n2=0, iters2=iters2)
-        for i in grp:
-            n = numels[i]
-            k1 = math.ceil(n / span1)
-            k2 = math.ceil(n / span2)
-            ttab[i] = torch.tensor([n, q1, k1])
-            p1.append(torch.stack([torch.full((k1,), i), torch.arange(k1) * span1], 1))
-            p2.append(torch.stack([torch.full((k2,), i), torch.arange(k2) * span2], 1))
-            q1 += k1
-            q2 += k2
-            c.n1 += k1
-            c.n2 += k2
-        chunks.append(c)
+    t1 = cfg.block * cfg.p1_blocks
+    t2 = cfg.block * cfg.p2_blocks
+    n = np.asarray(numels, dtype=np.int64)
+    k1 = -(-n // t1)
+    n_items = int(k1.sum() + (-(-n // t2)).sum())
+    grid = max(1, min(cfg.programs_per_sm * _num_sms(device), n_items))
+    ttab = np.zeros((len(n), 4), dtype=np.int64)
+    ttab[:, 0] = n
+    ttab[:, 1] = k1
+    ttab[:, 2] = np.concatenate(([0], np.cumsum(k1)[:-1]))
+    items = item_order(numels, foot, cfg, grid)
     return _Plan(
-        ttab=ttab.to(device),
-        p1tab=torch.cat(p1).to(torch.int64).contiguous().to(device),
-        p2tab=torch.cat(p2).to(torch.int64).contiguous().to(device),
-        chunks=chunks,
-        n_partials=q1,
+        ttab=torch.from_numpy(ttab).to(device),
+        items=torch.from_numpy(np.ascontiguousarray(items)).to(device),
+        n_items=n_items,
+        n_partials=int(k1.sum()),
+        grid=grid,
+        n_tensors=len(n),
     )
 
 
@@ -358,9 +392,11 @@ def _plan_for(numels: list[int], foot: int, device: torch.device) -> _Plan:
         tuple(numels),
         foot,
         cfg.block,
+        cfg.p1_blocks,
+        cfg.p2_blocks,
+        cfg.programs_per_sm,
         cfg.l2_budget_bytes,
-        cfg.p1_programs_per_sm,
-        cfg.p2_iters,
+        cfg.reverse_phase2,
     )
     plan = cfg.cache.get(key)
     if plan is None:
@@ -389,7 +425,7 @@ def _eligible(p: Tensor, g: Tensor, m: Tensor, v: Tensor, rms: Tensor) -> bool:
 
 @dataclass
 class _Bucket:
-    """Tensors of one (device, dtypes): one set of launches. ``offs`` caches the device offset table."""
+    """Tensors of one (device, dtypes): one launch. Holds the device offset table and its scratch buffers."""
 
     idx: np.ndarray
     device: torch.device
@@ -400,6 +436,8 @@ class _Bucket:
     offs: Tensor | None = None
     bases: list[int] = field(default_factory=list)  # index (into idx) of each role's base tensor
     aligned: bool = False
+    partials: Tensor | None = None  # float32 [n_partials], overwritten every step
+    ws: Tensor | None = None  # int32 [1 + n]: ticket counter, per-tensor counters; zeroed every step
 
 
 @dataclass
@@ -502,7 +540,7 @@ def fused_stable_adamw(
         tuple(map(id, exp_avgs)),
         tuple(map(id, exp_avg_sqs)),
         tuple(map(id, rmss)),
-        (cfg.block, cfg.l2_budget_bytes, cfg.p1_programs_per_sm, cfg.p2_iters),
+        (cfg.block, cfg.p1_blocks, cfg.p2_blocks, cfg.programs_per_sm, cfg.l2_budget_bytes, cfg.reverse_phase2),
     )
     ptrs = np.array([[t.data_ptr() for t in role] for role in roles], dtype=np.int64)
     prep = _PREPARED.get(ids)
@@ -554,57 +592,39 @@ def _launch_bucket(
     clip_update: bool,
     maximize: bool,
 ) -> None:
-    """All launches of one bucket: P1(c0) | P2(c0)+P1(c1) | ... | P2(c_last) (or unmerged pairs)."""
+    """The one launch of a bucket (after zeroing its ticket and per-tensor counters)."""
     cfg = config
     plan = b.plan
     b1, b2 = betas_hat
+    if b.partials is None or b.partials.numel() != max(plan.n_partials, 1):
+        b.partials = torch.empty(max(plan.n_partials, 1), dtype=torch.float32, device=b.device)
+        b.ws = torch.zeros(1 + plan.n_tensors, dtype=torch.int32, device=b.device)
+    else:
+        b.ws.zero_()
     bases = [roles[r][int(b.idx[k])] for r, k in enumerate(b.bases)]
-    partials = torch.empty(max(plan.n_partials, 1), dtype=torch.float32, device=b.device)
-    common = (*bases, b.offs, plan.ttab, plan.p1tab, plan.p2tab, partials)
-    scalars = dict(
-        lr=float(lr),
-        wd=float(weight_decay),
-        w1=1.0 - b1,
-        b2=b2,
-        w2=1.0 - b2,
-        eps=float(eps),
-        eps_sq=float(eps) * float(eps),
-    )
-    consts = dict(
-        BLOCK=cfg.block,
-        RBLOCK=cfg.rblock,
-        CLIP=bool(clip_update),
-        MAXIMIZE=bool(maximize),
-        ALIGNED=b.aligned,
-        REVERSE=cfg.reverse_phase2,
-        num_warps=cfg.num_warps,
-    )
-
-    def launch(c2: _Chunk | None, c1: _Chunk | None) -> None:
-        n2 = c2.n2 if c2 else 0
-        n1 = c1.n1 if c1 else 0
-        if n1 + n2 == 0:
-            return
-        _stable_adamw_kernel[(n2 + n1,)](
-            *common,
-            n2,
-            c2.q2 if c2 else 0,
-            c2.iters2 if c2 else 1,
-            c1.q1 if c1 else 0,
-            c1.iters1 if c1 else 1,
-            **scalars,
-            **consts,
-        )
-
-    chunks = plan.chunks
     # Triton launches on the current device: make it the tensors' device (multi-GPU processes)
     with torch.cuda.device(b.device) if b.device.type == "cuda" else contextlib.nullcontext():
-        if cfg.merge_phases:
-            launch(None, chunks[0])
-            for k in range(1, len(chunks)):
-                launch(chunks[k - 1], chunks[k])
-            launch(chunks[-1], None)
-        else:
-            for c in chunks:
-                launch(None, c)
-                launch(c, None)
+        _stable_adamw_kernel[(plan.grid,)](
+            *bases,
+            b.offs,
+            plan.ttab,
+            plan.items,
+            b.partials,
+            b.ws,
+            plan.n_items,
+            lr=float(lr),
+            wd=float(weight_decay),
+            w1=1.0 - b1,
+            b2=b2,
+            w2=1.0 - b2,
+            eps=float(eps),
+            eps_sq=float(eps) * float(eps),
+            BLOCK=cfg.block,
+            P1_BLOCKS=cfg.p1_blocks,
+            P2_BLOCKS=cfg.p2_blocks,
+            RBLOCK=cfg.rblock,
+            CLIP=bool(clip_update),
+            MAXIMIZE=bool(maximize),
+            ALIGNED=b.aligned,
+            num_warps=cfg.num_warps,
+        )

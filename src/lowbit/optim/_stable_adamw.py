@@ -15,15 +15,18 @@ Folding the bias correction into β̂ makes the stored moments the bias-correcte
 floating-point rounding (the tests check 1e-11 in float64 over 150 steps). Only the state differs: ``exp_avg`` and
 ``exp_avg_sq`` here hold m̂ and v̂, not AdamW's raw m and v, so the two state_dicts are not interchangeable.
 
-Three implementations of the one algorithm, chosen like torch's:
+Three implementations of the one algorithm, chosen like torch's (``fused``/``foreach`` left at None):
 
+* ``fused=True`` — **the default on CUDA** when Triton is installed and every tensor of the group is a CUDA
+  fp32/bf16/fp16 tensor: Triton, one persistent launch per step whose second phase re-reads g and v from
+  L2 (``lowbit.optim._fused``, which documents the bytes per parameter). CPU tensors only under
+  ``TRITON_INTERPRET=1`` (tests). Tensors it cannot address (non-contiguous) take the reference.
+* ``foreach=True`` — the default otherwise (CPU, no Triton, fp64): multi-tensor. On CPU tensors (p, g, m, v
+  of one dtype) the RMS is reduced in cache-sized slices and the update is done by torch's fused CPU AdamW
+  kernel called with β̂1, β̂2, lr = η and unit bias correction (exactly the SPEC update); otherwise
+  ``torch._foreach_*`` ops over whole lists (bf16/fp16 g, m, v copied once to fp32 working lists), with η
+  applied as 0-dim device tensors so that a CUDA step never syncs the host.
 * ``foreach=False``: the per-tensor reference, SPEC §5 written out literally.
-* ``foreach=True`` / default: multi-tensor. On CPU tensors (p, g, m, v of one dtype) the RMS is reduced in
-  cache-sized slices and the update is done by torch's fused CPU AdamW kernel called with β̂1, β̂2, lr = η
-  and unit bias correction (exactly the SPEC update); otherwise ``torch._foreach_*`` ops, with η applied
-  as 0-dim device tensors so that a CUDA step never syncs the host.
-* ``fused=True``: Triton, two passes per tensor arranged for L2 reuse (``lowbit.optim._fused``); CUDA
-  tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 
 All agree to float32 rounding (tests: float64 trajectories against an independent transcription of
 SPEC §5 to 1e-10, fused kernel per step against float64). Arithmetic is fp32 (fp64 for fp64 tensors) in
@@ -120,8 +123,10 @@ class StableAdamW(Optimizer):
         eps: ε > 0, both the denominator term and the floor ε² on v in the RMS.
         weight_decay: decoupled weight decay λ, scaled by the clipped step η like the update.
         clip_update: divide the step by max(1, RMS). False gives torch.optim.AdamW (RMS still recorded).
-        foreach: use the ``torch._foreach_*`` implementation (default when ``fused`` is not set).
+        foreach: use the ``torch._foreach_*`` implementation (False: the per-tensor reference).
         fused: use the Triton implementation (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1).
+            With both left at None, a group runs fused when Triton is installed and all its tensors are
+            CUDA fp32/bf16/fp16 tensors (like torch's choice of fused/foreach), else foreach.
         maximize: ascend instead of descend (gradient negated; RMS unaffected).
         state_dtype: dtype of ``exp_avg``/``exp_avg_sq``; None = the parameter's dtype, as torch does. Use
             ``torch.float32`` for bf16/fp16 parameters to keep fp32 moments. Arithmetic is always fp32
@@ -319,6 +324,8 @@ def stable_adamw(
         clip_update=clip_update,
         maximize=maximize,
     )
+    if fused is None and foreach is None:
+        fused = _default_fused(params, grads, exp_avgs)
     if fused:
         from lowbit.optim._fused import fused_stable_adamw
 
@@ -327,6 +334,15 @@ def stable_adamw(
         _multi_tensor_stable_adamw(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps, **kwargs)
     else:
         _single_tensor_stable_adamw(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps, **kwargs)
+
+
+def _default_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]) -> bool:
+    """The fused path is the default when every tensor is on CUDA in a fused dtype and Triton is there."""
+    if not params or params[0].device.type != "cuda":
+        return False
+    from lowbit.optim._fused import fused_available
+
+    return fused_available(params)  # grads/moments the kernel cannot take fall back per tensor
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
