@@ -178,7 +178,7 @@ def test_item_order_interleaves_phases_with_the_lag() -> None:
         assert list(p2) == list(range(0, n, 4))[::-1]  # reverse_phase2
     p1_seen = (kind == 0).cumsum()
     n1 = int((kind == 0).sum())
-    for t, n in enumerate(numels):
+    for t in range(len(numels)):
         last1 = int(np.nonzero((tid == t) & (kind == 0))[0].max())
         first2 = int(np.nonzero((tid == t) & (kind == 1))[0].min())
         assert first2 > last1

@@ -413,7 +413,9 @@ _OK_DTYPES = frozenset((torch.float32, torch.bfloat16, torch.float16))
 def _eligible(p: Tensor, g: Tensor, m: Tensor, v: Tensor, rms: Tensor) -> bool:
     """Whether the kernel can address this tensor (else it takes the reference path)."""
     ok = _OK_DTYPES
-    if not (p.dtype in ok and g.dtype in ok and m.dtype in ok and v.dtype in ok and rms.dtype == torch.float32):
+    if not (
+        p.dtype in ok and g.dtype in ok and m.dtype in ok and v.dtype in ok and rms.dtype == torch.float32
+    ):
         return False
     if not (p.is_contiguous() and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
         return False
@@ -540,7 +542,14 @@ def fused_stable_adamw(
         tuple(map(id, exp_avgs)),
         tuple(map(id, exp_avg_sqs)),
         tuple(map(id, rmss)),
-        (cfg.block, cfg.p1_blocks, cfg.p2_blocks, cfg.programs_per_sm, cfg.l2_budget_bytes, cfg.reverse_phase2),
+        (
+            cfg.block,
+            cfg.p1_blocks,
+            cfg.p2_blocks,
+            cfg.programs_per_sm,
+            cfg.l2_budget_bytes,
+            cfg.reverse_phase2,
+        ),
     )
     ptrs = np.array([[t.data_ptr() for t in role] for role in roles], dtype=np.int64)
     prep = _PREPARED.get(ids)
