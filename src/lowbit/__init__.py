@@ -2,13 +2,17 @@
 
 from lowbit._version import __version__
 from lowbit.functional import RECIPES, Recipe, get_recipe
+from lowbit.monitor import RMSMonitor
 from lowbit.nn import LayerScale, LowbitLinear, SwitchBackLinear, convert, unconvert
+from lowbit.optim import StableAdamW
 
 __all__ = [
     "RECIPES",
     "LayerScale",
     "LowbitLinear",
+    "RMSMonitor",
     "Recipe",
+    "StableAdamW",
     "SwitchBackLinear",
     "__version__",
     "convert",
