@@ -5,7 +5,8 @@ Spec strings (``--data`` / ``--zeroshot`` of the trainer):
 ``synthetic`` or ``synthetic:key=value,...``
     The built-in procedural shapes data (default). Keys: ``seed_offset`` (int, added to the seed: another
     stream with the same trainer seed), ``max_objects`` (1–3, default 3), ``p_multi`` (probability of a
-    multi-object scene, default 0.3), ``noise`` (pixel noise amplitude, default 0.05), ``eval_n`` (held-out
+    multi-object scene, default 0.2), ``p_center`` (extra probability that a single object sits in the
+    centre cell, default 0), ``noise`` (pixel noise amplitude, default 0.05), ``eval_n`` (held-out
     images per zero-shot task, default 512), ``tasks`` (``+``-separated zero-shot tasks, default all of
     shape+colour+size+position+texture+background+colour_shape).
 a directory written by ``lowbit data prepare``
@@ -71,7 +72,7 @@ def parse_synthetic(spec: str) -> SyntheticConfig:
         try:
             if name == "tasks":
                 values[name] = tuple(t for t in raw.replace(",", "+").split("+") if t)
-            elif name in ("p_multi", "noise"):
+            elif name in ("p_multi", "p_center", "noise"):
                 values[name] = float(raw)
             else:
                 values[name] = int(raw)

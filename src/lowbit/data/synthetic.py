@@ -60,7 +60,9 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "background": tuple(BACKGROUNDS),
 }
 _CORNERS = np.array([0, 2, 6, 8])  # indices of the corner cells in POSITIONS
+_CENTER = 4
 _TEXTURE_P = (0.6, 0.2, 0.2)
+P_OMIT_COLOUR = 0.07  # captions that name the shape but not the colour
 
 TASK_TEMPLATES: dict[str, list[str]] = {
     "shape": ["a photo of a {}.", "a {}.", "a drawing of a {}.", "an image of a {}."],
@@ -120,6 +122,7 @@ def sample_scenes(
     *,
     max_objects: int = 3,
     p_multi: float = 0.2,
+    p_center: float = 0.0,
     force: Mapping[str, np.ndarray] | None = None,
 ) -> Scenes:
     """Draw scene attributes for the given indices (deterministic per (seed, split, index)).
@@ -160,7 +163,9 @@ def sample_scenes(
     corner_pos = _CORNERS[corner_order[:, : min(k, 4)]]
     if k > 4:
         corner_pos = np.concatenate([corner_pos, np.zeros((b, k - 4), dtype=np.int64)], axis=1)
-    position = np.where(multi[:, None], corner_pos, pick(len(POSITIONS), "position"))
+    centred = (u("centred") < p_center) & (slot == 0)  # extra weight on the centre cell (single objects)
+    single_pos = np.where(centred, _CENTER, pick(len(POSITIONS), "position"))
+    position = np.where(multi[:, None], corner_pos, single_pos)
     background = pick(len(BACKGROUNDS), "background", False)
 
     if force:
@@ -342,7 +347,7 @@ def _noun_phrase(sc: Scenes, i: int, k: int, w: np.ndarray) -> str:
     drop = w[0]
     if drop < 0.08:
         shape = "shape"
-    elif drop < 0.15:
+    elif drop < 0.08 + P_OMIT_COLOUR:
         colour = ""
     size_word = size if w[1] < 0.5 else ""
     tex_p = 0.8 if texture != "solid" else 0.12
@@ -392,6 +397,7 @@ class SyntheticConfig:
     seed_offset: int = 0
     max_objects: int = 3
     p_multi: float = 0.2
+    p_center: float = 0.0
     noise: float = 0.05
     eval_n: int = 512
     tasks: tuple[str, ...] = TASKS
@@ -401,6 +407,8 @@ class SyntheticConfig:
             raise ValueError(f"synthetic max_objects must be 1, 2 or 3, got {self.max_objects}")
         if not 0.0 <= self.p_multi <= 1.0:
             raise ValueError(f"synthetic p_multi must be in [0, 1], got {self.p_multi}")
+        if not 0.0 <= self.p_center <= 1.0:
+            raise ValueError(f"synthetic p_center must be in [0, 1], got {self.p_center}")
         if not 0.0 <= self.noise <= 0.5:
             raise ValueError(f"synthetic noise must be in [0, 0.5], got {self.noise}")
         if self.eval_n < 1:
@@ -413,7 +421,9 @@ def generate(
     seed: int, split: str, index: np.ndarray, image_size: int, config: SyntheticConfig = SyntheticConfig()
 ) -> tuple[torch.Tensor, list[str]]:
     """Normalised images ``[B, 3, S, S]`` and captions for the given indices (the train/held-out sampler)."""
-    sc = sample_scenes(seed + config.seed_offset, split, index, max_objects=config.max_objects, p_multi=config.p_multi)
+    sc = sample_scenes(
+        seed + config.seed_offset, split, index, max_objects=config.max_objects, p_multi=config.p_multi, p_center=config.p_center
+    )
     images = normalize(render(sc, image_size, noise=config.noise))
     return images, [caption(sc, i) for i in range(len(sc.index))]
 
@@ -465,7 +475,9 @@ class SyntheticTaskDataset(Dataset):
             if self.task == "texture":  # stripes need room: medium or large objects only
                 force["size"] = 1 + _rng.randint(2, self.seed, "texture_size", index)
             split = f"test/{self.task}"
-            sc = sample_scenes(self.seed + self.config.seed_offset, split, index, max_objects=1, force=force)
+            sc = sample_scenes(
+                self.seed + self.config.seed_offset, split, index, max_objects=1, p_center=self.config.p_center, force=force
+            )
             if len(self._cache) >= 4:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[c] = normalize(render(sc, self.image_size, noise=self.config.noise))
