@@ -87,7 +87,10 @@ def test_max_objects_parameter_and_bad_parameters() -> None:
     d = describe("synthetic:max_objects=1,tasks=shape+colour")
     assert d["kind"] == "synthetic" and d["params"]["max_objects"] == 1
     assert d["zeroshot_tasks"] == {"shape": 8, "colour": 8}
-    for bad in ("synthetic:bogus=1", "synthetic:max_objects=9", "synthetic:noise=x", "synthetic:tasks=shape+nope"):
+    sc = sample_scenes(0, "train", np.arange(200), p_center=1.0)
+    single = sc.n_objects == 1
+    assert (sc.position[single, 0] == list(POSITIONS).index("center")).all() and (~single).any()
+    for bad in ("synthetic:bogus=1", "synthetic:p_center=2", "synthetic:max_objects=9", "synthetic:noise=x", "synthetic:tasks=shape+nope"):
         with pytest.raises(ValueError):
             describe(bad)
     with pytest.raises(ValueError, match="image_size"):
