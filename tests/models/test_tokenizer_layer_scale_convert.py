@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from lowbit.models import CLIP, ByteTokenizer, clip_module_filter, convert_clip, get_config, get_tokenizer
+from lowbit.models import (
+    CLIP,
+    BPETokenizer,
+    ByteTokenizer,
+    clip_module_filter,
+    convert_clip,
+    get_config,
+    get_tokenizer,
+)
 from lowbit.models.convert import make_clip_module_filter
 from lowbit.models.tokenizer import find_bpe_vocab
 from lowbit.nn.layer_scale import LayerScale
@@ -90,3 +101,26 @@ def test_convert_clip_none_is_identity_and_recipes_use_lowbit_nn() -> None:
     assert type(out.visual.proj) is nn.Linear
     assert type(out.visual.blocks[0].attn.qkv) is not nn.Linear
     torch.testing.assert_close(out.encode_image(x), before, atol=0.1, rtol=0.1)
+
+
+def _fake_bpe_vocab(path: Path) -> Path:
+    """A merges file with CLIP's layout and size (48894 merges), built from byte pairs: not CLIP's vocabulary,
+    but it drives every line of the BPE code."""
+    from lowbit.models.tokenizer import _bytes_to_unicode
+
+    chars = list(_bytes_to_unicode().values())
+    merges = ["t h", "th e</w>", "c a", "ca t</w>"]
+    merges += [f"{a} {b}" for a in chars for b in chars if a + b not in ("th", "ca")][: 48894 - len(merges)]
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("#version: fake\n" + "\n".join(merges) + "\n")
+    return path
+
+
+def test_bpe_tokenizer_code_path_with_a_fake_vocabulary(tmp_path: Path) -> None:
+    tok = BPETokenizer(context_length=8, vocab_path=_fake_bpe_vocab(tmp_path / "bpe.txt.gz"))
+    assert tok.vocab_size == 49408
+    t = tok(["The  CAT", "the cat the cat the cat"])
+    the, cat = tok.encoder["the</w>"], tok.encoder["cat</w>"]
+    assert t[0].tolist() == [49406, the, cat, 49407, 0, 0, 0, 0]  # lower-cased, whitespace collapsed
+    assert t[1].tolist() == [49406, the, cat, the, cat, the, cat, 49407]  # truncated, end token kept
+    assert tok.encode("&amp;") == tok.encode("&")  # html unescaped

@@ -45,3 +45,22 @@ def test_yaml_then_command_line_precedence(tmp_path: Path) -> None:
     f.write_text("- not a mapping\n")
     with pytest.raises(ValueError, match="mapping"):
         resolve_config({}, str(f))
+
+
+def test_cpu_threads_auto_uses_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from lowbit.train.loop import cpu_threads
+
+    assert cpu_threads(3) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr("torch.get_num_threads", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert cpu_threads(0) == 7  # one core left spare
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 0.0, 0.0))
+    assert cpu_threads(0) == 4
+    monkeypatch.setattr(os, "getloadavg", lambda: (20.0, 0.0, 0.0))
+    assert cpu_threads(0) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert cpu_threads(0) == 1  # a 2-core machine trains on 1 thread

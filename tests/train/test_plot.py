@@ -42,3 +42,17 @@ def test_plot_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "no metrics.csv" in capsys.readouterr().err
     assert main(["plot", "spikes"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_plot_spikes_uses_lowbit_monitor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lowbit.monitor", reason="lowbit.monitor not in this build")
+    from lowbit import monitor
+
+    if not hasattr(monitor, "plot_spikes"):
+        pytest.skip("lowbit.monitor.plot_spikes not in this build")
+    run = tmp_path / "run"
+    _fake_run(run, rms=True)
+    assert main(["plot", "spikes", str(run)]) == 0
+    png = run / "plots" / "spikes.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert str(png) in capsys.readouterr().out

@@ -130,12 +130,14 @@ def test_cli_reports_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_monitor_logs_rms_per_parameter(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "stableadamw"])
+def test_monitor_logs_rms_per_parameter(tmp_path: Path, fake_data: SimpleNamespace, optimizer: str) -> None:
     try:
         from lowbit.monitor import RMSMonitor  # noqa: F401
+        from lowbit.optim import StableAdamW  # noqa: F401
     except ImportError:
-        pytest.skip("lowbit.monitor.RMSMonitor not in this build")
-    train(_cfg(tmp_path, steps=3, zeroshot="none", monitor=True))
+        pytest.skip("lowbit.monitor.RMSMonitor / lowbit.optim.StableAdamW not in this build")
+    train(_cfg(tmp_path, steps=3, zeroshot="none", monitor=True, optimizer=optimizer))
     with (tmp_path / "run" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3

@@ -38,6 +38,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--save-every", "save_every", int, "steps between checkpoints, 0 = at the end only"),
     ("--seed", "seed", int, "random seed (model init and data order)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
+    ("--threads", "threads", int, "CPU threads, 0 = auto (free cores less one, at least 1)"),
 ]
 
 

@@ -55,6 +55,7 @@ class TrainConfig:
     save_every: int = 100  # steps between checkpoints (one is always written at the end); 0 = end only
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
+    threads: int = 0  # CPU threads for PyTorch; 0 = auto (free cores less one, >= 1; see loop.cpu_threads)
     monitor: bool = False  # log per-parameter RMS (lowbit.monitor.RMSMonitor) as rms/<param>
     progress: bool = True  # tqdm progress bar
 
@@ -65,7 +66,7 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first bad option and its value."""
         for name in ("steps", "batch_size"):
             _check(name, getattr(self, name), _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive int")
-        for name in ("warmup", "stop_at", "eval_every", "log_every", "save_every", "zeroshot_limit", "keep_last_blocks", "seed"):
+        for name in ("warmup", "stop_at", "eval_every", "log_every", "save_every", "zeroshot_limit", "keep_last_blocks", "seed", "threads"):
             v = getattr(self, name)
             _check(name, v, _is_int(v) and v >= 0, "an int >= 0")
         _check("log_every", self.log_every, self.log_every > 0, "an int >= 1")

@@ -42,7 +42,10 @@ from lowbit.train.zeroshot import evaluate_zeroshot
 __all__ = ["NonFiniteLossError", "resolve_config", "train"]
 
 # Options that may differ between a run and its resumption without changing what is computed.
-RESUMABLE_CHANGES = {"steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot", "zeroshot_limit", "monitor", "compile"}
+RESUMABLE_CHANGES = {
+    "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
+    "zeroshot_limit", "monitor", "compile", "threads", "device",
+}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,6 +103,24 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """Threads for CPU training: ``requested``, or (0) the cores that are free, less one, at least 1.
+
+    PyTorch's intra-op threads meet at a barrier after every op, so one thread whose core is taken by another
+    process stalls them all: measured here, a tiny CLIP step took 7x longer on 2 threads than on 1 while
+    other work shared the 2 cores. Auto mode therefore leaves a core spare and avoids busy ones (1-minute
+    load average); on a 2-core machine it uses 1 thread. The count is fixed for the run (results depend on it).
+    """
+    if requested:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(torch.get_num_threads(), math.floor(cores - load + 0.5) - 1))
 
 
 def _default_out() -> Path:
@@ -187,6 +208,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg.threads))
+    device_name = _device_name(device)
 
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -298,10 +323,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             loss.backward()
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
-            if monitor is not None:  # RMS of the update about to be taken (SPEC §4); no host sync
+            from_optimizer = monitor is not None and getattr(monitor, "bias_corrected", False)  # StableAdamW
+            if monitor is not None:  # RMS of this step's update (SPEC §4); no host sync
                 monitor.record_loss(step, loss_value)
-                monitor.update(step)
+                if not from_optimizer:
+                    monitor.update(step)
             optimizer.step()
+            if from_optimizer:
+                monitor.update_from_optimizer(step)  # the RMS StableAdamW just computed, no extra pass
             scheduler.step()
             raw_model.clamp_logit_scale_()
             data_position += cfg.batch_size
@@ -343,6 +372,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             monitor.close()
         if distributed:
             dist.destroy_process_group()
+        torch.set_num_threads(threads_before)
 
     summary = {
         "status": "finished" if end_step == cfg.steps else "stopped",
@@ -361,7 +391,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "recipe": cfg.recipe,
         "optimizer": cfg.optimizer,
         "precision": precision,
-        "device": _device_name(device),
+        "device": device_name,
         "world_size": world_size,
         "config": cfg.to_dict(),
         "model_config": model_cfg.to_dict(),
