@@ -22,7 +22,7 @@ from lowbit.nn.layer_scale import LayerScale
 # Whole-CLIP parameter counts (qk_norm off, no LayerScale). vit-b-32 / vit-l-14 match OpenAI CLIP exactly,
 # vit-h-14 matches open_clip ViT-H-14 (986M).
 PARAMS = {
-    "tiny": 1_094_785,
+    "tiny": 768_385,
     "vit-s-32": 63_085_825,
     "vit-b-32": 151_277_313,
     "vit-l-14": 427_616_513,

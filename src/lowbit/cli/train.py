@@ -107,4 +107,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"throughput: {summary['samples_per_s']:.1f} samples/s on {summary['device']} ({summary['recipe']}, {summary['precision']})")
     for task, acc in summary["zeroshot"].items():
         print(f"zero-shot top-1 on {task}: {100 * acc:.1f}% (chance {100 * summary['chance'][task]:.1f}%)")
+    if len(summary["zeroshot"]) > 1:
+        chance = sum(summary["chance"].values()) / len(summary["chance"])
+        print(f"zero-shot top-1, mean of {len(summary['zeroshot'])} tasks: {100 * summary['zeroshot_mean']:.1f}% (chance {100 * chance:.1f}%)")
     return 0

@@ -30,16 +30,16 @@ class TrainConfig:
     keep_last_blocks: int = 0  # transformer blocks per tower kept 16-bit by the recipe filter
     # optimisation
     optimizer: str = "stableadamw"
-    lr: float = 2e-3
+    lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
     weight_decay: float = 0.1
-    warmup: int = 30
+    warmup: int = 25
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 = off (StableAdamW clips updates itself)
     batch_size: int = 128
-    steps: int = 300
+    steps: int = 250
     stop_at: int = 0  # end this invocation after this step (as if pre-empted); 0 = run to `steps`
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
