@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -35,3 +36,26 @@ def test_lowbit_train_subprocess_on_synthetic(tmp_path: Path) -> None:
     if recipe == "switchback":  # the recipe swapped the blocks' linears, but not the final projections
         converted = [k for k in ckpt["model"] if k.endswith("attn.qkv.weight")]
         assert converted and "visual.proj.weight" in ckpt["model"]
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo) of batch 8 = one process of batch 16: same samples per step
+    (ranks interleave the stream), features all-gathered with their gradient, DDP averages."""
+    common = ["--steps", "3", "--warmup", "1", "--zeroshot", "none", "--no-progress", "--threads", "1",
+              "--recipe", "none", "--optimizer", "adamw", "--set", "model.vision.layers=1", "--set", "model.text.layers=1"]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lowbit", "train", "--batch-size", "8", "--out", str(tmp_path / "ddp"), *common]
+    one = [sys.executable, "-m", "lowbit", "train", "--batch-size", "16", "--out", str(tmp_path / "one"), *common]
+    for cmd in (ddp, one):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def losses(run: str) -> list[float]:
+        lines = (tmp_path / run / "metrics.csv").read_text().splitlines()[1:]
+        return [float(line.split(",")[1]) for line in lines]
+
+    a, b = losses("ddp"), losses("one")
+    assert len(a) == len(b) == 3
+    assert a[0] == pytest.approx(b[0], abs=1e-6)  # same samples, same initial weights
+    assert a == pytest.approx(b, abs=1e-4)  # same updates (up to reduction order)
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
