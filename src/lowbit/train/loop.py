@@ -285,22 +285,32 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             }
             last_ckpt, last_ckpt_step = save_checkpoint(out / CHECKPOINT_NAME, state), step
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int, announce: bool = True) -> None:
         nonlocal evals
         if not tasks:
             return
         evals = evaluate_zeroshot(raw_model, tasks, tokenizer, device, autocast)
         assert logger is not None
         logger.log_eval(step, evals)
-        if cfg.progress:
-            pbar.write(f"step {step}: " + ", ".join(f"{r['task']} top-1 {r['top1']:.3f} (chance {r['chance']:.3f})" for r in evals))
+        if announce and cfg.progress:
+            pbar.write(f"step {step} zero-shot top-1: " + ", ".join(f"{r['task']} {100 * r['top1']:.1f}%" for r in evals))
+
+    samples_per_step = cfg.batch_size * world_size
+    if master:
+        n_low = sum(1 for m in raw_model.modules() if isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear)
+        n_lin = sum(1 for m in raw_model.modules() if isinstance(m, torch.nn.Linear))
+        print(
+            f"lowbit train: {cfg.preset} ({n_params:,} params) | recipe {cfg.recipe} ({n_low}/{n_lin} linears) | "
+            f"{cfg.optimizer} lr {cfg.lr:g} | {cfg.steps} steps x {samples_per_step} | {cfg.data} | {device_name}, "
+            f"{precision} | {out}",
+            flush=True,
+        )
 
     from tqdm.auto import tqdm
 
-    pbar = tqdm(total=cfg.steps, initial=start_step, disable=not (master and cfg.progress), unit="step", dynamic_ncols=True)
+    pbar = tqdm(total=cfg.steps, initial=start_step, disable=not (master and cfg.progress), unit="step", dynamic_ncols=True, mininterval=0.5)
     losses: list[float] = []
-    samples_per_step = cfg.batch_size * world_size
-    t_train, t_log, steps_since_log = 0.0, time.perf_counter(), 0
+    t_train, t_interval, steps_since_log = 0.0, 0.0, 0  # seconds in training steps (not eval/saving)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     samples_per_s = 0.0
     model.train()
@@ -334,14 +344,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             scheduler.step()
             raw_model.clamp_logit_scale_()
             data_position += cfg.batch_size
-            t_train += time.perf_counter() - t0
+            dt_step = time.perf_counter() - t0
+            t_train, t_interval = t_train + dt_step, t_interval + dt_step
             losses.append(loss_value)
             steps_since_log += 1
 
             if master and (step % cfg.log_every == 0 or step == end_step):
-                now = time.perf_counter()
-                samples_per_s = steps_since_log * samples_per_step / max(now - t_log, 1e-9)
-                t_log, steps_since_log = now, 0
+                samples_per_s = steps_since_log * samples_per_step / max(t_interval, 1e-9)
+                t_interval, steps_since_log = 0.0, 0
                 row = {
                     "step": step,
                     "loss": loss_value,
@@ -363,7 +373,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if end_step > start_step:
             save(end_step)
         if master:
-            evaluate(end_step)
+            evaluate(end_step, announce=False)  # the caller prints the final results
     finally:
         pbar.close()
         if logger is not None:
