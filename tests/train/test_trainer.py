@@ -42,8 +42,12 @@ def test_training_reduces_loss_and_beats_chance(tmp_path: Path, fake_data: Simpl
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run" / "tensorboard").iterdir())
 
 
-def test_resume_is_exact(tmp_path: Path, fake_data: SimpleNamespace) -> None:
-    common = {"steps": 8, "save_every": 0, "zeroshot": "none"}
+@pytest.mark.parametrize(("recipe", "optimizer"), [("none", "adamw"), ("switchback", "stableadamw")])
+def test_resume_is_exact(tmp_path: Path, fake_data: SimpleNamespace, recipe: str, optimizer: str) -> None:
+    if recipe != "none":
+        pytest.importorskip("lowbit.nn").__dict__.get("convert") or pytest.skip("lowbit.nn.convert not in this build")
+        pytest.importorskip("lowbit.optim").__dict__.get("StableAdamW") or pytest.skip("no StableAdamW")
+    common = {"steps": 8, "save_every": 0, "zeroshot": "none", "recipe": recipe, "optimizer": optimizer}
     train(_cfg(tmp_path, "full", **common))
     train(_cfg(tmp_path, "split", stop_at=4, **common))
     assert load_checkpoint(tmp_path / "split")["step"] == 4
