@@ -147,3 +147,14 @@ def test_monitor_logs_rms_per_parameter(tmp_path: Path, fake_data: SimpleNamespa
     assert len(rows) == 3
     assert "rms/visual.patch_embed.weight" in rows[0] and "rms/text.proj.weight" in rows[0]
     assert all(math.isfinite(float(r["rms/visual.patch_embed.weight"])) for r in rows)
+
+
+def test_cli_resume_takes_options_from_the_checkpoint(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    run = tmp_path / "run"
+    train(_cfg(tmp_path, steps=6, stop_at=3, zeroshot="none", lr=2e-3))
+    # Only --resume (and a longer schedule would need --steps): everything else comes from the checkpoint.
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["step"] == 6 and saved["config"]["lr"] == 2e-3 and saved["config"]["data"] == "fake"
+    assert sorted(_losses(run)) == list(range(1, 7))
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
