@@ -126,7 +126,10 @@ class BPETokenizer(Tokenizer):
                 "(pip install open_clip_torch), or set LOWBIT_BPE_VOCAB=/path/to/bpe_simple_vocab_16e6.txt.gz, "
                 "or use tokenizer 'bytes' (needs no files)"
             )
-        import regex  # CLIP's pre-tokenizer needs \p{L}/\p{N} classes
+        try:
+            import regex  # CLIP's pre-tokenizer needs \p{L}/\p{N} classes
+        except ImportError as e:
+            raise ImportError("tokenizer 'bpe' needs the 'regex' package: pip install regex") from e
 
         self.byte_encoder = _bytes_to_unicode()
         with gzip.open(found) as f:
