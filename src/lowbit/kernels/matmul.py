@@ -70,8 +70,7 @@ def scaled_mm(
         raise ValueError(f"{op}: bias must have shape [{N}] on {qa.device}, got {tuple(bias.shape)} on {bias.device}")
     if backend == "cublas":
         return _cublas(qa, qb, sa, sb, fa, fb, bias, out_dtype)
-    if M == 0 or N == 0 or qa.shape[1] == 0 or not use_triton(qa, "triton" if backend == "triton" else
-                                                                  ("torch" if backend == "torch" else "auto"), op):
+    if M == 0 or N == 0 or qa.shape[1] == 0 or not use_triton(qa, backend, op):
         return reference.scaled_mm(qa, qb, sa, sb, fa, fb, bias, out_dtype)
     from lowbit.kernels import triton_matmul
 
