@@ -27,6 +27,9 @@ Three implementations of the one algorithm, chosen like torch's (``fused``/``for
   ``torch._foreach_*`` ops over whole lists (bf16/fp16 g, m, v copied once to fp32 working lists), with η
   applied as 0-dim device tensors so that a CUDA step never syncs the host.
 * ``foreach=False``: the per-tensor reference, SPEC §5 written out literally.
+* DTensor parameters (FSDP2's ``fully_shard``) always take ``lowbit.optim._sharded``: the RMS's partial sums
+  of the local shards are all-reduced (one ``all_reduce`` per step and param group) so that RMS is over the
+  **whole** tensor, then the foreach update runs on the local shards; ``state["rms"]`` holds the global RMS.
 
 All agree to float32 rounding (tests: float64 trajectories against an independent transcription of
 SPEC §5 to 1e-10, fused kernel per step against float64). Arithmetic is fp32 (fp64 for fp64 tensors) in
@@ -63,6 +66,15 @@ def folded_betas(beta1: float, beta2: float, step: float) -> tuple[float, float]
     b1 = beta1 * (1.0 - beta1 ** (step - 1)) / (1.0 - beta1**step) if beta1 > 0 else 0.0
     b2 = beta2 * (1.0 - beta2 ** (step - 1)) / (1.0 - beta2**step) if beta2 > 0 else 0.0
     return b1, b2
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (a sharded parameter, e.g. under FSDP2)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return False
+    return isinstance(t, DTensor)
 
 
 def _dtype_name(dtype: torch.dtype | str | None) -> str | None:
@@ -217,7 +229,7 @@ class StableAdamW(Optimizer):
                 _reject_grad(g)
             state = self.state[p]
             if len(state) == 0:
-                if group["fused"]:
+                if group["fused"] and not is_dtensor(p):
                     from lowbit.optim._fused import check_fused_device
 
                     check_fused_device(p)
@@ -248,6 +260,24 @@ class StableAdamW(Optimizer):
             if not tensors[0]:
                 continue
             beta1, beta2 = group["betas"]
+            sharded = [i for i, p in enumerate(tensors[0]) if is_dtensor(p)]
+            if sharded:  # FSDP2: RMS over whole tensors (one all_reduce), update on the local shards
+                from lowbit.optim._sharded import sharded_stable_adamw
+
+                plain = [i for i in range(len(tensors[0])) if i not in set(sharded)]
+                sharded_stable_adamw(
+                    *([t[i] for i in sharded] for t in tensors),
+                    beta1=beta1,
+                    beta2=beta2,
+                    lr=group["lr"],
+                    weight_decay=group["weight_decay"],
+                    eps=group["eps"],
+                    clip_update=group["clip_update"],
+                    maximize=group["maximize"],
+                )
+                tensors = tuple([t[i] for i in plain] for t in tensors)
+                if not tensors[0]:
+                    continue
             stable_adamw(
                 *tensors,
                 beta1=beta1,
