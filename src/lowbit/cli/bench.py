@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: linear | mlp | matmul | memory | sweep | optim"
+HELP = "benchmarks: linear | mlp | matmul | memory | sweep | optim | step"
 
 _LINEAR_FAMILY = ("linear", "mlp", "matmul", "memory", "sweep")
 
@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("optim", help=optim.HELP, description=optim.HELP)
     optim.add_arguments(p)
     p.set_defaults(_bench="lowbit.bench.optim")
+    step = importlib.import_module("lowbit.bench.step")
+    p = sub.add_parser("step", help=step.HELP, description=step.HELP)
+    step.add_arguments(p)
+    p.set_defaults(_bench="lowbit.bench.step")
 
 
 def run(args: argparse.Namespace) -> int:

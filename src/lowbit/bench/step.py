@@ -1,0 +1,354 @@
+"""``lowbit bench step``: throughput and peak memory of the full CLIP training step, per recipe.
+
+One step is what ``lowbit train`` does per batch: both towers forward, the contrastive loss, backward, the
+optimizer step (StableAdamW, fused Triton kernel on CUDA), ``logit_scale`` clamp. Under bf16 autocast on CUDA
+(fp32 on the CPU), with fp32 master weights, on random images and tokens already on the device (no data loader,
+so the numbers are the model's, not the input pipeline's). Every recipe of a preset runs at the same batch size.
+
+* Recipes go through ``lowbit.models.convert_clip`` (``--layers clip``: every block linear, as ``lowbit train``
+  does; ``--layers auto``: additionally leave the layers below ``lowbit.nn.convert``'s size threshold in 16-bit).
+  ``bf16`` / ``none`` are the plain ``nn.Linear`` model, the baseline of the ratios.
+* When torchao is importable (and ``--no-anchors`` is not given), its float8 (tensorwise, rowwise) and int8
+  mixed-precision training linears join the table as anchors, on the same layers.
+* ``--compile``: ``torch.compile`` of each transformer block (``--compile-scope blocks``, regional compilation:
+  one compiled graph per tower, reused by all its blocks, so ViT-H compiles in seconds rather than minutes)
+  or of the whole model (``--compile-scope model``). Compilation happens in the warm-up steps and is excluded
+  from the timing (reported as ``warmup_s``).
+* Timing: the median of per-step times after ``--warmup`` steps (CUDA events on CUDA, ``perf_counter`` on the
+  CPU); images/s = batch / median; ratio = this row's images/s over the baseline row of the same preset measured
+  in the same run. Peak memory: ``torch.cuda.max_memory_allocated`` (reset per row; parameters, gradients and
+  optimizer state included).
+* A row that fails (out of memory, compile error, a recipe the device cannot run) is recorded with its error;
+  the others still run. Results are rewritten to ``--out`` after every row, so a run cut short keeps its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.bench.common import environment, markdown_table, write_results
+
+HELP = "full CLIP training step (towers, loss, backward, optimizer) per recipe vs bf16: images/s, peak memory"
+
+BASELINES = ("bf16", "none")
+DEFAULT_RECIPES = ["bf16", "switchback", "switchback-m", "fp8-switchback", "fp8-tensorwise"]
+# Same batch for every recipe of a preset. Sized for one 80 GB H100 with the bf16 baseline (fp32 master weights
+# and AdamW state, bf16 activations; see experiments/gpu_step.sh for the estimate).
+DEFAULT_BATCH = {"tiny": 8, "vit-s-32": 256, "vit-b-32": 256, "vit-l-14": 128, "vit-h-14": 96}
+COLUMNS = ["preset", "recipe", "batch", "compiled", "converted", "ms_per_step", "images_per_s", "vs_bf16",
+           "peak_mem_GiB", "warmup_s", "graphs", "optimizer", "error"]
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+def torchao_anchors() -> dict[str, Callable[[nn.Module, Callable[[str, nn.Module], bool]], nn.Module]]:
+    """torchao's training linears when torchao is importable: name -> ``convert(model, filter)``."""
+    out: dict[str, Callable[[nn.Module, Callable[[str, nn.Module], bool]], nn.Module]] = {}
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except Exception:
+        return out
+
+    def _f8(recipe: str | None) -> Callable[[nn.Module, Callable[[str, nn.Module], bool]], nn.Module]:
+        def conv(m: nn.Module, flt: Callable[[str, nn.Module], bool]) -> nn.Module:
+            cfg = Float8LinearConfig.from_recipe_name(recipe) if recipe else None
+            return convert_to_float8_training(m, module_filter_fn=lambda mod, fqn: flt(fqn, mod), config=cfg)
+
+        return conv
+
+    out["torchao-float8-tensorwise"] = _f8(None)
+    out["torchao-float8-rowwise"] = _f8("rowwise")
+    try:
+        from torchao import quantize_
+        from torchao.prototype.quantized_training import int8_mixed_precision_training
+
+        def _int8mp(m: nn.Module, flt: Callable[[str, nn.Module], bool]) -> nn.Module:
+            quantize_(m, int8_mixed_precision_training(), filter_fn=lambda mod, fqn: flt(fqn, mod))
+            return m
+
+        out["torchao-int8-mixed"] = _int8mp
+    except Exception:
+        pass
+    return out
+
+
+def layer_filter(layers: str) -> Callable[[str, nn.Module], bool]:
+    """Which linears a recipe converts: ``clip`` = ``lowbit train``'s choice; ``auto`` = that and ``lowbit.nn``'s
+    size threshold (layers too small to gain stay 16-bit)."""
+    from lowbit.models import clip_module_filter
+    from lowbit.nn.convert import default_filter
+
+    if layers == "clip":
+        return clip_module_filter
+    if layers == "auto":
+        return lambda fqn, mod: clip_module_filter(fqn, mod) and default_filter(fqn, mod)
+    raise ValueError(f"--layers must be clip or auto, got {layers!r}")
+
+
+def build_model(preset: str, recipe: str, device: torch.device, layers: str = "clip") -> tuple[nn.Module, str]:
+    """The preset's CLIP on ``device`` converted to ``recipe`` (or a torchao anchor); returns (model, "k/n")
+    where k of the n ``nn.Linear`` modules were converted."""
+    from lowbit.models import CLIP, convert_clip, get_config
+
+    model = CLIP(get_config(preset))
+    n_lin = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
+    flt = layer_filter(layers)
+    anchors = torchao_anchors()
+    if recipe in BASELINES:
+        pass
+    elif recipe in anchors:
+        model = anchors[recipe](model, flt)
+    elif recipe.startswith("torchao-"):
+        raise RuntimeError(f"{recipe}: torchao is not importable here")
+    else:
+        model = convert_clip(model, recipe, module_filter=flt)
+    model = model.to(device)
+    n_conv = sum(1 for m in model.modules() if isinstance(m, nn.Linear) and type(m) is not nn.Linear)
+    if recipe == "torchao-int8-mixed":  # a weight subclass, not a module swap
+        n_conv = sum(1 for m in model.modules() if isinstance(m, nn.Linear) and type(m.weight) is not nn.Parameter)
+    return model, f"{n_conv}/{n_lin}"
+
+
+def compile_model(model: nn.Module, scope: str) -> nn.Module:
+    """Regional (``blocks``: each transformer block, in place) or whole-model (``model``) ``torch.compile``."""
+    if scope == "blocks":
+        for tower in (model.visual, model.text):
+            for block in tower.blocks:
+                block.compile()
+        return model
+    if scope == "model":
+        return torch.compile(model)
+    raise ValueError(f"--compile-scope must be blocks or model, got {scope!r}")
+
+
+def random_batch(model: nn.Module, batch: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and token ids (one end token per caption, at a random position) on ``device``."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g)
+    ctx, vocab = cfg.text.context_length, cfg.text.vocab_size
+    eot = model.text.eot_id
+    tokens = torch.randint(1, vocab, (batch, ctx), generator=g)
+    tokens[tokens == eot] = 1
+    pos = torch.randint(2, ctx, (batch,), generator=g)
+    tokens[torch.arange(batch), pos] = eot
+    return images.to(device), tokens.to(device)
+
+
+def make_optimizer(model: nn.Module, name: str, impl: str | None) -> torch.optim.Optimizer:
+    """StableAdamW (or torch AdamW) with ``lowbit train``'s parameter groups (weight decay on matrices only).
+
+    ``impl`` None: the default implementation (fused on CUDA), except for tensor-subclass weights (torchao's
+    int8 training weights), which the fused kernel cannot address and which get a ``foreach`` group of their
+    own; ``"foreach"``: foreach for every group.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for n, p in model.named_parameters():
+        subclass = type(p) is not nn.Parameter and type(p) is not torch.Tensor
+        groups.setdefault((p.ndim >= 2 and "embedding" not in n, subclass), []).append(p)
+    kw: dict[str, Any] = {"lr": 1e-4, "betas": (0.9, 0.98), "eps": 1e-6}
+    param_groups = []
+    for (decay, subclass), params in groups.items():
+        g: dict[str, Any] = {"params": params, "weight_decay": 0.2 if decay else 0.0}
+        if impl == "foreach" or subclass:
+            g["foreach"], g["fused"] = True, False
+        elif name == "adamw" and params[0].is_cuda:
+            g["fused"] = True
+        param_groups.append(g)
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, **kw)
+    from lowbit.optim import StableAdamW
+
+    return StableAdamW(param_groups, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- one row
+def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Build, (compile,) warm up and time one (preset, recipe); errors propagate to the caller."""
+    from lowbit.models import clip_loss
+
+    cuda = device.type == "cuda"
+    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    row: dict[str, Any] = {"preset": preset, "recipe": recipe, "batch": batch, "precision": precision,
+                           "compiled": args.compile_scope if args.compile else "no"}
+    torch.manual_seed(0)
+    graphs0 = _graphs()
+    model, row["converted"] = build_model(preset, recipe, device, args.layers)
+    fwd = compile_model(model, args.compile_scope) if args.compile else model
+    images, tokens = random_batch(model, batch, device)
+    impl: str | None = None
+    opt = make_optimizer(model, args.optimizer, impl)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            img, txt, scale = fwd(images, tokens)
+            loss = clip_loss(img, txt, scale)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.clamp_logit_scale_()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    t0 = time.perf_counter()
+    for i in range(max(args.warmup, 1)):
+        try:
+            step()
+        except Exception:
+            # a torchao weight subclass may not go through the fused Triton optimizer: retry once with foreach
+            if i > 0 or impl is not None or not recipe.startswith("torchao-") or not cuda:
+                raise
+            impl = "foreach"
+            opt = make_optimizer(model, args.optimizer, impl)
+            model.zero_grad(set_to_none=True)
+            step()
+        sync()
+        print(f"  [{preset} {recipe}] warm-up step {i + 1}/{max(args.warmup, 1)} done "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    row["warmup_s"] = time.perf_counter() - t0
+    subclass = any(g.get("foreach") for g in opt.param_groups) and impl is None
+    default = "fused" if cuda else "foreach"
+    row["optimizer"] = f"{args.optimizer} ({impl or default}{', subclass weights foreach' if subclass else ''})"
+    row["graphs"] = _graphs() - graphs0
+    times: list[float] = []
+    if cuda:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(args.steps)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        sync()
+        times = [s.elapsed_time(e) for s, e in events]
+    else:
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t) * 1000)
+    ms = statistics.median(times)
+    row.update(ms_per_step=ms, ms_min=min(times), ms_max=max(times), images_per_s=batch / ms * 1000)
+    if cuda:
+        row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def _graphs() -> int:
+    """Graphs dynamo has compiled so far in this process (regional compilation: about 2 per tower and row)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def _cleanup(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(Exception):
+        torch._dynamo.reset()
+
+
+def _recipes(args: argparse.Namespace) -> list[str]:
+    """Requested recipes, baseline first (added if missing), then the torchao anchors."""
+    recipes = list(dict.fromkeys(args.recipes))
+    if not any(r in BASELINES for r in recipes):
+        recipes.insert(0, "bf16")
+    base = next(r for r in recipes if r in BASELINES)
+    recipes = [base] + [r for r in recipes if r != base]
+    if not args.no_anchors:
+        recipes += [a for a in torchao_anchors() if a not in recipes]
+    return recipes
+
+
+def _write(out: str | None, payload: dict[str, Any]) -> str:
+    table = markdown_table(payload["rows"], COLUMNS)
+    if out:
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        header = f"## lowbit bench step\n\n{payload['env']}\n\n"
+        (d / "step.json").write_text(json.dumps(payload, indent=2, default=str))
+        (d / "step.md").write_text(header + table + "\n")
+    return table
+
+
+def run_step(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    with contextlib.suppress(Exception):  # regional compilation: one graph per tower, reused by all its blocks
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    payload: dict[str, Any] = {"env": environment(device),
+                               "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": []}
+    for preset in args.preset:
+        batch = args.batch_size or DEFAULT_BATCH.get(preset, 64)
+        base_ips: float | None = None
+        for recipe in _recipes(args):
+            print(f"[{preset} {recipe}] batch {batch}: building" + (" and compiling" if args.compile else ""), flush=True)
+            _cleanup(device)
+            try:
+                row = time_row(preset, recipe, batch, args, device)
+                err = None
+            except Exception as e:  # OOM, compile error, unsupported recipe: recorded, not fatal
+                err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                row = {"preset": preset, "recipe": recipe, "batch": batch, "error": err}
+            if recipe in BASELINES and err is None:
+                base_ips = row["images_per_s"]
+            if err is None and base_ips:
+                row["vs_bf16"] = row["images_per_s"] / base_ips
+            payload["rows"].append(row)
+            _cleanup(device)
+            _write(args.out, payload)
+            if err:
+                print(f"[{preset} {recipe}] ERROR {err}", flush=True)
+            else:
+                mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if "peak_mem_GiB" in row else ""
+                print(f"[{preset} {recipe}] {row['ms_per_step']:.1f} ms/step, {row['images_per_s']:.1f} img/s"
+                      f" ({row.get('vs_bf16') or float('nan'):.3f}x bf16){mem}", flush=True)
+    return payload
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", nargs="+", default=["vit-b-32"], help="CLIP presets (lowbit.models)")
+    parser.add_argument("--recipe", "--recipes", dest="recipes", nargs="+", default=DEFAULT_RECIPES,
+                        help="lowbit recipes, bf16/none (plain nn.Linear, the baseline; added if missing) or "
+                             "torchao-* anchors")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help=f"images per step, same for every recipe (0: per preset, {DEFAULT_BATCH})")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per row (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (see --compile-scope)")
+    parser.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
+                        help="blocks: each transformer block (regional, fast to compile); model: the whole model")
+    parser.add_argument("--layers", choices=["clip", "auto"], default="clip",
+                        help="clip: every block linear (as lowbit train); auto: also skip layers below "
+                             "lowbit.nn's size threshold")
+    parser.add_argument("--optimizer", choices=["stableadamw", "adamw"], default="stableadamw")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="directory for step.json and step.md (rewritten per row)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 0:
+        raise ValueError("--steps must be >= 1, --warmup and --batch-size >= 0")
+    payload = run_step(args)
+    write_results(args.out, "step", payload, markdown_table(payload["rows"], COLUMNS))
+    return 0

@@ -1,0 +1,68 @@
+"""``lowbit bench step``: the full CLIP training step per recipe, end to end on the CPU at the tiny preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowbit.bench import step as bench_step
+from lowbit.cli.main import main
+
+
+def _run(tmp_path: Path, *recipes: str, extra: tuple[str, ...] = ()) -> dict:
+    rc = main(["bench", "step", "--preset", "tiny", "--recipe", *recipes, "--batch-size", "4", "--steps", "2",
+               "--warmup", "1", "--device", "cpu", "--no-anchors", "--out", str(tmp_path), *extra])
+    assert rc == 0
+    return json.loads((tmp_path / "step.json").read_text())
+
+
+def test_step_table_has_each_recipe_with_throughput_and_ratio(tmp_path: Path, capsys) -> None:
+    data = _run(tmp_path, "none", "switchback-sim")
+    rows = {r["recipe"]: r for r in data["rows"]}
+    assert list(rows) == ["none", "switchback-sim"]
+    assert data["env"]["torch"] == torch.__version__ and "device" in data["env"]
+    for r in rows.values():
+        assert "error" not in r
+        assert r["batch"] == 4 and r["ms_per_step"] > 0
+        assert r["images_per_s"] == pytest.approx(4 / r["ms_per_step"] * 1000)
+        assert r["ms_min"] <= r["ms_per_step"] <= r["ms_max"]
+    assert rows["none"]["vs_bf16"] == pytest.approx(1.0)
+    assert rows["switchback-sim"]["vs_bf16"] == pytest.approx(
+        rows["switchback-sim"]["images_per_s"] / rows["none"]["images_per_s"])
+    # the tiny CLIP has 22 linears; the recipe converts all but the two final projections (as lowbit train)
+    assert rows["none"]["converted"] == "0/22" and rows["switchback-sim"]["converted"] == "20/22"
+    md = (tmp_path / "step.md").read_text()
+    assert "| tiny | none | 4 |" in md and "| tiny | switchback-sim | 4 |" in md
+    assert "| tiny | switchback-sim |" in capsys.readouterr().out
+
+
+def test_failing_row_is_recorded_and_baseline_is_added_first(tmp_path: Path) -> None:
+    data = _run(tmp_path, "no-such-recipe", "switchback-sim")
+    recipes = [r["recipe"] for r in data["rows"]]
+    assert recipes == ["bf16", "no-such-recipe", "switchback-sim"]  # baseline prepended when not asked for
+    bad = data["rows"][1]
+    assert "no-such-recipe" in bad["error"] and "images_per_s" not in bad
+    assert data["rows"][2]["images_per_s"] > 0 and data["rows"][2]["vs_bf16"] > 0
+
+
+def test_layers_auto_keeps_small_layers_16bit_and_the_step_trains() -> None:
+    dev = torch.device("cpu")
+    _, conv = bench_step.build_model("tiny", "switchback-sim", dev, layers="auto")
+    assert conv == "0/22"  # tiny widths are below lowbit.nn's size threshold
+    model, conv = bench_step.build_model("tiny", "switchback-sim", dev)
+    assert conv == "20/22"
+    images, tokens = bench_step.random_batch(model, 5, dev)
+    assert images.shape == (5, 3, 32, 32) and tokens.shape == (5, 77)
+    assert ((tokens == model.text.eot_id).sum(-1) == 1).all()  # one end token per caption
+    opt = bench_step.make_optimizer(model, "stableadamw", None)
+    before = model.visual.blocks[0].mlp.fc.weight.detach().clone()
+    from lowbit.models import clip_loss
+
+    clip_loss(*model(images, tokens)).backward()
+    opt.step()
+    assert not torch.equal(before, model.visual.blocks[0].mlp.fc.weight)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.visual.blocks[0].mlp.fc.weight) in decay and id(model.logit_scale) not in decay
