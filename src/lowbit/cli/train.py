@@ -7,6 +7,7 @@ line; ``--set KEY=VALUE`` sets any option (``--set model.layer_scale_init=0.0`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -24,7 +25,10 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--weight-decay", "weight_decay", float, "decoupled weight decay (matrices only)"),
     ("--warmup", "warmup", int, "linear warmup steps"),
     ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off"),
-    ("--batch-size", "batch_size", int, "samples per step (per process)"),
+    ("--batch-size", "batch_size", int, "samples per step per process (global batch = this x processes x accum steps)"),
+    ("--accum-steps", "accum_steps", int, "micro-batches per update (exact: the loss sees the whole global batch)"),
+    ("--parallel", "parallel", str, "under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2, bf16 params on GPU)"),
+    ("--workers", "workers", int, "DataLoader worker processes per rank for the training data, 0 = none"),
     ("--steps", "steps", int, "total steps (the cosine schedule's length)"),
     ("--stop-at", "stop_at", int, "end this invocation after this step, as if pre-empted (resume later)"),
     ("--precision", "precision", str, "bf16 or fp32 (default: bf16 autocast on GPU, fp32 on CPU)"),
@@ -48,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=dest, type=typ, default=None, help=text)
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--monitor", action="store_true", default=None, help="log per-parameter RMS (loss-spike predictor)")
+    parser.add_argument("--local-loss", action="store_true", default=None,
+                        help="each rank: its samples against all gathered ones (open_clip's local_loss)")
+    parser.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false", default=None,
+                        help="all-gather features without gradient (the local gradient is rescaled; same result)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="set any option (YAML value), e.g. --set model.qk_norm=true; repeatable")
@@ -75,7 +83,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (flags left out are not overrides)."""
     out = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest, None) is not None}
-    for name in ("compile", "monitor", "progress"):
+    for name in ("compile", "monitor", "progress", "local_loss", "gather_with_grad"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     sets = _parse_sets(getattr(args, "sets", []) or [])
@@ -101,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"lowbit train: error: {e}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
+        return 0
     loss = summary["final_loss"]
     print(f"run: {summary['out']}  steps: {summary['step']}  final loss: {loss:.4f}" if loss is not None else f"run: {summary['out']}")
     if summary["samples_per_s"]:

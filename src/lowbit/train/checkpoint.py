@@ -1,5 +1,10 @@
 """Checkpoints: plain tensors and Python scalars only (``torch.load(weights_only=True)`` works), written
-atomically (temporary file in the same directory, then ``os.replace``), so a crash never leaves a torn file."""
+atomically (temporary file in the same directory, then ``os.replace``), so a crash never leaves a torn file.
+
+Two formats: ``RUN/checkpoint.pt`` (one file: single process and DDP) and ``RUN/checkpoint.dcp/`` (FSDP: a
+``torch.distributed.checkpoint`` directory plus ``meta.pt``, see ``lowbit.train.distributed``). A run directory
+holds one of them (saving one format removes the other). ``load_checkpoint`` of a DCP checkpoint returns its
+``meta.pt`` (everything but the model and optimizer state) with ``format: "dcp"`` and ``path``."""
 
 from __future__ import annotations
 
@@ -12,9 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "load_checkpoint", "resolve_checkpoint", "save_checkpoint", "set_rng_state"]
+__all__ = ["CHECKPOINT_NAME", "DCP_NAME", "get_rng_state", "load_checkpoint", "resolve_checkpoint", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+DCP_NAME = "checkpoint.dcp"
+_META = "meta.pt"
+
+
+def _is_dcp(p: Path) -> bool:
+    return p.is_dir() and (p / _META).is_file() and (p / ".metadata").is_file()
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -63,15 +74,26 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or ``RUN_DIR/checkpoint.pt`` for a run directory; ``ValueError`` if missing."""
+    """A checkpoint file or DCP directory; for a run directory its ``checkpoint.pt`` or ``checkpoint.dcp``
+    (or ``.checkpoint.dcp.old`` if a crash hit between the two renames of a DCP save); ``ValueError`` if none."""
     p = Path(path)
+    if _is_dcp(p) or p.is_file():
+        return p
     if p.is_dir():
+        for cand in (p / DCP_NAME, p / CHECKPOINT_NAME, p / f".{DCP_NAME}.old"):
+            if _is_dcp(cand) or cand.is_file():
+                return cand
         p = p / CHECKPOINT_NAME
-    if not p.is_file():
-        raise ValueError(f"cannot resume: no checkpoint at {str(p)!r}")
-    return p
+    raise ValueError(f"cannot resume: no checkpoint at {str(p)!r}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no pickled code is ever executed)."""
-    return torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=True)
+    """Load a checkpoint with ``weights_only=True`` (no pickled code is ever executed).
+
+    A DCP checkpoint gives its metadata only, with ``format: "dcp"`` and ``path`` (the model and optimizer
+    are loaded into a live model by ``lowbit.train.distributed.load_dcp``)."""
+    p = resolve_checkpoint(path)
+    if p.is_dir():
+        meta = torch.load(p / _META, map_location=map_location, weights_only=True)
+        return {**meta, "format": "dcp", "path": str(p)}
+    return torch.load(p, map_location=map_location, weights_only=True)

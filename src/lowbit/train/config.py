@@ -13,10 +13,11 @@ from typing import Any
 
 import yaml
 
-__all__ = ["OPTIMIZERS", "PRECISIONS", "TrainConfig", "load_yaml"]
+__all__ = ["OPTIMIZERS", "PARALLEL", "PRECISIONS", "TrainConfig", "load_yaml"]
 
 OPTIMIZERS = ("adamw", "stableadamw")
 PRECISIONS = ("auto", "bf16", "fp32")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -38,11 +39,17 @@ class TrainConfig:
     warmup: int = 25
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 = off (StableAdamW clips updates itself)
-    batch_size: int = 128
+    batch_size: int = 128  # samples per step *per process* (as open_clip); global batch = batch_size x world x accum_steps
+    accum_steps: int = 1  # micro-batches per update (exact: the contrastive loss sees the whole global batch)
     steps: int = 250
     stop_at: int = 0  # end this invocation after this step (as if pre-empted); 0 = run to `steps`
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
+    # multi-process (torchrun; ignored with one process)
+    parallel: str = "ddp"  # ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard per block + root (bf16 params on CUDA)
+    local_loss: bool = False  # each rank: logits of its own features against all gathered ones (open_clip's local_loss)
+    gather_with_grad: bool = True  # all-gather features with their gradient (open_clip's gather_with_grad)
+    workers: int = 0  # DataLoader worker processes per rank for the training data; 0 = in the training process
     # data
     data: str = "synthetic"
     zeroshot: str = "synthetic"  # zero-shot task spec; "" or "none" = no evaluation
@@ -64,9 +71,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option and its value."""
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "accum_steps"):
             _check(name, getattr(self, name), _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive int")
-        for name in ("warmup", "stop_at", "eval_every", "log_every", "save_every", "zeroshot_limit", "keep_last_blocks", "seed", "threads"):
+        for name in ("warmup", "stop_at", "eval_every", "log_every", "save_every", "zeroshot_limit", "keep_last_blocks", "seed", "threads", "workers"):
             v = getattr(self, name)
             _check(name, v, _is_int(v) and v >= 0, "an int >= 0")
         _check("log_every", self.log_every, self.log_every > 0, "an int >= 1")
@@ -86,8 +93,16 @@ class TrainConfig:
             v = getattr(self, name)
             _check(name, v, isinstance(v, str), "a string")
         _check("recipe", self.recipe, bool(self.recipe), "a recipe name or 'none'")
-        for name in ("compile", "monitor", "progress"):
+        _check("parallel", self.parallel, self.parallel in PARALLEL, f"one of {', '.join(PARALLEL)}")
+        for name in ("compile", "monitor", "progress", "local_loss", "gather_with_grad"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
+        _check(
+            "local_loss",
+            self.local_loss,
+            not self.local_loss or self.gather_with_grad,
+            "false unless gather_with_grad is true (without the gradient through the gathered features the local "
+            "loss misses the other ranks' terms of the gradient)",
+        )
         _check("device", self.device, self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "auto, cpu, cuda or cuda:N")
 
     def to_dict(self) -> dict[str, Any]:

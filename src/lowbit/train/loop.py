@@ -1,9 +1,11 @@
 """The CLIP training loop (``lowbit train``), in the style of nanoGPT's train.py: set up, loop, evaluate.
 
 One process trains on one device; under ``torchrun`` (``WORLD_SIZE`` > 1) every process takes a GPU and its
-own shard of the data, features are all-gathered for the contrastive loss and rank 0 writes the run directory:
+own shard of the data (``batch_size`` per process), the model is wrapped in DDP or sharded with FSDP2
+(``parallel``), features are all-gathered for the contrastive loss over the global batch
+(``lowbit.train.distributed``) and rank 0 writes the run directory:
 
-    OUT/metrics.csv  OUT/eval.csv  OUT/tensorboard/  OUT/checkpoint.pt  OUT/summary.json  OUT/config.yaml
+    OUT/metrics.csv  OUT/eval.csv  OUT/tensorboard/  OUT/checkpoint.pt (or checkpoint.dcp/)  OUT/summary.json  OUT/config.yaml
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import lowbit
 from lowbit.models import CLIP, clip_loss, convert_clip, count_parameters, get_config, get_tokenizer
 from lowbit.train.checkpoint import (
     CHECKPOINT_NAME,
+    DCP_NAME,
     get_rng_state,
     load_checkpoint,
     resolve_checkpoint,
@@ -35,6 +39,18 @@ from lowbit.train.checkpoint import (
     set_rng_state,
 )
 from lowbit.train.config import TrainConfig, load_yaml
+from lowbit.train.distributed import (
+    all_finite,
+    average_loss,
+    average_replicated_grads,
+    contrastive_loss,
+    grad_norm_and_clip,
+    load_dcp,
+    load_full_into_fsdp,
+    no_grad_sync,
+    save_dcp,
+    shard_model,
+)
 from lowbit.train.metrics import RunLogger
 from lowbit.train.schedule import warmup_cosine_scheduler
 from lowbit.train.zeroshot import evaluate_zeroshot
@@ -44,8 +60,10 @@ __all__ = ["NonFiniteLossError", "resolve_config", "train"]
 # Options that may differ between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = {
     "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
-    "zeroshot_limit", "monitor", "compile", "threads", "device",
+    "zeroshot_limit", "monitor", "compile", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
 }
+# May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
+GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,9 +91,17 @@ def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | N
     resume = overrides.get("resume") or from_file.get("resume") or ""
     base = TrainConfig()
     if resume:
-        saved = load_checkpoint(resume)["config"]
-        saved = {k: v for k, v in saved.items() if k not in ("stop_at", "resume", "out")}
+        ckpt = load_checkpoint(resume)
+        saved = {k: v for k, v in ckpt["config"].items() if k not in ("stop_at", "resume", "out")}
         base = base.replace(saved)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        saved_world = int(ckpt.get("world_size", 1))
+        if world != saved_world and "batch_size" not in from_file and "batch_size" not in overrides:
+            # another number of processes: keep the global batch by default (per-process batch rescaled)
+            accum = int(overrides.get("accum_steps", from_file.get("accum_steps", base.accum_steps)))
+            total = base.batch_size * saved_world * base.accum_steps
+            if total % (world * accum) == 0:
+                base = base.replace({"batch_size": total // (world * accum), "accum_steps": accum})
     merged = base.to_dict()
     for layer in (from_file, overrides):
         merged = _deep_merge(merged, layer)
@@ -165,11 +191,24 @@ def _monitor(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Op
 
 
 
-def _all_gather_features(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's features, keeping the gradient path (like open_clip's gather_with_grad)."""
-    from torch.distributed.nn.functional import all_gather
+class _Collate:
+    """DataLoader collate: stack images, tokenize captions (a class, so that workers can pickle it)."""
 
-    return torch.cat(all_gather(x), dim=0)
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([im for im, _ in items]), self.tokenizer([c for _, c in items])
+
+
+def _loader_batches(dataset: Any, batch_size: int, tokenizer: Any, workers: int, pin: bool) -> Any:
+    """``_batches`` from ``workers`` DataLoader processes (same batches, in the same order: the dataset was
+    built with ``batch_size``, see ``lowbit.data.stream``)."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=_Collate(tokenizer), pin_memory=pin,
+        persistent_workers=True, prefetch_factor=4,
+    )
+    return iter(loader)
 
 
 def _batches(dataset: Any, batch_size: int, tokenizer: Any) -> Any:
@@ -178,10 +217,6 @@ def _batches(dataset: Any, batch_size: int, tokenizer: Any) -> Any:
     while True:
         items = [next(it) for _ in range(batch_size)]
         yield torch.stack([im for im, _ in items]), tokenizer([c for _, c in items])
-
-
-def _finite_params(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -193,6 +228,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # ---------------------------------------------------------------- processes, device, precision
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world_size > 1
+    parallel = cfg.parallel if distributed else None  # None, "ddp" or "fsdp"
     if distributed:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
@@ -219,10 +255,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # ---------------------------------------------------------------- resume, run directory
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
     out = Path(cfg.out) if cfg.out else (resolve_checkpoint(cfg.resume).parent if cfg.resume else _default_out())
+    samples_per_step = cfg.batch_size * world_size * cfg.accum_steps  # the global batch
+    data_position = 0  # samples this rank has consumed
     if ckpt is not None:
-        changed = {k for k, v in ckpt["config"].items() if k not in RESUMABLE_CHANGES and getattr(cfg, k) != v}
+        keep = RESUMABLE_CHANGES | GLOBAL_BATCH_OPTIONS
+        changed = {k for k, v in ckpt["config"].items() if k not in keep and hasattr(cfg, k) and getattr(cfg, k) != v}
+        saved_world = int(ckpt.get("world_size", 1))
+        saved_global = int(ckpt["config"]["batch_size"]) * saved_world * int(ckpt["config"].get("accum_steps", 1))
+        if saved_global != samples_per_step:
+            raise ValueError(
+                f"cannot resume with global batch {samples_per_step} (batch_size {cfg.batch_size} x {world_size} "
+                f"process(es) x accum_steps {cfg.accum_steps}): the checkpoint's is {saved_global} "
+                f"({ckpt['config']['batch_size']} x {saved_world} x {ckpt['config'].get('accum_steps', 1)})"
+            )
         if changed:
             raise ValueError(f"cannot resume with changed option(s) {', '.join(sorted(changed))}: they change the computation")
+        seen = int(ckpt.get("samples_seen", int(ckpt["data_position"]) * saved_world))
+        data_position = seen // world_size  # the global stream is dealt round-robin: rank r's k-th = k*W + r
     start_step = int(ckpt["step"]) if ckpt else 0
     end_step = min(cfg.stop_at or cfg.steps, cfg.steps)
     if master:
@@ -235,15 +284,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     raw_model = CLIP(model_cfg)
     n_params = count_parameters(raw_model)
     raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks).to(device)
+    if parallel == "fsdp":  # shard before the optimizer is built: it must hold the DTensor parameters
+        if cfg.monitor and cfg.optimizer != "stableadamw":
+            raise ValueError("monitor under parallel=fsdp needs optimizer stableadamw (its RMS is reduced over the shards)")
+        shard_model(raw_model, device, bf16_params=precision == "bf16" and device.type == "cuda")
     optimizer = _optimizer(cfg, raw_model)
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("format") == "dcp":
+            load_dcp(ckpt["path"], raw_model, optimizer)  # any number of ranks, sharded or not
+        elif parallel == "fsdp":
+            load_full_into_fsdp(raw_model, optimizer, ckpt)
+        else:
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
     model: torch.nn.Module = raw_model
-    if distributed:
+    if parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
@@ -252,13 +310,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # ---------------------------------------------------------------- data
     data = data_module()
     tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.text.context_length)
-    data_position = int(ckpt["data_position"]) if ckpt else 0
+    loader_kw = {"batch_size": cfg.batch_size} if cfg.workers else {}
     dataset = data.build_train_data(
-        cfg.data, image_size=model_cfg.vision.image_size, seed=cfg.seed, start=data_position, rank=rank, world_size=world_size
+        cfg.data, image_size=model_cfg.vision.image_size, seed=cfg.seed, start=data_position, rank=rank,
+        world_size=world_size, **loader_kw,
     )
-    batches = _batches(dataset, cfg.batch_size, tokenizer)
+    if cfg.workers:
+        batches = _loader_batches(dataset, cfg.batch_size, tokenizer, cfg.workers, pin=device.type == "cuda")
+    else:
+        batches = _batches(dataset, cfg.batch_size, tokenizer)
     tasks = []
-    if master and cfg.zeroshot not in ("", "none"):
+    evaluating = master or parallel == "fsdp"  # FSDP: every rank takes part in the (sharded) forward
+    if evaluating and cfg.zeroshot not in ("", "none"):
         tasks = data.build_zeroshot(cfg.zeroshot, image_size=model_cfg.vision.image_size, seed=0, limit=cfg.zeroshot_limit or None)
 
     # ---------------------------------------------------------------- bookkeeping
@@ -269,40 +332,49 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     def save(step: int) -> None:
         nonlocal last_ckpt, last_ckpt_step
-        if not _finite_params(raw_model):
+        if not all_finite(raw_model):
             raise NonFiniteLossError(step, float("nan"), last_ckpt, last_ckpt_step, what="a weight")
-        if master:
-            state = {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": get_rng_state(),
-                "data_position": data_position,
-                "step": step,
-                "config": cfg.to_dict(),
-                "model_config": model_cfg.to_dict(),
-                "versions": _versions(),
-            }
+        meta = {
+            "scheduler": scheduler.state_dict(),
+            "rng": get_rng_state(),  # every rank's RNG is seeded alike and only the model init draws from it
+            "data_position": data_position,  # samples consumed per rank
+            "samples_seen": data_position * world_size,
+            "world_size": world_size,
+            "step": step,
+            "config": cfg.to_dict(),
+            "model_config": model_cfg.to_dict(),
+            "versions": _versions(),
+        }
+        if parallel == "fsdp":
+            last_ckpt, last_ckpt_step = save_dcp(out / DCP_NAME, raw_model, optimizer, meta), step
+            if master:
+                (out / CHECKPOINT_NAME).unlink(missing_ok=True)
+        elif master:
+            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), **meta}
             last_ckpt, last_ckpt_step = save_checkpoint(out / CHECKPOINT_NAME, state), step
+            if (out / DCP_NAME).is_dir():
+                shutil.rmtree(out / DCP_NAME)
 
     def evaluate(step: int, announce: bool = True) -> None:
         nonlocal evals
         if not tasks:
             return
         evals = evaluate_zeroshot(raw_model, tasks, tokenizer, device, autocast)
+        if not master:
+            return
         assert logger is not None
         logger.log_eval(step, evals)
         if announce and cfg.progress:
             pbar.write(f"step {step} zero-shot top-1: " + ", ".join(f"{r['task']} {100 * r['top1']:.1f}%" for r in evals))
 
-    samples_per_step = cfg.batch_size * world_size
     if master:
         n_low = sum(1 for m in raw_model.modules() if isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear)
         n_lin = sum(1 for m in raw_model.modules() if isinstance(m, torch.nn.Linear))
         print(
             f"lowbit train: {cfg.preset} ({n_params:,} params) | recipe {cfg.recipe} ({n_low}/{n_lin} linears) | "
             f"{cfg.optimizer} lr {cfg.lr:g} | {cfg.steps} steps x {samples_per_step} | {cfg.data} | {device_name}, "
-            f"{precision} | {out}",
+            f"{precision}" + (f" | {world_size} x {parallel}" if parallel else "")
+            + (f" | accum {cfg.accum_steps}" if cfg.accum_steps > 1 else "") + f" | {out}",
             flush=True,
         )
 
@@ -313,26 +385,54 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t_train, t_interval, steps_since_log = 0.0, 0.0, 0  # seconds in training steps (not eval/saving)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     samples_per_s = 0.0
+    step_times: list[float] = []
+    accum = cfg.accum_steps
     model.train()
 
     # ---------------------------------------------------------------- the loop
     try:
         for step in range(start_step + 1, end_step + 1):  # `step` counts completed updates (1-based)
             t0 = time.perf_counter()
-            images, tokens = next(batches)
-            images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
-            with autocast():
-                image_features, text_features, logit_scale = model(images, tokens)
-                if distributed:
-                    image_features, text_features = _all_gather_features(image_features), _all_gather_features(text_features)
-                loss = clip_loss(image_features, text_features, logit_scale)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(step, loss_value, last_ckpt, last_ckpt_step)
+            micro = []
+            for _ in range(accum):
+                images, tokens = next(batches)
+                micro.append((images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)))
+            cached: list[tuple[torch.Tensor, torch.Tensor]] = []
+            if accum > 1:  # features of every micro-batch, so that each loss sees the whole global batch
+                with torch.no_grad(), autocast():
+                    cached = [tuple(model(images, tokens)[:2]) for images, tokens in micro]  # type: ignore[misc]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value = float("nan")
+            for j, (images, tokens) in enumerate(micro):
+                with no_grad_sync(model, parallel, sync=j == accum - 1):
+                    with autocast():
+                        image_features, text_features, logit_scale = model(images, tokens)
+                        if cached:
+                            image_features = torch.cat([c[0] for c in cached[:j]] + [image_features] + [c[0] for c in cached[j + 1 :]])
+                            text_features = torch.cat([c[1] for c in cached[:j]] + [text_features] + [c[1] for c in cached[j + 1 :]])
+                        if distributed:
+                            loss = contrastive_loss(
+                                image_features, text_features, logit_scale, local_loss=cfg.local_loss,
+                                gather_with_grad=cfg.gather_with_grad, accum_steps=accum,
+                            )
+                        elif accum > 1:
+                            loss = contrastive_loss(image_features, text_features, logit_scale, accum_steps=accum)
+                        else:
+                            loss = clip_loss(image_features, text_features, logit_scale)
+                    if j == 0:
+                        loss_value = loss.item()
+                        if distributed and cfg.local_loss:  # this rank's share: the global loss is the mean
+                            loss_value = average_loss(loss_value)
+                        if not math.isfinite(loss_value):
+                            raise NonFiniteLossError(step, loss_value, last_ckpt, last_ckpt_step)
+                    loss.backward()
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
+            logging = step % cfg.log_every == 0 or step == end_step  # the same on every rank
+            if parallel == "fsdp":
+                average_replicated_grads(raw_model)  # logit_scale (not sharded)
+                grad_norm = grad_norm_and_clip(raw_model, max_norm) if (logging or cfg.grad_clip > 0) else float("nan")
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
             from_optimizer = monitor is not None and getattr(monitor, "bias_corrected", False)  # StableAdamW
             if monitor is not None:  # RMS of this step's update (SPEC §4); no host sync
                 monitor.record_loss(step, loss_value)
@@ -343,13 +443,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 monitor.update_from_optimizer(step)  # the RMS StableAdamW just computed, no extra pass
             scheduler.step()
             raw_model.clamp_logit_scale_()
-            data_position += cfg.batch_size
+            data_position += cfg.batch_size * accum
             dt_step = time.perf_counter() - t0
+            step_times.append(dt_step)
             t_train, t_interval = t_train + dt_step, t_interval + dt_step
             losses.append(loss_value)
             steps_since_log += 1
 
-            if master and (step % cfg.log_every == 0 or step == end_step):
+            if master and logging:
                 samples_per_s = steps_since_log * samples_per_step / max(t_interval, 1e-9)
                 t_interval, steps_since_log = 0.0, 0
                 row = {
@@ -367,12 +468,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             pbar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{_lr_used(scheduler, step):.2e}", samples_s=f"{samples_per_s:.0f}")
             if cfg.save_every and step % cfg.save_every == 0 and step != end_step:
                 save(step)
-            if master and cfg.eval_every and step % cfg.eval_every == 0 and step != end_step:
+            if evaluating and cfg.eval_every and step % cfg.eval_every == 0 and step != end_step:
                 evaluate(step)
         # ------------------------------------------------------------ the end
         if end_step > start_step:
             save(end_step)
-        if master:
+        if evaluating:
             evaluate(end_step, announce=False)  # the caller prints the final results
     finally:
         pbar.close()
@@ -393,6 +494,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "chance": {r["task"]: r["chance"] for r in evals},
         "zeroshot_mean": sum(r["top1"] for r in evals) / len(evals) if evals else None,
         "samples_per_s": (len(losses) * samples_per_step / t_train) if t_train else None,
+        # after warm-up: without this invocation's first min(5, n/2) steps (compilation, autotuning, allocator)
+        "samples_per_s_steady": _steady(step_times, samples_per_step),
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "train_seconds": t_train,
         "wall_seconds": time.perf_counter() - wall0,  # this invocation's loop, evaluations included
         "cpu_seconds": time.process_time() - cpu0,  # CPU time of all threads (contention-independent)
@@ -403,6 +507,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "precision": precision,
         "device": device_name,
         "world_size": world_size,
+        "parallel": parallel or "none",
+        "global_batch": samples_per_step,
         "config": cfg.to_dict(),
         "model_config": model_cfg.to_dict(),
         "versions": _versions(),
@@ -411,6 +517,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if master:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _steady(step_times: list[float], samples_per_step: int) -> float | None:
+    skip = min(5, len(step_times) // 2)
+    rest = step_times[skip:]
+    return len(rest) * samples_per_step / sum(rest) if rest and sum(rest) > 0 else None
 
 
 def _lr_used(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> float:
