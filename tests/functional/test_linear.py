@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -145,12 +147,13 @@ def test_recipe_validation() -> None:
     assert "X int8 row-wise, W int8 tensor-wise" in RECIPES["switchback"].describe()
 
 
-def test_torch_compile_fullgraph_matches_eager() -> None:
+@pytest.mark.parametrize("name", ["switchback", "fp8-tensorwise"])
+def test_torch_compile_fullgraph_matches_eager(name: str) -> None:
     """The ops are torch.library custom ops: dynamo traces the layer without graph breaks."""
     torch._dynamo.reset()
     from lowbit.nn import LowbitLinear
 
-    layer = LowbitLinear(32, 24, recipe="switchback")
+    layer = LowbitLinear(32, 24, recipe=name)
     x = torch.randn(10, 32, requires_grad=True)
     eager = layer(x)
     eager.sum().backward()
@@ -166,8 +169,13 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the GPU host)")
 @pytest.mark.parametrize("name", [n for n in QUANTIZED if not RECIPES[n].uses_fp8
                                   or (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9))])
-def test_cuda_triton_path_matches_cpu_reference(name: str) -> None:
-    """The Triton kernels (CUDA) and the PyTorch reference (CPU) give the same layer, fwd and bwd."""
+@pytest.mark.parametrize("fp8_matmul", ["auto", "triton", "cublas"])
+def test_cuda_triton_path_matches_cpu_reference(name: str, fp8_matmul: str, monkeypatch) -> None:
+    """The Triton kernels (CUDA) and the PyTorch reference (CPU) give the same layer, fwd and bwd; fp8
+    recipes with each matmul backend (cuBLAS only where it takes the operands)."""
+    if fp8_matmul != "auto" and not RECIPES[name].uses_fp8:
+        pytest.skip("the fp8 matmul backend only applies to fp8 recipes")
+    monkeypatch.setenv("LOWBIT_FP8_MATMUL", fp8_matmul)
     torch.manual_seed(2)
     x = torch.randn(2, 100, 96)
     w = torch.randn(80, 96) / 10
@@ -185,3 +193,27 @@ def test_cuda_triton_path_matches_cpu_reference(name: str) -> None:
     for cpu, gpu in zip(*outs):
         assert _rel(gpu, cpu.double()) < tol, (name, _rel(gpu, cpu.double()))
         print(name, _rel(gpu, cpu.double()))
+
+
+@pytest.mark.parametrize(("name", "dual_calls"), [("fp8-tensorwise", 2), ("fp8-tensorwise-sim", 2),
+                                                  ("fp8-switchback", 0), ("fp8-rowwise", 0)])
+def test_tensorwise_recipes_quantize_x_and_dy_once_for_both_layouts(name: str, dual_calls: int, monkeypatch) -> None:
+    """X (forward + saved for wgrad) and dY (dgrad + wgrad) share one quantize_dual pass when the recipe gives
+    both uses the same tensor-wise Quant; the results are the same as with separate passes."""
+    from lowbit.kernels import ops
+
+    calls = []
+    real = ops.quantize_dual
+    monkeypatch.setattr(ops, "quantize_dual", lambda x, fmt: calls.append(fmt) or real(x, fmt))
+    torch.manual_seed(4)
+    x = torch.randn(3, 20, 48, requires_grad=True)
+    w = torch.randn(32, 48, requires_grad=True)
+    g = torch.randn(3, 20, 32)
+    y = linear(x, w, None, name)
+    dx, dw = torch.autograd.grad(y, [x, w], g)
+    assert len(calls) == dual_calls
+    monkeypatch.setattr(ops, "quantize_dual", lambda x, fmt: pytest.fail("not expected"))
+    monkeypatch.setattr(sys.modules["lowbit.functional.linear"], "_shares_codes", lambda a, b: False)
+    y2 = linear(x, w, None, name)
+    dx2, dw2 = torch.autograd.grad(y2, [x, w], g)
+    assert torch.equal(y, y2) and torch.equal(dx, dx2) and torch.equal(dw, dw2)

@@ -109,3 +109,56 @@ def test_cublas_backend_agrees_on_gpu() -> None:
         # reduced-precision fp8 accumulator (~1e-4 relative seen on an H100).
         tol = 1e-6 if fmt == "int8" else 1e-3
         assert float((t - c).norm() / c.norm()) < tol, fmt
+
+
+def test_pick_fastest_takes_the_quickest_and_skips_failures() -> None:
+    from lowbit.kernels.matmul import pick_fastest
+
+    times = {"a": 3.0, "b": 1.0, "c": 2.0}
+
+    def broken():
+        raise RuntimeError("unsupported layout")
+
+    assert pick_fastest({k: (lambda k=k: k) for k in times}, lambda fn: times[fn()]) == "b"
+    assert pick_fastest({"bad": broken, "a": lambda: "a"}, lambda fn: times.get(fn(), 0.0)) == "a"
+    with pytest.raises(RuntimeError, match="no fp8 matmul backend ran"):
+        pick_fastest({"bad": broken}, lambda fn: fn())
+
+
+def test_fp8_backend_pin_and_support_rules(monkeypatch) -> None:
+    from lowbit.kernels.matmul import cublas_fp8_supported, fp8_backend
+
+    e4, e5 = torch.float8_e4m3fn, torch.float8_e5m2
+    qa, qb = torch.zeros(8, 32, dtype=e4), torch.zeros(16, 32, dtype=e4)
+    s0, row = torch.ones(()), torch.ones(8, 1)
+    assert cublas_fp8_supported(qa, qb, s0, s0, torch.float32)
+    assert not cublas_fp8_supported(qa, torch.zeros(24, 32, dtype=e4), s0, s0, torch.float32)  # N % 16
+    assert not cublas_fp8_supported(qa.to(e5), qb.to(e5), s0, s0, torch.bfloat16)  # e5m2 × e5m2
+    assert not cublas_fp8_supported(qa, qb, row, s0, torch.float32)  # row-wise needs a bf16 output
+    assert not cublas_fp8_supported(qa.to(e5), qb, row, s0, torch.bfloat16)  # and e4m3 on both sides
+    assert cublas_fp8_supported(qa, qb, row, s0, torch.bfloat16)
+    monkeypatch.setenv("LOWBIT_FP8_MATMUL", "cublas")
+    assert fp8_backend(qa, qb, s0, s0, None, torch.float32) == "cublas"
+    assert fp8_backend(qa.to(e5), qb.to(e5), s0, s0, None, torch.float32) == "triton"  # pinned, unsupported
+    monkeypatch.setenv("LOWBIT_FP8_MATMUL", "triton")
+    assert fp8_backend(qa, qb, s0, s0, None, torch.float32) == "triton"
+    monkeypatch.setenv("LOWBIT_FP8_MATMUL", "fast")
+    with pytest.raises(ValueError, match="LOWBIT_FP8_MATMUL must be auto, triton or cublas"):
+        fp8_backend(qa, qb, s0, s0, None, torch.float32)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),
+                    reason="needs an fp8 GPU")
+def test_auto_fp8_backend_measures_once_and_agrees(monkeypatch) -> None:
+    from lowbit.kernels import matmul
+
+    monkeypatch.setattr(matmul, "_FP8_CHOICE", {})
+    monkeypatch.delenv("LOWBIT_FP8_MATMUL", raising=False)
+    a, b = torch.randn(512, 256, device="cuda"), torch.randn(384, 256, device="cuda")
+    for ga, gb, out in (("tensor", "tensor", torch.float32), ("row", "tensor", torch.bfloat16)):
+        qa, sa = quantize(a, "e4m3", ga)
+        qb, sb = quantize(b, "e4m3", gb)
+        auto = scaled_mm(qa, qb, sa, sb, out_dtype=out)
+        tri = scaled_mm(qa, qb, sa, sb, out_dtype=out, backend="triton")
+        assert float((auto.float() - tri.float()).norm() / tri.float().norm()) < 2e-3
+    assert len(matmul._FP8_CHOICE) == 2 and set(matmul._FP8_CHOICE.values()) <= {"triton", "cublas"}

@@ -278,3 +278,38 @@ def test_wide_rows_use_the_default_blocks_and_match(fmt) -> None:
     qr, sr = quantize(x, fmt, "row", backend="torch")
     qt, st_ = quantize(x.to(DEVICE), fmt, "row", backend="triton")
     assert _same_codes(qr, qt.cpu()) and _same_scale(sr, st_.cpu())
+
+
+@pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
+@given(shape=st.tuples(st.integers(1, 40), st.integers(1, 70)), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**16), strided=st.booleans(), specials=st.booleans())
+def test_quantize_dual_equals_both_layouts(fmt, shape, dtype, seed, strided, specials) -> None:
+    """One pass, two layouts: bit-identical to quantize(tensor) and its transposed twin, on both backends."""
+    from lowbit.kernels import quantize_dual
+
+    x = _sample(shape, torch.float32, 3.0, seed)
+    if specials and x.numel() > 2:
+        x.view(-1)[0] = float("nan")
+        x.view(-1)[-1] = -float("inf")
+    x = x.to(dtype).to(DEVICE)
+    if strided:
+        x = x.t().contiguous().t()
+    q_ref, s_ref = quantize(x.cpu(), fmt, "tensor", backend="torch")
+    for backend in ("torch", "triton"):
+        q, qt, s = quantize_dual(x, fmt, backend=backend)
+        assert q.shape == x.shape and qt.shape == x.shape[::-1] and qt.is_contiguous()
+        assert _same_codes(q_ref, q.cpu()) and _same_codes(q_ref.t().contiguous(), qt.cpu()), backend
+        assert _same_scale(s_ref, s.cpu()), backend
+
+
+def test_quantize_dual_errors() -> None:
+    from lowbit.kernels import quantize_dual
+
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_dual(torch.ones(2, 3, 4), "e4m3")
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        quantize_dual(torch.ones(2, 3, dtype=torch.int32), "e4m3")
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_dual(torch.tensor([[1.0, float("nan")]]), "e4m3", check=True)
+    q, qt, s = quantize_dual(torch.empty(0, 5), "e5m2")
+    assert q.shape == (0, 5) and qt.shape == (5, 0) and bool(torch.isfinite(s))

@@ -168,6 +168,11 @@ def run_matmul(args: argparse.Namespace) -> dict[str, Any]:
             cands["fp8 torch._scaled_mm rowwise"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias,
                                                                      backend="cublas")
             cands["fp8 lowbit Triton rowwise (+bias)"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias)
+            qta, sta = quantize(a, "e4m3", "tensor")
+            qtb, stb = quantize(b, "e4m3", "tensor")
+            cands["fp8 torch._scaled_mm tensorwise"] = lambda: scaled_mm(qta, qtb, sta, stb, bias=bias,
+                                                                        backend="cublas")
+            cands["fp8 lowbit Triton tensorwise (+bias)"] = lambda: scaled_mm(qta, qtb, sta, stb, bias=bias)
         base = None
         for name, fn in cands.items():
             ms = bench(fn, device)

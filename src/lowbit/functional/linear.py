@@ -38,19 +38,31 @@ def _qmm(a, b, qa: Quant, qb: Quant, bias, out_dtype: torch.dtype, simulated: bo
     return ops.scaled_mm(ca, cb, sa, sb, bias, out_dtype)
 
 
+def _shares_codes(a: Quant | None, b: Quant | None) -> bool:
+    """Both layouts of one tensor can come from a single :func:`ops.quantize_dual` pass."""
+    return a is not None and a == b and a.scaling == "tensor"
+
+
 class _LowbitLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe):
         x2d = x.reshape(-1, x.shape[-1])
         fwd, sim = recipe.forward, recipe.simulated
-        qx = None
+        qx = saved = None
         if fwd.quantized:
-            qx = _quantize_operand(x2d, fwd.left, False)
+            if recipe.save == "wgrad-quantized" and ctx.needs_input_grad[1] and _shares_codes(fwd.left,
+                                                                                            recipe.wgrad.right):
+                cx, cxt, sx = ops.quantize_dual(x2d, fwd.left.format)
+                qx, saved = (cx, sx), (cxt, sx)
+            else:
+                qx = _quantize_operand(x2d, fwd.left, False)
             qw = _quantize_operand(weight, fwd.right, False)
             y = _qmm(qx, qw, fwd.left, fwd.right, bias, x.dtype, sim)
         else:
             y = F.linear(x2d, weight, bias)
-        if recipe.save == "forward-quantized":
+        if saved is not None:
+            pass
+        elif recipe.save == "forward-quantized":
             saved = qx
         elif recipe.save == "wgrad-quantized":
             saved = _quantize_operand(x2d, recipe.wgrad.right, True) if ctx.needs_input_grad[1] else (None, None)
@@ -71,19 +83,22 @@ class _LowbitLinearFunction(torch.autograd.Function):
         sim = recipe.simulated
         dy2d = dy.reshape(-1, dy.shape[-1])
         dx = dw = db = None
+        dg, wg = recipe.dgrad, recipe.wgrad
+        qdy = qdyt = None  # dY's codes for dgrad (rows = tokens) and wgrad (transposed), when both are wanted
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and _shares_codes(dg.left, wg.left):
+            cdy, cdyt, sdy = ops.quantize_dual(dy2d, dg.left.format)
+            qdy, qdyt = (cdy, sdy), (cdyt, sdy)
         if ctx.needs_input_grad[0]:
-            dg = recipe.dgrad
             if dg.quantized:
-                dx2d = _qmm(_quantize_operand(dy2d, dg.left, False), _quantize_operand(weight, dg.right, True),
-                            dg.left, dg.right, None, dy.dtype, sim)
+                qdy = qdy or _quantize_operand(dy2d, dg.left, False)
+                dx2d = _qmm(qdy, _quantize_operand(weight, dg.right, True), dg.left, dg.right, None, dy.dtype, sim)
             else:
                 dx2d = dy2d @ weight
             dx = dx2d.reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            wg = recipe.wgrad
             if wg.quantized:
-                dw = _qmm(_quantize_operand(dy2d, wg.left, True), (saved_a, saved_b), wg.left, wg.right, None,
-                          weight.dtype, sim)
+                qdyt = qdyt or _quantize_operand(dy2d, wg.left, True)
+                dw = _qmm(qdyt, (saved_a, saved_b), wg.left, wg.right, None, weight.dtype, sim)
             else:
                 if recipe.save == "forward-quantized":
                     x2d = ops.dequantize(saved_a, saved_b, recipe.forward.left.format,

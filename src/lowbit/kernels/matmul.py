@@ -7,6 +7,8 @@ are what the quantizers return: ``[M, 1]`` / ``[N, 1]`` (one per row) or ``[]`` 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -48,9 +50,10 @@ def scaled_mm(
 ) -> torch.Tensor:
     """Matmul of quantized operands with the dequantization, bias and cast fused (Triton on CUDA).
 
-    ``backend``: ``"auto"`` (Triton for CUDA tensors, PyTorch elsewhere), ``"triton"``, ``"torch"`` (the
-    reference: codes multiplied in float32), or ``"cublas"`` (``torch._int_mm`` / ``torch._scaled_mm``, for
-    comparison in benchmarks).
+    ``backend``: ``"auto"``, ``"triton"``, ``"torch"`` (the reference: codes multiplied in float32), or
+    ``"cublas"`` (``torch._int_mm`` / ``torch._scaled_mm``). ``"auto"`` is PyTorch off CUDA and Triton for
+    int8 on CUDA; for fp8 on CUDA it is whichever of Triton and ``torch._scaled_mm`` measured faster for this
+    shape, timed once per shape and cached like an autotuner (see :func:`fp8_backend`).
     """
     op = "scaled_mm"
     fa, fb = code_format(qa, op), code_format(qb, op)
@@ -72,6 +75,8 @@ def scaled_mm(
         return _cublas(qa, qb, sa, sb, fa, fb, bias, out_dtype)
     if M == 0 or N == 0 or qa.shape[1] == 0 or not use_triton(qa, backend, op):
         return reference.scaled_mm(qa, qb, sa, sb, fa, fb, bias, out_dtype)
+    if backend == "auto" and fa != "int8" and qa.is_cuda and fp8_backend(qa, qb, sa, sb, bias, out_dtype) == "cublas":
+        return _cublas(qa, qb, sa, sb, fa, fb, bias, out_dtype)
     from lowbit.kernels import triton_matmul
 
     return triton_matmul.scaled_mm(qa, qb, sa, sb, bias, out_dtype)
@@ -91,3 +96,71 @@ def _cublas(qa, qb, sa, sb, fa: Format, fb: Format, bias, out_dtype) -> torch.Te
         inv_a = inv_a.expand(qa.shape[0], 1).contiguous() if inv_a.ndim == 0 else inv_a
         inv_b = (inv_b.expand(qb.shape[0], 1) if inv_b.ndim == 0 else inv_b).reshape(1, -1).contiguous()
     return torch._scaled_mm(qa, qb.t(), scale_a=inv_a, scale_b=inv_b, bias=bias, out_dtype=out_dtype)
+
+
+# (M, K, N, dtypes, scale kinds, bias?, out dtype, device) → "triton" | "cublas", measured once per process.
+_FP8_CHOICE: dict[tuple, str] = {}
+FP8_BACKEND_ENV = "LOWBIT_FP8_MATMUL"
+
+
+def cublas_fp8_supported(qa, qb, sa, sb, out_dtype) -> bool:
+    """Whether ``torch._scaled_mm`` takes these operands: inner and output dims multiples of 16, not e5m2 on
+    both sides, and (for row-wise scales, which need a bf16 output) e4m3 on both sides."""
+    if not hasattr(torch, "_scaled_mm") or qa.shape[1] % 16 or qb.shape[0] % 16:
+        return False
+    if qa.dtype == qb.dtype == torch.float8_e5m2:
+        return False
+    if sa.ndim == 2 or sb.ndim == 2:
+        return out_dtype == torch.bfloat16 and qa.dtype == qb.dtype == torch.float8_e4m3fn
+    return True
+
+
+def pick_fastest(candidates: dict[str, Callable[[], object]], time_ms: Callable[[Callable[[], object]], float]) -> str:
+    """The name of the candidate with the smallest ``time_ms``; a candidate that raises is never picked."""
+    best, best_ms = None, float("inf")
+    for name, fn in candidates.items():
+        try:
+            ms = time_ms(fn)
+        except Exception:  # e.g. a cuBLAS layout this torch build rejects
+            continue
+        if ms < best_ms:
+            best, best_ms = name, ms
+    if best is None:
+        raise RuntimeError(f"no fp8 matmul backend ran ({', '.join(candidates)})")
+    return best
+
+
+def fp8_backend(qa, qb, sa, sb, bias, out_dtype) -> str:
+    """The fp8 matmul implementation used by ``backend="auto"`` on CUDA: ``"triton"`` or ``"cublas"``.
+
+    ``LOWBIT_FP8_MATMUL=triton|cublas`` pins it (cuBLAS only where it supports the operands). Otherwise the
+    first call for a shape times both (``triton.testing.do_bench``, a few ms) and caches the faster: on an
+    H100 cuBLAS won for tensor-wise scales at every ViT/LLM shape measured and for row-wise scales up to
+    K = 3072, Triton for row-wise at K ≥ 5120 (``bench/results/h100/matmul.md``). During CUDA-graph capture
+    nothing can be timed: an uncached shape takes cuBLAS for tensor-wise scales, Triton otherwise.
+    """
+    pinned = os.environ.get(FP8_BACKEND_ENV, "auto")
+    if pinned not in ("auto", "triton", "cublas"):
+        raise ValueError(f"{FP8_BACKEND_ENV} must be auto, triton or cublas, got {pinned!r}")
+    if not cublas_fp8_supported(qa, qb, sa, sb, out_dtype):
+        return "triton"
+    if pinned != "auto":
+        return pinned
+    key = (qa.shape[0], qa.shape[1], qb.shape[0], qa.dtype, qb.dtype, sa.ndim, sb.ndim, bias is not None,
+           out_dtype, qa.device)
+    choice = _FP8_CHOICE.get(key)
+    if choice is None:
+        if torch.cuda.is_current_stream_capturing():
+            return "cublas" if sa.ndim == sb.ndim == 0 else "triton"
+        import triton.testing
+
+        from lowbit.kernels import triton_matmul
+
+        fa, fb = code_format(qa, "scaled_mm"), code_format(qb, "scaled_mm")
+        choice = pick_fastest(
+            {"triton": lambda: triton_matmul.scaled_mm(qa, qb, sa, sb, bias, out_dtype),
+             "cublas": lambda: _cublas(qa, qb, sa, sb, fa, fb, bias, out_dtype)},
+            lambda fn: triton.testing.do_bench(fn, warmup=3, rep=15),
+        )
+        _FP8_CHOICE[key] = choice
+    return choice

@@ -33,6 +33,18 @@ def _quantize_fake(x, fmt, granularity, transpose):
     return x.new_empty(qshape, dtype=storage_dtype(fmt)), x.new_empty(sshape, dtype=torch.float32)
 
 
+@torch.library.custom_op("lowbit::quantize_dual", mutates_args=())
+def _quantize_dual_op(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _quantize.quantize_dual(x, fmt)  # type: ignore[arg-type]
+
+
+@_quantize_dual_op.register_fake
+def _quantize_dual_fake(x, fmt):
+    dt = storage_dtype(fmt)
+    return x.new_empty(tuple(x.shape), dtype=dt), x.new_empty(tuple(reversed(x.shape)), dtype=dt), \
+        x.new_empty((), dtype=torch.float32)
+
+
 @torch.library.custom_op("lowbit::dequantize", mutates_args=())
 def _dequantize_op(q: torch.Tensor, scale: torch.Tensor, fmt: str, granularity: str,
                    dtype: torch.dtype) -> torch.Tensor:
@@ -60,6 +72,13 @@ def quantize(x: torch.Tensor, fmt: str, granularity: str, transpose: bool = Fals
     if torch.compiler.is_compiling():
         return torch.ops.lowbit.quantize(x, fmt, granularity, transpose)
     return _quantize.quantize(x, fmt, granularity, transpose=transpose)  # type: ignore[arg-type]
+
+
+def quantize_dual(x: torch.Tensor, fmt: str):
+    """:func:`lowbit.kernels.quantize_dual`, as a custom op while compiling."""
+    if torch.compiler.is_compiling():
+        return torch.ops.lowbit.quantize_dual(x, fmt)
+    return _quantize.quantize_dual(x, fmt)  # type: ignore[arg-type]
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, fmt: str, granularity: str, dtype: torch.dtype):

@@ -81,6 +81,29 @@ def quantize(
     return q.reshape(x.shape), scale
 
 
+def quantize_dual(
+    x: torch.Tensor, fmt: Format, *, check: bool | None = None, backend: Backend = "auto"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tensor-wise quantization of 2-D ``x`` into both layouts at once: ``(codes of x, codes of xᵀ, scale)``.
+
+    The codes are exactly those of ``quantize(x, fmt, "tensor")`` and of its ``transpose=True`` twin (one
+    scale serves both), but ``x`` is read twice (absmax, then quantize) instead of four times. Tensor-wise
+    recipes need both layouts of X (forward and wgrad) and of dY (dgrad and wgrad).
+    """
+    op = f"quantize_dual[{fmt}, tensor]"
+    check_input(x, op)
+    if x.ndim != 2:
+        raise ValueError(f"{op}: takes a 2-D tensor, got {x.ndim}-D of shape {tuple(x.shape)}")
+    if checks_enabled(check):
+        raise_if_nonfinite(x, op)
+    if x.numel() == 0 or not use_triton(x, backend, op):
+        q, scale = quantize(x, fmt, "tensor", check=False, backend="torch")
+        return q, q.t().contiguous(), scale
+    from lowbit.kernels import triton_quant
+
+    return triton_quant.quantize_scaled(x, fmt, per_column=False, transpose=False, both=True)
+
+
 def quantize_int8(
     x: torch.Tensor, granularity: Granularity = "row", *, check: bool | None = None, backend: Backend = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -188,8 +188,8 @@ def _absmax_kernel(
 
 @triton.jit
 def _quantize_scaled_kernel(
-    x_ptr, q_ptr, amax_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_qk,
-    PER_COLUMN: tl.constexpr,
+    x_ptr, q_ptr, qt_ptr, amax_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_qk,
+    PER_COLUMN: tl.constexpr, BOTH: tl.constexpr,
     FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
     BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -213,6 +213,8 @@ def _quantize_scaled_kernel(
     code = _encode(x, mul, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
     tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + cols[None, :].to(tl.int64) * stride_qk, code,
              mask=mask)
+    if BOTH:  # the transpose too (codes of xᵀ, [K, M]) from the same registers: one read of x for two layouts
+        tl.store(qt_ptr + rows[:, None].to(tl.int64) + cols[None, :].to(tl.int64) * M, code, mask=mask)
 
 
 @triton.jit
@@ -261,19 +263,23 @@ def quantize_rows(x2d: torch.Tensor, fmt: Format) -> tuple[torch.Tensor, torch.T
 
 
 def quantize_scaled(
-    x2d: torch.Tensor, fmt: Format, per_column: bool, transpose: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x2d: torch.Tensor, fmt: Format, per_column: bool, transpose: bool, both: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Column- or tensor-wise quantization of a 2-D tensor, optionally writing the transpose ``[K, M]``.
 
     Two launches: the absmax reduction (atomic max of bit patterns) and the quantize pass, which derives the
-    scale in-kernel. Returns ``(codes, scale)`` with scale ``[K]`` (per column) or ``[]``.
+    scale in-kernel. Returns ``(codes, scale)`` with scale ``[K]`` (per column) or ``[]``; with ``both``
+    (tensor-wise only) ``(codes [M, K], codes of xᵀ [K, M], scale)`` from one read of ``x``.
     """
     M, K = x2d.shape
     dev = x2d.device
+    if both and (per_column or transpose):
+        raise ValueError("quantize_scaled: both layouts share one scale only for tensor-wise scaling")
     amax = torch.zeros(K if per_column else 1, dtype=torch.int32, device=dev)
     scale = torch.empty(K if per_column else (), dtype=torch.float32, device=dev)
     shape = (K, M) if transpose else (M, K)
     q = torch.empty(shape, dtype=storage_dtype(fmt), device=dev)
+    qt = torch.empty((K, M), dtype=storage_dtype(fmt), device=dev) if both else q
     stride_qm, stride_qk = (1, M) if transpose else (K, 1)
     if interpreting():
         bm, bk, row_blocks = 16, 16, 2
@@ -285,11 +291,11 @@ def quantize_scaled(
     )
     block = (16, 16) if interpreting() else (64, 64)
     _quantize_scaled_kernel[(triton.cdiv(M, block[0]), triton.cdiv(K, block[1]))](
-        x2d, q.view(torch.uint8), amax, scale, M, K,
-        x2d.stride(0), x2d.stride(1), stride_qm, stride_qk, PER_COLUMN=per_column, **_fmt_constants(fmt),
-        BLOCK_M=block[0], BLOCK_K=block[1], num_warps=4,
+        x2d, q.view(torch.uint8), qt.view(torch.uint8), amax, scale, M, K,
+        x2d.stride(0), x2d.stride(1), stride_qm, stride_qk, PER_COLUMN=per_column, BOTH=both,
+        **_fmt_constants(fmt), BLOCK_M=block[0], BLOCK_K=block[1], num_warps=4,
     )
-    return q, scale
+    return (q, qt, scale) if both else (q, scale)
 
 
 def dequantize(q2d: torch.Tensor, scale2d: torch.Tensor, fmt: Format, dtype: torch.dtype) -> torch.Tensor:
