@@ -64,3 +64,18 @@ def test_cpu_threads_auto_uses_free_cores(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert cpu_threads(0) == 1  # a 2-core machine trains on 1 thread
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"parallel": "zero3"}, "parallel='zero3'.*ddp, fsdp"),
+        ({"accum_steps": 0}, "accum_steps=0"),
+        ({"workers": -1}, "workers=-1"),
+        ({"local_loss": True, "gather_with_grad": False}, "local_loss=True.*gather_with_grad"),
+        ({"gather_with_grad": "no"}, "gather_with_grad='no'"),
+    ],
+)
+def test_multi_gpu_options_are_validated(override: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig().replace(override)

@@ -158,3 +158,26 @@ def test_cli_resume_takes_options_from_the_checkpoint(tmp_path: Path, fake_data:
     assert saved["step"] == 6 and saved["config"]["lr"] == 2e-3 and saved["config"]["data"] == "fake"
     assert sorted(_losses(run)) == list(range(1, 7))
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+
+
+def test_accumulation_equals_the_full_batch(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    """2 micro-batches of 8 = one batch of 16: the cached-feature scheme gives every micro-batch's loss the
+    whole batch; same losses to 1e-5 (fp32, summation order) and weights to 1e-4 (Adam divides by sqrt(v), so
+    near-zero gradients amplify rounding; 4 steps of lr 3e-3 move a weight by up to 1.2e-2)."""
+    common = {"steps": 4, "save_every": 0, "zeroshot": "none"}
+    train(_cfg(tmp_path, "full", **common))
+    train(_cfg(tmp_path, "accum", batch_size=8, accum_steps=2, **common))
+    full, accum = _losses(tmp_path / "full"), _losses(tmp_path / "accum")
+    assert list(accum.values()) == pytest.approx(list(full.values()), abs=1e-5)
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "accum")
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, atol=1e-4, rtol=0)
+    assert b["data_position"] == a["data_position"] == 4 * 16
+
+
+def test_resume_refuses_another_global_batch(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    train(_cfg(tmp_path, steps=4, stop_at=2, zeroshot="none"))
+    with pytest.raises(ValueError, match="global batch 8"):
+        train(_cfg(tmp_path, steps=4, zeroshot="none", batch_size=8, resume=str(tmp_path / "run")))
+    train(_cfg(tmp_path, steps=4, zeroshot="none", batch_size=8, accum_steps=2, resume=str(tmp_path / "run")))
+    assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4]
