@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""Summarize ``lowbit train`` run directories into markdown tables and PNG plots (issue #7).
+
+    python experiments/summarize.py OUT/accuracy --out OUT/accuracy/summary
+    python experiments/summarize.py OUT/spikes --out docs/results/spikes --title "Loss spikes"
+
+A run directory is any folder holding ``metrics.csv`` or ``summary.json`` (what ``lowbit train --out DIR``
+writes). Runs are grouped by their parent folder relative to the root given (the runners lay runs out as
+``ROOT/<group>/seed<k>``), so seeds of one setting are aggregated: mean ± sample standard deviation over
+seeds, with n. A run without ``summary.json`` (stopped by a non-finite loss, or cut short by a timeout) is
+counted as ``incomplete`` and its last logged loss is shown separately; it never enters the means.
+
+Writes to ``--out``: ``results.md`` (all tables), ``summary.json`` (per run and per group),
+``loss_curves.png``, and when the runs logged them: ``spike_lags.png`` (histogram of the lag from the first
+RMS spike to the loss spike, lowbit.monitor.find_spikes), ``spikes_<group>.png`` (loss + per-tensor RMS of a
+run per group, lowbit.monitor.plot_spikes), ``feature_magnitudes.png`` (max |activation| over blocks
+along training, from ``act/<block>`` columns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPIKE_DEFAULTS = {"window": 20, "min_history": 8, "z_threshold": 6.0, "min_rise": 0.05, "rms_threshold": 2.0,
+                  "min_lag": 1, "max_lag": 8}
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def find_runs(root: Path) -> list[Path]:
+    """Folders under ``root`` (itself included) holding ``metrics.csv`` or ``summary.json``, sorted."""
+    found = {p.parent for name in ("metrics.csv", "summary.json") for p in root.rglob(name)}
+    return sorted(found)
+
+
+def _f(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def read_metrics(path: Path) -> dict[str, np.ndarray]:
+    """Columns of a metrics CSV as float arrays (empty cells NaN)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    cols = list(rows[0].keys())
+    return {c: np.array([_f(r.get(c)) for r in rows], dtype=np.float64) for c in cols}
+
+
+def _config(run: Path) -> dict[str, Any]:
+    for name in ("summary.json",):
+        p = run / name
+        if p.is_file():
+            try:
+                return json.loads(p.read_text()).get("config", {}) or {}
+            except json.JSONDecodeError:
+                pass
+    p = run / "config.yaml"
+    if p.is_file():
+        import yaml
+
+        return yaml.safe_load(p.read_text()) or {}
+    return {}
+
+
+def load_run(run: Path, root: Path, spike_kw: dict[str, Any]) -> dict[str, Any]:
+    """One run's numbers: final loss, zero-shot, status, spikes, feature magnitudes."""
+    rel = run.relative_to(root) if run != root else Path(run.name)
+    group = str(rel.parent) if str(rel.parent) != "." else rel.name
+    summary = None
+    if (run / "summary.json").is_file():
+        try:
+            summary = json.loads((run / "summary.json").read_text())
+        except json.JSONDecodeError:
+            summary = None
+    cfg = (summary or {}).get("config") or _config(run)
+    mcfg = (summary or {}).get("model_config") or {}
+    m = read_metrics(run / "metrics.csv")
+    steps = m.get("step", np.array([]))
+    loss = m.get("loss", np.array([]))
+    last_step = int(np.nanmax(steps)) if len(steps) else 0
+    out: dict[str, Any] = {
+        "run": str(rel), "group": group, "seed": cfg.get("seed"), "recipe": cfg.get("recipe"),
+        "optimizer": cfg.get("optimizer"), "lr": cfg.get("lr"), "beta2": cfg.get("beta2"),
+        "grad_clip": cfg.get("grad_clip"), "batch_size": cfg.get("batch_size"),
+        "layer_scale_init": (cfg.get("model") or {}).get("layer_scale_init", mcfg.get("layer_scale_init")),
+        "width": ((mcfg.get("vision") or {}).get("width")) or ((cfg.get("model") or {}).get("vision") or {}).get("width"),
+        "steps_planned": cfg.get("steps"), "last_step": last_step,
+    }
+    finite = loss[np.isfinite(loss)] if len(loss) else loss
+    out["last_loss"] = float(finite[-1]) if len(finite) else None
+    out["nonfinite_loss"] = bool(len(loss) and not np.isfinite(loss).all())
+    if summary is not None and summary.get("status") == "finished":
+        out["status"] = "finished"
+        out["final_loss"] = summary.get("final_loss_avg10", summary.get("final_loss"))
+        out["zeroshot_mean"] = summary.get("zeroshot_mean")
+        out["zeroshot"] = summary.get("zeroshot") or {}
+        out["chance"] = summary.get("chance") or {}
+        out["samples_per_s"] = summary.get("samples_per_s")
+        out["train_seconds"] = summary.get("train_seconds")
+        out["device"] = summary.get("device")
+    else:
+        out["status"] = "incomplete" if summary is None else str(summary.get("status"))
+        out["zeroshot"] = {}
+    # loss spikes and their RMS precursors (when the RMS monitor was on)
+    rms_cols = [c for c in m if c.startswith("rms/")]
+    out["has_rms"] = bool(rms_cols)
+    if len(steps) >= 2 and np.isfinite(loss).sum() >= 2:
+        from lowbit.monitor import find_spikes
+
+        has_loss = np.isfinite(loss)
+        rms = np.stack([m[c] for c in rms_cols], axis=1) if rms_cols else np.zeros((len(steps), 0))
+        has_rms = np.isfinite(rms).any(axis=1) if rms_cols else np.zeros(len(steps), dtype=bool)
+        spikes = find_spikes(steps[has_loss].astype(np.int64), loss[has_loss], steps[has_rms].astype(np.int64),
+                             rms[has_rms], [c[4:] for c in rms_cols], **spike_kw)
+        out["spikes"] = [{"step": s.step, "peak": s.peak, "baseline": s.baseline,
+                          "first": s.first.name if s.first else None, "lag": s.first.lag if s.first else None,
+                          "lags": [p.lag for p in s.precursors]} for s in spikes]
+    else:
+        out["spikes"] = []
+    # feature magnitudes: max over blocks of act/<block> (block outputs, not branches)
+    act_cols = [c for c in m if c.startswith("act/") and not c.endswith("_branch")]
+    if act_cols:
+        a = np.stack([m[c] for c in act_cols], axis=1)
+        with np.errstate(all="ignore"):
+            amax = np.where(np.isnan(a).all(axis=1), np.nan, np.nanmax(np.where(np.isnan(a), -np.inf, a), axis=1))
+        out["act_steps"] = steps.tolist()
+        out["act_max"] = amax.tolist()
+        fin = amax[np.isfinite(amax)]
+        out["act_max_final"] = float(fin[-1]) if len(fin) else None
+        out["act_max_peak"] = float(fin.max()) if len(fin) else None
+        per_block = {c[4:]: float(np.nanmax(m[c])) for c in act_cols if np.isfinite(m[c]).any()}
+        out["act_peak_block"] = max(per_block, key=per_block.get) if per_block else None
+    out["_steps"], out["_loss"] = steps, loss
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+def mean_sd(values: list[float | None]) -> tuple[float, float, int] | None:
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    if not v:
+        return None
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
+
+
+def fmt_ms(ms: tuple[float, float, int] | None, scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
+    if ms is None:
+        return "—"
+    m, s, n = ms
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}{unit} (n={n})"
+
+
+def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(r["group"], []).append(r)
+    out = []
+    for g, rs in groups.items():
+        done = [r for r in rs if r["status"] == "finished"]
+        inc = [r for r in rs if r["status"] != "finished"]
+        spikes = [len(r["spikes"]) for r in rs if r["last_step"]]
+        lags = [s["lag"] for r in rs for s in r["spikes"] if s["lag"] is not None]
+        n_sp = sum(spikes)
+        firsts = Counter(s["first"] for r in rs for s in r["spikes"] if s["first"])
+        first = rs[0]
+        out.append({
+            "group": g, "recipe": first["recipe"], "optimizer": first["optimizer"], "width": first["width"],
+            "layer_scale_init": first["layer_scale_init"], "beta2": first["beta2"], "grad_clip": first["grad_clip"],
+            "lr": first["lr"], "runs": len(rs), "finished": len(done),
+            "incomplete": [f"{Path(r['run']).name}@{r['last_step']}/{r['steps_planned']}"
+                           + (" (non-finite loss)" if r["nonfinite_loss"] else "") for r in inc],
+            "final_loss": mean_sd([r.get("final_loss") for r in done]),
+            "zeroshot_mean": mean_sd([r.get("zeroshot_mean") for r in done]),
+            "zeroshot_tasks": {t: mean_sd([r["zeroshot"].get(t) for r in done])
+                               for t in sorted({t for r in done for t in r["zeroshot"]})},
+            "chance_mean": mean_sd([statistics.fmean(r["chance"].values()) for r in done if r.get("chance")]),
+            "samples_per_s": mean_sd([r.get("samples_per_s") for r in done]),
+            "spikes_per_run": spikes, "spikes_total": n_sp,
+            "spikes_with_precursor": sum(1 for r in rs for s in r["spikes"] if s["first"]),
+            "median_lag": statistics.median(lags) if lags else None,
+            "first_precursor": firsts.most_common(1)[0][0] if firsts else None,
+            "has_rms": any(r["has_rms"] for r in rs),
+            "act_max_final": mean_sd([r.get("act_max_final") for r in rs]),
+            "act_max_peak": mean_sd([r.get("act_max_peak") for r in rs]),
+            "act_peak_block": Counter(r.get("act_peak_block") for r in rs if r.get("act_peak_block")).most_common(1),
+            "_runs": rs,
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("—" if c is None else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _setting(g: dict[str, Any]) -> str:
+    parts = []
+    if g["width"]:
+        parts.append(f"width {g['width']}")
+    if g["layer_scale_init"] is not None:
+        parts.append(f"layer-scale {g['layer_scale_init']}")
+    if g["optimizer"]:
+        parts.append(f"{g['optimizer']} β2 {g['beta2']}" + (f" clip {g['grad_clip']}" if g["grad_clip"] else ""))
+    return ", ".join(parts)
+
+
+def write_markdown(groups: list[dict[str, Any]], out: Path, title: str, pngs: list[str], spike_kw: dict) -> str:
+    md = [f"## {title}", "",
+          "Generated by `experiments/summarize.py` from the run directories; mean ± sample s.d. over seeds (n = "
+          "finished runs). Final loss: mean of the last 10 steps. Zero-shot: top-1 mean over the tasks.", ""]
+    rows = []
+    for g in groups:
+        rows.append([g["group"], g["recipe"], _setting(g), f"{g['finished']}/{g['runs']}",
+                     fmt_ms(g["final_loss"], digits=4), fmt_ms(g["zeroshot_mean"], 100, 1, "%"),
+                     ", ".join(g["incomplete"]) or ""])
+    md += [_md_table(["group", "recipe", "setting", "finished", "final loss", "zero-shot mean", "incomplete runs"],
+                     rows), ""]
+    tasks = sorted({t for g in groups for t in g["zeroshot_tasks"]})
+    if tasks:
+        trows = [[g["group"]] + [fmt_ms(g["zeroshot_tasks"].get(t), 100, 1).split(" (")[0] for t in tasks]
+                 for g in groups]
+        md += ["Zero-shot top-1 per task (%, mean ± s.d.):", "", _md_table(["group", *tasks], trows), ""]
+    if any(g["has_rms"] or g["spikes_total"] for g in groups):
+        srows = [[g["group"], _setting(g), " / ".join(map(str, g["spikes_per_run"])), g["spikes_total"],
+                  f"{g['spikes_with_precursor']}/{g['spikes_total']}" if g["has_rms"] else "no RMS logged",
+                  g["median_lag"], g["first_precursor"]] for g in groups]
+        md += [f"Loss spikes (lowbit.monitor.find_spikes: z ≥ {spike_kw['z_threshold']}, rise ≥ "
+               f"{100 * spike_kw['min_rise']:.0f}% over a {spike_kw['window']}-step window; RMS precursor: RMS > "
+               f"{spike_kw['rms_threshold']} {spike_kw['min_lag']}–{spike_kw['max_lag']} steps before):", "",
+               _md_table(["group", "setting", "spikes per run (seeds)", "total", "with RMS precursor",
+                          "median lag", "most frequent first tensor"], srows), ""]
+    if any(g["act_max_peak"] for g in groups):
+        arows = [[g["group"], g["recipe"], _setting(g), fmt_ms(g["act_max_final"], digits=1),
+                  fmt_ms(g["act_max_peak"], digits=1), g["act_peak_block"][0][0] if g["act_peak_block"] else None]
+                 for g in groups]
+        md += ["Feature magnitudes (max |activation| over the blocks' outputs, `act/<block>` columns):", "",
+               _md_table(["group", "recipe", "setting", "at the end", "peak during training", "block with the peak"],
+                         arows), ""]
+    md += [f"![{p}]({p})" for p in pngs]
+    text = "\n".join(md) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+def plot_all(groups: list[dict[str, Any]], out: Path, spike_kw: dict, per_group_spike_plots: bool = True) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    pngs = []
+    # loss curves: one colour per group, one line per seed
+    fig, ax = plt.subplots(figsize=(10, 5))
+    cmap = plt.get_cmap("tab20")
+    for i, g in enumerate(groups):
+        for j, r in enumerate(g["_runs"]):
+            s, loss = r["_steps"], r["_loss"]
+            if len(s):
+                ax.plot(s, loss, color=cmap(i % 20), lw=0.8, alpha=0.85, label=g["group"] if j == 0 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("training loss (every seed)")
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=110)
+    plt.close(fig)
+    pngs.append("loss_curves.png")
+    # lag histogram
+    lags = [s["lag"] for g in groups for r in g["_runs"] for s in r["spikes"] if s["lag"] is not None]
+    if any(g["has_rms"] for g in groups):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        bins = np.arange(spike_kw["min_lag"] - 0.5, spike_kw["max_lag"] + 1.5)
+        ax.hist(lags, bins=bins, color="tab:blue", edgecolor="black")
+        n_sp = sum(len(r["spikes"]) for g in groups for r in g["_runs"])
+        ax.set_xlabel("lag (steps from the first RMS spike to the loss spike)")
+        ax.set_ylabel("loss spikes")
+        ax.set_title(f"{len(lags)} of {n_sp} loss spikes had an RMS precursor")
+        fig.tight_layout()
+        fig.savefig(out / "spike_lags.png", dpi=110)
+        plt.close(fig)
+        pngs.append("spike_lags.png")
+        if per_group_spike_plots:
+            from lowbit.monitor import plot_spikes
+
+            for g in groups:
+                # the seed with the most spikes, so the plot shows what the table counts
+                r = max(g["_runs"], key=lambda r: len(r["spikes"]))
+                if r["has_rms"]:
+                    name = f"spikes_{g['group'].replace('/', '_')}.png"
+                    kw = {k: v for k, v in spike_kw.items() if k != "rms_threshold"}
+                    plot_spikes(Path(r["_dir"]), out / name,
+                                rms_threshold=spike_kw["rms_threshold"], **kw)
+                    pngs.append(name)
+    # feature magnitudes
+    if any(r.get("act_max") for g in groups for r in g["_runs"]):
+        fig, ax = plt.subplots(figsize=(10, 5))
+        for i, g in enumerate(groups):
+            for j, r in enumerate(g["_runs"]):
+                if r.get("act_max"):
+                    ax.plot(r["act_steps"], r["act_max"], color=cmap(i % 20), lw=0.9,
+                            label=g["group"] if j == 0 else None)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("max |activation| over blocks")
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title("feature magnitudes along training")
+        fig.tight_layout()
+        fig.savefig(out / "feature_magnitudes.png", dpi=110)
+        plt.close(fig)
+        pngs.append("feature_magnitudes.png")
+    return pngs
+
+
+def summarize(roots: list[Path], out: Path, title: str = "Results", spike_kw: dict | None = None,
+              plots: bool = True) -> dict[str, Any]:
+    """Read every run under ``roots``, write ``results.md``, ``summary.json`` and PNGs to ``out``."""
+    spike_kw = {**SPIKE_DEFAULTS, **(spike_kw or {})}
+    runs = []
+    for root in roots:
+        for d in find_runs(root):
+            r = load_run(d, root, spike_kw)
+            r["_dir"] = str(d)
+            runs.append(r)
+    if not runs:
+        raise SystemExit(f"no run directories (metrics.csv / summary.json) under {', '.join(map(str, roots))}")
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_rows(runs)
+    pngs = plot_all(groups, out, spike_kw) if plots else []
+    text = write_markdown(groups, out, title, pngs, spike_kw)
+
+    def clean(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if not k.startswith("_")}
+
+    data = {"groups": [clean(g) for g in groups], "runs": [clean(r) for r in runs], "spike_params": spike_kw}
+    (out / "summary.json").write_text(json.dumps(data, indent=2, default=str))
+    print(text)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("roots", nargs="+", type=Path, help="folders holding run directories")
+    p.add_argument("--out", type=Path, required=True, help="where results.md, summary.json and the PNGs go")
+    p.add_argument("--title", default="Results")
+    p.add_argument("--no-plots", action="store_true")
+    for k, v in SPIKE_DEFAULTS.items():
+        p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v, help=f"spike detection (default {v})")
+    a = p.parse_args(argv)
+    summarize(a.roots, a.out, a.title, {k: getattr(a, k) for k in SPIKE_DEFAULTS}, plots=not a.no_plots)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
