@@ -1,0 +1,101 @@
+"""experiments/: every YAML config is a valid `lowbit train` config, the runners parse, and summarize.py turns
+run directories into the right tables and plots (fake runs built here, with a known spike)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = ROOT / "experiments"
+
+
+def _summarize_module():
+    spec = importlib.util.spec_from_file_location("summarize", EXP / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("path", sorted(EXP.rglob("*.yaml")), ids=lambda p: str(p.relative_to(EXP)))
+def test_configs_are_valid_train_configs(path: Path) -> None:
+    import torch
+
+    from lowbit.models import CLIP, get_config
+    from lowbit.train import resolve_config
+
+    cfg = resolve_config({}, str(path))
+    with torch.device("meta"):
+        CLIP(get_config(cfg.preset, **cfg.model))  # the model overrides validate and build
+
+
+def test_runner_scripts_parse() -> None:
+    for sh in sorted(EXP.glob("*.sh")):
+        subprocess.run(["bash", "-n", str(sh)], check=True)
+
+
+def _write_run(d: Path, losses: list[float], rms_spike_at: int | None, summary: dict | None, acts: bool = True) -> None:
+    d.mkdir(parents=True)
+    cols = ["step", "loss", "lr", "rms/visual.patch_embed.weight", "rms/text.proj.weight", "act/visual.blocks.0",
+            "act/visual.blocks.1"]
+    with (d / "metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for i, loss in enumerate(losses, start=1):
+            rms = 5.0 if i == rms_spike_at else 1.0
+            w.writerow([i, loss, 1e-3, rms, 0.9, 2.0 + i * 0.1 if acts else "", 1.0])
+    (d / "config.yaml").write_text("seed: 0\nrecipe: none\noptimizer: adamw\nbeta2: 0.99\nsteps: 100\n")
+    if summary is not None:
+        (d / "summary.json").write_text(json.dumps(summary))
+
+
+def _summary(seed: int, final: float, zs: dict[str, float]) -> dict:
+    return {"status": "finished", "final_loss": final, "final_loss_avg10": final, "zeroshot": zs,
+            "chance": {t: 0.125 for t in zs}, "zeroshot_mean": sum(zs.values()) / len(zs), "samples_per_s": 10.0,
+            "config": {"seed": seed, "recipe": "switchback", "optimizer": "adamw", "beta2": 0.99, "grad_clip": 0.0,
+                       "lr": 1e-3, "steps": 60, "model": {}},
+            "model_config": {"vision": {"width": 384}, "layer_scale_init": None}}
+
+
+def test_summarize_tables_spikes_and_plots(tmp_path: Path) -> None:
+    smooth = [3.0 - 0.01 * i + 0.001 * (i % 3) for i in range(60)]
+    spiky = list(smooth)
+    spiky[39] += 1.0  # step 40; RMS spike at step 37 -> lag 3
+    root = tmp_path / "runs"
+    _write_run(root / "grpA" / "seed0", spiky, 37, _summary(0, 2.5, {"colour": 0.6, "shape": 0.2}))
+    _write_run(root / "grpA" / "seed1", smooth, None, _summary(1, 2.7, {"colour": 0.8, "shape": 0.2}))
+    nan_run = smooth[:30]
+    nan_run[-1] = float("nan")
+    _write_run(root / "grpB" / "seed0", nan_run, None, None)
+    out = tmp_path / "summary"
+    data = _summarize_module().summarize([root], out, title="T")
+    md = (out / "results.md").read_text()
+    # mean ± sample s.d. over the two finished seeds: losses 2.5, 2.7; zero-shot means 0.4, 0.5
+    assert "| grpA | switchback | width 384, adamw β2 0.99 | 2/2 | 2.6000 ± 0.1414 (n=2) | 45.0 ± 7.1% (n=2) |" in md
+    assert "| grpB |" in md and "0/1" in md and "seed0@30/100 (non-finite loss)" in md
+    g = {x["group"]: x for x in data["groups"]}
+    assert g["grpA"]["spikes_per_run"] == [1, 0] and g["grpA"]["spikes_total"] == 1
+    assert g["grpA"]["median_lag"] == 3 and g["grpA"]["first_precursor"] == "visual.patch_embed.weight"
+    assert g["grpB"]["final_loss"] is None  # incomplete runs never enter the means
+    run0 = next(r for r in data["runs"] if r["run"] == "grpA/seed0")
+    assert run0["spikes"][0]["step"] == 40 and run0["act_max_peak"] == pytest.approx(2.0 + 60 * 0.1)
+    for png in ("loss_curves.png", "spike_lags.png", "feature_magnitudes.png", "spikes_grpA.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+        assert f"]({png})" in md
+    assert "Zero-shot top-1 per task" in md and "| grpA | 70.0 ± 14.1 | 20.0 ± 0.0 |" in md
+
+
+def test_run_jobs_budget_and_timeout(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.tsv"
+    jobs.write_text("a\ttrue\nb\tsleep 30\nc\tfalse\n# comment\nd\ttrue\n")
+    log = tmp_path / "log.tsv"
+    subprocess.run(["python3", str(EXP / "run_jobs.py"), str(jobs), "--parallel", "2", "--budget", "6",
+                    "--job-timeout", "2", "--min-start", "0.5", "--log", str(log)], check=True, timeout=60)
+    status = {r["name"]: r["status"] for r in csv.DictReader(log.open(), delimiter="\t")}
+    assert status == {"a": "ok", "b": "timeout", "c": "failed rc=1", "d": "ok"}
+    assert (tmp_path / "logs" / "b.log").is_file()
