@@ -181,3 +181,16 @@ def test_resume_refuses_another_global_batch(tmp_path: Path, fake_data: SimpleNa
         train(_cfg(tmp_path, steps=4, zeroshot="none", batch_size=8, resume=str(tmp_path / "run")))
     train(_cfg(tmp_path, steps=4, zeroshot="none", batch_size=8, accum_steps=2, resume=str(tmp_path / "run")))
     assert sorted(_losses(tmp_path / "run")) == [1, 2, 3, 4]
+
+
+def test_activations_logs_block_magnitudes(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    """--activations adds act/<block> columns: finite, positive, one per transformer block of both towers."""
+    train(_cfg(tmp_path, steps=3, zeroshot="none", activations=True))
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    cols = [k for k in rows[0] if k.startswith("act/")]
+    assert any("visual" in c for c in cols) and any("text" in c for c in cols), cols
+    for r in rows:
+        vals = [float(r[c]) for c in cols]
+        assert all(math.isfinite(v) and v > 0 for v in vals)
+        assert float(r["act_max"]) == max(vals)

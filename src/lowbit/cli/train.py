@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=dest, type=typ, default=None, help=text)
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--monitor", action="store_true", default=None, help="log per-parameter RMS (loss-spike predictor)")
+    parser.add_argument("--activations", action="store_true", default=None,
+                        help="log max |activation| of each transformer block as act/<block>")
     parser.add_argument("--local-loss", action="store_true", default=None,
                         help="each rank: its samples against all gathered ones (open_clip's local_loss)")
     parser.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false", default=None,
@@ -83,7 +85,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (flags left out are not overrides)."""
     out = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest, None) is not None}
-    for name in ("compile", "monitor", "progress", "local_loss", "gather_with_grad"):
+    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     sets = _parse_sets(getattr(args, "sets", []) or [])

@@ -213,8 +213,13 @@ def _quantize_scaled_kernel(
     code = _encode(x, mul, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
     tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + cols[None, :].to(tl.int64) * stride_qk, code,
              mask=mask)
-    if BOTH:  # the transpose too (codes of xᵀ, [K, M]) from the same registers: one read of x for two layouts
-        tl.store(qt_ptr + rows[:, None].to(tl.int64) + cols[None, :].to(tl.int64) * M, code, mask=mask)
+    if BOTH:  # the transpose too (codes of xᵀ, [K, M]) from the same registers: one read of x for two layouts.
+        # Encoded again from the transposed tile rather than storing `code` through transposed pointers: on an
+        # H100 (Triton 3.6) storing one fp8-derived value in two layouts gave wrong transposed codes at some
+        # shapes (bench/scripts/debug_dual.py); a tile of its own stores contiguously along M, too.
+        code_t = _encode(tl.trans(x), mul, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
+        tl.store(qt_ptr + cols[:, None].to(tl.int64) * M + rows[None, :].to(tl.int64), code_t,
+                 mask=(cols[:, None] < K) & (rows[None, :] < M))
 
 
 @triton.jit

@@ -64,6 +64,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int = 0  # CPU threads for PyTorch; 0 = auto (free cores less one, >= 1; see loop.cpu_threads)
     monitor: bool = False  # log per-parameter RMS (lowbit.monitor.RMSMonitor) as rms/<param>
+    activations: bool = False  # log max |output| of each transformer block (lowbit.monitor.ActivationMonitor) as act/<block>
     progress: bool = True  # tqdm progress bar
 
     def __post_init__(self) -> None:
@@ -94,7 +95,7 @@ class TrainConfig:
             _check(name, v, isinstance(v, str), "a string")
         _check("recipe", self.recipe, bool(self.recipe), "a recipe name or 'none'")
         _check("parallel", self.parallel, self.parallel in PARALLEL, f"one of {', '.join(PARALLEL)}")
-        for name in ("compile", "monitor", "progress", "local_loss", "gather_with_grad"):
+        for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _check(
             "local_loss",

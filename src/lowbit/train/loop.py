@@ -60,7 +60,7 @@ __all__ = ["NonFiniteLossError", "resolve_config", "train"]
 # Options that may differ between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = {
     "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
-    "zeroshot_limit", "monitor", "compile", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
+    "zeroshot_limit", "monitor", "activations", "compile", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
@@ -240,6 +240,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if device.type == "cuda":
         if distributed:
             device = torch.device("cuda", local_rank)
+        elif device.index is None:  # set_device needs an index; "cuda" means the current device
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -284,6 +286,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     raw_model = CLIP(model_cfg)
     n_params = count_parameters(raw_model)
     raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks).to(device)
+    act_monitor = None  # hooks go on before sharding / compiling; train-mode forwards only, no per-step sync
+    if cfg.activations:
+        from lowbit.monitor import ActivationMonitor
+
+        act_monitor = ActivationMonitor(raw_model)
     if parallel == "fsdp":  # shard before the optimizer is built: it must hold the DTensor parameters
         if cfg.monitor and cfg.optimizer != "stableadamw":
             raise ValueError("monitor under parallel=fsdp needs optimizer stableadamw (its RMS is reduced over the shards)")
@@ -461,6 +468,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "logit_scale": raw_model.logit_scale.exp().item(),
                     "grad_norm": float(grad_norm),
                     **(monitor.metrics() if monitor is not None else {}),  # rms/<param>, rms_max, ...
+                    **(act_monitor.metrics(reset=True) if act_monitor is not None else {}),  # act/<block>, act_max
                 }
                 assert logger is not None
                 logger.log_step(row)
@@ -481,6 +489,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             logger.close()
         if monitor is not None and hasattr(monitor, "close"):
             monitor.close()
+        if act_monitor is not None:
+            act_monitor.remove()
         if distributed:
             dist.destroy_process_group()
         torch.set_num_threads(threads_before)

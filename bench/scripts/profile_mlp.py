@@ -1,0 +1,29 @@
+"""Where a ViT-H/14 MLP block's fwd+bwd time goes per recipe, eager and compiled (torch.profiler, CUDA time).
+
+    python bench/scripts/profile_mlp.py fp8-tensorwise fp8-switchback
+"""
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lowbit.bench.linear import SHAPES, _fwd_bwd, _make
+
+d_in, hidden, tokens = SHAPES["vit-h-14"]
+for kind in sys.argv[1:] or ["fp8-tensorwise"]:
+    for compiled in (False, True):
+        module = _make(kind, d_in, d_in, "cuda", torch.bfloat16, mlp_hidden=hidden)
+        step, params = _fwd_bwd(module, tokens, d_in, "cuda", torch.bfloat16, compiled)
+        for _ in range(5):
+            step()
+            for p in params:
+                p.grad = None
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                step()
+                for p in params:
+                    p.grad = None
+            torch.cuda.synchronize()
+        print(f"\n### {kind} {'compiled' if compiled else 'eager'}: CUDA time per step, top kernels (10 steps)")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
