@@ -217,3 +217,24 @@ def test_tensorwise_recipes_quantize_x_and_dy_once_for_both_layouts(name: str, d
     y2 = linear(x, w, None, name)
     dx2, dw2 = torch.autograd.grad(y2, [x, w], g)
     assert torch.equal(y, y2) and torch.equal(dx, dx2) and torch.equal(dw, dw2)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),
+                    reason="needs an fp8 GPU")
+@pytest.mark.parametrize("name", ["fp8-switchback", "fp8-tensorwise", "fp8-rowwise"])
+def test_cuda_bf16_layer_cublas_matches_triton(name: str, monkeypatch) -> None:
+    """In bf16 (where the auto backend may pick torch._scaled_mm) the cuBLAS and Triton fp8 matmuls give the
+    same layer, fwd and bwd, to bf16 rounding; all dims are multiples of 16 so cuBLAS takes every matmul."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 128, 96, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(80, 96, device="cuda") / 10).bfloat16()
+    b = torch.randn(80, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(2, 128, 80, device="cuda", dtype=torch.bfloat16)
+    outs = {}
+    for backend in ("triton", "cublas"):
+        monkeypatch.setenv("LOWBIT_FP8_MATMUL", backend)
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = linear(xs, ws, bs, name)
+        outs[backend] = [y, *torch.autograd.grad(y, [xs, ws, bs], g)]
+    for t, c in zip(outs["triton"], outs["cublas"]):
+        assert _rel(c.float(), t.double()) < 1e-2, (name, _rel(c.float(), t.double()))

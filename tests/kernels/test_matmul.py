@@ -131,20 +131,24 @@ def test_fp8_backend_pin_and_support_rules(monkeypatch) -> None:
     e4, e5 = torch.float8_e4m3fn, torch.float8_e5m2
     qa, qb = torch.zeros(8, 32, dtype=e4), torch.zeros(16, 32, dtype=e4)
     s0, row = torch.ones(()), torch.ones(8, 1)
-    assert cublas_fp8_supported(qa, qb, s0, s0, torch.float32)
-    assert not cublas_fp8_supported(qa, torch.zeros(24, 32, dtype=e4), s0, s0, torch.float32)  # N % 16
-    assert not cublas_fp8_supported(qa.to(e5), qb.to(e5), s0, s0, torch.bfloat16)  # e5m2 × e5m2
-    assert not cublas_fp8_supported(qa, qb, row, s0, torch.float32)  # row-wise needs a bf16 output
-    assert not cublas_fp8_supported(qa.to(e5), qb, row, s0, torch.bfloat16)  # and e4m3 on both sides
-    assert cublas_fp8_supported(qa, qb, row, s0, torch.bfloat16)
+    bf = torch.bfloat16
+    assert cublas_fp8_supported(qa, qb, s0, s0, bf)
+    assert cublas_fp8_supported(qa.to(e5), qb, s0, s0, bf)  # e5m2 × e4m3 (dgrad, wgrad)
+    assert not cublas_fp8_supported(qa, qb, s0, s0, torch.float32)  # bf16 output only
+    assert not cublas_fp8_supported(qa, torch.zeros(24, 32, dtype=e4), s0, s0, bf)  # N % 16
+    assert not cublas_fp8_supported(qa.to(e5), qb.to(e5), s0, s0, bf)  # e5m2 × e5m2
+    assert not cublas_fp8_supported(qa.to(e5), qb, row, s0, bf)  # row-wise: e4m3 on both sides
+    assert cublas_fp8_supported(qa, qb, row, s0, bf)
     monkeypatch.setenv("LOWBIT_FP8_MATMUL", "cublas")
-    assert fp8_backend(qa, qb, s0, s0, None, torch.float32) == "cublas"
-    assert fp8_backend(qa.to(e5), qb.to(e5), s0, s0, None, torch.float32) == "triton"  # pinned, unsupported
+    assert fp8_backend(qa, qb, s0, s0, None, bf) == "cublas"
+    assert fp8_backend(qa.to(e5), qb.to(e5), s0, s0, None, bf) == "triton"  # pinned, unsupported
     monkeypatch.setenv("LOWBIT_FP8_MATMUL", "triton")
-    assert fp8_backend(qa, qb, s0, s0, None, torch.float32) == "triton"
+    assert fp8_backend(qa, qb, s0, s0, None, bf) == "triton"
     monkeypatch.setenv("LOWBIT_FP8_MATMUL", "fast")
     with pytest.raises(ValueError, match="LOWBIT_FP8_MATMUL must be auto, triton or cublas"):
-        fp8_backend(qa, qb, s0, s0, None, torch.float32)
+        fp8_backend(qa, qb, s0, s0, None, bf)
+    monkeypatch.delenv("LOWBIT_FP8_MATMUL")
+    assert fp8_backend(qa, qb, s0, s0, None, bf) == "triton"  # the default until verified on a GPU
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),
@@ -153,12 +157,15 @@ def test_auto_fp8_backend_measures_once_and_agrees(monkeypatch) -> None:
     from lowbit.kernels import matmul
 
     monkeypatch.setattr(matmul, "_FP8_CHOICE", {})
-    monkeypatch.delenv("LOWBIT_FP8_MATMUL", raising=False)
+    monkeypatch.setenv("LOWBIT_FP8_MATMUL", "auto")
     a, b = torch.randn(512, 256, device="cuda"), torch.randn(384, 256, device="cuda")
-    for ga, gb, out in (("tensor", "tensor", torch.float32), ("row", "tensor", torch.bfloat16)):
-        qa, sa = quantize(a, "e4m3", ga)
+    bias = torch.randn(384, device="cuda", dtype=torch.bfloat16)
+    for fa, ga, gb, bb in (("e4m3", "tensor", "tensor", None), ("e4m3", "row", "tensor", bias),
+                           ("e5m2", "tensor", "tensor", bias)):
+        qa, sa = quantize(a, fa, ga)
         qb, sb = quantize(b, "e4m3", gb)
-        auto = scaled_mm(qa, qb, sa, sb, out_dtype=out)
-        tri = scaled_mm(qa, qb, sa, sb, out_dtype=out, backend="triton")
-        assert float((auto.float() - tri.float()).norm() / tri.float().norm()) < 2e-3
-    assert len(matmul._FP8_CHOICE) == 2 and set(matmul._FP8_CHOICE.values()) <= {"triton", "cublas"}
+        tri = scaled_mm(qa, qb, sa, sb, bias=bb, out_dtype=torch.bfloat16, backend="triton").float()
+        for backend in ("auto", "cublas"):
+            got = scaled_mm(qa, qb, sa, sb, bias=bb, out_dtype=torch.bfloat16, backend=backend).float()
+            assert float((got - tri).norm() / tri.norm()) < 5e-3, (fa, ga, backend)
+    assert len(matmul._FP8_CHOICE) == 3 and set(matmul._FP8_CHOICE.values()) <= {"triton", "cublas"}

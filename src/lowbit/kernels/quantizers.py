@@ -87,7 +87,7 @@ def quantize_dual(
     """Tensor-wise quantization of 2-D ``x`` into both layouts at once: ``(codes of x, codes of xᵀ, scale)``.
 
     The codes are exactly those of ``quantize(x, fmt, "tensor")`` and of its ``transpose=True`` twin (one
-    scale serves both), but ``x`` is read twice (absmax, then quantize) instead of four times. Tensor-wise
+    scale serves both), from one absmax pass instead of two: ``x`` is read three times instead of four. Tensor-wise
     recipes need both layouts of X (forward and wgrad) and of dY (dgrad and wgrad).
     """
     op = f"quantize_dual[{fmt}, tensor]"

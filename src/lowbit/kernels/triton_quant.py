@@ -188,8 +188,8 @@ def _absmax_kernel(
 
 @triton.jit
 def _quantize_scaled_kernel(
-    x_ptr, q_ptr, qt_ptr, amax_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_qk,
-    PER_COLUMN: tl.constexpr, BOTH: tl.constexpr,
+    x_ptr, q_ptr, amax_ptr, s_ptr, M, K, stride_xm, stride_xk, stride_qm, stride_qk,
+    PER_COLUMN: tl.constexpr,
     FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
     BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -213,13 +213,6 @@ def _quantize_scaled_kernel(
     code = _encode(x, mul, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
     tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + cols[None, :].to(tl.int64) * stride_qk, code,
              mask=mask)
-    if BOTH:  # the transpose too (codes of xᵀ, [K, M]) from the same registers: one read of x for two layouts.
-        # Encoded again from the transposed tile rather than storing `code` through transposed pointers: on an
-        # H100 (Triton 3.6) storing one fp8-derived value in two layouts gave wrong transposed codes at some
-        # shapes (bench/scripts/debug_dual.py); a tile of its own stores contiguously along M, too.
-        code_t = _encode(tl.trans(x), mul, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
-        tl.store(qt_ptr + cols[:, None].to(tl.int64) * M + rows[None, :].to(tl.int64), code_t,
-                 mask=(cols[:, None] < K) & (rows[None, :] < M))
 
 
 @triton.jit
@@ -274,7 +267,7 @@ def quantize_scaled(
 
     Two launches: the absmax reduction (atomic max of bit patterns) and the quantize pass, which derives the
     scale in-kernel. Returns ``(codes, scale)`` with scale ``[K]`` (per column) or ``[]``; with ``both``
-    (tensor-wise only) ``(codes [M, K], codes of xᵀ [K, M], scale)`` from one read of ``x``.
+    (tensor-wise only) ``(codes [M, K], codes of xᵀ [K, M], scale)`` from one absmax pass.
     """
     M, K = x2d.shape
     dev = x2d.device
@@ -284,7 +277,7 @@ def quantize_scaled(
     scale = torch.empty(K if per_column else (), dtype=torch.float32, device=dev)
     shape = (K, M) if transpose else (M, K)
     q = torch.empty(shape, dtype=storage_dtype(fmt), device=dev)
-    qt = torch.empty((K, M), dtype=storage_dtype(fmt), device=dev) if both else q
+    qt = torch.empty((K, M), dtype=storage_dtype(fmt), device=dev) if both else None
     stride_qm, stride_qk = (1, M) if transpose else (K, 1)
     if interpreting():
         bm, bk, row_blocks = 16, 16, 2
@@ -295,11 +288,15 @@ def quantize_scaled(
         ROW_BLOCKS=row_blocks, num_warps=4,
     )
     block = (16, 16) if interpreting() else (64, 64)
-    _quantize_scaled_kernel[(triton.cdiv(M, block[0]), triton.cdiv(K, block[1]))](
-        x2d, q.view(torch.uint8), qt.view(torch.uint8), amax, scale, M, K,
-        x2d.stride(0), x2d.stride(1), stride_qm, stride_qk, PER_COLUMN=per_column, BOTH=both,
-        **_fmt_constants(fmt), BLOCK_M=block[0], BLOCK_K=block[1], num_warps=4,
-    )
+    grid = (triton.cdiv(M, block[0]), triton.cdiv(K, block[1]))
+    # ``both``: a second quantize pass from the same absmax writes xᵀ's codes (one absmax pass saved). A single
+    # pass storing one fp8 tile in both layouts gave wrong transposed codes on an H100 with Triton 3.6 at some
+    # shapes (bench/scripts/debug_dual.py), so each layout has its own, separately tested, store path.
+    for out, (sqm, sqk) in [(q, (stride_qm, stride_qk))] + ([(qt, (1, M))] if both else []):
+        _quantize_scaled_kernel[grid](
+            x2d, out.view(torch.uint8), amax, scale, M, K, x2d.stride(0), x2d.stride(1), sqm, sqk,
+            PER_COLUMN=per_column, **_fmt_constants(fmt), BLOCK_M=block[0], BLOCK_K=block[1], num_warps=4,
+        )
     return (q, qt, scale) if both else (q, scale)
 
 
