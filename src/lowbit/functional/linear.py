@@ -60,14 +60,13 @@ class _LowbitLinearFunction(torch.autograd.Function):
             y = _qmm(qx, qw, fwd.left, fwd.right, bias, x.dtype, sim)
         else:
             y = F.linear(x2d, weight, bias)
-        if saved is not None:
-            pass
-        elif recipe.save == "forward-quantized":
-            saved = qx
-        elif recipe.save == "wgrad-quantized":
-            saved = _quantize_operand(x2d, recipe.wgrad.right, True) if ctx.needs_input_grad[1] else (None, None)
-        else:
-            saved = (x2d, None)
+        if saved is None:  # (quantize_dual above already gave the wgrad layout)
+            if recipe.save == "forward-quantized":
+                saved = qx
+            elif recipe.save == "wgrad-quantized":
+                saved = _quantize_operand(x2d, recipe.wgrad.right, True) if ctx.needs_input_grad[1] else (None, None)
+            else:
+                saved = (x2d, None)
         # W is quantized again in the backward rather than keeping its codes: that costs one small launch pair
         # (≈0.03-0.09 ms for a ViT-H fc1 W on an H100) and keeps the saved memory exactly what the recipe says.
         ctx.save_for_backward(*saved, weight)
