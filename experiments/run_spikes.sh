@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Issue #7 part 3 — loss spikes: adamw, adamw + grad clip 1.0, adamw beta2 0.95, stableadamw; 3 seeds each (12 runs).
+# Setting: lr 4e-3, beta2 0.99 (0.95 for the lower-beta2 variant), warmup 25, batch 128, 200 steps (docs/results.md §3).
 # CPU (default here) or GPU (DEVICE=cuda). OUT/spikes/<variant>/seed<k>/; then summarize.py counts spikes and
 # draws the lag histogram and per-variant spike plots.
 #   OUT=/path/to/out bash experiments/run_spikes.sh                       # CPU, PARALLEL=1, 1 thread each
