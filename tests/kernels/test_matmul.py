@@ -126,6 +126,7 @@ def test_pick_fastest_takes_the_quickest_and_skips_failures() -> None:
 
 
 def test_fp8_backend_pin_and_support_rules(monkeypatch) -> None:
+    from lowbit.kernels import matmul
     from lowbit.kernels.matmul import cublas_fp8_supported, fp8_backend
 
     e4, e5 = torch.float8_e4m3fn, torch.float8_e5m2
@@ -148,7 +149,11 @@ def test_fp8_backend_pin_and_support_rules(monkeypatch) -> None:
     with pytest.raises(ValueError, match="LOWBIT_FP8_MATMUL must be auto, triton or cublas"):
         fp8_backend(qa, qb, s0, s0, None, bf)
     monkeypatch.delenv("LOWBIT_FP8_MATMUL")
-    assert fp8_backend(qa, qb, s0, s0, None, bf) == "triton"  # the default until verified on a GPU
+    calls = []
+    monkeypatch.setattr(matmul, "_FP8_CHOICE", {})
+    monkeypatch.setattr(matmul, "pick_fastest", lambda cands, time_ms: calls.append(sorted(cands)) or "cublas")
+    assert fp8_backend(qa, qb, s0, s0, None, bf) == "cublas"  # the default measures (here: a stub timer) ...
+    assert fp8_backend(qa, qb, s0, s0, None, bf) == "cublas" and calls == [["cublas", "triton"]]  # ... once
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),

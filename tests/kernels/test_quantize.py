@@ -302,17 +302,23 @@ def test_quantize_dual_equals_both_layouts(fmt, shape, dtype, seed, strided, spe
         assert _same_scale(s_ref, s.cpu()), backend
 
 
-@pytest.mark.parametrize("shape", [(200, 96), (200, 80), (130, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(200, 96), (200, 80), (130, 300), (1000, 272)])
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
-def test_quantize_dual_multi_program_grids(fmt, shape) -> None:
-    """Shapes spanning several programs in both grid dimensions (on an H100 a first version of the fp8 dual
-    kernel wrote wrong transposed codes at (200, 96) and (200, 80) while small shapes were right)."""
+def test_transposed_layouts_on_multi_program_grids(fmt, shape, dtype) -> None:
+    """Shapes spanning several programs in both grid dimensions, for every kernel path writing xᵀ: the dual
+    quantizer and the column-/tensor-wise transpose (on an H100 a first version of the fp8 dual kernel wrote
+    wrong transposed codes at (200, 96) and (200, 80) from float32 input while small shapes were right)."""
     from lowbit.kernels import quantize_dual
 
-    x = _sample(shape, torch.float32, 2.0, 17).to(DEVICE)
-    q, qt, s = quantize_dual(x, fmt, backend="triton")
-    q_ref, s_ref = quantize(x.cpu(), fmt, "tensor", backend="torch")
+    x = _sample(shape, torch.float32, 2.0, 17).to(dtype)
+    q_ref, s_ref = quantize(x, fmt, "tensor", backend="torch")
+    q, qt, s = quantize_dual(x.to(DEVICE), fmt, backend="triton")
     assert _same_codes(q_ref, q.cpu()) and _same_codes(q_ref.t().contiguous(), qt.cpu()) and _same_scale(s_ref, s.cpu())
+    for gran in ("tensor", "column"):
+        qt_ref, st_ref = quantize(x, fmt, gran, transpose=True, backend="torch")
+        qt, st_ = quantize(x.to(DEVICE), fmt, gran, transpose=True, backend="triton")
+        assert _same_codes(qt_ref, qt.cpu()) and _same_scale(st_ref, st_.cpu()), gran
 
 
 def test_quantize_dual_errors() -> None:

@@ -74,12 +74,25 @@ def _make(kind: str, d_in: int, d_out: int, device, dtype, mlp_hidden: int | Non
     return convert(m, kind, module_filter=lambda fqn, mod: True)
 
 
-def _fwd_bwd(module: nn.Module, tokens: int, d_in: int, device, dtype, compiled: bool):
+# Timing modes: eager; torch.compile (default mode); CUDA graphs of the eager module's forward and backward
+# (torch.cuda.make_graphed_callables), which removes the per-launch CPU cost (Python + driver) that bounds
+# small layers.
+MODES = ("eager", "compiled", "cudagraphs")
+
+
+def _fwd_bwd(module: nn.Module, tokens: int, d_in: int, device, dtype, mode: bool | str):
+    """(fwd+bwd closure, tensors whose grads to reset); ``mode`` is one of MODES (True/False: compiled/eager)."""
+    mode = {False: "eager", True: "compiled"}.get(mode, mode)  # type: ignore[call-overload]
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     x = torch.randn(tokens, d_in, device=device, dtype=dtype, requires_grad=True)
     with torch.no_grad():
         d_out = module(x[:1]).shape[-1]
     g = torch.randn(tokens, d_out, device=device, dtype=dtype)
-    fn_module = torch.compile(module) if compiled else module
+    if mode == "cudagraphs":
+        fn_module = torch.cuda.make_graphed_callables(module, (x,))
+    else:
+        fn_module = torch.compile(module) if mode == "compiled" else module
 
     def step() -> None:
         fn_module(x).backward(g)
@@ -88,7 +101,7 @@ def _fwd_bwd(module: nn.Module, tokens: int, d_in: int, device, dtype, compiled:
 
 
 def time_block(kind: str, d_in: int, d_out: int, tokens: int, device, dtype=torch.bfloat16,
-               compiled: bool = False, mlp_hidden: int | None = None) -> float:
+               compiled: bool | str = False, mlp_hidden: int | None = None) -> float:
     module = _make(kind, d_in, d_out, device, dtype, mlp_hidden)
     step, grads = _fwd_bwd(module, tokens, d_in, device, dtype, compiled)
     return bench(step, device, grad_to_none=grads)
@@ -106,7 +119,8 @@ def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
         tokens = args.tokens or tokens
         layers = [("mlp", d, d, d4)] if mlp else [("fc1", d, d4, None), ("fc2", d4, d, None)]
         for layer, d_in, d_out, hidden in layers:
-            for compiled in ([False, True] if args.compile else [False]):
+            modes = ["eager"] + (["compiled"] if args.compile else []) + (["cudagraphs"] if args.cudagraphs else [])
+            for compiled in modes:
                 base = time_block("nn.Linear", d_in, d_out, tokens, device, compiled=compiled, mlp_hidden=hidden)
                 for kind in _kinds(args.recipes):
                     try:
@@ -117,7 +131,7 @@ def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
                         ms, err = float("nan"), f"{type(e).__name__}: {e}"[:160]
                     rows.append({"shape": shape, "layer": layer, "tokens": tokens,
                                  "dims": f"{d_in}→{hidden or d_out}" + (f"→{d_out}" if hidden else ""),
-                                 "mode": "compiled" if compiled else "eager", "kind": kind, "ms": ms,
+                                 "mode": compiled, "kind": kind, "ms": ms,
                                  "speedup_vs_bf16": base / ms if ms == ms else None, "error": err})
                     print(f"{shape} {layer} {rows[-1]['mode']} {kind}: {ms:.3f} ms "
                           f"({rows[-1]['speedup_vs_bf16'] or 0:.2f}x)" + (f" [{err}]" if err else ""), flush=True)
@@ -290,6 +304,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", nargs="+", type=int, default=[256, 384, 512, 768, 1024],
                         help="widths for `sweep`")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
+    parser.add_argument("--cudagraphs", action="store_true",
+                        help="also time CUDA graphs of fwd and bwd (make_graphed_callables: no per-launch CPU cost)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for NAME.json and NAME.md")
 

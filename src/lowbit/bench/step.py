@@ -13,7 +13,9 @@ so the numbers are the model's, not the input pipeline's). Every recipe of a pre
 * ``--compile``: ``torch.compile`` of each transformer block (``--compile-scope blocks``, regional compilation:
   one compiled graph per tower, reused by all its blocks, so ViT-H compiles in seconds rather than minutes)
   or of the whole model (``--compile-scope model``). Compilation happens in the warm-up steps and is excluded
-  from the timing (reported as ``warmup_s``).
+  from the timing (reported as ``warmup_s``). ``--cudagraphs`` compiles with ``mode="reduce-overhead"``: the
+  blocks replay CUDA graphs, so the per-launch CPU cost (about 40 µs per Triton launch on the H100 host, several
+  launches per quantized linear) no longer bounds the step.
 * Timing: the median of per-step times after ``--warmup`` steps (CUDA events on CUDA, ``perf_counter`` on the
   CPU); images/s = batch / median; ratio = this row's images/s over the baseline row of the same preset measured
   in the same run. Peak memory: ``torch.cuda.max_memory_allocated`` (reset per row; parameters, gradients and
@@ -119,15 +121,16 @@ def build_model(preset: str, recipe: str, device: torch.device, layers: str = "c
     return model, f"{n_conv}/{n_lin}"
 
 
-def compile_model(model: nn.Module, scope: str) -> nn.Module:
-    """Regional (``blocks``: each transformer block, in place) or whole-model (``model``) ``torch.compile``."""
+def compile_model(model: nn.Module, scope: str, mode: str | None = None) -> nn.Module:
+    """Regional (``blocks``: each transformer block, in place) or whole-model (``model``) ``torch.compile``;
+    ``mode`` is torch.compile's (``"reduce-overhead"``: CUDA graphs)."""
     if scope == "blocks":
         for tower in (model.visual, model.text):
             for block in tower.blocks:
-                block.compile()
+                block.compile(mode=mode)
         return model
     if scope == "model":
-        return torch.compile(model)
+        return torch.compile(model, mode=mode)
     raise ValueError(f"--compile-scope must be blocks or model, got {scope!r}")
 
 
@@ -180,16 +183,20 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     cuda = device.type == "cuda"
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     row: dict[str, Any] = {"preset": preset, "recipe": recipe, "batch": batch, "precision": precision,
-                           "compiled": args.compile_scope if args.compile else "no"}
+                           "compiled": (args.compile_scope + (" +cudagraphs" if args.cudagraphs else ""))
+                           if args.compile else "no"}
     torch.manual_seed(0)
     graphs0 = _graphs()
     model, row["converted"] = build_model(preset, recipe, device, args.layers)
-    fwd = compile_model(model, args.compile_scope) if args.compile else model
+    graphs = args.compile and args.cudagraphs
+    fwd = compile_model(model, args.compile_scope, "reduce-overhead" if graphs else None) if args.compile else model
     images, tokens = random_batch(model, batch, device)
     impl: str | None = None
     opt = make_optimizer(model, args.optimizer, impl)
 
     def step() -> None:
+        if graphs:  # a new iteration: the CUDA graphs may overwrite the last step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             img, txt, scale = fwd(images, tokens)
             loss = clip_loss(img, txt, scale)
@@ -333,6 +340,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--compile", action="store_true", help="torch.compile (see --compile-scope)")
+    parser.add_argument("--cudagraphs", action="store_true",
+                        help="with --compile: torch.compile(mode='reduce-overhead'), replaying CUDA graphs so that "
+                             "kernel launches cost no CPU time")
     parser.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
                         help="blocks: each transformer block (regional, fast to compile); model: the whole model")
     parser.add_argument("--layers", choices=["clip", "auto"], default="clip",

@@ -52,8 +52,8 @@ def scaled_mm(
 
     ``backend``: ``"auto"``, ``"triton"``, ``"torch"`` (the reference: codes multiplied in float32), or
     ``"cublas"`` (``torch._int_mm`` / ``torch._scaled_mm``). ``"auto"`` is PyTorch off CUDA and Triton for
-    int8 on CUDA; for fp8 on CUDA it is :func:`fp8_backend`'s choice (Triton by default; with
-    ``LOWBIT_FP8_MATMUL=auto``, whichever of Triton and ``torch._scaled_mm`` measured faster for the shape).
+    int8 on CUDA; for fp8 on CUDA it is :func:`fp8_backend`'s choice (by default whichever of Triton and
+    ``torch._scaled_mm`` measured faster for the shape; ``LOWBIT_FP8_MATMUL=triton|cublas`` pins one).
     """
     op = "scaled_mm"
     fa, fb = code_format(qa, op), code_format(qb, op)
@@ -101,10 +101,10 @@ def _cublas(qa, qb, sa, sb, fa: Format, fb: Format, bias, out_dtype) -> torch.Te
 # (M, K, N, dtypes, scale kinds, bias?, out dtype, device) → "triton" | "cublas", measured once per process.
 _FP8_CHOICE: dict[tuple, str] = {}
 FP8_BACKEND_ENV = "LOWBIT_FP8_MATMUL"
-# "triton" until the bf16 cuBLAS layer tests (tests/functional test_cuda_bf16_layer_cublas_matches_triton,
-# tests/kernels test_auto_fp8_backend_measures_once_and_agrees) have passed on an H100; set
-# LOWBIT_FP8_MATMUL=auto to opt in to the per-shape choice now.
-DEFAULT_FP8_BACKEND = "triton"
+# "auto" since the bf16 cuBLAS layer tests (tests/functional test_cuda_bf16_layer_cublas_matches_triton,
+# tests/kernels test_auto_fp8_backend_measures_once_and_agrees) passed on an H100 (bench/results/h100/
+# gpu-tests-fp8.txt); LOWBIT_FP8_MATMUL=triton pins lowbit's own kernel.
+DEFAULT_FP8_BACKEND = "auto"
 
 
 def cublas_fp8_supported(qa, qb, sa, sb, out_dtype) -> bool:
@@ -156,7 +156,7 @@ def fp8_backend(qa, qb, sa, sb, bias, out_dtype) -> str:
            out_dtype, qa.device)
     choice = _FP8_CHOICE.get(key)
     if choice is None:
-        if torch.cuda.is_current_stream_capturing():
+        if qa.is_cuda and torch.cuda.is_current_stream_capturing():
             return "cublas" if sa.ndim == sb.ndim == 0 else "triton"
         import triton.testing
 

@@ -1,0 +1,55 @@
+"""Where the CPU time of an eager ViT-B/32 MLP fwd+bwd goes (cProfile), and the cost of single launches.
+
+    python bench/scripts/cprofile_mlp.py switchback fp8-switchback
+"""
+import cProfile
+import pstats
+import sys
+import time
+
+import torch
+
+from lowbit.bench.linear import SHAPES, _fwd_bwd, _make
+from lowbit.kernels import quantize, triton_matmul, triton_quant
+
+
+def per_call_us(fn, n=200) -> float:
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e6
+
+
+x = torch.randn(128, 768, device="cuda", dtype=torch.bfloat16)
+w = torch.randn(3072, 768, device="cuda", dtype=torch.bfloat16)
+qx, sx = quantize(x, "int8", "row")
+qw, sw = quantize(w, "int8", "tensor")
+print("us/call: quantize_rows kernel", per_call_us(lambda: triton_quant.quantize_rows(x, "int8")))
+print("us/call: quantize(row) public", per_call_us(lambda: quantize(x, "int8", "row")))
+print("us/call: quantize(tensor) public", per_call_us(lambda: quantize(w, "int8", "tensor")))
+print("us/call: triton scaled_mm", per_call_us(lambda: triton_matmul.scaled_mm(qx, qw, sx, sw, None, torch.bfloat16)))
+print("us/call: torch.empty", per_call_us(lambda: torch.empty(128, 768, device="cuda")))
+print("us/call: F.linear", per_call_us(lambda: torch.nn.functional.linear(x, w)))
+
+d_in, hidden, tokens = SHAPES["vit-b-32"]
+for kind in sys.argv[1:] or ["switchback"]:
+    module = _make(kind, d_in, d_in, "cuda", torch.bfloat16, mlp_hidden=hidden)
+    step, params = _fwd_bwd(module, tokens, d_in, "cuda", torch.bfloat16, False)
+
+    def one() -> None:
+        step()
+        for p in params:
+            p.grad = None
+
+    print(kind, "ms per MLP step (eager):", per_call_us(one, 30) / 1e3, flush=True)
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(20):
+        one()
+    torch.cuda.synchronize()
+    pr.disable()
+    print(f"\n### {kind}: cProfile of 20 steps, by tottime")
+    pstats.Stats(pr).sort_stats("tottime").print_stats(25)

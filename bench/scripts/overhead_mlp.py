@@ -1,0 +1,39 @@
+"""Is a ViT-H/14 MLP fwd+bwd CPU-bound? Per recipe, eager and compiled: the wall time per step with the CPU
+issuing back to back (sync at the end only), the CPU time to issue one step, and the fp8 matmul choices.
+
+    python bench/scripts/overhead_mlp.py fp8-tensorwise fp8-switchback
+"""
+import sys
+import time
+
+import torch
+
+from lowbit.bench.linear import SHAPES, _fwd_bwd, _make
+from lowbit.kernels import matmul
+
+d_in, hidden, tokens = SHAPES["vit-h-14"]
+for kind in sys.argv[1:] or ["fp8-tensorwise"]:
+    for compiled in (False, True):
+        module = _make(kind, d_in, d_in, "cuda", torch.bfloat16, mlp_hidden=hidden)
+        step, params = _fwd_bwd(module, tokens, d_in, "cuda", torch.bfloat16, compiled)
+
+        def one() -> None:
+            step()
+            for p in params:
+                p.grad = None
+
+        for _ in range(5):
+            one()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        issue = []
+        for _ in range(30):
+            t = time.perf_counter()
+            one()
+            issue.append(time.perf_counter() - t)
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / 30 * 1e3
+        issue.sort()
+        print(f"{kind:16s} {'compiled' if compiled else 'eager':8s} wall/step {wall:.3f} ms, CPU issue/step "
+              f"median {issue[15] * 1e3:.3f} ms", flush=True)
+print("fp8 matmul choices:", {(*k[:3], str(k[3]), str(k[4]), k[5], k[6]): v for k, v in matmul._FP8_CHOICE.items()})

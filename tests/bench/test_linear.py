@@ -1,0 +1,32 @@
+"""``lowbit bench linear/mlp``: the timing harness runs on the CPU at a tiny token count and rejects bad modes."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from lowbit.bench import linear as bench_linear
+
+
+def test_mlp_bench_rows_on_cpu() -> None:
+    parser = argparse.ArgumentParser()
+    bench_linear.add_arguments(parser)
+    args = parser.parse_args(["--shapes", "vit-b-32", "--tokens", "16", "--recipes", "switchback-sim",
+                              "--device", "cpu"])
+    rows = bench_linear.run_linear(args, mlp=True)["rows"]
+    kinds = [r["kind"] for r in rows]
+    assert kinds[:2] == ["nn.Linear", "switchback-sim"] and {r["mode"] for r in rows} == {"eager"}
+    sim = rows[1]
+    assert sim["error"] is None and sim["ms"] > 0 and sim["speedup_vs_bf16"] == pytest.approx(rows[0]["ms"] / sim["ms"])
+    assert sim["dims"] == "768→3072→768" and sim["tokens"] == 16
+
+
+def test_fwd_bwd_modes() -> None:
+    module = torch.nn.Linear(8, 4)
+    step, tensors = bench_linear._fwd_bwd(module, 3, 8, "cpu", torch.float32, "eager")
+    step()
+    assert module.weight.grad is not None and tensors[0].grad.shape == (3, 8)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        bench_linear._fwd_bwd(module, 3, 8, "cpu", torch.float32, "graphs")
