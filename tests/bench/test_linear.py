@@ -23,6 +23,14 @@ def test_mlp_bench_rows_on_cpu() -> None:
     assert sim["dims"] == "768→3072→768" and sim["tokens"] == 16
 
 
+def test_cudagraphs_needs_cuda() -> None:
+    parser = argparse.ArgumentParser()
+    bench_linear.add_arguments(parser)
+    args = parser.parse_args(["--shapes", "vit-b-32", "--tokens", "16", "--device", "cpu", "--cudagraphs"])
+    with pytest.raises(ValueError, match="--cudagraphs needs a CUDA device"):
+        bench_linear.run_linear(args, mlp=True)
+
+
 def test_fwd_bwd_modes() -> None:
     module = torch.nn.Linear(8, 4)
     step, tensors = bench_linear._fwd_bwd(module, 3, 8, "cpu", torch.float32, "eager")

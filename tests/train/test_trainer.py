@@ -194,3 +194,16 @@ def test_activations_logs_block_magnitudes(tmp_path: Path, fake_data: SimpleName
         vals = [float(r[c]) for c in cols]
         assert all(math.isfinite(v) and v > 0 for v in vals)
         assert float(r["act_max"]) == max(vals)
+
+
+def test_compiled_training_with_a_compile_mode_matches_eager(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    """``compile`` with ``compile_mode`` (here reduce-overhead: CUDA graphs on a GPU, plain inductor on the CPU)
+    trains the same model as eager, to float32 rounding; the mode is recorded in the run's config."""
+    common = dict(steps=3, warmup=1, zeroshot="none", save_every=0, recipe="none")
+    train(_cfg(tmp_path, "eager", **common))
+    train(_cfg(tmp_path, "compiled", compile=True, compile_mode="reduce-overhead", **common))
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys() == {1, 2, 3}
+    for step in eager:
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-4, abs=1e-5), step
+    assert "compile_mode: reduce-overhead" in (tmp_path / "compiled" / "config.yaml").read_text()

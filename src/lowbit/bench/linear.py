@@ -113,6 +113,8 @@ def _kinds(recipes: list[str]) -> list[str]:
 
 def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
     device = torch.device(args.device)
+    if getattr(args, "cudagraphs", False) and device.type != "cuda":
+        raise ValueError(f"--cudagraphs needs a CUDA device, got --device {args.device}")
     rows = []
     for shape in args.shapes:
         d, d4, tokens = SHAPES[shape]

@@ -13,11 +13,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["OPTIMIZERS", "PARALLEL", "PRECISIONS", "TrainConfig", "load_yaml"]
+__all__ = ["COMPILE_MODES", "OPTIMIZERS", "PARALLEL", "PRECISIONS", "TrainConfig", "load_yaml"]
 
 OPTIMIZERS = ("adamw", "stableadamw")
 PRECISIONS = ("auto", "bf16", "fp32")
 PARALLEL = ("ddp", "fsdp")
+# torch.compile's modes; the first two of CUDA_GRAPH_MODES replay CUDA graphs, which removes the per-launch CPU cost
+# of the quantized layers (bench/results/h100/step-vit-h-14-cudagraphs.md).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -45,6 +49,7 @@ class TrainConfig:
     stop_at: int = 0  # end this invocation after this step (as if pre-empted); 0 = run to `steps`
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode (COMPILE_MODES); reduce-overhead = CUDA graphs
     # multi-process (torchrun; ignored with one process)
     parallel: str = "ddp"  # ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard per block + root (bf16 params on CUDA)
     local_loss: bool = False  # each rank: logits of its own features against all gathered ones (open_clip's local_loss)
@@ -95,6 +100,12 @@ class TrainConfig:
             _check(name, v, isinstance(v, str), "a string")
         _check("recipe", self.recipe, bool(self.recipe), "a recipe name or 'none'")
         _check("parallel", self.parallel, self.parallel in PARALLEL, f"one of {', '.join(PARALLEL)}")
+        _check("compile_mode", self.compile_mode, self.compile_mode in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}")
+        _check("compile_mode", self.compile_mode, self.compile_mode == "default" or self.compile is True,
+               "'default' unless compile is true (a mode has no effect without compiling)")
+        _check("compile_mode", self.compile_mode, self.compile_mode not in CUDA_GRAPH_MODES or self.accum_steps == 1,
+               "a mode without CUDA graphs when accum_steps > 1 (the cached micro-batch features would be "
+               "overwritten by the next graph replay)")
         for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _check(

@@ -38,7 +38,7 @@ from lowbit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from lowbit.train.config import TrainConfig, load_yaml
+from lowbit.train.config import CUDA_GRAPH_MODES, TrainConfig, load_yaml
 from lowbit.train.distributed import (
     all_finite,
     average_loss,
@@ -60,7 +60,7 @@ __all__ = ["NonFiniteLossError", "resolve_config", "train"]
 # Options that may differ between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = {
     "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
-    "zeroshot_limit", "monitor", "activations", "compile", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
+    "zeroshot_limit", "monitor", "activations", "compile", "compile_mode", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
@@ -310,8 +310,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model: torch.nn.Module = raw_model
     if parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and device.type == "cuda"
+    if graphs and world_size > 1:
+        raise ValueError(f"compile_mode={cfg.compile_mode!r} (CUDA graphs) is not supported with several processes "
+                         "yet; use compile_mode 'default' or 'max-autotune-no-cudagraphs'")
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     monitor = _monitor(cfg, raw_model, optimizer)
 
     # ---------------------------------------------------------------- data
@@ -400,6 +404,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         for step in range(start_step + 1, end_step + 1):  # `step` counts completed updates (1-based)
             t0 = time.perf_counter()
+            if graphs:  # a new iteration: the CUDA graphs may reuse the last step's output memory
+                torch.compiler.cudagraph_mark_step_begin()
             micro = []
             for _ in range(accum):
                 images, tokens = next(batches)
