@@ -24,7 +24,9 @@ try:
 except Exception as e: print('torchao not importable:', e)" 2>&1 | grep -v -i warn | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv >> "$OUT/env.txt" 2>&1
 
-B=${STEP_CMD:-"python3 -m lowbit bench step --compile --steps 8 --warmup 2"}  # STEP_CMD: for a dry run
+# --cudagraphs: the compiled blocks replay CUDA graphs (without them the Triton launches' CPU cost bounds the
+# step: ViT-H fp8-switchback 0.72x without, 0.99x with; bench/results/h100/step-vit-h-14-cudagraphs.md).
+B=${STEP_CMD:-"python3 -m lowbit bench step --compile --cudagraphs --steps 8 --warmup 3"}  # STEP_CMD: for a dry run
 AO="torchao-float8-tensorwise torchao-float8-rowwise torchao-int8-mixed"
 t0=$SECONDS
 stage() {  # stage NAME TIMEOUT_S ARGS...

@@ -86,6 +86,24 @@ def test_module_filter_keeps_projections_and_first_layer() -> None:
         make_clip_module_filter(keep_last_blocks=1)
 
 
+def test_layers_auto_keeps_narrow_linears_16bit() -> None:
+    """``layers="auto"`` = the CLIP filter and lowbit.nn's size threshold: a ViT-H-width MLP linear converts, a
+    1024-wide text-tower linear and the tiny preset's stay 16-bit; ``clip`` converts them all."""
+    wide, narrow = nn.Linear(1280, 5120), nn.Linear(1024, 4096)
+    auto, clip = make_clip_module_filter(layers="auto"), make_clip_module_filter(layers="clip")
+    assert auto("visual.blocks.0.mlp.fc", wide) and not auto("text.blocks.0.mlp.fc", narrow)
+    assert clip("visual.blocks.0.mlp.fc", wide) and clip("text.blocks.0.mlp.fc", narrow)
+    assert not auto("visual.proj", wide)  # the CLIP rules still apply
+    with pytest.raises(ValueError, match="layers must be one of clip, auto"):
+        make_clip_module_filter(layers="wide")
+    try:
+        from lowbit.nn import convert  # noqa: F401
+    except ImportError:
+        return
+    model = convert_clip(CLIP(get_config("tiny")), "switchback-sim", layers="auto")
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+
+
 def test_convert_clip_none_is_identity_and_recipes_use_lowbit_nn() -> None:
     model = CLIP(get_config("tiny"))
     assert convert_clip(model, "none") is model

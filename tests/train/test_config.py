@@ -22,6 +22,7 @@ from lowbit.train import TrainConfig, resolve_config
         ({"grad_clip": float("inf")}, "grad_clip=inf"),
         ({"device": "tpu"}, "device='tpu'"),
         ({"compile": "yes"}, "compile='yes'"),
+        ({"layers": "all"}, "layers='all'.*clip or auto"),
         ({"compile": True, "compile_mode": "fast"}, "compile_mode='fast'.*reduce-overhead"),
         ({"compile_mode": "reduce-overhead"}, "compile_mode='reduce-overhead'.*unless compile is true"),
         ({"compile": True, "compile_mode": "reduce-overhead", "accum_steps": 2}, "compile_mode=.*accum_steps > 1"),

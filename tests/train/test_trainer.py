@@ -207,3 +207,11 @@ def test_compiled_training_with_a_compile_mode_matches_eager(tmp_path: Path, fak
     for step in eager:
         assert compiled[step] == pytest.approx(eager[step], rel=1e-4, abs=1e-5), step
     assert "compile_mode: reduce-overhead" in (tmp_path / "compiled" / "config.yaml").read_text()
+
+
+def test_layers_auto_on_a_narrow_model_warns_and_trains_16bit(
+    tmp_path: Path, fake_data: SimpleNamespace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train(_cfg(tmp_path, steps=1, zeroshot="none", save_every=0, layers="auto", recipe="switchback-sim"))
+    out = capsys.readouterr().out
+    assert "(0/" in out and "layers='auto' leaves every linear" in out

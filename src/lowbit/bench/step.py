@@ -85,16 +85,14 @@ def torchao_anchors() -> dict[str, Callable[[nn.Module, Callable[[str, nn.Module
 
 
 def layer_filter(layers: str) -> Callable[[str, nn.Module], bool]:
-    """Which linears a recipe converts: ``clip`` = ``lowbit train``'s choice; ``auto`` = that and ``lowbit.nn``'s
-    size threshold (layers too small to gain stay 16-bit)."""
-    from lowbit.models import clip_module_filter
-    from lowbit.nn.convert import default_filter
+    """Which linears a recipe converts: ``clip`` = every block linear; ``auto`` = those that also pass
+    ``lowbit.nn``'s size threshold (layers too small to gain stay 16-bit); see ``lowbit.models.convert``."""
+    from lowbit.models import make_clip_module_filter
 
-    if layers == "clip":
-        return clip_module_filter
-    if layers == "auto":
-        return lambda fqn, mod: clip_module_filter(fqn, mod) and default_filter(fqn, mod)
-    raise ValueError(f"--layers must be clip or auto, got {layers!r}")
+    try:
+        return make_clip_module_filter(layers=layers)
+    except ValueError:
+        raise ValueError(f"--layers must be clip or auto, got {layers!r}") from None
 
 
 def build_model(preset: str, recipe: str, device: torch.device, layers: str = "clip") -> tuple[nn.Module, str]:

@@ -31,6 +31,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--workers", "workers", int, "DataLoader worker processes per rank for the training data, 0 = none"),
     ("--steps", "steps", int, "total steps (the cosine schedule's length)"),
     ("--stop-at", "stop_at", int, "end this invocation after this step, as if pre-empted (resume later)"),
+    ("--layers", "layers", str, "clip: convert every block linear; auto: only those wide enough to gain on a GPU "
+     "(>= 1280 on an H100; the tiny preset then keeps all 16-bit)"),
     ("--compile-mode", "compile_mode", str, "with --compile: default, reduce-overhead (CUDA graphs: no per-launch CPU "
      "cost), max-autotune or max-autotune-no-cudagraphs"),
     ("--precision", "precision", str, "bf16 or fp32 (default: bf16 autocast on GPU, fp32 on CPU)"),

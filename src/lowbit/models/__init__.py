@@ -2,11 +2,12 @@
 
 from lowbit.models.clip import CLIP, clip_loss, count_parameters
 from lowbit.models.config import CLIPConfig, TextConfig, VisionConfig, get_config, list_presets
-from lowbit.models.convert import clip_module_filter, convert_clip, make_clip_module_filter
+from lowbit.models.convert import LAYERS, clip_module_filter, convert_clip, make_clip_module_filter
 from lowbit.models.tokenizer import BPETokenizer, ByteTokenizer, get_tokenizer
 
 __all__ = [
     "CLIP",
+    "LAYERS",
     "BPETokenizer",
     "ByteTokenizer",
     "CLIPConfig",

@@ -2,7 +2,9 @@
 
 Like the paper (and open_clip's int8 integration), the first and last layers stay in 16-bit by default: the
 patch embedding (a conv, never converted) and the two final projections (``visual.proj``, ``text.proj``).
-Optionally the last ``keep_last_blocks`` transformer blocks of each tower stay 16-bit too.
+Optionally the last ``keep_last_blocks`` transformer blocks of each tower stay 16-bit too, and with
+``layers="auto"`` the linears that ``lowbit.nn.convert``'s size threshold finds too narrow to gain (on an H100,
+below 1280 wide: a ViT-H's 1024-wide text tower, say) stay 16-bit as well.
 """
 
 from __future__ import annotations
@@ -12,10 +14,17 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["ModuleFilter", "clip_module_filter", "convert_clip", "make_clip_module_filter"]
+__all__ = ["LAYERS", "ModuleFilter", "clip_module_filter", "convert_clip", "make_clip_module_filter"]
 
 ModuleFilter = Callable[[str, nn.Module], bool]
+# Which linears a recipe converts: "clip" = every block linear (the filter below); "auto" = those of them that
+# pass lowbit.nn.convert's size threshold too.
+LAYERS = ("clip", "auto")
 _BLOCK = re.compile(r"^(visual|text)\.blocks\.(\d+)\.")
+
+
+def _any_size(fqn: str, module: nn.Module) -> bool:
+    return True
 
 
 def make_clip_module_filter(
@@ -24,16 +33,25 @@ def make_clip_module_filter(
     keep_projections: bool = True,
     keep_last_blocks: int = 0,
     depths: dict[str, int] | None = None,
+    layers: str = "clip",
 ) -> ModuleFilter:
     """A filter ``(fqn, module) -> bool`` that is True for the ``nn.Linear`` modules a recipe should convert.
 
     ``keep_last_blocks`` > 0 keeps the last blocks of each tower 16-bit; it needs ``depths``
-    (``{"visual": layers, "text": layers}``, which ``convert_clip`` fills in from the model).
+    (``{"visual": layers, "text": layers}``, which ``convert_clip`` fills in from the model). ``layers="auto"``
+    also keeps the linears below ``lowbit.nn.convert``'s size threshold 16-bit.
     """
     if keep_last_blocks < 0:
         raise ValueError(f"keep_last_blocks must be >= 0, got {keep_last_blocks}")
     if keep_last_blocks and depths is None:
         raise ValueError("keep_last_blocks > 0 needs depths={'visual': layers, 'text': layers}")
+    if layers not in LAYERS:
+        raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+    size_ok: ModuleFilter = _any_size
+    if layers == "auto":
+        from lowbit.nn.convert import default_filter
+
+        size_ok = default_filter
 
     def module_filter(fqn: str, module: nn.Module) -> bool:
         if not isinstance(module, nn.Linear):
@@ -47,7 +65,7 @@ def make_clip_module_filter(
             tower, index = m.group(1), int(m.group(2))
             if index >= depths[tower] - keep_last_blocks:
                 return False
-        return True
+        return size_ok(fqn, module)
 
     return module_filter
 
@@ -63,6 +81,7 @@ def convert_clip(
     keep_patch_embed: bool = True,
     keep_projections: bool = True,
     keep_last_blocks: int = 0,
+    layers: str = "clip",
     module_filter: ModuleFilter | None = None,
 ) -> nn.Module:
     """Swap the model's linears to ``recipe`` with ``lowbit.nn.convert`` (``None``/``"none"``: leave as is).
@@ -80,6 +99,7 @@ def convert_clip(
             keep_projections=keep_projections,
             keep_last_blocks=keep_last_blocks,
             depths=depths,
+            layers=layers,
         )
     try:
         from lowbit.nn import convert

@@ -33,6 +33,7 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # CLIPConfig overrides, e.g. {"layer_scale_init": 0.0}
     recipe: str = "switchback"  # a lowbit.nn recipe, or "none" for plain nn.Linear
     keep_last_blocks: int = 0  # transformer blocks per tower kept 16-bit by the recipe filter
+    layers: str = "clip"  # clip: every block linear; auto: only those wide enough to gain (lowbit.models.LAYERS)
     # optimisation
     optimizer: str = "stableadamw"
     lr: float = 1e-3
@@ -95,10 +96,11 @@ class TrainConfig:
         _check("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
         _check("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         _check("model", self.model, isinstance(self.model, dict), "a mapping of CLIPConfig overrides")
-        for name in ("preset", "recipe", "data", "zeroshot", "out", "resume", "device"):
+        for name in ("preset", "recipe", "layers", "data", "zeroshot", "out", "resume", "device"):
             v = getattr(self, name)
             _check(name, v, isinstance(v, str), "a string")
         _check("recipe", self.recipe, bool(self.recipe), "a recipe name or 'none'")
+        _check("layers", self.layers, self.layers in ("clip", "auto"), "clip or auto")
         _check("parallel", self.parallel, self.parallel in PARALLEL, f"one of {', '.join(PARALLEL)}")
         _check("compile_mode", self.compile_mode, self.compile_mode in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}")
         _check("compile_mode", self.compile_mode, self.compile_mode == "default" or self.compile is True,

@@ -285,7 +285,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model_cfg = get_config(cfg.preset, **cfg.model)
     raw_model = CLIP(model_cfg)
     n_params = count_parameters(raw_model)
-    raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks).to(device)
+    raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=cfg.layers).to(device)
     act_monitor = None  # hooks go on before sharding / compiling; train-mode forwards only, no per-step sync
     if cfg.activations:
         from lowbit.monitor import ActivationMonitor
@@ -388,6 +388,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             + (f" | accum {cfg.accum_steps}" if cfg.accum_steps > 1 else "") + f" | {out}",
             flush=True,
         )
+        if n_low == 0 and cfg.recipe not in ("none", "bf16"):
+            print(f"lowbit train: warning: layers={cfg.layers!r} leaves every linear of {cfg.preset} in 16-bit "
+                  f"(none passes the filter), so recipe {cfg.recipe!r} changes nothing", flush=True)
 
     from tqdm.auto import tqdm
 
