@@ -3,6 +3,8 @@
 # 7 settings x 2 seeds, PARALLEL at a time inside BUDGET seconds (default 500 s; < 9 minutes with summarize).
 # OUT/fp8/<recipe>-ls<none|0>/seed<k>/...; feature magnitudes logged when TrainConfig has `activations`.
 #   OUT=/path/to/out bash experiments/run_fp8.sh
+#   LR=1e-3 OUT=/path/to/out bash experiments/run_fp8.sh   # another peak lr (OUT/fp8-lr1e-3/...): at 2e-3 bf16
+#                                                           # without layer-scale failed too, which hides fp8 effects
 set -uo pipefail
 OUT=${OUT:-/tmp/lowbit-out}
 . experiments/_common.sh
@@ -13,12 +15,13 @@ JOB_TIMEOUT=${JOB_TIMEOUT:-420}
 EXTRA=${EXTRA:-}
 [ -n "${STEPS:-}" ] && EXTRA="$EXTRA --steps $STEPS"
 [ -n "${DEVICE:-}" ] && EXTRA="$EXTRA --device $DEVICE"
+[ -n "${LR:-}" ] && EXTRA="$EXTRA --lr $LR"
 if has_option activations; then EXTRA="$EXTRA --set activations=true"; else
   echo "note: TrainConfig has no 'activations' option yet: feature magnitudes are not logged" | tee -a "$OUT/env.txt"; fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # recipe:layer-scale pairs, most important first
 SETTINGS=${SETTINGS:-"fp8-tensorwise:none fp8-tensorwise:0 none:none none:0 fp8-switchback:none fp8-tensorwise-sim:none fp8-tensorwise-sim:0"}
-D="$OUT/fp8"; mkdir -p "$D"
+D="$OUT/fp8${LR:+-lr$LR}"; mkdir -p "$D"
 JOBS="$D/jobs.tsv.in"; : > "$JOBS"
 for seed in $SEEDS; do for s in $SETTINGS; do
   r=${s%%:*}; ls=${s##*:}
