@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from lowbit.bench.common import environment, markdown_table, write_results
+from lowbit.models.convert import LAYERS
 
 HELP = "full CLIP training step (towers, loss, backward, optimizer) per recipe vs bf16: images/s, peak memory"
 
@@ -343,7 +344,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "kernel launches cost no CPU time")
     parser.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
                         help="blocks: each transformer block (regional, fast to compile); model: the whole model")
-    parser.add_argument("--layers", choices=["clip", "auto"], default="clip",
+    parser.add_argument("--layers", choices=list(LAYERS), default="clip",
                         help="clip: every block linear (as lowbit train); auto: also skip layers below "
                              "lowbit.nn's size threshold")
     parser.add_argument("--optimizer", choices=["stableadamw", "adamw"], default="stableadamw")

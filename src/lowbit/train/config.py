@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from lowbit.models.convert import LAYERS
+
 __all__ = ["COMPILE_MODES", "OPTIMIZERS", "PARALLEL", "PRECISIONS", "TrainConfig", "load_yaml"]
 
 OPTIMIZERS = ("adamw", "stableadamw")
@@ -100,7 +102,7 @@ class TrainConfig:
             v = getattr(self, name)
             _check(name, v, isinstance(v, str), "a string")
         _check("recipe", self.recipe, bool(self.recipe), "a recipe name or 'none'")
-        _check("layers", self.layers, self.layers in ("clip", "auto"), "clip or auto")
+        _check("layers", self.layers, self.layers in LAYERS, " or ".join(LAYERS))
         _check("parallel", self.parallel, self.parallel in PARALLEL, f"one of {', '.join(PARALLEL)}")
         _check("compile_mode", self.compile_mode, self.compile_mode in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}")
         _check("compile_mode", self.compile_mode, self.compile_mode == "default" or self.compile is True,
