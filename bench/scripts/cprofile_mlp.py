@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from lowbit.bench.linear import SHAPES, _fwd_bwd, _make
+from lowbit.bench.linear import mlp_step
 from lowbit.kernels import quantize, triton_matmul, triton_quant
 
 
@@ -34,16 +34,8 @@ print("us/call: triton scaled_mm", per_call_us(lambda: triton_matmul.scaled_mm(q
 print("us/call: torch.empty", per_call_us(lambda: torch.empty(128, 768, device="cuda")))
 print("us/call: F.linear", per_call_us(lambda: torch.nn.functional.linear(x, w)))
 
-d_in, hidden, tokens = SHAPES["vit-b-32"]
 for kind in sys.argv[1:] or ["switchback"]:
-    module = _make(kind, d_in, d_in, "cuda", torch.bfloat16, mlp_hidden=hidden)
-    step, params = _fwd_bwd(module, tokens, d_in, "cuda", torch.bfloat16, False)
-
-    def one() -> None:
-        step()
-        for p in params:
-            p.grad = None
-
+    one = mlp_step(kind, "vit-b-32")
     print(kind, "ms per MLP step (eager):", per_call_us(one, 30) / 1e3, flush=True)
     pr = cProfile.Profile()
     pr.enable()

@@ -8,20 +8,12 @@ import time
 
 import torch
 
-from lowbit.bench.linear import SHAPES, _fwd_bwd, _make
+from lowbit.bench.linear import mlp_step
 from lowbit.kernels import matmul
 
-d_in, hidden, tokens = SHAPES["vit-h-14"]
 for kind in sys.argv[1:] or ["fp8-tensorwise"]:
     for compiled in (False, True):
-        module = _make(kind, d_in, d_in, "cuda", torch.bfloat16, mlp_hidden=hidden)
-        step, params = _fwd_bwd(module, tokens, d_in, "cuda", torch.bfloat16, compiled)
-
-        def one() -> None:
-            step()
-            for p in params:
-                p.grad = None
-
+        one = mlp_step(kind, "vit-h-14", compiled)
         for _ in range(5):
             one()
         torch.cuda.synchronize()

@@ -7,23 +7,17 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lowbit.bench.linear import SHAPES, _fwd_bwd, _make
+from lowbit.bench.linear import mlp_step
 
-d_in, hidden, tokens = SHAPES["vit-h-14"]
 for kind in sys.argv[1:] or ["fp8-tensorwise"]:
     for compiled in (False, True):
-        module = _make(kind, d_in, d_in, "cuda", torch.bfloat16, mlp_hidden=hidden)
-        step, params = _fwd_bwd(module, tokens, d_in, "cuda", torch.bfloat16, compiled)
+        one = mlp_step(kind, "vit-h-14", compiled)
         for _ in range(5):
-            step()
-            for p in params:
-                p.grad = None
+            one()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(10):
-                step()
-                for p in params:
-                    p.grad = None
+                one()
             torch.cuda.synchronize()
         print(f"\n### {kind} {'compiled' if compiled else 'eager'}: CUDA time per step, top kernels (10 steps)")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))

@@ -38,3 +38,21 @@ def test_fwd_bwd_modes() -> None:
     assert module.weight.grad is not None and tensors[0].grad.shape == (3, 8)
     with pytest.raises(ValueError, match="mode must be one of"):
         bench_linear._fwd_bwd(module, 3, 8, "cpu", torch.float32, "graphs")
+
+
+def test_mlp_step_runs_and_resets_grads(monkeypatch) -> None:
+    monkeypatch.setitem(bench_linear.SHAPES, "unit", (16, 64, 8))
+    seen = {}
+    real = bench_linear._fwd_bwd
+
+    def spy(*args, **kw):
+        step, tensors = real(*args, **kw)
+        seen["tensors"] = tensors
+        return step, tensors
+
+    monkeypatch.setattr(bench_linear, "_fwd_bwd", spy)
+    one = bench_linear.mlp_step("switchback-sim", "unit", device="cpu", dtype=torch.float32)
+    x, *params = seen["tensors"]
+    assert x.shape == (8, 16) and [tuple(p.shape) for p in params][:2] == [(64, 16), (64,)]
+    one()
+    assert all(t.grad is None for t in seen["tensors"])

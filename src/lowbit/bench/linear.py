@@ -100,6 +100,19 @@ def _fwd_bwd(module: nn.Module, tokens: int, d_in: int, device, dtype, mode: boo
     return step, [x, *module.parameters()]
 
 
+def mlp_step(kind: str, shape: str, mode: bool | str = "eager", device="cuda", dtype=torch.bfloat16):
+    """One fwd+bwd of the MLP block of ``kind`` at preset ``shape``, grads reset after it (for profiling)."""
+    d_in, hidden, tokens = SHAPES[shape]
+    step, tensors = _fwd_bwd(_make(kind, d_in, d_in, device, dtype, hidden), tokens, d_in, device, dtype, mode)
+
+    def one() -> None:
+        step()
+        for t in tensors:
+            t.grad = None
+
+    return one
+
+
 def time_block(kind: str, d_in: int, d_out: int, tokens: int, device, dtype=torch.bfloat16,
                compiled: bool | str = False, mlp_hidden: int | None = None) -> float:
     module = _make(kind, d_in, d_out, device, dtype, mlp_hidden)
