@@ -303,7 +303,9 @@ def test_quantize_dual_equals_both_layouts(fmt, shape, dtype, seed, strided, spe
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(200, 96), (200, 80), (130, 300), (1000, 272)])
+# (1000, 272) spans 16 × 3 programs on the GPU; in the CPU interpreter (16 × 16 tiles) it takes over a minute
+# per case, so CI keeps the three smaller shapes (which already span several programs there).
+@pytest.mark.parametrize("shape", [(200, 96), (200, 80), (130, 300)] + ([(1000, 272)] if DEVICE == "cuda" else []))
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
 def test_transposed_layouts_on_multi_program_grids(fmt, shape, dtype) -> None:
     """Shapes spanning several programs in both grid dimensions, for every kernel path writing xᵀ: the dual
