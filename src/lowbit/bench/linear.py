@@ -114,9 +114,9 @@ def mlp_step(kind: str, shape: str, mode: bool | str = "eager", device="cuda", d
 
 
 def time_block(kind: str, d_in: int, d_out: int, tokens: int, device, dtype=torch.bfloat16,
-               compiled: bool | str = False, mlp_hidden: int | None = None) -> float:
+               mode: bool | str = "eager", mlp_hidden: int | None = None) -> float:
     module = _make(kind, d_in, d_out, device, dtype, mlp_hidden)
-    step, grads = _fwd_bwd(module, tokens, d_in, device, dtype, compiled)
+    step, grads = _fwd_bwd(module, tokens, d_in, device, dtype, mode)
     return bench(step, device, grad_to_none=grads)
 
 
@@ -135,18 +135,18 @@ def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
         layers = [("mlp", d, d, d4)] if mlp else [("fc1", d, d4, None), ("fc2", d4, d, None)]
         for layer, d_in, d_out, hidden in layers:
             modes = ["eager"] + (["compiled"] if args.compile else []) + (["cudagraphs"] if args.cudagraphs else [])
-            for compiled in modes:
-                base = time_block("nn.Linear", d_in, d_out, tokens, device, compiled=compiled, mlp_hidden=hidden)
+            for mode in modes:
+                base = time_block("nn.Linear", d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden)
                 for kind in _kinds(args.recipes):
                     try:
                         ms = base if kind == "nn.Linear" else time_block(
-                            kind, d_in, d_out, tokens, device, compiled=compiled, mlp_hidden=hidden)
+                            kind, d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden)
                         err = None
                     except Exception as e:  # a recipe that cannot run here is reported, not fatal
                         ms, err = float("nan"), f"{type(e).__name__}: {e}"[:160]
                     rows.append({"shape": shape, "layer": layer, "tokens": tokens,
                                  "dims": f"{d_in}→{hidden or d_out}" + (f"→{d_out}" if hidden else ""),
-                                 "mode": compiled, "kind": kind, "ms": ms,
+                                 "mode": mode, "kind": kind, "ms": ms,
                                  "speedup_vs_bf16": base / ms if ms == ms else None, "error": err})
                     print(f"{shape} {layer} {rows[-1]['mode']} {kind}: {ms:.3f} ms "
                           f"({rows[-1]['speedup_vs_bf16'] or 0:.2f}x)" + (f" [{err}]" if err else ""), flush=True)
