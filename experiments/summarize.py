@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import json
 import math
 import statistics
@@ -37,9 +38,19 @@ SPIKE_DEFAULTS = {"window": 20, "min_history": 8, "z_threshold": 6.0, "min_rise"
 
 # ---------------------------------------------------------------------------------------------- reading
 def find_runs(root: Path) -> list[Path]:
-    """Folders under ``root`` (itself included) holding ``metrics.csv`` or ``summary.json``, sorted."""
-    found = {p.parent for name in ("metrics.csv", "summary.json") for p in root.rglob(name)}
+    """Folders under ``root`` (itself included) holding ``metrics.csv`` or a run's ``summary.json``, sorted.
+
+    A summary written by this script (it has ``groups``, and no metrics) is an output, not a run."""
+    found = {p.parent for p in root.rglob("metrics.csv")}
+    found |= {p.parent for p in root.rglob("summary.json") if not _is_summary_output(p)}
     return sorted(found)
+
+
+def _is_summary_output(path: Path) -> bool:
+    try:
+        return "groups" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _f(x: Any) -> float:
@@ -147,7 +158,25 @@ def load_run(run: Path, root: Path, spike_kw: dict[str, Any]) -> dict[str, Any]:
         per_block = {c[4:]: float(np.nanmax(m[c])) for c in act_cols if np.isfinite(m[c]).any()}
         out["act_peak_block"] = max(per_block, key=per_block.get) if per_block else None
     out["_steps"], out["_loss"] = steps, loss
+    # the loss curve, every step up to 400 points, so a later summary can merge this run without its directory
+    keep = slice(None, None, max(1, -(-len(steps) // 400)))
+    out["loss_curve"] = [[int(a), float(b) if np.isfinite(b) else None] for a, b in zip(steps[keep], loss[keep])]
     return out
+
+
+def load_earlier(path: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Runs from an earlier ``summary.json`` (whose run directories were not kept), for one table over device
+    calls. ``only``: glob patterns on the run name (``w768-*/seed0``). A loss curve is restored when stored."""
+    data = json.loads(Path(path).read_text())
+    runs = []
+    for r in data.get("runs", []):
+        if only and not any(fnmatch.fnmatch(r["run"], pat) for pat in only):
+            continue
+        curve = np.array([[a, np.nan if b is None else b] for a, b in r.get("loss_curve") or []], dtype=float)
+        r = {**r, "source": str(path), "_dir": None}
+        r["_steps"], r["_loss"] = (curve[:, 0], curve[:, 1]) if len(curve) else (np.array([]), np.array([]))
+        runs.append(r)
+    return runs
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
@@ -232,6 +261,20 @@ def write_markdown(groups: list[dict[str, Any]], out: Path, title: str, pngs: li
                      ", ".join(g["incomplete"]) or ""])
     md += [_md_table(["group", "recipe", "setting", "finished", "final loss", "zero-shot mean", "incomplete runs"],
                      rows), ""]
+    def _seed_cell(r: dict[str, Any]) -> str:
+        done = r["status"] == "finished" and r.get("final_loss") is not None and r.get("zeroshot_mean") is not None
+        value = f"{r['final_loss']:.3f} / {100 * r['zeroshot_mean']:.1f}%" if done else r["status"]
+        return f"seed {r['seed']}: {value}"
+
+    prows = [[g["group"], "; ".join(_seed_cell(r) for r in g["_runs"])] for g in groups]
+    md += ["Per seed (final loss / zero-shot mean), for paired comparisons:", "",
+           _md_table(["group", "runs"], prows), ""]
+    earlier = sorted({(r["source"], r["run"]) for g in groups for r in g["_runs"] if r.get("source")})
+    if earlier:
+        srcs = sorted({s for s, _ in earlier})
+        md += [f"Runs taken from earlier summaries ({', '.join(f'`{s}`' for s in srcs)}; their directories were not "
+               f"kept, so a curve is plotted only where one was stored): "
+               + ", ".join(f"`{r}`" for _, r in earlier) + ".", ""]
     tasks = sorted({t for g in groups for t in g["zeroshot_tasks"]})
     if tasks:
         trows = [[g["group"]] + [fmt_ms(g["zeroshot_tasks"].get(t), 100, 1).split(" (")[0] for t in tasks]
@@ -270,10 +313,10 @@ def plot_all(groups: list[dict[str, Any]], out: Path, spike_kw: dict, per_group_
     fig, ax = plt.subplots(figsize=(10, 5))
     cmap = plt.get_cmap("tab20")
     for i, g in enumerate(groups):
-        for j, r in enumerate(g["_runs"]):
-            s, loss = r["_steps"], r["_loss"]
-            if len(s):
-                ax.plot(s, loss, color=cmap(i % 20), lw=0.8, alpha=0.85, label=g["group"] if j == 0 else None)
+        drawn = [r for r in g["_runs"] if len(r["_steps"])]  # earlier runs may have no stored curve
+        for j, r in enumerate(drawn):
+            ax.plot(r["_steps"], r["_loss"], color=cmap(i % 20), lw=0.8, alpha=0.85,
+                    label=f"{g['group']} ({len(drawn)} of {len(g['_runs'])})" if j == 0 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
@@ -303,7 +346,7 @@ def plot_all(groups: list[dict[str, Any]], out: Path, spike_kw: dict, per_group_
             for g in groups:
                 # the seed with the most spikes, so the plot shows what the table counts
                 r = max(g["_runs"], key=lambda r: len(r["spikes"]))
-                if r["has_rms"]:
+                if r["has_rms"] and r["_dir"]:
                     name = f"spikes_{g['group'].replace('/', '_')}.png"
                     kw = {k: v for k, v in spike_kw.items() if k != "rms_threshold"}
                     plot_spikes(Path(r["_dir"]), out / name,
@@ -330,8 +373,12 @@ def plot_all(groups: list[dict[str, Any]], out: Path, spike_kw: dict, per_group_
 
 
 def summarize(roots: list[Path], out: Path, title: str = "Results", spike_kw: dict | None = None,
-              plots: bool = True) -> dict[str, Any]:
-    """Read every run under ``roots``, write ``results.md``, ``summary.json`` and PNGs to ``out``."""
+              plots: bool = True, earlier: list[Path] | None = None,
+              earlier_only: list[str] | None = None) -> dict[str, Any]:
+    """Read every run under ``roots``, write ``results.md``, ``summary.json`` and PNGs to ``out``.
+
+    ``earlier``: summary.json files of earlier calls whose runs join the table (``earlier_only`` filters them by
+    run name); a run under ``roots`` replaces an earlier one of the same name (same group and seed)."""
     spike_kw = {**SPIKE_DEFAULTS, **(spike_kw or {})}
     runs = []
     for root in roots:
@@ -339,6 +386,10 @@ def summarize(roots: list[Path], out: Path, title: str = "Results", spike_kw: di
             r = load_run(d, root, spike_kw)
             r["_dir"] = str(d)
             runs.append(r)
+    names = {r["run"] for r in runs}
+    for path in earlier or []:
+        runs += [r for r in load_earlier(path, earlier_only) if r["run"] not in names]
+    runs.sort(key=lambda r: (r["group"], str(r["seed"])))
     if not runs:
         raise SystemExit(f"no run directories (metrics.csv / summary.json) under {', '.join(map(str, roots))}")
     out.mkdir(parents=True, exist_ok=True)
@@ -361,10 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="where results.md, summary.json and the PNGs go")
     p.add_argument("--title", default="Results")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--earlier", type=Path, action="append", default=[],
+                   help="an earlier summary.json whose runs join the table (repeatable; runs under ROOTS win)")
+    p.add_argument("--earlier-only", action="append", default=None, metavar="GLOB",
+                   help="take only the earlier runs whose name matches (repeatable), e.g. 'w768-*/seed0'")
     for k, v in SPIKE_DEFAULTS.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v, help=f"spike detection (default {v})")
     a = p.parse_args(argv)
-    summarize(a.roots, a.out, a.title, {k: getattr(a, k) for k in SPIKE_DEFAULTS}, plots=not a.no_plots)
+    summarize(a.roots, a.out, a.title, {k: getattr(a, k) for k in SPIKE_DEFAULTS}, plots=not a.no_plots,
+              earlier=a.earlier, earlier_only=a.earlier_only)
     return 0
 
 

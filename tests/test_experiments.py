@@ -90,6 +90,36 @@ def test_summarize_tables_spikes_and_plots(tmp_path: Path) -> None:
     assert "Zero-shot top-1 per task" in md and "| grpA | 70.0 ± 14.1 | 20.0 ± 0.0 |" in md
 
 
+
+def test_summarize_merges_earlier_summaries(tmp_path: Path) -> None:
+    """Runs of an earlier device call join the table from its summary.json; a new run of the same name wins."""
+    smooth = [3.0 - 0.01 * i for i in range(60)]
+    mod = _summarize_module()
+    first = tmp_path / "call1"
+    _write_run(first / "grpA" / "seed0", smooth, None, _summary(0, 2.5, {"colour": 0.6}))
+    _write_run(first / "grpA" / "seed1", smooth[:20], None, None)  # cut by the budget in the first call
+    mod.summarize([first], tmp_path / "s1", title="first", plots=False)
+    second = tmp_path / "call2"
+    _write_run(second / "grpA" / "seed1", smooth, None, _summary(1, 2.9, {"colour": 0.8}))
+    _write_run(second / "grpA" / "seed2", smooth, None, _summary(2, 2.7, {"colour": 0.7}))
+    mod.summarize([second], second / "summary", plots=False)  # an earlier output inside the root is no run
+    out = tmp_path / "merged"
+    data = mod.summarize([second], out, title="T", earlier=[tmp_path / "s1" / "summary.json"],
+                         earlier_only=["grpA/*"])
+    g = data["groups"][0]
+    assert (g["runs"], g["finished"], g["incomplete"]) == (3, 3, [])  # the cut seed 1 was replaced
+    assert g["final_loss"][0] == pytest.approx((2.5 + 2.9 + 2.7) / 3) and g["final_loss"][2] == 3
+    runs = {r["run"]: r for r in data["runs"]}
+    assert runs["grpA/seed0"]["source"].endswith("summary.json") and "source" not in runs["grpA/seed1"]
+    assert len(runs["grpA/seed0"]["loss_curve"]) == 60  # restored from the earlier summary, kept for the next
+    md = (out / "results.md").read_text()
+    assert "seed 0: 2.500 / 60.0%; seed 1: 2.900 / 80.0%; seed 2: 2.700 / 70.0%" in md
+    assert "Runs taken from earlier summaries" in md and "`grpA/seed0`" in md
+    assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    none = mod.summarize([second], tmp_path / "m2", plots=False, earlier=[tmp_path / "s1" / "summary.json"],
+                         earlier_only=["other/*"])
+    assert none["groups"][0]["runs"] == 2
+
 def test_run_jobs_budget_and_timeout(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.tsv"
     jobs.write_text("a\ttrue\nb\tsleep 30\nc\tfalse\n# comment\nd\ttrue\n")
