@@ -56,3 +56,17 @@ def test_mlp_step_runs_and_resets_grads(monkeypatch) -> None:
     assert x.shape == (8, 16) and [tuple(p.shape) for p in params][:2] == [(64, 16), (64,)]
     one()
     assert all(t.grad is None for t in seen["tensors"])
+
+
+def test_compiled_quantize_variants_are_timed_side_by_side(monkeypatch) -> None:
+    monkeypatch.setitem(bench_linear.SHAPES, "unit", (16, 64, 8))
+    parser = argparse.ArgumentParser()
+    bench_linear.add_arguments(parser)
+    args = parser.parse_args(["--shapes", "unit", "--recipes", "switchback-sim", "--device", "cpu", "--compile",
+                              "--compiled-quantize", "kernel", "inductor"])
+    assert bench_linear._variants(args) == [("eager", None), ("compiled", "kernel"), ("compiled", "inductor")]
+    rows = bench_linear.run_linear(args, mlp=True)["rows"]
+    got = [(r["mode"], r["kind"]) for r in rows if r["kind"] in ("nn.Linear", "switchback-sim")]
+    assert got == [(m, k) for m in ("eager", "compiled", "compiled (inductor quantize)")
+                   for k in ("nn.Linear", "switchback-sim")]
+    assert all(r["error"] is None and r["ms"] > 0 for r in rows if r["kind"] == "switchback-sim"), rows

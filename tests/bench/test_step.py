@@ -66,3 +66,25 @@ def test_layers_auto_keeps_small_layers_16bit_and_the_step_trains() -> None:
     assert not torch.equal(before, model.visual.blocks[0].mlp.fc.weight)
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert id(model.visual.blocks[0].mlp.fc.weight) in decay and id(model.logit_scale) not in decay
+
+
+def test_compiled_quantize_modes_give_one_row_each(tmp_path: Path) -> None:
+    """``--compiled-quantize kernel inductor``: a compiled lowbit recipe is timed once per mode, side by side;
+    the baseline once. Every row ends its timed steps with a finite loss (else it would hold an error)."""
+    data = _run(tmp_path, "none", "switchback", extra=("--compile", "--compiled-quantize", "kernel", "inductor"))
+    rows = [(r["recipe"], r["quantize"]) for r in data["rows"]]
+    assert rows == [("none", "-"), ("switchback", "kernel"), ("switchback", "inductor")]
+    for r in data["rows"]:
+        assert "error" not in r, r
+        assert r["compiled"] == "blocks" and r["vs_bf16"] > 0 and r["loss"] > 0
+    assert "| tiny | switchback | 4 | blocks | inductor |" in (tmp_path / "step.md").read_text()
+
+
+def test_a_step_with_a_non_finite_loss_is_an_error_row(tmp_path: Path, monkeypatch) -> None:
+    import lowbit.models
+
+    real = lowbit.models.clip_loss
+    monkeypatch.setattr(lowbit.models, "clip_loss", lambda *a: real(*a) * float("nan"))
+    data = _run(tmp_path, "none")
+    (row,) = data["rows"]
+    assert row["error"].startswith("FloatingPointError: tiny none: non-finite loss nan"), row

@@ -26,6 +26,8 @@ from lowbit.train import TrainConfig, resolve_config
         ({"compile": True, "compile_mode": "fast"}, "compile_mode='fast'.*reduce-overhead"),
         ({"compile_mode": "reduce-overhead"}, "compile_mode='reduce-overhead'.*unless compile is true"),
         ({"compile": True, "compile_mode": "reduce-overhead", "accum_steps": 2}, "compile_mode=.*accum_steps > 1"),
+        ({"compile": True, "compiled_quantize": "triton"}, "compiled_quantize='triton'.*kernel, inductor"),
+        ({"compiled_quantize": "inductor"}, "compiled_quantize='inductor'.*unless compile is true"),
         ({"lr": "fast"}, "lr='fast'"),
         ({"bogus": 1}, "unknown training option.*'bogus'"),
     ],

@@ -209,6 +209,21 @@ def test_compiled_training_with_a_compile_mode_matches_eager(tmp_path: Path, fak
     assert "compile_mode: reduce-overhead" in (tmp_path / "compiled" / "config.yaml").read_text()
 
 
+def test_compiled_training_with_inductor_quantization_matches_eager(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    """``compiled_quantize: inductor`` (quantizers traced, fused by inductor) trains the same int8 model as eager
+    (same codes; float32 rounding of the fused sums aside), and the process-wide mode is restored afterwards."""
+    from lowbit.kernels import ops
+
+    common = dict(steps=3, warmup=1, zeroshot="none", save_every=0, recipe="switchback")
+    train(_cfg(tmp_path, "eager", **common))
+    train(_cfg(tmp_path, "inductor", compile=True, compiled_quantize="inductor", **common))
+    eager, fused = _losses(tmp_path / "eager"), _losses(tmp_path / "inductor")
+    assert eager.keys() == fused.keys() == {1, 2, 3}
+    for step in eager:
+        assert fused[step] == pytest.approx(eager[step], rel=1e-4, abs=1e-5), step
+    assert "compiled_quantize: inductor" in (tmp_path / "inductor" / "config.yaml").read_text()
+    assert ops.compiled_quantize() == "kernel"
+
 def test_layers_auto_on_a_narrow_model_warns_and_trains_16bit(
     tmp_path: Path, fake_data: SimpleNamespace, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lowbit.bench.common import bench, environment, markdown_table, write_results
+from lowbit.kernels import ops
 
 # name: (width d, MLP width 4d, tokens per GPU batch) — CLIP towers at their usual per-GPU batch.
 SHAPES: dict[str, tuple[int, int, int]] = {
@@ -124,6 +125,14 @@ def _kinds(recipes: list[str]) -> list[str]:
     return ["nn.Linear", *recipes, *_torchao_variants()]
 
 
+def _variants(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(timing mode, compiled-quantize mode) pairs: eager, then compiled once per requested quantize mode, then
+    CUDA graphs of the eager module."""
+    quants = list(dict.fromkeys(getattr(args, "compiled_quantize", None) or [ops.compiled_quantize()]))
+    return ([("eager", None)] + ([("compiled", q) for q in quants] if args.compile else [])
+            + ([("cudagraphs", None)] if args.cudagraphs else []))
+
+
 def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
     device = torch.device(args.device)
     if getattr(args, "cudagraphs", False) and device.type != "cuda":
@@ -134,19 +143,21 @@ def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
         tokens = args.tokens or tokens
         layers = [("mlp", d, d, d4)] if mlp else [("fc1", d, d4, None), ("fc2", d4, d, None)]
         for layer, d_in, d_out, hidden in layers:
-            modes = ["eager"] + (["compiled"] if args.compile else []) + (["cudagraphs"] if args.cudagraphs else [])
-            for mode in modes:
+            for mode, quant in _variants(args):
+                label = mode if quant in (None, "kernel") else f"{mode} ({quant} quantize)"
                 base = time_block("nn.Linear", d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden)
                 for kind in _kinds(args.recipes):
                     try:
-                        ms = base if kind == "nn.Linear" else time_block(
-                            kind, d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden)
+                        with ops.compiled_quantize_mode(quant or ops.compiled_quantize()):
+                            torch._dynamo.reset()  # the mode is read while tracing: a fresh compile per row
+                            ms = base if kind == "nn.Linear" else time_block(
+                                kind, d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden)
                         err = None
                     except Exception as e:  # a recipe that cannot run here is reported, not fatal
                         ms, err = float("nan"), f"{type(e).__name__}: {e}"[:160]
                     rows.append({"shape": shape, "layer": layer, "tokens": tokens,
                                  "dims": f"{d_in}→{hidden or d_out}" + (f"→{d_out}" if hidden else ""),
-                                 "mode": mode, "kind": kind, "ms": ms,
+                                 "mode": label, "kind": kind, "ms": ms,
                                  "speedup_vs_bf16": base / ms if ms == ms else None, "error": err})
                     print(f"{shape} {layer} {rows[-1]['mode']} {kind}: {ms:.3f} ms "
                           f"({rows[-1]['speedup_vs_bf16'] or 0:.2f}x)" + (f" [{err}]" if err else ""), flush=True)
@@ -319,6 +330,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", nargs="+", type=int, default=[256, 384, 512, 768, 1024],
                         help="widths for `sweep`")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
+    parser.add_argument("--compiled-quantize", nargs="+", choices=list(ops.COMPILED_QUANTIZE), default=None,
+                        help="with --compile: time lowbit recipes with their quantize kernels (kernel) and/or with the "
+                             "quantizers traced for inductor to fuse (inductor); one row set per mode")
     parser.add_argument("--cudagraphs", action="store_true",
                         help="also time CUDA graphs of fwd and bwd (make_graphed_callables: no per-launch CPU cost)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

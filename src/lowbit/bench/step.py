@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from lowbit.bench.common import environment, markdown_table, write_results
+from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
 
 HELP = "full CLIP training step (towers, loss, backward, optimizer) per recipe vs bf16: images/s, peak memory"
@@ -49,8 +51,8 @@ DEFAULT_RECIPES = ["bf16", "switchback", "switchback-m", "fp8-switchback", "fp8-
 # Same batch for every recipe of a preset. Sized for one 80 GB H100 with the bf16 baseline (fp32 master weights
 # and AdamW state, bf16 activations; see experiments/gpu_step.sh for the estimate).
 DEFAULT_BATCH = {"tiny": 8, "vit-s-32": 256, "vit-b-32": 256, "vit-l-14": 128, "vit-h-14": 96}
-COLUMNS = ["preset", "recipe", "batch", "compiled", "converted", "ms_per_step", "images_per_s", "vs_bf16",
-           "peak_mem_GiB", "warmup_s", "graphs", "optimizer", "error"]
+COLUMNS = ["preset", "recipe", "batch", "compiled", "quantize", "converted", "ms_per_step", "images_per_s", "vs_bf16",
+           "peak_mem_GiB", "loss", "warmup_s", "graphs", "optimizer", "error"]
 
 
 # ---------------------------------------------------------------------------------------------- conversion
@@ -193,6 +195,8 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     impl: str | None = None
     opt = make_optimizer(model, args.optimizer, impl)
 
+    last: list[torch.Tensor] = []  # the latest step's loss, read once after the timing (no sync inside it)
+
     def step() -> None:
         if graphs:  # a new iteration: the CUDA graphs may overwrite the last step's outputs
             torch.compiler.cudagraph_mark_step_begin()
@@ -203,6 +207,7 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.clamp_logit_scale_()
+        last[:] = [loss.detach()]
 
     def sync() -> None:
         if cuda:
@@ -242,6 +247,9 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
             t = time.perf_counter()
             step()
             times.append((time.perf_counter() - t) * 1000)
+    row["loss"] = float(last[0])
+    if not math.isfinite(row["loss"]):  # a speed of a step that does not train is no result
+        raise FloatingPointError(f"{preset} {recipe}: non-finite loss {row['loss']} in the timed steps")
     ms = statistics.median(times)
     row.update(ms_per_step=ms, ms_min=min(times), ms_max=max(times), images_per_s=batch / ms * 1000)
     if cuda:
@@ -281,6 +289,17 @@ def _recipes(args: argparse.Namespace) -> list[str]:
     return recipes
 
 
+def _rows(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(recipe, compiled-quantize mode) per row: a compiled lowbit recipe once per requested mode, the rest once
+    (mode None: bf16 and the torchao anchors quantize, if at all, their own way)."""
+    rows: list[tuple[str, str | None]] = []
+    for recipe in _recipes(args):
+        lowbit = recipe not in BASELINES and not recipe.startswith("torchao-")
+        modes = list(dict.fromkeys(args.compiled_quantize)) if lowbit and args.compile else [None]
+        rows += [(recipe, m) for m in modes]
+    return rows
+
+
 def _write(out: str | None, payload: dict[str, Any]) -> str:
     table = markdown_table(payload["rows"], COLUMNS)
     if out:
@@ -304,15 +323,18 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
     for preset in args.preset:
         batch = args.batch_size or DEFAULT_BATCH.get(preset, 64)
         base_ips: float | None = None
-        for recipe in _recipes(args):
-            print(f"[{preset} {recipe}] batch {batch}: building" + (" and compiling" if args.compile else ""), flush=True)
+        for recipe, mode in _rows(args):
+            label = recipe + (f" (quantize: {mode})" if mode else "")
+            print(f"[{preset} {label}] batch {batch}: building" + (" and compiling" if args.compile else ""), flush=True)
             _cleanup(device)
             try:
-                row = time_row(preset, recipe, batch, args, device)
+                with ops.compiled_quantize_mode(mode or ops.compiled_quantize()):
+                    row = time_row(preset, recipe, batch, args, device)
                 err = None
             except Exception as e:  # OOM, compile error, unsupported recipe: recorded, not fatal
                 err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
                 row = {"preset": preset, "recipe": recipe, "batch": batch, "error": err}
+            row["quantize"] = mode or "-"
             if recipe in BASELINES and err is None:
                 base_ips = row["images_per_s"]
             if err is None and base_ips:
@@ -321,10 +343,10 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
             _cleanup(device)
             _write(args.out, payload)
             if err:
-                print(f"[{preset} {recipe}] ERROR {err}", flush=True)
+                print(f"[{preset} {label}] ERROR {err}", flush=True)
             else:
                 mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if "peak_mem_GiB" in row else ""
-                print(f"[{preset} {recipe}] {row['ms_per_step']:.1f} ms/step, {row['images_per_s']:.1f} img/s"
+                print(f"[{preset} {label}] {row['ms_per_step']:.1f} ms/step, {row['images_per_s']:.1f} img/s"
                       f" ({row.get('vs_bf16') or float('nan'):.3f}x bf16){mem}", flush=True)
     return payload
 
@@ -347,6 +369,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", choices=list(LAYERS), default="clip",
                         help="clip: every block linear (as lowbit train); auto: also skip layers below "
                              "lowbit.nn's size threshold")
+    parser.add_argument("--compiled-quantize", nargs="+", choices=list(ops.COMPILED_QUANTIZE),
+                        default=[ops.compiled_quantize()],
+                        help="with --compile, how lowbit recipes quantize: kernel (lowbit's Triton ops) or inductor "
+                             "(traced reference numerics, fused by inductor into the producing op); several: one "
+                             "row per mode, side by side")
     parser.add_argument("--optimizer", choices=["stableadamw", "adamw"], default="stableadamw")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on the CPU")

@@ -35,6 +35,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "(>= 1280 on an H100; the tiny preset then keeps all 16-bit)"),
     ("--compile-mode", "compile_mode", str, "with --compile: default, reduce-overhead (CUDA graphs: no per-launch CPU "
      "cost), max-autotune or max-autotune-no-cudagraphs"),
+    ("--compiled-quantize", "compiled_quantize", str, "with --compile: kernel (lowbit's Triton quantizers) or inductor "
+     "(the same numerics traced, so inductor fuses them into the op producing each tensor)"),
     ("--precision", "precision", str, "bf16 or fp32 (default: bf16 autocast on GPU, fp32 on CPU)"),
     ("--data", "data", str, "training data spec (lowbit.data), e.g. synthetic"),
     ("--zeroshot", "zeroshot", str, "zero-shot evaluation spec, or none"),

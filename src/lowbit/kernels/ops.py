@@ -3,11 +3,19 @@
 Under ``torch.compile`` the layers above call these ops, which dynamo treats as opaque nodes with known
 output shapes, so a compiled model never graph-breaks on a Triton launch or a Python-side check. In eager
 mode the same wrappers call the Python functions directly and skip the custom-op dispatch overhead.
+
+**Compiled quantization** (:func:`set_compiled_quantize`, env ``LOWBIT_COMPILED_QUANTIZE``): with ``"kernel"``
+(the default) a compiled model calls lowbit's Triton quantizers as opaque ops; with ``"inductor"`` it traces the
+PyTorch reference numerics instead (the same float32 operations, so the same codes), which inductor can fuse
+into the op that produces the tensor (LayerNorm, GELU, its backward): one pass over an activation instead of
+two. The matmuls stay lowbit's ops in both modes. The mode is read while tracing: set it before compiling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -89,25 +97,69 @@ def _scaled_mm_op(qa: torch.Tensor, qb: torch.Tensor, scale_a: torch.Tensor, sca
     return _matmul.scaled_mm(qa, qb, scale_a, scale_b, bias=bias, out_dtype=out_dtype)
 
 
+COMPILED_QUANTIZE: tuple[str, ...] = ("kernel", "inductor")
+
+
+def _check_mode(mode: str, where: str) -> str:
+    if mode not in COMPILED_QUANTIZE:
+        raise ValueError(f"{where}: compiled quantization must be one of {COMPILED_QUANTIZE}, got {mode!r}")
+    return mode
+
+
+_compiled_quantize = _check_mode(os.environ.get("LOWBIT_COMPILED_QUANTIZE", "kernel"), "LOWBIT_COMPILED_QUANTIZE")
+
+
+def compiled_quantize() -> str:
+    """How a compiled model quantizes: ``"kernel"`` (lowbit's Triton ops) or ``"inductor"`` (fusable reference)."""
+    return _compiled_quantize
+
+
+def set_compiled_quantize(mode: str) -> str:
+    """Set how models compiled from now on quantize (see the module docstring); returns the previous mode."""
+    global _compiled_quantize
+    previous, _compiled_quantize = _compiled_quantize, _check_mode(mode, "set_compiled_quantize")
+    return previous
+
+
+@contextmanager
+def compiled_quantize_mode(mode: str) -> Iterator[None]:
+    """``with compiled_quantize_mode("inductor"): compiled(x)``: the mode for the compilations inside."""
+    previous = set_compiled_quantize(mode)
+    try:
+        yield
+    finally:
+        set_compiled_quantize(previous)
+
+
+def _as_op() -> bool:
+    """Call the opaque custom op: only while compiling, and only in ``"kernel"`` mode."""
+    return torch.compiler.is_compiling() and _compiled_quantize == "kernel"
+
+
+def _backend() -> str:
+    """The reference numerics when inductor is to fuse them, else the usual device choice."""
+    return "torch" if torch.compiler.is_compiling() else "auto"
+
+
 def quantize(x: torch.Tensor, fmt: str, granularity: str, transpose: bool = False):
-    """:func:`lowbit.kernels.quantize`, as a custom op while compiling."""
-    if torch.compiler.is_compiling():
+    """:func:`lowbit.kernels.quantize`, as a custom op while compiling (or traced, in ``"inductor"`` mode)."""
+    if _as_op():
         return torch.ops.lowbit.quantize(x, fmt, granularity, transpose)
-    return _quantize.quantize(x, fmt, granularity, transpose=transpose)  # type: ignore[arg-type]
+    return _quantize.quantize(x, fmt, granularity, transpose=transpose, backend=_backend())  # type: ignore[arg-type]
 
 
 def quantize_dual(x: torch.Tensor, fmt: str):
-    """:func:`lowbit.kernels.quantize_dual`, as a custom op while compiling."""
-    if torch.compiler.is_compiling():
+    """:func:`lowbit.kernels.quantize_dual`, as a custom op while compiling (or traced, in ``"inductor"`` mode)."""
+    if _as_op():
         return torch.ops.lowbit.quantize_dual(x, fmt)
-    return _quantize.quantize_dual(x, fmt)  # type: ignore[arg-type]
+    return _quantize.quantize_dual(x, fmt, backend=_backend())  # type: ignore[arg-type]
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, fmt: str, granularity: str, dtype: torch.dtype):
-    """:func:`lowbit.kernels.dequantize`, as a custom op while compiling."""
-    if torch.compiler.is_compiling():
+    """:func:`lowbit.kernels.dequantize`, as a custom op while compiling (or traced, in ``"inductor"`` mode)."""
+    if _as_op():
         return torch.ops.lowbit.dequantize(q, scale, fmt, granularity, dtype)
-    return _quantize.dequantize(q, scale, fmt, granularity, dtype)  # type: ignore[arg-type]
+    return _quantize.dequantize(q, scale, fmt, granularity, dtype, backend=_backend())  # type: ignore[arg-type]
 
 
 def scaled_mm(qa, qb, scale_a, scale_b, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:

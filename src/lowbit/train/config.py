@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from lowbit.kernels.ops import COMPILED_QUANTIZE
 from lowbit.models.convert import LAYERS
 
 __all__ = ["COMPILE_MODES", "OPTIMIZERS", "PARALLEL", "PRECISIONS", "TrainConfig", "load_yaml"]
@@ -53,6 +54,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode (COMPILE_MODES); reduce-overhead = CUDA graphs
+    compiled_quantize: str = "kernel"  # compiled models: lowbit's quantize kernels, or "inductor" (fused into producers)
     # multi-process (torchrun; ignored with one process)
     parallel: str = "ddp"  # ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard per block + root (bf16 params on CUDA)
     local_loss: bool = False  # each rank: logits of its own features against all gathered ones (open_clip's local_loss)
@@ -110,6 +112,10 @@ class TrainConfig:
         _check("compile_mode", self.compile_mode, self.compile_mode not in CUDA_GRAPH_MODES or self.accum_steps == 1,
                "a mode without CUDA graphs when accum_steps > 1 (the cached micro-batch features would be "
                "overwritten by the next graph replay)")
+        _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize in COMPILED_QUANTIZE,
+               f"one of {', '.join(COMPILED_QUANTIZE)}")
+        _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize == "kernel" or self.compile is True,
+               "'kernel' unless compile is true (it chooses how a compiled model quantizes)")
         for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _check(

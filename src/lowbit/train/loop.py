@@ -28,6 +28,7 @@ import torch.distributed as dist
 import yaml
 
 import lowbit
+from lowbit.kernels.ops import compiled_quantize_mode
 from lowbit.models import CLIP, clip_loss, convert_clip, count_parameters, get_config, get_tokenizer
 from lowbit.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -60,7 +61,7 @@ __all__ = ["NonFiniteLossError", "resolve_config", "train"]
 # Options that may differ between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = {
     "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
-    "zeroshot_limit", "monitor", "activations", "compile", "compile_mode", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
+    "zeroshot_limit", "monitor", "activations", "compile", "compile_mode", "compiled_quantize", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
@@ -225,6 +226,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     Raises ``NonFiniteLossError`` if the loss becomes NaN/Inf, leaving the last good checkpoint in place.
     """
     cfg.validate()
+    with compiled_quantize_mode(cfg.compiled_quantize):  # read when the compiled model traces: during the run
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     # ---------------------------------------------------------------- processes, device, precision
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world_size > 1
