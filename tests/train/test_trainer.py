@@ -196,33 +196,26 @@ def test_activations_logs_block_magnitudes(tmp_path: Path, fake_data: SimpleName
         assert float(r["act_max"]) == max(vals)
 
 
-def test_compiled_training_with_a_compile_mode_matches_eager(tmp_path: Path, fake_data: SimpleNamespace) -> None:
-    """``compile`` with ``compile_mode`` (here reduce-overhead: CUDA graphs on a GPU, plain inductor on the CPU)
-    trains the same model as eager, to float32 rounding; the mode is recorded in the run's config."""
-    common = dict(steps=3, warmup=1, zeroshot="none", save_every=0, recipe="none")
+@pytest.mark.parametrize(("recipe", "option", "value"), [
+    ("none", "compile_mode", "reduce-overhead"),  # CUDA graphs on a GPU, plain inductor on the CPU
+    ("switchback", "compiled_quantize", "inductor"),  # quantizers traced and fused by inductor: the same codes
+])
+def test_compiled_training_matches_eager(tmp_path: Path, fake_data: SimpleNamespace, recipe: str, option: str,
+                                         value: str) -> None:
+    """``compile`` with a compile option trains the same model as eager, to float32 rounding; the option is
+    recorded in the run's config, and the process-wide compiled-quantize mode is restored afterwards."""
+    from lowbit.kernels import ops
+
+    common = dict(steps=3, warmup=1, zeroshot="none", save_every=0, recipe=recipe)
     train(_cfg(tmp_path, "eager", **common))
-    train(_cfg(tmp_path, "compiled", compile=True, compile_mode="reduce-overhead", **common))
+    train(_cfg(tmp_path, "compiled", compile=True, **{option: value}, **common))
     eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     assert eager.keys() == compiled.keys() == {1, 2, 3}
     for step in eager:
         assert compiled[step] == pytest.approx(eager[step], rel=1e-4, abs=1e-5), step
-    assert "compile_mode: reduce-overhead" in (tmp_path / "compiled" / "config.yaml").read_text()
-
-
-def test_compiled_training_with_inductor_quantization_matches_eager(tmp_path: Path, fake_data: SimpleNamespace) -> None:
-    """``compiled_quantize: inductor`` (quantizers traced, fused by inductor) trains the same int8 model as eager
-    (same codes; float32 rounding of the fused sums aside), and the process-wide mode is restored afterwards."""
-    from lowbit.kernels import ops
-
-    common = dict(steps=3, warmup=1, zeroshot="none", save_every=0, recipe="switchback")
-    train(_cfg(tmp_path, "eager", **common))
-    train(_cfg(tmp_path, "inductor", compile=True, compiled_quantize="inductor", **common))
-    eager, fused = _losses(tmp_path / "eager"), _losses(tmp_path / "inductor")
-    assert eager.keys() == fused.keys() == {1, 2, 3}
-    for step in eager:
-        assert fused[step] == pytest.approx(eager[step], rel=1e-4, abs=1e-5), step
-    assert "compiled_quantize: inductor" in (tmp_path / "inductor" / "config.yaml").read_text()
+    assert f"{option}: {value}" in (tmp_path / "compiled" / "config.yaml").read_text()
     assert ops.compiled_quantize() == "kernel"
+
 
 def test_layers_auto_on_a_narrow_model_warns_and_trains_16bit(
     tmp_path: Path, fake_data: SimpleNamespace, capsys: pytest.CaptureFixture[str]
