@@ -48,7 +48,7 @@ for s in $STAGES; do case $s in
   # 3./4. ViT-L/14 and ViT-B/32, lowbit recipes only
   vit-l-14) stage vit-l-14 240 --preset vit-l-14 --batch-size 128 --no-anchors \
       --recipe bf16 switchback fp8-switchback switchback-m fp8-tensorwise ;;
-  vit-b-32) stage vit-b-32 200 --preset vit-b-32 --batch-size 256 --no-anchors \
+  vit-b-32) stage vit-b-32 280 --preset vit-b-32 --batch-size 256 --no-anchors \
       --recipe bf16 switchback fp8-switchback switchback-m fp8-tensorwise ;;
   # 5. ViT-H/14 with --layers auto: only layers >= 1280 wide converted (the vision tower; the 1024-wide text
   #    tower stays bf16), lowbit.nn.convert's default
