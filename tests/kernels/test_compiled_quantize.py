@@ -107,3 +107,14 @@ def test_mode_validation_and_restore() -> None:
     with ops.compiled_quantize_mode("inductor"):
         assert ops.compiled_quantize() == "inductor"
     assert ops.compiled_quantize() == "kernel"
+
+
+def test_float64_quotient_rounds_like_float32_division() -> None:
+    """The compiled reference divides in float64 and rounds once (inductor's Triton float32 ``/`` is approximate);
+    that must equal the correctly rounded float32 quotient, over a wide range of magnitudes."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1 << 18, generator=g) * torch.exp2(torch.randint(-60, 60, (1 << 18,), generator=g).float())
+    b = torch.randn(1 << 18, generator=g) * torch.exp2(torch.randint(-60, 60, (1 << 18,), generator=g).float())
+    a = torch.cat([a, torch.tensor([448.0, 127.0, 1.0, 57344.0])])
+    b = torch.cat([b, torch.tensor([3.0, 7.0, 3.0, 1e-30])])
+    assert torch.equal((a.double() / b.double()).float(), a / b)

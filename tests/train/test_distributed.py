@@ -17,7 +17,7 @@ import torch
 
 TOL = 1e-5
 STEPS = 4
-COMMON = ["--steps", str(STEPS), "--warmup", "1", "--zeroshot", "none", "--no-progress", "--threads", "1",
+COMMON = ["--device", "cpu", "--steps", str(STEPS), "--warmup", "1", "--zeroshot", "none", "--no-progress", "--threads", "1",
           "--recipe", "none", "--optimizer", "stableadamw", "--lr", "3e-3",
           "--set", "model.vision.layers=1", "--set", "model.text.layers=1"]
 

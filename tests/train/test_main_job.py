@@ -40,7 +40,7 @@ def test_lowbit_train_subprocess_on_synthetic(tmp_path: Path) -> None:
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     """torchrun with 2 CPU processes (gloo) of batch 8 = one process of batch 16: same samples per step
     (ranks interleave the stream), features all-gathered with their gradient, DDP averages."""
-    common = ["--steps", "3", "--warmup", "1", "--zeroshot", "none", "--no-progress", "--threads", "1",
+    common = ["--device", "cpu", "--steps", "3", "--warmup", "1", "--zeroshot", "none", "--no-progress", "--threads", "1",
               "--recipe", "none", "--optimizer", "adamw", "--set", "model.vision.layers=1", "--set", "model.text.layers=1"]
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "lowbit", "train", "--batch-size", "8", "--out", str(tmp_path / "ddp"), *common]

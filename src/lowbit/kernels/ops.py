@@ -9,6 +9,8 @@ mode the same wrappers call the Python functions directly and skip the custom-op
 PyTorch reference numerics instead (the same float32 operations, so the same codes), which inductor can fuse
 into the op that produces the tensor (LayerNorm, GELU, its backward): one pass over an activation instead of
 two. The matmuls stay lowbit's ops in both modes. The mode is read while tracing: set it before compiling.
+On an H100 ``"inductor"`` made the ViT-H/14 training step slower (0.93x vs 0.99x bf16 for fp8-switchback,
+bench/results/h100/step-vit-h-14-compiled-quantize.md), hence the default.
 """
 
 from __future__ import annotations

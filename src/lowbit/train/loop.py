@@ -235,14 +235,19 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world_size > 1
     parallel = cfg.parallel if distributed else None  # None, "ddp" or "fsdp"
-    if distributed:
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
-    else:
-        rank, local_rank = 0, 0
-    master = rank == 0
     device_str = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device_str)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if distributed else 0
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and max(local_rank, device.index or 0) >= gpus:
+        who = f"process LOCAL_RANK={local_rank} needs its own GPU" if distributed else f"{device_str} asked for"
+        raise ValueError(f"device: {who}, but this machine has {gpus} CUDA device(s); "
+                         + ("start fewer processes per node (torchrun --nproc_per_node) or " if distributed else "")
+                         + "train on the CPU (--device cpu)")
+    if distributed:  # the backend follows the device, so `--device cpu` on a GPU machine runs on gloo
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    master = rank == 0
     if device.type == "cuda":
         if distributed:
             device = torch.device("cuda", local_rank)
