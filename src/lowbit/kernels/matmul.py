@@ -77,9 +77,14 @@ def scaled_mm(
         return reference.scaled_mm(qa, qb, sa, sb, fa, fb, bias, out_dtype)
     if backend == "auto" and fa != "int8" and qa.is_cuda and fp8_backend(qa, qb, sa, sb, bias, out_dtype) == "cublas":
         return _cublas(qa, qb, sa, sb, fa, fb, bias, out_dtype)
-    from lowbit.kernels import triton_matmul
+    return _triton(qa, qb, sa, sb, bias, out_dtype)
 
-    return triton_matmul.scaled_mm(qa, qb, sa, sb, bias, out_dtype)
+
+def _triton(qa, qb, sa, sb, bias, out_dtype) -> torch.Tensor:
+    """lowbit's persistent Hopper GEMM (:mod:`lowbit.kernels.gemm`) with the dequantize + bias epilogue."""
+    from lowbit.kernels.gemm import gemm
+
+    return gemm(qa, qb, sa, sb, bias=bias, out_dtype=out_dtype, backend="triton").out
 
 
 def _cublas(qa, qb, sa, sb, fa: Format, fb: Format, bias, out_dtype) -> torch.Tensor:
@@ -160,11 +165,9 @@ def fp8_backend(qa, qb, sa, sb, bias, out_dtype) -> str:
             return "cublas" if sa.ndim == sb.ndim == 0 else "triton"
         import triton.testing
 
-        from lowbit.kernels import triton_matmul
-
         fa, fb = code_format(qa, "scaled_mm"), code_format(qb, "scaled_mm")
         choice = pick_fastest(
-            {"triton": lambda: triton_matmul.scaled_mm(qa, qb, sa, sb, bias, out_dtype),
+            {"triton": lambda: _triton(qa, qb, sa, sb, bias, out_dtype),
              "cublas": lambda: _cublas(qa, qb, sa, sb, fa, fb, bias, out_dtype)},
             lambda fn: triton.testing.do_bench(fn, warmup=3, rep=15),
         )
