@@ -197,3 +197,27 @@ def test_cli_info_bench_preview(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert Image.open(tmp_path / "p.png").size == (48, 32)  # 3 columns x 2 rows of 16 px
     assert main(["data", "info", "/definitely/not/here"]) == 2
     assert "not/here" in capsys.readouterr().err
+
+
+def test_prepare_prints_a_train_command_that_brings_its_zeroshot_task(
+    fashion_src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lowbit data prepare`` ends with a full train command; run as printed (plus a few quick-run flags), the
+    trainer evaluates on the prepared folder's own task, not the synthetic ones (``--zeroshot auto``)."""
+    import shlex
+
+    from lowbit.data.spec import zeroshot_spec
+
+    out = tmp_path / "fm"
+    assert main(["data", "prepare", "fashion-mnist", "--out", str(out), "--source", str(fashion_src)]) == 0
+    command = capsys.readouterr().out.strip().splitlines()[-1].strip()
+    assert command == f"lowbit train --data {out} --out runs/fm"
+    assert zeroshot_spec("auto", str(out)) == str(out)
+    assert zeroshot_spec("auto", "synthetic") == zeroshot_spec("auto", str(tmp_path)) == "synthetic"
+    assert zeroshot_spec("none", str(out)) == "none" and zeroshot_spec("synthetic", str(out)) == "synthetic"
+
+    run = tmp_path / "run"
+    quick = ["--steps", "2", "--warmup", "1", "--batch-size", "4", "--no-progress", "--threads", "1", "--out", str(run)]
+    assert main(shlex.split(command)[1:] + quick) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary["zeroshot"]) == ["fashion-mnist"] and summary["chance"]["fashion-mnist"] == 0.1

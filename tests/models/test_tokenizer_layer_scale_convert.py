@@ -19,7 +19,7 @@ from lowbit.models import (
     get_tokenizer,
 )
 from lowbit.models.convert import make_clip_module_filter
-from lowbit.models.tokenizer import find_bpe_vocab
+from lowbit.models.tokenizer import BPE_VOCAB_FILE, find_bpe_vocab
 from lowbit.nn.layer_scale import LayerScale
 
 
@@ -42,15 +42,84 @@ def test_byte_tokenizer_truncation_keeps_end_token() -> None:
         ByteTokenizer(1)
 
 
-def test_bpe_tokenizer_clear_error_or_works() -> None:
-    if find_bpe_vocab() is None:
-        with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6"):
-            get_tokenizer("bpe", 77)
-    else:
-        t = get_tokenizer("bpe", 77)(["a photo of a cat"])
-        assert t[0, 0].item() == 49406 and 49407 in t[0].tolist()
+def test_bpe_tokenizer_ships_its_vocabulary() -> None:
+    """The merges file and its license notice are in the package, so ``bpe`` needs no network and no open_clip."""
+    assert find_bpe_vocab() == BPE_VOCAB_FILE and BPE_VOCAB_FILE.is_file()
+    assert "MIT License" in BPE_VOCAB_FILE.with_name("bpe_simple_vocab_16e6.LICENSE").read_text()
+    t = get_tokenizer("bpe", 77)(["a photo of a cat"])
+    assert t[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
     with pytest.raises(ValueError, match="unknown tokenizer"):
         get_tokenizer("chars")
+
+
+# Expected ids from OpenAI CLIP's own tokenizer (open_clip 3.3.0 ``SimpleTokenizer.encode``, run once on the same
+# vocabulary file); they pin lowbit's re-implementation of the BPE to CLIP's.
+CLIP_IDS = {
+    "a photo of a cat.": [320, 1125, 539, 320, 2368, 269],
+    "A diagram of a red circle on a blue background": [320, 22697, 539, 320, 736, 7117, 525, 320, 1746, 5994],
+    "it's 2026!  Hello, world": [585, 568, 273, 271, 273, 277, 256, 3306, 267, 1002],
+    "naïve café &amp; crème brûlée": [1097, 35689, 563, 15304, 261, 1075, 12138, 614, 711, 127, 119, 75, 13489],
+    "photosynthesis unbelievably": [1153, 21602, 33781],
+}
+
+
+@pytest.mark.parametrize("text", list(CLIP_IDS))
+def test_bpe_tokenizer_matches_clip_ids(text: str) -> None:
+    tok = get_tokenizer("bpe", 77)
+    assert tok.encode(text) == CLIP_IDS[text]
+    assert tok(text)[0, : len(CLIP_IDS[text]) + 2].tolist() == [49406, *CLIP_IDS[text], 49407]
+
+
+def test_bpe_tokenizer_ids_follow_the_merges() -> None:
+    """Ids are laid out as CLIP's: 256 byte symbols, the same with ``</w>``, one per merge, then start/end."""
+    tok = get_tokenizer("bpe", 77)
+    with gzip.open(BPE_VOCAB_FILE, "rt", encoding="utf-8") as f:
+        merges = f.read().split("\n")[1:49152 - 256 - 2 + 1]
+    for rank in (0, 1, 1000, len(merges) - 1):
+        a, b = merges[rank].split()
+        assert tok.encoder[a + b] == 512 + rank
+    assert tok.encoder["<start_of_text>"] == 49406 and tok.encoder["<end_of_text>"] == 49407
+
+
+def test_bpe_vocab_override_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError, match="vocab_path"):
+        BPETokenizer(vocab_path=tmp_path / "missing.txt.gz")
+    monkeypatch.setenv("LOWBIT_BPE_VOCAB", str(tmp_path / "missing.txt.gz"))
+    with pytest.raises(FileNotFoundError, match="LOWBIT_BPE_VOCAB"):
+        find_bpe_vocab()
+
+
+_OFFLINE = """
+import socket, sys
+sys.modules["open_clip"] = None  # importing open_clip now fails
+def _no_network(*a, **k):
+    raise OSError("network used")
+socket.socket.connect = _no_network
+socket.create_connection = _no_network
+import torch
+from lowbit.models import CLIP, get_config, get_tokenizer, list_presets
+for name in list_presets():
+    cfg = get_config(name)
+    tokens = get_tokenizer(cfg.tokenizer, cfg.text.context_length)(["a photo of a cat", "a red circle"])
+    assert tokens.shape == (2, cfg.text.context_length) and int(tokens.max()) < cfg.text.vocab_size, name
+    with torch.device("meta"):  # builds every layer without allocating ViT-H's 4 GB
+        model = CLIP(cfg)
+        features = model.encode_text(tokens.to("meta"))
+    assert features.shape == (2, cfg.embed_dim), name
+    print(name, "ok")
+"""
+
+
+def test_every_preset_builds_and_tokenizes_offline() -> None:
+    """Every preset's tokenizer works in a process that cannot import open_clip or open a connection."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _OFFLINE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    from lowbit.models import list_presets
+
+    assert out.stdout.split() == [w for name in list_presets() for w in (name, "ok")]
 
 
 def test_layer_scale() -> None:

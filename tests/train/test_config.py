@@ -39,7 +39,7 @@ def test_validation_names_the_bad_value(override: dict, match: str) -> None:
 
 def test_defaults_are_the_main_job() -> None:
     c = TrainConfig()
-    assert (c.preset, c.recipe, c.optimizer, c.data, c.zeroshot) == ("tiny", "switchback", "stableadamw", "synthetic", "synthetic")
+    assert (c.preset, c.recipe, c.optimizer, c.data, c.zeroshot) == ("tiny", "switchback", "stableadamw", "synthetic", "auto")
 
 
 def test_yaml_then_command_line_precedence(tmp_path: Path) -> None:

@@ -28,5 +28,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(_bench="lowbit.bench.step")
 
 
+CPU_WARNING = (
+    "lowbit bench {what}: warning: running on the CPU ({why}). CPU timings say nothing about the GPU speed-ups "
+    "this project reports (those are ratios measured on an H100, bench/results/h100/): lowbit's quantized layers "
+    "run the PyTorch reference numerics here. Use a CPU run only to check that the benchmark works."
+)
+
+
+def cpu_warning(args: argparse.Namespace) -> str | None:
+    """The warning to print when this benchmark's timings come from the CPU (``memory`` counts bytes: none)."""
+    if args.what == "memory":
+        return None
+    import torch
+
+    device = str(getattr(args, "device", "auto") or "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not device.startswith("cpu"):
+        return None
+    why = "no CUDA GPU found" if not torch.cuda.is_available() else f"--device {device}"
+    return CPU_WARNING.format(what=args.what, why=why)
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    warning = cpu_warning(args)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return int(importlib.import_module(args._bench).run(args) or 0)

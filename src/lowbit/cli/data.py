@@ -57,7 +57,10 @@ def _prepare(args: argparse.Namespace) -> int:
         force=args.force, log=lambda m: print(m, flush=True),
     )  # fmt: skip
     counts = ", ".join(f"{s}: {v['count']}" for s, v in manifest["splits"].items())
-    print(f"prepared {args.dataset} in {args.out} ({counts}); train with --data {args.out}")
+    from lowbit.data.spec import train_command
+
+    print(f"prepared {args.dataset} in {args.out} ({counts}); its zero-shot task comes with it. Train with:")
+    print(f"  {train_command(args.out)}")
     return 0
 
 

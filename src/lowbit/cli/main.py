@@ -2,14 +2,18 @@
 
 Each sub-command lives in its own module ``lowbit.cli.<name>`` that defines ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules import heavy dependencies inside ``run`` so that
-``lowbit --help`` stays fast.
+``lowbit --help`` stays fast. A module whose options default to ``None`` because the real defaults live elsewhere
+(``lowbit train``: ``TrainConfig``) may define ``help_defaults() -> dict[dest, value]``; ``--help`` shows them.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import sys
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from lowbit._version import __version__
 
@@ -20,6 +24,59 @@ COMMANDS: dict[str, str] = {
     "plot": "lowbit.cli.plot",
     "data": "lowbit.cli.data",
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: argparse's own, or ``defaults_source()``'s for options whose
+    argparse default is ``None`` (loaded only when help is printed). Flags (store_true/false), help that already
+    names its default, and options without one are left as written."""
+
+    defaults_source: ClassVar[Callable[[], dict[str, Any]] | None] = None
+    _loaded: ClassVar[dict[str, Any] | None] = None
+
+    def _default_text(self, action: argparse.Action) -> str:
+        """``(default: X)``, or "" when the option has none worth showing."""
+        if isinstance(action, argparse._StoreConstAction | argparse._HelpAction | argparse._VersionAction):
+            return ""  # flags: the default is "not given"
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return ""  # a required positional has no default
+        default = action.default
+        cls = type(self)
+        if default is None and cls.defaults_source is not None:
+            if cls._loaded is None:
+                cls._loaded = cls.defaults_source()
+            default = cls._loaded.get(action.dest)
+        if default is None or default is argparse.SUPPRESS or default in ([], ""):
+            return ""
+        if isinstance(default, list | tuple):
+            default = " ".join(map(str, default))
+        return f"(default: {str(default).replace('%', '%%')})"
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower():
+            return text  # already says it
+        extra = self._default_text(action)
+        return f"{text} {extra}" if extra else text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not (action.help and action.help.strip()) and self._default_text(action):
+            action = copy.copy(action)  # argparse prints no help line for an option without help text
+            action.help = self._default_text(action)
+        return super()._format_action(action)
+
+
+def _formatter(source: Callable[[], dict[str, Any]] | None) -> type[HelpFormatter]:
+    return type("HelpFormatter", (HelpFormatter,), {"defaults_source": staticmethod(source) if source else None})
+
+
+def _apply_formatter(parser: argparse.ArgumentParser, formatter: type[HelpFormatter]) -> None:
+    """Give ``parser`` and every nested sub-command parser ``formatter`` (argparse does not pass it down)."""
+    parser.formatter_class = formatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _apply_formatter(child, formatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        _apply_formatter(p, _formatter(getattr(module, "help_defaults", None)))
         p.set_defaults(_run=module.run)
     return parser
 

@@ -1,4 +1,5 @@
-"""``lowbit plot RUN_DIR``: PNGs of a training run (loss, learning rate, zero-shot accuracy, RMS per layer).
+"""``lowbit plot RUN_DIR``: PNGs of a training run (loss, learning rate, zero-shot accuracy, RMS per parameter with
+``--monitor``, largest activation per block with ``--activations``).
 
 ``lowbit plot spikes RUN_DIR``: the loss-spike / RMS diagnostic figure of ``lowbit.monitor.plot_spikes``.
 """
@@ -9,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "plot a run: loss, lr, zero-shot accuracy, RMS (or `plot spikes RUN_DIR`)"
+HELP = "plot a run: loss, lr, zero-shot accuracy, RMS, activations (or `plot spikes RUN_DIR`)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

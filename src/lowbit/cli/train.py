@@ -39,7 +39,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "(the same numerics traced, so inductor fuses them into the op producing each tensor)"),
     ("--precision", "precision", str, "bf16 or fp32 (default: bf16 autocast on GPU, fp32 on CPU)"),
     ("--data", "data", str, "training data spec (lowbit.data), e.g. synthetic"),
-    ("--zeroshot", "zeroshot", str, "zero-shot evaluation spec, or none"),
+    ("--zeroshot", "zeroshot", str, "zero-shot evaluation spec; auto: a prepared --data folder's own tasks, else "
+     "synthetic; none: no evaluation"),
     ("--zeroshot-limit", "zeroshot_limit", int, "images per zero-shot task, 0 = all"),
     ("--out", "out", str, "run directory (default runs/<timestamp>; with --resume, the checkpoint's directory)"),
     ("--resume", "resume", str, "continue exactly from a checkpoint file or run directory"),
@@ -50,6 +51,15 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
     ("--threads", "threads", int, "CPU threads, 0 = auto (free cores less one, at least 1)"),
 ]
+
+
+def help_defaults() -> dict[str, Any]:
+    """TrainConfig's defaults, shown by ``--help`` (the flags themselves default to None: only given ones override)."""
+    import dataclasses
+
+    from lowbit.train.config import TrainConfig
+
+    return {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

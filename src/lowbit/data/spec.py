@@ -20,6 +20,9 @@ a ``.csv`` / ``.tsv`` table
     table's folder.
 an image folder (zero-shot only)
     ``root/<class>/*.jpg``; class names from folder names with ``_`` → space, CLIP-style default templates.
+
+``--zeroshot auto`` (the trainer's default) resolves through ``zeroshot_spec``: a prepared ``--data`` directory
+brings its own zero-shot tasks; any other training data is evaluated on the synthetic tasks.
 """
 
 from __future__ import annotations
@@ -153,6 +156,36 @@ def _index(paths: list[str], spec: str, require: tuple[str, ...] = ("txt",)) -> 
         need = " + ".join(("image", *(f".{r}" for r in require)))
         raise ValueError(f"data spec {spec!r}: no sample with {need} in {len(paths)} shard(s)")
     return shards
+
+
+def zeroshot_spec(zeroshot: str, data: str) -> str:
+    """The zero-shot spec the trainer evaluates: ``zeroshot`` itself, unless it is ``auto``.
+
+    ``auto``: a directory written by ``lowbit data prepare`` given as the training ``data`` brings its own
+    zero-shot tasks (its ``zeroshot.json`` and test split); anything else falls back to ``synthetic``. Only looks
+    for the manifest, so a bad ``data`` spec is reported by ``build_train_data``, not here.
+    """
+    if zeroshot != "auto":
+        return zeroshot
+    data = os.fspath(data) if isinstance(data, str | os.PathLike) else ""
+    path = os.path.join(data, MANIFEST)
+    if data and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            return data  # let build_zeroshot report the broken manifest
+        if (manifest.get("zeroshot") or {}).get("file"):
+            return data
+    return "synthetic"
+
+
+def train_command(data: str) -> str:
+    """A complete ``lowbit train`` command for a prepared directory (printed by ``lowbit data prepare``)."""
+    import shlex
+
+    name = os.path.basename(os.path.normpath(os.fspath(data))) or "data"
+    return f"lowbit train --data {shlex.quote(os.fspath(data))} --out {shlex.quote(os.path.join('runs', name))}"
 
 
 # ---- public API --------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ class CLIPConfig:
 
     ``layer_scale_init``: ``None`` = no LayerScale, a float = LayerScale on every residual branch initialised to it
     (``0.0`` is the paper's zero init). ``qk_norm``: LayerNorm on queries and keys per head.
-    ``tokenizer``: ``"bytes"`` (no files needed) or ``"bpe"`` (CLIP's, needs its vocabulary file);
+    ``tokenizer``: ``"bytes"`` (no files needed) or ``"bpe"`` (CLIP's; its vocabulary file ships with lowbit);
     ``text.vocab_size`` must be at least that tokenizer's vocabulary.
     """
 

@@ -1,8 +1,9 @@
 """Tokenizers for the CLIP text tower.
 
 * ``bytes``: UTF-8 bytes plus start/end/pad ids. Needs no files; vocabulary 259.
-* ``bpe``: CLIP's byte-pair encoding (vocabulary 49408), when its merges file is available: from
-  ``$LOWBIT_BPE_VOCAB``, an explicit path, or an installed ``open_clip`` (``bpe_simple_vocab_16e6.txt.gz``).
+* ``bpe``: CLIP's byte-pair encoding (vocabulary 49408). Its merges file ``bpe_simple_vocab_16e6.txt.gz``
+  (OpenAI CLIP's, MIT License: ``bpe_simple_vocab_16e6.LICENSE`` beside it) ships in this package, so it
+  works offline and needs no open_clip; an explicit path or ``$LOWBIT_BPE_VOCAB`` overrides it.
 
 Both return ``[N, context_length]`` int64 tensors ``[start, ..., end, pad, ...]``; a text that does not fit is
 truncated and still ends with the end token, so the text tower can pool at the end token (robust to padding).
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import html
-import importlib.util
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "BPE_VOCAB_FILE",
     "BPE_VOCAB_SIZE",
     "BYTE_VOCAB_SIZE",
     "BPETokenizer",
@@ -84,18 +85,20 @@ class ByteTokenizer(Tokenizer):
         return bytes(i - BYTE_OFFSET for i in ids if i >= BYTE_OFFSET).decode("utf-8", errors="replace")
 
 
+BPE_VOCAB_FILE = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")  # shipped with the package (MIT)
+
+
 def find_bpe_vocab(path: str | os.PathLike | None = None) -> Path | None:
-    """Locate CLIP's ``bpe_simple_vocab_16e6.txt.gz``: ``path``, ``$LOWBIT_BPE_VOCAB``, then open_clip's copy."""
-    candidates: list[Path] = []
-    if path is not None:
-        candidates.append(Path(path))
-    if os.environ.get("LOWBIT_BPE_VOCAB"):
-        candidates.append(Path(os.environ["LOWBIT_BPE_VOCAB"]))
-    for pkg in ("open_clip", "clip"):
-        spec = importlib.util.find_spec(pkg)
-        if spec is not None and spec.origin:
-            candidates.append(Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz")
-    return next((c for c in candidates if c.is_file()), None)
+    """Locate CLIP's ``bpe_simple_vocab_16e6.txt.gz``: ``path``, ``$LOWBIT_BPE_VOCAB``, then the shipped copy.
+
+    An explicit ``path`` or ``$LOWBIT_BPE_VOCAB`` that names no file is an error (a typo should not silently fall
+    back to the shipped vocabulary)."""
+    for given, what in ((path, "vocab_path"), (os.environ.get("LOWBIT_BPE_VOCAB") or None, "$LOWBIT_BPE_VOCAB")):
+        if given is not None:
+            if not Path(given).is_file():
+                raise FileNotFoundError(f"{what} {str(given)!r} is not a file (CLIP's bpe_simple_vocab_16e6.txt.gz)")
+            return Path(given)
+    return BPE_VOCAB_FILE if BPE_VOCAB_FILE.is_file() else None
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -122,8 +125,8 @@ class BPETokenizer(Tokenizer):
         found = find_bpe_vocab(vocab_path)
         if found is None:
             raise FileNotFoundError(
-                "tokenizer 'bpe' needs CLIP's BPE vocabulary bpe_simple_vocab_16e6.txt.gz: install open_clip "
-                "(pip install open_clip_torch), or set LOWBIT_BPE_VOCAB=/path/to/bpe_simple_vocab_16e6.txt.gz, "
+                f"tokenizer 'bpe' needs CLIP's BPE vocabulary, shipped as {BPE_VOCAB_FILE}, which is missing "
+                "from this installation: reinstall lowbit, or set LOWBIT_BPE_VOCAB=/path/to/bpe_simple_vocab_16e6.txt.gz, "
                 "or use tokenizer 'bytes' (needs no files)"
             )
         try:

@@ -63,7 +63,7 @@ def plot_spikes(
     """Draw ``RUN_DIR/metrics.csv``: loss on top (detected spikes marked), per-layer RMS beneath.
 
     The ``top_k`` tensors with the largest peak RMS are drawn in colour with a legend, the others in thin
-    grey; a dashed line marks ``rms_threshold``. Spikes are found with :func:`lowbit.monitor.find_spikes`
+    grey; a dotted line, labelled, marks ``rms_threshold``. Spikes are found with :func:`lowbit.monitor.find_spikes`
     (``spike_kwargs`` go to it). Writes a PNG (matplotlib Agg) to ``out_png`` (default
     ``RUN_DIR/spikes.png``) and returns its path.
     """
@@ -124,15 +124,19 @@ def plot_spikes(
                 ax2.plot(x, r[:, j], color="0.75", lw=0.5)
         for j in top:
             ax2.plot(x, r[:, j], lw=1.0, label=names[j])
-        ax2.axhline(rms_threshold, color="tab:red", ls=":", lw=0.8)
+        ax2.axhline(rms_threshold, color="tab:red", ls=":", lw=0.8, label=f"RMS threshold {rms_threshold:g}")
+        ax2.annotate(f"RMS threshold {rms_threshold:g}", (1.0, rms_threshold), xycoords=("axes fraction", "data"),
+                     xytext=(-4, 2), textcoords="offset points", ha="right", va="bottom", fontsize=7, color="tab:red")
         for s in spikes:
             ax2.axvline(s.step, color="tab:red", ls="--", lw=0.8)
         ax2.set_ylabel("RMS (per tensor)")
         ax2.set_xlabel("step")
-        if top:
-            ax2.legend(fontsize=7, loc="upper left")
+        ax2.legend(fontsize=7, loc="upper left")
     else:
         ax.set_xlabel("step")
+    from matplotlib.ticker import MaxNLocator
+
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))  # shared x: whole steps for short runs too
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -58,6 +58,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lowbit.optim._common import _increment, _single_tensor_stable_adamw, folded_betas
+
 try:
     import triton
     import triton.language as tl
@@ -535,8 +537,6 @@ def fused_stable_adamw(
     Host work per step is a few list passes (addresses, grad dtype/contiguity) when nothing moved; every
     tensor is re-checked whenever a parameter/state object or any address changes.
     """
-    from lowbit.optim._stable_adamw import _increment, _single_tensor_stable_adamw, folded_betas
-
     if not _HAVE_TRITON:
         raise RuntimeError("fused=True needs Triton, which is not installed")
     if not params:

@@ -5,8 +5,8 @@ rank holds one shard of g, m, v and θ, so each rank computes its shard's partia
 of all tensors of the step are stacked into one vector and reduced with **one** ``all_reduce(SUM)`` per
 (device mesh, sharded mesh dims), then divided by the tensor's global ``numel``. Everything else in SPEC §5 is
 elementwise, so it runs on the local shards (``DTensor.to_local()``, views of the parameters' storage) with
-the same ``torch._foreach_*`` arithmetic as the unsharded foreach engine: the update equals the unsharded
-one up to the summation order of the RMS (fp32 rounding).
+the foreach engine's own pieces (``lowbit.optim._common``: working copies, moments, update): the update equals
+the unsharded one up to the summation order of the RMS (fp32 rounding).
 
 Placements: ``Shard(d)`` mesh dims are reduced over, ``Replicate()`` dims are not (HSDP: every replica
 holds the same partial sums). ``Partial`` parameters are rejected.
@@ -20,7 +20,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lowbit.optim._stable_adamw import _compute_dtype, _increment, folded_betas
+from lowbit.optim._common import (
+    _compute_dtype,
+    _foreach_moments_,
+    _foreach_update_,
+    _grouped,
+    _increment,
+    _working,
+    folded_betas,
+)
 
 __all__ = ["sharded_stable_adamw"]
 
@@ -64,10 +72,7 @@ def sharded_stable_adamw(
         return
     _increment(state_steps)
     loc = [[t.to_local() for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-    # buckets with one scalar β̂ pair and one compute dtype
-    buckets: dict[tuple[Any, ...], list[int]] = {}
-    for i, (p, m, s) in enumerate(zip(loc[0], loc[2], state_steps)):
-        buckets.setdefault((p.device, p.dtype, m.dtype, float(s)), []).append(i)
+    buckets = _grouped(loc[0], loc[2], state_steps)  # one scalar β̂ pair and one compute dtype per bucket
     eps2 = eps * eps
     partial = [torch.zeros((), dtype=torch.float64)] * len(params)  # placeholders, replaced below
     work: dict[tuple[Any, ...], tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
@@ -77,20 +82,10 @@ def sharded_stable_adamw(
         b1, b2 = folded_betas(beta1, beta2, step)
         p_, g_, m_, v_ = ([ts[i] for i in idx] for ts in loc)
         cdt = _compute_dtype(p_[0], m_[0])
-
-        def working(ts: list[Tensor], cdt: torch.dtype = cdt) -> list[Tensor]:
-            if all(t.dtype == cdt for t in ts):
-                return ts
-            out = [torch.empty_like(t, dtype=cdt) for t in ts]
-            torch._foreach_copy_(out, ts)
-            return out
-
-        gc, mc, vc = working(g_), working(m_), working(v_)
+        gc, mc, vc = _working(g_, cdt), _working(m_, cdt), _working(v_, cdt)
         if maximize:
             gc = torch._foreach_neg(gc)
-        torch._foreach_lerp_(mc, gc, 1.0 - b1)
-        torch._foreach_mul_(vc, b2)
-        torch._foreach_addcmul_(vc, gc, gc, 1.0 - b2)
+        _foreach_moments_(gc, mc, vc, b1, b2)
         c = torch._foreach_clamp_min(vc, eps2)
         torch._foreach_div_(c, gc)  # max(v, ε²) / g, inverted next (0 where g = 0)
         torch._foreach_reciprocal_(c)
@@ -116,23 +111,13 @@ def sharded_stable_adamw(
     ]
     # ---- phase 2: the update on the local shards, η = lr / max(1, RMS)
     for key, idx in buckets.items():
-        gc, mc, vc = work[key]
+        _gc, mc, vc = work[key]
         p_, _g, m_, v_ = ([ts[i] for i in idx] for ts in loc)
         cdt = mc[0].dtype
         device = p_[0].device
         rms = torch.stack([rms_all[i].to(device) for i in idx])
         torch._foreach_copy_([rmss[i] for i in idx], list(rms.to(torch.float32).unbind(0)))
         eta = (lr / rms.clamp_min(1.0)) if clip_update else torch.full_like(rms, lr)
-        s = torch._foreach_sqrt(vc)
-        torch._foreach_add_(s, eps)
-        u = torch._foreach_div(mc, s)  # m / (sqrt(v) + ε)
-        del s
-        if weight_decay != 0.0:
-            pc = p_ if p_[0].dtype == cdt else [t.to(cdt) for t in p_]
-            torch._foreach_add_(u, pc, alpha=weight_decay)  # + λ θ
         neg_eta = list(eta.neg().to(cdt).unbind(0))
-        torch._foreach_mul_(u, neg_eta)
-        torch._foreach_add_(p_, u)  # θ += −η (m / (sqrt(v) + ε) + λ θ), rounded once for bf16/fp16 θ
-        for dst, src in ((m_, mc), (v_, vc)):
-            if dst is not src:
-                torch._foreach_copy_(dst, src)
+        _foreach_update_(p_, m_, v_, mc, vc, list(torch._foreach_sqrt(vc)), neg_eta, eps=eps, weight_decay=weight_decay,
+                         fused_add=False)

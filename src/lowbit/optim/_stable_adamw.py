@@ -31,6 +31,9 @@ Three implementations of the one algorithm, chosen like torch's (``fused``/``for
   of the local shards are all-reduced (one ``all_reduce`` per step and param group) so that RMS is over the
   **whole** tensor, then the foreach update runs on the local shards; ``state["rms"]`` holds the global RMS.
 
+The arithmetic the paths share (β̂, the reference, the foreach moments and update) lives in the leaf module
+``lowbit.optim._common``, which this module, ``_fused`` and ``_sharded`` import at the top.
+
 All agree to float32 rounding (tests: float64 trajectories against an independent transcription of
 SPEC §5 to 1e-10, fused kernel per step against float64). Arithmetic is fp32 (fp64 for fp64 tensors) in
 every path; bf16/fp16 values are rounded once when stored, with no stochastic rounding: with bf16
@@ -48,6 +51,20 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from lowbit.optim._common import (
+    _compute_dtype,
+    _foreach_moments_,
+    _foreach_update_,
+    _grouped,
+    _increment,
+    _single_tensor_stable_adamw,
+    _working,
+    folded_betas,
+    is_dtensor,
+)
+from lowbit.optim._fused import check_fused_device, fused_available, fused_stable_adamw
+from lowbit.optim._sharded import sharded_stable_adamw
+
 __all__ = ["StableAdamW", "folded_betas", "stable_adamw"]
 
 _STATE_DTYPES = {
@@ -57,24 +74,6 @@ _STATE_DTYPES = {
     "float16": torch.float16,
 }
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def folded_betas(beta1: float, beta2: float, step: float) -> tuple[float, float]:
-    """β̂1, β̂2 of SPEC §5 for step ``step`` (1-based): AdamW's bias correction folded into the decay."""
-    if step < 1:
-        raise ValueError(f"step must be >= 1, got {step}")
-    b1 = beta1 * (1.0 - beta1 ** (step - 1)) / (1.0 - beta1**step) if beta1 > 0 else 0.0
-    b2 = beta2 * (1.0 - beta2 ** (step - 1)) / (1.0 - beta2**step) if beta2 > 0 else 0.0
-    return b1, b2
-
-
-def is_dtensor(t: Tensor) -> bool:
-    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (a sharded parameter, e.g. under FSDP2)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch built without distributed
-        return False
-    return isinstance(t, DTensor)
 
 
 def _dtype_name(dtype: torch.dtype | str | None) -> str | None:
@@ -230,8 +229,6 @@ class StableAdamW(Optimizer):
             state = self.state[p]
             if len(state) == 0:
                 if group["fused"] and not is_dtensor(p):
-                    from lowbit.optim._fused import check_fused_device
-
                     check_fused_device(p)
                 sdt = self._state_dtype(group, p)
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -262,8 +259,6 @@ class StableAdamW(Optimizer):
             beta1, beta2 = group["betas"]
             sharded = [i for i, p in enumerate(tensors[0]) if is_dtensor(p)]
             if sharded:  # FSDP2: RMS over whole tensors (one all_reduce), update on the local shards
-                from lowbit.optim._sharded import sharded_stable_adamw
-
                 plain = [i for i in range(len(tensors[0])) if i not in set(sharded)]
                 sharded_stable_adamw(
                     *([t[i] for i in sharded] for t in tensors),
@@ -357,8 +352,6 @@ def stable_adamw(
     if fused is None and foreach is None:
         fused = _default_fused(params, grads, exp_avgs)
     if fused:
-        from lowbit.optim._fused import fused_stable_adamw
-
         fused_stable_adamw(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps, **kwargs)
     elif foreach is None or foreach:
         _multi_tensor_stable_adamw(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps, **kwargs)
@@ -370,64 +363,7 @@ def _default_fused(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Ten
     """The fused path is the default when every tensor is on CUDA in a fused dtype and Triton is there."""
     if not params or params[0].device.type != "cuda":
         return False
-    from lowbit.optim._fused import fused_available
-
     return fused_available(params)  # grads/moments the kernel cannot take fall back per tensor
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """fp64 if any operand is fp64, else fp32: the arithmetic precision of every implementation."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _single_tensor_stable_adamw(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    rmss: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    beta1: float,
-    beta2: float,
-    lr: float,
-    weight_decay: float,
-    eps: float,
-    clip_update: bool,
-    maximize: bool,
-) -> None:
-    """Reference: SPEC §5 written out literally, one tensor at a time."""
-    for p, g, m, v, rms, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, rmss, state_steps):
-        step_t += 1
-        b1, b2 = folded_betas(beta1, beta2, float(step_t))
-        cdt = _compute_dtype(p, m, v)
-        gc = g.to(cdt)
-        if maximize:
-            gc = -gc
-        mc, vc, pc = m.to(cdt), v.to(cdt), p.to(cdt)  # the state itself when the dtypes agree
-        mc.mul_(b1).add_(gc, alpha=1.0 - b1)
-        vc.mul_(b2).addcmul_(gc, gc, value=1.0 - b2)
-        if p.numel() == 0:
-            r = torch.zeros((), dtype=cdt, device=p.device)
-        else:
-            r = (gc * gc / vc.clamp_min(eps * eps)).mean().sqrt()
-        rms.copy_(r)
-        eta = lr / r.clamp_min(1.0) if clip_update else torch.full((), lr, dtype=cdt, device=p.device)
-        update = mc / (vc.sqrt() + eps)
-        pc.sub_(eta * weight_decay * pc + eta * update)
-        for dst, src in ((m, mc), (v, vc), (p, pc)):
-            if dst is not src:
-                dst.copy_(src)
-
-
-def _grouped(
-    params: list[Tensor], exp_avgs: list[Tensor], state_steps: list[Tensor]
-) -> dict[tuple[Any, ...], list[int]]:
-    """Indices grouped by (device, param dtype, state dtype, step): one scalar β̂ pair per group."""
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, (p, m, s) in enumerate(zip(params, exp_avgs, state_steps)):
-        groups.setdefault((p.device, p.dtype, m.dtype, float(s)), []).append(i)
-    return groups
 
 
 def _multi_tensor_stable_adamw(
@@ -474,14 +410,6 @@ def _multi_tensor_stable_adamw(
         else:
             use_host = device.type == "cpu" if host_scalars is None else host_scalars
             _foreach_bucket(*lists, maximize=maximize, host_scalars=use_host, **kw)
-
-
-_ONE = torch.tensor(1.0)
-
-
-def _increment(state_steps: list[Tensor]) -> None:
-    """step += 1 for CPU step tensors in one call (a wrapped CPU scalar avoids a per-tensor re-wrap)."""
-    torch._foreach_add_(state_steps, _ONE, alpha=1.0)
 
 
 def _cpu_engine_ok(p_: list[Tensor], g_: list[Tensor], m_: list[Tensor], v_: list[Tensor]) -> bool:
@@ -619,23 +547,12 @@ def _foreach_bucket(
     """
     device = p_[0].device
     cdt = _compute_dtype(p_[0], m_[0])
-
-    def work(ts: list[Tensor]) -> list[Tensor]:
-        if all(t.dtype == cdt for t in ts):
-            return ts
-        out = [torch.empty_like(t, dtype=cdt) for t in ts]
-        torch._foreach_copy_(out, ts)
-        return out
-
-    gc, mc, vc = work(g_), work(m_), work(v_)
+    gc, mc, vc = _working(g_, cdt), _working(m_, cdt), _working(v_, cdt)
     if maximize:
         gc = torch._foreach_neg(gc)
+    _foreach_moments_(gc, mc, vc, b1, b2)
 
-    torch._foreach_lerp_(mc, gc, 1.0 - b1)  # m = β̂1 m + (1 − β̂1) g
-    torch._foreach_mul_(vc, b2)
-    torch._foreach_addcmul_(vc, gc, gc, 1.0 - b2)  # v = β̂2 v + (1 − β̂2) g²  (the updated v: SPEC §5)
-
-    s = torch._foreach_sqrt(vc)
+    s = list(torch._foreach_sqrt(vc))  # kept for the update (emptied there)
     c = torch._foreach_clamp_min(s, eps)  # sqrt(max(v, ε²)) = max(sqrt(v), ε)
     torch._foreach_div_(c, gc)  # max(sqrt(v), ε) / g, inverted next (0 where g = 0): no third temporary
     torch._foreach_reciprocal_(c)
@@ -645,20 +562,9 @@ def _foreach_bucket(
     torch._foreach_copy_(r_, list(rms.to(torch.float32).unbind(0)))
     eta = lr / rms.clamp_min(1.0) if clip_update else torch.full_like(rms, lr)
 
-    torch._foreach_add_(s, eps)
-    u = torch._foreach_div(mc, s)  # m / (sqrt(v) + ε)
-    del s
-    if weight_decay != 0.0:
-        torch._foreach_add_(u, p_, alpha=weight_decay)  # u = m / (sqrt(v) + ε) + λ θ
     neg_eta = eta.neg()
     if host_scalars:
-        torch._foreach_mul_(u, neg_eta.tolist())
-        torch._foreach_add_(p_, u)
-    elif p_[0].dtype == cdt:
-        torch._foreach_addcmul_(p_, u, list(neg_eta.unbind(0)))  # θ += u · (−η)
-    else:
-        torch._foreach_mul_(u, list(neg_eta.unbind(0)))
-        torch._foreach_add_(p_, u)  # bf16/fp16 θ: added in fp32, rounded once
-    for dst, src in ((m_, mc), (v_, vc)):
-        if dst is not src:
-            torch._foreach_copy_(dst, src)
+        neg, fused_add = neg_eta.tolist(), False
+    else:  # fp32/fp64 θ: θ += u · (−η) in one addcmul; bf16/fp16 θ: added in fp32, rounded once
+        neg, fused_add = list(neg_eta.unbind(0)), p_[0].dtype == cdt
+    _foreach_update_(p_, m_, v_, mc, vc, s, neg, eps=eps, weight_decay=weight_decay, fused_add=fused_add)

@@ -62,7 +62,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes per rank for the training data; 0 = in the training process
     # data
     data: str = "synthetic"
-    zeroshot: str = "synthetic"  # zero-shot task spec; "" or "none" = no evaluation
+    zeroshot: str = "auto"  # zero-shot task spec; auto: a prepared --data folder's own tasks, else synthetic; "" or "none" = no evaluation
     zeroshot_limit: int = 0  # images per task, 0 = all
     # bookkeeping
     out: str = ""  # run directory; "" = runs/<timestamp>

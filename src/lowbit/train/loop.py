@@ -28,6 +28,7 @@ import torch.distributed as dist
 import yaml
 
 import lowbit
+from lowbit.data.spec import zeroshot_spec
 from lowbit.kernels.ops import compiled_quantize_mode
 from lowbit.models import CLIP, clip_loss, convert_clip, count_parameters, get_config, get_tokenizer
 from lowbit.train.checkpoint import (
@@ -343,8 +344,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         batches = _batches(dataset, cfg.batch_size, tokenizer)
     tasks = []
     evaluating = master or parallel == "fsdp"  # FSDP: every rank takes part in the (sharded) forward
-    if evaluating and cfg.zeroshot not in ("", "none"):
-        tasks = data.build_zeroshot(cfg.zeroshot, image_size=model_cfg.vision.image_size, seed=0, limit=cfg.zeroshot_limit or None)
+    zeroshot = zeroshot_spec(cfg.zeroshot, cfg.data)  # "auto": a prepared --data folder's own tasks, else synthetic
+    if evaluating and zeroshot not in ("", "none"):
+        tasks = data.build_zeroshot(zeroshot, image_size=model_cfg.vision.image_size, seed=0, limit=cfg.zeroshot_limit or None)
 
     # ---------------------------------------------------------------- bookkeeping
     logger = RunLogger(out, resume_step=start_step if ckpt else None) if master else None

@@ -1,4 +1,5 @@
-"""PNG plots of a run directory (``lowbit plot RUN_DIR``): loss, learning rate, zero-shot accuracy, RMS.
+"""PNG plots of a run directory (``lowbit plot RUN_DIR``): loss, learning rate, zero-shot accuracy, RMS,
+block activations.
 
 Reads ``metrics.csv`` and ``eval.csv`` (see ``lowbit.train.metrics``); uses matplotlib's Agg backend.
 """
@@ -40,9 +41,17 @@ def _ema(ys: list[float], alpha: float) -> list[float]:
     return out
 
 
+def integer_steps(ax) -> None:
+    """Step axes get whole-number ticks (a 5-step run otherwise shows 0.5, 1.0, 1.5, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, top_rms: int = 8) -> list[Path]:
     """Write ``loss.png``, ``lr.png``, ``zeroshot.png`` (if evaluated), ``rms.png`` + ``rms_heatmap.png`` (if
-    monitored) to ``out_dir`` (default ``RUN_DIR/plots``); returns the files written."""
+    monitored: ``--monitor``) and ``activations.png`` (``--activations``) to ``out_dir`` (default
+    ``RUN_DIR/plots``); returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +65,11 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, top_rms: in
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    def save(fig: plt.Figure, name: str) -> None:
+    def save(fig: plt.Figure, name: str, step_axes: bool = True) -> None:
+        if step_axes:
+            for ax in fig.axes:
+                if ax.get_xlabel() == "step":
+                    integer_steps(ax)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
@@ -103,15 +116,43 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, top_rms: in
         import numpy as np
 
         names = list(series)
-        grid = np.full((len(names), len(metrics)), np.nan)
+        all_steps = sorted({x for xs, _ in series.values() for x in xs})
+        col = {x: j for j, x in enumerate(all_steps)}
+        grid = np.full((len(names), len(all_steps)), np.nan)
         for i, name in enumerate(names):
-            ys = series[name][1]
-            grid[i, : len(ys)] = ys
-        fig, ax = plt.subplots(figsize=(9, max(3, 0.12 * len(names))))
-        im = ax.imshow(np.log10(np.clip(grid, 1e-3, None)), aspect="auto", interpolation="nearest", cmap="magma")
-        ax.set(xlabel="logged step index", title="log10 RMS per parameter (rows in model order)")
-        if len(names) <= 60:
-            ax.set_yticks(range(len(names)), names, fontsize=5)
-        fig.colorbar(im, ax=ax)
+            for x, y in zip(*series[name]):
+                grid[i, col[x]] = y
+        # one named row per parameter: 0.11 inch a row keeps 5-pt names legible (ViT-B: ~300 rows, 33 inches)
+        fig, ax = plt.subplots(figsize=(11, max(3.0, 0.11 * len(names) + 1.2)))
+        lo, hi = (all_steps[0], all_steps[-1]) if all_steps else (0, 1)
+        half = 0.5 * (hi - lo) / max(len(all_steps) - 1, 1)
+        im = ax.imshow(np.log10(np.clip(grid, 1e-3, None)), aspect="auto", interpolation="nearest", cmap="magma",
+                       extent=(lo - half, hi + half, len(names) - 0.5, -0.5))
+        ax.set(xlabel="step", title="log10 RMS per parameter (rows in model order)")
+        ax.set_yticks(range(len(names)), names, fontsize=5)
+        fig.colorbar(im, ax=ax, label="log10 RMS", fraction=0.03, pad=0.01)
         save(fig, "rms_heatmap.png")
+
+    act_keys = [k for k in metrics[0] if k.startswith("act/")]
+    if act_keys:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        towers = sorted({k[4:].split(".blocks.")[0] for k in act_keys})
+        styles = dict(zip(towers, ("-", "--", ":", "-.")))
+        cmap = plt.get_cmap("viridis")
+        for tower in towers:
+            keys = [k for k in act_keys if k[4:].split(".blocks.")[0] == tower]
+            for i, key in enumerate(keys):
+                colour = cmap(i / max(len(keys) - 1, 1))
+                named = len(keys) <= 8 or i in (0, len(keys) - 1)  # deep towers: name the first and last block
+                ax.plot(*_column(metrics, key), lw=1, ls=styles.get(tower, "-"), color=colour,
+                        label=key[4:] if named else None)
+        ax.set(xlabel="step", ylabel="max |block output|", yscale="log",
+               title="largest activation per transformer block (--activations; colour: depth)")
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 4, not 4x10^0
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.tick_params(axis="y", which="minor", labelsize="x-small")
+        ax.legend(fontsize="x-small")
+        save(fig, "activations.png")
     return written

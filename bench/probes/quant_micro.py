@@ -5,7 +5,7 @@ Candidates (checked bit-exact against the current kernels before timing):
   tx      — ``tl.trans`` the float32 tile, then encode and store coalesced into xᵀ
   dual1   — one pass writing both layouts (x codes + tx-style transposed codes)
 
-    python bench/scripts/quant_micro.py
+    python bench/probes/quant_micro.py
 """
 import torch
 import triton

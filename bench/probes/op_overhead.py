@@ -2,7 +2,7 @@
 registered with ``torch.library.custom_op`` (how lowbit registered them before), side by side in one run. Tiny
 CPU tensors, so the kernel work is small and the differences are dispatch. torch.compile'd models call the ops so.
 
-    python bench/scripts/op_overhead.py
+    python bench/probes/op_overhead.py
 """
 import platform
 import time

@@ -1,6 +1,6 @@
 """Where the CPU time of an eager ViT-B/32 MLP fwd+bwd goes (cProfile), and the cost of single launches.
 
-    python bench/scripts/cprofile_mlp.py switchback fp8-switchback
+    python bench/probes/cprofile_mlp.py switchback fp8-switchback
 """
 import cProfile
 import pstats

@@ -4,8 +4,8 @@
 # after warm-up (summary.json samples_per_s_steady: eval off, checkpoint excluded), peak memory of rank 0.
 # Writes $OUT/multi.md (+ every run's directory and log under $OUT/runs). Budget: < 9 minutes.
 #
-#   OUT=/tmp/out bash bench/scripts/gpu_multi.sh          # on a 2-GPU machine (repo root as cwd)
-#   DRY=1 OUT=/tmp/out bash bench/scripts/gpu_multi.sh    # CPU smoke test: tiny preset, gloo, 2 processes
+#   OUT=/tmp/out bash bench/multi_gpu.sh          # on a 2-GPU machine (repo root as cwd)
+#   DRY=1 OUT=/tmp/out bash bench/multi_gpu.sh    # CPU smoke test: tiny preset, gloo, 2 processes
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}
@@ -66,7 +66,7 @@ for r in recipes:
             eff = f"{100 * v / (2 * tput[(r, '1gpu')]):.1f}%"
         rows.append(f"| {r} | {mode} | {s['global_batch'] if s else '-'} | {f'{v:.0f}' if v else 'failed'} | "
                     f"{f'{mem:.1f}' if mem is not None else '-'} | {eff} |")
-lines = ["# Multi-GPU scaling (`bench/scripts/gpu_multi.sh`)", ""]
+lines = ["# Multi-GPU scaling (`bench/multi_gpu.sh`)", ""]
 if meta:
     c = meta["config"]
     lines += [f"{meta['device']} | torch {meta['versions']['torch']} | triton {meta['versions']['triton']} | "

@@ -1,7 +1,7 @@
 """Is a ViT-H/14 MLP fwd+bwd CPU-bound? Per recipe, eager and compiled: the wall time per step with the CPU
 issuing back to back (sync at the end only), the CPU time to issue one step, and the fp8 matmul choices.
 
-    python bench/scripts/overhead_mlp.py fp8-tensorwise fp8-switchback
+    python bench/probes/overhead_mlp.py fp8-tensorwise fp8-switchback
 """
 import sys
 import time

@@ -1,6 +1,6 @@
 """Where a ViT-H/14 MLP block's fwd+bwd time goes per recipe, eager and compiled (torch.profiler, CUDA time).
 
-    python bench/scripts/profile_mlp.py fp8-tensorwise fp8-switchback
+    python bench/probes/profile_mlp.py fp8-tensorwise fp8-switchback
 """
 import sys
 

@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""The one benchmark runner: every committed result file in ``bench/results/h100/`` maps to the one command that
+reproduces it (run on a GPU host from the repository root).
+
+    python bench/run.py list                     # every result file: its command, the commit it was committed at
+    python bench/run.py run FILE ... --out DIR   # run the jobs making FILE(s); results land in DIR under the
+                                                 # committed names, with DIR/env.txt and DIR/logs/
+    python bench/run.py run --all --out DIR      # every job, in table order (well over one 10-minute device call)
+    python bench/run.py run FILE --dry-run       # print what would run
+    python bench/run.py readme                   # rewrite the table in bench/results/h100/README.md
+    python bench/run.py check                    # every result file has a job, and the README table is current
+
+Each job sets ``PYTHONPATH=src:/tmp/site`` (no install needed), ``PYTHONUNBUFFERED=1`` and its own environment,
+writes the versions and the GPU to ``DIR/env.txt``, installs wheels carried in ``.whl/`` (torchao, for the jobs
+that time its training recipes as anchors) into ``/tmp/site`` without network, and stops a command at the job's
+time limit. ``$DIR`` in a command is the job's scratch directory (``DIR/work/<job>``).
+
+``commit`` is the commit that last changed the result file (``git log -1 -- FILE``; ``check`` verifies it where
+git history is available): the code at that commit is what the file measured. Some files were produced by code that
+was changed or reverted in the same device call (the job's ``note`` says so); at a later commit the same command
+measures the code of that commit. The result files name the one-off device scripts they came from
+(``bench/scripts/gpu_k.sh`` ...); those scripts were replaced by this runner and live in git history
+(``git show c85bb6a:bench/scripts/gpu_k.sh``).
+
+Memory of the step benchmarks (fp32 master weights + StableAdamW state = 16 bytes/parameter, plus the activations
+autograd saves, measured on the meta device in bf16: ViT-B/32 35 MiB, ViT-L/14 256 MiB, ViT-H/14 452 MiB per image):
+ViT-H/14 at batch 96 → 15 GiB + 42 GiB; ViT-L/14 at 128 → 6 GiB + 32 GiB; ViT-B/32 at 256 → 2 GiB + 9 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "h100"
+README = RESULTS / "README.md"
+BEGIN, END = "<!-- bench/run.py readme: begin -->", "<!-- bench/run.py readme: end -->"
+
+LOWBIT = "python3 -m lowbit"
+PYTEST = "python3 -m pytest -q -p no:cacheprovider"
+GPU_TESTS = "LOWBIT_AUTOTUNE=0 HYPOTHESIS_PROFILE=gpu"
+FP8_TESTS = (f"{GPU_TESTS} {PYTEST} -rf tests/functional/test_linear.py tests/kernels/test_matmul.py "
+             "tests/kernels/test_quantize.py -k 'cuda or gpu or auto_fp8 or dual or tensorwise or cublas'")
+STEP = f"{LOWBIT} bench step --compile --steps 8 --no-anchors"
+STEP_GRAPHS = f"{STEP} --cudagraphs --warmup 3"
+FIVE = "bf16 switchback fp8-switchback switchback-m fp8-tensorwise"
+TORCHAO = "torchao-float8-tensorwise torchao-float8-rowwise torchao-int8-mixed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One command and the committed files it writes (``produces``: committed name -> path under ``$DIR``, or
+    ``log`` for the command's own output)."""
+
+    name: str
+    what: str
+    command: str
+    produces: dict[str, str]
+    commit: str
+    timeout: int
+    origin: str
+    needs: str = ""  # "torchao": carry its wheel in .whl/
+    note: str = ""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.produces)
+
+
+def _renamed(stem: str, *names: str) -> dict[str, str]:
+    """The benchmark writes ``$DIR/<stem>.md|json``; the committed copies are called ``names``."""
+    return {n: f"{stem}.{n.rsplit('.', 1)[1]}" for n in names}
+
+
+JOBS: list[Job] = [
+    Job("matmul", "kernel TFLOP/s vs cuBLAS bf16, `torch._int_mm`, `torch._scaled_mm` (row- and tensor-wise); "
+        "quantize GB/s; SwitchBack time breakdown", f"{LOWBIT} bench matmul --out $DIR",
+        _renamed("matmul", "matmul.md", "matmul.json"), "7d1ce84", 150, "gpu_d.sh"),
+    Job("linear", "one linear layer fwd+bwd per recipe vs bf16 `nn.Linear` (ViT-B/32, ViT-H/14, LLM 4096↔16384)",
+        f"{LOWBIT} bench linear --shapes vit-b-32 vit-h-14 llm --out $DIR", {"linear.log": "log"}, "d8d6035", 230,
+        "gpu_final_a.sh", note="stopped at its time limit in the LLM fc2 rows; measured with a variant that kept W's "
+        "tensor-wise codes for the backward (since reverted)"),
+    Job("mlp", "MLP block fwd+bwd, eager, ViT-B/32 and ViT-H/14",
+        f"{LOWBIT} bench mlp --shapes vit-b-32 vit-h-14 --recipes switchback switchback-m fp8-switchback "
+        "fp8-tensorwise --out $DIR", _renamed("mlp", "mlp.md", "mlp.json"), "d8d6035", 120, "gpu_final_a.sh"),
+    Job("mlp-compiled", "ViT-H/14 MLP block, `torch.compile`d",
+        f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes switchback fp8-switchback --compile --out $DIR",
+        _renamed("mlp", "mlp-compiled.md", "mlp-compiled.json"), "d8d6035", 170, "gpu_final_b.sh"),
+    Job("memory", "bytes saved for the backward per recipe (device-independent: `bench/results/cpu/memory.md`)",
+        f"{LOWBIT} bench memory --shapes vit-h-14 --out $DIR", _renamed("memory", "memory.md", "memory.json"),
+        "d8d6035", 120, "gpu_all.sh"),
+    Job("sweep", "speed-up vs width (places `convert()`'s size threshold)",
+        f"{LOWBIT} bench sweep --recipes switchback fp8-switchback --widths 256 384 512 768 1024 --out $DIR",
+        {"sweep.md": "sweep.md"}, "d8d6035", 120, "gpu_all.sh",
+        note="copied by hand from the run's printed table (its files did not come back), before the W-code reuse"),
+    Job("optim", "StableAdamW step vs torch AdamW (foreach, fused), ViT-H/14 parameter set",
+        f"{LOWBIT} bench optim --preset vit-h-14 --dtype fp32 bf16 --out $DIR",
+        _renamed("optim-vit-h-14-cuda", "optim-vit-h-14.md", "optim-vit-h-14.json"), "7d1ce84", 100,
+        "gpu_d.sh"),
+    Job("mlp-anchors", "ViT-H/14 MLP block, eager and compiled, lowbit recipes beside torchao 0.18's float8 and int8 "
+        "training linears", f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes switchback fp8-switchback "
+        "fp8-tensorwise fp8-rowwise --compile --out $DIR", _renamed("mlp", "mlp-anchors.md", "mlp-anchors.json"),
+        "7d1ce84", 200, "gpu_d.sh", needs="torchao"),
+    Job("mlp-fp8-auto", "ViT-H/14 MLP block with the per-shape Triton/cuBLAS fp8 choice, eager and compiled",
+        f"LOWBIT_FP8_MATMUL=auto {LOWBIT} bench mlp --shapes vit-h-14 --recipes switchback fp8-switchback "
+        "fp8-tensorwise fp8-rowwise --compile --out $DIR", _renamed("mlp", "mlp-fp8-auto.md", "mlp-fp8-auto.json"),
+        "6d03e9b", 170, "gpu_k.sh", note="command line added to the .md by hand"),
+    Job("mlp-launch-bound", "ViT-H/14 and ViT-B/32 MLP blocks compiled: the CPU launch cost bounds ViT-B",
+        f"{LOWBIT} bench mlp --shapes vit-h-14 vit-b-32 --recipes switchback fp8-switchback fp8-tensorwise "
+        "--compile --out $DIR", {"mlp-launch-bound.md": "mlp.md"}, "6d03e9b", 200, "gpu_l.sh",
+        note="measured with a single-pass quantize kernel rejected in the same call (reverted)"),
+    Job("mlp-eager-partial", "ViT-H/14 MLP eager rows (its CUDA-graph rows were cut by the time limit)",
+        f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes fp8-switchback fp8-tensorwise switchback --cudagraphs "
+        "--out $DIR", {"mlp-eager-partial.log": "log"}, "6d03e9b", 95, "gpu_n.sh"),
+    Job("mlp-compiled-quantize", "ViT-H/14 MLP block compiled, quantization by lowbit's kernels vs traced for "
+        "inductor", f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes fp8-switchback switchback --compile "
+        "--compiled-quantize kernel inductor --out $DIR",
+        _renamed("mlp", "mlp-vit-h-14-compiled-quantize.md", "mlp-vit-h-14-compiled-quantize.json"), "c85bb6a",
+        170, "gpu_u.sh", note="before the float64-division fix of the traced fp8 scales"),
+    Job("step", "full CLIP training step (both towers, loss, backward, fused StableAdamW), regional compile, "
+        "without CUDA graphs, four stages (`step.md` joins their tables; a stage cut by its limit keeps its rows)",
+        "\n".join([
+            f"timeout 220 {STEP} --warmup 2 --preset vit-h-14 --batch-size 96 --recipe {FIVE} {TORCHAO} "
+            "--out $DIR/vit-h-14",
+            f"timeout 95 {STEP} --warmup 2 --preset vit-l-14 --batch-size 128 --recipe {FIVE} --out $DIR/vit-l-14",
+            f"timeout 60 {STEP} --warmup 2 --preset vit-b-32 --batch-size 256 --recipe {FIVE} --out $DIR/vit-b-32",
+            f"timeout 80 {STEP} --warmup 2 --preset vit-h-14 --batch-size 96 --layers auto --recipe bf16 switchback "
+            "fp8-switchback --out $DIR/vit-h-14-auto",
+            "python3 bench/run.py join-steps $DIR vit-h-14 vit-h-14-auto vit-l-14 vit-b-32 > $DIR/step.md",
+        ]),
+        {"step.md": "step.md", "step-vit-h-14.json": "vit-h-14/step.json", "step-vit-l-14.json": "vit-l-14/step.json",
+         "step-vit-b-32.json": "vit-b-32/step.json", "step-vit-h-14-auto.json": "vit-h-14-auto/step.json"},
+        "2de0181", 480, "gpu_e.sh → experiments/gpu_step.sh", needs="torchao"),
+    Job("step-vit-h-14-cudagraphs", "ViT-H/14 training step with CUDA graphs (`--cudagraphs`), five recipes",
+        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 switchback fp8-switchback fp8-tensorwise "
+        "switchback-m --out $DIR", _renamed("step", "step-vit-h-14-cudagraphs.md", "step-vit-h-14-cudagraphs.json"),
+        "6d03e9b", 300, "gpu_m.sh"),
+    Job("step-vit-h-14-auto-cudagraphs", "ViT-H/14 step with CUDA graphs and `--layers auto` (vision tower converted)",
+        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --layers auto --recipe bf16 switchback fp8-switchback "
+        "fp8-tensorwise --out $DIR",
+        _renamed("step", "step-vit-h-14-auto-cudagraphs.md", "step-vit-h-14-auto-cudagraphs.json"), "6d03e9b", 215,
+        "gpu_n.sh", note="the fp8-tensorwise row was cut by the 215 s limit"),
+    Job("step-vit-h-14-anchors-cudagraphs", "ViT-H/14 step with CUDA graphs: torchao 0.18 float8 tensorwise / rowwise "
+        "and int8 mixed-precision beside bf16", f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 "
+        f"{TORCHAO} --out $DIR",
+        _renamed("step", "step-vit-h-14-anchors-cudagraphs.md", "step-vit-h-14-anchors-cudagraphs.json"), "6c85062",
+        240, "gpu_s.sh (experiments/gpu_step.sh stage vit-h-14-anchors)", needs="torchao"),
+    Job("step-vit-l-14-cudagraphs", "ViT-L/14 step with CUDA graphs, five recipes",
+        f"{STEP_GRAPHS} --preset vit-l-14 --batch-size 128 --recipe {FIVE} --out $DIR",
+        _renamed("step", "step-vit-l-14-cudagraphs.md", "step-vit-l-14-cudagraphs.json"), "6c85062", 240,
+        "experiments/gpu_step.sh stage vit-l-14"),
+    Job("step-vit-b-32-cudagraphs", "ViT-B/32 step with CUDA graphs, five recipes",
+        f"{STEP_GRAPHS} --preset vit-b-32 --batch-size 256 --recipe {FIVE} --out $DIR",
+        _renamed("step", "step-vit-b-32-cudagraphs.md", "step-vit-b-32-cudagraphs.json"), "c85bb6a", 280,
+        "gpu_t.sh (experiments/gpu_step.sh stage vit-b-32)"),
+    Job("step-compiled-quantize", "ViT-H/14 step with CUDA graphs, `--compiled-quantize kernel inductor`, bf16 / "
+        "fp8-switchback / switchback", f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --compiled-quantize kernel "
+        "inductor --recipe bf16 fp8-switchback switchback --out $DIR",
+        _renamed("step", "step-vit-h-14-compiled-quantize.md", "step-vit-h-14-compiled-quantize.json"), "c85bb6a",
+        430, "gpu_v.sh"),
+    Job("train-reduce-overhead", "`lowbit train` with CUDA graphs (`--compile-mode reduce-overhead --monitor "
+        "--activations`), 60 steps: every logged column finite (numerics, not speed)",
+        f"{LOWBIT} train --config experiments/accuracy/w768.yaml --recipe switchback --seed 0 --steps 60 --set "
+        "log_every=1 --compile --compile-mode reduce-overhead --monitor --activations --no-progress --zeroshot none "
+        "--out $DIR/run", {"train-reduce-overhead.md": "log"}, "6c85062", 150, "gpu_r.sh",
+        note="the .md was written by hand from the run's metrics.csv and log; it shared the GPU with 7 training runs"),
+    Job("profile-mlp", "CUDA time per kernel of the ViT-H MLP fwd+bwd per recipe (torch.profiler)",
+        "python3 bench/probes/profile_mlp.py switchback fp8-switchback fp8-tensorwise",
+        {"profile-mlp-vit-h-14.txt": "log"}, "6d03e9b", 150, "gpu_k.sh"),
+    Job("quant-micro", "tensor-wise quantize with transposed layouts: the kernels vs single-pass candidates (rejected: "
+        "wrong with float32 input)", "python3 bench/probes/quant_micro.py", {"quant-micro.md": "log"}, "6d03e9b", 100,
+        "gpu_k.sh"),
+    Job("cpu-overhead-mlp", "the CPU launch cost of a ViT-H MLP fwd+bwd (≈ 40–55 µs per Triton launch on this host)",
+        "python3 bench/probes/overhead_mlp.py fp8-tensorwise fp8-switchback",
+        {"cpu-overhead-mlp-vit-h-14.txt": "log"}, "6d03e9b", 70, "gpu_l.sh"),
+    Job("cprofile-mlp", "cProfile of 20 eager ViT-B/32 MLP steps and the CPU cost of single launches",
+        "python3 bench/probes/cprofile_mlp.py switchback fp8-switchback", {"cprofile-mlp-vit-b-32.txt": "log"},
+        "6d03e9b", 100, "a device call of its own (no script kept)"),
+    Job("gpu-tests-functional-nn-kernels", "the CUDA tests of kernels, functional and nn",
+        f"{GPU_TESTS} {PYTEST} tests/kernels tests/functional tests/nn", {"gpu-tests-functional-nn-kernels.txt": "log"},
+        "d8d6035", 150, "gpu_final_b.sh"),
+    Job("gpu-tests-matmul", "the CUDA matmul tests", f"{GPU_TESTS} {PYTEST} tests/kernels/test_matmul.py",
+        {"gpu-tests-matmul.txt": "log"}, "d8d6035", 120, "gpu_final_a.sh",
+        note="the call's exact selection is not recorded; this is the file its 8 tests came from"),
+    Job("gpu-tests-optim", "`tests/optim` on the H100 (fused Triton path vs reference)", f"{PYTEST} tests/optim -x",
+        {"gpu-tests-optim.txt": "log"}, "7d1ce84", 150, "gpu_d.sh"),
+    Job("gpu-tests-fp8", "fp8 CUDA tests incl. the bf16 cuBLAS layer tests (on this the fp8 matmul default became "
+        "`auto`)", FP8_TESTS, {"gpu-tests-fp8.txt": "log"}, "6d03e9b", 100, "gpu_k.sh"),
+    Job("gpu-tests-single-pass-rejected", "the quantize tests with a single-pass two-layout kernel: wrong transposed "
+        "codes for float32 input, so the kernel was not adopted",
+        f"{GPU_TESTS} {PYTEST} -rf -x tests/kernels/test_quantize.py tests/functional/test_linear.py "
+        "tests/kernels/test_matmul.py -k 'not compile'", {"gpu-tests-single-pass-rejected.txt": "log"}, "6d03e9b", 110,
+        "gpu_l.sh", note="ran a kernel reverted in the same call: at any commit the committed kernels pass"),
+    Job("gpu-tests-transposed", "the multi-program quantize tests of the committed two-pass kernels",
+        f"{PYTEST} -rf tests/kernels/test_quantize.py -k multi_program", {"gpu-tests-transposed.txt": "log"},
+        "6d03e9b", 40, "gpu_m.sh"),
+    Job("gpu-tests-library-ops", "the CUDA tests after the ops moved to `torch.library.Library`",
+        f"HYPOTHESIS_PROFILE=gpu {PYTEST} tests/kernels/test_matmul.py && HYPOTHESIS_PROFILE=gpu {PYTEST} -x "
+        "tests/functional tests/nn", {"gpu-tests-library-ops.txt": "log"}, "6c85062", 125,
+        "a device call after gpu_r.sh", note="cut by its limit after 32 passed; the file's header says so"),
+    Job("gpu-tests-compiled-quantize", "the compiled-quantize tests on the H100 (4 failed before the float64-division "
+        "fix, 22 passed after)", f"LOWBIT_AUTOTUNE=0 HYPOTHESIS_PROFILE=gpu {PYTEST} "
+        "tests/kernels/test_compiled_quantize.py", {"gpu-tests-compiled-quantize.txt": "log"}, "c85bb6a", 120,
+        "gpu_u.sh, gpu_v.sh", note="holds both calls' output (before and after the fix)"),
+    Job("gpu-tests-suite", "the whole test suite on the H100, by room (the part that fit its limit)",
+        f"{GPU_TESTS} {PYTEST} tests/kernels tests/functional tests/nn tests/models; timeout 280 {GPU_TESTS} "
+        f"{PYTEST} tests/optim tests/monitor tests/data tests/train tests/bench",
+        {"gpu-tests-suite.txt": "log"}, "c85bb6a", 560, "a device call of issue #7's last session",
+        note="the file adds the failures' causes and fixes by hand; the second part was cut by its limit"),
+    Job("multi", "multi-GPU scaling of `lowbit train` (1 GPU vs torchrun 2 GPUs, DDP and FSDP2): not run yet",
+        "OUT=$DIR bash bench/multi_gpu.sh", {}, "", 540, "bench/multi_gpu.sh (was gpu_multi.sh)",
+        note="needs 2 GPUs; `DRY=1` runs it on a CPU (tiny preset, gloo)"),
+]
+
+BY_NAME = {j.name: j for j in JOBS}
+BY_FILE = {f: j for j in JOBS for f in j.files}
+
+
+def _env_txt() -> str:
+    code = ("import platform, torch\ntry:\n    import triton; tv = triton.__version__\nexcept Exception: tv = 'none'\n"
+            "dev = torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA GPU'\n"
+            "print(f'torch {torch.__version__} | triton {tv} | python {platform.python_version()} | {dev}')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_environ())
+    commit = subprocess.run(["git", "log", "-1", "--format=commit %H %s"], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout + out.stderr[-500:] + commit.stdout
+
+
+def _environ() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), "/tmp/site", env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _install_wheels(log: Path) -> None:
+    wheels = sorted((ROOT / ".whl").glob("*.whl"))
+    if wheels and not Path("/tmp/site/.lowbit-wheels").exists():
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+               "--no-cache-dir", "--target", "/tmp/site", *map(str, wheels)]
+        with log.open("a") as f:
+            if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode == 0:
+                Path("/tmp/site/.lowbit-wheels").touch()
+
+
+def run_job(job: Job, out: Path, dry_run: bool = False) -> int:
+    """Run ``job``'s command under its time limit; copy what it produced to ``out`` under the committed names."""
+    work = out / "work" / job.name
+    print(f"=== {job.name} → {', '.join(job.files) or '(no committed file)'} (limit {job.timeout} s)", flush=True)
+    print(job.command.replace("$DIR", str(work)), flush=True)
+    if dry_run:
+        return 0
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (out / "logs").mkdir(exist_ok=True)
+    log = out / "logs" / f"{job.name}.log"
+    env = _environ() | {"DIR": str(work)}
+    t0 = time.time()
+    command = job.command.replace("python3 ", f"{shlex.quote(sys.executable)} ")  # this interpreter
+    with log.open("w") as f:
+        # own process group, so that a command cut by the limit takes its children (the benchmark) with it
+        proc = subprocess.Popen(["bash", "-c", f"set -o pipefail\n{command}"], cwd=ROOT, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=job.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = 124
+    for name, source in job.produces.items():
+        src = log if source == "log" else work / source
+        if src.is_file():
+            shutil.copyfile(src, out / name)
+        else:
+            print(f"    missing {source} (for {name})", flush=True)
+    print(f"    rc={rc} after {time.time() - t0:.0f} s; log {log}", flush=True)
+    return rc
+
+
+def join_steps(directory: str, stages: list[str]) -> str:
+    """``step.md``: the stages' tables one after another (as the step benchmark's summary)."""
+    lines = [f"# lowbit bench step — {_env_txt().splitlines()[0]}", ""]
+    for stage in stages:
+        md = Path(directory) / stage / "step.md"
+        if md.is_file():
+            lines += [f"### {stage}", *md.read_text().splitlines()[4:], ""]
+    return "\n".join(lines)
+
+
+def readme_table() -> str:
+    rows = ["| file | what | command (`python bench/run.py run FILE`) | commit | from |", "|---|---|---|---|---|"]
+    for job in JOBS:
+        if not job.files:
+            continue
+        files = ", ".join(f"`{f}`" for f in job.files)
+        command = "<br>".join(f"`{c}`" for c in job.command.replace("$DIR", "DIR").split("\n"))
+        what = job.what + (f"; {job.note}" if job.note else "") + ("; *needs torchao*" if job.needs else "")
+        rows.append(f"| {files} | {what} | {command} | `{job.commit}` | {job.origin} |")
+    return "\n".join(rows)
+
+
+def write_readme() -> None:
+    text = README.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    README.write_text(f"{head}{BEGIN}\n{readme_table()}\n{END}{tail}")
+
+
+def check() -> list[str]:
+    """Problems: result files without a job, jobs naming missing files, a stale README, wrong commits."""
+    problems = []
+    on_disk = {p.name for p in RESULTS.iterdir() if p.is_file() and p.name != "README.md"}
+    problems += [f"{f}: no job in bench/run.py makes it" for f in sorted(on_disk - set(BY_FILE))]
+    problems += [f"{f}: job {BY_FILE[f].name} names it, but it is not in {RESULTS}" for f in sorted(set(BY_FILE) - on_disk)]
+    text = README.read_text()
+    if f"{BEGIN}\n{readme_table()}\n{END}" not in text:
+        problems.append(f"{README} is out of date: run `python bench/run.py readme`")
+    if (ROOT / ".git").exists():
+        for f, job in sorted(BY_FILE.items()):
+            out = subprocess.run(["git", "log", "-1", "--format=%h", "--abbrev=7", "--", str(RESULTS / f)],
+                                 capture_output=True, text=True, cwd=ROOT).stdout.strip()
+            if out and out != job.commit:
+                problems.append(f"{f}: last committed at {out}, bench/run.py says {job.commit}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="every result file with its command and commit")
+    p = sub.add_parser("run", help="run the jobs that make the given result files (or job names)")
+    p.add_argument("targets", nargs="*", help="result file names (e.g. step-vit-b-32-cudagraphs.md) or job names")
+    p.add_argument("--all", action="store_true", help="every job")
+    p.add_argument("--out", default="/tmp/lowbit-bench", help="where the results go (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    sub.add_parser("readme", help=f"rewrite the table in {README.relative_to(ROOT)}")
+    sub.add_parser("check", help="every result file has a job; the README table is current")
+    p = sub.add_parser("join-steps", help="(used by the step job) join stage tables into step.md")
+    p.add_argument("dir")
+    p.add_argument("stages", nargs="+")
+    args = parser.parse_args(argv)
+
+    if args.action == "list":
+        for job in JOBS:
+            print(f"{', '.join(job.files) or '(none yet)'}  [commit {job.commit or '-'}; {job.name}]")
+            print("    " + job.command.replace("\n", "\n    "))
+        return 0
+    if args.action == "readme":
+        write_readme()
+        return 0
+    if args.action == "check":
+        problems = check()
+        print("\n".join(problems) or "ok: every result file has its command, and the README is current")
+        return 1 if problems else 0
+    if args.action == "join-steps":
+        print(join_steps(args.dir, args.stages))
+        return 0
+    try:
+        names = dict.fromkeys((BY_FILE.get(t) or BY_NAME[t]).name for t in args.targets)
+        jobs = JOBS if args.all else [BY_NAME[n] for n in names]
+    except KeyError as e:
+        parser.error(f"unknown result file or job {e.args[0]!r}; see `python bench/run.py list`")
+    if not jobs:
+        parser.error("name result files or jobs to run, or --all")
+    out = Path(args.out)
+    if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        if any(j.needs == "torchao" for j in jobs):
+            _install_wheels(out / "pip.log")
+        (out / "env.txt").write_text(_env_txt())
+    failed = [j.name for j in jobs if run_job(j, out, args.dry_run) != 0]
+    if failed:
+        print(f"failed or cut by their limit: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

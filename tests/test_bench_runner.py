@@ -1,0 +1,63 @@
+"""bench/run.py: every committed H100 result file has the one command that reproduces it, and the README says so."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look the module up while building the class
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_run", None)
+
+
+def test_every_result_file_has_a_command_and_the_readme_is_current(runner) -> None:
+    assert runner.check() == []
+    readme = runner.README.read_text()
+    for name, job in runner.BY_FILE.items():
+        assert f"`{name}`" in readme and f"`{job.commit}`" in readme
+
+
+def test_no_letter_named_device_scripts_remain() -> None:
+    assert not (ROOT / "bench" / "scripts").exists()
+    probes = ROOT / "bench" / "probes"
+    listed = (probes / "README.md").read_text()
+    for script in probes.glob("*.py"):
+        assert f"`{script.name}" in listed, f"bench/probes/README.md has no line for {script.name}"
+
+
+def test_dry_run_prints_the_commands(runner, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert runner.main(["run", "step-vit-b-32-cudagraphs.md", "memory.json", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lowbit bench step --compile --steps 8 --no-anchors --cudagraphs --warmup 3 --preset vit-b-32" in out
+    assert "lowbit bench memory --shapes vit-h-14" in out and not any(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        runner.main(["run", "no-such-result.md"])
+
+
+def test_run_job_copies_outputs_under_the_committed_names(runner, tmp_path: Path) -> None:
+    job = runner.Job("demo", "a demo", "echo hello; mkdir -p $DIR/sub; echo '| a |' > $DIR/sub/step.md",
+                     {"demo.log": "log", "demo.md": "sub/step.md"}, "", 30, "test")
+    assert runner.run_job(job, tmp_path) == 0
+    assert (tmp_path / "demo.log").read_text().strip() == "hello"
+    assert (tmp_path / "demo.md").read_text().strip() == "| a |"
+    slow = runner.Job("slow", "too slow", "sleep 5", {}, "", 1, "test")
+    assert runner.run_job(slow, tmp_path) == 124
+
+
+def test_join_steps(runner, tmp_path: Path) -> None:
+    for stage in ("vit-h-14", "vit-b-32"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "step.md").write_text(f"## lowbit bench step\n\nenv\n\n| preset |\n| {stage} |\n")
+    text = runner.join_steps(str(tmp_path), ["vit-h-14", "missing", "vit-b-32"])
+    assert "### vit-h-14\n| preset |\n| vit-h-14 |" in text and "### missing" not in text
