@@ -71,7 +71,7 @@ class ConvertReport:
     def summary(self) -> str:
         n = len(self.converted) + len(self.skipped)
         return (f"lowbit.convert: {len(self.converted)} linear layer(s) → {self.recipe}; {len(self.skipped)} skipped "
-                f"(of {n}); {len(self.fused)} MLP(s) fused, {len(self.not_fused)} not fused")
+                f"(of {n}); {len(self.fused)} fused module(s), {len(self.not_fused)} not fused")
 
     def details(self) -> str:
         lines = [f"\n  fused {k or '<root>'}: {v}" for k, v in self.fused.items()]
