@@ -147,22 +147,19 @@ class _FusedFunction(torch.autograd.Function):
             h_codes = (codes, scale) if q is not None else None
         else:
             h16 = x2d
-        g_saved = a = None
+        a = None
         if mlp:
             want_amax = None if _dual(recipe, need_w2) else _amax_kind(fwd.left)
             (g, a, _, amax_g), saved1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1, activation=act,
                                                         want_preact=True, want_amax=want_amax)
             (y, _, _, _), saved2 = _linear_forward(g, None, amax_g, w2, b2, recipe, need_w2)
-            if saved2[0] is g:  # the recipe's fc2 wgrad takes g in 16-bit
-                if spec.recompute_activation:
-                    saved2 = (None, None)
-                else:
-                    g_saved = g
+            if saved2[0] is g and spec.recompute_activation:  # the fc2 wgrad takes g in 16-bit: recompute it
+                saved2 = (None, None)
         else:
             (y, _, _, _), saved1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1)
             saved2 = (None, None)
         ctx.save_for_backward(x2d if spec.eps is not None else None, ln_w, ln_b, mean, rstd, *saved1, w1, a,
-                              g_saved, *saved2, w2)
+                              *saved2, w2)
         ctx.spec = spec
         ctx.x_shape = x.shape
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
@@ -171,7 +168,7 @@ class _FusedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x2d, ln_w, ln_b, mean, rstd, s1a, s1b, w1, a, g_saved, s2a, s2b, w2 = ctx.saved_tensors
+        x2d, ln_w, ln_b, mean, rstd, s1a, s1b, w1, a, s2a, s2b, w2 = ctx.saved_tensors
         spec: _Spec = ctx.spec
         recipe, act = spec.recipe, spec.activation
         need = ctx.needs_input_grad
@@ -184,8 +181,6 @@ class _FusedFunction(torch.autograd.Function):
         if act is not None:
             if spec.recompute_activation and s2a is None and recipe.save == "input" and need_w2:
                 s2a = P.act_forward(a, act)  # recompute g from the saved pre-activation
-            elif g_saved is not None:
-                s2a = g_saved
             if need_b2 and ctx.has_b2:
                 db2 = P.colsum(dy2d).to(dtype)
             need_da = need_dh or need_w1 or (need_b1 and ctx.has_b1)
