@@ -67,7 +67,7 @@ def test_fused_mlp_is_bit_identical_to_the_unfused_composition(name: str, activa
     _assert_identical(got, want, f"{name}/{activation}")
 
 
-@pytest.mark.parametrize("name", BLOCK + ["switchback", "fp8-tensorwise", "switchback-m"])
+@pytest.mark.parametrize("name", [*BLOCK, "switchback", "fp8-tensorwise", "switchback-m"])
 def test_fused_mlp_several_blocks_no_bias(name: str) -> None:
     """Widths and the token count spanning several 128-blocks (last one partial); no biases."""
     torch.manual_seed(1)
@@ -110,12 +110,11 @@ def test_recompute_activation_gives_the_same_gradients_and_saves_less(name: str)
     g = torch.randn(6, 24)
     outs, saved = [], []
     for recompute in (False, True):
-        sizes: list[int] = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel() * t.element_size()) or t,
-                                                      lambda t: t):
-            y = mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, "gelu", name, recompute_activation=recompute)
-        outs.append(_grads(y, params, g))
-        saved.append(sum(sizes))
+        ys: list[torch.Tensor] = []
+        kept = _saved(lambda r=recompute: ys.append(mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, "gelu", name,
+                                                        recompute_activation=r)))
+        outs.append(_grads(ys[0], params, g))
+        saved.append(sum(math.prod(s) * torch.empty((), dtype=dt).element_size() for dt, s in kept))
     _assert_identical(outs[1], outs[0], name)
     assert saved[1] == saved[0] - 6 * 80 * 4  # the hidden activation g (float32) is no longer kept
 
@@ -139,7 +138,7 @@ def test_what_the_fused_mlp_saves_for_the_backward(name: str, hidden_16bit: int,
     fc1, fc2 = _layers(name, 32, 80, 24)
     x = torch.randn(6, 32, requires_grad=True)
     saved = _saved(lambda: mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, "gelu", name))
-    hidden = [(dt, s) for dt, s in saved if 6 * 80 == math.prod(s)]
+    hidden = [(dt, s) for dt, s in saved if math.prod(s) == 6 * 80]
     assert sum(dt == torch.float32 for dt, _ in hidden) == hidden_16bit, saved
     assert sum(dt != torch.float32 for dt, _ in hidden) == hidden_codes, saved
 
