@@ -111,7 +111,7 @@ def test_recompute_activation_gives_the_same_gradients_and_saves_less(name: str)
     outs, saved = [], []
     for recompute in (False, True):
         ys: list[torch.Tensor] = []
-        kept = _saved(lambda r=recompute: ys.append(mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, "gelu", name,
+        kept = _saved(lambda r=recompute, ys=ys: ys.append(mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, "gelu", name,
                                                         recompute_activation=r)))
         outs.append(_grads(ys[0], params, g))
         saved.append(sum(math.prod(s) * torch.empty((), dtype=dt).element_size() for dt, s in kept))
