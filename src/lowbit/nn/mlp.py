@@ -189,7 +189,8 @@ class LayerNormMLP(LowbitMLP):
         """The :class:`LowbitMLP` without the LayerNorm (children shared)."""
         new = LowbitMLP.__new__(LowbitMLP)
         nn.Module.__init__(new)
-        new._setup(OrderedDict((n, c) for n, c in self.named_children() if n != "norm"), self.fc1_name,
+        owned = self._norm_ref[0] is None  # built directly: "norm" is this module's own LayerNorm
+        new._setup(OrderedDict((n, c) for n, c in self.named_children() if not (owned and n == "norm")), self.fc1_name,
                    self.fc2_name, self.activation, self._recipe, self._original[0], self.recompute_activation)
         new.train(self.training)
         return new
@@ -197,7 +198,7 @@ class LayerNormMLP(LowbitMLP):
     def to_module(self) -> nn.Module:
         """Unfused: the original MLP module (the LayerNorm it refers to is unconverted where it lives), or, for a
         module built directly, ``nn.Sequential(norm, fc1, act, fc2)``."""
-        if "norm" not in self._modules:
+        if self._norm_ref[0] is not None:
             return self.to_unfused_mlp().to_module()
         rest = self.to_unfused_mlp().to_module()
         out = nn.Sequential(OrderedDict([("norm", self._modules["norm"]), *rest.named_children()]))
