@@ -280,3 +280,21 @@ def test_cuda_fused_mlp_matches_cpu(name: str) -> None:
     tol = 2e-3 if RECIPES[name].uses_fp8 else 1e-5
     for c, d in zip(*outs):
         assert float((d.double() - c.double()).norm() / c.double().norm()) < tol, name
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_empty_batch_and_partial_requires_grad(name: str) -> None:
+    """No tokens; only the weights, only the input, or only a bias needing gradients."""
+    w1, w2 = torch.randn(16, 8, requires_grad=True), torch.randn(8, 16, requires_grad=True)
+    b1 = torch.randn(16, requires_grad=True)
+    for fn in (mlp, lambda x, *a: layernorm_mlp(x, None, None, *a)):
+        x = torch.randn(0, 8, requires_grad=True)
+        fn(x, w1, None, w2, None, "gelu", name).sum().backward()
+        assert x.grad.shape == (0, 8) and bool((w1.grad == 0).all())
+        w1.grad = None
+        fn(torch.randn(5, 8), w1, None, w2, None, "gelu", name).sum().backward()
+        assert w1.grad is not None and w2.grad is not None
+        x = torch.randn(5, 8, requires_grad=True)
+        fn(x, w1.detach(), b1, w2.detach(), None, "quick_gelu", name).sum().backward()
+        assert x.grad is not None and b1.grad is not None
+        x.grad = b1.grad = w1.grad = w2.grad = None

@@ -17,6 +17,8 @@ fast Triton GEMM takes the same arguments.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lowbit.kernels import reference
@@ -92,7 +94,7 @@ def quantize_blockwise(
         raise ValueError(f"{op}: 128×128 blocks take a 2-D tensor, got shape {tuple(x.shape)}")
     if checks_enabled(check):
         raise_if_nonfinite(x, op)
-    x2d = x.reshape(-1, x.shape[-1])
+    x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1 is ambiguous when the last dim is 0)
     if (block == ACT_BLOCK and x2d.numel() and not torch.compiler.is_compiling()
             and use_triton(x2d, backend, op)):  # type: ignore[arg-type]
         codes, scale = _triton_quantize_act(x2d, fmt)
