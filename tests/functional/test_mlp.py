@@ -247,11 +247,12 @@ def test_layernorm_fusion_writes_codes_and_skips_the_16bit_output_where_unneeded
             assert sum(dt == torch.float32 and s == (5, 32) for dt, s in saved) == 1  # x itself (LN backward)
 
 
-def test_torch_compile_fullgraph_matches_eager() -> None:
+@pytest.mark.parametrize("name", ["switchback", "fp8-blockwise", "switchback-block-sim"])
+def test_torch_compile_fullgraph_matches_eager(name: str) -> None:
     torch._dynamo.reset()
     from lowbit.nn import LowbitMLP
 
-    m = LowbitMLP(32, 64, recipe="switchback")
+    m = LowbitMLP(32, 140, recipe=name)
     x = torch.randn(10, 32, requires_grad=True)
     eager = m(x)
     eager.sum().backward()

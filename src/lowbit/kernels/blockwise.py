@@ -52,23 +52,48 @@ def _check_block(block: tuple[int, int], op: str) -> tuple[int, int]:
 
 def expand_scales(scales: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Per-element view of block scales for a ``[M, K]`` tensor (1×128 when ``scales`` has M rows, else 128×128)."""
-    M, K = shape
-    s = scales.repeat_interleave(BLOCK, dim=1)[:, :K]
-    if scales.shape[0] != M:  # 128×128 (M == 1 makes the two block shapes the same)
-        s = s.repeat_interleave(BLOCK, dim=0)[:M]
-    return s
+    return _per_element(scales, *shape)
+
+
+def _per_element(scales: torch.Tensor, M: int, K: int) -> torch.Tensor:
+    """Block scales ``[Mb, Kb]`` gathered to one per element of a ``[M, K]`` tensor (1×128 when ``Mb == M``).
+
+    A gather by ``column // 128``: inductor (torch 2.13, CPU) mis-indexed ``repeat_interleave`` + slice, and a
+    gather by ``row // 128`` too, once fused into the quantizer (tests/kernels/test_blockwise.py checks it)."""
+    cols = torch.arange(K, device=scales.device) // BLOCK
+    if scales.shape[0] == M:
+        return scales[:, cols]
+    # 128×128: one row of block scales per 128 rows (a few at most: the weight's rows / 128), stacked
+    return torch.cat([scales[i : i + 1, cols].expand(min(BLOCK, M - i * BLOCK), K) for i in range(scales.shape[0])])
 
 
 def _reference(x2d: torch.Tensor, fmt: Format, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x2d.shape
     bm = block[0]
-    Mb, Kb = (M if bm == 1 else _cdiv(M, bm)), _cdiv(K, BLOCK)
-    a = x2d.float().abs()
-    a = torch.nn.functional.pad(a, (0, Kb * BLOCK - K, 0, Mb * bm - M))  # zeros do not change an absmax
-    amax = a.reshape(Mb, bm, Kb, BLOCK).amax(dim=(1, 3)) if a.numel() else a.new_zeros((Mb, Kb))
+    mb, kb = (M if bm == 1 else _cdiv(M, bm)), _cdiv(K, BLOCK)
+    a = torch.nn.functional.pad(x2d.float().abs(), (0, kb * BLOCK - K, 0, mb * bm - M))  # zeros: same absmax
+    amax = a.reshape(mb, bm, kb, BLOCK).amax(dim=(1, 3)) if a.numel() else a.new_zeros((mb, kb))
     scale = reference.scale_from_absmax(amax, fmt)
-    codes = reference.quantize_with_scale(x2d, expand_scales(scale, (M, K)), fmt)
-    return codes, scale
+    return reference.quantize_with_scale(x2d, _per_element(scale, M, K), fmt).contiguous(), scale
+
+
+def _quantize_impl(x2d: torch.Tensor, fmt: str, bm: int, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    op = f"quantize_blockwise[{fmt}, {bm}x{BLOCK}]"
+    if bm == 1 and x2d.numel() and use_triton(x2d, backend, op):  # type: ignore[arg-type]
+        return _triton_quantize_act(x2d, fmt)  # type: ignore[arg-type]
+    return _reference(x2d, fmt, (bm, BLOCK))  # type: ignore[arg-type]
+
+
+@torch.library.custom_op("lowbit::quantize_blockwise", mutates_args=())
+def _quantize_op(x: torch.Tensor, fmt: str, bm: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize_impl(x, fmt, bm)
+
+
+@_quantize_op.register_fake
+def _(x: torch.Tensor, fmt: str, bm: int) -> tuple[torch.Tensor, torch.Tensor]:
+    M, K = x.shape
+    mb = M if bm == 1 else _cdiv(M, BLOCK)
+    return x.new_empty((M, K), dtype=storage_dtype(fmt)), x.new_empty((mb, _cdiv(K, BLOCK)), dtype=torch.float32)
 
 
 def quantize_blockwise(
@@ -95,11 +120,10 @@ def quantize_blockwise(
     if checks_enabled(check):
         raise_if_nonfinite(x, op)
     x2d = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1 is ambiguous when the last dim is 0)
-    if (block == ACT_BLOCK and x2d.numel() and not torch.compiler.is_compiling()
-            and use_triton(x2d, backend, op)):  # type: ignore[arg-type]
-        codes, scale = _triton_quantize_act(x2d, fmt)
+    if torch.compiler.is_compiling():  # opaque to inductor (see _per_element), the eager kernel inside
+        codes, scale = torch.ops.lowbit.quantize_blockwise(x2d, fmt, block[0])
     else:
-        codes, scale = _reference(x2d, fmt, block)
+        codes, scale = _quantize_impl(x2d, fmt, block[0], backend)
     if block == ACT_BLOCK:
         return codes.reshape(x.shape), scale.reshape(*x.shape[:-1], scale.shape[-1])
     return codes, scale
@@ -110,7 +134,24 @@ def dequantize_blockwise(codes: torch.Tensor, scales: torch.Tensor, fmt: Format,
     if codes.ndim != 2 or scales.ndim != 2:
         raise ValueError(f"dequantize_blockwise: takes 2-D codes and scales, got {tuple(codes.shape)} and "
                          f"{tuple(scales.shape)}")
-    return reference.dequantize(codes, expand_scales(scales, tuple(codes.shape)), fmt, dtype)
+    M, K = codes.shape
+    mb, kb = scales.shape
+    if kb != _cdiv(K, BLOCK) or mb not in (M, _cdiv(M, BLOCK)):
+        raise ValueError(f"dequantize_blockwise: scales {tuple(scales.shape)} do not fit codes {tuple(codes.shape)}")
+    if torch.compiler.is_compiling():
+        return torch.ops.lowbit.dequantize_blockwise(codes, scales, fmt, dtype)
+    return _dequantize_op(codes, scales, fmt, dtype)
+
+
+@torch.library.custom_op("lowbit::dequantize_blockwise", mutates_args=())
+def _dequantize_op(codes: torch.Tensor, scales: torch.Tensor, fmt: str, dtype: torch.dtype) -> torch.Tensor:
+    M, K = codes.shape
+    return reference.dequantize(codes, _per_element(scales, M, K), fmt, dtype).contiguous()  # type: ignore[arg-type]
+
+
+@_dequantize_op.register_fake
+def _(codes: torch.Tensor, scales: torch.Tensor, fmt: str, dtype: torch.dtype) -> torch.Tensor:
+    return codes.new_empty(codes.shape, dtype=dtype)
 
 
 def _row_factors(scales: torch.Tensor, rows: int, fmt: Format, name: str, kb: int) -> torch.Tensor:
@@ -145,6 +186,20 @@ def blockwise_mm(
         raise TypeError(f"blockwise_mm: cannot multiply {qa.dtype} by {qb.dtype} codes")
     if qa.ndim != 2 or qb.ndim != 2 or qa.shape[1] != qb.shape[1]:
         raise ValueError(f"blockwise_mm: expected qa [M, K] and qb [N, K], got {tuple(qa.shape)} and {tuple(qb.shape)}")
+    kb = _cdiv(qa.shape[1], BLOCK)
+    _row_factors(sa, qa.shape[0], fa, "sa", kb)  # shape checks
+    _row_factors(sb, qb.shape[0], fb, "sb", kb)
+    if torch.compiler.is_compiling():  # opaque to inductor, like the other lowbit ops
+        return torch.ops.lowbit.blockwise_mm(qa, sa, qb, sb, bias, out_dtype)
+    return _blockwise_mm_op(qa, sa, qb, sb, bias, out_dtype)
+
+
+@torch.library.custom_op("lowbit::blockwise_mm", mutates_args=())
+def _blockwise_mm_op(qa: torch.Tensor, sa: torch.Tensor, qb: torch.Tensor, sb: torch.Tensor,
+                     bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    from lowbit.kernels.matmul import code_format
+
+    fa, fb = code_format(qa, "blockwise_mm"), code_format(qb, "blockwise_mm")
     M, K = qa.shape
     N = qb.shape[0]
     kb = _cdiv(K, BLOCK)
@@ -159,6 +214,11 @@ def blockwise_mm(
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype)
+
+
+@_blockwise_mm_op.register_fake
+def _(qa, sa, qb, sb, bias, out_dtype):
+    return qa.new_empty((qa.shape[0], qb.shape[0]), dtype=out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------- Triton (1×128)
