@@ -9,6 +9,7 @@ import torch
 
 from lowbit.functional import RECIPES, Matmul, Quant, Recipe, get_recipe, linear
 from lowbit.kernels import quantize
+from lowbit.kernels.blockwise import dequantize_blockwise, quantize_blockwise
 
 QUANTIZED = [name for name, r in RECIPES.items() if r.quantized]
 
@@ -19,10 +20,18 @@ def _deq64(codes: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
     return c * s / 127 if fmt == "int8" else c / s
 
 
-def _operand64(t: torch.Tensor, q: Quant | None, transpose: bool) -> torch.Tensor:
+def _operand64(t: torch.Tensor, q: Quant | None, transpose: bool, weight: bool = False) -> torch.Tensor:
     """The operand as the recipe feeds it to its matmul (inner dim last), in float64."""
     if q is None:
         return (t.t() if transpose else t).double()
+    if q.scaling == "block":  # 128×128 blocks of a weight (transposed with it), 1×128 along the inner dim otherwise
+        if weight:
+            codes, scale = quantize_blockwise(t, q.format, (128, 128), backend="torch")
+            value = dequantize_blockwise(codes, scale, q.format, torch.float64)
+            return value.t() if transpose else value
+        src = (t.t() if transpose else t).contiguous()
+        codes, scale = quantize_blockwise(src, q.format, (1, 128), backend="torch")
+        return dequantize_blockwise(codes, scale, q.format, torch.float64)
     vector = q.scaling != "tensor"
     if transpose:
         codes, scale = quantize(t, q.format, "column" if vector else "tensor", transpose=True)
@@ -36,8 +45,8 @@ def recipe_reference(x, w, b, g, recipe: Recipe):
     x2 = x.reshape(-1, x.shape[-1])
     g2 = g.reshape(-1, g.shape[-1])
     f, d, wg = recipe.forward, recipe.dgrad, recipe.wgrad
-    y = _operand64(x2, f.left, False) @ _operand64(w, f.right, False).t() + b.double()
-    dx = _operand64(g2, d.left, False) @ _operand64(w, d.right, True).t()
+    y = _operand64(x2, f.left, False) @ _operand64(w, f.right, False, weight=True).t() + b.double()
+    dx = _operand64(g2, d.left, False) @ _operand64(w, d.right, True, weight=True).t()
     if wg.quantized:
         dw = _operand64(g2, wg.left, True) @ _operand64(x2, wg.right, True).t()
     elif recipe.save == "forward-quantized":
@@ -238,3 +247,19 @@ def test_cuda_bf16_layer_cublas_matches_triton(name: str, monkeypatch) -> None:
         outs[backend] = [y, *torch.autograd.grad(y, [xs, ws, bs], g)]
     for t, c in zip(outs["triton"], outs["cublas"]):
         assert _rel(c.float(), t.double()) < 1e-2, (name, _rel(c.float(), t.double()))
+
+
+@pytest.mark.parametrize("name", [n for n in QUANTIZED if "block" in n])
+def test_block_recipes_with_several_blocks_per_dimension(name: str) -> None:
+    """K, N and the token count all span several 128-blocks, the last one partial."""
+    recipe = RECIPES[name]
+    torch.manual_seed(5)
+    x = torch.randn(2, 70, 200, requires_grad=True)
+    w = (torch.randn(150, 200) / 14).requires_grad_()
+    b = torch.randn(150, requires_grad=True)
+    y = linear(x, w, b, recipe)
+    g = torch.randn_like(y)
+    got = (y, *torch.autograd.grad(y, [x, w, b], g))
+    want = recipe_reference(x.detach(), w.detach(), b.detach(), g, recipe)
+    for t, r in zip(got, want):
+        assert _rel(t, r) < 2e-6, name

@@ -1,6 +1,8 @@
 """Autograd functions driven by a :class:`Recipe`, and the named recipes."""
 
+from lowbit.functional.layernorm_linear import layernorm_linear, layernorm_mlp
 from lowbit.functional.linear import linear
+from lowbit.functional.mlp import mlp
 from lowbit.functional.recipe import RECIPES, Matmul, Quant, Recipe, get_recipe
 
-__all__ = ["RECIPES", "Matmul", "Quant", "Recipe", "get_recipe", "linear"]
+__all__ = ["RECIPES", "Matmul", "Quant", "Recipe", "get_recipe", "layernorm_linear", "layernorm_mlp", "linear", "mlp"]

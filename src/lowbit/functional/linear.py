@@ -12,16 +12,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lowbit.functional import _pieces
 from lowbit.functional.recipe import Quant, Recipe, get_recipe
 from lowbit.kernels import ops
+from lowbit.kernels.blockwise import blockwise_mm
 
 
-def _quantize_operand(t: torch.Tensor, q: Quant, transpose: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_operand(t: torch.Tensor, q: Quant, transpose: bool, weight: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes laid out with the inner dimension last (transposing if asked) and their scale.
 
     Vector-wise scaling is always one scale per row of the laid-out operand: a row of ``t`` when it is used
-    as is, a column of ``t`` when it is transposed.
+    as is, a column of ``t`` when it is transposed. Block scaling: 128×128 blocks for a ``weight``, else 1×128.
     """
+    if q.block:
+        return _pieces.quantize(t, q, transpose=transpose, weight=weight)
     vector = q.scaling != "tensor"
     if transpose:
         return ops.quantize(t, q.format, "column" if vector else "tensor", True)
@@ -31,6 +35,11 @@ def _quantize_operand(t: torch.Tensor, q: Quant, transpose: bool) -> tuple[torch
 def _qmm(a, b, qa: Quant, qb: Quant, bias, out_dtype: torch.dtype, simulated: bool) -> torch.Tensor:
     """``dequant(a) @ dequant(b)ᵀ (+ bias)`` from ``(codes, scale)`` pairs laid out inner-dimension-last."""
     (ca, sa), (cb, sb) = a, b
+    if qa.block:
+        if simulated:
+            return F.linear(_pieces.dequantize_operand(ca, sa, qa, out_dtype),
+                            _pieces.dequantize_operand(cb, sb, qb, out_dtype), bias)
+        return blockwise_mm(ca, sa, cb, sb, bias, out_dtype)
     if simulated:
         da = ops.dequantize(ca, sa, qa.format, "row" if sa.ndim else "tensor", out_dtype)
         db = ops.dequantize(cb, sb, qb.format, "row" if sb.ndim else "tensor", out_dtype)
@@ -56,7 +65,7 @@ class _LowbitLinearFunction(torch.autograd.Function):
                 qx, saved = (cx, sx), (cxt, sx)
             else:
                 qx = _quantize_operand(x2d, fwd.left, False)
-            qw = _quantize_operand(weight, fwd.right, False)
+            qw = _quantize_operand(weight, fwd.right, False, weight=True)
             y = _qmm(qx, qw, fwd.left, fwd.right, bias, x.dtype, sim)
         else:
             y = F.linear(x2d, weight, bias)
@@ -90,7 +99,7 @@ class _LowbitLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             if dg.quantized:
                 qdy = qdy or _quantize_operand(dy2d, dg.left, False)
-                dx2d = _qmm(qdy, _quantize_operand(weight, dg.right, True), dg.left, dg.right, None, dy.dtype, sim)
+                dx2d = _qmm(qdy, _quantize_operand(weight, dg.right, True, weight=True), dg.left, dg.right, None, dy.dtype, sim)
             else:
                 dx2d = dy2d @ weight
             dx = dx2d.reshape(ctx.x_shape)

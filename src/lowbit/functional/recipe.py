@@ -17,6 +17,10 @@ out of the inner sum are valid, i.e. ``"tensor"`` or one scale per vector along 
 * forward: X ``row`` (per token), W ``row`` (per output channel);
 * dgrad: dY ``row`` (per token), W ``column`` (per input channel);
 * wgrad: dY ``column`` (per output channel, along tokens), X ``column`` (per input channel, along tokens).
+
+``"block"`` scaling (any operand; both operands of a matmul or neither) is DeepSeek-V3's: one scale per 1×128
+block along the inner dimension for an activation operand (X, dY, and both wgrad operands) and one per 128×128
+block for the weight (:mod:`lowbit.kernels.blockwise`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 QFormat = Literal["int8", "e4m3", "e5m2"]
-Scaling = Literal["row", "column", "tensor"]
+Scaling = Literal["row", "column", "tensor", "block"]
 Save = Literal["input", "forward-quantized", "wgrad-quantized"]
 
 # The vector-wise granularity allowed for each (matmul, side), named on the tensor as it appears.
@@ -48,11 +52,16 @@ class Quant:
     def __post_init__(self) -> None:
         if self.format not in ("int8", "e4m3", "e5m2"):
             raise ValueError(f"Quant.format must be 'int8', 'e4m3' or 'e5m2', got {self.format!r}")
-        if self.scaling not in ("row", "column", "tensor"):
-            raise ValueError(f"Quant.scaling must be 'row', 'column' or 'tensor', got {self.scaling!r}")
+        if self.scaling not in ("row", "column", "tensor", "block"):
+            raise ValueError(f"Quant.scaling must be 'row', 'column', 'tensor' or 'block', got {self.scaling!r}")
 
     def __str__(self) -> str:
         return f"{self.format} {self.scaling}-wise"
+
+    @property
+    def block(self) -> bool:
+        """Block-scaled (1×128 activation / 128×128 weight blocks)."""
+        return self.scaling == "block"
 
 
 @dataclass(frozen=True)
@@ -102,13 +111,15 @@ class Recipe:
             if (mm.left is None) != (mm.right is None):
                 raise ValueError(f"Recipe {self.name!r}: {which} quantizes one operand but not the other")
             for side, q in (("left", mm.left), ("right", mm.right)):
-                allowed = ("tensor", _VECTOR[(which, side)])
+                allowed = ("tensor", _VECTOR[(which, side)], "block")
                 if q is not None and q.scaling not in allowed:
                     op = _OPERANDS[which][0 if side == "left" else 1]
                     raise ValueError(
                         f"Recipe {self.name!r}: {which} operand {op} cannot be scaled {q.scaling}-wise "
                         f"(the scale must factor out of the inner sum: use one of {allowed})"
                     )
+            if mm.quantized and mm.left.block != mm.right.block:
+                raise ValueError(f"Recipe {self.name!r}: {which} block-scales one operand but not the other")
             if mm.quantized and (mm.left.format == "int8") != (mm.right.format == "int8"):
                 raise ValueError(f"Recipe {self.name!r}: {which} mixes int8 with fp8")
         if self.save not in ("input", "forward-quantized", "wgrad-quantized"):
@@ -172,6 +183,13 @@ _BASE: list[Recipe] = [
            Matmul(_q("e5m2", "row"), _q("e4m3", "column")),
            Matmul(_q("e5m2", "column"), _q("e4m3", "column")), save="wgrad-quantized",
            description="fp8 with row/column-wise scales in all three matmuls"),
+    Recipe("switchback-block", Matmul(_q("int8", "block"), _q("int8", "block")),
+           Matmul(_q("int8", "block"), _q("int8", "block")), BF16,
+           description="SwitchBack with block scales: int8 1×128 activation / 128×128 weight blocks, 16-bit wgrad"),
+    Recipe("fp8-blockwise", Matmul(_q("e4m3", "block"), _q("e4m3", "block")),
+           Matmul(_q("e4m3", "block"), _q("e4m3", "block")),
+           Matmul(_q("e4m3", "block"), _q("e4m3", "block")), save="wgrad-quantized",
+           description="DeepSeek-V3 fp8: e4m3 1×128 activation / 128×128 weight blocks in all three matmuls"),
 ]
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _BASE}

@@ -83,10 +83,16 @@ def convert_clip(
     keep_last_blocks: int = 0,
     layers: str = "clip",
     module_filter: ModuleFilter | None = None,
+    fuse: bool = True,
 ) -> nn.Module:
     """Swap the model's linears to ``recipe`` with ``lowbit.nn.convert`` (``None``/``"none"``: leave as is).
 
-    ``module_filter`` overrides the filter built from the ``keep_*`` options. Returns the model.
+    ``module_filter`` overrides the filter built from the ``keep_*`` options. With ``fuse`` (default) each block's
+    MLP becomes one fused ``LowbitMLP`` and each block's LayerNorms are fused with the quantization of their
+    consumers: ``ln2`` + ``mlp`` → ``LayerNormMLP``, ``ln1`` + ``attn.qkv`` → ``LayerNormLinear`` (``ln1``/``ln2``
+    become ``LayerNormAlias`` modules holding the same parameters: ``state_dict`` keys are unchanged, and
+    checkpoints of the plain model load as before). Valid because in :class:`~lowbit.models.clip.Block` ``ln1``
+    feeds only ``attn.qkv`` and ``ln2`` only ``mlp``. Returns the model.
     """
     if recipe is None or recipe == "none":
         return model
@@ -108,4 +114,28 @@ def convert_clip(
             f"recipe {recipe!r} needs lowbit.nn.convert, which is not available in this build ({e}); "
             "use recipe 'none' to train with plain nn.Linear"
         ) from e
-    return convert(model, recipe=recipe, module_filter=module_filter)
+    model = convert(model, recipe=recipe, module_filter=module_filter, fuse=fuse)
+    if fuse:
+        _fuse_block_norms(model)
+    return model
+
+
+def _fuse_block_norms(model: nn.Module) -> None:
+    """LayerNorm → consumer fusion inside every CLIP block whose consumer was converted (see ``convert_clip``)."""
+    from lowbit.models.clip import Block
+    from lowbit.nn import LowbitLinear, LowbitMLP, convert_report, fuse_layernorm
+
+    report = convert_report(model)
+    for fqn, block in model.named_modules():
+        if not isinstance(block, Block):
+            continue
+        for norm, consumer, kinds in (("ln1", "attn.qkv", LowbitLinear), ("ln2", "mlp", LowbitMLP)):
+            if not isinstance(block.get_submodule(consumer), kinds):
+                continue
+            why = fuse_layernorm(block, norm, consumer)
+            if report is not None:
+                key = f"{fqn}.{norm} → {fqn}.{consumer}"
+                if why is None:
+                    report.fused[key] = "LayerNorm fused with the quantization of its output"
+                else:
+                    report.not_fused[key] = why

@@ -1,18 +1,27 @@
-"""``convert`` / ``unconvert``: swap a model's ``nn.Linear`` layers for ``LowbitLinear`` in place and back.
+"""``convert`` / ``unconvert``: swap a model's ``nn.Linear`` layers (and Linear → activation → Linear MLPs) for
+lowbit modules in place, and back.
 
 Modelled on torchao's ``convert_to_float8_training``: a ``module_filter(fqn, module) -> bool`` picks the
-layers; by default layers the kernels cannot serve efficiently are skipped, and the skips are reported.
+layers; by default layers the kernels cannot serve efficiently are skipped. With ``fuse=True`` (the default) every
+MLP whose structure and activation are known exactly becomes one :class:`~lowbit.nn.LowbitMLP` (both linears must
+pass the filter). Every decision is logged at INFO on ``lowbit.nn.convert`` and recorded in a
+:class:`ConvertReport` (``convert(..., report=r)`` fills ``r``; :func:`convert_report` returns the last one of a
+model); when nothing converts, one WARNING line says why and how to override the size threshold.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from lowbit.functional.recipe import Recipe, get_recipe
+from lowbit.nn.layernorm import LayerNormAlias
 from lowbit.nn.linear import LowbitLinear
+from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +33,7 @@ ModuleFilter = Callable[[str, nn.Linear], bool]
 MIN_FEATURES = 1280
 # Widths must be multiples of 16 for aligned, vectorised 8-bit tiles.
 ALIGNMENT = 16
+_OVERRIDE = "module_filter=lambda fqn, m: True"
 
 
 def skip_reason(fqn: str, module: nn.Linear) -> str | None:
@@ -43,53 +53,294 @@ def default_filter(fqn: str, module: nn.Linear) -> bool:
     return skip_reason(fqn, module) is None
 
 
+@dataclass
+class ConvertReport:
+    """What :func:`convert` did: fqn → description / reason (``""`` is the root module).
+
+    ``converted``: linears now running the recipe (those inside fused MLPs included); ``fused``: MLPs now one
+    ``LowbitMLP``; ``skipped``: linears left as they were, with the reason; ``not_fused``: MLP-like modules that were
+    not fused, with the reason (their linears are then converted or skipped on their own).
+    """
+
+    recipe: str = ""
+    converted: dict[str, str] = field(default_factory=dict)
+    fused: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    not_fused: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        n = len(self.converted) + len(self.skipped)
+        return (f"lowbit.convert: {len(self.converted)} linear layer(s) → {self.recipe}; {len(self.skipped)} skipped "
+                f"(of {n}); {len(self.fused)} fused module(s), {len(self.not_fused)} not fused")
+
+    def details(self) -> str:
+        lines = [f"\n  fused {k or '<root>'}: {v}" for k, v in self.fused.items()]
+        lines += [f"\n  not fused {k or '<root>'}: {v}" for k, v in self.not_fused.items()]
+        lines += [f"\n  skipped {k or '<root>'}: {v}" for k, v in self.skipped.items()]
+        return "".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary() + self.details()
+
+
+# ------------------------------------------------------------------------------------------- activation matching
+
+def _probe(module: nn.Module) -> str | None:
+    """Which activation ``module`` computes, by evaluating it (float32, [-8, 8]) against the exact candidates."""
+    from lowbit.functional._pieces import ACTIVATIONS, act_forward
+
+    if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+        return None
+    t = torch.linspace(-8, 8, 161, dtype=torch.float32)
+    try:
+        with torch.no_grad():
+            out = module(t.clone())
+    except Exception:
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != t.shape or not out.is_floating_point():
+        return None
+    for name in ACTIVATIONS:
+        if float((out.double() - act_forward(t.double(), name)).abs().max()) <= 1e-5:
+            return name
+    return None
+
+
+# Hugging Face / open_clip class names → activation (each is then checked by behaviour too).
+_ACT_NAMES = {
+    "QuickGELU": "quick_gelu", "QuickGELUActivation": "quick_gelu",
+    "GELUActivation": "gelu",
+    "NewGELUActivation": "gelu_tanh", "PytorchGELUTanh": "gelu_tanh", "GELUTanh": "gelu_tanh",
+}
+
+
+def match_activation(module: nn.Module) -> tuple[str | None, str]:
+    """``(activation, "")`` if ``module`` is GELU (erf / tanh) or QuickGELU exactly, else ``(None, reason)``."""
+    if type(module) is nn.GELU:
+        return ("gelu_tanh" if module.approximate == "tanh" else "gelu"), ""
+    name = type(module).__name__
+    if isinstance(module, (nn.GELU,)) or name in _ACT_NAMES:
+        got = _probe(module)
+        want = _ACT_NAMES.get(name, "gelu")
+        if got == want:
+            return got, ""
+        return None, f"{name} does not compute {want} here (probed: {got or 'something else'})"
+    got = _probe(module)
+    if got is not None:
+        return got, ""
+    return None, (f"activation {name} is not one lowbit fuses exactly (GELU erf / tanh, QuickGELU x·σ(1.702x))")
+
+
+# ------------------------------------------------------------------------------------------------- MLP matching
+
+@dataclass
+class _MLPMatch:
+    fc1: str
+    act: str
+    fc2: str
+    activation: str
+    kind: str
+
+
+def _passthrough(m: nn.Module) -> str | None:
+    """``None`` if ``m`` does nothing in training (Identity, Dropout p=0), else why it blocks fusion."""
+    if isinstance(m, nn.Identity):
+        return None
+    if isinstance(m, nn.Dropout):
+        return None if m.p == 0 else f"dropout p={m.p} (fused only with p=0)"
+    return f"{type(m).__name__} in the MLP"
+
+
+def _match_sequential(module: nn.Sequential) -> _MLPMatch | str | None:
+    items = list(module.named_children())
+    core = []
+    for name, child in items:
+        if isinstance(child, (nn.Identity, nn.Dropout)):
+            why = _passthrough(child)
+            if why:
+                return f"{name}: {why}"
+            continue
+        core.append((name, child))
+    if len(core) != 3 or not isinstance(core[0][1], nn.Linear) or not isinstance(core[2][1], nn.Linear):
+        return None  # not Linear → act → Linear: not an MLP candidate
+    (n1, fc1), (na, act), (n2, fc2) = core
+    if isinstance(act, nn.Linear):
+        return None
+    activation, why = match_activation(act)
+    if activation is None:
+        return why
+    if fc1.out_features != fc2.in_features:
+        return f"{n1} gives {fc1.out_features} features but {n2} takes {fc2.in_features}"
+    return _MLPMatch(n1, na, n2, activation, "nn.Sequential")
+
+
+# (class-name test, fc1, act, fc2, other children allowed to be pass-through, description)
+_KNOWN: list[tuple[Callable[[type], bool], str, str, str, tuple[str, ...], str]] = [
+    (lambda c: c.__name__ == "Mlp", "fc1", "act", "fc2", ("drop1", "norm", "drop2"), "timm Mlp"),
+    (lambda c: c.__name__.endswith("MLP") and c.__name__ != "MLP", "fc1", "activation_fn", "fc2", (),
+     "Hugging Face *MLP"),
+    (lambda c: c.__name__ == "MLP" and c.__module__ == "lowbit.models.clip", "fc", "act", "proj", (), "lowbit CLIP MLP"),
+]
+
+
+def _match_named(module: nn.Module) -> _MLPMatch | str | None:
+    children = dict(module.named_children())
+    cls = type(module)
+    for test, f1, a, f2, extra, kind in _KNOWN:
+        if not (test(cls) and isinstance(children.get(f1), nn.Linear) and isinstance(children.get(f2), nn.Linear)):
+            continue
+        if set(children) - {f1, a, f2, *extra}:
+            return f"{kind} {cls.__name__} has extra children {sorted(set(children) - {f1, a, f2, *extra})}"
+        if any(True for _ in module.parameters(recurse=False)):
+            return f"{kind} {cls.__name__} holds parameters of its own"
+        for name in extra:
+            if name in children:
+                why = _passthrough(children[name])
+                if why:
+                    return f"{name}: {why}"
+        act = children.get(a)
+        if act is None:
+            return f"{kind} {cls.__name__}: no activation module {a!r}"
+        activation, why = match_activation(act)
+        if activation is None:
+            return why
+        if children[f1].out_features != children[f2].in_features:
+            return f"{f1} gives {children[f1].out_features} features but {f2} takes {children[f2].in_features}"
+        return _MLPMatch(f1, a, f2, activation, kind)
+    name = cls.__name__
+    if name.endswith("Intermediate") and isinstance(children.get("dense"), nn.Linear):
+        return ("Linear → activation here, the second linear in the sibling *Output module (Hugging Face "
+                "ViT/BERT split): only an MLP held by one module is fused")
+    linears = [n for n, c in children.items() if isinstance(c, nn.Linear)]
+    if len(linears) == 2 and ("mlp" in name.lower() or {"fc1", "fc2"} <= set(children)):
+        return f"{name}: unknown MLP class (its forward is not known to be fc2(act(fc1(x))))"
+    return None
+
+
+def match_mlp(module: nn.Module) -> _MLPMatch | str | None:
+    """How ``module`` is a fusable Linear → activation → Linear MLP (a match), why it is an MLP that cannot be
+    fused (a reason string), or ``None`` when it is not an MLP candidate at all."""
+    if isinstance(module, LowbitMLP):
+        return None
+    if type(module) is nn.Sequential:
+        return _match_sequential(module)
+    if isinstance(module, nn.Sequential):
+        return None
+    return _match_named(module)
+
+
+# ------------------------------------------------------------------------------------------------- convert
+
 def convert(
     model: nn.Module,
     recipe: str | Recipe = "switchback",
     module_filter: ModuleFilter | None = None,
     *,
+    fuse: bool = True,
     verbose: bool = False,
+    report: ConvertReport | None = None,
 ) -> nn.Module:
-    """Swap every ``nn.Linear`` of ``model`` that ``module_filter`` accepts for a ``LowbitLinear`` in place.
+    """Swap every ``nn.Linear`` of ``model`` that ``module_filter`` accepts for a ``LowbitLinear`` in place, and
+    (``fuse=True``) every Linear → activation → Linear MLP both of whose linears it accepts for a ``LowbitMLP``.
 
-    Parameters are shared, not copied. Layers already converted get the new recipe. Returns ``model``
-    (which may itself be replaced when it is a bare ``nn.Linear``). Skipped layers are logged (and printed
-    with ``verbose=True``) with the reason.
+    Parameters are shared, not copied, and ``state_dict`` keys are unchanged. Layers already converted get the new
+    recipe. Returns ``model`` (replaced when it is itself a bare ``nn.Linear`` or an MLP: use the return value).
+    By default (``module_filter=None``) a linear converts only when both widths are ≥ ``MIN_FEATURES`` (1280) and
+    multiples of 16 (:func:`skip_reason`); pass ``module_filter=lambda fqn, m: True`` to convert every linear.
+
+    The decisions go to a :class:`ConvertReport` (filled into ``report`` when given, and kept as
+    ``convert_report(model)``), to the ``lowbit.nn.convert`` logger at INFO (printed too with ``verbose``), and,
+    when no linear converts, one WARNING line naming the threshold and the override.
     """
     recipe = get_recipe(recipe)
     accept = module_filter or default_filter
-    converted: list[str] = []
-    skipped: dict[str, str] = {}
+    rep = report if report is not None else ConvertReport()
+    rep.recipe = recipe.name
+
+    def why_not(fqn: str, module: nn.Linear) -> str:
+        return (skip_reason(fqn, module) if module_filter is None else None) or "rejected by module_filter"
+
+    def join(fqn: str, name: str) -> str:
+        return f"{fqn}.{name}" if fqn else name
 
     def visit(module: nn.Module, fqn: str) -> nn.Module:
+        if isinstance(module, LowbitMLP):
+            names = (module.fc1_name, module.fc2_name)
+            if all(accept(join(fqn, n), module._modules[n]) for n in names):
+                module.recipe = recipe
+                rep.fused[fqn] = f"{names[0]} → {module.activation} → {names[1]} ({type(module).__name__})"
+                for n in names:
+                    rep.converted[join(fqn, n)] = f"in {type(module).__name__}"
+            else:
+                for n in names:
+                    rep.skipped[join(fqn, n)] = "in an already fused MLP whose linears the filter now rejects"
+            return module
         if isinstance(module, nn.Linear):
             if isinstance(module, LowbitLinear):
                 if accept(fqn, module):
                     module.recipe = recipe
-                    converted.append(fqn)
+                    rep.converted[fqn] = type(module).__name__
+                else:
+                    rep.skipped[fqn] = why_not(fqn, module) + " (already converted: left as it is)"
                 return module
             if accept(fqn, module):
-                converted.append(fqn)
+                rep.converted[fqn] = "LowbitLinear"
                 return LowbitLinear.from_linear(module, recipe)
-            skipped[fqn] = (skip_reason(fqn, module) if module_filter is None else None) or "module_filter"
+            rep.skipped[fqn] = why_not(fqn, module)
             return module
+        if fuse:
+            m = match_mlp(module)
+            if isinstance(m, _MLPMatch):
+                lin = {n: module._modules[n] for n in (m.fc1, m.fc2)}
+                rejected = {n: why_not(join(fqn, n), c) for n, c in lin.items() if not accept(join(fqn, n), c)}
+                if not rejected:
+                    rep.fused[fqn] = f"{m.fc1} → {m.activation} → {m.fc2} ({m.kind})"
+                    for n in lin:
+                        rep.converted[join(fqn, n)] = "in LowbitMLP"
+                    return LowbitMLP.from_module(module, m.fc1, m.fc2, m.activation, recipe)
+                rep.not_fused[fqn] = "; ".join(f"{n}: {r}" for n, r in rejected.items())
+            elif isinstance(m, str):
+                rep.not_fused[fqn] = m
         for name, child in list(module.named_children()):
-            new = visit(child, f"{fqn}.{name}" if fqn else name)
+            new = visit(child, join(fqn, name))
             if new is not child:
                 setattr(module, name, new)
         return module
 
     model = visit(model, "")
-    msg = f"lowbit.convert: {len(converted)} linear layer(s) → {recipe.name}; {len(skipped)} skipped"
-    details = "".join(f"\n  skipped {name or '<root>'}: {why}" for name, why in skipped.items())
-    logger.info(msg + details)
+    for k, v in rep.fused.items():
+        logger.info("lowbit.convert: fused %s: %s → %s", k or "<root>", v, recipe.name)
+    for k, v in rep.not_fused.items():
+        logger.info("lowbit.convert: not fused %s: %s", k or "<root>", v)
+    for k, v in rep.converted.items():
+        logger.info("lowbit.convert: converted %s (%s) → %s", k or "<root>", v, recipe.name)
+    for k, v in rep.skipped.items():
+        logger.info("lowbit.convert: skipped %s: %s", k or "<root>", v)
+    logger.info(rep.summary() + rep.details())
     if verbose:
-        print(msg + details)
+        print(str(rep))
+    if not rep.converted:
+        n = len(rep.skipped)
+        small = sum("too small" in r for r in rep.skipped.values())
+        why = (f"{small} of {n} narrower than the default threshold (both widths ≥ {MIN_FEATURES})" if small else
+               "see the INFO log of lowbit.nn.convert for each reason")
+        logger.warning(f"lowbit.convert: 0 of {n} linear layers converted to {recipe.name} ({why}); "
+                       f"pass {_OVERRIDE} to convert every linear")
+    object.__setattr__(model, "_lowbit_report", rep)  # a plain attribute: not state, not a submodule
     return model
 
 
+def convert_report(model: nn.Module) -> ConvertReport | None:
+    """The :class:`ConvertReport` of the last :func:`convert` call on ``model`` (``None`` if never converted)."""
+    return getattr(model, "_lowbit_report", None)
+
+
 def unconvert(model: nn.Module) -> nn.Module:
-    """Turn every ``LowbitLinear`` back into a plain ``nn.Linear`` (parameters shared). Returns ``model``."""
+    """Turn every lowbit module back into the plain one (``nn.Linear``, the original MLP module, ``nn.LayerNorm``),
+    parameters shared. Returns ``model`` (replaced when it is itself a lowbit module: use the return value)."""
+    if isinstance(model, LayerNormAlias):
+        return model.to_layernorm()
+    if isinstance(model, (LowbitMLP, LayerNormMLP)):
+        return model.to_module()
     if isinstance(model, LowbitLinear):
         return model.to_linear()
     for name, child in list(model.named_children()):
