@@ -10,7 +10,8 @@ import time
 import torch
 
 from lowbit.bench.linear import mlp_step
-from lowbit.kernels import quantize, triton_matmul, triton_quant
+from lowbit.kernels import quantize, triton_quant
+from lowbit.kernels.gemm import gemm
 
 
 def per_call_us(fn, n=200) -> float:
@@ -30,7 +31,7 @@ qw, sw = quantize(w, "int8", "tensor")
 print("us/call: quantize_rows kernel", per_call_us(lambda: triton_quant.quantize_rows(x, "int8")))
 print("us/call: quantize(row) public", per_call_us(lambda: quantize(x, "int8", "row")))
 print("us/call: quantize(tensor) public", per_call_us(lambda: quantize(w, "int8", "tensor")))
-print("us/call: triton scaled_mm", per_call_us(lambda: triton_matmul.scaled_mm(qx, qw, sx, sw, None, torch.bfloat16)))
+print("us/call: triton scaled_mm", per_call_us(lambda: gemm(qx, qw, sx, sw, out_dtype=torch.bfloat16)))
 print("us/call: torch.empty", per_call_us(lambda: torch.empty(128, 768, device="cuda")))
 print("us/call: F.linear", per_call_us(lambda: torch.nn.functional.linear(x, w)))
 

@@ -50,7 +50,6 @@ def check(dev, log):
     for (M, N, K) in [(4096, 5120, 1280)]:
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
         w = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
-        bias = torch.randn(N, device=dev, dtype=torch.bfloat16)
         pre = torch.randn(M, N, device=dev, dtype=torch.bfloat16)
         cases = []
         for fmt in ("int8", "e4m3"):
@@ -83,7 +82,7 @@ def check(dev, log):
                 ok = all(e < 2e-2 for e in errs.values()) and all(torch.isfinite(t).all() for t in o if t is not None)
                 bad += not ok
                 log.append({"check": f"{M}x{N}x{K} {name}", "ok": ok, **{f"rel_{k}": v for k, v in errs.items()}})
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 bad += 1
                 log.append({"check": f"{M}x{N}x{K} {name}", "ok": False, "error": repr(e)[:300]})
             print(log[-1], flush=True)
@@ -98,7 +97,7 @@ def spills():
             for k in cache[0].values():
                 k._init_handles()
                 out.add((k.n_regs, k.n_spills))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return repr(e)[:80]
     return sorted(out)
 
@@ -151,6 +150,12 @@ def bench_shapes(dev, rows, names, variants):
                 qfa, qfb, sfa, sfb, bias=bias, activation="gelu", store_preact=True, amax="row"))
             c["fp8 gemm warp-spec dgrad act'+colsum+amax"] = env_run(ws, lambda: gemm(
                 qfa, qfb, sfa, sfb, activation="gelu", act_grad_at=pre, colsum=True, amax="row"))
+        if "hooks" in variants:
+            c["fp8 gemm +gelu"] = lambda: gemm(qfa, qfb, sfa, sfb, bias=bias, activation="gelu")
+            c["fp8 gemm +preact"] = lambda: gemm(qfa, qfb, sfa, sfb, bias=bias, store_preact=True)
+            c["fp8 gemm +amax row"] = lambda: gemm(qfa, qfb, sfa, sfb, bias=bias, amax="row")
+            c["fp8 gemm +colsum"] = lambda: gemm(qfa, qfb, sfa, sfb, colsum=True)
+            c["fp8 gemm act' only"] = lambda: gemm(qfa, qfb, sfa, sfb, activation="gelu", act_grad_at=pre)
         if "extra" in variants:
             ba, bsa = bq(x, "e4m3", False)
             bb, bsb = bq(w, "e4m3", True)
@@ -167,7 +172,7 @@ def bench_shapes(dev, rows, names, variants):
                 fn()
                 torch.cuda.synchronize()
                 ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 rows.append({"shape": sname, "kernel": name, "error": repr(e)[:200]})
                 print(rows[-1], flush=True)
                 traceback.print_exc()
@@ -204,7 +209,8 @@ def main():
         f.write(f"{env}\n\nchecks failed: {bad} of {len(log)}\n\n| shape | kernel | ms | TFLOP/s | vs bf16 | cfg |\n|---|---|---|---|---|---|\n")
         for r in rows:
             f.write(f"| {r['shape']} | {r['kernel']} | {r.get('ms')} | {r.get('TFLOP/s')} | {r.get('vs_bf16')} | {(r.get('cfg') or r.get('error', ''))[:60]} |\n")
-    print(open(os.path.join(a.out, "gemm-probe.md")).read())
+    with open(os.path.join(a.out, "gemm-probe.md")) as f:
+        print(f.read())
     return 1 if bad else 0
 
 

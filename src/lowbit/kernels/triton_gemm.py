@@ -49,6 +49,10 @@ def _set_block_shapes(nargs: dict) -> None:
     if nargs.get("USE_TMA"):
         nargs["a_desc"].block_shape = [bm, bk]
         nargs["b_desc"].block_shape = [bn, bk]
+    if nargs.get("OUT_TMA"):
+        bn_store = bn // nargs["EPI_SPLIT"]
+        nargs["c_desc"].block_shape = [bm, bn_store]
+        nargs["x_desc"].block_shape = [bm, bn_store]
 
 
 def configs(block_scaled: bool = False) -> list[triton.Config]:
@@ -136,13 +140,13 @@ def _activation_grad(x, ACT: tl.constexpr):
 
 @triton.jit
 def _gemm(
-    a_ptr, b_ptr, a_desc, b_desc, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr, colsum_ptr,
+    a_ptr, b_ptr, a_desc, b_desc, c_desc, x_desc, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr, colsum_ptr,
     M, N, K, M_BUCKET,
     stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn, stride_xm, stride_xn,
     stride_sam, stride_sak, stride_sbn, stride_sbk,
     A_SCALE: tl.constexpr, B_SCALE: tl.constexpr, IS_INT: tl.constexpr, IS_FLOAT8: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACT_GRAD: tl.constexpr, STORE_PREACT: tl.constexpr,
-    AMAX: tl.constexpr, COLSUM: tl.constexpr, USE_TMA: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
+    AMAX: tl.constexpr, COLSUM: tl.constexpr, USE_TMA: tl.constexpr, OUT_TMA: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
     FLATTEN: tl.constexpr, WARP_SPEC: tl.constexpr, UPCAST_16BIT: tl.constexpr, EMULATE: tl.constexpr,
     A_QLOAD: tl.constexpr, Q_FMT: tl.constexpr, Q_QMAX: tl.constexpr, Q_MBITS: tl.constexpr,
     Q_EMIN: tl.constexpr, Q_BIAS: tl.constexpr, Q_INV_SUB: tl.constexpr, Q_EMULATE: tl.constexpr,
@@ -227,15 +231,16 @@ def _gemm(
             # Epilogue subtiling: two BLOCK_N/2 halves keep fewer values live in the elementwise work.
             c0, c1 = tl.split(tl.permute(tl.reshape(c, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
             rn0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
-            _epilogue(c0, pid_m, rm, rn0, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr, colsum_ptr,
+            _epilogue(c0, pid_m, rm, rn0, pid_m * BLOCK_M, pid_n * BLOCK_N, c_desc, x_desc, OUT_TMA, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr, colsum_ptr,
                       stride_cm, stride_cn, stride_xm, stride_xn, stride_sam, stride_sbn, A_SCALE, B_SCALE, IS_INT,
                       IS_FLOAT8, HAS_BIAS, ACT, ACT_GRAD, STORE_PREACT, AMAX, COLSUM, EMULATE)
-            _epilogue(c1, pid_m, rm, rn0 + BLOCK_N // 2, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr,
+            _epilogue(c1, pid_m, rm, rn0 + BLOCK_N // 2, pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2, c_desc,
+                      x_desc, OUT_TMA, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr,
                       colsum_ptr, stride_cm, stride_cn, stride_xm, stride_xn, stride_sam, stride_sbn, A_SCALE,
                       B_SCALE, IS_INT, IS_FLOAT8, HAS_BIAS, ACT, ACT_GRAD, STORE_PREACT, AMAX, COLSUM, EMULATE)
         else:
             rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-            _epilogue(c, pid_m, rm, rn, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr, colsum_ptr,
+            _epilogue(c, pid_m, rm, rn, pid_m * BLOCK_M, pid_n * BLOCK_N, c_desc, x_desc, OUT_TMA, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr, colsum_ptr,
                       stride_cm, stride_cn, stride_xm, stride_xn, stride_sam, stride_sbn, A_SCALE, B_SCALE, IS_INT,
                       IS_FLOAT8, HAS_BIAS, ACT, ACT_GRAD, STORE_PREACT, AMAX, COLSUM, EMULATE)
 
@@ -250,7 +255,7 @@ def _cast(y, dtype: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _epilogue(c, pid_m, rm, rn, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr, colsum_ptr,
+def _epilogue(c, pid_m, rm, rn, off_m, off_n, c_desc, x_desc, OUT_TMA: tl.constexpr, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, amax_ptr, colsum_ptr,
               stride_cm, stride_cn, stride_xm, stride_xn, stride_sam, stride_sbn,
               A_SCALE: tl.constexpr, B_SCALE: tl.constexpr, IS_INT: tl.constexpr, IS_FLOAT8: tl.constexpr,
               HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACT_GRAD: tl.constexpr, STORE_PREACT: tl.constexpr,
@@ -271,18 +276,30 @@ def _epilogue(c, pid_m, rm, rn, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, 
             c = c * _dequant(tl.load(sb_ptr), IS_INT, IS_FLOAT8)
     if HAS_BIAS:
         c = c + tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    x_ptrs = aux_ptr + rm[:, None].to(tl.int64) * stride_xm + rn[None, :] * stride_xn
+    # Stores (and the pre-activation load) go through TMA descriptors where the layout allows: a 2-D tensor
+    # of 64-bit addresses for a 128×256 tile would take more registers than the accumulator itself.
     if ACT_GRAD:
         # dA = round(dG) * act'(A): rounding dG first makes it the unfused path's number.
-        pre = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if OUT_TMA:
+            pre = x_desc.load([off_m, off_n]).to(tl.float32)
+        else:
+            pre = tl.load(aux_ptr + rm[:, None].to(tl.int64) * stride_xm + rn[None, :] * stride_xn, mask=mask,
+                          other=0.0).to(tl.float32)
         c = _cast(c, out_ty, EMULATE).to(tl.float32) * _activation_grad(pre, ACT)
     else:
         if STORE_PREACT:
-            tl.store(x_ptrs, _cast(c, aux_ptr.dtype.element_ty, EMULATE), mask=mask)
+            pre16 = _cast(c, aux_ptr.dtype.element_ty, EMULATE)
+            if OUT_TMA:
+                x_desc.store([off_m, off_n], pre16)
+            else:
+                tl.store(aux_ptr + rm[:, None].to(tl.int64) * stride_xm + rn[None, :] * stride_xn, pre16, mask=mask)
         if ACT != 0:
             c = _activation(_cast(c, out_ty, EMULATE).to(tl.float32), ACT)
     out = _cast(c, out_ty, EMULATE)
-    tl.store(c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :] * stride_cn, out, mask=mask)
+    if OUT_TMA:
+        c_desc.store([off_m, off_n], out)
+    else:
+        tl.store(c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :] * stride_cn, out, mask=mask)
     if AMAX != 0 or COLSUM:
         stored = tl.where(mask, out.to(tl.float32), 0.0)
         if AMAX == 1:
@@ -294,7 +311,7 @@ def _epilogue(c, pid_m, rm, rn, M, N, c_ptr, sa_ptr, sb_ptr, bias_ptr, aux_ptr, 
 
 
 _KEY = ["M_BUCKET", "N", "K", "A_SCALE", "B_SCALE", "IS_INT", "IS_FLOAT8", "ACT", "ACT_GRAD", "AMAX", "COLSUM",
-        "STORE_PREACT", "HAS_BIAS", "A_QLOAD", "USE_TMA", "FLATTEN", "WARP_SPEC"]
+        "STORE_PREACT", "HAS_BIAS", "A_QLOAD", "USE_TMA", "OUT_TMA", "FLATTEN", "WARP_SPEC"]
 # Column partials are stored, not accumulated: restore them after each autotune trial so a trial of another
 # BLOCK_M leaves no stale rows behind.
 gemm_kernel = triton.autotune(configs=configs(), key=_KEY, restore_value=["colsum_ptr"])(_gemm)
@@ -358,14 +375,19 @@ def launch(
     is_int = b.dtype == torch.int8
     is_f8 = b.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
     use_tma = tma_ok(a) and tma_ok(b)
-    if use_tma:
+    x = aux if aux is not None else c
+    out_tma = use_tma and tma_ok(c) and tma_ok(x)
+    a_desc, b_desc, c_desc, x_desc = a, b, c, x
+    if use_tma or out_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         # Block shapes are set per autotune config by the pre-hook.
-        a_desc = TensorDescriptor.from_tensor(a, [16, 32])
-        b_desc = TensorDescriptor.from_tensor(b, [16, 32])
-    else:
-        a_desc, b_desc = a, b
+        if use_tma:
+            a_desc = TensorDescriptor.from_tensor(a, [16, 32])
+            b_desc = TensorDescriptor.from_tensor(b, [16, 32])
+        if out_tma:
+            c_desc = TensorDescriptor.from_tensor(c, [16, 16])
+            x_desc = TensorDescriptor.from_tensor(x, [16, 16])
     sa_t, s_am, s_ak = _scale_args(sa, a_mode, c)
     sb_t, s_bn, s_bk = _scale_args(sb, b_mode, c)
     amax_buf = None
@@ -377,7 +399,6 @@ def launch(
         # One row of partial sums per BLOCK_M tile; the smallest BLOCK_M of any config bounds the rows.
         min_bm = min(cfg.kwargs["BLOCK_M"] for cfg in configs(a_mode == SCALE_BLOCK))
         colsum_buf = torch.zeros((triton.cdiv(M, min_bm), N), dtype=torch.float32, device=dev)
-    x = aux if aux is not None else c
     if flatten is None:
         flatten = os.environ.get("LOWBIT_GEMM_FLATTEN", "1") == "1"
     if warp_specialize is None:
@@ -389,14 +410,14 @@ def launch(
 
     kernel = gemm_kernel_block if a_mode == SCALE_BLOCK else gemm_kernel
     kernel[grid](
-        a, b, a_desc, b_desc, c, sa_t, sb_t, bias if bias is not None else c, x,
+        a, b, a_desc, b_desc, c_desc, x_desc, c, sa_t, sb_t, bias if bias is not None else c, x,
         amax_buf if amax_buf is not None else c, colsum_buf if colsum_buf is not None else c,
         M, N, K, triton.next_power_of_2(max(M, 1)),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), x.stride(0), x.stride(1),
         s_am, s_ak, s_bn, s_bk,
         A_SCALE=a_mode, B_SCALE=b_mode, IS_INT=is_int, IS_FLOAT8=is_f8, HAS_BIAS=bias is not None,
         ACT=ACTIVATIONS[activation], ACT_GRAD=act_grad, STORE_PREACT=store_preact, AMAX=AMAX_MODES[amax],
-        COLSUM=colsum, USE_TMA=use_tma,
+        COLSUM=colsum, USE_TMA=use_tma, OUT_TMA=out_tma,
         # Triton's interpreter multiplies bf16 tiles wrongly (3.9); exact float32 products there instead.
         UPCAST_16BIT=interpreting() and not (is_int or is_f8), EMULATE=interpreting(), NUM_PROGRAMS=nprog, FLATTEN=flatten, WARP_SPEC=warp_specialize,
         A_QLOAD=qload_fmt is not None, Q_FMT=q["FMT"], Q_QMAX=q["QMAX"], Q_MBITS=q["MBITS"], Q_EMIN=q["EMIN"],
