@@ -136,6 +136,15 @@ def gemm(
       quantizer's scale).
     """
     preact = None
+    if scale_a is not None and a.is_cuda:
+        # lowbit's Hopper GEMM runs the whole epilogue in one pass (the pre-activation is rounded to out_dtype
+        # before the activation, as the unfused layers round it; agreement with the CPU pieces is at that dtype).
+        from lowbit.kernels.gemm import gemm as fused_gemm
+
+        r = fused_gemm(a, b, scale_a, scale_b, bias=bias, activation=activation,  # type: ignore[arg-type]
+                       store_preact=want_preact and act_grad_preact is None, act_grad_at=act_grad_preact,
+                       amax=want_amax, colsum=want_colsum, blockwise=block_scaled, out_dtype=out_dtype)
+        return r.out, r.preact, r.colsum, r.amax
     if scale_a is None:
         z = F.linear(a, b, bias)
         if act_grad_preact is not None:
