@@ -150,6 +150,10 @@ def test_block_scaled_operands(fmt):
         bias = torch.randn(N, generator=gen).bfloat16().to(DEVICE)
         got = gemm(qa, qb, sa, sb, bias=bias, blockwise=True, backend="triton")
         _check(got, _reference(qa, qb, sa, sb, bias=bias, blockwise=True))
+        # Both operands 1×128-blocked (the wgrad of a block-scaled recipe).
+        qb1, sb1 = _blockq(w, fmt, square=False)
+        _check(gemm(qa, qb1, sa, sb1, blockwise=True, backend="triton"),
+               _reference(qa, qb1, sa, sb1, blockwise=True))
         # Block scales recover the matmul of the unquantized operands to the codes' precision.
         exact = x.double() @ w.double().t() + bias.double()
         rel = (got.out.double() - exact).norm() / exact.norm()

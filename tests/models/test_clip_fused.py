@@ -28,7 +28,7 @@ def test_fused_clip_matches_per_linear_conversion_and_keeps_keys(recipe: str) ->
 
     unfused = convert_clip(load(), recipe, fuse=False)
     fused = load()
-    convert_clip(fused, recipe)
+    convert_clip(fused, recipe, fuse=True)
     block = fused.visual.blocks[0]
     assert isinstance(block.ln1, LayerNormAlias) and isinstance(block.attn.qkv, LayerNormLinear)
     assert isinstance(block.ln2, LayerNormAlias) and isinstance(block.mlp, LayerNormMLP)
@@ -57,11 +57,11 @@ def test_fused_clip_matches_per_linear_conversion_and_keeps_keys(recipe: str) ->
 
 
 def test_fused_clip_filters_and_init_still_apply() -> None:
-    model = convert_clip(CLIP(get_config("tiny")), "switchback-sim", keep_last_blocks=1)
+    model = convert_clip(CLIP(get_config("tiny")), "switchback-sim", keep_last_blocks=1, fuse=True)
     last = model.visual.blocks[-1]
     assert type(last.ln2) is nn.LayerNorm and type(last.mlp.fc) is nn.Linear
     assert isinstance(model.visual.blocks[0].mlp, LayerNormMLP)
     model.init_weights()  # re-initialising a converted model reaches the aliased LayerNorms too
     assert torch.equal(model.visual.blocks[0].ln2.weight, torch.ones_like(model.visual.blocks[0].ln2.weight))
-    auto = convert_clip(CLIP(get_config("tiny")), "switchback-sim", layers="auto")
+    auto = convert_clip(CLIP(get_config("tiny")), "switchback-sim", layers="auto", fuse=True)
     assert all(type(m) in (nn.Linear, nn.LayerNorm) for m in auto.modules() if isinstance(m, (nn.Linear, nn.LayerNorm)))

@@ -160,7 +160,7 @@ def _check_fused(module: nn.Module, d: int, *, fc: tuple[str, str], activation: 
     params = [id(p) for p in module.parameters()]
     ref = module(x)
     unfused = convert(_copy(module), recipe, every, fuse=False)
-    fused = convert(module, recipe, every)
+    fused = convert(module, recipe, every, fuse=True)
     assert isinstance(fused, LowbitMLP) and (fused.fc1_name, fused.fc2_name) == fc and fused.activation == activation
     assert list(fused.state_dict()) == keys and [id(p) for p in fused.parameters()] == params
     assert isinstance(fused.fc1, LowbitLinear) and fused.fc1.recipe.name == recipe
@@ -191,7 +191,7 @@ def test_timm_mlp() -> None:
     _check_fused(Mlp(24, 40), 24, fc=("fc1", "fc2"), activation="gelu")
     rep = ConvertReport()
     model = nn.Sequential(Mlp(24, 40, drop=0.1), Mlp(24, 48, norm=True), GluMlp(24, 40))
-    convert(model, "switchback", every, report=rep)
+    convert(model, "switchback", every, report=rep, fuse=True)
     assert "dropout p=0.1" in rep.not_fused["0"] and "LayerNorm" in rep.not_fused["1"]
     assert "unknown MLP class" in rep.not_fused["2"]
     assert not rep.fused and all(isinstance(m, LowbitLinear) for m in (model[0].fc1, model[1].fc2, model[2].fc1))
@@ -201,7 +201,7 @@ def test_hugging_face_clip_mlp_and_activations() -> None:
     _check_fused(CLIPMLP(24, 40, QuickGELUActivation()), 24, fc=("fc1", "fc2"), activation="quick_gelu")
     _check_fused(CLIPMLP(24, 40, GELUActivation()), 24, fc=("fc1", "fc2"), activation="gelu")
     # NewGELU writes the tanh form out: matched as gelu_tanh (equal to F.gelu(tanh) at float32 rounding)
-    m = convert(CLIPMLP(24, 40, NewGELUActivation()), "switchback", every)
+    m = convert(CLIPMLP(24, 40, NewGELUActivation()), "switchback", every, fuse=True)
     assert isinstance(m, LowbitMLP) and m.activation == "gelu_tanh"
 
 
@@ -215,7 +215,7 @@ def test_nested_mlps_and_activation_matching() -> None:
     block.mlp = open_clip_mlp(24, 40)
     block.relu_mlp = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 24))
     rep = ConvertReport()
-    convert(block, "switchback", every, report=rep)
+    convert(block, "switchback", every, report=rep, fuse=True)
     assert isinstance(block.mlp, LowbitMLP) and "mlp" in rep.fused
     assert "ReLU" in rep.not_fused["relu_mlp"] and isinstance(block.relu_mlp[0], LowbitLinear)
     assert convert_report(block) is rep
@@ -225,21 +225,21 @@ def test_nested_mlps_and_activation_matching() -> None:
 def test_filter_rejecting_one_linear_leaves_the_mlp_unfused() -> None:
     m = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 24))
     rep = ConvertReport()
-    out = convert(m, "switchback", lambda fqn, mod: fqn == "0", report=rep)
+    out = convert(m, "switchback", lambda fqn, mod: fqn == "0", report=rep, fuse=True)
     assert out is m and isinstance(m[0], LowbitLinear) and type(m[2]) is nn.Linear
     assert rep.not_fused[""] == "2: rejected by module_filter" and rep.skipped == {"2": "rejected by module_filter"}
 
 
 def test_reconvert_changes_the_recipe_of_a_fused_mlp() -> None:
-    m = convert(Mlp(24, 40), "switchback", every)
-    assert convert(m, "fp8-switchback-sim", every) is m
+    m = convert(Mlp(24, 40), "switchback", every, fuse=True)
+    assert convert(m, "fp8-switchback-sim", every, fuse=True) is m
     assert m.recipe.name == m.fc1.recipe.name == m.fc2.recipe.name == "fp8-switchback-sim"
 
 
 def test_vit_split_mlp_is_reported_and_its_linears_converted() -> None:
     layer = ViTLayer(24, 40)
     rep = ConvertReport()
-    convert(layer, "switchback", every, report=rep)
+    convert(layer, "switchback", every, report=rep, fuse=True)
     assert "ViT/BERT split" in rep.not_fused["intermediate"]
     assert isinstance(layer.intermediate.dense, LowbitLinear) and isinstance(layer.output.dense, LowbitLinear)
     layer(torch.randn(2, 24))
@@ -249,7 +249,7 @@ def test_nothing_converted_warns_once_with_threshold_and_override(caplog) -> Non
     """Issue #21: a BERT at hidden 256 converts 0 of 13 linears; say so once, with the way out."""
     model = BertLike()
     with caplog.at_level(logging.INFO, logger="lowbit.nn.convert"):
-        convert(model)
+        convert(model, fuse=True)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     msg = warnings[0].getMessage()
@@ -260,7 +260,7 @@ def test_nothing_converted_warns_once_with_threshold_and_override(caplog) -> Non
     assert "skipped pooler: too small to gain" in caplog.text  # each decision at INFO
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lowbit.nn.convert"):
-        convert(BertLike(), module_filter=every)
+        convert(BertLike(), module_filter=every, fuse=True)
     assert not caplog.records  # something converted: no warning
 
 
@@ -294,7 +294,7 @@ def test_layernorm_modules_direct_and_fused_keep_keys() -> None:
     block.ln_b, block.proj = nn.LayerNorm(24), nn.Linear(24, 16)
     keys = list(block.state_dict())
     want = (block.mlp(block.ln(x)), block.proj(block.ln_b(x)))
-    convert(block, "switchback", every)
+    convert(block, "switchback", every, fuse=True)
     unfused = (block.mlp(block.ln(x)), block.proj(block.ln_b(x)))
     assert fuse_layernorm(block, "ln", "mlp") is None and fuse_layernorm(block, "ln_b", "proj") is None
     assert isinstance(block.mlp, LayerNormMLP) and isinstance(block.proj, LayerNormLinear)

@@ -72,7 +72,10 @@ def _make(kind: str, d_in: int, d_out: int, device, dtype, mlp_hidden: int | Non
     anchors = _torchao_variants()
     if kind in anchors:
         return anchors[kind](m)
-    return convert(m, kind, module_filter=lambda fqn, mod: True)
+    # "RECIPE:per-linear" converts each nn.Linear on its own; a plain recipe name takes convert()'s default,
+    # which fuses Linear → GELU → Linear into one LowbitMLP.
+    recipe, _, how = kind.partition(":")
+    return convert(m, recipe, module_filter=lambda fqn, mod: True, fuse=how != "per-linear")
 
 
 # Timing modes: eager; torch.compile (default mode); CUDA graphs of the eager module's forward and backward
@@ -183,12 +186,14 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
 def run_matmul(args: argparse.Namespace) -> dict[str, Any]:
     """TFLOP/s of the quantized matmuls (epilogue included) and GB/s of the quantize kernels."""
     from lowbit.kernels import quantize
+    from lowbit.kernels.blockwise import ACT_BLOCK, WEIGHT_BLOCK, quantize_blockwise
+    from lowbit.kernels.gemm import gemm
     from lowbit.kernels.matmul import scaled_mm
 
     device = torch.device(args.device)
     rows = []
-    shapes = [(32896, 1280, 5120), (32896, 5120, 1280), (32896, 1280, 3840), (12800, 768, 3072),
-              (12800, 3072, 768), (65792, 1024, 4096), (8192, 8192, 8192)]
+    shapes = [(32896, 1280, 5120), (32896, 5120, 1280), (65792, 1024, 4096), (65792, 4096, 1024),
+              (12800, 768, 3072), (8192, 8192, 8192)]
     fp8_ok = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
     for M, K, N in shapes:
         a = torch.randn(M, K, device=device, dtype=torch.bfloat16)
@@ -200,19 +205,32 @@ def run_matmul(args: argparse.Namespace) -> dict[str, Any]:
         cands: dict[str, Callable[[], Any]] = {
             "bf16 cuBLAS (F.linear)": lambda: torch.nn.functional.linear(a, b, bias),
             "int8 torch._int_mm": lambda: torch._int_mm(q8a, q8b.t()),
-            "int8 lowbit Triton (+dequant+bias)": lambda: scaled_mm(q8a, q8b, s8a, s8b, bias=bias),
+            "int8 lowbit gemm (+dequant+bias)": lambda: scaled_mm(q8a, q8b, s8a, s8b, bias=bias),
         }
         if fp8_ok:
             qfa, sfa = quantize(a, "e4m3", "row")
             qfb, sfb = quantize(b, "e4m3", "row")
             cands["fp8 torch._scaled_mm rowwise"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias,
                                                                      backend="cublas")
-            cands["fp8 lowbit Triton rowwise (+bias)"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias)
+            cands["fp8 lowbit gemm rowwise (+bias)"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias)
             qta, sta = quantize(a, "e4m3", "tensor")
             qtb, stb = quantize(b, "e4m3", "tensor")
             cands["fp8 torch._scaled_mm tensorwise"] = lambda: scaled_mm(qta, qtb, sta, stb, bias=bias,
                                                                         backend="cublas")
-            cands["fp8 lowbit Triton tensorwise (+bias)"] = lambda: scaled_mm(qta, qtb, sta, stb, bias=bias)
+            cands["fp8 lowbit gemm tensorwise (+bias)"] = lambda: scaled_mm(qta, qtb, sta, stb, bias=bias)
+        if fp8_ok:
+            pre = torch.randn(M, N, device=device, dtype=torch.bfloat16)
+            hooks = dict(bias=bias, activation="gelu", store_preact=True, amax="row")
+            cands["int8 lowbit gemm +bias+GELU+preact+row absmax"] = lambda: gemm(q8a, q8b, s8a, s8b, **hooks)
+            cands["fp8 lowbit gemm +bias+GELU+preact+row absmax"] = lambda: gemm(qfa, qtb, sfa, stb, **hooks)
+            cands["fp8 lowbit gemm dgrad ×GELU'(preact)+colsum+row absmax"] = lambda: gemm(
+                qfa, qtb, sfa, stb, activation="gelu", act_grad_at=pre, colsum=True, amax="row")
+            ba, bsa = quantize_blockwise(a, "e4m3", ACT_BLOCK)
+            bb, bsb = quantize_blockwise(b, "e4m3", WEIGHT_BLOCK)
+            cands["fp8 lowbit gemm 1×128 / 128×128 block scales +bias"] = lambda: gemm(
+                ba, bb, bsa, bsb, bias=bias, blockwise=True)
+            cands["fp8 lowbit gemm quantize-on-load (bf16 A, row scale) +bias"] = lambda: gemm(
+                a, qtb, sfa, stb, bias=bias, quantize_a="e4m3")
         base = None
         for name, fn in cands.items():
             ms = bench(fn, device)

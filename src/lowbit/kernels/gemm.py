@@ -60,9 +60,13 @@ def _scale_mode(s: torch.Tensor | None, rows: int, K: int, blockwise: bool, bloc
     if not isinstance(s, torch.Tensor) or s.dtype != torch.float32:
         raise TypeError(f"gemm: {name} must be a float32 tensor, got {getattr(s, 'dtype', type(s).__name__)}")
     if blockwise:
-        want = (math.ceil(rows / BLOCK) if block_rows else rows, math.ceil(K / BLOCK))
-        if tuple(s.shape) != want:
-            raise ValueError(f"gemm: block-wise {name} must have shape {list(want)}, got {list(s.shape)}")
+        nk = math.ceil(K / BLOCK)
+        # A: 1×128 blocks [M, ⌈K/128⌉]. B: 128×128 blocks [⌈N/128⌉, ⌈K/128⌉] (a weight), or 1×128 blocks
+        # [N, ⌈K/128⌉] (an activation: the wgrad of a block-scaled recipe multiplies two of them).
+        allowed = [(rows, nk)] + ([(math.ceil(rows / BLOCK), nk)] if block_rows else [])
+        if tuple(s.shape) not in allowed:
+            raise ValueError(f"gemm: block-wise {name} must have shape {' or '.join(map(str, map(list, allowed)))}, "
+                             f"got {list(s.shape)}")
         return tg.SCALE_BLOCK
     if s.numel() == 1 and s.ndim <= 2:
         return tg.SCALE_TENSOR
@@ -183,7 +187,7 @@ def gemm_reference(
         acc = torch.zeros((a.shape[0], b.shape[0]), dtype=acc_dtype, device=a.device)
         fa_blk = reference.dequant_factor(scale_a, fa).to(acc_dtype)
         fb_blk = reference.dequant_factor(scale_b, fb).to(acc_dtype)
-        fb_cols = fb_blk.repeat_interleave(BLOCK, dim=0)[: b.shape[0]]
+        fb_cols = fb_blk if fb_blk.shape[0] == b.shape[0] else fb_blk.repeat_interleave(BLOCK, dim=0)[: b.shape[0]]
         for kb in range(fa_blk.shape[1]):
             ks = slice(kb * BLOCK, (kb + 1) * BLOCK)
             part = a[:, ks].to(acc_dtype) @ b[:, ks].to(acc_dtype).t()

@@ -151,7 +151,7 @@ def _gemm(
     A_QLOAD: tl.constexpr, Q_FMT: tl.constexpr, Q_QMAX: tl.constexpr, Q_MBITS: tl.constexpr,
     Q_EMIN: tl.constexpr, Q_BIAS: tl.constexpr, Q_INV_SUB: tl.constexpr, Q_EMULATE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EPI_SPLIT: tl.constexpr,
+    EPI_SPLIT: tl.constexpr, B_BLOCK_ROWS: tl.constexpr = 128,
 ):
     tl.static_assert(A_SCALE != 3 or BLOCK_K == 128, "block scales need BLOCK_K = 128")
     start = tl.program_id(0)
@@ -211,7 +211,8 @@ def _gemm(
                 else:
                     part = tl.dot(a, b.T)
                 fa = _dequant(tl.load(sa_ptr + rm_l * stride_sam + ki * stride_sak), IS_INT, IS_FLOAT8)
-                fb = _dequant(tl.load(sb_ptr + (rn_l // 128) * stride_sbn + ki * stride_sbk), IS_INT, IS_FLOAT8)
+                fb = _dequant(tl.load(sb_ptr + (rn_l // B_BLOCK_ROWS) * stride_sbn + ki * stride_sbk), IS_INT,
+                              IS_FLOAT8)
                 acc_f = acc_f + part * fa[:, None] * fb[None, :]
             elif IS_INT:
                 acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
@@ -418,6 +419,7 @@ def launch(
         A_SCALE=a_mode, B_SCALE=b_mode, IS_INT=is_int, IS_FLOAT8=is_f8, HAS_BIAS=bias is not None,
         ACT=ACTIVATIONS[activation], ACT_GRAD=act_grad, STORE_PREACT=store_preact, AMAX=AMAX_MODES[amax],
         COLSUM=colsum, USE_TMA=use_tma, OUT_TMA=out_tma,
+        B_BLOCK_ROWS=1 if (b_mode == SCALE_BLOCK and sb is not None and sb.shape[0] == N and N > 1) else 128,
         # Triton's interpreter multiplies bf16 tiles wrongly (3.9); exact float32 products there instead.
         UPCAST_16BIT=interpreting() and not (is_int or is_f8), EMULATE=interpreting(), NUM_PROGRAMS=nprog, FLATTEN=flatten, WARP_SPEC=warp_specialize,
         A_QLOAD=qload_fmt is not None, Q_FMT=q["FMT"], Q_QMAX=q["QMAX"], Q_MBITS=q["MBITS"], Q_EMIN=q["EMIN"],

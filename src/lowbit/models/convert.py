@@ -83,11 +83,12 @@ def convert_clip(
     keep_last_blocks: int = 0,
     layers: str = "clip",
     module_filter: ModuleFilter | None = None,
-    fuse: bool = True,
+    fuse: bool = False,
 ) -> nn.Module:
     """Swap the model's linears to ``recipe`` with ``lowbit.nn.convert`` (``None``/``"none"``: leave as is).
 
-    ``module_filter`` overrides the filter built from the ``keep_*`` options. With ``fuse`` (default) each block's
+    ``module_filter`` overrides the filter built from the ``keep_*`` options. With ``fuse`` (off by default: slower
+    than per-linear on an H100 today, see :func:`lowbit.nn.convert`) each block's
     MLP becomes one fused ``LowbitMLP`` and each block's LayerNorms are fused with the quantization of their
     consumers: ``ln2`` + ``mlp`` → ``LayerNormMLP``, ``ln1`` + ``attn.qkv`` → ``LayerNormLinear`` (``ln1``/``ln2``
     become ``LayerNormAlias`` modules holding the same parameters: ``state_dict`` keys are unchanged, and

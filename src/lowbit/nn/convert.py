@@ -2,7 +2,7 @@
 lowbit modules in place, and back.
 
 Modelled on torchao's ``convert_to_float8_training``: a ``module_filter(fqn, module) -> bool`` picks the
-layers; by default layers the kernels cannot serve efficiently are skipped. With ``fuse=True`` (the default) every
+layers; by default layers the kernels cannot serve efficiently are skipped. With ``fuse=True`` every
 MLP whose structure and activation are known exactly becomes one :class:`~lowbit.nn.LowbitMLP` (both linears must
 pass the filter). Every decision is logged at INFO on ``lowbit.nn.convert`` and recorded in a
 :class:`ConvertReport` (``convert(..., report=r)`` fills ``r``; :func:`convert_report` returns the last one of a
@@ -235,12 +235,15 @@ def convert(
     recipe: str | Recipe = "switchback",
     module_filter: ModuleFilter | None = None,
     *,
-    fuse: bool = True,
+    fuse: bool = False,
     verbose: bool = False,
     report: ConvertReport | None = None,
 ) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` that ``module_filter`` accepts for a ``LowbitLinear`` in place, and
     (``fuse=True``) every Linear → activation → Linear MLP both of whose linears it accepts for a ``LowbitMLP``.
+    ``fuse`` is off by default: on an H100 the fused ViT-H MLP ran slower than per-linear conversion (switchback
+    0.99× vs 1.06× bf16, fp8-switchback 1.05× vs 1.09×; ``bench/results/h100/mlp-fused.md``): the GELU and its
+    derivative in the GEMM epilogue are not yet overlapped with the tensor-core work.
 
     Parameters are shared, not copied, and ``state_dict`` keys are unchanged. Layers already converted get the new
     recipe. Returns ``model`` (replaced when it is itself a bare ``nn.Linear`` or an MLP: use the return value).
