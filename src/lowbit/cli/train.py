@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="each rank: its samples against all gathered ones (open_clip's local_loss)")
     parser.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false", default=None,
                         help="all-gather features without gradient (the local gradient is rescaled; same result)")
+    parser.add_argument("--fsdp-8bit-allgather", dest="fsdp_8bit_allgather", action="store_true", default=None,
+                        help="--parallel fsdp: all-gather weights of tensor-wise recipes (switchback, switchback-m, "
+                        "fp8-switchback, fp8-tensorwise) as their int8/e4m3 codes, half the bytes of bf16; exact (default)")
+    parser.add_argument("--no-fsdp-8bit-allgather", dest="fsdp_8bit_allgather", action="store_false", default=None,
+                        help="--parallel fsdp: all-gather weights in 16 bits")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="set any option (YAML value), e.g. --set model.qk_norm=true; repeatable")
@@ -91,7 +96,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (flags left out are not overrides)."""
     out = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest, None) is not None}
-    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
+    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad", "fsdp_8bit_allgather"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     sets = _parse_sets(getattr(args, "sets", []) or [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lowbit.functional.qweight import QuantizedWeight
 from lowbit.functional.recipe import Quant, Recipe, get_recipe
 from lowbit.kernels import ops
 
@@ -20,8 +21,11 @@ def _quantize_operand(t: torch.Tensor, q: Quant, transpose: bool) -> tuple[torch
     """Codes laid out with the inner dimension last (transposing if asked) and their scale.
 
     Vector-wise scaling is always one scale per row of the laid-out operand: a row of ``t`` when it is used
-    as is, a column of ``t`` when it is transposed.
+    as is, a column of ``t`` when it is transposed. A :class:`QuantizedWeight` (FSDP2's 8-bit all-gather)
+    already holds the tensor-wise codes: they are used as they are.
     """
+    if isinstance(t, QuantizedWeight):
+        return t.codes_for(q, transpose)
     vector = q.scaling != "tensor"
     if transpose:
         return ops.quantize(t, q.format, "column" if vector else "tensor", True)

@@ -59,6 +59,7 @@ class TrainConfig:
     parallel: str = "ddp"  # ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard per block + root (bf16 params on CUDA)
     local_loss: bool = False  # each rank: logits of its own features against all gathered ones (open_clip's local_loss)
     gather_with_grad: bool = True  # all-gather features with their gradient (open_clip's gather_with_grad)
+    fsdp_8bit_allgather: bool = True  # fsdp: gather tensor-wise recipes' weights as their int8/e4m3 codes (exact)
     workers: int = 0  # DataLoader worker processes per rank for the training data; 0 = in the training process
     # data
     data: str = "synthetic"
@@ -116,7 +117,8 @@ class TrainConfig:
                f"one of {', '.join(COMPILED_QUANTIZE)}")
         _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize == "kernel" or self.compile is True,
                "'kernel' unless compile is true (it chooses how a compiled model quantizes)")
-        for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
+        for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad",
+                     "fsdp_8bit_allgather"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _check(
             "local_loss",

@@ -52,6 +52,7 @@ from lowbit.train.distributed import (
     save_dcp,
     shard_model,
 )
+from lowbit.train.fsdp8 import precompute_scales
 from lowbit.train.metrics import RunLogger
 from lowbit.train.schedule import warmup_cosine_scheduler
 from lowbit.train.zeroshot import evaluate_zeroshot
@@ -62,6 +63,7 @@ __all__ = ["NonFiniteLossError", "resolve_config", "train"]
 RESUMABLE_CHANGES = {
     "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
     "zeroshot_limit", "monitor", "activations", "compile", "compile_mode", "compiled_quantize", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
+    "fsdp_8bit_allgather",  # exact: the same numbers either way
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
@@ -191,6 +193,22 @@ def _monitor(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Op
 
 
 
+def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str, master: bool) -> bool:
+    """``fsdp_8bit_allgather``: gather eligible weights as their 8-bit codes (``lowbit.train.fsdp8``); one note."""
+    from lowbit.train.fsdp8 import allgather_8bit_format, describe, enable_8bit_allgather
+
+    if not cfg.fsdp_8bit_allgather or cfg.recipe in ("none", "bf16"):
+        return False
+    why = ("" if allgather_8bit_format(cfg.recipe) else f"recipe {cfg.recipe!r} scales W per row/block, not per tensor")
+    if not why and cfg.compile:
+        why = "not with --compile yet (the compiled forward is untested with the gathered codes)"
+    if not why:
+        enable_8bit_allgather(model, torch.bfloat16 if precision == "bf16" else None)
+    if master:
+        print(f"lowbit train: fsdp all-gather in 16 bits: {why}" if why else f"lowbit train: {describe(model)}",
+              flush=True)
+    return not why
+
 
 class _Collate:
     """DataLoader collate: stack images, tokenize captions (a class, so that workers can pickle it)."""
@@ -302,10 +320,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         from lowbit.monitor import ActivationMonitor
 
         act_monitor = ActivationMonitor(raw_model)
+    fsdp8 = False
     if parallel == "fsdp":  # shard before the optimizer is built: it must hold the DTensor parameters
         if cfg.monitor and cfg.optimizer != "stableadamw":
             raise ValueError("monitor under parallel=fsdp needs optimizer stableadamw (its RMS is reduced over the shards)")
         shard_model(raw_model, device, bf16_params=precision == "bf16" and device.type == "cuda")
+        fsdp8 = _fsdp8(cfg, raw_model, precision, master)
     optimizer = _optimizer(cfg, raw_model)
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     if ckpt is not None:
@@ -466,6 +486,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 if not from_optimizer:
                     monitor.update(step)
             optimizer.step()
+            if fsdp8:  # the next all-gathers' scales: one all-reduce for all 8-bit-gathered weights
+                precompute_scales(raw_model)
             if from_optimizer:
                 monitor.update_from_optimizer(step)  # the RMS StableAdamW just computed, no extra pass
             scheduler.step()
