@@ -45,7 +45,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--resume", "resume", str, "continue exactly from a checkpoint file or run directory"),
     ("--eval-every", "eval_every", int, "steps between zero-shot evaluations, 0 = at the end only"),
     ("--log-every", "log_every", int, "steps between metrics rows"),
-    ("--save-every", "save_every", int, "steps between checkpoints, 0 = at the end only"),
+    ("--save-every", "save_every", int, "steps between checkpoints, 0 = at the end only, -1 = none (benchmarks)"),
     ("--seed", "seed", int, "random seed (model init and data order)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
     ("--threads", "threads", int, "CPU threads, 0 = auto (free cores less one, at least 1)"),

@@ -70,7 +70,7 @@ class TrainConfig:
     resume: str = ""  # checkpoint file or run directory to continue
     eval_every: int = 0  # steps between zero-shot evaluations; 0 = at the end only
     log_every: int = 1  # steps between rows of metrics.csv / TensorBoard
-    save_every: int = 100  # steps between checkpoints (one is always written at the end); 0 = end only
+    save_every: int = 100  # steps between checkpoints (one is always written at the end); 0 = end only; -1 = none (benchmarks)
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int = 0  # CPU threads for PyTorch; 0 = auto (free cores less one, >= 1; see loop.cpu_threads)
@@ -85,7 +85,8 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first bad option and its value."""
         for name in ("steps", "batch_size", "accum_steps"):
             _check(name, getattr(self, name), _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive int")
-        for name in ("warmup", "stop_at", "eval_every", "log_every", "save_every", "zeroshot_limit", "keep_last_blocks", "seed", "threads", "workers"):
+        _check("save_every", self.save_every, _is_int(self.save_every) and self.save_every >= -1, "an int >= -1")
+        for name in ("warmup", "stop_at", "eval_every", "log_every", "zeroshot_limit", "keep_last_blocks", "seed", "threads", "workers"):
             v = getattr(self, name)
             _check(name, v, _is_int(v) and v >= 0, "an int >= 0")
         _check("log_every", self.log_every, self.log_every > 0, "an int >= 1")

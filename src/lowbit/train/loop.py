@@ -342,9 +342,15 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and device.type == "cuda"
-    if graphs and world_size > 1:
+    if graphs and world_size > 1 and not (parallel == "ddp" and os.environ.get("LOWBIT_DDP_CUDAGRAPHS") == "1"):
+        why = ("FSDP2's all-gathers and reshards run in hooks between the captured graphs and free the memory the "
+               "graphs would replay into" if parallel == "fsdp" else
+               "compiled DDP splits the graph at its gradient buckets (torch._dynamo.config.optimize_ddp) and "
+               "all-reduces the gradients, which live in the CUDA-graph pool and are overwritten by the next replay, "
+               "from hooks between the graphs; whether that is safe is not verified yet (bench/scripts/multi_gpu.sh "
+               "checks it on GPUs; LOWBIT_DDP_CUDAGRAPHS=1 lifts this check to try it)")
         raise ValueError(f"compile_mode={cfg.compile_mode!r} (CUDA graphs) is not supported with several processes "
-                         "yet; use compile_mode 'default' or 'max-autotune-no-cudagraphs'")
+                         f"under {parallel}: {why}. Use compile_mode 'default' or 'max-autotune-no-cudagraphs'")
     if cfg.compile:
         model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     monitor = _monitor(cfg, raw_model, optimizer)
@@ -516,12 +522,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 logger.log_step(row)
             pbar.update(1)
             pbar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{_lr_used(scheduler, step):.2e}", samples_s=f"{samples_per_s:.0f}")
-            if cfg.save_every and step % cfg.save_every == 0 and step != end_step:
+            if cfg.save_every > 0 and step % cfg.save_every == 0 and step != end_step:
                 save(step)
             if evaluating and cfg.eval_every and step % cfg.eval_every == 0 and step != end_step:
                 evaluate(step)
         # ------------------------------------------------------------ the end
-        if end_step > start_step:
+        if end_step > start_step and cfg.save_every >= 0:  # -1: no checkpoint at all (benchmarks)
             save(end_step)
         if evaluating:
             evaluate(end_step, announce=False)  # the caller prints the final results
