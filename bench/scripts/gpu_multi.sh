@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Superseded by bench/scripts/multi_gpu.py (issue 19: 1/2/4 GPUs, FSDP2 8-bit all-gather, resume, DDP + CUDA graphs).
 # Multi-GPU scaling of `lowbit train` (issue 8): vit-b-32 on synthetic data, 1 GPU vs torchrun 2 GPUs under DDP
 # and FSDP2, for the bf16 / switchback (int8) / fp8-switchback recipes. Throughput = images/s over the steps
 # after warm-up (summary.json samples_per_s_steady: eval off, checkpoint excluded), peak memory of rank 0.
