@@ -7,8 +7,9 @@
 * Bytes: counted at FSDP's all-gather call (``set_custom_all_gather``), the 8-bit run moves exactly
   ``gathers x shard elements x (itemsize - 1)`` fewer bytes: each linear weight travels in 1 byte per element,
   half of bf16 (a quarter of fp32, the CPU parameter dtype).
-* Scales: after ``precompute_scales`` (one all-reduce for all weights) a gather needs no all-reduce of its own;
-  without it, a weight's first gather after a change all-reduces its absmax, the backward's re-gather reuses it.
+* Codes: after ``precompute_scales`` (one all-reduce for all weights, all shards quantized together) a gather
+  sends those codes; without it, a weight's first gather after a change all-reduces its absmax and quantizes its
+  shard, and the backward's re-gather reuses them. Same numbers either way.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _train(rank: int, model: torch.nn.Module, batches: list, eight: bool, precom
         "saved": sum(g.gathers * g.fsdp_param.padded_sharded_param_size.numel() * (g.dtype.itemsize - 1)
                      for g in gathers),
         "reduces": sum(g.reduces for g in gathers), "gathers": sum(g.gathers for g in gathers),
+        "quantized": sum(g.quantized for g in gathers),
         "analytic": fsdp8.weight_allgather_bytes(model),
     }
 
@@ -172,6 +174,17 @@ def test_precomputed_scales_save_the_per_weight_allreduce(runs: dict) -> None:
         assert pre["losses"] == own["losses"]
         assert all(torch.equal(x, y) for x, y in zip(pre["params"], own["params"]))
         n = len(pre["names"])
-        assert own["gathers"] == 2 * STEPS * n  # forward and backward (FSDP reshards after the forward)
-        assert own["reduces"] == STEPS * n  # one per weight per step: the backward's gather reuses the forward's
-        assert pre["reduces"] == n  # only the first forward's (before any precompute)
+        assert own["gathers"] == pre["gathers"] == 2 * STEPS * n  # forward and backward (FSDP reshards after it)
+        # without precompute: one all-reduce and one quantization per weight per step (the backward's gather
+        # reuses the forward's codes); with it, only the first forward's (before any precompute)
+        assert own["reduces"] == own["quantized"] == STEPS * n
+        assert pre["reduces"] == pre["quantized"] == n
+
+
+def test_absmax_bits_order_like_values_with_nan_on_top() -> None:
+    from lowbit.train.fsdp8 import _abs_bits
+
+    vals = torch.tensor([0.0, 1e-30, 1.0, 3.5, float("inf"), float("nan"), -float("nan")])
+    bits = _abs_bits(vals.abs())
+    assert bits.tolist() == sorted(bits.tolist())[:5] + bits.tolist()[5:]  # finite and inf ascending
+    assert bits[5] == bits[6] > bits[4]  # any NaN (either sign) above inf: a MAX all-reduce propagates it

@@ -17,10 +17,10 @@ Numerics: the codes and scale equal ``quantize(W_gathered_16bit)`` bit for bit (
 gives the same value; quantization is elementwise), hence the run is identical to the 16-bit gather
 (``tests/train/test_fsdp8.py``: losses, gradients and parameters after optimizer steps, bit for bit).
 
-The absmax all-reduce: one per weight per gather unless :func:`precompute_scales` ran after the last change of
-the weights (the trainer calls it after every optimizer step: one all-reduce for all weights, as torchao's
-``precompute_float8_dynamic_scale_for_fsdp``). A weight changed since (its version counter moved) falls back to
-its own all-reduce, so a stale scale is never used.
+Cost: :func:`precompute_scales` (the trainer calls it after every optimizer step) takes all weights' absmaxes
+in one all-reduce, as torchao's ``precompute_float8_dynamic_scale_for_fsdp``, and quantizes all shards in a few
+launches; the forward's and the backward's gathers then send those codes. A weight changed since (its version
+counter moved) is quantized by its gather instead, after an all-reduce of its own, so stale codes are never sent.
 
 Unlike torchao, the sharded parameter stays a plain tensor (its shard is what StableAdamW's fused kernels and DCP
 checkpoints see): the two hooks are attributes of the local shard tensor, installed after ``fully_shard``. That
@@ -31,6 +31,7 @@ re-run), checked against torch 2.13. Recipes whose forward W is row-wise (``swit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ import torch.distributed as dist
 
 from lowbit.functional.qweight import QuantizedWeight, quantize_with_amax
 from lowbit.functional.recipe import Recipe, get_recipe
+from lowbit.kernels import reference
 
 __all__ = ["AllGatherCounter", "allgather_8bit_format", "count_allgather_bytes", "enable_8bit_allgather",
            "precompute_scales"]
@@ -80,8 +82,9 @@ def _gather_dtype(fp: Any) -> torch.dtype:
 def _abs_bits(amax: torch.Tensor) -> torch.Tensor:
     """float32 absmax (≥ 0 or NaN) → int32 bit patterns ordered like the values, NaN above Inf, so an integer
     MAX all-reduce is a NaN-propagating float max (as the Triton absmax kernel does with atomics)."""
-    bits = amax.float().reshape(1).view(torch.int32)
-    return torch.where(torch.isnan(amax.reshape(1)), torch.full_like(bits, 0x7FC00000), bits)
+    a = amax.float().reshape(-1)
+    bits = a.view(torch.int32)
+    return torch.where(torch.isnan(a), torch.full_like(bits, 0x7FC00000), bits)
 
 
 @dataclass
@@ -92,9 +95,13 @@ class _Gather8:
     fmt: str
     compute_dtype: torch.dtype | None  # None: FSDP's all-gather dtype (param_dtype, else the parameter's)
     amax: torch.Tensor | None = None  # the whole weight's absmax (float32) ...
-    amax_key: tuple | None = None  # ... valid while the shard's (id, version) is this
+    amax_key: tuple | None = None  # ... valid while the shard's (id, version, dtype) is this
+    codes: torch.Tensor | None = None  # the shard's codes and the scale (from precompute_scales or a gather) ...
+    scale: torch.Tensor | None = None
+    codes_key: tuple | None = None  # ... valid while the shard's key is this
     gathers: int = field(default=0)  # pre-all-gathers run (tests)
     reduces: int = field(default=0)  # of which needed their own all-reduce
+    quantized: int = field(default=0)  # of which quantized the shard themselves (no precomputed codes)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -114,13 +121,19 @@ class _Gather8:
     # FSDP2 calls these two with the signatures it checks (5 arguments; out= on later gathers).
     def pre_all_gather(self, mesh: Any, outer_size: Any, outer_stride: Any, module: Any, mp_policy: Any):
         self.gathers += 1
-        x = self.shard().to(self.dtype)
-        if self.amax is None or self.amax_key != self.key():
-            self.reduces += 1
-            bits = _abs_bits(self.local_amax())
-            dist.all_reduce(bits, op=dist.ReduceOp.MAX, group=mesh.get_group())
-            self.amax, self.amax_key = bits.view(torch.float32).reshape(()), self.key()
-        codes, scale = quantize_with_amax(x, self.amax, self.fmt)
+        key = self.key()
+        if self.codes is not None and self.codes_key == key:  # precompute_scales (or the forward) quantized it
+            codes, scale = self.codes, self.scale
+        else:
+            self.quantized += 1
+            if self.amax is None or self.amax_key != key:
+                self.reduces += 1
+                bits = _abs_bits(self.local_amax())
+                dist.all_reduce(bits, op=dist.ReduceOp.MAX, group=mesh.get_group())
+                self.amax, self.amax_key = bits.view(torch.float32).reshape(()), key
+            codes, scale = quantize_with_amax(self.shard().to(self.dtype), self.amax, self.fmt)
+            # kept for the backward's re-gather of the same weights (FSDP reshards after the forward)
+            self.codes, self.scale, self.codes_key = codes, scale, key
         padded = tuple(self.fsdp_param.padded_sharded_param_size)
         if tuple(codes.shape) != padded:  # FSDP pads the last ranks' shards to the first's size
             full = torch.zeros(padded, dtype=codes.dtype, device=codes.device)
@@ -193,18 +206,45 @@ def _gathers(model: torch.nn.Module) -> list[_Gather8]:
 
 @torch.no_grad()
 def precompute_scales(model: torch.nn.Module) -> None:
-    """The whole-weight absmax of every 8-bit-gathered weight, in one all-reduce (call after optimizer.step()).
+    """Quantize every 8-bit-gathered weight's shard for the next gathers (call after ``optimizer.step()``).
 
-    Collective: every rank must call it. Without it each weight's gather does its own all-reduce (same values).
+    Collective (every rank calls it): one all-reduce of all the weights' local absmaxes, then the codes of all
+    shards in a handful of launches over their concatenation (quantizing per weight costs ~10 launches per weight,
+    CPU time a ViT-L step would notice). Elementwise the same arithmetic as :func:`quantize_with_amax`, so the
+    same codes. They are kept until the weights change (1 byte per shard element). Without this call each weight's
+    first gather after a change quantizes its shard itself (same values).
     """
     gathers = _gathers(model)
     if not gathers:
         return
-    bits = torch.cat([_abs_bits(g.local_amax()) for g in gathers])
+    shards = [g.shard() for g in gathers]
+    local = torch.zeros(len(gathers), dtype=torch.float32, device=shards[0].device)
+    groups: dict[tuple, list[int]] = {}
+    for i, (g, t) in enumerate(zip(gathers, shards)):
+        if t.numel():  # an empty shard's absmax is 0
+            groups.setdefault((t.dtype, g.dtype), []).append(i)
+    for (_, dtype), idx in groups.items():
+        # max|x| (exact), then the cast: max|cast(x)| = cast(max|x|) for a monotone, odd rounding, i.e. the absmax
+        # of the cast shard that the linear would quantize; NaN propagates
+        norms = torch.stack(torch._foreach_norm([shards[i] for i in idx], ord=math.inf))
+        local[idx] = norms.to(dtype).float()
+    bits = _abs_bits(local)
     dist.all_reduce(bits, op=dist.ReduceOp.MAX, group=gathers[0].fsdp_param.shard_mesh.get_group())
     amax = bits.view(torch.float32)
-    for g, a in zip(gathers, amax):
-        g.amax, g.amax_key = a.reshape(()), g.key()
+    by_format: dict[tuple, list[int]] = {}
+    for i, g in enumerate(gathers):
+        g.amax, g.amax_key = amax[i], g.key()
+        by_format.setdefault((g.fmt, g.dtype), []).append(i)
+    for (fmt, dtype), idx in by_format.items():
+        counts = [shards[i].numel() for i in idx]
+        flat = torch.cat([shards[i].reshape(-1) for i in idx]).to(dtype)
+        scales = reference.scale_from_absmax(amax[idx], fmt)  # type: ignore[arg-type]
+        per_element = torch.repeat_interleave(scales, torch.tensor(counts, device=scales.device),
+                                              output_size=sum(counts))
+        codes = reference.quantize_with_scale(flat, per_element, fmt)  # type: ignore[arg-type]
+        for i, c, sc in zip(idx, codes.split(counts), scales.unbind()):
+            g = gathers[i]
+            g.codes, g.scale, g.codes_key = c.view(shards[i].shape), sc, g.amax_key
 
 
 # ---------------------------------------------------------------------------------------------- bytes moved
