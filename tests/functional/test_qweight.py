@@ -1,7 +1,8 @@
 """``QuantizedWeight``: a weight handed to ``linear`` as its tensor-wise codes + scale (FSDP2's 8-bit all-gather)
 gives the same forward output and the same input / weight gradients as the 16-bit weight, bit for bit, for
 every recipe that can gather 8-bit; codes quantized piecewise with the whole tensor's absmax equal the whole
-tensor's codes. CPU, PyTorch reference numerics."""
+tensor's codes. CPU (PyTorch reference numerics); on a GPU also against the Triton quantizer and matmul that the
+16-bit gather's path runs (the shard is quantized with the reference arithmetic, which must match them)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,16 @@ def test_eligible_recipes() -> None:
         assert got[name] is None, name
 
 
+CUDA = [pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", ["cpu", *CUDA])
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_pieces_with_global_absmax_equal_whole_tensor_codes(fmt: str, dtype: torch.dtype) -> None:
+def test_pieces_with_global_absmax_equal_whole_tensor_codes(fmt: str, dtype: torch.dtype, device: str) -> None:
     g = torch.Generator().manual_seed(0)
-    w = (torch.randn(37, 24, generator=g) * torch.logspace(-3, 1, 24)).to(dtype)
+    rows, cols = (37, 24) if device == "cpu" else (1030, 768)
+    w = (torch.randn(rows, cols, generator=g) * torch.logspace(-3, 1, cols)).to(dtype).to(device)
     codes, scale = ops.quantize(w, fmt, "tensor", False)
     amax = torch.stack([p.float().abs().amax() for p in w.split(10)]).amax()
     pieces = [quantize_with_amax(p, amax, fmt) for p in w.split(10)]
@@ -40,16 +46,19 @@ def test_pieces_with_global_absmax_equal_whole_tensor_codes(fmt: str, dtype: tor
     assert torch.equal(torch.cat([c for c, _ in pieces]).view(torch.uint8), codes.view(torch.uint8))
 
 
+@pytest.mark.parametrize("device", ["cpu", *CUDA])
 @pytest.mark.parametrize("name", EIGHT_BIT)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_with_quantized_weight_is_exact(name: str, dtype: torch.dtype) -> None:
+def test_linear_with_quantized_weight_is_exact(name: str, dtype: torch.dtype, device: str) -> None:
     recipe = get_recipe(name)
+    if device == "cuda" and recipe.uses_fp8 and not recipe.simulated and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs an fp8 GPU")
     fmt = allgather_8bit_format(recipe)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 5, 24, generator=g).to(dtype)
-    w = (0.2 * torch.randn(16, 24, generator=g)).to(dtype)
-    b = torch.randn(16, generator=g).to(dtype)
-    dy = torch.randn(3, 5, 16, generator=g).to(dtype)
+    x = torch.randn(3, 5, 24, generator=g).to(dtype).to(device)
+    w = (0.2 * torch.randn(16, 24, generator=g)).to(dtype).to(device)
+    b = torch.randn(16, generator=g).to(dtype).to(device)
+    dy = torch.randn(3, 5, 16, generator=g).to(dtype).to(device)
 
     def run(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
         xx, bb = x.clone().requires_grad_(), b.clone().requires_grad_()
