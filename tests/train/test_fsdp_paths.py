@@ -1,7 +1,7 @@
 """``lowbit train`` under ``torchrun`` (2 CPU processes, gloo, FSDP2): the paths the multi-GPU note left untested.
 
 * 8-bit weight all-gather (default for tensor-wise recipes): the same metrics, bit for bit, as
-  ``--no-fsdp-8bit-allgather`` (losses, gradient norms and the RMS monitor's columns).
+  ``--no-fsdp-8bit-allgather`` (losses, gradient norms and the RMS monitor's columns), eager and compiled.
 * The RMS monitor under FSDP (``--set monitor=true``, StableAdamW: the RMS of each sharded tensor is reduced over
   its shards): finite ``rms/<param>`` columns for every parameter, equal to one process's (|Δ| <= 1e-4 relative;
   fp32, only reduction orders differ) at the same global batch.
@@ -87,6 +87,18 @@ def test_8bit_allgather_trainer_matches_16bit_gather(tmp_path: Path) -> None:
     assert [{k: v for k, v in r.items() if k not in drop} for r in runs["eight"]] == \
         [{k: v for k, v in r.items() if k not in drop} for r in runs["sixteen"]]
     assert len(runs["eight"]) == STEPS and any(k.startswith("rms/") for k in runs["eight"][0])
+
+
+@pytest.mark.slow
+def test_8bit_allgather_compiled_matches_16bit_gather(tmp_path: Path) -> None:
+    """``--compile``: the compiled blocks take the gathered codes (a tensor subclass input); same numbers."""
+    runs = {}
+    for name, extra in (("eight", []), ("sixteen", ["--no-fsdp-8bit-allgather"])):
+        out = tmp_path / name
+        _train(*COMMON, "--recipe", "fp8-switchback", "--batch-size", "8", "--parallel", "fsdp", "--steps", "2",
+               "--compile", "--out", str(out), *extra)
+        runs[name] = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in _rows(out)]
+    assert runs["eight"] == runs["sixteen"] and len(runs["eight"]) == 2
 
 
 def test_rowwise_recipe_keeps_16bit_gather(tmp_path: Path) -> None:

@@ -200,8 +200,6 @@ def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str, master: boo
     if not cfg.fsdp_8bit_allgather or cfg.recipe in ("none", "bf16"):
         return False
     why = ("" if allgather_8bit_format(cfg.recipe) else f"recipe {cfg.recipe!r} scales W per row/block, not per tensor")
-    if not why and cfg.compile:
-        why = "not with --compile yet (the compiled forward is untested with the gathered codes)"
     if not why:
         enable_8bit_allgather(model, torch.bfloat16 if precision == "bf16" else None)
     if master:
