@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Multi-GPU measurement of ``lowbit train`` (issue 19), one device call of at most ~9 minutes on 4 H100s.
 
-What it runs (synthetic data rendered by DataLoader workers, eager, no checkpoints except the resume check):
+What it runs (synthetic data rendered by DataLoader workers, eager unless ``--compile``, no checkpoints except the
+resume check):
 
 1. one GPU: ViT-B/32 (256 per GPU) and ViT-L/14 (64 per GPU), bf16 and the 8-bit recipe (``--recipe8``,
    default switchback) — four single-GPU runs side by side, one per GPU (``--serial``: one at a time);
@@ -121,6 +122,8 @@ def command(j: Job, a: argparse.Namespace, out: Path) -> list[str]:
         model = ["--preset", preset, "--batch-size", str(batch)]
         steps = ["--steps", str(a.steps)]
     workers = workers_per_rank(j, a)
+    if a.compile and j.stage != "cudagraphs":
+        steps.append("--compile")
     return [*launcher, "train", *model, *steps, "--recipe", j.recipe, "--optimizer", "stableadamw", "--warmup", "5",
             "--zeroshot", "none", "--no-progress", "--log-every", "1", "--save-every", "-1", "--workers", str(workers),
             *(["--parallel", j.parallel] if j.parallel != "none" else []), "--out", str(run_dir), *j.args]
@@ -155,7 +158,7 @@ def run_batch(batch: list[Job], a: argparse.Namespace, out: Path, t0: float, by_
         log = (out / "runs" / f"{j.name}.log").open("w")
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
-        limit = min(a.limit * (3 if j.stage == "cudagraphs" else 1), left)
+        limit = min(a.limit * (3 if j.stage == "cudagraphs" else 2 if a.compile else 1), left)
         procs.append((j, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log,
                       time.time(), limit))
     for j, p, log, start, limit in procs:
@@ -228,7 +231,7 @@ def report(jobs: list[Job], a: argparse.Namespace, out: Path, total: float) -> s
         v = meta["versions"]
         lines += [f"{meta['device']} | torch {v['torch']} | triton {v.get('triton')} | {meta['precision']} | "
                   f"{a.steps} steps, images/s after the first 5 | data {meta['config']['data']}, "
-                  f"{meta['config']['workers']} workers per rank | eager | "
+                  f"{meta['config']['workers']} workers per rank | {'compiled' if a.compile else 'eager'} | "
                   + ("runs one at a time | " if a.serial or a.dry else "1-GPU runs side by side (one per GPU), "
                      "2-GPU runs in pairs (GPUs 0,1 and 2,3) | ")
                   + ("CPU smoke test (tiny model, gloo)" if a.dry else f"ViT-B/32 {a.batch_b}, ViT-L/14 {a.batch_l} per GPU"),
@@ -319,6 +322,8 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=500, help="seconds; later runs are skipped")
     p.add_argument("--limit", type=float, default=100, help="seconds per run (x3 for the compiled one)")
     p.add_argument("--serial", action="store_true", help="one run at a time (no runs side by side)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every run (default mode; compile time is "
+                   "excluded from images/s but counts against the budget)")
     p.add_argument("--only", default="", help="comma-separated stages to run: 1,big,resume,2,cudagraphs")
     a = p.parse_args()
     if a.dry:
