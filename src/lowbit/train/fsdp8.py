@@ -218,7 +218,16 @@ def precompute_scales(model: torch.nn.Module) -> None:
     if not gathers:
         return
     shards = [g.shard() for g in gathers]
-    local = torch.zeros(len(gathers), dtype=torch.float32, device=shards[0].device)
+    device = shards[0].device
+    cache: dict = model.__dict__.setdefault("_lowbit_gather8_index", {})
+
+    def on_device(values: list[int]) -> torch.Tensor:  # index/count tensors made once: no host-to-device copy per step
+        key = tuple(values)
+        if key not in cache:
+            cache[key] = torch.tensor(values, dtype=torch.int64, device=device)
+        return cache[key]
+
+    local = torch.zeros(len(gathers), dtype=torch.float32, device=device)
     groups: dict[tuple, list[int]] = {}
     for i, (g, t) in enumerate(zip(gathers, shards)):
         if t.numel():  # an empty shard's absmax is 0
@@ -227,7 +236,7 @@ def precompute_scales(model: torch.nn.Module) -> None:
         # max|x| (exact), then the cast: max|cast(x)| = cast(max|x|) for a monotone, odd rounding, i.e. the absmax
         # of the cast shard that the linear would quantize; NaN propagates
         norms = torch.stack(torch._foreach_norm([shards[i] for i in idx], ord=math.inf))
-        local[idx] = norms.to(dtype).float()
+        local.index_copy_(0, on_device(idx), norms.to(dtype).float())
     bits = _abs_bits(local)
     dist.all_reduce(bits, op=dist.ReduceOp.MAX, group=gathers[0].fsdp_param.shard_mesh.get_group())
     amax = bits.view(torch.float32)
@@ -238,9 +247,8 @@ def precompute_scales(model: torch.nn.Module) -> None:
     for (fmt, dtype), idx in by_format.items():
         counts = [shards[i].numel() for i in idx]
         flat = torch.cat([shards[i].reshape(-1) for i in idx]).to(dtype)
-        scales = reference.scale_from_absmax(amax[idx], fmt)  # type: ignore[arg-type]
-        per_element = torch.repeat_interleave(scales, torch.tensor(counts, device=scales.device),
-                                              output_size=sum(counts))
+        scales = reference.scale_from_absmax(amax.index_select(0, on_device(idx)), fmt)  # type: ignore[arg-type]
+        per_element = torch.repeat_interleave(scales, on_device(counts), output_size=sum(counts))
         codes = reference.quantize_with_scale(flat, per_element, fmt)  # type: ignore[arg-type]
         for i, c, sc in zip(idx, codes.split(counts), scales.unbind()):
             g = gathers[i]
