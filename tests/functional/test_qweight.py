@@ -49,7 +49,12 @@ def test_pieces_with_global_absmax_equal_whole_tensor_codes(fmt: str, dtype: tor
 @pytest.mark.parametrize("device", ["cpu", *CUDA])
 @pytest.mark.parametrize("name", EIGHT_BIT)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_with_quantized_weight_is_exact(name: str, dtype: torch.dtype, device: str) -> None:
+def test_linear_with_quantized_weight_is_exact(name: str, dtype: torch.dtype, device: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_dequantize(*args, **kwargs):
+        raise AssertionError("the linear fell back to the dequantized weight")
+
+    monkeypatch.setattr(QuantizedWeight, "dequantize", no_dequantize)
     recipe = get_recipe(name)
     if device == "cuda" and recipe.uses_fp8 and not recipe.simulated and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("needs an fp8 GPU")
@@ -73,6 +78,27 @@ def test_linear_with_quantized_weight_is_exact(name: str, dtype: torch.dtype, de
     assert type(got[2]) is torch.Tensor and got[2].dtype == dtype  # a plain 16-bit gradient for FSDP to reduce
     for a, c in zip(got, want):
         assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", ["switchback", "fp8-switchback"])
+def test_under_autocast_codes_of_the_cast_weight(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 parameters under bf16 autocast: ``linear`` casts W to bf16 and quantizes that; the gathered codes are
+    made from the bf16 values (``source_dtype``), and the cast of the ``QuantizedWeight`` keeps them."""
+    monkeypatch.setattr(QuantizedWeight, "dequantize", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    g = torch.Generator().manual_seed(2)
+    x, w, dy = torch.randn(6, 24, generator=g), 0.2 * torch.randn(16, 24, generator=g), torch.randn(6, 16, generator=g)
+    wb = w.to(torch.bfloat16)
+    codes, scale = quantize_with_amax(wb, wb.float().abs().amax(), allgather_8bit_format(name))
+    outs = []
+    for weight in (w.clone().requires_grad_(), QuantizedWeight(codes, scale, allgather_8bit_format(name), torch.float32,
+                                                               torch.bfloat16, requires_grad=True)):
+        xx = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = linear(xx, weight, None, name)
+        y.backward(dy.to(y.dtype))
+        outs.append((y, xx.grad, weight.grad))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
 
 
 def test_quantized_weight_behaves_like_a_weight() -> None:

@@ -44,6 +44,13 @@ def quantize_with_amax(x: torch.Tensor, amax: torch.Tensor, fmt: str) -> tuple[t
     return reference.quantize_with_scale(x, scale, fmt), scale  # type: ignore[arg-type]
 
 
+def _dtype_only(w: torch.Tensor, kwargs: dict[str, Any]) -> bool:
+    """``_to_copy`` kwargs that change at most the dtype (what ``weight.to(dtype)`` passes)."""
+    same = {"device": (None, w.device), "layout": (None, torch.strided), "pin_memory": (None, False),
+            "memory_format": (None, torch.preserve_format), "non_blocking": (None, False, True)}
+    return all(k == "dtype" or (k in same and v in same[k]) for k, v in kwargs.items())
+
+
 class QuantizedWeight(torch.Tensor):
     """A 2-D weight held as tensor-wise ``codes`` (int8 or float8_e4m3fn) and a 0-dim float32 ``scale``.
 
@@ -102,8 +109,8 @@ class QuantizedWeight(torch.Tensor):
         if func in _VIEWS:
             w = args[0]
             return QuantizedWeight(func(w.codes, *args[1:], **kwargs), w.scale, w.fmt, w.dtype, w.source_dtype)
-        if func is _aten._to_copy.default and set(kwargs) <= {"dtype"} and isinstance(args[0], QuantizedWeight):
-            w, dtype = args[0], kwargs.get("dtype", args[0].dtype)
+        if func is _aten._to_copy.default and isinstance(args[0], QuantizedWeight) and _dtype_only(args[0], kwargs):
+            w, dtype = args[0], kwargs.get("dtype") or args[0].dtype
             if dtype == w.source_dtype:  # the cast `linear` makes under autocast: the codes are of these values
                 return QuantizedWeight(w.codes, w.scale, w.fmt, dtype, w.source_dtype)
             raise TypeError(f"QuantizedWeight: codes made from {w.source_dtype} values cannot stand for the weight "
