@@ -84,7 +84,7 @@ def build_jobs(a: argparse.Namespace) -> list[Job]:
     jobs.append(Job("resume-ref-2", "resume", "B", "bf16", 2, "fsdp", res))
     jobs.append(Job("resume-a-2", "resume", "B", "bf16", 2, "fsdp", [*res, "--save-every", "0", "--stop-at", "3"]))
     # resumed in the same run directory (metrics.csv then holds steps 1-6, summary.json the resumed run's)
-    jobs.append(Job("resume-b-1", "resume", "B", "bf16", 1, "none", ["RESUME:resume-a-2"], after="resume-a-2",
+    jobs.append(Job("resume-b-1", "resume", "B", "bf16", 1, "none", ["RESUME:resume-a-2", "--save-every", "-1"], after="resume-a-2",
                     dir="resume-a-2"))
     if big != 2:
         for m in ("B", "L"):
@@ -324,6 +324,7 @@ def main() -> int:
     p.add_argument("--serial", action="store_true", help="one run at a time (no runs side by side)")
     p.add_argument("--compile", action="store_true", help="torch.compile every run (default mode; compile time is "
                    "excluded from images/s but counts against the budget)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the resume check's checkpoint under OUT")
     p.add_argument("--only", default="", help="comma-separated stages to run: 1,big,resume,2,cudagraphs")
     a = p.parse_args()
     if a.dry:
@@ -348,6 +349,13 @@ def main() -> int:
     t0 = time.time()
     schedule(jobs, a, out)
     total = time.time() - t0
+    if not a.keep_checkpoints:  # the resume check's DCP checkpoint (GBs for ViT-B): not worth copying back
+        import shutil
+
+        for ck in [*(out / "runs").glob("*/checkpoint.dcp"), *(out / "runs").glob("*/.checkpoint.dcp.*")]:
+            shutil.rmtree(ck, ignore_errors=True)
+        for ck in (out / "runs").glob("*/checkpoint.pt"):
+            ck.unlink()
     md = report(jobs, a, out, total)
     (out / "multi_gpu.md").write_text(md)
     (out / "multi_gpu.json").write_text(json.dumps(
