@@ -216,9 +216,10 @@ JOBS: list[Job] = [
         f"{PYTEST} tests/optim tests/monitor tests/data tests/train tests/bench",
         {"gpu-tests-suite.txt": "log"}, "c85bb6a", 560, "a device call of issue #7's last session",
         note="the file adds the failures' causes and fixes by hand; the second part was cut by its limit"),
-    Job("multi", "multi-GPU scaling of `lowbit train` (1 GPU vs torchrun 2 GPUs, DDP and FSDP2): not run yet",
-        "OUT=$DIR bash bench/multi_gpu.sh", {}, "", 540, "bench/multi_gpu.sh (was gpu_multi.sh)",
-        note="needs 2 GPUs; `DRY=1` runs it on a CPU (tiny preset, gloo)"),
+    Job("multi", "multi-GPU `lowbit train` on 1, 2 and 4 GPUs (DDP, FSDP2 with/without the 8-bit all-gather, "
+        "resume across world sizes): not run yet",
+        "python3 bench/multi_gpu.py --out $DIR", {}, "", 540, "bench/multi_gpu.py (supersedes gpu_multi.sh)",
+        note="needs 4 GPUs (nvidia-h100-x4); `--dry` runs it on a CPU (tiny preset, gloo)"),
 ]
 
 BY_NAME = {j.name: j for j in JOBS}

@@ -55,12 +55,12 @@ SKIPPED: dict[str, str] = {
         "torchrun with 2 processes; a one-process run stands in for it before the resume command",
     "apt-get install dataset-fashion-mnist": "a system install; its IDX files are stood in for",
     "npm install emoji-datasource-google": "a network install; its emoji.json + PNGs are stood in for",
-    "OUT=/tmp/out bash bench/multi_gpu.sh": "needs 2 GPUs (its DRY=1 mode runs torchrun with 2 processes)",
+    "python3 bench/multi_gpu.py --out $OUT": "needs 4 GPUs (its --dry mode is tests/bench/test_multi_gpu_script.py)",
     "lowbit train --compile --compile-mode reduce-overhead": "CUDA graphs need a GPU",
 }
 # commands the README gives inline (in prose, `...`) rather than in a code block
 INLINE = ["lowbit data prepare emoji --out DIR", "apt-get install dataset-fashion-mnist",
-          "npm install emoji-datasource-google", "OUT=/tmp/out bash bench/multi_gpu.sh",
+          "npm install emoji-datasource-google", "python3 bench/multi_gpu.py --out $OUT",
           "lowbit train --compile --compile-mode reduce-overhead"]
 
 

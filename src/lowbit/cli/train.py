@@ -46,7 +46,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--resume", "resume", str, "continue exactly from a checkpoint file or run directory"),
     ("--eval-every", "eval_every", int, "steps between zero-shot evaluations, 0 = at the end only"),
     ("--log-every", "log_every", int, "steps between metrics rows"),
-    ("--save-every", "save_every", int, "steps between checkpoints, 0 = at the end only"),
+    ("--save-every", "save_every", int, "steps between checkpoints, 0 = at the end only, -1 = none (benchmarks)"),
     ("--seed", "seed", int, "random seed (model init and data order)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
     ("--threads", "threads", int, "CPU threads, 0 = auto (free cores less one, at least 1)"),
@@ -74,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="each rank: its samples against all gathered ones (open_clip's local_loss)")
     parser.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false", default=None,
                         help="all-gather features without gradient (the local gradient is rescaled; same result)")
+    parser.add_argument("--fsdp-8bit-allgather", dest="fsdp_8bit_allgather", action="store_true", default=None,
+                        help="--parallel fsdp: all-gather weights of tensor-wise recipes (switchback, switchback-m, "
+                        "fp8-switchback, fp8-tensorwise) as their int8/e4m3 codes, half the bytes of bf16; exact (default)")
+    parser.add_argument("--no-fsdp-8bit-allgather", dest="fsdp_8bit_allgather", action="store_false", default=None,
+                        help="--parallel fsdp: all-gather weights in 16 bits")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="set any option (YAML value), e.g. --set model.qk_norm=true; repeatable")
@@ -101,7 +106,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (flags left out are not overrides)."""
     out = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest, None) is not None}
-    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
+    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad", "fsdp_8bit_allgather"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     sets = _parse_sets(getattr(args, "sets", []) or [])

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.functional import _pieces
+from lowbit.functional.qweight import QuantizedWeight
 from lowbit.functional.recipe import Quant, Recipe, get_recipe
 from lowbit.kernels import ops
 from lowbit.kernels.blockwise import blockwise_mm
@@ -23,7 +24,11 @@ def _quantize_operand(t: torch.Tensor, q: Quant, transpose: bool, weight: bool =
 
     Vector-wise scaling is always one scale per row of the laid-out operand: a row of ``t`` when it is used
     as is, a column of ``t`` when it is transposed. Block scaling: 128×128 blocks for a ``weight``, else 1×128.
+    A :class:`QuantizedWeight` (FSDP2's 8-bit all-gather) already holds the tensor-wise codes: they are used as
+    they are.
     """
+    if isinstance(t, QuantizedWeight):
+        return t.codes_for(q, transpose)
     if q.block:
         return _pieces.quantize(t, q, transpose=transpose, weight=weight)
     vector = q.scaling != "tensor"

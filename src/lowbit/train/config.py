@@ -59,6 +59,7 @@ class TrainConfig:
     parallel: str = "ddp"  # ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard per block + root (bf16 params on CUDA)
     local_loss: bool = False  # each rank: logits of its own features against all gathered ones (open_clip's local_loss)
     gather_with_grad: bool = True  # all-gather features with their gradient (open_clip's gather_with_grad)
+    fsdp_8bit_allgather: bool = True  # fsdp: gather tensor-wise recipes' weights as their int8/e4m3 codes (exact)
     workers: int = 0  # DataLoader worker processes per rank for the training data; 0 = in the training process
     # data
     data: str = "synthetic"
@@ -69,7 +70,7 @@ class TrainConfig:
     resume: str = ""  # checkpoint file or run directory to continue
     eval_every: int = 0  # steps between zero-shot evaluations; 0 = at the end only
     log_every: int = 1  # steps between rows of metrics.csv / TensorBoard
-    save_every: int = 100  # steps between checkpoints (one is always written at the end); 0 = end only
+    save_every: int = 100  # steps between checkpoints (one is always written at the end); 0 = end only; -1 = none (benchmarks)
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int = 0  # CPU threads for PyTorch; 0 = auto (free cores less one, >= 1; see loop.cpu_threads)
@@ -84,7 +85,8 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first bad option and its value."""
         for name in ("steps", "batch_size", "accum_steps"):
             _check(name, getattr(self, name), _is_int(getattr(self, name)) and getattr(self, name) > 0, "a positive int")
-        for name in ("warmup", "stop_at", "eval_every", "log_every", "save_every", "zeroshot_limit", "keep_last_blocks", "seed", "threads", "workers"):
+        _check("save_every", self.save_every, _is_int(self.save_every) and self.save_every >= -1, "an int >= -1")
+        for name in ("warmup", "stop_at", "eval_every", "log_every", "zeroshot_limit", "keep_last_blocks", "seed", "threads", "workers"):
             v = getattr(self, name)
             _check(name, v, _is_int(v) and v >= 0, "an int >= 0")
         _check("log_every", self.log_every, self.log_every > 0, "an int >= 1")
@@ -116,7 +118,8 @@ class TrainConfig:
                f"one of {', '.join(COMPILED_QUANTIZE)}")
         _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize == "kernel" or self.compile is True,
                "'kernel' unless compile is true (it chooses how a compiled model quantizes)")
-        for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
+        for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad",
+                     "fsdp_8bit_allgather"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _check(
             "local_loss",

@@ -53,6 +53,7 @@ from lowbit.train.distributed import (
     save_dcp,
     shard_model,
 )
+from lowbit.train.fsdp8 import precompute_scales
 from lowbit.train.metrics import RunLogger
 from lowbit.train.schedule import warmup_cosine_scheduler
 from lowbit.train.zeroshot import evaluate_zeroshot
@@ -63,6 +64,7 @@ __all__ = ["NonFiniteLossError", "resolve_config", "train"]
 RESUMABLE_CHANGES = {
     "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
     "zeroshot_limit", "monitor", "activations", "compile", "compile_mode", "compiled_quantize", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
+    "fsdp_8bit_allgather",  # exact: the same numbers either way
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
@@ -192,6 +194,20 @@ def _monitor(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Op
 
 
 
+def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str, master: bool) -> bool:
+    """``fsdp_8bit_allgather``: gather eligible weights as their 8-bit codes (``lowbit.train.fsdp8``); one note."""
+    from lowbit.train.fsdp8 import allgather_8bit_format, describe, enable_8bit_allgather
+
+    if not cfg.fsdp_8bit_allgather or cfg.recipe in ("none", "bf16"):
+        return False
+    why = ("" if allgather_8bit_format(cfg.recipe) else f"recipe {cfg.recipe!r} scales W per row/block, not per tensor")
+    if not why:
+        enable_8bit_allgather(model, torch.bfloat16 if precision == "bf16" else None)
+    if master:
+        print(f"lowbit train: fsdp all-gather in 16 bits: {why}" if why else f"lowbit train: {describe(model)}",
+              flush=True)
+    return not why
+
 
 class _Collate:
     """DataLoader collate: stack images, tokenize captions (a class, so that workers can pickle it)."""
@@ -303,10 +319,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         from lowbit.monitor import ActivationMonitor
 
         act_monitor = ActivationMonitor(raw_model)
+    fsdp8 = False
     if parallel == "fsdp":  # shard before the optimizer is built: it must hold the DTensor parameters
         if cfg.monitor and cfg.optimizer != "stableadamw":
             raise ValueError("monitor under parallel=fsdp needs optimizer stableadamw (its RMS is reduced over the shards)")
         shard_model(raw_model, device, bf16_params=precision == "bf16" and device.type == "cuda")
+        fsdp8 = _fsdp8(cfg, raw_model, precision, master)
     optimizer = _optimizer(cfg, raw_model)
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     if ckpt is not None:
@@ -323,9 +341,15 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and device.type == "cuda"
-    if graphs and world_size > 1:
+    if graphs and world_size > 1 and not (parallel == "ddp" and os.environ.get("LOWBIT_DDP_CUDAGRAPHS") == "1"):
+        why = ("FSDP2's all-gathers and reshards run in hooks between the captured graphs and free the memory the "
+               "graphs would replay into" if parallel == "fsdp" else
+               "compiled DDP splits the graph at its gradient buckets (torch._dynamo.config.optimize_ddp) and "
+               "all-reduces the gradients, which live in the CUDA-graph pool and are overwritten by the next replay, "
+               "from hooks between the graphs; whether that is safe is not verified yet (bench/multi_gpu.py "
+               "checks it on GPUs; LOWBIT_DDP_CUDAGRAPHS=1 lifts this check to try it)")
         raise ValueError(f"compile_mode={cfg.compile_mode!r} (CUDA graphs) is not supported with several processes "
-                         "yet; use compile_mode 'default' or 'max-autotune-no-cudagraphs'")
+                         f"under {parallel}: {why}. Use compile_mode 'default' or 'max-autotune-no-cudagraphs'")
     if cfg.compile:
         model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     monitor = _monitor(cfg, raw_model, optimizer)
@@ -468,6 +492,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 if not from_optimizer:
                     monitor.update(step)
             optimizer.step()
+            if fsdp8:  # the next all-gathers' scales: one all-reduce for all 8-bit-gathered weights
+                precompute_scales(raw_model)
             if from_optimizer:
                 monitor.update_from_optimizer(step)  # the RMS StableAdamW just computed, no extra pass
             scheduler.step()
@@ -496,12 +522,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 logger.log_step(row)
             pbar.update(1)
             pbar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{_lr_used(scheduler, step):.2e}", samples_s=f"{samples_per_s:.0f}")
-            if cfg.save_every and step % cfg.save_every == 0 and step != end_step:
+            if cfg.save_every > 0 and step % cfg.save_every == 0 and step != end_step:
                 save(step)
             if evaluating and cfg.eval_every and step % cfg.eval_every == 0 and step != end_step:
                 evaluate(step)
         # ------------------------------------------------------------ the end
-        if end_step > start_step:
+        if end_step > start_step and cfg.save_every >= 0:  # -1: no checkpoint at all (benchmarks)
             save(end_step)
         if evaluating:
             evaluate(end_step, announce=False)  # the caller prints the final results
