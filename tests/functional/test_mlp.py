@@ -278,7 +278,14 @@ def test_cuda_fused_mlp_matches_cpu(name: str) -> None:
         p = [t.detach().to(dev).requires_grad_() for t in (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)]
         y = mlp(*p, "gelu", name)
         outs.append([t.detach().cpu() for t in _grads(y, p, g.to(dev))])
-    tol = 2e-3 if RECIPES[name].uses_fp8 else 1e-5
+    # CUDA and the CPU compute the float32 pre-quantization values in different orders (and GELU with different
+    # erf code), so a value at a rounding boundary can take the neighbouring code. A flipped code moves that
+    # operand element by one quantization step: ≤ absmax/127 for int8 (≈ 4/127 of a Gaussian row's RMS), ≤ 2**-3
+    # of the value for e4m3. Allowing up to 1% flipped codes bounds the relative error by √0.01 · step: 3e-3 for
+    # int8, 1.25e-2 for fp8 (plus Hopper's reduced-precision fp8 accumulation); a wrong scale, layout or missing
+    # epilogue step errs by O(1). Unquantized (bf16) runs differ only by float32 rounding.
+    r = RECIPES[name]
+    tol = 2e-2 if r.uses_fp8 else (5e-3 if r.quantized else 1e-5)
     for c, d in zip(*outs):
         assert float((d.double() - c.double()).norm() / c.double().norm()) < tol, name
 
