@@ -41,6 +41,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--data", "data", str, "training data spec (lowbit.data), e.g. synthetic"),
     ("--zeroshot", "zeroshot", str, "zero-shot evaluation spec, or none"),
     ("--zeroshot-limit", "zeroshot_limit", int, "images per zero-shot task, 0 = all"),
+    ("--max-bad-fraction", "max_bad_fraction", float, "stop when more than this fraction of the samples read is "
+     "unusable (undecodable image, missing caption or file; judged after 200 samples; default 0.1)"),
     ("--out", "out", str, "run directory (default runs/<timestamp>; with --resume, the checkpoint's directory)"),
     ("--resume", "resume", str, "continue exactly from a checkpoint file or run directory"),
     ("--eval-every", "eval_every", int, "steps between zero-shot evaluations, 0 = at the end only"),
@@ -65,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false", default=None,
                         help="all-gather features without gradient (the local gradient is rescaled; same result)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="--out holds another run: delete it and start over (without this the run is refused)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="set any option (YAML value), e.g. --set model.qk_norm=true; repeatable")
 
@@ -77,7 +81,10 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML") from None
         *parents, leaf = key.replace("-", "_").split(".")
         node = out
         for p in parents:
@@ -91,7 +98,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (flags left out are not overrides)."""
     out = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest, None) is not None}
-    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad"):
+    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad", "overwrite"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     sets = _parse_sets(getattr(args, "sets", []) or [])
@@ -102,23 +109,29 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors reach the user as one line from ``lowbit.cli.main`` (a traceback with ``--debug``)."""
     from lowbit.train import NonFiniteLossError, resolve_config, train
 
     try:
         cfg = resolve_config(overrides_from_args(args), args.config)
     except ValueError as e:
         print(f"lowbit train: error: {e}", file=sys.stderr)
+        if debug_enabled(args):
+            raise
         return 2
     try:
         summary = train(cfg)
     except NonFiniteLossError as e:
         print(f"lowbit train: error: {e}", file=sys.stderr)
+        if debug_enabled(args):
+            raise
         return 1
-    except (ValueError, RuntimeError) as e:
-        print(f"lowbit train: error: {e}", file=sys.stderr)
-        return 2
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
-        return 0
+        return EXIT_CODES.get(summary.get("signal", ""), 0)
+    if summary["status"] == "interrupted":
+        print(f"lowbit train: interrupted at step {summary['step']} ({summary['signal']}); resume with: "
+              f"lowbit train --resume {summary['out']}", file=sys.stderr)
+        return EXIT_CODES[summary["signal"]]
     loss = summary["final_loss"]
     print(f"run: {summary['out']}  steps: {summary['step']}  final loss: {loss:.4f}" if loss is not None else f"run: {summary['out']}")
     if summary["samples_per_s"]:
@@ -129,3 +142,11 @@ def run(args: argparse.Namespace) -> int:
         chance = sum(summary["chance"].values()) / len(summary["chance"])
         print(f"zero-shot top-1, mean of {len(summary['zeroshot'])} tasks: {100 * summary['zeroshot_mean']:.1f}% (chance {100 * chance:.1f}%)")
     return 0
+
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report them
+
+
+def debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    """``--debug`` or ``LOWBIT_DEBUG=1``: errors keep their traceback."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("LOWBIT_DEBUG", "") not in ("", "0")
