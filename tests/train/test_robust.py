@@ -239,3 +239,51 @@ def test_unusable_out_and_bad_yaml_are_one_line(
     monkeypatch.setenv("LOWBIT_DEBUG", "1")
     with pytest.raises(CheckpointError):
         main(["train", "--resume", str(tmp_path / "d")])
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")), None)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file() or not torch.distributed.is_gloo_available(),
+                    reason="needs /proc and gloo")
+def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path: Path) -> None:
+    """SIGTERM to rank 1 only (a pre-empted process): both ranks stop after the same step (one all_reduce per step
+    carries the flag), rank 0 saves that step and says how to resume."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *CLI[1:],
+           "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline, worker = time.time() + 180, None
+    while time.time() < deadline and proc.poll() is None and worker is None:
+        if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > 3:
+            workers = [c for p in _children(proc.pid) for c in [p, *_children(p)]]
+            worker = next((w for w in workers if _rank_of(w) == 1), None)
+        time.sleep(0.05)
+    assert worker is not None, "rank 1 not found"
+    os.kill(worker, signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0  # torchrun reports its workers' exit code 143
+    summary = json.loads((run / "summary.json").read_text())
+    n = summary["step"]
+    assert summary["status"] == "interrupted" and summary["world_size"] == 2, err[-3000:]
+    assert f"interrupted at step {n} (SIGTERM); resume with: lowbit train --resume {run}" in err
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == n and ckpt["samples_seen"] == n * 16
+    assert _rows(run) == list(range(1, n + 1))
