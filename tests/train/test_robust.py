@@ -88,18 +88,20 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_saves_and_the_resumed_run_is_exact(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+@pytest.mark.parametrize(("sig", "code", "workers"), [(signal.SIGINT, 130, "1"), (signal.SIGTERM, 143, "0")])
+def test_a_signal_saves_and_the_resumed_run_is_exact(tmp_path: Path, sig: signal.Signals, code: int, workers: str) -> None:
     """Interrupted mid-run (the schedule is 5000 steps long), the run saves its step; resumed to 3 steps later it
-    holds bit for bit the weights of a run never interrupted."""
+    holds bit for bit the weights of a run never interrupted. SIGINT goes to the whole process group, as a
+    terminal's Ctrl-C does (DataLoader worker included)."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen([*CLI, "--workers", workers, "--out", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > 3:
             break
         time.sleep(0.02)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-3000:]
     summary = json.loads((run / "summary.json").read_text())
@@ -113,7 +115,7 @@ def test_a_signal_saves_and_the_resumed_run_is_exact(tmp_path: Path, sig: signal
                               "--no-progress", "--threads", "1"], capture_output=True, text=True, env=_env(), timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {n}" in resumed.stdout
-    ref = subprocess.run([*CLI, "--out", str(tmp_path / "ref"), "--stop-at", str(n + 3)], capture_output=True, text=True,
+    ref = subprocess.run([*CLI, "--workers", workers, "--out", str(tmp_path / "ref"), "--stop-at", str(n + 3)], capture_output=True, text=True,
                          env=_env(), timeout=120)
     assert ref.returncode == 0, ref.stderr[-3000:]
     a, b = load_checkpoint(run), load_checkpoint(tmp_path / "ref")

@@ -5,7 +5,15 @@ own shard of the data (``batch_size`` per process), the model is wrapped in DDP 
 (``parallel``), features are all-gathered for the contrastive loss over the global batch
 (``lowbit.train.distributed``) and rank 0 writes the run directory:
 
-    OUT/metrics.csv  OUT/eval.csv  OUT/tensorboard/  OUT/checkpoint.pt (or checkpoint.dcp/)  OUT/summary.json  OUT/config.yaml
+    OUT/metrics.csv  OUT/eval.csv  OUT/tensorboard/  OUT/checkpoint.pt (+ checkpoint.prev.pt, or checkpoint.dcp/)
+    OUT/summary.json  OUT/config.yaml
+
+Reading order: ``train`` → ``_train`` (everything that can refuse the run, before anything is written: names,
+``--out``, the checkpoint to resume, a prepared data folder's manifest) → ``setup_env`` (processes, device) →
+``_run``: ``build_trainer`` (model, recipe, optimizer, schedule, wrapping), ``restore`` (resume), the data, then
+the loop, which calls ``train_step`` once per update (the same function ``lowbit bench step`` times) and keeps
+the books in ``_Run`` (checkpoints, evaluation, skipped-data counts; ``Interrupt`` turns SIGINT/SIGTERM into a
+checkpoint at the end of the current step).
 """
 
 from __future__ import annotations
@@ -212,9 +220,15 @@ def _loader_batches(dataset: Any, batch_size: int, tokenizer: Any, workers: int,
     built with ``batch_size``, see ``lowbit.data.stream``)."""
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, collate_fn=_Collate(tokenizer), pin_memory=pin,
-        persistent_workers=True, prefetch_factor=4,
+        persistent_workers=True, prefetch_factor=4, worker_init_fn=_ignore_sigint,
     )
     return iter(loader)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the training process, which finishes its step and saves (a worker that
+    died of the terminal's SIGINT would fail the next batch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _batches(dataset: Any, batch_size: int, tokenizer: Any) -> Any:
@@ -683,8 +697,6 @@ def _run(cfg: TrainConfig, env: Env, model_cfg: Any, ckpt: dict[str, Any] | None
     master = env.master
     start_step = int(ckpt["step"]) if ckpt else 0
     end_step = min(cfg.stop_at or cfg.steps, cfg.steps)
-    if master:
-        make_run_dir(cfg, out)
 
     # ---------------------------------------------------------------- model, optimizer, resume
     tr = build_trainer(cfg, env, model_cfg)
@@ -714,7 +726,8 @@ def _run(cfg: TrainConfig, env: Env, model_cfg: Any, ckpt: dict[str, Any] | None
     if evaluating and cfg.zeroshot not in ("", "none"):
         run.tasks = data.build_zeroshot(cfg.zeroshot, image_size=model_cfg.vision.image_size, seed=0, limit=cfg.zeroshot_limit or None)
 
-    if master:
+    if master:  # after everything that can refuse the run: no orphan folder
+        make_run_dir(cfg, out)
         _announce(cfg, env, tr, tr.n_params, run.samples_per_step, out, (start_step, ckpt["path"]) if ckpt else None, damage)
 
     # ---------------------------------------------------------------- the loop
