@@ -173,6 +173,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(tmp_path: Path, fake_data:
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(run)
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
     assert _rows(run) == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(run / "checkpoint.prev.pt")["step"] == 2  # the good one, not the damaged one
 
 
 def test_a_full_disk_is_named_and_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

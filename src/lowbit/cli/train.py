@@ -110,8 +110,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Errors reach the user as one line from ``lowbit.cli.main`` (a traceback with ``--debug``)."""
+    import warnings
+
     from lowbit.train import NonFiniteLossError, resolve_config, train
 
+    if not debug_enabled(args):  # lowbit's own warnings as one line each
+        plain = warnings.formatwarning
+        warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # type: ignore[assignment]
+            f"lowbit train: warning: {message}\n" if "lowbit" in str(filename) and category is UserWarning
+            else plain(message, category, filename, lineno, line))
     try:
         cfg = resolve_config(overrides_from_args(args), args.config)
     except ValueError as e:

@@ -206,6 +206,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             state = _load_file(prev, map_location)
         except CheckpointError as exc2:
             raise CheckpointError(f"{exc}; the previous one is damaged too: {exc2}") from exc
-        warnings.warn(f"{exc}; resuming from the previous checkpoint {str(prev)!r} (step {state.get('step')})",
-                      stacklevel=2)
+        key = (str(p.resolve()), p.stat().st_mtime_ns)
+        if key not in _WARNED:  # resolve_config and the trainer both load it: say it once
+            _WARNED.add(key)
+            warnings.warn(f"{exc}; resuming from the previous checkpoint {str(prev)!r} (step {state.get('step')})",
+                          stacklevel=2)
         return {**state, "path": str(prev)}
+
+
+_WARNED: set[tuple[str, int]] = set()

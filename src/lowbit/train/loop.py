@@ -578,7 +578,10 @@ class _Run:
                 (out / PREV_NAME).unlink(missing_ok=True)
         elif env.master:
             state = {"model": tr.raw_model.state_dict(), "optimizer": tr.optimizer.state_dict(), **meta}
-            self.last_ckpt, self.last_ckpt_step = save_checkpoint(out / CHECKPOINT_NAME, state), step
+            # resumed from checkpoint.prev.pt (checkpoint.pt was damaged): keep the good one as the previous
+            keep = not (self.last_ckpt is not None and self.last_ckpt.name == PREV_NAME)
+            self.last_ckpt = save_checkpoint(out / CHECKPOINT_NAME, state, keep_previous=keep)
+            self.last_ckpt_step = step
             if (out / DCP_NAME).is_dir():
                 shutil.rmtree(out / DCP_NAME)
 
