@@ -78,6 +78,24 @@ RESUMABLE_CHANGES = {
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
+# What makes a directory a run (``--out`` holding any of them is refused unless ``overwrite``).
+RUN_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, f".{DCP_NAME}.old", "metrics.csv", "eval.csv", "summary.json",
+             "config.yaml", "tensorboard")
+
+SKIP_REASONS = {  # dataset.stats key -> what it means (lowbit.data.stream.STAT_KEYS)
+    "skipped_images": "undecodable image",
+    "skipped_captions": "missing or empty caption",
+    "missing_files": "missing file",
+}
+BAD_MIN_SAMPLES = 200  # the bad-data fraction is judged after this many samples
+
+
+class DataError(ValueError):
+    """The training data is unusable (too many bad samples, a prepared folder that does not match its manifest)."""
+
+
+class RunExistsError(ValueError):
+    """``--out`` already holds a run (neither ``--resume`` nor ``--overwrite`` given)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -551,8 +569,120 @@ class _Run:
         self.skipped_before: dict[str, int] = {}  # data skips counted by earlier invocations (from the checkpoint)
         self.skipped: dict[str, int] = {}  # this run's totals (all ranks, earlier invocations included)
         self.tasks: list[Any] = []
+        self.tokenizer: Any = None
+        self.dataset: Any = None
+        self.damage: dict[str, Any] = {}  # what indexing the data lost (damaged shards, incomplete samples)
         self.logger: RunLogger | None = None
         self.pbar: Any = None
+        # this invocation's timing: seconds in training steps (not evaluation or saving)
+        self.losses: list[float] = []
+        self.step_times: list[float] = []
+        self.t_train = self.t_interval = self.samples_per_s = 0.0
+        self.steps_since_log = self.skips_reported = 0
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    # ---- logs
+    def open_logs(self, start_step: int, resumed: bool) -> None:
+        from tqdm.auto import tqdm
+
+        master, cfg = self.env.master, self.cfg
+        self.logger = RunLogger(self.out, resume_step=start_step if resumed else None) if master else None
+        self.pbar = tqdm(total=cfg.steps, initial=start_step, disable=not (master and cfg.progress), unit="step",
+                         dynamic_ncols=True, mininterval=0.5)
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def close(self) -> None:
+        tr = self.tr
+        if self.pbar is not None:
+            self.pbar.close()
+        if self.logger is not None:
+            self.logger.close()
+        if tr.monitor is not None and hasattr(tr.monitor, "close"):
+            tr.monitor.close()
+        if tr.act_monitor is not None:
+            tr.act_monitor.remove()
+
+    def record(self, step: int, loss_value: float, grad_norm: float, logging: bool, seconds: float, signum: int) -> int:
+        """The books after one update: timing, data counts (and every rank's word on a signal: returns how many
+        ranks saw one), the metrics row, the progress line."""
+        cfg, tr, master = self.cfg, self.tr, self.env.master
+        self.step_times.append(seconds)
+        self.t_train, self.t_interval = self.t_train + seconds, self.t_interval + seconds
+        self.losses.append(loss_value)
+        self.steps_since_log += 1
+        signalled = self.count_data(self.dataset, 1 if signum else 0)
+        self.check_bad_fraction(self.data_position * self.env.world_size)
+        bad = sum(self.skipped.values())
+        if master and logging:
+            self.samples_per_s = self.steps_since_log * self.samples_per_step / max(self.t_interval, 1e-9)
+            self.t_interval, self.steps_since_log = 0.0, 0
+            row = {
+                "step": step,
+                "loss": loss_value,
+                "lr": _lr_used(tr.scheduler, step),
+                "samples_per_s": self.samples_per_s,
+                "logit_scale": tr.raw_model.logit_scale.exp().item(),
+                "grad_norm": float(grad_norm),
+                **({f"data/{k}": v for k, v in self.skipped.items()} if bad else {}),  # once data was skipped
+                **(tr.monitor.metrics() if tr.monitor is not None else {}),  # rms/<param>, rms_max, ...
+                **(tr.act_monitor.metrics(reset=True) if tr.act_monitor is not None else {}),  # act/<block>, act_max
+            }
+            assert self.logger is not None
+            self.logger.log_step(row)
+        if master and bad > self.skips_reported:
+            if not self.skips_reported or not cfg.progress:
+                self.pbar.write(f"lowbit train: step {step}: skipped {bad:,} bad sample(s) so far "
+                                f"({describe_skips(self.skipped)})")
+            self.skips_reported = bad
+        self.pbar.update(1)
+        postfix = {"loss": f"{loss_value:.4f}", "lr": f"{_lr_used(tr.scheduler, step):.2e}",
+                   "samples_s": f"{self.samples_per_s:.0f}"}
+        if bad:
+            postfix["skipped"] = f"{bad}"
+        self.pbar.set_postfix(postfix)
+        return signalled
+
+    def summary(self, step: int, interrupted: int) -> dict[str, Any]:
+        """``summary.json`` (written by rank 0) of this invocation."""
+        cfg, env, evals, losses = self.cfg, self.env, self.evals, self.losses
+        status = "interrupted" if interrupted else ("finished" if step == cfg.steps else "stopped")
+        summary = {
+            "status": status,
+            **({"signal": Interrupt.NAMES.get(interrupted, str(interrupted))} if interrupted else {}),
+            "step": step,
+            "final_loss": losses[-1] if losses else None,
+            "final_loss_avg10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+            "zeroshot": {r["task"]: r["top1"] for r in evals},
+            "chance": {r["task"]: r["chance"] for r in evals},
+            "zeroshot_mean": sum(r["top1"] for r in evals) / len(evals) if evals else None,
+            "samples_per_s": (len(losses) * self.samples_per_step / self.t_train) if self.t_train else None,
+            # after warm-up: without this invocation's first min(5, n/2) steps (compilation, autotuning, allocator)
+            "samples_per_s_steady": _steady(self.step_times, self.samples_per_step),
+            "peak_memory_gb": torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None,
+            "train_seconds": self.t_train,
+            "wall_seconds": time.perf_counter() - self.wall0,  # this invocation's loop, evaluations included
+            "cpu_seconds": time.process_time() - self.cpu0,  # CPU time of all threads (contention-independent)
+            "samples_seen": self.data_position * env.world_size,
+            "data": {**self.skipped, **{k: (len(v) if isinstance(v, dict) else v) for k, v in self.damage.items()}},
+            "parameters": self.tr.n_params,
+            "recipe": cfg.recipe,
+            "optimizer": cfg.optimizer,
+            "precision": env.precision,
+            "device": env.device_name,
+            "world_size": env.world_size,
+            "parallel": env.parallel or "none",
+            "global_batch": self.samples_per_step,
+            "config": cfg.to_dict(),
+            "model_config": self.model_cfg.to_dict(),
+            "versions": _versions(),
+            "out": str(self.out),
+        }
+        if env.master:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if any(self.skipped.values()):
+                print(f"lowbit train: data: skipped {sum(self.skipped.values()):,} bad sample(s): "
+                      f"{describe_skips(self.skipped)}", flush=True)
+        return summary
 
     # ---- checkpoints
     def save(self, step: int) -> None:
@@ -621,22 +751,6 @@ class _Run:
             )
 
 
-SKIP_REASONS = {  # dataset.stats key -> what it means (lowbit.data.stream.STAT_KEYS)
-    "skipped_images": "undecodable image",
-    "skipped_captions": "missing or empty caption",
-    "missing_files": "missing file",
-}
-BAD_MIN_SAMPLES = 200  # the bad-data fraction is judged after this many samples
-
-
-class DataError(ValueError):
-    """The training data is unusable (too many bad samples, a prepared folder that does not match its manifest)."""
-
-
-class RunExistsError(ValueError):
-    """``--out`` already holds a run (neither ``--resume`` nor ``--overwrite`` given)."""
-
-
 def describe_skips(skipped: dict[str, int]) -> str:
     return ", ".join(f"{SKIP_REASONS.get(k, k)} {v:,}" for k, v in skipped.items() if v)
 
@@ -672,10 +786,6 @@ def check_prepared_data(spec: str, sha256_limit: int = 1 << 30) -> None:
                         f"(`lowbit data verify {spec}` lists all; prepare it again)")
 
 
-RUN_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, f".{DCP_NAME}.old", "metrics.csv", "eval.csv", "summary.json",
-             "config.yaml", "tensorboard")
-
-
 def _train(cfg: TrainConfig) -> dict[str, Any]:
     threads_before = torch.get_num_threads()
     # ---------------------------------------------------------------- checks before anything is written
@@ -697,175 +807,90 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _run(cfg: TrainConfig, env: Env, model_cfg: Any, ckpt: dict[str, Any] | None, out: Path, data_position: int) -> dict[str, Any]:
-    master = env.master
+    """Model, resume, data, the loop, the summary."""
     start_step = int(ckpt["step"]) if ckpt else 0
     end_step = min(cfg.stop_at or cfg.steps, cfg.steps)
-
-    # ---------------------------------------------------------------- model, optimizer, resume
     tr = build_trainer(cfg, env, model_cfg)
     run = _Run(cfg, env, tr, model_cfg, out)
     if ckpt is not None:
-        run.data_position = data_position
         restore(tr, ckpt)
+        run.data_position = data_position
         run.last_ckpt, run.last_ckpt_step = Path(ckpt["path"]), start_step
         run.skipped_before = {k: int(v) for k, v in (ckpt.get("data_skipped") or {}).items()}
         run.skipped = dict(run.skipped_before)
+    batches = _data(run)
+    if env.master:  # after everything that can refuse the run: no orphan folder
+        make_run_dir(cfg, out)
+        _announce(cfg, env, tr, run.samples_per_step, out, (start_step, ckpt["path"]) if ckpt else None, run.damage)
+    run.open_logs(start_step, resumed=ckpt is not None)
+    try:
+        step, interrupted = _loop(run, batches, start_step, end_step)
+    finally:
+        run.close()
+    return run.summary(step, interrupted)
 
-    # ---------------------------------------------------------------- data
+
+def _data(run: _Run) -> Any:
+    """The training stream (this rank's share, from its resume position) as batches; the zero-shot tasks."""
+    cfg, env, model_cfg = run.cfg, run.env, run.model_cfg
     data = data_module()
-    tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.text.context_length)
-    run.tokenizer = tokenizer  # type: ignore[attr-defined]
+    run.tokenizer = tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.text.context_length)
     loader_kw = {"batch_size": cfg.batch_size} if cfg.workers else {}
-    dataset = data.build_train_data(
+    run.dataset = dataset = data.build_train_data(
         cfg.data, image_size=model_cfg.vision.image_size, seed=cfg.seed, start=run.data_position, rank=env.rank,
         world_size=env.world_size, **loader_kw,
     )
+    run.damage = dict(getattr(dataset, "damage", None) or {})
+    if (env.master or env.parallel == "fsdp") and cfg.zeroshot not in ("", "none"):  # FSDP: every rank evaluates
+        run.tasks = data.build_zeroshot(cfg.zeroshot, image_size=model_cfg.vision.image_size, seed=0,
+                                        limit=cfg.zeroshot_limit or None)
     if cfg.workers:
-        batches = _loader_batches(dataset, cfg.batch_size, tokenizer, cfg.workers, pin=env.device.type == "cuda")
-    else:
-        batches = _batches(dataset, cfg.batch_size, tokenizer)
-    damage = dict(getattr(dataset, "damage", None) or {})
-    evaluating = master or env.parallel == "fsdp"  # FSDP: every rank takes part in the (sharded) forward
-    if evaluating and cfg.zeroshot not in ("", "none"):
-        run.tasks = data.build_zeroshot(cfg.zeroshot, image_size=model_cfg.vision.image_size, seed=0, limit=cfg.zeroshot_limit or None)
+        return _loader_batches(dataset, cfg.batch_size, tokenizer, cfg.workers, pin=env.device.type == "cuda")
+    return _batches(dataset, cfg.batch_size, tokenizer)
 
-    if master:  # after everything that can refuse the run: no orphan folder
-        make_run_dir(cfg, out)
-        _announce(cfg, env, tr, tr.n_params, run.samples_per_step, out, (start_step, ckpt["path"]) if ckpt else None, damage)
 
-    # ---------------------------------------------------------------- the loop
-    from tqdm.auto import tqdm
-
-    run.logger = RunLogger(out, resume_step=start_step if ckpt else None) if master else None
-    run.pbar = pbar = tqdm(total=cfg.steps, initial=start_step, disable=not (master and cfg.progress), unit="step",
-                           dynamic_ncols=True, mininterval=0.5)
-    losses: list[float] = []
-    t_train, t_interval, steps_since_log = 0.0, 0.0, 0  # seconds in training steps (not eval/saving)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    samples_per_s = 0.0
-    step_times: list[float] = []
-    accum = cfg.accum_steps
-    step = start_step
-    interrupted = 0  # the signal that stopped the run (0: none)
-    skips_reported = bad = 0
+def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int, int]:
+    """Steps ``start_step + 1 .. end_step``, periodic checkpoints and evaluations, the final checkpoint and
+    evaluation. Returns the last step taken and the signal that stopped the run early (0: none)."""
+    cfg, env, tr = run.cfg, run.env, run.tr
+    evaluating = env.master or env.parallel == "fsdp"  # FSDP: every rank takes part in the (sharded) forward
+    step, interrupted = start_step, 0
     tr.model.train()
-    try:
-        with Interrupt() as interrupt:
-            for step in range(start_step + 1, end_step + 1):  # `step` counts completed updates (1-based)
-                t0 = time.perf_counter()
-                micro = []
-                for _ in range(accum):
-                    images, tokens = next(batches)
-                    micro.append((images.to(env.device, non_blocking=True), tokens.to(env.device, non_blocking=True)))
-                logging = step % cfg.log_every == 0 or step == end_step  # the same on every rank
-                try:
-                    loss_value, grad_norm = train_step(tr, micro, step, logging)
-                except _NonFiniteLoss as e:
-                    raise NonFiniteLossError(step, e.value, run.last_ckpt, run.last_ckpt_step) from None
-                run.data_position += cfg.batch_size * accum
-                dt_step = time.perf_counter() - t0
-                step_times.append(dt_step)
-                t_train, t_interval = t_train + dt_step, t_interval + dt_step
-                losses.append(loss_value)
-                steps_since_log += 1
-                signalled = run.count_data(dataset, 1 if interrupt.signum else 0)
-                run.check_bad_fraction(run.data_position * env.world_size)
-                bad = sum(run.skipped.values())
-
-                if master and logging:
-                    samples_per_s = steps_since_log * run.samples_per_step / max(t_interval, 1e-9)
-                    t_interval, steps_since_log = 0.0, 0
-                    row = {
-                        "step": step,
-                        "loss": loss_value,
-                        "lr": _lr_used(tr.scheduler, step),
-                        "samples_per_s": samples_per_s,
-                        "logit_scale": tr.raw_model.logit_scale.exp().item(),
-                        "grad_norm": float(grad_norm),
-                        **({f"data/{k}": v for k, v in run.skipped.items()} if bad else {}),  # once data was skipped
-                        **(tr.monitor.metrics() if tr.monitor is not None else {}),  # rms/<param>, rms_max, ...
-                        **(tr.act_monitor.metrics(reset=True) if tr.act_monitor is not None else {}),  # act/<block>, act_max
-                    }
-                    assert run.logger is not None
-                    run.logger.log_step(row)
-                if master and bad > skips_reported:
-                    if not skips_reported or not cfg.progress:
-                        pbar.write(f"lowbit train: step {step}: skipped {bad:,} bad sample(s) so far ({describe_skips(run.skipped)})")
-                    skips_reported = bad
-                pbar.update(1)
-                postfix = {"loss": f"{loss_value:.4f}", "lr": f"{_lr_used(tr.scheduler, step):.2e}", "samples_s": f"{samples_per_s:.0f}"}
-                if bad:
-                    postfix["skipped"] = f"{bad}"
-                pbar.set_postfix(postfix)
-                if signalled:
-                    interrupted = interrupt.signum or signal.SIGTERM  # another rank's signal: pre-emption
-                    break
-                if cfg.save_every and step % cfg.save_every == 0 and step != end_step:
-                    run.save(step)
-                if evaluating and cfg.eval_every and step % cfg.eval_every == 0 and step != end_step:
-                    run.evaluate(step)
-            # -------------------------------------------------------- the end (or the interrupt)
-            if step > start_step and run.last_ckpt_step != step:
+    with Interrupt() as interrupt:
+        for step in range(start_step + 1, end_step + 1):  # `step` counts completed updates (1-based)
+            t0 = time.perf_counter()
+            micro = []
+            for _ in range(cfg.accum_steps):
+                images, tokens = next(batches)
+                micro.append((images.to(env.device, non_blocking=True), tokens.to(env.device, non_blocking=True)))
+            logging = step % cfg.log_every == 0 or step == end_step  # the same on every rank
+            try:
+                loss, grad_norm = train_step(tr, micro, step, logging)
+            except _NonFiniteLoss as e:
+                raise NonFiniteLossError(step, e.value, run.last_ckpt, run.last_ckpt_step) from None
+            run.data_position += cfg.batch_size * cfg.accum_steps
+            if run.record(step, loss, grad_norm, logging, time.perf_counter() - t0, interrupt.signum):
+                interrupted = interrupt.signum or signal.SIGTERM  # another rank's signal: pre-emption
+                break
+            if cfg.save_every and step % cfg.save_every == 0 and step != end_step:
                 run.save(step)
-            if evaluating and not interrupted:
-                run.evaluate(end_step, announce=False)  # the caller prints the final results
-    finally:
-        pbar.close()
-        if run.logger is not None:
-            run.logger.close()
-        if tr.monitor is not None and hasattr(tr.monitor, "close"):
-            tr.monitor.close()
-        if tr.act_monitor is not None:
-            tr.act_monitor.remove()
-
-    status = "interrupted" if interrupted else ("finished" if step == cfg.steps else "stopped")
-    evals = run.evals
-    summary = {
-        "status": status,
-        **({"signal": Interrupt.NAMES.get(interrupted, str(interrupted))} if interrupted else {}),
-        "step": step,
-        "final_loss": losses[-1] if losses else None,
-        "final_loss_avg10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
-        "zeroshot": {r["task"]: r["top1"] for r in evals},
-        "chance": {r["task"]: r["chance"] for r in evals},
-        "zeroshot_mean": sum(r["top1"] for r in evals) / len(evals) if evals else None,
-        "samples_per_s": (len(losses) * run.samples_per_step / t_train) if t_train else None,
-        # after warm-up: without this invocation's first min(5, n/2) steps (compilation, autotuning, allocator)
-        "samples_per_s_steady": _steady(step_times, run.samples_per_step),
-        "peak_memory_gb": torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None,
-        "train_seconds": t_train,
-        "wall_seconds": time.perf_counter() - wall0,  # this invocation's loop, evaluations included
-        "cpu_seconds": time.process_time() - cpu0,  # CPU time of all threads (contention-independent)
-        "samples_seen": run.data_position * env.world_size,
-        "data": {**run.skipped, **{k: (len(v) if isinstance(v, dict) else v) for k, v in damage.items()}},
-        "parameters": tr.n_params,
-        "recipe": cfg.recipe,
-        "optimizer": cfg.optimizer,
-        "precision": env.precision,
-        "device": env.device_name,
-        "world_size": env.world_size,
-        "parallel": env.parallel or "none",
-        "global_batch": run.samples_per_step,
-        "config": cfg.to_dict(),
-        "model_config": model_cfg.to_dict(),
-        "versions": _versions(),
-        "out": str(out),
-    }
-    if master:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if bad:
-            print(f"lowbit train: data: skipped {bad:,} bad sample(s): {describe_skips(run.skipped)}", flush=True)
-    return summary
+            if evaluating and cfg.eval_every and step % cfg.eval_every == 0 and step != end_step:
+                run.evaluate(step)
+        if step > start_step and run.last_ckpt_step != step:  # the end, or the interrupted step
+            run.save(step)
+        if evaluating and not interrupted:
+            run.evaluate(end_step, announce=False)  # the caller prints the final results
+    return step, interrupted
 
 
-def _announce(cfg: TrainConfig, env: Env, tr: Trainer, n_params: int, samples_per_step: int, out: Path,
+def _announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, out: Path,
               resumed_from: tuple[int, str] | None, damage: dict[str, Any]) -> None:
     """The run's header line and warnings (rank 0)."""
     raw = tr.raw_model
     n_low = sum(1 for m in raw.modules() if isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear)
     n_lin = sum(1 for m in raw.modules() if isinstance(m, torch.nn.Linear))
     print(
-        f"lowbit train: {cfg.preset} ({n_params:,} params) | recipe {cfg.recipe} ({n_low}/{n_lin} linears) | "
+        f"lowbit train: {cfg.preset} ({tr.n_params:,} params) | recipe {cfg.recipe} ({n_low}/{n_lin} linears) | "
         f"{cfg.optimizer} lr {cfg.lr:g} | {cfg.steps} steps x {samples_per_step} | {cfg.data} | {env.device_name}, "
         f"{env.precision}" + (f" | {env.world_size} x {env.parallel}" if env.parallel else "")
         + (f" | accum {cfg.accum_steps}" if cfg.accum_steps > 1 else "") + f" | {out}",
