@@ -107,7 +107,7 @@ def test_a_signal_saves_and_the_resumed_run_is_exact(tmp_path: Path, sig: signal
     summary = json.loads((run / "summary.json").read_text())
     n = summary["step"]
     assert summary["status"] == "interrupted" and summary["signal"] == sig.name and 3 <= n < 5000
-    assert f"interrupted at step {n} ({sig.name}); resume with: lowbit train --resume {run}" in err
+    assert f"{sig.name}: interrupted at step {n}; resume with: lowbit train --resume {run}" in err
     assert "Traceback" not in err
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == n
 
@@ -286,7 +286,7 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path: Path) -> Non
     summary = json.loads((run / "summary.json").read_text())
     n = summary["step"]
     assert summary["status"] == "interrupted" and summary["world_size"] == 2, err[-3000:]
-    assert f"interrupted at step {n} (SIGTERM); resume with: lowbit train --resume {run}" in err
+    assert f"SIGTERM: interrupted at step {n}; resume with: lowbit train --resume {run}" in err
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == n and ckpt["samples_seen"] == n * 16
     assert _rows(run) == list(range(1, n + 1))

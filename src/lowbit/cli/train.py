@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return EXIT_CODES.get(summary.get("signal", ""), 0)
     if summary["status"] == "interrupted":
-        print(f"lowbit train: interrupted at step {summary['step']} ({summary['signal']}); resume with: "
+        print(f"lowbit train: {summary['signal']}: interrupted at step {summary['step']}; resume with: "
               f"lowbit train --resume {summary['out']}", file=sys.stderr)
         return EXIT_CODES[summary["signal"]]
     loss = summary["final_loss"]
