@@ -112,13 +112,20 @@ def run(args: argparse.Namespace) -> int:
     """Errors reach the user as one line from ``lowbit.cli.main`` (a traceback with ``--debug``)."""
     import warnings
 
-    from lowbit.train import NonFiniteLossError, resolve_config, train
-
-    if not debug_enabled(args):  # lowbit's own warnings as one line each
-        plain = warnings.formatwarning
+    plain = warnings.formatwarning
+    if not debug_enabled(args):  # lowbit's own warnings (a damaged checkpoint's fallback) as one line each
         warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # type: ignore[assignment]
             f"lowbit train: warning: {message}\n" if "lowbit" in str(filename) and category is UserWarning
             else plain(message, category, filename, lineno, line))
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = plain
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lowbit.train import NonFiniteLossError, resolve_config, train
+
     try:
         cfg = resolve_config(overrides_from_args(args), args.config)
     except ValueError as e:
