@@ -10,6 +10,17 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Inductor's on-disk cache does not key its CPU code on ATEN_CPU_CAPABILITY: a run with another capability
+# reused kernels compiled for the first one (a C++ compile error under `default`, a segfault under `avx2`).
+# One cache per capability keeps `ATEN_CPU_CAPABILITY=... python -m pytest` meaningful.
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import getpass
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}"
+    )
+
 import pytest
 from hypothesis import settings
 

@@ -60,7 +60,7 @@ def test_fashion_mnist_prepare_and_read_back(fashion_src: Path, tmp_path: Path) 
         label = FASHION_MNIST_CLASSES.index(named[0])
         assert abs(_gray(img) - _brightness(label)) < 3, (cap, _gray(img))  # caption describes this image
         seen.add(cap)
-    assert len(seen) > 3 and ds.stats == {"skipped_images": 0, "skipped_captions": 0}
+    assert len(seen) > 3 and not any(ds.stats.values())  # nothing skipped, for any reason
 
     ((task, test),) = build_zeroshot(str(out), image_size=28)
     assert task.name == "fashion-mnist" and task.classnames == FASHION_MNIST_CLASSES

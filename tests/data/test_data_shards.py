@@ -183,7 +183,7 @@ def test_csv_and_tsv_tables(tmp_path: Path, png) -> None:
     ds = build_train_data(str(tmp_path / "a.csv"), image_size=16, seed=0)
     caps = _captions(ds, 10)
     assert set(caps) == {"zero, with comma", "one", "two"}
-    assert ds.stats["skipped_images"] >= 2
+    assert ds.stats["skipped_images"] >= 1 and ds.stats["missing_files"] >= 1  # broken.png, missing.png
     d = describe(str(tmp_path / "a.csv"))
     assert (d["kind"], d["rows"], d["columns"]) == ("table", 5, ["filepath", "caption"])
 

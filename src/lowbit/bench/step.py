@@ -1,7 +1,9 @@
 """``lowbit bench step``: throughput and peak memory of the full CLIP training step, per recipe.
 
-One step is what ``lowbit train`` does per batch: both towers forward, the contrastive loss, backward, the
-optimizer step (StableAdamW, fused Triton kernel on CUDA), ``logit_scale`` clamp. Under bf16 autocast on CUDA
+One step is ``lowbit train``'s own step function (``lowbit.train.loop.train_step``) with the trainer's optimizer
+(``lowbit.train.loop``'s parameter groups and optimizer): both towers forward, the contrastive loss (read back for
+the trainer's non-finite check), backward, the gradient norm, the optimizer step (StableAdamW, fused Triton
+kernel on CUDA), ``logit_scale`` clamp. Under bf16 autocast on CUDA
 (fp32 on the CPU), with fp32 master weights, on random images and tokens already on the device (no data loader,
 so the numbers are the model's, not the input pipeline's). Every recipe of a preset runs at the same batch size.
 
@@ -30,7 +32,6 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -150,37 +151,32 @@ def random_batch(model: nn.Module, batch: int, device: torch.device, seed: int =
 
 
 def make_optimizer(model: nn.Module, name: str, impl: str | None) -> torch.optim.Optimizer:
-    """StableAdamW (or torch AdamW) with ``lowbit train``'s parameter groups (weight decay on matrices only).
+    """``lowbit train``'s optimizer (its parameter groups: weight decay on matrices only) for ``model``.
 
-    ``impl`` None: the default implementation (fused on CUDA), except for tensor-subclass weights (torchao's
-    int8 training weights), which the fused kernel cannot address and which get a ``foreach`` group of their
-    own; ``"foreach"``: foreach for every group.
+    ``impl`` None: exactly the trainer's (default implementation: fused on CUDA); ``"foreach"``: the same groups
+    with foreach for every group (torchao's int8 training weights are tensor subclasses the fused kernel cannot
+    address).
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for n, p in model.named_parameters():
-        subclass = type(p) is not nn.Parameter and type(p) is not torch.Tensor
-        groups.setdefault((p.ndim >= 2 and "embedding" not in n, subclass), []).append(p)
-    kw: dict[str, Any] = {"lr": 1e-4, "betas": (0.9, 0.98), "eps": 1e-6}
-    param_groups = []
-    for (decay, subclass), params in groups.items():
-        g: dict[str, Any] = {"params": params, "weight_decay": 0.2 if decay else 0.0}
-        if impl == "foreach" or subclass:
-            g["foreach"], g["fused"] = True, False
-        elif name == "adamw" and params[0].is_cuda:
-            g["fused"] = True
-        param_groups.append(g)
+    from lowbit.train.config import TrainConfig
+    from lowbit.train.loop import _optimizer, _param_groups
+
+    cfg = TrainConfig(optimizer=name, lr=1e-4, beta2=0.98, eps=1e-6, weight_decay=0.2)
+    if impl is None:
+        return _optimizer(cfg, model)
+    groups = _param_groups(model, cfg.weight_decay)
+    for g in groups:
+        g["foreach"], g["fused"] = True, False
+    kw: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, **kw)
+        return torch.optim.AdamW(groups, **kw)
     from lowbit.optim import StableAdamW
 
-    return StableAdamW(param_groups, **kw)
+    return StableAdamW(groups, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- one row
 def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Build, (compile,) warm up and time one (preset, recipe); errors propagate to the caller."""
-    from lowbit.models import clip_loss
-
     cuda = device.type == "cuda"
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     row: dict[str, Any] = {"preset": preset, "recipe": recipe, "batch": batch, "precision": precision,
@@ -195,19 +191,20 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     impl: str | None = None
     opt = make_optimizer(model, args.optimizer, impl)
 
-    last: list[torch.Tensor] = []  # the latest step's loss, read once after the timing (no sync inside it)
+    from lowbit.train.loop import Env, Trainer, _NonFiniteLoss, train_step
 
-    def step() -> None:
-        if graphs:  # a new iteration: the CUDA graphs may overwrite the last step's outputs
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            img, txt, scale = fwd(images, tokens)
-            loss = clip_loss(img, txt, scale)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        model.clamp_logit_scale_()
-        last[:] = [loss.detach()]
+    env = Env(world_size=1, rank=0, parallel=None, device=device, precision=precision)
+    last: list[float] = []  # the latest step's loss
+    n = [0]
+
+    def step() -> None:  # the trainer's step: forward, loss, backward, grad norm, optimizer, clamp
+        n[0] += 1
+        tr = Trainer(model=fwd, raw_model=model, optimizer=opt, env=env, graphs=graphs)
+        try:
+            loss, _ = train_step(tr, [(images, tokens)], n[0], logging=False)
+        except _NonFiniteLoss as e:  # a speed of a step that does not train is no result
+            raise FloatingPointError(f"{preset} {recipe}: non-finite loss {e.value} at step {n[0]}") from None
+        last[:] = [loss]
 
     def sync() -> None:
         if cuda:
@@ -248,8 +245,6 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
             step()
             times.append((time.perf_counter() - t) * 1000)
     row["loss"] = float(last[0])
-    if not math.isfinite(row["loss"]):  # a speed of a step that does not train is no result
-        raise FloatingPointError(f"{preset} {recipe}: non-finite loss {row['loss']} in the timed steps")
     ms = statistics.median(times)
     row.update(ms_per_step=ms, ms_min=min(times), ms_max=max(times), images_per_s=batch / ms * 1000)
     if cuda:

@@ -42,6 +42,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--zeroshot", "zeroshot", str, "zero-shot evaluation spec; auto: a prepared --data folder's own tasks, else "
      "synthetic; none: no evaluation"),
     ("--zeroshot-limit", "zeroshot_limit", int, "images per zero-shot task, 0 = all"),
+    ("--max-bad-fraction", "max_bad_fraction", float, "stop when more than this fraction of the samples read is "
+     "unusable (undecodable image, missing caption or file; judged after 200 samples; default 0.1)"),
     ("--out", "out", str, "run directory (default runs/<timestamp>; with --resume, the checkpoint's directory)"),
     ("--resume", "resume", str, "continue exactly from a checkpoint file or run directory"),
     ("--eval-every", "eval_every", int, "steps between zero-shot evaluations, 0 = at the end only"),
@@ -80,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fsdp-8bit-allgather", dest="fsdp_8bit_allgather", action="store_false", default=None,
                         help="--parallel fsdp: all-gather weights in 16 bits")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="--out holds another run: delete it and start over (without this the run is refused)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="set any option (YAML value), e.g. --set model.qk_norm=true; repeatable")
 
@@ -92,7 +96,10 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML") from None
         *parents, leaf = key.replace("-", "_").split(".")
         node = out
         for p in parents:
@@ -106,7 +113,8 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (flags left out are not overrides)."""
     out = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest, None) is not None}
-    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad", "fsdp_8bit_allgather"):
+    for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad",
+                 "fsdp_8bit_allgather", "overwrite"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     sets = _parse_sets(getattr(args, "sets", []) or [])
@@ -117,23 +125,43 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors reach the user as one line from ``lowbit.cli.main`` (a traceback with ``--debug``)."""
+    import warnings
+
+    plain = warnings.formatwarning
+    if not debug_enabled(args):  # lowbit's own warnings (a damaged checkpoint's fallback) as one line each
+        warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # type: ignore[assignment]
+            f"lowbit train: warning: {message}\n" if "lowbit" in str(filename) and category is UserWarning
+            else plain(message, category, filename, lineno, line))
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = plain
+
+
+def _run(args: argparse.Namespace) -> int:
     from lowbit.train import NonFiniteLossError, resolve_config, train
 
     try:
         cfg = resolve_config(overrides_from_args(args), args.config)
     except ValueError as e:
         print(f"lowbit train: error: {e}", file=sys.stderr)
+        if debug_enabled(args):
+            raise
         return 2
     try:
         summary = train(cfg)
     except NonFiniteLossError as e:
         print(f"lowbit train: error: {e}", file=sys.stderr)
+        if debug_enabled(args):
+            raise
         return 1
-    except (ValueError, RuntimeError) as e:
-        print(f"lowbit train: error: {e}", file=sys.stderr)
-        return 2
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
-        return 0
+        return EXIT_CODES.get(summary.get("signal", ""), 0)
+    if summary["status"] == "interrupted":
+        print(f"lowbit train: {summary['signal']}: interrupted at step {summary['step']}; resume with: "
+              f"lowbit train --resume {summary['out']}", file=sys.stderr)
+        return EXIT_CODES[summary["signal"]]
     loss = summary["final_loss"]
     print(f"run: {summary['out']}  steps: {summary['step']}  final loss: {loss:.4f}" if loss is not None else f"run: {summary['out']}")
     if summary["samples_per_s"]:
@@ -144,3 +172,11 @@ def run(args: argparse.Namespace) -> int:
         chance = sum(summary["chance"].values()) / len(summary["chance"])
         print(f"zero-shot top-1, mean of {len(summary['zeroshot'])} tasks: {100 * summary['zeroshot_mean']:.1f}% (chance {100 * chance:.1f}%)")
     return 0
+
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report them
+
+
+def debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    """``--debug`` or ``LOWBIT_DEBUG=1``: errors keep their traceback."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("LOWBIT_DEBUG", "") not in ("", "0")

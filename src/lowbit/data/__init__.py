@@ -4,7 +4,8 @@ Contract used by the trainer::
 
     build_train_data(spec, *, image_size, seed, start=0, rank=0, world_size=1, batch_size=1) -> IterableDataset
         yields (image float32 [3, S, S] normalised with CLIP_MEAN/CLIP_STD, caption str), forever;
-        deterministic in (spec, seed, start, rank, world_size); dataset.stats = {"skipped_images", "skipped_captions"}
+        deterministic in (spec, seed, start, rank, world_size); dataset.stats = {"skipped_images", "skipped_captions", "missing_files"}
+        (counts), dataset.damage = {"damaged_shards": {path: why}, "incomplete_samples": n} (what indexing lost)
     build_zeroshot(spec, *, image_size, seed=0, limit=None) -> list[(ZeroShotTask, Dataset of (image, label))]
     describe(spec) -> dict
 

@@ -6,8 +6,9 @@ For data sets up to ``SHUFFLE_SPAN`` samples (every prepared data set here) that
 web-scale shard sets each process touches a few shards at a time instead of all of them. Every epoch is a
 permutation of the whole source, so each sample appears once per epoch in the global stream.
 
-Corrupt samples (undecodable image, caption not UTF-8 or empty, unreadable file) are counted in ``stats`` and
-replaced by the next decodable sample of the same epoch order, so the stream keeps one sample per position:
+Corrupt samples (undecodable image, caption not UTF-8 or empty, unreadable or missing file) are counted per
+reason in ``stats`` (the first few paths of each reason are kept for error messages) and replaced by the next
+decodable sample of the same epoch order, so the stream keeps one sample per position:
 ranks stay in lock-step and ``start`` stays exact; the price is that a replacement repeats a neighbour.
 """
 
@@ -84,6 +85,7 @@ class FiniteStream(SampleStream):
 
     def __init__(self, counts: list[int], **kwargs: int) -> None:
         super().__init__(**kwargs)
+        self.examples: dict[str, list[str]] = {}  # reason -> first few "what: why" (this process only)
         self.total = int(sum(counts))
         if self.total == 0:
             raise ValueError(f"{self.describe_source()} holds no usable sample")
@@ -104,11 +106,27 @@ class FiniteStream(SampleStream):
                     break
                 except SkipSample as skip:
                     self._count(skip.kind)
+                    seen = self.examples.setdefault(skip.kind, [])
+                    if len(seen) < 3:
+                        seen.append(str(skip))
             else:
-                raise ValueError(
-                    f"{self.describe_source()}: no decodable sample among {min(self.total, MAX_CONSECUTIVE_BAD)} "
-                    "consecutive ones; the data looks corrupt"
-                )
+                n = min(self.total, MAX_CONSECUTIVE_BAD)
+                raise ValueError(f"{self.describe_source()}: no usable sample among {n} consecutive ones: "
+                                 + describe_examples(self.stats, self.examples))
+
+
+_REASONS = {"skipped_images": "undecodable image(s)", "skipped_captions": "missing or empty caption(s)",
+            "missing_files": "missing file(s)"}
+
+
+def describe_examples(stats: dict[str, int], examples: dict[str, list[str]]) -> str:
+    """``"12 missing file(s) (e.g. /a.jpg, /b.jpg); 3 undecodable image(s) (e.g. ...)"``."""
+    parts = []
+    for kind, n in stats.items():
+        if n:
+            eg = examples.get(kind) or []
+            parts.append(f"{n} {_REASONS.get(kind, kind)}" + (f" (e.g. {'; '.join(eg)})" if eg else ""))
+    return "; ".join(parts) or "no sample was read"
 
 
 def read_caption(data: bytes) -> str:
@@ -170,6 +188,10 @@ class TarStream(FiniteStream):
     def __init__(self, shards: list[ShardIndex], name: str, **kwargs: int) -> None:
         self.reader, self.name = ShardReader(shards), name
         super().__init__(self.reader.counts, **kwargs)
+        damaged = {s.path: s.error for s in shards if s.error}
+        incomplete = sum(s.incomplete for s in shards)
+        self.damage = {**({"damaged_shards": damaged} if damaged else {}),
+                       **({"incomplete_samples": incomplete} if incomplete else {})}
 
     def describe_source(self) -> str:
         return f"shards {self.name!r}"
@@ -227,13 +249,29 @@ def read_table(path: str) -> Table:
 class TableStream(FiniteStream):
     """Training stream over a CSV/TSV table of image files and captions."""
 
+    CHECK_FIRST = 256  # rows whose image files are looked for up front
+
     def __init__(self, table: Table, **kwargs: int) -> None:
         self.table = table
         super().__init__([len(table.images)], **kwargs)
+        head = table.images[: self.CHECK_FIRST]
+        missing = [p for p in head if not os.path.isfile(p)]
+        if len(missing) == len(head):
+            shown = ", ".join(repr(p) for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise FileNotFoundError(
+                f"table {table.path!r}: none of the image files of its first {len(head)} row(s) exists ({shown}); "
+                f"relative paths resolve against the table's folder {os.path.dirname(os.path.abspath(table.path))!r}"
+            )
 
     def describe_source(self) -> str:
         return f"table {self.table.path!r}"
 
     def load(self, sample_id: int) -> tuple[torch.Tensor, str]:
         caption = read_caption(self.table.captions[sample_id].encode("utf-8", "surrogateescape"))
-        return load_image(self.table.images[sample_id], self.image_size), caption
+        path = self.table.images[sample_id]
+        try:
+            return load_image(path, self.image_size), caption
+        except SkipSample as skip:
+            if isinstance(skip.__cause__, FileNotFoundError):
+                raise SkipSample("missing_files", path) from skip.__cause__
+            raise

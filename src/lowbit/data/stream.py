@@ -13,7 +13,10 @@ block ``m`` goes to worker ``m mod n``. The DataLoader collects batch ``i`` from
 (``num_workers=0``) order, for any ``n``, and resuming stays exact. With another ``batch_size`` the workers
 still split the positions without duplicates or gaps, only the order of samples within the rank differs.
 
-Skips. ``dataset.stats`` counts skipped corrupt samples. Counters live in a small shared-memory tensor with
+Skips. ``dataset.stats`` counts skipped samples per reason (``STAT_KEYS``: undecodable image, missing or empty
+caption, missing file); ``dataset.damage`` describes what was lost before reading began (``damaged_shards``:
+path -> why the shard could only be read in part; ``incomplete_samples``: tar groups without an image or a
+caption). Counters live in a small shared-memory tensor with
 one row per process (main process + up to 63 workers), so the parent's ``stats`` includes what DataLoader
 workers counted (fork or spawn). Each rank has its own counters (all-reduce them yourself under DDP).
 """
@@ -27,7 +30,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 _SLOTS = 64
-STAT_KEYS: tuple[str, ...] = ("skipped_images", "skipped_captions")
+STAT_KEYS: tuple[str, ...] = ("skipped_images", "skipped_captions", "missing_files")
 
 
 def _check_int(name: str, value: int, minimum: int) -> int:
@@ -46,6 +49,7 @@ class SampleStream(IterableDataset):
     """
 
     chunk: int = 64  # positions handed to _produce at once (vectorised sources render a whole chunk)
+    damage: dict[str, object]  # found before reading (damaged shards, incomplete samples); {} if none
 
     def __init__(
         self, *, image_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1
@@ -60,11 +64,12 @@ class SampleStream(IterableDataset):
             raise ValueError(f"rank must be < world_size, got rank={rank}, world_size={world_size}")
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self._counters = torch.zeros(_SLOTS, len(STAT_KEYS), dtype=torch.int64).share_memory_()
+        self.damage = {}
 
     # ---- statistics -------------------------------------------------------------------------------------
     @property
     def stats(self) -> dict[str, int]:
-        """Skip counters summed over this process and its DataLoader workers: {"skipped_images", "skipped_captions"}."""
+        """Skip counters summed over this process and its DataLoader workers, one per ``STAT_KEYS`` reason."""
         totals = self._counters.sum(dim=0).tolist()
         return dict(zip(STAT_KEYS, (int(t) for t in totals)))
 

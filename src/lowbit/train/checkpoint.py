@@ -4,24 +4,44 @@ atomically (temporary file in the same directory, then ``os.replace``), so a cra
 Two formats: ``RUN/checkpoint.pt`` (one file: single process and DDP) and ``RUN/checkpoint.dcp/`` (FSDP: a
 ``torch.distributed.checkpoint`` directory plus ``meta.pt``, see ``lowbit.train.distributed``). A run directory
 holds one of them (saving one format removes the other). ``load_checkpoint`` of a DCP checkpoint returns its
-``meta.pt`` (everything but the model and optimizer state) with ``format: "dcp"`` and ``path``."""
+``meta.pt`` (everything but the model and optimizer state) with ``format: "dcp"`` and ``path``.
+
+Integrity. Every file carries ``checksum``: the SHA-256 of its content (every tensor's dtype, shape and bytes,
+every scalar, in a fixed order), verified by ``load_checkpoint``; an empty, truncated, unreadable or altered
+file raises ``CheckpointError`` naming the file and what is wrong with it. Saving over a checkpoint keeps the
+old one as ``checkpoint.prev.pt``, and a run directory whose ``checkpoint.pt`` is damaged resumes from it (with
+a warning). A full disk is reported as such (``OSError(ENOSPC)``), the previous checkpoint left in place."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import random
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_NAME", "DCP_NAME", "get_rng_state", "load_checkpoint", "resolve_checkpoint", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_NAME", "DCP_NAME", "PREV_NAME", "CheckpointError", "get_rng_state", "load_checkpoint",
+    "resolve_checkpoint", "save_checkpoint", "set_rng_state", "state_checksum",
+]  # fmt: skip
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREV_NAME = "checkpoint.prev.pt"  # the checkpoint before the last save (a fallback if the last is damaged)
 DCP_NAME = "checkpoint.dcp"
 _META = "meta.pt"
+_CHECKSUM = "checksum"
+_SCHEME = "lowbit-state-sha256/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: empty, truncated, unreadable or altered since it was written."""
 
 
 def _is_dcp(p: Path) -> bool:
@@ -56,44 +76,142 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically; returns the path."""
+def _feed(h: Any, obj: Any) -> None:
+    """Hash ``obj`` (nested dicts/lists of tensors and scalars) in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            flat = t.to("cpu").contiguous().reshape(-1)
+            h.update(flat.view(torch.uint8).numpy().data if flat.element_size() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(f"K{k!r}".encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, list | tuple):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"S{type(obj).__name__}:{obj!r}".encode())
+
+
+def state_checksum(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's content, without its ``checksum`` entry."""
+    h = hashlib.sha256(_SCHEME.encode())
+    _feed(h, {k: v for k, v in state.items() if k != _CHECKSUM})
+    return h.hexdigest()
+
+
+def _disk_full(exc: BaseException, directory: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch.save reports a failed write as "[enforce fail at inline_container.cc:...] unexpected pos ..."
+    if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "file write failed" in str(exc)):
+        try:
+            return shutil.disk_usage(directory).free < 64 << 20
+        except OSError:
+            return False
+    return False
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = True) -> Path:
+    """Write ``state`` (plus its ``checksum``) to ``path`` atomically; returns the path.
+
+    ``keep_previous``: an existing file at ``path`` becomes ``checkpoint.prev.pt`` beside it (replacing the one
+    before). A full disk raises ``OSError(ENOSPC)`` naming the file; the old checkpoint stays in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**state, _CHECKSUM: {"scheme": _SCHEME, "sha256": state_checksum(state)}}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.is_file():
+            os.replace(path, path.with_name(PREV_NAME))  # a crash right here leaves the previous one to resume from
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(exc, path.parent):
+            raise OSError(errno.ENOSPC, f"no space left on the device: could not write checkpoint {str(path)!r} "
+                          "(the previous checkpoint, if any, is kept)") from exc
         raise
     return path
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file or DCP directory; for a run directory its ``checkpoint.pt`` or ``checkpoint.dcp``
-    (or ``.checkpoint.dcp.old`` if a crash hit between the two renames of a DCP save); ``ValueError`` if none."""
+    (or ``.checkpoint.dcp.old`` if a crash hit between the two renames of a DCP save, or ``checkpoint.prev.pt``
+    if one hit between the two renames of a save); ``ValueError`` if none."""
     p = Path(path)
     if _is_dcp(p) or p.is_file():
         return p
     if p.is_dir():
-        for cand in (p / DCP_NAME, p / CHECKPOINT_NAME, p / f".{DCP_NAME}.old"):
+        for cand in (p / DCP_NAME, p / CHECKPOINT_NAME, p / f".{DCP_NAME}.old", p / PREV_NAME):
             if _is_dcp(cand) or cand.is_file():
                 return cand
         p = p / CHECKPOINT_NAME
     raise ValueError(f"cannot resume: no checkpoint at {str(p)!r}")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no pickled code is ever executed).
+def _load_file(p: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """``torch.load(p, weights_only=True)``, verified against its checksum; ``CheckpointError`` if damaged."""
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise CheckpointError(f"checkpoint {str(p)!r} is empty (0 bytes): it was never completely written")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except PermissionError as exc:
+        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {exc.strerror or exc}") from exc
+    except Exception as exc:  # zip / unpickling errors of every kind: the file is not a whole checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} ({size:,} bytes) is truncated or corrupt: torch.load failed ({first[:160]})"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(p)!r} does not hold a lowbit checkpoint (a {type(state).__name__})")
+    stored = state.pop(_CHECKSUM, None)
+    if isinstance(stored, dict) and stored.get("scheme") == _SCHEME and state_checksum(state) != stored.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is corrupt: its content does not match the SHA-256 stored when it was "
+            "written (bytes changed on disk)"
+        )
+    return state
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", fallback: bool = True) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no pickled code is ever executed), verifying its checksum.
 
     A DCP checkpoint gives its metadata only, with ``format: "dcp"`` and ``path`` (the model and optimizer
-    are loaded into a live model by ``lowbit.train.distributed.load_dcp``)."""
+    are loaded into a live model by ``lowbit.train.distributed.load_dcp``). ``fallback``: if ``path`` is a run
+    directory whose ``checkpoint.pt`` is damaged, load ``checkpoint.prev.pt`` instead (with a warning); the
+    result's ``path`` says which file was loaded."""
     p = resolve_checkpoint(path)
     if p.is_dir():
-        meta = torch.load(p / _META, map_location=map_location, weights_only=True)
+        meta = _load_file(p / _META, map_location)
         return {**meta, "format": "dcp", "path": str(p)}
-    return torch.load(p, map_location=map_location, weights_only=True)
+    try:
+        return {**_load_file(p, map_location), "path": str(p)}
+    except CheckpointError as exc:
+        prev = p.with_name(PREV_NAME)
+        if not (fallback and Path(path).is_dir() and p.name == CHECKPOINT_NAME and prev.is_file()):
+            raise
+        try:
+            state = _load_file(prev, map_location)
+        except CheckpointError as exc2:
+            raise CheckpointError(f"{exc}; the previous one is damaged too: {exc2}") from exc
+        key = (str(p.resolve()), p.stat().st_mtime_ns)
+        if key not in _WARNED:  # resolve_config and the trainer both load it: say it once
+            _WARNED.add(key)
+            warnings.warn(f"{exc}; resuming from the previous checkpoint {str(prev)!r} (step {state.get('step')})",
+                          stacklevel=2)
+        return {**state, "path": str(prev)}
+
+
+_WARNED: set[tuple[str, int]] = set()

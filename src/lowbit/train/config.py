@@ -65,9 +65,11 @@ class TrainConfig:
     data: str = "synthetic"
     zeroshot: str = "auto"  # zero-shot task spec; auto: a prepared --data folder's own tasks, else synthetic; "" or "none" = no evaluation
     zeroshot_limit: int = 0  # images per task, 0 = all
+    max_bad_fraction: float = 0.1  # stop when more of the samples read were unusable (judged after 200 samples)
     # bookkeeping
     out: str = ""  # run directory; "" = runs/<timestamp>
     resume: str = ""  # checkpoint file or run directory to continue
+    overwrite: bool = False  # `out` holds another run: delete it and start over (else the run is refused)
     eval_every: int = 0  # steps between zero-shot evaluations; 0 = at the end only
     log_every: int = 1  # steps between rows of metrics.csv / TensorBoard
     save_every: int = 100  # steps between checkpoints (one is always written at the end); 0 = end only; -1 = none (benchmarks)
@@ -98,6 +100,8 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             _check(name, v, _is_num(v) and v >= 0 and math.isfinite(v), "a float >= 0")
+        _check("max_bad_fraction", self.max_bad_fraction,
+               _is_num(self.max_bad_fraction) and 0 <= self.max_bad_fraction <= 1, "a float in [0, 1]")
         _check("min_lr_ratio", self.min_lr_ratio, _is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "a float in [0, 1]")
         _check("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
         _check("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
@@ -119,7 +123,7 @@ class TrainConfig:
         _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize == "kernel" or self.compile is True,
                "'kernel' unless compile is true (it chooses how a compiled model quantizes)")
         for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad",
-                     "fsdp_8bit_allgather"):
+                     "fsdp_8bit_allgather", "overwrite"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _check(
             "local_loss",
@@ -181,7 +185,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except OSError as e:
+        raise ValueError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping of options, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -59,6 +59,7 @@ __all__ = [
     "no_grad_sync",
     "save_dcp",
     "shard_model",
+    "sum_over_ranks",
 ]
 
 META_NAME = "meta.pt"
@@ -192,6 +193,16 @@ def average_loss(value: float) -> float:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / dist.get_world_size()
+
+
+def sum_over_ranks(values: list[int]) -> list[int]:
+    """Element-wise sum of small integer counters over ranks (one ``all_reduce``): the trainer's per-step
+    agreement on an interrupt signal and on skipped-data counts."""
+    t = torch.tensor(values, dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [int(v) for v in t.tolist()]
 
 
 # ---------------------------------------------------------------------------------------------- gradients
