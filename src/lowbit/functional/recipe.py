@@ -29,8 +29,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-QFormat = Literal["int8", "e4m3", "e5m2"]
-Scaling = Literal["row", "column", "tensor", "block"]
+from lowbit.kernels._common import Format, Scaling
+
 Save = Literal["input", "forward-quantized", "wgrad-quantized"]
 
 # The vector-wise granularity allowed for each (matmul, side), named on the tensor as it appears.
@@ -46,7 +46,7 @@ _OPERANDS = {"forward": ("X", "W"), "dgrad": ("dY", "W"), "wgrad": ("dY", "X")}
 class Quant:
     """A quantized operand: format and scaling granularity."""
 
-    format: QFormat
+    format: Format
     scaling: Scaling
 
     def __post_init__(self) -> None:
@@ -150,7 +150,7 @@ class Recipe:
         return dataclasses.replace(self, name=f"{self.name}-sim", simulated=True)
 
 
-def _q(fmt: QFormat, scaling: Scaling) -> Quant:
+def _q(fmt: Format, scaling: Scaling) -> Quant:
     return Quant(fmt, scaling)
 
 

@@ -8,7 +8,10 @@ from typing import Literal
 
 import torch
 
+# The shared type aliases of every layer (one name per concept): a code format, the granularity of one scale per
+# row / column / tensor, and a recipe operand's scaling (those, or 1×128 / 128×128 blocks: lowbit.kernels.blockwise).
 Granularity = Literal["row", "column", "tensor"]
+Scaling = Literal["row", "column", "tensor", "block"]
 Format = Literal["int8", "e4m3", "e5m2"]
 Backend = Literal["auto", "torch", "triton"]
 
