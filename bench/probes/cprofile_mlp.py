@@ -10,7 +10,8 @@ import time
 import torch
 
 from lowbit.bench.linear import mlp_step
-from lowbit.kernels import quantize, triton_quant
+from lowbit.kernels import _triton_quant as triton_quant
+from lowbit.kernels import quantize
 from lowbit.kernels.gemm import gemm
 
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from lowbit.kernels import reference as R
-from lowbit.kernels import triton_gemm as tg
+from lowbit.kernels import _reference as R
+from lowbit.kernels import _triton_gemm as tg
 from lowbit.kernels.gemm import gemm, gemm_reference
 from lowbit.kernels.matmul import scaled_mm
 

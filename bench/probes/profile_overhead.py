@@ -5,7 +5,8 @@ import time
 
 import torch
 
-from lowbit.kernels import quantize, triton_quant
+from lowbit.kernels import _triton_quant as triton_quant
+from lowbit.kernels import quantize
 from lowbit.nn import LowbitLinear
 
 layer = LowbitLinear(256, 1024, recipe="switchback").cuda().bfloat16()

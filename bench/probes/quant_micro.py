@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from lowbit.kernels import quantize, quantize_dual
-from lowbit.kernels.triton_quant import _absmax_kernel, _encode, _fmt_constants, _scale_and_multiplier
+from lowbit.kernels._triton_quant import _absmax_kernel, _encode, _fmt_constants, _scale_and_multiplier
 
 
 @triton.jit

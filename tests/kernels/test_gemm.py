@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from lowbit.kernels import reference as R
+from lowbit.kernels import _reference as R
 from lowbit.kernels.gemm import ACTIVATION_NAMES, gemm, gemm_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

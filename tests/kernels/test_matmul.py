@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lowbit.kernels import _reference as ref
 from lowbit.kernels import quantize
-from lowbit.kernels import reference as ref
 from lowbit.kernels.matmul import scaled_mm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

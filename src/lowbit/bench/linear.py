@@ -284,7 +284,7 @@ def _breakdown(device, fp8_ok: bool) -> list[dict[str, Any]]:
             rows.append({"M×K×N": f"breakdown {fmt} {T}×{d_in}→{d_out}", "kernel": name, "ms": bench(fn, device)})
             print(rows[-1], flush=True)
     # Row-quantization block shapes for the widest operand (dY, 5120 wide): informs _row_blocks.
-    from lowbit.kernels import triton_quant
+    from lowbit.kernels import _triton_quant as triton_quant
 
     default = triton_quant._row_blocks
     for cfg in [(1, 8192, True, 8), (1, 8192, True, 16), (2, 8192, True, 16), (1, 2048, False, 8),

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.functional.recipe import Quant
-from lowbit.kernels import ops, reference
+from lowbit.kernels import _reference as reference
+from lowbit.kernels import ops
 from lowbit.kernels._common import checks_enabled, raise_if_nonfinite
 from lowbit.kernels.blockwise import (
     ACT_BLOCK,

@@ -20,7 +20,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from lowbit.functional.recipe import Quant
-from lowbit.kernels import reference
+from lowbit.kernels import _reference as reference
 
 __all__ = ["QuantizedWeight", "quantize_with_amax"]
 
@@ -36,7 +36,7 @@ _VIEWS = {
 def quantize_with_amax(x: torch.Tensor, amax: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor-wise codes of ``x`` (a piece of a larger tensor) given the absmax of the *whole* tensor.
 
-    The reference quantizer's arithmetic (``lowbit.kernels.reference``: scale from the absmax, then every
+    The reference quantizer's arithmetic (``lowbit.kernels._reference``: scale from the absmax, then every
     element ``x · multiplier`` rounded), which the Triton kernels reproduce bit for bit; elementwise, so a shard
     quantized with the global absmax gives exactly the codes of that shard in the whole tensor's codes.
     """

@@ -4,7 +4,7 @@ One scale per **1×128 block** of an activation row (along the matmul's inner di
 **128×128 block** of a weight. A 128-wide output tile of a producer GEMM holds exactly one activation block per
 row, so its epilogue can write the codes without waiting for the whole row (the point of block scaling).
 
-Conventions are those of :mod:`lowbit.kernels.reference`, applied per block: int8 ``scale = absmax`` of the block,
+Conventions are those of :mod:`lowbit.kernels._reference`, applied per block: int8 ``scale = absmax`` of the block,
 ``q = round_half_even(x · 127/absmax)``; fp8 ``scale = fmax / max(absmax, floor)``, ``q = fp8(x · scale)``. An
 all-zero block gives zero codes and a finite scale (never NaN); a block holding NaN gets a NaN scale. K (and, for
 weights, N) need not be multiples of 128: the last block is partial.
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from lowbit.kernels import reference
+from lowbit.kernels import _reference as reference
 from lowbit.kernels._common import (
     Format,
     check_input,
@@ -226,7 +226,7 @@ def _(qa, sa, qb, sb, bias, out_dtype):
 def _triton_quantize_act(x2d: torch.Tensor, fmt: Format) -> tuple[torch.Tensor, torch.Tensor]:
     import triton
 
-    from lowbit.kernels import triton_quant
+    from lowbit.kernels import _triton_quant as triton_quant
     from lowbit.kernels._common import interpreting
 
     M, K = x2d.shape
@@ -242,7 +242,7 @@ def _triton_quantize_act(x2d: torch.Tensor, fmt: Format) -> tuple[torch.Tensor, 
 
 
 _KERNEL = None
-# Filled in by _kernel() from lowbit.kernels.triton_quant (Triton is imported only when a kernel runs).
+# Filled in by _kernel() from lowbit.kernels._triton_quant (Triton is imported only when a kernel runs).
 tl = _abs_bits = _encode = _scale_and_multiplier = None
 
 
@@ -254,7 +254,7 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    from lowbit.kernels import triton_quant
+    from lowbit.kernels import _triton_quant as triton_quant
 
     # @triton.jit resolves names in the module's globals: publish the shared device helpers there.
     globals().update(tl=tl, _abs_bits=triton_quant._abs_bits, _encode=triton_quant._encode,

@@ -30,7 +30,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from lowbit.kernels import reference
+from lowbit.kernels import _reference as reference
 from lowbit.kernels._common import FLOAT_DTYPES, FP8_FORMATS, Format, use_triton
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
@@ -53,7 +53,7 @@ def _fmt_of(t: torch.Tensor) -> Format | None:
 
 def _scale_mode(s: torch.Tensor | None, rows: int, K: int, blockwise: bool, block_rows: bool, name: str) -> int:
     """0 none, 1 tensor, 2 one per row, 3 block; raises on a shape that fits none."""
-    from lowbit.kernels import triton_gemm as tg
+    from lowbit.kernels import _triton_gemm as tg
 
     if s is None:
         return tg.SCALE_NONE
@@ -139,7 +139,7 @@ def gemm(
         raise ValueError(f"gemm: amax must be 'row', 'tensor' or None, got {amax!r}")
 
     if M and N and K and use_triton(a, backend, "gemm"):
-        from lowbit.kernels import triton_gemm
+        from lowbit.kernels import _triton_gemm as triton_gemm
 
         preact = torch.empty((M, N), dtype=out_dtype, device=a.device) if store_preact else None
         aux = act_grad_at if act_grad_at is not None else preact

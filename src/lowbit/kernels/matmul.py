@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from lowbit.kernels import reference
+from lowbit.kernels import _reference as reference
 from lowbit.kernels._common import FP8_FORMATS, Format, use_triton
 
 MatmulBackend = Literal["auto", "torch", "triton", "cublas"]

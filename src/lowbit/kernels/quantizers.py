@@ -1,7 +1,7 @@
 """Public quantizers: int8 and fp8, row / column / tensor scaling, with optional fused transpose.
 
 Each dispatches to the Triton kernels for CUDA tensors (``backend="auto"``) and to the PyTorch reference
-otherwise; both compute the same codes and scales (see :mod:`lowbit.kernels.reference` for the numerics).
+otherwise; both compute the same codes and scales (see :mod:`lowbit.kernels._reference` for the numerics).
 
 **NaN/Inf.** The default is *fast mode*: no check, hence no device-to-host synchronisation on the training
 hot path. Non-finite values are not turned into finite garbage: the group that holds them gets a non-finite
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.kernels import reference
+from lowbit.kernels import _reference as reference
 from lowbit.kernels._common import (
     FP8_DTYPES,
     Backend,
@@ -66,7 +66,7 @@ def quantize(
             return reference.quantize_transpose(x, fmt, granularity)
         return reference.quantize(x, fmt, granularity)
 
-    from lowbit.kernels import triton_quant
+    from lowbit.kernels import _triton_quant as triton_quant
 
     x2d = x.reshape(-1, x.shape[-1])
     if granularity == "row":
@@ -99,7 +99,7 @@ def quantize_dual(
     if x.numel() == 0 or not use_triton(x, backend, op):
         q, scale = quantize(x, fmt, "tensor", check=False, backend="torch")
         return q, q.t().contiguous(), scale
-    from lowbit.kernels import triton_quant
+    from lowbit.kernels import _triton_quant as triton_quant
 
     return triton_quant.quantize_scaled(x, fmt, per_column=False, transpose=False, both=True)
 
@@ -184,7 +184,7 @@ def dequantize(
     _check_scale(q, scale, granularity, op)
     if q.numel() == 0 or not use_triton(q, backend, op):
         return reference.dequantize(q, scale, fmt, dtype)
-    from lowbit.kernels import triton_quant
+    from lowbit.kernels import _triton_quant as triton_quant
 
     q2d = q.contiguous().reshape(-1, q.shape[-1]) if q.ndim > 1 else q.reshape(1, -1)
     s2d = scale.reshape(-1, 1) if granularity == "row" else scale.reshape(1, -1)

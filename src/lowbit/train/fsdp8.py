@@ -41,7 +41,7 @@ import torch.distributed as dist
 
 from lowbit.functional.qweight import QuantizedWeight, quantize_with_amax
 from lowbit.functional.recipe import Recipe, get_recipe
-from lowbit.kernels import reference
+from lowbit.kernels import _reference as reference
 
 __all__ = ["AllGatherCounter", "allgather_8bit_format", "count_allgather_bytes", "enable_8bit_allgather",
            "precompute_scales"]

@@ -1,6 +1,6 @@
 """Triton quantization kernels (CUDA; also runnable on CPU tensors under ``TRITON_INTERPRET=1``).
 
-They compute exactly what :mod:`lowbit.kernels.reference` computes, in the same float32 operations:
+They compute exactly what :mod:`lowbit.kernels._reference` computes, in the same float32 operations:
 * ``quantize_rows``: fused row-wise absmax + quantize, one program per block of rows (one read of x when the
   row fits in registers, else two: absmax pass then quantize pass, the second mostly from L2).
 * ``quantize_scaled``: quantize with a given per-column or per-tensor multiplier, optionally writing the

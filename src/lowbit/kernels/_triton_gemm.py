@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from lowbit.kernels._common import interpreting
-from lowbit.kernels.triton_quant import _encode, cast_rne
+from lowbit.kernels._triton_quant import _encode, cast_rne
 
 # Scale modes of an operand (constexpr ints).
 SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR, SCALE_BLOCK = 0, 1, 2, 3
@@ -367,7 +367,7 @@ def launch(
     Returns ``(out, amax bits as float32 or None, column sums or None)``; ``aux`` is written in place when
     ``store_preact``.
     """
-    from lowbit.kernels.triton_quant import _fmt_constants
+    from lowbit.kernels._triton_quant import _fmt_constants
 
     M, K = a.shape
     N = b.shape[0]
