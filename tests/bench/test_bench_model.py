@@ -1,7 +1,7 @@
 """``lowbit bench model``: a third-party model's training step per recipe. timm and transformers are not installed
 here (they would pull a CUDA torch): the tests register tiny stand-ins under their names in ``sys.modules`` that
 offer the few calls the benchmark makes (``timm.create_model``; ``transformers.AutoConfig.for_model``, config
-classes with sub-configs, ``CLIPModel``)."""
+classes with sub-configs, ``AutoModel.from_config`` giving a CLIP-like model)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def fake_transformers(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
         return configs[model_type](**kw)
 
     mod = types.SimpleNamespace(__name__="transformers", AutoConfig=types.SimpleNamespace(for_model=for_model),
-                                CLIPConfig=CLIPConfig, CLIPModel=CLIPModel)
+                                CLIPConfig=CLIPConfig, AutoModel=types.SimpleNamespace(from_config=CLIPModel))
     monkeypatch.setitem(sys.modules, "transformers", mod)
     return mod
 

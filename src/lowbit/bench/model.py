@@ -9,9 +9,9 @@ each recipe, converted with one ``lowbit.convert(model, recipe, module_filter=..
   (``AutoConfig.for_model(type)`` or ``transformers.<Name>Config``; options override the config's attributes; a
   config with sub-configs, such as CLIP's ``text_config`` / ``vision_config``, takes ``text.hidden_size=1024`` for
   one of them and an unprefixed key that only the sub-configs have, such as ``hidden_size=1280``, for each that has
-  it). ``clip`` / ``siglip``: ``CLIPModel`` / ``SiglipModel`` on random ``pixel_values`` + ``input_ids`` with
-  ``return_loss=True`` (images/s). A vision config (``image_size``): ``AutoModelForImageClassification`` with
-  random labels (images/s). Otherwise a text model: ``AutoModelForMaskedLM`` (or ``AutoModelForCausalLM`` where
+  it). ``clip`` / ``siglip``: ``CLIPModel`` / ``SiglipModel`` (``AutoModel.from_config``) on random
+  ``pixel_values`` + ``input_ids`` with ``return_loss=True`` (images/s). A vision config (``image_size``):
+  ``AutoModelForImageClassification`` with random labels (images/s). Otherwise a text model: ``AutoModelForMaskedLM`` (or ``AutoModelForCausalLM`` where
   there is no masked-LM head) with ``labels=input_ids`` over ``--seq-len`` tokens (tokens/s).
 
 Each package is needed only for its own prefix; without it the command stops with one line naming it.
@@ -207,9 +207,8 @@ def hf_workload(spec: ModelSpec, seq_len: int = 0) -> Workload:
     transformers = require("hf")
     cfg = hf_config(transformers, spec)
     model_type = getattr(cfg, "model_type", "")
-    contrastive = {"clip": "CLIPModel", "siglip": "SiglipModel"}
-    if model_type in contrastive:
-        model = getattr(transformers, contrastive[model_type])(cfg)
+    if model_type in ("clip", "siglip"):  # AutoModel: CLIPModel / SiglipModel, attention implementation auto-set
+        model = transformers.AutoModel.from_config(cfg)
         vision, text = cfg.vision_config, cfg.text_config
         size, channels = int(vision.image_size), int(getattr(vision, "num_channels", 3))
         length, vocab = _seq_len(text, seq_len), int(text.vocab_size)
