@@ -281,3 +281,10 @@ def test_cpu_run_warns_and_help_lists_it() -> None:
     args = build_parser().parse_args(["bench", "model", "--model", "timm:vit_tiny", "--device", "cpu"])
     assert "CPU timings say nothing about the GPU speed-ups" in (cpu_warning(args) or "")
     assert "model" in HELP.split(":", 1)[1].split(" | ")[-1]
+
+
+def test_bench_step_model_points_to_bench_model(capsys) -> None:
+    assert main(["bench", "step", "--model", "timm:vit_tiny", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "lowbit bench: error: lowbit bench step times lowbit's CLIP presets (--preset); for a timm or Hugging Face "
+        "model use: lowbit bench model --model timm:vit_tiny ...")

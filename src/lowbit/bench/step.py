@@ -24,6 +24,9 @@ so the numbers are the model's, not the input pipeline's). Every recipe of a pre
   optimizer state included).
 * A row that fails (out of memory, compile error, a recipe the device cannot run) is recorded with its error;
   the others still run. Results are rewritten to ``--out`` after every row, so a run cut short keeps its rows.
+
+A timm or Hugging Face model's step (converted with ``lowbit.convert``) is ``lowbit bench model --model SPEC``
+(``lowbit.bench.model``); ``lowbit bench step --model`` says so.
 """
 
 from __future__ import annotations
@@ -355,6 +358,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for step.json and step.md (rewritten per row)")
+    parser.add_argument("--model", nargs="+", default=None, help=argparse.SUPPRESS)  # points to `bench model`
+
+
+def check(args: argparse.Namespace) -> None:
+    """Before anything runs: ``--model`` belongs to ``lowbit bench model``."""
+    if getattr(args, "model", None):
+        raise ValueError("lowbit bench step times lowbit's CLIP presets (--preset); for a timm or Hugging Face model "
+                         f"use: lowbit bench model --model {' '.join(args.model)} ...")
 
 
 def run(args: argparse.Namespace) -> int:
