@@ -12,6 +12,7 @@ with more than one process. A README command this file does not know fails ``tes
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import json
 import os
@@ -37,6 +38,9 @@ RUN: dict[str, str | None] = {
     "lowbit plot runs/<run>": None,
     "lowbit data prepare fashion-mnist --out data/fmnist": "--source fmnist-src",
     "lowbit bench linear --shapes vit-h-14": "--tokens 64 --recipes switchback",
+    # run with a stand-in `timm` (STANDIN_TIMM) on PYTHONPATH: timm is not a dependency and is not installed here
+    "lowbit bench model --model timm:vit_base_patch16_224 --recipe bf16 fp8-switchback":
+        "--batch-size 2 --steps 1 --warmup 1 --layers all --device cpu --no-anchors --out runs/bench-model",
     "lowbit data prepare emoji --out DIR": None,
     "python -m lowbit train --resume runs/a": QUICK,
 }
@@ -57,6 +61,15 @@ SKIPPED: dict[str, str] = {
     "npm install emoji-datasource-google": "a network install; its emoji.json + PNGs are stood in for",
     "python3 bench/multi_gpu.py --out $OUT": "needs 4 GPUs (its --dry mode is tests/bench/test_multi_gpu_script.py)",
     "lowbit train --compile --compile-mode reduce-overhead": "CUDA graphs need a GPU",
+    "lowbit bench model --model timm:vit_huge_patch14_224 --batch-size 96 --recipe bf16 switchback fp8-switchback "
+    "fp8-tensorwise --out runs/bench-timm-vit-h":
+        "a ViT-H/14 training step for an H100 and the real timm; the quick start's `lowbit bench model` runs instead",
+    "lowbit bench model --model 'hf:clip:vision.hidden_size=1280,vision.intermediate_size=5120,"
+    "vision.num_hidden_layers=32,vision.num_attention_heads=16,vision.patch_size=14,text.hidden_size=1024,"
+    "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024' "
+    "--batch-size 96 --recipe bf16 switchback fp8-switchback --out runs/bench-hf-clip-h":
+        "a ViT-H-wide CLIP for an H100 and the real transformers (not installed here); the hf: path runs on a "
+        "stand-in in tests/bench/test_bench_model.py",
 }
 # commands the README gives inline (in prose, `...`) rather than in a code block
 INLINE = ["lowbit data prepare emoji --out DIR", "apt-get install dataset-fashion-mnist",
@@ -224,6 +237,61 @@ def test_bench_step_without_cuda_graphs(workspace: Path) -> None:
                          "fp8-switchback --no-anchors --device cpu")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fp8-switchback" in proc.stdout
+
+
+# What the README's `lowbit bench model --model timm:...` imports: create_model giving a tiny ViT-like model
+# (Linear -> GELU -> Linear MLPs in repeated blocks) whatever the name; pretrained_cfg gives its input size.
+STANDIN_TIMM = '''
+import torch
+from torch import nn
+
+class Mlp(nn.Module):
+    def __init__(self, d, h):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(d, h), nn.GELU(), nn.Linear(h, d)
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.norm, self.mlp = nn.LayerNorm(d), Mlp(d, 4 * d)
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
+
+class TinyViT(nn.Module):
+    def __init__(self, num_classes=10, d=32):
+        super().__init__()
+        self.num_classes, self.pretrained_cfg = num_classes, {"input_size": (3, 16, 16)}
+        self.patch = nn.Conv2d(3, d, 8, 8)
+        self.blocks = nn.Sequential(Block(d), Block(d))
+        self.head = nn.Linear(d, num_classes)
+    def forward(self, x):
+        return self.head(self.blocks(self.patch(x).flatten(2).transpose(1, 2)).mean(1))
+
+def create_model(name, pretrained=True, **kwargs):
+    assert not pretrained, "lowbit bench model must not ask for pretrained weights (a download)"
+    return TinyViT(**kwargs)
+'''
+
+
+def test_bench_model_with_a_stand_in_timm(workspace: Path) -> None:
+    """The README's `lowbit bench model --model timm:...`, on a stand-in timm (a tiny model) on the CPU."""
+    command = "lowbit bench model --model timm:vit_base_patch16_224 --recipe bf16 fp8-switchback"
+    assert command in readme_commands()
+    (workspace / ".standin" / "timm").mkdir(parents=True, exist_ok=True)
+    (workspace / ".standin" / "timm" / "__init__.py").write_text(STANDIN_TIMM)
+    proc = sh(workspace, f'PYTHONPATH="$PWD/.standin:$PYTHONPATH" {command} {RUN[command]}')
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    rows = json.loads((workspace / "runs" / "bench-model" / "model.json").read_text())["rows"]
+    assert [(r["recipe"], r["converted"]) for r in rows] == [("bf16", "0/5"), ("fp8-switchback", "5/5")]
+    assert all("error" not in r and r["throughput"] > 0 for r in rows), rows
+    if importlib.util.find_spec("timm") is not None:
+        return
+    proc = sh(workspace, command)  # without timm: one line naming it
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "lowbit bench: error: --model timm:vit_base_patch16_224 needs the timm package, which is not installed: "
+        "pip install timm"]
 
 
 def test_resume(workspace: Path) -> None:

@@ -54,6 +54,25 @@ def bench(fn: Callable[[], Any], device: torch.device, grad_to_none: Sequence[to
     return statistics.median(times)
 
 
+def time_steps(step: Callable[[], Any], steps: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``steps`` calls of ``step`` (one training step each): CUDA events on CUDA (the GPU
+    time of the step, queued back to back), ``perf_counter`` on the CPU. Warm-up is the caller's."""
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in events]
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -69,6 +88,13 @@ def write_results(out: str | None, name: str, payload: dict[str, Any], table: st
     """Print the table; with ``out`` also write ``NAME.json`` and ``NAME.md`` there."""
     header = f"## lowbit bench {name}\n\n{payload['env']}\n\n"
     print(header + table)
+    save_results(out, name, payload, table)
+
+
+def save_results(out: str | None, name: str, payload: dict[str, Any], table: str) -> None:
+    """With ``out``, write ``NAME.json`` and ``NAME.md`` there (nothing printed: a benchmark rewrites them after
+    every row, so a run cut short keeps its rows)."""
+    header = f"## lowbit bench {name}\n\n{payload['env']}\n\n"
     if out:
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,9 @@ so the numbers are the model's, not the input pipeline's). Every recipe of a pre
   optimizer state included).
 * A row that fails (out of memory, compile error, a recipe the device cannot run) is recorded with its error;
   the others still run. Results are rewritten to ``--out`` after every row, so a run cut short keeps its rows.
+
+A timm or Hugging Face model's step (converted with ``lowbit.convert``) is ``lowbit bench model --model SPEC``
+(``lowbit.bench.model``); ``lowbit bench step --model`` says so.
 """
 
 from __future__ import annotations
@@ -31,17 +34,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lowbit.bench.common import environment, markdown_table, write_results
+from lowbit.bench.common import environment, markdown_table, save_results, time_steps, write_results
 from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
 
@@ -230,20 +231,7 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     default = "fused" if cuda else "foreach"
     row["optimizer"] = f"{args.optimizer} ({impl or default}{', subclass weights foreach' if subclass else ''})"
     row["graphs"] = _graphs() - graphs0
-    times: list[float] = []
-    if cuda:
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(args.steps)]
-        for start, end in events:
-            start.record()
-            step()
-            end.record()
-        sync()
-        times = [s.elapsed_time(e) for s, e in events]
-    else:
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t) * 1000)
+    times = time_steps(step, args.steps, device)
     row["loss"] = float(last[0])
     ms = statistics.median(times)
     row.update(ms_per_step=ms, ms_min=min(times), ms_max=max(times), images_per_s=batch / ms * 1000)
@@ -297,12 +285,7 @@ def _rows(args: argparse.Namespace) -> list[tuple[str, str | None]]:
 
 def _write(out: str | None, payload: dict[str, Any]) -> str:
     table = markdown_table(payload["rows"], COLUMNS)
-    if out:
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        header = f"## lowbit bench step\n\n{payload['env']}\n\n"
-        (d / "step.json").write_text(json.dumps(payload, indent=2, default=str))
-        (d / "step.md").write_text(header + table + "\n")
+    save_results(out, "step", payload, table)
     return table
 
 
@@ -375,6 +358,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for step.json and step.md (rewritten per row)")
+    parser.add_argument("--model", nargs="+", default=None, help=argparse.SUPPRESS)  # points to `bench model`
+
+
+def check(args: argparse.Namespace) -> None:
+    """Before anything runs: ``--model`` belongs to ``lowbit bench model``."""
+    if getattr(args, "model", None):
+        raise ValueError("lowbit bench step times lowbit's CLIP presets (--preset); for a timm or Hugging Face model "
+                         f"use: lowbit bench model --model {' '.join(args.model)} ...")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: linear | mlp | matmul | memory | sweep | optim | step"
+HELP = "benchmarks: linear | mlp | matmul | memory | sweep | optim | step | model"
 
 _LINEAR_FAMILY = ("linear", "mlp", "matmul", "memory", "sweep")
 
@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("step", help=step.HELP, description=step.HELP)
     step.add_arguments(p)
     p.set_defaults(_bench="lowbit.bench.step")
+    model = importlib.import_module("lowbit.bench.model")  # a timm / Hugging Face model's step (timm, transformers
+    p = sub.add_parser("model", help=model.HELP, description=model.HELP)  # imported only when it runs)
+    model.add_arguments(p)
+    p.set_defaults(_bench="lowbit.bench.model")
 
 
 CPU_WARNING = (
@@ -53,7 +57,11 @@ def cpu_warning(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    module = importlib.import_module(args._bench)
+    check = getattr(module, "check", None)  # bad options and missing packages: one error line, before the warning
+    if check is not None:
+        check(args)
     warning = cpu_warning(args)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    return int(importlib.import_module(args._bench).run(args) or 0)
+    return int(module.run(args) or 0)

@@ -165,13 +165,23 @@ def _run(args: argparse.Namespace) -> int:
     loss = summary["final_loss"]
     print(f"run: {summary['out']}  steps: {summary['step']}  final loss: {loss:.4f}" if loss is not None else f"run: {summary['out']}")
     if summary["samples_per_s"]:
-        print(f"throughput: {summary['samples_per_s']:.1f} samples/s on {summary['device']} ({summary['recipe']}, {summary['precision']})")
+        print(throughput_line(summary))
     for task, acc in summary["zeroshot"].items():
         print(f"zero-shot top-1 on {task}: {100 * acc:.1f}% (chance {100 * summary['chance'][task]:.1f}%)")
     if len(summary["zeroshot"]) > 1:
         chance = sum(summary["chance"].values()) / len(summary["chance"])
         print(f"zero-shot top-1, mean of {len(summary['zeroshot'])} tasks: {100 * summary['zeroshot_mean']:.1f}% (chance {100 * chance:.1f}%)")
     return 0
+
+
+def throughput_line(summary: dict[str, Any]) -> str:
+    """Steady-state images/s (after the warm-up steps: compilation, autotuning) beside the whole-run average."""
+    where = f"on {summary['device']} ({summary['recipe']}, {summary['precision']})"
+    average = f"{summary['samples_per_s']:.1f} images/s whole-run average (warm-up and compilation included)"
+    steady = summary.get("samples_per_s_steady")
+    if not steady:
+        return f"throughput: {average} {where}"
+    return f"throughput: {steady:.1f} images/s steady state (after warm-up), {average} {where}"
 
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report them

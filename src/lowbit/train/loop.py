@@ -30,7 +30,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -416,21 +416,20 @@ class Trainer:
     act_monitor: Any = None
     n_params: int = 0
     fsdp8: bool = False  # FSDP2 gathers eligible weights as 8-bit codes: refresh their scales after each update
+    notes: list[str] = field(default_factory=list)  # set-up notes, printed after the run's first line
 
 
-def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str, master: bool) -> bool:
-    """``fsdp_8bit_allgather``: gather eligible weights as their 8-bit codes (``lowbit.train.fsdp8``); one note."""
+def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str) -> tuple[bool, str]:
+    """``fsdp_8bit_allgather``: gather eligible weights as their 8-bit codes (``lowbit.train.fsdp8``); returns
+    (on, the note ``_announce`` prints after the run's first line)."""
     from lowbit.train.fsdp8 import allgather_8bit_format, describe, enable_8bit_allgather
 
     if not cfg.fsdp_8bit_allgather or cfg.recipe in ("none", "bf16"):
-        return False
+        return False, ""
     why = ("" if allgather_8bit_format(cfg.recipe) else f"recipe {cfg.recipe!r} scales W per row/block, not per tensor")
     if not why:
         enable_8bit_allgather(model, torch.bfloat16 if precision == "bf16" else None)
-    if master:
-        print(f"lowbit train: fsdp all-gather in 16 bits: {why}" if why else f"lowbit train: {describe(model)}",
-              flush=True)
-    return not why
+    return not why, f"lowbit train: fsdp all-gather in 16 bits: {why}" if why else f"lowbit train: {describe(model)}"
 
 
 def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
@@ -440,6 +439,7 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     n_params = count_parameters(raw_model)
     raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=cfg.layers).to(env.device)
     fsdp8 = False
+    notes: list[str] = []  # printed after the run's first line
     act_monitor = None  # hooks go on before sharding / compiling; train-mode forwards only, no per-step sync
     if cfg.activations:
         from lowbit.monitor import ActivationMonitor
@@ -449,7 +449,8 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
         if cfg.monitor and cfg.optimizer != "stableadamw":
             raise ValueError("monitor under parallel=fsdp needs optimizer stableadamw (its RMS is reduced over the shards)")
         shard_model(raw_model, env.device, bf16_params=env.precision == "bf16" and env.device.type == "cuda")
-        fsdp8 = _fsdp8(cfg, raw_model, env.precision, env.master)
+        fsdp8, note = _fsdp8(cfg, raw_model, env.precision)
+        notes.append(note)
     optimizer = _optimizer(cfg, raw_model)
     scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     model: torch.nn.Module = raw_model
@@ -471,6 +472,7 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
         model=model, raw_model=raw_model, optimizer=optimizer, env=env, scheduler=scheduler, accum_steps=cfg.accum_steps,
         grad_clip=cfg.grad_clip, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, graphs=graphs,
         monitor=_monitor(cfg, raw_model, optimizer), act_monitor=act_monitor, n_params=n_params, fsdp8=fsdp8,
+        notes=[n for n in notes if n],
     )
 
 
@@ -916,17 +918,23 @@ def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int,
 
 def _announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, out: Path,
               resumed_from: tuple[int, str] | None, damage: dict[str, Any]) -> None:
-    """The run's header line and warnings (rank 0)."""
+    """The run's first line: what it chose (device and precision, recipe on how many linears and which layers,
+    eager / torch.compile mode / CUDA graphs, model, optimizer, steps, data, output); then notes and warnings
+    (rank 0)."""
     raw = tr.raw_model
     n_low = sum(1 for m in raw.modules() if isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear)
     n_lin = sum(1 for m in raw.modules() if isinstance(m, torch.nn.Linear))
+    precision = "bf16 autocast" if env.precision == "bf16" else env.precision
     print(
-        f"lowbit train: {cfg.preset} ({tr.n_params:,} params) | recipe {cfg.recipe} ({n_low}/{n_lin} linears) | "
-        f"{cfg.optimizer} lr {cfg.lr:g} | {cfg.steps} steps x {samples_per_step} | {cfg.data} | {env.device_name}, "
-        f"{env.precision}" + (f" | {env.world_size} x {env.parallel}" if env.parallel else "")
+        f"lowbit train: {env.device_name}, {precision} | recipe {cfg.recipe} ({n_low}/{n_lin} linears), "
+        f"layers {cfg.layers} | {_compile_choice(cfg, env, tr)} | {cfg.preset} ({tr.n_params:,} params) | "
+        f"{cfg.optimizer} lr {cfg.lr:g} | {cfg.steps} steps x {samples_per_step} | {cfg.data}"
+        + (f" | {env.world_size} x {env.parallel}" if env.parallel else "")
         + (f" | accum {cfg.accum_steps}" if cfg.accum_steps > 1 else "") + f" | {out}",
         flush=True,
     )
+    for note in tr.notes:
+        print(note, flush=True)
     if resumed_from is not None:
         print(f"lowbit train: resumed from step {resumed_from[0]} ({resumed_from[1]})", flush=True)
     if n_low == 0 and cfg.recipe not in ("none", "bf16"):
@@ -943,6 +951,20 @@ def _announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, ou
     if damage.get("incomplete_samples"):
         print(f"lowbit train: warning: {damage['incomplete_samples']:,} sample(s) without an image or a caption "
               "left out of the shards", flush=True)
+
+
+def _compile_choice(cfg: TrainConfig, env: Env, tr: Trainer) -> str:
+    """``eager``, or the torch.compile mode, whether it replays CUDA graphs and how compiled layers quantize."""
+    if not cfg.compile:
+        return "eager (no torch.compile)"
+    text = f"torch.compile mode {cfg.compile_mode}"
+    if tr.graphs:
+        text += " + CUDA graphs"
+    elif cfg.compile_mode in CUDA_GRAPH_MODES:
+        text += f" (no CUDA graphs on {env.device.type})"
+    if cfg.recipe not in ("none", "bf16"):
+        text += f", quantize: {cfg.compiled_quantize}"
+    return text
 
 
 def _steady(step_times: list[float], samples_per_step: int) -> float | None:

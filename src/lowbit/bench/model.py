@@ -1,0 +1,480 @@
+"""``lowbit bench model``: the training step of a third-party model (timm, Hugging Face transformers), bf16 vs
+each recipe, converted with one ``lowbit.convert(model, recipe, module_filter=..., fuse=...)`` call.
+
+``--model SPEC`` names the model without downloading anything (random weights, random inputs):
+
+* ``timm:<name>[:key=value,...]``: ``timm.create_model(name, pretrained=False, **options)``, fed random images of
+  the model's default input size (``pretrained_cfg["input_size"]``) and random class labels (cross-entropy).
+* ``hf:<model type or config class>[:key=value,...]``: a ``transformers`` model built from its config object
+  (``AutoConfig.for_model(type)`` or ``transformers.<Name>Config``; options override the config's attributes; a
+  config with sub-configs, such as CLIP's ``text_config`` / ``vision_config``, takes ``text.hidden_size=1024`` for
+  one of them and an unprefixed key that only the sub-configs have, such as ``hidden_size=1280``, for each that has
+  it). ``clip`` / ``siglip``: ``CLIPModel`` / ``SiglipModel`` (``AutoModel.from_config``) on random
+  ``pixel_values`` + ``input_ids`` with ``return_loss=True`` (images/s). A vision config (``image_size``):
+  ``AutoModelForImageClassification`` with random labels (images/s). Otherwise a text model: ``AutoModelForMaskedLM`` (or ``AutoModelForCausalLM`` where
+  there is no masked-LM head) with ``labels=input_ids`` over ``--seq-len`` tokens (tokens/s).
+
+Each package is needed only for its own prefix; without it the command stops with one line naming it.
+
+The step is the same for every row: forward under bf16 autocast on CUDA (fp32 on the CPU; ``--precision``),
+the loss (read back, so that a non-finite loss is an error, not a speed), backward, and the optimizer step
+(``--optimizer``: lowbit's StableAdamW, fused Triton kernel on CUDA, or torch's AdamW; ``lowbit train``'s
+parameter groups) on fp32 master weights. The timing, the per-row error handling and the output follow
+``lowbit bench step``: the median of ``--steps`` steps after ``--warmup`` untimed ones, the ratio to the bf16 row
+of the same run, ``torch.cuda.max_memory_allocated`` per row (parameters, gradients and optimizer state
+included), ``model.json`` / ``model.md`` rewritten after every row.
+
+* ``--layers auto`` (default): ``convert``'s own filter (both widths ≥ ``lowbit.nn.convert.MIN_FEATURES`` and
+  multiples of 16); ``all``: every ``nn.Linear`` (``module_filter=lambda fqn, m: True``). ``--fuse``: also fuse
+  the Linear → activation → Linear MLPs ``convert`` recognises (off by default, as in ``convert``: the fused
+  ViT-H MLP measured slower than per-linear on an H100). The torchao anchors (when importable) use the same
+  filter.
+* ``--compile``: ``torch.compile`` of the repeated blocks (``--compile-scope blocks``: the children of every
+  ``nn.ModuleList`` / ``nn.Sequential`` whose children are two or more modules of one class, compiled in place;
+  the whole model when there are none) or of the whole model (``model``). ``--cudagraphs``: with ``mode=
+  "reduce-overhead"``, each step marked with ``torch.compiler.cudagraph_mark_step_begin`` as the trainer does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.bench.common import environment, markdown_table, save_results, time_steps, write_results
+
+HELP = ("a timm or Hugging Face model's training step (random weights, no download) per recipe vs bf16: "
+        "images/s or tokens/s, peak memory")
+
+BASELINES = ("bf16", "none")
+DEFAULT_RECIPES = ["bf16", "switchback", "fp8-switchback"]
+LAYERS = ("auto", "all")
+PACKAGES = {"timm": "timm", "hf": "transformers"}  # SPEC prefix -> the package it needs
+COLUMNS = ["model", "recipe", "batch", "compiled", "converted", "fused", "ms_per_step", "throughput", "unit",
+           "vs_bf16", "peak_mem_GiB", "loss", "warmup_s", "optimizer", "error"]
+
+
+# ---------------------------------------------------------------------------------------------- the spec
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed ``--model`` value: ``source`` ("timm" or "hf"), ``name``, ``options`` (key -> int/float/bool/str)."""
+
+    source: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.source}:{self.name}" + (f":{opts}" if opts else "")
+
+
+def _value(text: str) -> Any:
+    """``"1280"`` -> 1280, ``"0.1"`` -> 0.1, ``"true"``/``"false"`` -> bool, ``"none"`` -> None, else the text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """``timm:<name>[:k=v,...]`` or ``hf:<model type or config class>[:k=v,...]``; ``ValueError`` naming what is
+    wrong otherwise."""
+    source, sep, rest = spec.partition(":")
+    if not sep or source not in PACKAGES:
+        raise ValueError(f"--model {spec!r}: expected timm:<model name> or hf:<model type or config class>"
+                         "[:key=value,...], e.g. timm:vit_huge_patch14_224 or hf:clip:vision.hidden_size=1280")
+    name, _, opts = rest.partition(":")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"--model {spec!r}: no model name after {source}:")
+    options: dict[str, Any] = {}
+    for item in filter(None, (o.strip() for o in opts.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--model {spec!r}: option {item!r} is not key=value")
+        options[key.strip()] = _value(value.strip())
+    return ModelSpec(source, name, options)
+
+
+def require(source: str, spec: str | None = None) -> Any:
+    """The package a spec prefix needs, imported; ``ImportError`` with one line naming it when it is missing."""
+    package = PACKAGES[source]
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        if getattr(e, "name", None) not in (package, None):
+            raise  # the package is there but one of its own imports failed: show that
+        raise ImportError(f"--model {spec or source + ':...'} needs the {package} package, which is not "
+                          f"installed: pip install {package}") from None
+
+
+# ---------------------------------------------------------------------------------------------- workloads
+@dataclass
+class Workload:
+    """A model and how to feed it: ``batch(n, device)`` -> keyword inputs, ``loss(model, inputs)`` -> scalar;
+    ``unit`` is what the throughput counts ("images" or "tokens"), ``per_sample`` how many of them one sample is."""
+
+    model: nn.Module
+    batch: Callable[[int, torch.device], dict[str, torch.Tensor]]
+    loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    unit: str = "images"
+    per_sample: int = 1
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _output_loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of 2-D logits against ``labels`` (modulo the class count); the mean square otherwise."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[-1] > 1:
+        return nn.functional.cross_entropy(out.float(), labels % out.shape[-1])
+    return out.float().pow(2).mean()
+
+
+def timm_workload(spec: ModelSpec) -> Workload:
+    timm = require("timm")
+    model = timm.create_model(spec.name, pretrained=False, **spec.options)
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    c, h, w = tuple(cfg.get("input_size") or (3, 224, 224))
+    classes = int(getattr(model, "num_classes", 0) or 1000)
+
+    def batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        g = _generator(0)
+        return {"x": torch.randn(n, c, h, w, generator=g).to(device),
+                "labels": torch.randint(0, classes, (n,), generator=g).to(device)}
+
+    return Workload(model, batch, lambda m, b: _output_loss(m(b["x"]), b["labels"]))
+
+
+def hf_config(transformers: Any, spec: ModelSpec) -> Any:
+    """The config object of ``spec``: defaults of the model type / config class, ``spec.options`` applied."""
+    name = spec.name
+    cls = getattr(transformers, name, None) if name.endswith("Config") else None
+    if cls is None:
+        try:
+            cls = type(transformers.AutoConfig.for_model(name))
+        except (ValueError, KeyError):
+            raise ValueError(f"--model hf:{name}: transformers knows no model type or config class {name!r} "
+                             "(e.g. clip, vit, bert or CLIPConfig)") from None
+    default = cls()
+    subs = {k[: -len("_config")]: v for k, v in vars(default).items() if k.endswith("_config") and hasattr(v, "to_dict")}
+    top: dict[str, Any] = {}
+    sub_kw: dict[str, dict[str, Any]] = {p: {} for p in subs}
+    for key, value in spec.options.items():
+        prefix, dot, attr = key.partition(".")
+        if dot and prefix in subs:
+            if not hasattr(subs[prefix], attr):
+                raise ValueError(f"--model {spec}: {type(subs[prefix]).__name__} has no attribute {attr!r}")
+            sub_kw[prefix][attr] = value
+        elif hasattr(default, key):
+            top[key] = value
+        elif any(hasattr(s, key) for s in subs.values()):
+            for p, s in subs.items():
+                if hasattr(s, key):
+                    sub_kw[p][key] = value
+        else:
+            where = f" or its {'/'.join(subs)} configs" if subs else ""
+            raise ValueError(f"--model {spec}: {key!r} is not an attribute of {cls.__name__}{where}")
+    return cls(**top, **{f"{p}_config": kw for p, kw in sub_kw.items() if kw})
+
+
+def _seq_len(cfg: Any, requested: int) -> int:
+    longest = next((int(v) for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                    if isinstance(v := getattr(cfg, k, None), int) and v > 0), 512)
+    return min(requested, longest) if requested > 0 else min(longest, 512)
+
+
+def hf_workload(spec: ModelSpec, seq_len: int = 0) -> Workload:
+    transformers = require("hf")
+    cfg = hf_config(transformers, spec)
+    model_type = getattr(cfg, "model_type", "")
+    if model_type in ("clip", "siglip"):  # AutoModel: CLIPModel / SiglipModel, attention implementation auto-set
+        model = transformers.AutoModel.from_config(cfg)
+        vision, text = cfg.vision_config, cfg.text_config
+        size, channels = int(vision.image_size), int(getattr(vision, "num_channels", 3))
+        length, vocab = _seq_len(text, seq_len), int(text.vocab_size)
+
+        def batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+            g = _generator(0)
+            return {"pixel_values": torch.randn(n, channels, size, size, generator=g).to(device),
+                    "input_ids": torch.randint(1, vocab, (n, length), generator=g).to(device)}
+
+        return Workload(model, batch, lambda m, b: m(**b, return_loss=True).loss)
+    if hasattr(cfg, "image_size"):
+        model = transformers.AutoModelForImageClassification.from_config(cfg)
+        size, channels = int(cfg.image_size), int(getattr(cfg, "num_channels", 3))
+        classes = int(getattr(cfg, "num_labels", 2))
+
+        def image_batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+            g = _generator(0)
+            return {"pixel_values": torch.randn(n, channels, size, size, generator=g).to(device),
+                    "labels": torch.randint(0, classes, (n,), generator=g).to(device)}
+
+        return Workload(model, image_batch, lambda m, b: m(**b).loss)
+    try:
+        model = transformers.AutoModelForMaskedLM.from_config(cfg)
+    except ValueError:  # no masked-LM head for this type: a decoder
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    length, vocab = _seq_len(cfg, seq_len), int(cfg.vocab_size)
+
+    def text_batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, vocab, (n, length), generator=_generator(0)).to(device)
+        return {"input_ids": ids, "labels": ids}
+
+    return Workload(model, text_batch, lambda m, b: m(**b).loss, unit="tokens", per_sample=length)
+
+
+def build_workload(spec: ModelSpec, seq_len: int = 0) -> Workload:
+    """The model of ``spec`` (random weights, train mode) and its inputs and loss."""
+    w = timm_workload(spec) if spec.source == "timm" else hf_workload(spec, seq_len)
+    w.model.train()
+    return w
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+def module_filter(layers: str) -> Callable[[str, nn.Module], bool] | None:
+    """``auto``: None (``convert``'s default size filter); ``all``: every linear."""
+    if layers not in LAYERS:
+        raise ValueError(f"--layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+    return None if layers == "auto" else (lambda fqn, m: True)
+
+
+def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool) -> tuple[nn.Module, str, int]:
+    """``model`` converted to ``recipe`` (bf16/none: as it is; ``torchao-*``: torchao's training linears on the same
+    layers); returns (model, "k/n" linears converted, MLPs fused)."""
+    import lowbit
+    from lowbit.bench.step import torchao_anchors
+    from lowbit.nn.convert import convert_report, default_filter
+
+    n_lin = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
+    flt = module_filter(layers)
+    anchors = torchao_anchors()
+    if recipe in BASELINES:
+        return model, f"0/{n_lin}", 0
+    if recipe in anchors:
+        model = anchors[recipe](model, flt or default_filter)
+        n_conv = sum(1 for m in model.modules() if isinstance(m, nn.Linear)
+                     and (type(m) is not nn.Linear or type(m.weight) is not nn.Parameter))
+        return model, f"{n_conv}/{n_lin}", 0
+    if recipe.startswith("torchao-"):
+        raise RuntimeError(f"{recipe}: torchao is not importable here")
+    model = lowbit.convert(model, recipe, module_filter=flt, fuse=fuse)
+    rep = convert_report(model)
+    assert rep is not None
+    return model, f"{len(rep.converted)}/{n_lin}", len(rep.fused)
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The children of every outermost ``nn.ModuleList`` / ``nn.Sequential`` holding two or more modules of one
+    class (transformer blocks): what ``--compile-scope blocks`` compiles."""
+    found: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        kids = list(m.children())
+        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(kids) >= 2 and len({type(k) for k in kids}) == 1:
+            found.extend(kids)
+            return
+        for k in kids:
+            visit(k)
+
+    visit(model)
+    return found
+
+
+def compile_model(model: nn.Module, scope: str, mode: str | None) -> tuple[nn.Module, str]:
+    """Compile per ``scope``; returns (what the forward calls, what was compiled, for the table)."""
+    if scope == "blocks":
+        blocks = repeated_blocks(model)
+        if blocks:
+            for b in blocks:
+                b.compile(mode=mode)
+            return model, f"blocks ({len(blocks)})"
+        scope = "model"
+    if scope == "model":
+        return torch.compile(model, mode=mode), "model"
+    raise ValueError(f"--compile-scope must be blocks or model, got {scope!r}")
+
+
+# ---------------------------------------------------------------------------------------------- one row
+def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Build, convert, (compile,) warm up and time one (model, recipe); errors propagate to the caller."""
+    from lowbit.bench.step import make_optimizer
+
+    cuda = device.type == "cuda"
+    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    row: dict[str, Any] = {"model": str(spec), "recipe": recipe, "batch": args.batch_size, "precision": precision}
+    torch.manual_seed(args.seed)
+    w = build_workload(spec, args.seq_len)
+    model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse)
+    model = model.to(device)
+    graphs = args.compile and args.cudagraphs
+    fwd_model: nn.Module = model
+    row["compiled"] = "no"
+    if args.compile:
+        fwd_model, row["compiled"] = compile_model(model, args.compile_scope, "reduce-overhead" if graphs else None)
+        row["compiled"] += " +cudagraphs" if graphs else ""
+    inputs = w.batch(args.batch_size, device)
+    opt = make_optimizer(model, args.optimizer, None)
+    last: list[float] = []
+    n = [0]
+
+    def step() -> None:  # forward, loss, backward, optimizer: the same for every row
+        n[0] += 1
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = w.loss(fwd_model, inputs)
+        value = loss.item()
+        if not math.isfinite(value):  # a speed of a step that does not train is no result
+            raise FloatingPointError(f"{spec} {recipe}: non-finite loss {value} at step {n[0]}")
+        loss.backward()
+        opt.step()
+        last[:] = [value]
+
+    t0 = time.perf_counter()
+    for i in range(max(args.warmup, 1)):
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        print(f"  [{spec} {recipe}] warm-up step {i + 1}/{max(args.warmup, 1)} done "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    row["warmup_s"] = time.perf_counter() - t0
+    row["optimizer"] = args.optimizer  # lowbit train's parameter groups and defaults (StableAdamW: fused on CUDA)
+    times = time_steps(step, args.steps, device)
+    ms = statistics.median(times)
+    per_step = args.batch_size * w.per_sample
+    row.update(loss=last[0], ms_per_step=ms, ms_min=min(times), ms_max=max(times), unit=f"{w.unit}/s",
+               throughput=per_step / ms * 1000)
+    if cuda:
+        row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def _recipes(args: argparse.Namespace) -> list[str]:
+    """Requested recipes, baseline first (added if missing), then the torchao anchors."""
+    from lowbit.bench.step import torchao_anchors
+
+    recipes = list(dict.fromkeys(args.recipes))
+    if not any(r in BASELINES for r in recipes):
+        recipes.insert(0, "bf16")
+    base = next(r for r in recipes if r in BASELINES)
+    recipes = [base] + [r for r in recipes if r != base]
+    if not args.no_anchors:
+        recipes += [a for a in torchao_anchors() if a not in recipes]
+    return recipes
+
+
+def run_model(args: argparse.Namespace) -> dict[str, Any]:
+    from lowbit.bench.step import _cleanup
+
+    specs = check(args)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    with contextlib.suppress(Exception):  # regional compilation: one graph per block class, reused
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    payload: dict[str, Any] = {"env": environment(device),
+                               "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": []}
+    for spec in specs:
+        base: float | None = None
+        for recipe in _recipes(args):
+            print(f"[{spec} {recipe}] batch {args.batch_size}: building" + (" and compiling" if args.compile else ""),
+                  flush=True)
+            _cleanup(device)
+            try:
+                row = time_row(spec, recipe, args, device)
+                err = None
+            except ImportError:
+                raise
+            except Exception as e:  # OOM, compile error, unsupported recipe: recorded, not fatal
+                err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                row = {"model": str(spec), "recipe": recipe, "batch": args.batch_size, "error": err}
+            if recipe in BASELINES and err is None:
+                base = row["throughput"]
+            if err is None and base:
+                row["vs_bf16"] = row["throughput"] / base
+            payload["rows"].append(row)
+            _cleanup(device)
+            save_results(args.out, "model", payload, markdown_table(payload["rows"], COLUMNS))
+            if err:
+                print(f"[{spec} {recipe}] ERROR {err}", flush=True)
+            else:
+                mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if "peak_mem_GiB" in row else ""
+                print(f"[{spec} {recipe}] {row['ms_per_step']:.1f} ms/step, {row['throughput']:.1f} {row['unit']} "
+                      f"({row.get('vs_bf16') or float('nan'):.3f}x bf16), converted {row['converted']}"
+                      + (f", fused {row['fused']}" if row["fused"] else "") + mem, flush=True)
+    return payload
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", nargs="+", required=True, metavar="SPEC",
+                        help="timm:<name>[:k=v,...] (timm.create_model, pretrained=False) or "
+                             "hf:<model type or config class>[:k=v,...] (a transformers model from its config, "
+                             "e.g. hf:clip:vision.hidden_size=1280); no download")
+    parser.add_argument("--recipe", "--recipes", dest="recipes", nargs="+", default=DEFAULT_RECIPES,
+                        help="lowbit recipes, bf16/none (the model as built, the baseline; added if missing) or "
+                             "torchao-* anchors")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per step, same for every recipe")
+    parser.add_argument("--seq-len", type=int, default=0,
+                        help="tokens per text sample (0: the model's maximum, at most 512; CLIP: its context)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per row (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--layers", choices=list(LAYERS), default="auto",
+                        help="auto: lowbit.convert's default filter (both widths >= 1280, multiples of 16); "
+                             "all: every nn.Linear")
+    parser.add_argument("--fuse", action="store_true",
+                        help="convert(..., fuse=True): Linear -> activation -> Linear MLPs as one LowbitMLP "
+                             "(opt-in, as in convert)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (see --compile-scope)")
+    parser.add_argument("--cudagraphs", action="store_true",
+                        help="with --compile: mode='reduce-overhead' (CUDA graphs: launches cost no CPU time)")
+    parser.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
+                        help="blocks: each repeated block (the whole model when none is found); model: the whole model")
+    parser.add_argument("--optimizer", choices=["stableadamw", "adamw"], default="stableadamw")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    parser.add_argument("--seed", type=int, default=0, help="weights of every row (the same model per row)")
+    parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="directory for model.json and model.md (rewritten per row)")
+
+
+def check(args: argparse.Namespace) -> list[ModelSpec]:
+    """The options and every ``--model``'s package, before anything runs (``lowbit bench`` calls it before its
+    CPU warning): a bad value or a missing package is one line, not a table of errors."""
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.seq_len < 0:
+        raise ValueError("--steps and --batch-size must be >= 1, --warmup and --seq-len >= 0")
+    if args.cudagraphs and not args.compile:
+        raise ValueError("--cudagraphs needs --compile (CUDA graphs come from torch.compile's reduce-overhead mode)")
+    specs = [parse_spec(s) for s in args.model]
+    for spec, text in zip(specs, args.model, strict=True):
+        require(spec.source, text)
+    return specs
+
+
+def run(args: argparse.Namespace) -> int:
+    payload = run_model(args)
+    write_results(args.out, "model", payload, markdown_table(payload["rows"], COLUMNS))
+    return 0
+
