@@ -51,11 +51,11 @@ import torch
 from torch import nn
 
 from lowbit.bench.common import environment, markdown_table, save_results, time_steps, write_results
+from lowbit.bench.step import BASELINES, _cleanup, make_optimizer, requested_recipes, torchao_anchors
 
 HELP = ("a timm or Hugging Face model's training step (random weights, no download) per recipe vs bf16: "
         "images/s or tokens/s, peak memory")
 
-BASELINES = ("bf16", "none")
 DEFAULT_RECIPES = ["bf16", "switchback", "fp8-switchback"]
 LAYERS = ("auto", "all")
 PACKAGES = {"timm": "timm", "hf": "transformers"}  # SPEC prefix -> the package it needs
@@ -262,7 +262,6 @@ def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool) -> tup
     """``model`` converted to ``recipe`` (bf16/none: as it is; ``torchao-*``: torchao's training linears on the same
     layers); returns (model, "k/n" linears converted, MLPs fused)."""
     import lowbit
-    from lowbit.bench.step import torchao_anchors
     from lowbit.nn.convert import convert_report, default_filter
 
     n_lin = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
@@ -317,7 +316,6 @@ def compile_model(model: nn.Module, scope: str, mode: str | None) -> tuple[nn.Mo
 # ---------------------------------------------------------------------------------------------- one row
 def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Build, convert, (compile,) warm up and time one (model, recipe); errors propagate to the caller."""
-    from lowbit.bench.step import make_optimizer
 
     cuda = device.type == "cuda"
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
@@ -370,22 +368,7 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
     return row
 
 
-def _recipes(args: argparse.Namespace) -> list[str]:
-    """Requested recipes, baseline first (added if missing), then the torchao anchors."""
-    from lowbit.bench.step import torchao_anchors
-
-    recipes = list(dict.fromkeys(args.recipes))
-    if not any(r in BASELINES for r in recipes):
-        recipes.insert(0, "bf16")
-    base = next(r for r in recipes if r in BASELINES)
-    recipes = [base] + [r for r in recipes if r != base]
-    if not args.no_anchors:
-        recipes += [a for a in torchao_anchors() if a not in recipes]
-    return recipes
-
-
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
-    from lowbit.bench.step import _cleanup
 
     specs = check(args)
     device = torch.device(args.device)
@@ -398,7 +381,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
                                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": []}
     for spec in specs:
         base: float | None = None
-        for recipe in _recipes(args):
+        for recipe in requested_recipes(args):
             print(f"[{spec} {recipe}] batch {args.batch_size}: building" + (" and compiling" if args.compile else ""),
                   flush=True)
             _cleanup(device)

@@ -260,7 +260,7 @@ def _cleanup(device: torch.device) -> None:
         torch._dynamo.reset()
 
 
-def _recipes(args: argparse.Namespace) -> list[str]:
+def requested_recipes(args: argparse.Namespace) -> list[str]:
     """Requested recipes, baseline first (added if missing), then the torchao anchors."""
     recipes = list(dict.fromkeys(args.recipes))
     if not any(r in BASELINES for r in recipes):
@@ -276,7 +276,7 @@ def _rows(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """(recipe, compiled-quantize mode) per row: a compiled lowbit recipe once per requested mode, the rest once
     (mode None: bf16 and the torchao anchors quantize, if at all, their own way)."""
     rows: list[tuple[str, str | None]] = []
-    for recipe in _recipes(args):
+    for recipe in requested_recipes(args):
         lowbit = recipe not in BASELINES and not recipe.startswith("torchao-")
         modes = list(dict.fromkeys(args.compiled_quantize)) if lowbit and args.compile else [None]
         rows += [(recipe, m) for m in modes]
