@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from lowbit.kernels import _reference as R
-from lowbit.kernels.gemm import ACTIVATION_NAMES, gemm, gemm_reference
+from lowbit.kernels._common import ACTIVATIONS
+from lowbit.kernels.gemm import gemm, gemm_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BF16_ULP = 2.0**-8
@@ -106,7 +107,7 @@ def test_plain_and_bias(fmt, shape):
         _check(got, _reference(a, b, sa, sb, **kw), slack=_acc_slack(a, b, sa, sb))
 
 
-@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
 def test_forward_epilogue_hooks(fmt, activation):
     """fc1's epilogue: bias, stored pre-activation, activation, absmax and column sums of what is stored."""
@@ -123,7 +124,7 @@ def test_forward_epilogue_hooks(fmt, activation):
         assert torch.equal(got.amax, R.absmax(got.out, amax))
 
 
-@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_backward_epilogue_multiplies_by_activation_derivative(activation):
     gen = torch.Generator().manual_seed(3)
     M, N, K = SHAPES[1]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from lowbit.functional.recipe import Quant
 from lowbit.kernels import _reference as reference
 from lowbit.kernels import ops
-from lowbit.kernels._common import checks_enabled, raise_if_nonfinite
+from lowbit.kernels._common import ACTIVATIONS, Activation, checks_enabled, raise_if_nonfinite
 from lowbit.kernels.blockwise import (
     ACT_BLOCK,
     WEIGHT_BLOCK,
@@ -37,8 +37,6 @@ from lowbit.kernels.blockwise import (
     quantize_blockwise,
 )
 
-Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
-ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu")
 AmaxKind = Literal["row", "tensor"]
 
 __all__ = ["ACTIVATIONS", "Activation", "act_backward", "act_forward", "colsum", "dequantize_operand", "gemm",

@@ -13,6 +13,9 @@ import torch
 Granularity = Literal["row", "column", "tensor"]
 Scaling = Literal["row", "column", "tensor", "block"]
 Format = Literal["int8", "e4m3", "e5m2"]
+# Activations the fused epilogues and modules know: GELU (erf), GELU (tanh form), QuickGELU x·σ(1.702x).
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu")
 Backend = Literal["auto", "torch", "triton"]
 
 GRANULARITIES: tuple[str, ...] = ("row", "column", "tensor")

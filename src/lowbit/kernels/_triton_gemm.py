@@ -28,14 +28,14 @@ import torch
 import triton
 import triton.language as tl
 
-from lowbit.kernels._common import interpreting
+from lowbit.kernels._common import ACTIVATIONS, interpreting
 from lowbit.kernels._triton_quant import _encode, cast_rne
+from lowbit.kernels.gemm import SCALE_BLOCK, SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR
 
 # Scale modes of an operand (constexpr ints).
-SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR, SCALE_BLOCK = 0, 1, 2, 3
-ACTIVATIONS = {None: 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3}
+# Constexpr codes of the activation (0: none) and of the absmax hook.
+ACT_CODES = {None: 0, **{name: i + 1 for i, name in enumerate(ACTIVATIONS)}}
 AMAX_MODES = {None: 0, "row": 1, "tensor": 2}
-BLOCK = 128  # block-scaling granularity along K (and N for the weight)
 
 
 def _config(bm, bn, bk, warps, stages, group=8, split=1) -> triton.Config:
@@ -398,7 +398,7 @@ def launch(
     colsum_buf = None
     if colsum:
         # One row of partial sums per BLOCK_M tile; the smallest BLOCK_M of any config bounds the rows.
-        min_bm = min(cfg.kwargs["BLOCK_M"] for cfg in configs(a_mode == SCALE_BLOCK))
+        min_bm = min(cfg.kwargs["BLOCK_M"] for cfg in (gemm_kernel_block if a_mode == SCALE_BLOCK else gemm_kernel).configs)
         colsum_buf = torch.zeros((triton.cdiv(M, min_bm), N), dtype=torch.float32, device=dev)
     if flatten is None:
         flatten = os.environ.get("LOWBIT_GEMM_FLATTEN", "1") == "1"
@@ -417,7 +417,7 @@ def launch(
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), x.stride(0), x.stride(1),
         s_am, s_ak, s_bn, s_bk,
         A_SCALE=a_mode, B_SCALE=b_mode, IS_INT=is_int, IS_FLOAT8=is_f8, HAS_BIAS=bias is not None,
-        ACT=ACTIVATIONS[activation], ACT_GRAD=act_grad, STORE_PREACT=store_preact, AMAX=AMAX_MODES[amax],
+        ACT=ACT_CODES[activation], ACT_GRAD=act_grad, STORE_PREACT=store_preact, AMAX=AMAX_MODES[amax],
         COLSUM=colsum, USE_TMA=use_tma, OUT_TMA=out_tma,
         B_BLOCK_ROWS=1 if (b_mode == SCALE_BLOCK and sb is not None and sb.shape[0] == N and N > 1) else 128,
         # Triton's interpreter multiplies bf16 tiles wrongly (3.9); exact float32 products there instead.

@@ -31,11 +31,11 @@ from typing import Literal, NamedTuple
 import torch
 
 from lowbit.kernels import _reference as reference
-from lowbit.kernels._common import FLOAT_DTYPES, FP8_FORMATS, Format, use_triton
+from lowbit.kernels._common import ACTIVATIONS, FLOAT_DTYPES, FP8_FORMATS, Activation, Format, use_triton
+from lowbit.kernels.blockwise import BLOCK
 
-Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
-ACTIVATION_NAMES: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu")
-BLOCK = 128
+# How an operand is scaled (the kernel's constexpr A_SCALE / B_SCALE).
+SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR, SCALE_BLOCK = 0, 1, 2, 3
 
 
 class GemmOutput(NamedTuple):
@@ -53,10 +53,8 @@ def _fmt_of(t: torch.Tensor) -> Format | None:
 
 def _scale_mode(s: torch.Tensor | None, rows: int, K: int, blockwise: bool, block_rows: bool, name: str) -> int:
     """0 none, 1 tensor, 2 one per row, 3 block; raises on a shape that fits none."""
-    from lowbit.kernels import _triton_gemm as tg
-
     if s is None:
-        return tg.SCALE_NONE
+        return SCALE_NONE
     if not isinstance(s, torch.Tensor) or s.dtype != torch.float32:
         raise TypeError(f"gemm: {name} must be a float32 tensor, got {getattr(s, 'dtype', type(s).__name__)}")
     if blockwise:
@@ -67,11 +65,11 @@ def _scale_mode(s: torch.Tensor | None, rows: int, K: int, blockwise: bool, bloc
         if tuple(s.shape) not in allowed:
             raise ValueError(f"gemm: block-wise {name} must have shape {' or '.join(map(str, map(list, allowed)))}, "
                              f"got {list(s.shape)}")
-        return tg.SCALE_BLOCK
+        return SCALE_BLOCK
     if s.numel() == 1 and s.ndim <= 2:
-        return tg.SCALE_TENSOR
+        return SCALE_TENSOR
     if tuple(s.shape) == (rows, 1):
-        return tg.SCALE_VECTOR
+        return SCALE_VECTOR
     raise ValueError(f"gemm: {name} must have shape [{rows}, 1] (one per row) or [] (per tensor), "
                      f"got {list(s.shape)}")
 
@@ -124,8 +122,8 @@ def gemm(
     b_mode = _scale_mode(scale_b, N, K, blockwise, True, "scale_b")
     if blockwise and (a_mode != 3 or b_mode != 3):
         raise ValueError("gemm: blockwise=True needs block scales for both operands")
-    if activation is not None and activation not in ACTIVATION_NAMES:
-        raise ValueError(f"gemm: activation must be one of {ACTIVATION_NAMES} or None, got {activation!r}")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"gemm: activation must be one of {ACTIVATIONS} or None, got {activation!r}")
     if act_grad_at is not None:
         if activation is None:
             raise ValueError("gemm: act_grad_at needs the activation whose derivative to apply")
