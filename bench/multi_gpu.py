@@ -4,10 +4,12 @@
 What it runs (synthetic data rendered by DataLoader workers, eager unless ``--compile``, no checkpoints except the
 resume check):
 
-1. one GPU: ViT-B/32 (256 per GPU) and ViT-L/14 (64 per GPU), bf16 and the 8-bit recipe (``--recipe8``,
+0. what bounds the runs before the model does: ``nvidia-smi topo -m``, NCCL bus bandwidth on all and on 2 GPUs,
+   and the DataLoader's images/s with one rank's workers (``bench/probes/multi_gpu_probe.py``);
+1. one GPU: ViT-B/32 (256 per GPU) and ViT-L/14 (128 per GPU), bf16 and the 8-bit recipe (``--recipe8``,
    default switchback) — four single-GPU runs side by side, one per GPU (``--serial``: one at a time);
 2. four GPUs: DDP for both models and both recipes; FSDP2 for ViT-L/14 (bf16, 8-bit recipe with and without the
-   8-bit weight all-gather) and ViT-B/32 (8-bit recipe with and without);
+   8-bit weight all-gather);
 3. the cross-world-size resume (NCCL): ViT-B/32 on 2 GPUs to step 6 uninterrupted, beside the same run stopped at
    step 3 and resumed on 1 GPU (``--resume``: the global batch is kept): losses of steps 4-6 compared;
 4. two GPUs: DDP for both models and recipes, FSDP2 ViT-L/14 8-bit with and without the 8-bit all-gather (two
@@ -18,7 +20,8 @@ resume check):
 
 Steady-state images/s come from each run's ``summary.json`` (``samples_per_s_steady``: steps after the first 5);
 peak memory is rank 0's. Runs are skipped once ``--budget`` seconds have passed (stages in the order above), so
-the table always comes out. Writes ``OUT/multi_gpu.md``, ``OUT/multi_gpu.json`` and ``OUT/runs/<name>/`` (+ logs).
+the table always comes out. Writes ``OUT/multi_gpu.md``, ``OUT/multi_gpu.json`` and ``OUT/runs.tar.gz`` (each run's
+log, ``metrics.csv``, ``summary.json`` and ``config.yaml``).
 
     python3 bench/multi_gpu.py --out "$OUT"                 # the 4-GPU machine, repo root as cwd
     python3 bench/multi_gpu.py --out /tmp/mg --dry          # CPU smoke test: tiny model, gloo, <= 2 procs
@@ -73,13 +76,16 @@ def build_jobs(a: argparse.Namespace) -> list[Job]:
     for m in ("B", "L"):
         for r in ("bf16", r8):
             jobs.append(Job(f"{m}-{r}-1", "1 GPU", m, r, 1, "none"))
-    for m in ("L", "B"):
-        for r in ("bf16", r8):
-            jobs.append(Job(f"{m}-{r}-ddp{big}", f"{big} GPUs", m, r, big, "ddp"))
+    for r in ("bf16", r8):
+        jobs.append(Job(f"L-{r}-ddp{big}", f"{big} GPUs", "L", r, big, "ddp"))
     jobs.append(Job(f"L-bf16-fsdp{big}", f"{big} GPUs", "L", "bf16", big, "fsdp"))
-    for m in ("L", "B"):
-        jobs.append(Job(f"{m}-{r8}-fsdp{big}-ag8", f"{big} GPUs", m, r8, big, "fsdp"))
-        jobs.append(Job(f"{m}-{r8}-fsdp{big}-ag16", f"{big} GPUs", m, r8, big, "fsdp", ["--no-fsdp-8bit-allgather"]))
+    jobs.append(Job(f"L-{r8}-fsdp{big}-ag8", f"{big} GPUs", "L", r8, big, "fsdp"))
+    jobs.append(Job(f"L-{r8}-fsdp{big}-ag16", f"{big} GPUs", "L", r8, big, "fsdp", ["--no-fsdp-8bit-allgather"]))
+    for r in ("bf16", r8):
+        jobs.append(Job(f"B-{r}-ddp{big}", f"{big} GPUs", "B", r, big, "ddp"))
+    if a.dry:  # the CPU smoke test also covers ViT-B's FSDP2 twins
+        jobs.append(Job(f"B-{r8}-fsdp{big}-ag8", f"{big} GPUs", "B", r8, big, "fsdp"))
+        jobs.append(Job(f"B-{r8}-fsdp{big}-ag16", f"{big} GPUs", "B", r8, big, "fsdp", ["--no-fsdp-8bit-allgather"]))
     res = ["--steps", "6", "--batch-size", str(a.resume_batch)]
     jobs.append(Job("resume-ref-2", "resume", "B", "bf16", 2, "fsdp", res))
     jobs.append(Job("resume-a-2", "resume", "B", "bf16", 2, "fsdp", [*res, "--save-every", "0", "--stop-at", "3"]))
@@ -125,11 +131,11 @@ def command(j: Job, a: argparse.Namespace, out: Path) -> list[str]:
     if a.compile and j.stage != "cudagraphs":
         steps.append("--compile")
     return [*launcher, "train", *model, *steps, "--recipe", j.recipe, "--optimizer", "stableadamw", "--warmup", "5",
-            "--zeroshot", "none", "--no-progress", "--log-every", "1", "--save-every", "-1", "--workers", str(workers),
+            "--data", a.data, "--zeroshot", "none", "--no-progress", "--log-every", "1", "--save-every", "-1", "--workers", str(workers),
             *(["--parallel", j.parallel] if j.parallel != "none" else []), "--out", str(run_dir), *j.args]
 
 
-def workers_per_rank(j: Job, a: argparse.Namespace) -> int:
+def workers_per_rank(j: Job | None, a: argparse.Namespace) -> int:
     if a.dry:
         return 0
     cores = os.cpu_count() or 16
@@ -218,6 +224,43 @@ def schedule(jobs: list[Job], a: argparse.Namespace, out: Path) -> None:
             run_batch(batch, a, out, t0, by_name)
 
 
+def run_probe(a: argparse.Namespace, out: Path) -> str:
+    """Stage 0: the GPUs' link (topology, NCCL bus bandwidth) and the data pipeline's rate, as a markdown section."""
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in NCCL_ENV.items()},
+           "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    probe = str(ROOT / "bench" / "probes" / "multi_gpu_probe.py")
+    dist = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmds = [["nvidia-smi", "topo", "-m"],
+            [*dist, "--nproc_per_node", str(a.gpus), probe, "--nccl"],
+            [*dist, "--nproc_per_node", "2", probe, "--nccl"],
+            [sys.executable, probe, "--data", a.data, "--workers", str(workers_per_rank(None, a)), "--batch-size",
+             str(a.batch_b), "--seconds", "8"]]
+    lines = ["", "## Stage 0: link and data", ""]
+    for cmd in cmds:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+            text = r.stdout.strip() or r.stderr.strip()[-2000:]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            text = f"failed: {e}"
+        lines += [f"`{' '.join(Path(c).name if c.startswith('/') else c for c in cmd)}`", "", "```", text, "```", ""]
+        print(text, flush=True)
+    return "\n".join(lines) + "\n"
+
+
+def pack_runs(out: Path) -> None:
+    """``OUT/runs`` → ``OUT/runs.tar.gz`` without TensorBoard files (few files come back from the device)."""
+    import tarfile
+
+    runs = out / "runs"
+    with tarfile.open(out / "runs.tar.gz", "w:gz") as tar:
+        for f in sorted(runs.rglob("*")):
+            if f.is_file() and "tensorboard" not in f.parts:
+                tar.add(f, arcname=str(f.relative_to(out)))
+    import shutil
+
+    shutil.rmtree(runs, ignore_errors=True)
+
+
 def fmt(v: float | None, spec: str = ".0f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -279,9 +322,13 @@ def report(jobs: list[Job], a: argparse.Namespace, out: Path, total: float) -> s
                 same = j.losses == k.losses
                 d = max(abs(x - y) for x, y in zip(j.losses, k.losses))
                 a8, a16 = (j.summary or {}).get("samples_per_s_steady"), (k.summary or {}).get("samples_per_s_steady")
-                lines.append(f"- {j.name[:-4]}: losses {'bit-identical' if same else f'differ (max |d| {d:.3g})'} over "
-                             f"{len(j.losses)} steps; images/s 8-bit {fmt(a8)} vs 16-bit {fmt(a16)}"
-                             + (f" ({a8 / a16:.3f}x)" if a8 and a16 else ""))
+                # step 1's loss is the forward of the same weights: equal iff the 8-bit gather's codes are the 16-bit
+                # path's; later steps also carry the backward's run-to-run noise on a GPU (atomics)
+                first = "step-1 loss identical" if j.losses[0] == k.losses[0] else \
+                    f"step-1 loss differs ({j.losses[0]!r} vs {k.losses[0]!r})"
+                lines.append(f"- {j.name[:-4]}: {first}; all {len(j.losses)} steps "
+                             f"{'bit-identical' if same else f'max |dloss| {d:.3g}'}; images/s 8-bit {fmt(a8)} vs "
+                             f"16-bit {fmt(a16)}" + (f" ({a8 / a16:.3f}x)" if a8 and a16 else ""))
     ref, b = by.get("resume-ref-2"), by.get("resume-b-1")
     lines += ["", "Resume across world sizes (2 GPUs to step 3, then 1 GPU to 6, vs 2 GPUs to 6):", ""]
     if ref and b and ref.losses and b.losses and len(b.losses) >= 6 and len(ref.losses) >= 6:
@@ -314,10 +361,11 @@ def main() -> int:
     p.add_argument("--dry", action="store_true", help="CPU smoke test: tiny model, gloo, at most 2 processes")
     p.add_argument("--gpus", type=int, default=0, help="GPUs to use (default: all; 2 with --dry)")
     p.add_argument("--recipe8", default="switchback", help="the 8-bit recipe (tensor-wise W for the 8-bit gather)")
-    p.add_argument("--steps", type=int, default=0, help="steps per run (default 20; 6 with --dry)")
+    p.add_argument("--steps", type=int, default=0, help="steps per run (default 16; 6 with --dry)")
     p.add_argument("--batch-b", type=int, default=256, help="ViT-B/32 batch per GPU")
-    p.add_argument("--batch-l", type=int, default=64, help="ViT-L/14 batch per GPU")
+    p.add_argument("--batch-l", type=int, default=128, help="ViT-L/14 batch per GPU")
     p.add_argument("--resume-batch", type=int, default=64, help="ViT-B/32 batch per GPU of the resume / graphs checks")
+    p.add_argument("--data", default="synthetic", help="training data spec of every run")
     p.add_argument("--max-workers", type=int, default=14, help="DataLoader workers per rank, at most")
     p.add_argument("--budget", type=float, default=500, help="seconds; later runs are skipped")
     p.add_argument("--limit", type=float, default=100, help="seconds per run (x3 for the compiled one)")
@@ -325,6 +373,7 @@ def main() -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile every run (default mode; compile time is "
                    "excluded from images/s but counts against the budget)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the resume check's checkpoint under OUT")
+    p.add_argument("--no-probe", action="store_true", help="skip stage 0 (link and data probes)")
     p.add_argument("--only", default="", help="comma-separated stages to run: 1,big,resume,2,cudagraphs")
     a = p.parse_args()
     if a.dry:
@@ -335,7 +384,7 @@ def main() -> int:
         import torch
 
         a.gpus = a.gpus or torch.cuda.device_count()
-        a.steps = a.steps or 20
+        a.steps = a.steps or 16
         if a.gpus < 2:
             print("multi_gpu.py: needs at least 2 GPUs (or --dry on the CPU)", file=sys.stderr)
             return 2
@@ -347,6 +396,7 @@ def main() -> int:
         stages = {keep[s.strip()] for s in a.only.split(",")}
         jobs = [j for j in jobs if j.stage in stages]
     t0 = time.time()
+    probe = "" if a.dry or a.no_probe else run_probe(a, out)
     schedule(jobs, a, out)
     total = time.time() - t0
     if not a.keep_checkpoints:  # the resume check's DCP checkpoint (GBs for ViT-B): not worth copying back
@@ -356,7 +406,8 @@ def main() -> int:
             shutil.rmtree(ck, ignore_errors=True)
         for ck in (out / "runs").glob("*/checkpoint.pt"):
             ck.unlink()
-    md = report(jobs, a, out, total)
+    md = report(jobs, a, out, total) + probe
+    pack_runs(out)
     (out / "multi_gpu.md").write_text(md)
     (out / "multi_gpu.json").write_text(json.dumps(
         {"args": vars(a), "total_s": total, "env": {k: os.environ.get(k, v) for k, v in NCCL_ENV.items()},

@@ -2,7 +2,11 @@
 
 * ``linear``: forward + backward of one layer (d→4d and 4d→d), each recipe's time as a ratio to bf16
   ``nn.Linear`` measured in the same run (eager, and compiled with ``--compile``).
-* ``mlp``: the transformer MLP block ``Linear → GELU → Linear`` forward + backward.
+* ``mlp``: the transformer MLP block forward + backward: ``x + fc2(GELU(fc1(LayerNorm(x))))`` (``--block ln-mlp``,
+  the default: a pre-norm transformer's MLP half, LayerNorm fused into fc1's quantization where the recipe runs
+  fused) or ``fc2(GELU(fc1(x)))`` (``--block mlp``). Plain PyTorch bf16 (``nn.LayerNorm``, ``nn.Linear``,
+  ``nn.GELU``) is the baseline; ``bf16`` is lowbit's own fused 16-bit path, so the fusion gain and the 8-bit gain
+  read apart; ``RECIPE:per-linear`` converts each linear on its own. Peak memory per row.
 * ``matmul``: TFLOP/s of the int8 / fp8 kernels (dequantize + bias fused) against cuBLAS bf16,
   ``torch._int_mm`` and ``torch._scaled_mm``; and the quantize kernels' bandwidth.
 * ``memory``: bytes each recipe saves for the backward (autograd saved-tensor hooks), as a ratio to bf16.
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.bench.common import bench, environment, markdown_table, write_results
+from lowbit.bench.common import bench, environment, markdown_table, save_results, write_results
 from lowbit.kernels import ops
 
 # name: (width d, MLP width 4d, tokens per GPU batch) — CLIP towers at their usual per-GPU batch.
@@ -58,12 +62,33 @@ def _torchao_variants() -> dict[str, Callable[[nn.Module], nn.Module]]:
     return out
 
 
-def _make(kind: str, d_in: int, d_out: int, device, dtype, mlp_hidden: int | None = None) -> nn.Module:
-    """A bf16 layer (or MLP block) converted to ``kind``: ``nn.Linear``, a lowbit recipe, or a torchao anchor."""
-    from lowbit.nn import convert
+class LNMLPBlock(nn.Module):
+    """A pre-norm transformer's MLP half: ``x + mlp(ln(x))`` with ``mlp = Linear → GELU → Linear``."""
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.ln(x))
+
+
+BLOCKS = ("ln-mlp", "mlp")
+
+
+def _make(kind: str, d_in: int, d_out: int, device, dtype, mlp_hidden: int | None = None,
+          block: str = "mlp") -> nn.Module:
+    """A bf16 layer (or MLP block) converted to ``kind``: ``nn.Linear``, a lowbit recipe, or a torchao anchor.
+
+    ``block="ln-mlp"`` (with ``mlp_hidden``): :class:`LNMLPBlock`; a fused recipe also fuses its LayerNorm
+    (``LayerNormMLP``)."""
+    from lowbit.nn import convert, fuse_layernorm
 
     if mlp_hidden is None:
         m: nn.Module = nn.Sequential(nn.Linear(d_in, d_out))
+    elif block == "ln-mlp":
+        m = LNMLPBlock(d_in, mlp_hidden)
     else:
         m = nn.Sequential(nn.Linear(d_in, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, d_in))
     m = m.to(device=device, dtype=dtype)
@@ -75,7 +100,12 @@ def _make(kind: str, d_in: int, d_out: int, device, dtype, mlp_hidden: int | Non
     # "RECIPE:per-linear" converts each nn.Linear on its own; a plain recipe name takes convert()'s default,
     # which fuses Linear → GELU → Linear into one LowbitMLP.
     recipe, _, how = kind.partition(":")
-    return convert(m, recipe, module_filter=lambda fqn, mod: True, fuse=how != "per-linear")
+    m = convert(m, recipe, module_filter=lambda fqn, mod: True, fuse=how != "per-linear")
+    if isinstance(m, LNMLPBlock) and how != "per-linear":
+        why = fuse_layernorm(m, "ln", "mlp")
+        if why is not None:
+            raise RuntimeError(f"bench mlp: LayerNorm not fused for {kind}: {why}")
+    return m
 
 
 # Timing modes: eager; torch.compile (default mode); CUDA graphs of the eager module's forward and backward
@@ -104,10 +134,12 @@ def _fwd_bwd(module: nn.Module, tokens: int, d_in: int, device, dtype, mode: boo
     return step, [x, *module.parameters()]
 
 
-def mlp_step(kind: str, shape: str, mode: bool | str = "eager", device="cuda", dtype=torch.bfloat16):
+def mlp_step(kind: str, shape: str, mode: bool | str = "eager", device="cuda", dtype=torch.bfloat16,
+             block: str = "mlp"):
     """One fwd+bwd of the MLP block of ``kind`` at preset ``shape``, grads reset after it (for profiling)."""
     d_in, hidden, tokens = SHAPES[shape]
-    step, tensors = _fwd_bwd(_make(kind, d_in, d_in, device, dtype, hidden), tokens, d_in, device, dtype, mode)
+    step, tensors = _fwd_bwd(_make(kind, d_in, d_in, device, dtype, hidden, block), tokens, d_in, device, dtype,
+                             mode)
 
     def one() -> None:
         step()
@@ -118,10 +150,21 @@ def mlp_step(kind: str, shape: str, mode: bool | str = "eager", device="cuda", d
 
 
 def time_block(kind: str, d_in: int, d_out: int, tokens: int, device, dtype=torch.bfloat16,
-               mode: bool | str = "eager", mlp_hidden: int | None = None) -> float:
-    module = _make(kind, d_in, d_out, device, dtype, mlp_hidden)
+               mode: bool | str = "eager", mlp_hidden: int | None = None, block: str = "mlp",
+               memory: dict[str, float] | None = None) -> float:
+    """Median ms of one fwd+bwd; ``memory`` (a dict) receives ``peak_GiB``: the most memory allocated during a step,
+    inputs, parameters and gradients included (CUDA only)."""
+    module = _make(kind, d_in, d_out, device, dtype, mlp_hidden, block)
     step, grads = _fwd_bwd(module, tokens, d_in, device, dtype, mode)
-    return bench(step, device, grad_to_none=grads)
+    ms = bench(step, device, grad_to_none=grads)
+    if memory is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        memory["peak_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+    del module, step, grads
+    return ms
 
 
 def _kinds(recipes: list[str]) -> list[str]:
@@ -144,26 +187,36 @@ def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
     for shape in args.shapes:
         d, d4, tokens = SHAPES[shape]
         tokens = args.tokens or tokens
-        layers = [("mlp", d, d, d4)] if mlp else [("fc1", d, d4, None), ("fc2", d4, d, None)]
+        block = getattr(args, "block", "mlp") if mlp else "mlp"
+        layers = [(block, d, d, d4)] if mlp else [("fc1", d, d4, None), ("fc2", d4, d, None)]
         for layer, d_in, d_out, hidden in layers:
             for mode, quant in _variants(args):
                 label = mode if quant in (None, "kernel") else f"{mode} ({quant} quantize)"
-                base = time_block("nn.Linear", d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden)
+                base_mem: dict[str, float] = {}
+                base = time_block("nn.Linear", d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden,
+                                  block=block, memory=base_mem)
                 for kind in _kinds(args.recipes):
+                    mem: dict[str, float] = dict(base_mem) if kind == "nn.Linear" else {}
                     try:
                         with ops.compiled_quantize_mode(quant or ops.compiled_quantize()):
                             torch._dynamo.reset()  # the mode is read while tracing: a fresh compile per row
                             ms = base if kind == "nn.Linear" else time_block(
-                                kind, d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden)
+                                kind, d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden, block=block,
+                                memory=mem)
                         err = None
                     except Exception as e:  # a recipe that cannot run here is reported, not fatal
                         ms, err = float("nan"), f"{type(e).__name__}: {e}"[:160]
                     rows.append({"shape": shape, "layer": layer, "tokens": tokens,
                                  "dims": f"{d_in}→{hidden or d_out}" + (f"→{d_out}" if hidden else ""),
                                  "mode": label, "kind": kind, "ms": ms,
-                                 "speedup_vs_bf16": base / ms if ms == ms else None, "error": err})
+                                 "speedup_vs_bf16": base / ms if ms == ms else None,
+                                 "peak_GiB": mem.get("peak_GiB"), "error": err})
                     print(f"{shape} {layer} {rows[-1]['mode']} {kind}: {ms:.3f} ms "
                           f"({rows[-1]['speedup_vs_bf16'] or 0:.2f}x)" + (f" [{err}]" if err else ""), flush=True)
+                    if getattr(args, "out", None):  # a run cut short keeps its rows
+                        save_results(args.out, "mlp" if mlp else "linear",
+                                     {"env": environment(device), "rows": rows},
+                                     markdown_table(rows, _COLUMNS["mlp" if mlp else "linear"]))
     return {"rows": rows}
 
 
@@ -334,7 +387,7 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 WHAT = {
     "linear": "one linear layer fwd+bwd per recipe vs bf16 nn.Linear at CLIP shapes",
-    "mlp": "the MLP block (Linear-GELU-Linear) fwd+bwd per recipe vs bf16",
+    "mlp": "the MLP block (LayerNorm-Linear-GELU-Linear + residual) fwd+bwd per recipe vs plain PyTorch bf16",
     "matmul": "TFLOP/s of the int8/fp8 kernels vs cuBLAS bf16, torch._int_mm, torch._scaled_mm",
     "memory": "bytes saved for the backward per recipe",
     "sweep": "speed-up vs width, to place convert()'s size threshold",
@@ -347,6 +400,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=None, help="override the token count of every shape")
     parser.add_argument("--widths", nargs="+", type=int, default=[256, 384, 512, 768, 1024],
                         help="widths for `sweep`")
+    parser.add_argument("--block", choices=BLOCKS, default="ln-mlp",
+                        help="mlp: what `bench mlp` times: x + MLP(LayerNorm(x)) (ln-mlp) or MLP(x) (mlp)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
     parser.add_argument("--compiled-quantize", nargs="+", choices=list(ops.COMPILED_QUANTIZE), default=None,
                         help="with --compile: time lowbit recipes with their quantize kernels (kernel) and/or with the "
@@ -359,7 +414,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 _COLUMNS = {
     "linear": ["shape", "layer", "dims", "tokens", "mode", "kind", "ms", "speedup_vs_bf16", "error"],
-    "mlp": ["shape", "layer", "dims", "tokens", "mode", "kind", "ms", "speedup_vs_bf16", "error"],
+    "mlp": ["shape", "layer", "dims", "tokens", "mode", "kind", "ms", "speedup_vs_bf16", "peak_GiB", "error"],
     "matmul": ["M×K×N", "kernel", "ms", "TFLOP/s", "vs_bf16", "GB/s"],
     "memory": ["shape", "dims", "tokens", "kind", "saved_MiB", "vs_bf16", "saving"],
     "sweep": ["width", "layer", "dims", "tokens", "kind", "ms", "bf16_ms", "speedup_vs_bf16"],
