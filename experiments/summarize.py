@@ -15,6 +15,12 @@ Writes to ``--out``: ``results.md`` (all tables), ``summary.json`` (per run and 
 RMS spike to the loss spike, lowbit.monitor.find_spikes), ``spikes_<group>.png`` (loss + per-tensor RMS of a
 run per group, lowbit.monitor.plot_spikes), ``feature_magnitudes.png`` (max |activation| over blocks
 along training, from ``act/<block>`` columns).
+
+``--baseline GROUP`` (e.g. ``bf16``) adds a comparison of every other group with that one — final loss and zero-shot
+mean: difference of the means, Welch's t and its degrees of freedom, and the verdict *within seed noise* when
+|t| ≤ t₀.₉₇₅(ν) (Welch's two-sided t-test at 5%, ν rounded down: conservative), and the per-seed differences (seed
+k of two recipes starts from the same initialisation and sees the same data order) — plus ``final_per_seed.png``
+(every seed's final loss and zero-shot accuracy per group).
 """
 
 from __future__ import annotations
@@ -194,6 +200,63 @@ def fmt_ms(ms: tuple[float, float, int] | None, scale: float = 1.0, digits: int 
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}{unit} (n={n})"
 
 
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (no scipy needed); 2.0 above 30 (≥ t(60))
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: float) -> float:
+    """t₀.₉₇₅ at ``df`` rounded down (conservative for Welch's fractional degrees of freedom)."""
+    k = max(1, math.floor(df + 1e-9))
+    return T975[k - 1] if k <= len(T975) else 2.0
+
+
+def welch(a: list[float], b: list[float]) -> dict[str, Any] | None:
+    """Welch's t-test of mean(a) − mean(b): ``diff``, ``se``, ``t``, ``df``, ``t_crit`` and ``within`` (|t| ≤ t_crit,
+    i.e. not significant at 5% two-sided). None with fewer than 2 values on either side."""
+    a = [float(x) for x in a if x is not None and math.isfinite(float(x))]
+    b = [float(x) for x in b if x is not None and math.isfinite(float(x))]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return {"diff": diff, "se": 0.0, "t": 0.0 if diff == 0 else math.copysign(math.inf, diff),
+                "df": float(len(a) + len(b) - 2), "t_crit": t975(len(a) + len(b) - 2), "within": diff == 0}
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = diff / se
+    return {"diff": diff, "se": se, "t": t, "df": df, "t_crit": t975(df), "within": abs(t) <= t975(df)}
+
+
+METRICS = (("final_loss", "final loss", 1.0, 4, ""), ("zeroshot_mean", "zero-shot top-1", 100.0, 1, " pp"))
+
+
+def compare_to_baseline(groups: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Every group against ``baseline`` on each metric of METRICS (finished runs only)."""
+    base = next((g for g in groups if g["group"] == baseline), None)
+    if base is None:
+        raise SystemExit(f"--baseline {baseline!r}: no such group (groups: {', '.join(g['group'] for g in groups)})")
+
+    def values(g: dict[str, Any], key: str) -> dict[Any, float]:
+        return {r["seed"]: r[key] for r in g["_runs"] if r["status"] == "finished" and r.get(key) is not None}
+
+    rows = []
+    for g in groups:
+        if g is base:
+            continue
+        row: dict[str, Any] = {"group": g["group"], "baseline": baseline}
+        for key, *_ in METRICS:
+            mine, theirs = values(g, key), values(base, key)
+            paired = {s: mine[s] - theirs[s] for s in sorted(mine, key=str) if s in theirs}
+            row[key] = {"test": welch(list(mine.values()), list(theirs.values())), "paired": paired,
+                        "n": len(mine), "n_baseline": len(theirs)}
+        tests = [row[key]["test"] for key, *_ in METRICS]
+        row["within"] = None if any(t is None for t in tests) else all(t["within"] for t in tests)
+        rows.append(row)
+    return rows
+
+
 def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
@@ -250,7 +313,49 @@ def _setting(g: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def write_markdown(groups: list[dict[str, Any]], out: Path, title: str, pngs: list[str], spike_kw: dict) -> str:
+def _comparison_md(rows: list[dict[str, Any]], groups: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    baseline = rows[0]["baseline"]
+    byname = {g["group"]: g for g in groups}
+    md = [f"Against `{baseline}` (seed noise: Welch's t-test, two-sided at 5%: *within seed noise* when |t| ≤ "
+          "t₀.₉₇₅(ν), ν = Welch's degrees of freedom rounded down; Δ = group − baseline; per seed: the paired "
+          "differences, same initialisation and data order):", ""]
+    for key, label, scale, digits, unit in METRICS:
+        trows = []
+        for r in rows:
+            c, test = r[key], r[key]["test"]
+            paired = ", ".join(f"{v * scale:+.{digits}f}" for v in c["paired"].values()) or "—"
+            if test is None:
+                trows.append([r["group"], fmt_ms(byname[r["group"]][key], scale, digits),
+                              fmt_ms(byname[baseline][key], scale, digits), "—", "—", "—",
+                              f"n too small ({c['n']} vs {c['n_baseline']})", paired])
+                continue
+            trows.append([r["group"], fmt_ms(byname[r["group"]][key], scale, digits),
+                          fmt_ms(byname[baseline][key], scale, digits), f"{test['diff'] * scale:+.{digits}f}{unit}",
+                          f"{test['t']:+.2f} (ν {test['df']:.1f})", f"{test['t_crit']:.2f}",
+                          "within seed noise" if test["within"] else "**outside seed noise**", paired])
+        md += [f"{label[0].upper()}{label[1:]}:", "",
+               _md_table(["group", label, baseline, "Δ", "Welch t (ν)", "t₀.₉₇₅", "verdict", "Δ per seed"], trows),
+               ""]
+    verdicts = []
+    for r in rows:
+        if r["within"] is None:
+            verdicts.append(f"`{r['group']}`: not enough finished seeds to say")
+            continue
+        parts = []
+        for key, label, scale, digits, unit in METRICS:
+            t = r[key]["test"]
+            parts.append(f"{label} Δ {t['diff'] * scale:+.{digits}f}{unit}, |t| {abs(t['t']):.2f} "
+                         f"{'≤' if t['within'] else '>'} {t['t_crit']:.2f}")
+        verdicts.append(f"`{r['group']}`: {'within' if r['within'] else '**not** within'} seed noise of "
+                        f"`{baseline}` ({'; '.join(parts)})")
+    md += ["Verdicts:", ""] + [f"- {v}" for v in verdicts] + [""]
+    return md
+
+
+def write_markdown(groups: list[dict[str, Any]], out: Path, title: str, pngs: list[str], spike_kw: dict,
+                   comparison: list[dict[str, Any]] | None = None) -> str:
     md = [f"## {title}", "",
           "Generated by `experiments/summarize.py` from the run directories; mean ± sample s.d. over seeds (n = "
           "finished runs). Final loss: mean of the last 10 steps. Zero-shot: top-1 mean over the tasks.", ""]
@@ -269,6 +374,7 @@ def write_markdown(groups: list[dict[str, Any]], out: Path, title: str, pngs: li
     prows = [[g["group"], "; ".join(_seed_cell(r) for r in g["_runs"])] for g in groups]
     md += ["Per seed (final loss / zero-shot mean), for paired comparisons:", "",
            _md_table(["group", "runs"], prows), ""]
+    md += _comparison_md(comparison or [], groups)
     earlier = sorted({(r["source"], r["run"]) for g in groups for r in g["_runs"] if r.get("source")})
     if earlier:
         srcs = sorted({s for s, _ in earlier})
@@ -302,7 +408,59 @@ def write_markdown(groups: list[dict[str, Any]], out: Path, title: str, pngs: li
     return text
 
 
-def plot_all(groups: list[dict[str, Any]], out: Path, spike_kw: dict, per_group_spike_plots: bool = True) -> list[str]:
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` points (NaNs ignored; the first points average what there is)."""
+    if window <= 1 or len(y) == 0:
+        return y
+    ok = np.isfinite(y)
+    c = np.concatenate([[0.0], np.cumsum(np.where(ok, y, 0.0))])
+    n = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(1, len(y) + 1)
+    lo = np.maximum(0, i - window)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n[i] - n[lo] > 0, (c[i] - c[lo]) / (n[i] - n[lo]), np.nan)
+
+
+def plot_per_seed(groups: list[dict[str, Any]], out: Path, baseline: str | None) -> str | None:
+    """``final_per_seed.png``: each seed's final loss and zero-shot top-1 per group, mean ± s.d. beside them."""
+    import matplotlib.pyplot as plt
+
+    done = [[r for r in g["_runs"] if r["status"] == "finished"] for g in groups]
+    if not any(done):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (key, label, scale, _digits, _unit) in zip(axes, METRICS):
+        for i, (g, runs) in enumerate(zip(groups, done)):
+            vals = [r[key] * scale for r in runs if r.get(key) is not None]
+            if not vals:
+                continue
+            ax.scatter([i - 0.08] * len(vals), vals, color=f"C{i % 10}", zorder=3, s=22)
+            for r in runs:
+                if r.get(key) is not None:
+                    ax.annotate(str(r["seed"]), (i - 0.08, r[key] * scale), xytext=(-9, -3),
+                                textcoords="offset points", fontsize=7, color="gray")
+            m = statistics.fmean(vals)
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            ax.errorbar([i + 0.12], [m], yerr=[sd], fmt="s", color=f"C{i % 10}", capsize=4, ms=5)
+            if g["group"] == baseline:
+                ax.axhline(m, color=f"C{i % 10}", ls="--", lw=0.8, alpha=0.7)
+        if key == "zeroshot_mean":
+            chance = [statistics.fmean(r["chance"].values()) for runs in done for r in runs if r.get("chance")]
+            if chance:
+                ax.axhline(100 * statistics.fmean(chance), color="gray", ls=":", lw=1, label="chance")
+                ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(range(len(groups)), [g["group"] for g in groups], rotation=20, fontsize=8)
+        ax.set_ylabel(label + (" (%)" if scale == 100.0 else ""))
+        ax.set_title(f"{label}: seeds (dots) and mean ± s.d." + (f"; dashed: {baseline}" if baseline else ""),
+                     fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "final_per_seed.png", dpi=110)
+    plt.close(fig)
+    return "final_per_seed.png"
+
+
+def plot_all(groups: list[dict[str, Any]], out: Path, spike_kw: dict, per_group_spike_plots: bool = True,
+             smooth: int = 1, baseline: str | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -315,17 +473,21 @@ def plot_all(groups: list[dict[str, Any]], out: Path, spike_kw: dict, per_group_
     for i, g in enumerate(groups):
         drawn = [r for r in g["_runs"] if len(r["_steps"])]  # earlier runs may have no stored curve
         for j, r in enumerate(drawn):
-            ax.plot(r["_steps"], r["_loss"], color=cmap(i % 20), lw=0.8, alpha=0.85,
+            ax.plot(r["_steps"], _smooth(r["_loss"], smooth), color=cmap(i % 20), lw=0.8, alpha=0.85,
                     label=f"{g['group']} ({len(drawn)} of {len(g['_runs'])})" if j == 0 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("training loss (every seed)")
+    ax.set_title("training loss (every seed)" + (f", moving average over {smooth} logged steps" if smooth > 1 else ""))
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=110)
     plt.close(fig)
     pngs.append("loss_curves.png")
+    if baseline is not None:
+        png = plot_per_seed(groups, out, baseline)
+        if png:
+            pngs.append(png)
     # lag histogram
     lags = [s["lag"] for g in groups for r in g["_runs"] for s in r["spikes"] if s["lag"] is not None]
     if any(g["has_rms"] for g in groups):
@@ -374,11 +536,13 @@ def plot_all(groups: list[dict[str, Any]], out: Path, spike_kw: dict, per_group_
 
 def summarize(roots: list[Path], out: Path, title: str = "Results", spike_kw: dict | None = None,
               plots: bool = True, earlier: list[Path] | None = None,
-              earlier_only: list[str] | None = None) -> dict[str, Any]:
+              earlier_only: list[str] | None = None, baseline: str | None = None, smooth: int = 1) -> dict[str, Any]:
     """Read every run under ``roots``, write ``results.md``, ``summary.json`` and PNGs to ``out``.
 
     ``earlier``: summary.json files of earlier calls whose runs join the table (``earlier_only`` filters them by
-    run name); a run under ``roots`` replaces an earlier one of the same name (same group and seed)."""
+    run name); a run under ``roots`` replaces an earlier one of the same name (same group and seed). ``baseline``:
+    a group every other is compared with (``compare_to_baseline``); ``smooth``: moving-average window of the plotted
+    loss curves (logged points)."""
     spike_kw = {**SPIKE_DEFAULTS, **(spike_kw or {})}
     runs = []
     for root in roots:
@@ -394,13 +558,18 @@ def summarize(roots: list[Path], out: Path, title: str = "Results", spike_kw: di
         raise SystemExit(f"no run directories (metrics.csv / summary.json) under {', '.join(map(str, roots))}")
     out.mkdir(parents=True, exist_ok=True)
     groups = group_rows(runs)
-    pngs = plot_all(groups, out, spike_kw) if plots else []
-    text = write_markdown(groups, out, title, pngs, spike_kw)
+    if baseline is not None:  # the baseline first, in tables and plots
+        groups.sort(key=lambda g: g["group"] != baseline)
+    comparison = compare_to_baseline(groups, baseline) if baseline is not None else None
+    pngs = plot_all(groups, out, spike_kw, smooth=smooth, baseline=baseline) if plots else []
+    text = write_markdown(groups, out, title, pngs, spike_kw, comparison)
 
     def clean(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if not k.startswith("_")}
 
     data = {"groups": [clean(g) for g in groups], "runs": [clean(r) for r in runs], "spike_params": spike_kw}
+    if comparison is not None:
+        data["comparison"] = comparison
     (out / "summary.json").write_text(json.dumps(data, indent=2, default=str))
     print(text)
     return data
@@ -416,11 +585,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="an earlier summary.json whose runs join the table (repeatable; runs under ROOTS win)")
     p.add_argument("--earlier-only", action="append", default=None, metavar="GLOB",
                    help="take only the earlier runs whose name matches (repeatable), e.g. 'w768-*/seed0'")
+    p.add_argument("--baseline", default=None, metavar="GROUP",
+                   help="compare every other group with this one (Welch's t-test; e.g. bf16)")
+    p.add_argument("--smooth", type=int, default=1, help="moving-average window of the plotted loss curves")
     for k, v in SPIKE_DEFAULTS.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v, help=f"spike detection (default {v})")
     a = p.parse_args(argv)
     summarize(a.roots, a.out, a.title, {k: getattr(a, k) for k in SPIKE_DEFAULTS}, plots=not a.no_plots,
-              earlier=a.earlier, earlier_only=a.earlier_only)
+              earlier=a.earlier, earlier_only=a.earlier_only, baseline=a.baseline, smooth=a.smooth)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -129,3 +130,82 @@ def test_run_jobs_budget_and_timeout(tmp_path: Path) -> None:
     status = {r["name"]: r["status"] for r in csv.DictReader(log.open(), delimiter="\t")}
     assert status == {"a": "ok", "b": "timeout", "c": "failed rc=1", "d": "ok"}
     assert (tmp_path / "logs" / "b.log").is_file()
+
+
+def test_summarize_compares_with_a_baseline(tmp_path: Path) -> None:
+    """--baseline: Welch's t-test of each group against the baseline on final loss and zero-shot, per-seed deltas."""
+    smooth = [3.0 - 0.01 * i for i in range(40)]
+    root = tmp_path / "fmnist"
+    finals = {"bf16": (2.50, 2.52, 2.48), "same": (2.51, 2.49, 2.53), "worse": (2.80, 2.82, 2.78)}
+    accs = {"bf16": (0.80, 0.82, 0.78), "same": (0.79, 0.83, 0.80), "worse": (0.60, 0.62, 0.61)}
+    for group in finals:
+        for seed in range(3):
+            _write_run(root / group / f"seed{seed}", smooth, None,
+                       _summary(seed, finals[group][seed], {"fashion-mnist": accs[group][seed]}))
+    _write_run(root / "cut" / "seed0", smooth[:10], None, None)  # no finished seed: no verdict
+    out = root / "summary"
+    data = _summarize_module().summarize([root], out, title="T", baseline="bf16", smooth=5)
+    assert data["groups"][0]["group"] == "bf16"  # the baseline first
+    cmp = {c["group"]: c for c in data["comparison"]}
+    assert set(cmp) == {"same", "worse", "cut"}
+    same, worse = cmp["same"]["final_loss"]["test"], cmp["worse"]["zeroshot_mean"]["test"]
+    assert same["within"] and same["diff"] == pytest.approx(0.01) and same["df"] == pytest.approx(4.0)
+    assert same["t_crit"] == 2.776 and same["t"] == pytest.approx(0.01 / math.sqrt(2 * 0.0004 / 3))
+    assert not worse["within"] and worse["diff"] == pytest.approx(-0.19) and cmp["worse"]["within"] is False
+    assert cmp["same"]["within"] is True and cmp["cut"]["within"] is None
+    assert cmp["worse"]["final_loss"]["paired"] == pytest.approx({0: 0.30, 1: 0.30, 2: 0.30})
+    md = (out / "results.md").read_text()
+    assert "| worse | 61.0 ± 1.0 (n=3) | 80.0 ± 2.0 (n=3) | -19.0 pp |" in md and "**outside seed noise**" in md
+    assert "- `same`: within seed noise of `bf16` (final loss Δ +0.0100, |t| 0.61 ≤ 2.78;" in md
+    assert "- `worse`: **not** within seed noise of `bf16`" in md and "- `cut`: not enough finished seeds" in md
+    for png in ("loss_curves.png", "final_per_seed.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
+    with pytest.raises(SystemExit, match="no such group"):
+        _summarize_module().summarize([root], tmp_path / "x", baseline="fp32", plots=False)
+
+
+def test_t_quantiles_and_welch_edge_cases() -> None:
+    mod = _summarize_module()
+    assert mod.t975(4.0) == 2.776 and mod.t975(4.9) == 2.776 and mod.t975(0.3) == 12.706 and mod.t975(100) == 2.0
+    assert mod.welch([1.0], [1.0, 2.0]) is None
+    assert mod.welch([1.0, 1.0], [1.0, 1.0])["within"] is True
+    assert mod.welch([1.0, 1.0], [2.0, 2.0])["within"] is False
+
+
+def test_run_fmnist_end_to_end_on_cpu(tmp_path: Path) -> None:
+    """experiments/run_fmnist.sh with a tiny model on a fake Fashion-MNIST (IDX files as the Debian package has
+    them): prepares the data, trains through the fused path, evaluates zero-shot, summarizes against bf16."""
+    import gzip
+    import os
+    import struct
+    import sys
+
+    import numpy as np
+
+    src = tmp_path / "idx"
+    src.mkdir()
+    for split, n in (("train", 48), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = np.stack([np.full((28, 28), 20 + 23 * int(y), np.uint8) for y in labels])
+        for name, a in ((f"{split}-images-idx3-ubyte.gz", images), (f"{split}-labels-idx1-ubyte.gz", labels)):
+            header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+            (src / name).write_bytes(gzip.compress(header + a.astype(np.uint8).tobytes()))
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PY": sys.executable, "DATA": str(tmp_path / "fmnist"),
+           "SOURCE": str(src), "DEVICE": "cpu", "PRESET": "tiny", "STEPS": "2", "BATCH": "8", "WARMUP": "1",
+           "SEEDS": "0 1", "RECIPES": "bf16 switchback", "PARALLEL": "2", "WORKERS": "1", "BUDGET": "300",
+           "EXTRA": "--set model.vision.layers=1 --set model.text.layers=1"}
+    res = subprocess.run(["bash", str(EXP / "run_fmnist.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    d = out / "fmnist"
+    status = {r["name"]: r["status"] for r in csv.DictReader((d / "jobs.tsv").open(), delimiter="\t")}
+    assert status == {f"{r}/seed{s}": "ok" for r in ("bf16", "switchback") for s in (0, 1)}, status
+    run = json.loads((d / "switchback" / "seed1" / "summary.json").read_text())
+    assert run["config"]["fuse"] is True and run["config"]["save_every"] == -1 and run["config"]["seed"] == 1
+    assert run["zeroshot"].keys() == {"fashion-mnist"} and run["chance"]["fashion-mnist"] == 0.1
+    assert not list(d.rglob("checkpoint*.pt"))
+    assert "fused (2 MLPs, 4 LayerNorms)" in (d / "logs" / "switchback_seed1.log").read_text()
+    md = (d / "summary" / "results.md").read_text()
+    assert "Against `bf16`" in md and "| switchback |" in md and "prepared" in (out / "env.txt").read_text()
+    assert (d / "summary" / "final_per_seed.png").is_file() and "Against `bf16`" in res.stdout

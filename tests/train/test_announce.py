@@ -31,7 +31,7 @@ def test_first_line_says_what_it_chose_and_the_end_gives_steady_images_per_s(
     first = lines[0]
     assert first.startswith("lowbit train: cpu ") and ", fp32 | " in first  # device, precision
     # 1-layer towers: 4 linears each converted, the 2 final projections not (layers clip)
-    assert "| recipe switchback-sim (8/10 linears), layers clip |" in first
+    assert "| recipe switchback-sim (8/10 linears), layers clip, per-linear (not fused) |" in first
     assert "| eager (no torch.compile) |" in first
     assert "| tiny (" in first and "| adamw lr " in first and "| 8 steps x 8 |" in first
     assert first.endswith(str(tmp_path / "run"))
@@ -57,9 +57,9 @@ def test_first_line_names_the_compile_mode(tmp_path: Path, fake_data: SimpleName
     with pytest.raises(Stop):
         main(["train", "--preset", "tiny", "--data", "fake", "--zeroshot", "none", "--optimizer", "adamw",
               "--no-progress", "--out", str(tmp_path / "c"), "--compile", "--compile-mode", "reduce-overhead",
-              "--layers", "auto", "--recipe", "fp8-switchback-sim"])
+              "--layers", "auto", "--recipe", "fp8-switchback-sim", "--fuse"])
     first = capsys.readouterr().out.splitlines()[0]
-    assert "| recipe fp8-switchback-sim (0/22 linears), layers auto |" in first
+    assert "| recipe fp8-switchback-sim (0/22 linears), layers auto, fused (0 MLPs, 0 LayerNorms) |" in first
     assert "| torch.compile mode reduce-overhead (no CUDA graphs on cpu), quantize: kernel |" in first
 
 

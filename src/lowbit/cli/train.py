@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "fp8-switchback, fp8-tensorwise) as their int8/e4m3 codes, half the bytes of bf16; exact (default)")
     parser.add_argument("--no-fsdp-8bit-allgather", dest="fsdp_8bit_allgather", action="store_false", default=None,
                         help="--parallel fsdp: all-gather weights in 16 bits")
+    parser.add_argument("--fuse", dest="fuse", action="store_true", default=None,
+                        help="fused blocks: each MLP one LowbitMLP (fc1, activation, fc2 in one autograd function), "
+                        "each LayerNorm fused with the quantization of its consumer (LayerNormMLP, LayerNormLinear); "
+                        "same parameters and checkpoints (default: per-linear)")
+    parser.add_argument("--no-fuse", dest="fuse", action="store_false", default=None,
+                        help="convert linear by linear (the default)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="--out holds another run: delete it and start over (without this the run is refused)")
@@ -114,7 +120,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (flags left out are not overrides)."""
     out = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest, None) is not None}
     for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad",
-                 "fsdp_8bit_allgather", "overwrite"):
+                 "fsdp_8bit_allgather", "overwrite", "fuse"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     sets = _parse_sets(getattr(args, "sets", []) or [])

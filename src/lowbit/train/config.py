@@ -37,6 +37,7 @@ class TrainConfig:
     recipe: str = "switchback"  # a lowbit.nn recipe, or "none" for plain nn.Linear
     keep_last_blocks: int = 0  # transformer blocks per tower kept 16-bit by the recipe filter
     layers: str = "clip"  # clip: every block linear; auto: only those wide enough to gain (lowbit.models.LAYERS)
+    fuse: bool = False  # each block's MLP one LowbitMLP and its LayerNorms fused with their consumers (convert_clip)
     # optimisation
     optimizer: str = "stableadamw"
     lr: float = 1e-3
@@ -123,7 +124,7 @@ class TrainConfig:
         _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize == "kernel" or self.compile is True,
                "'kernel' unless compile is true (it chooses how a compiled model quantizes)")
         for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad",
-                     "fsdp_8bit_allgather", "overwrite"):
+                     "fsdp_8bit_allgather", "overwrite", "fuse"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _check(
             "local_loss",

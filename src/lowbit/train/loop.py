@@ -78,6 +78,7 @@ RESUMABLE_CHANGES = {
     "zeroshot_limit", "monitor", "activations", "compile", "compile_mode", "compiled_quantize", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
     "overwrite", "max_bad_fraction",
     "fsdp_8bit_allgather",  # exact: the same numbers either way
+    "fuse",  # same parameters, state_dict keys and numerics (bit-identical on the CPU) fused or per-linear
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
@@ -437,7 +438,8 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     torch.manual_seed(cfg.seed)
     raw_model = CLIP(model_cfg)
     n_params = count_parameters(raw_model)
-    raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=cfg.layers).to(env.device)
+    raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=cfg.layers,
+                             fuse=cfg.fuse).to(env.device)
     fsdp8 = False
     notes: list[str] = []  # printed after the run's first line
     act_monitor = None  # hooks go on before sharding / compiling; train-mode forwards only, no per-step sync
@@ -927,7 +929,7 @@ def _announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, ou
     precision = "bf16 autocast" if env.precision == "bf16" else env.precision
     print(
         f"lowbit train: {env.device_name}, {precision} | recipe {cfg.recipe} ({n_low}/{n_lin} linears), "
-        f"layers {cfg.layers} | {_compile_choice(cfg, env, tr)} | {cfg.preset} ({tr.n_params:,} params) | "
+        f"layers {cfg.layers}, {_fuse_choice(cfg, raw)} | {_compile_choice(cfg, env, tr)} | {cfg.preset} ({tr.n_params:,} params) | "
         f"{cfg.optimizer} lr {cfg.lr:g} | {cfg.steps} steps x {samples_per_step} | {cfg.data}"
         + (f" | {env.world_size} x {env.parallel}" if env.parallel else "")
         + (f" | accum {cfg.accum_steps}" if cfg.accum_steps > 1 else "") + f" | {out}",
@@ -951,6 +953,17 @@ def _announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, ou
     if damage.get("incomplete_samples"):
         print(f"lowbit train: warning: {damage['incomplete_samples']:,} sample(s) without an image or a caption "
               "left out of the shards", flush=True)
+
+
+def _fuse_choice(cfg: TrainConfig, model: torch.nn.Module) -> str:
+    """``per-linear``, or with ``fuse`` how many MLPs and LayerNorms were fused (``convert_clip(fuse=True)``)."""
+    if not cfg.fuse:
+        return "per-linear (not fused)"
+    from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP
+
+    mlps = sum(1 for m in model.modules() if isinstance(m, LowbitMLP))
+    norms = sum(1 for m in model.modules() if isinstance(m, LayerNormMLP | LayerNormLinear))
+    return f"fused ({mlps} MLPs, {norms} LayerNorms)"
 
 
 def _compile_choice(cfg: TrainConfig, env: Env, tr: Trainer) -> str:
