@@ -1,7 +1,8 @@
 """``lowbit bench model``: a third-party model's training step per recipe. timm and transformers are not installed
-here (they would pull a CUDA torch): the tests register tiny stand-ins under their names in ``sys.modules`` that
+in CI (they would pull a CUDA torch): the tests register tiny stand-ins under their names in ``sys.modules`` that
 offer the few calls the benchmark makes (``timm.create_model``; ``transformers.AutoConfig.for_model``, config
-classes with sub-configs, ``AutoModel.from_config`` giving a CLIP-like model)."""
+classes with sub-configs, ``AutoModel.from_config`` giving a CLIP-like model). ``test_bench_model_real.py`` runs
+the same paths on the real packages where they are importable."""
 
 from __future__ import annotations
 
@@ -228,6 +229,32 @@ def test_timm_default_filter_leaves_narrow_linears_and_trains(fake_timm) -> None
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     assert not torch.equal(before, model.blocks[0].mlp.fc1.weight)
     assert [type(b).__name__ for b in bench_model.repeated_blocks(model)] == ["Block", "Block"]
+
+
+def test_timm_input_size_prefers_the_patch_embedding() -> None:
+    # timm's img_size= / in_chans= options reach the patch embedding, not pretrained_cfg
+    model = TinyViT(img_size=16)
+    assert bench_model.timm_input_size(model) == (3, 16, 16)  # no img_size on a plain Conv2d: pretrained_cfg
+    model.patch_embed.img_size, model.in_chans = (24, 32), 1
+    assert bench_model.timm_input_size(model) == (1, 24, 32)
+    model.patch_embed.img_size, model.pretrained_cfg = 40, {}
+    assert bench_model.timm_input_size(model) == (1, 40, 40)
+
+
+def test_fused_and_per_linear_rows_in_one_run(fake_timm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[str] = []
+    real = bench_model.build_workload
+    monkeypatch.setattr(bench_model, "build_workload", lambda *a, **k: built.append("x") or real(*a, **k))
+    data = _bench(tmp_path, "timm:vit_tiny", "switchback-sim:per-linear", "switchback-sim:fused",
+                  extra=("--layers", "all", "--fuse"))
+    rows = {r["recipe"]: r for r in data["rows"]}
+    assert list(rows) == ["bf16", "switchback-sim:per-linear", "switchback-sim:fused"]
+    assert rows["switchback-sim:per-linear"]["fused"] == 0 and rows["switchback-sim:fused"]["fused"] == 2
+    assert all(r["converted"] == "9/9" for r in list(rows.values())[1:]) and rows["bf16"]["converted"] == "0/9"
+    assert built == ["x"]  # built once, copied for each row
+    assert bench_model.split_recipe("fp8-switchback", True) == ("fp8-switchback", True)
+    with pytest.raises(ValueError, match="must be one of fused, per-linear"):
+        bench_model.split_recipe("switchback:fast", False)
 
 
 def test_failing_row_is_recorded_and_the_others_run(fake_timm, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ each recipe, converted with one ``lowbit.convert(model, recipe, module_filter=..
 ``--model SPEC`` names the model without downloading anything (random weights, random inputs):
 
 * ``timm:<name>[:key=value,...]``: ``timm.create_model(name, pretrained=False, **options)``, fed random images of
-  the model's default input size (``pretrained_cfg["input_size"]``) and random class labels (cross-entropy).
+  the size the model takes (its patch embedding's ``img_size``, so that ``img_size=`` works, else
+  ``pretrained_cfg["input_size"]``) and random class labels (cross-entropy).
 * ``hf:<model type or config class>[:key=value,...]``: a ``transformers`` model built from its config object
   (``AutoConfig.for_model(type)`` or ``transformers.<Name>Config``; options override the config's attributes; a
   config with sub-configs, such as CLIP's ``text_config`` / ``vision_config``, takes ``text.hidden_size=1024`` for
@@ -24,6 +25,8 @@ parameter groups) on fp32 master weights. The timing, the per-row error handling
 of the same run, ``torch.cuda.max_memory_allocated`` per row (parameters, gradients and optimizer state
 included), ``model.json`` / ``model.md`` rewritten after every row.
 
+* ``--recipe RECIPE:fused`` / ``RECIPE:per-linear``: that row with / without ``fuse``, whatever ``--fuse`` says,
+  so that one run (one baseline, one autotuning of each GEMM shape) times both.
 * ``--layers auto`` (default): ``convert``'s own filter (both widths ≥ ``lowbit.nn.convert.MIN_FEATURES`` and
   multiples of 16); ``all``: every ``nn.Linear`` (``module_filter=lambda fqn, m: True``). ``--fuse``: also fuse
   the Linear → activation → Linear MLPs ``convert`` recognises (off by default, as in ``convert``: the fused
@@ -39,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import importlib
 import math
 import statistics
@@ -150,11 +155,25 @@ def _output_loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
     return out.float().pow(2).mean()
 
 
+def timm_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) the timm ``model`` takes: its patch embedding's ``img_size`` and input channels
+    when it has one (``img_size=`` / ``in_chans=`` options change those but not ``pretrained_cfg``), else
+    ``pretrained_cfg["input_size"]``, else (3, 224, 224)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    c, h, w = (int(v) for v in tuple(cfg.get("input_size") or (3, 224, 224)))
+    c = int(getattr(model, "in_chans", None) or c)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(size, int):
+        size = (size, size)
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        h, w = size
+    return c, h, w
+
+
 def timm_workload(spec: ModelSpec) -> Workload:
     timm = require("timm")
     model = timm.create_model(spec.name, pretrained=False, **spec.options)
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    c, h, w = tuple(cfg.get("input_size") or (3, 224, 224))
+    c, h, w = timm_input_size(model)
     classes = int(getattr(model, "num_classes", 0) or 1000)
 
     def batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -258,12 +277,28 @@ def module_filter(layers: str) -> Callable[[str, nn.Module], bool] | None:
     return None if layers == "auto" else (lambda fqn, m: True)
 
 
+FUSE_SUFFIXES = {"fused": True, "per-linear": False}
+
+
+def split_recipe(recipe: str, fuse: bool) -> tuple[str, bool]:
+    """``"fp8-switchback:fused"`` -> ("fp8-switchback", True), ``"switchback:per-linear"`` -> (.., False), a plain
+    name -> (name, ``fuse``): one run can time both conversions against one baseline (as ``bench mlp`` does)."""
+    name, sep, how = recipe.partition(":")
+    if not sep:
+        return recipe, fuse
+    if how not in FUSE_SUFFIXES:
+        raise ValueError(f"recipe {recipe!r}: the suffix after ':' must be one of {', '.join(FUSE_SUFFIXES)}")
+    return name, FUSE_SUFFIXES[how]
+
+
 def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool) -> tuple[nn.Module, str, int]:
     """``model`` converted to ``recipe`` (bf16/none: as it is; ``torchao-*``: torchao's training linears on the same
-    layers); returns (model, "k/n" linears converted, MLPs fused)."""
+    layers; ``RECIPE:fused`` / ``RECIPE:per-linear`` override ``fuse``); returns (model, "k/n" linears converted,
+    MLPs fused)."""
     import lowbit
     from lowbit.nn.convert import convert_report, default_filter
 
+    recipe, fuse = split_recipe(recipe, fuse)
     n_lin = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
     flt = module_filter(layers)
     anchors = torchao_anchors()
@@ -314,14 +349,16 @@ def compile_model(model: nn.Module, scope: str, mode: str | None) -> tuple[nn.Mo
 
 
 # ---------------------------------------------------------------------------------------------- one row
-def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Build, convert, (compile,) warm up and time one (model, recipe); errors propagate to the caller."""
+def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: torch.device,
+             built: Workload | None = None) -> dict[str, Any]:
+    """Build (or copy ``built``, the unconverted workload of ``spec``), convert, (compile,) warm up and time one
+    (model, recipe); errors propagate to the caller."""
 
     cuda = device.type == "cuda"
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     row: dict[str, Any] = {"model": str(spec), "recipe": recipe, "batch": args.batch_size, "precision": precision}
     torch.manual_seed(args.seed)
-    w = build_workload(spec, args.seq_len)
+    w = build_workload(spec, args.seq_len) if built is None else dataclasses.replace(built, model=copy.deepcopy(built.model))
     model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse)
     model = model.to(device)
     graphs = args.compile and args.cudagraphs
@@ -381,12 +418,16 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
                                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": []}
     for spec in specs:
         base: float | None = None
+        built: Workload | None = None  # built once per spec (random init of a ViT-H takes seconds), copied per row
         for recipe in requested_recipes(args):
             print(f"[{spec} {recipe}] batch {args.batch_size}: building" + (" and compiling" if args.compile else ""),
                   flush=True)
             _cleanup(device)
             try:
-                row = time_row(spec, recipe, args, device)
+                if built is None:
+                    torch.manual_seed(args.seed)
+                    built = build_workload(spec, args.seq_len)
+                row = time_row(spec, recipe, args, device, built)
                 err = None
             except ImportError:
                 raise
@@ -417,7 +458,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "e.g. hf:clip:vision.hidden_size=1280); no download")
     parser.add_argument("--recipe", "--recipes", dest="recipes", nargs="+", default=DEFAULT_RECIPES,
                         help="lowbit recipes, bf16/none (the model as built, the baseline; added if missing) or "
-                             "torchao-* anchors")
+                             "torchao-* anchors; RECIPE:fused / RECIPE:per-linear set --fuse for that row only")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per step, same for every recipe")
     parser.add_argument("--seq-len", type=int, default=0,
                         help="tokens per text sample (0: the model's maximum, at most 512; CLIP: its context)")

@@ -1,0 +1,125 @@
+"""``lowbit bench model`` and ``convert(..., fuse=True)`` on the real timm and transformers packages (tiny random
+models, no download). CI does not install either package: each test is skipped when its package cannot be
+imported (``test_bench_model.py`` covers the same paths with stand-ins)."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from lowbit.bench import model as bench_model
+from lowbit.cli.main import main
+from lowbit.nn import LowbitMLP, convert_report
+
+
+def _package(name: str) -> ModuleType:
+    """The real package, or a skip: not installed, or installed but not importable here (timm imports
+    torchvision, whose compiled ops fail to load against a torch of another build)."""
+    try:
+        return importlib.import_module(name)
+    except Exception as e:  # any failure to import means "not available here"
+        pytest.skip(f"{name} not importable: {type(e).__name__}: {e}")
+
+
+# hf:clip at toy widths (both towers 2 layers of 32, 28-pixel images in 14-pixel patches)
+HF_TINY = ("hf:clip:hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=2,"
+           "vision.image_size=28,vision.patch_size=14,projection_dim=16")
+TIMM_TINY = "timm:vit_huge_patch14_clip_224:embed_dim=32,depth=2,num_heads=2,img_size=28"
+# ViT-H/14 widths (issue #18): OpenCLIP's ViT-H-14 towers
+HF_VIT_H = ("hf:clip:vision.hidden_size=1280,vision.intermediate_size=5120,vision.num_hidden_layers=32,"
+            "vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,text.hidden_size=1024,"
+            "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024")
+
+
+def _bench(tmp_path: Path, spec: str, *recipes: str) -> dict[str, dict]:
+    rc = main(["bench", "model", "--model", spec, "--recipe", *recipes, "--batch-size", "2", "--steps", "1",
+               "--warmup", "1", "--device", "cpu", "--no-anchors", "--layers", "all", "--fuse",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "model.json").read_text())["rows"]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["loss"] > 0 and r["unit"] == "images/s"
+    return {r["recipe"]: r for r in rows}
+
+
+def _same_with_and_without_fusion(model: torch.nn.Module, inputs: dict, recipe: str = "switchback-sim") -> None:
+    """The fused conversion computes what the per-linear one does (float32, CPU, eval: no dropout)."""
+    import lowbit
+
+    per_linear = lowbit.convert(copy.deepcopy(model), recipe, lambda fqn, m: True).eval()
+    fused = lowbit.convert(model, recipe, lambda fqn, m: True, fuse=True).eval()
+    assert convert_report(fused).fused
+    with torch.no_grad():
+        a, b = per_linear(**inputs), fused(**inputs)
+    a, b = (getattr(a, "logits_per_image", a), getattr(b, "logits_per_image", b))
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+# ---- timm -------------------------------------------------------------------------------------------------------
+def test_timm_vit_tiny_end_to_end_with_fused_mlps(tmp_path: Path) -> None:
+    _package("timm")
+    rows = _bench(tmp_path, TIMM_TINY, "bf16", "switchback-sim", "fp8-switchback-sim")
+    assert rows["bf16"]["converted"] == "0/9" and rows["bf16"]["fused"] == 0
+    for recipe in ("switchback-sim", "fp8-switchback-sim"):  # 2 x (qkv, proj, fc1, fc2) + head; both Mlps fused
+        assert rows[recipe]["converted"] == "9/9" and rows[recipe]["fused"] == 2
+
+
+def test_timm_input_size_follows_img_size_and_in_chans() -> None:
+    _package("timm")
+    w = bench_model.build_workload(bench_model.parse_spec(TIMM_TINY + ",in_chans=1"))
+    assert bench_model.timm_input_size(w.model) == (1, 28, 28)  # pretrained_cfg still says (3, 224, 224)
+    batch = w.batch(2, torch.device("cpu"))
+    assert batch["x"].shape == (2, 1, 28, 28) and batch["labels"].shape == (2,)
+    _same_with_and_without_fusion(w.model, {"x": batch["x"]})
+
+
+def test_timm_vit_h_one_convert_call_fuses_every_mlp() -> None:
+    _package("timm")
+    with torch.device("meta"):  # ViT-H/14's structure without its memory
+        w = bench_model.build_workload(bench_model.parse_spec("timm:vit_huge_patch14_clip_224"))
+    model, converted, fused = bench_model.convert_model(w.model, "fp8-switchback", "auto", fuse=True)
+    assert (converted, fused) == ("128/129", 32)  # the 1280 -> 1000 head is below the default filter's widths
+    rep = convert_report(model)
+    assert rep is not None and set(rep.fused.values()) == {"fc1 → gelu → fc2 (timm Mlp)"}
+    assert all(isinstance(b.mlp, LowbitMLP) for b in model.blocks)
+
+
+# ---- transformers -----------------------------------------------------------------------------------------------
+def test_hf_clip_tiny_end_to_end_with_fused_mlps(tmp_path: Path) -> None:
+    _package("transformers")
+    rows = _bench(tmp_path, HF_TINY, "bf16", "fp8-switchback-sim")
+    # per tower 2 x (q, k, v, out, fc1, fc2), plus the two projections; the 4 CLIPMLPs fused
+    assert rows["fp8-switchback-sim"]["converted"] == "26/26" and rows["fp8-switchback-sim"]["fused"] == 4
+
+
+@pytest.mark.parametrize(("act", "fused_as"), [("quick_gelu", "quick_gelu"), ("gelu", "gelu"),
+                                               ("gelu_new", "gelu_tanh"), ("gelu_pytorch_tanh", "gelu_tanh")])
+def test_hf_clip_activations_are_recognised(act: str, fused_as: str) -> None:
+    _package("transformers")
+    w = bench_model.build_workload(bench_model.parse_spec(f"{HF_TINY},hidden_act={act}"))
+    model, _, fused = bench_model.convert_model(w.model, "switchback-sim", "all", fuse=True)
+    assert fused == 4, convert_report(model)
+    assert set(convert_report(model).fused.values()) == {f"fc1 → {fused_as} → fc2 (Hugging Face *MLP)"}
+    w = bench_model.build_workload(bench_model.parse_spec(f"{HF_TINY},hidden_act={act}"))
+    batch = w.batch(2, torch.device("cpu"))
+    _same_with_and_without_fusion(w.model, {k: batch[k] for k in ("pixel_values", "input_ids")})
+
+
+def test_hf_clip_vit_h_one_convert_call_fuses_the_vision_mlps() -> None:
+    _package("transformers")
+    with torch.device("meta"):
+        w = bench_model.build_workload(bench_model.parse_spec(HF_VIT_H))
+    model, converted, fused = bench_model.convert_model(w.model, "fp8-switchback", "auto", fuse=True)
+    # the vision tower's 32 x (q, k, v, out, fc1, fc2) at width 1280; the 1024-wide text tower and the projections
+    # are below the default filter's widths
+    assert (converted, fused) == ("192/338", 32)
+    rep = convert_report(model)
+    assert rep is not None and all(k.startswith("vision_model.encoder.layers.") for k in rep.fused)
+    assert "too small to gain (1024→4096" in rep.not_fused["text_model.encoder.layers.0.mlp"]
