@@ -216,10 +216,30 @@ JOBS: list[Job] = [
         f"{PYTEST} tests/optim tests/monitor tests/data tests/train tests/bench",
         {"gpu-tests-suite.txt": "log"}, "c85bb6a", 560, "a device call of issue #7's last session",
         note="the file adds the failures' causes and fixes by hand; the second part was cut by its limit"),
-    Job("multi", "multi-GPU `lowbit train` on 1, 2 and 4 GPUs (DDP, FSDP2 with/without the 8-bit all-gather, "
-        "resume across world sizes): not run yet",
-        "python3 bench/multi_gpu.py --out $DIR", {}, "", 540, "bench/multi_gpu.py (supersedes gpu_multi.sh)",
-        note="needs 4 GPUs (nvidia-h100-x4); `--dry` runs it on a CPU (tiny preset, gloo)"),
+    Job("multi", "multi-GPU `lowbit train` on 4 H100s: stage 0 (topology, NCCL bandwidth, loader rate), 1 GPU, "
+        "4 GPUs DDP / FSDP2 with and without the 8-bit all-gather, resume from 2 GPUs to 1 (ViT-L/14 128 and ViT-B/32 "
+        "256 per GPU, bf16 and fp8-switchback, eager, synthetic data)",
+        "python3 bench/multi_gpu.py --out $DIR --budget 490 --recipe8 fp8-switchback",
+        {"multi-gpu.md": "multi_gpu.md", "multi-gpu.json": "multi_gpu.json", "multi-gpu-runs.tar.gz": "runs.tar.gz"},
+        "63bfd9d", 590, "issue #19 session, device call 2 (nvidia-h100-x4)",
+        note="needs 4 GPUs (nvidia-h100-x4); the script was at e9f214c; its budget cut the 2-GPU and CUDA-graphs "
+             "stages; `--dry` runs it on a CPU (tiny preset, gloo)"),
+    Job("mlp-ln-mlp-first", "ViT-H/14 LayerNorm→MLP+residual block, eager, fused recipes vs plain PyTorch bf16 (the "
+        "first six rows; the call's 330 s limit stopped it during autotuning)",
+        f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-h-14 vit-b-32 llm --recipes bf16 switchback "
+        "switchback-m fp8-switchback fp8-tensorwise switchback-block fp8-blockwise switchback:per-linear "
+        "fp8-switchback:per-linear fp8-tensorwise:per-linear --cudagraphs --out $DIR",
+        {"mlp-ln-mlp-vit-h-14-first.md": "log"}, "63bfd9d", 330, "issue #17 session, device call 3",
+        note="the rows it printed, written up by hand (its mlp.md did not come back); code of 5760e44"),
+    Job("mlp-ln-mlp", "ViT-H/14 LayerNorm→MLP+residual block, eager: block-scaled recipes and per-linear conversion "
+        "vs plain PyTorch bf16, peak memory", f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-h-14 "
+        "--recipes fp8-blockwise switchback-block fp8-switchback:per-linear fp8-tensorwise:per-linear "
+        "switchback:per-linear --out $DIR", _renamed("mlp", "mlp-ln-mlp-vit-h-14.md", "mlp-ln-mlp-vit-h-14.json"),
+        "63bfd9d", 290, "issue #17 session, device call 5", note="code of 5760e44"),
+    Job("gpu-tests-fused-mlp", "the fused-MLP and 8-bit-weight CUDA tests (CUDA vs CPU, derived tolerances)",
+        f"LOWBIT_AUTOTUNE=0 {PYTEST} tests/functional/test_mlp.py tests/functional/test_qweight.py -k cuda",
+        {"gpu-tests-fused-mlp.txt": "log"}, "63bfd9d", 120, "issue #17 session, device call 3",
+        note="code of 5760e44"),
     Job("matmul-gemm", "the persistent TMA-fed GEMM family (int8, fp8, block-scaled, quantize-on-load) with each "
         "epilogue hook, vs cuBLAS bf16, `torch._int_mm`, `torch._scaled_mm`; quantize GB/s; SwitchBack breakdown",
         f"{LOWBIT} bench matmul --out $DIR", _renamed("matmul", "matmul-gemm.md", "matmul-gemm.json"), "6df9dd5",
