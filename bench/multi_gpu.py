@@ -1,27 +1,50 @@
 #!/usr/bin/env python3
-"""Multi-GPU measurement of ``lowbit train`` (issue 19), one device call of at most ~9 minutes on 4 H100s.
+"""Multi-GPU measurement of ``lowbit train`` (issue 19) on 4 H100s, in one or two device calls of under ~500 s.
 
-What it runs (synthetic data rendered by DataLoader workers, eager unless ``--compile``, no checkpoints except the
-resume check):
+What it runs (eager unless ``--compile``, no checkpoints except the resume check), stage by stage:
 
 0. what bounds the runs before the model does: ``nvidia-smi topo -m``, NCCL bus bandwidth on all and on 2 GPUs,
-   and the DataLoader's images/s with one rank's workers (``bench/probes/multi_gpu_probe.py``);
-1. one GPU: ViT-B/32 (256 per GPU) and ViT-L/14 (128 per GPU), bf16 and the 8-bit recipe (``--recipe8``,
+   and the DataLoader's images/s with one rank's workers (``bench/probes/multi_gpu_probe.py``; ``--probe data``:
+   only the last);
+1. ``1``: one GPU: ViT-B/32 (256 per GPU) and ViT-L/14 (128 per GPU), bf16 and the 8-bit recipe (``--recipe8``,
    default switchback) — four single-GPU runs side by side, one per GPU (``--serial``: one at a time);
-2. four GPUs: DDP for both models and both recipes; FSDP2 for ViT-L/14 (bf16, 8-bit recipe with and without the
-   8-bit weight all-gather);
-3. the cross-world-size resume (NCCL): ViT-B/32 on 2 GPUs to step 6 uninterrupted, beside the same run stopped at
-   step 3 and resumed on 1 GPU (``--resume``: the global batch is kept): losses of steps 4-6 compared;
-4. two GPUs: DDP for both models and recipes, FSDP2 ViT-L/14 8-bit with and without the 8-bit all-gather (two
-   2-GPU runs side by side on GPUs 0,1 and 2,3);
-5. CUDA graphs with DDP (2 GPUs, ViT-B/32 bf16, ``--compile --compile-mode reduce-overhead`` with
+2. ``big``: all GPUs: DDP for both models and both recipes; FSDP2 for ViT-L/14 (bf16, 8-bit recipe with and
+   without the 8-bit weight all-gather; the twins run with ``LOWBIT_FP8_MATMUL=triton`` so that no per-process
+   cuBLAS/Triton timing choice separates their step-1 losses where the recipe uses fp8);
+3. ``resume``: the cross-world-size resume (NCCL): ViT-B/32 on 2 GPUs to step 6 uninterrupted, twice (same seed:
+   the run-to-run noise floor on the GPUs, where autotuning and atomics make runs not bit-reproducible), beside
+   the same run stopped at step 3 and resumed on 1 GPU (``--resume``: the global batch is kept): losses of steps
+   4-6 compared, resumed vs reference against reference vs reference (``LOWBIT_FP8_MATMUL=triton`` pinned);
+4. ``2``: two GPUs: DDP for both models and recipes, FSDP2 ViT-L/14 8-bit with and without the 8-bit all-gather
+   (two 2-GPU runs side by side on GPUs 0,1 and 2,3);
+5. ``cudagraphs``: CUDA graphs with DDP (2 GPUs, ViT-B/32 bf16, ``--compile --compile-mode reduce-overhead`` with
    ``LOWBIT_DDP_CUDAGRAPHS=1``, which lifts the trainer's refusal) beside the same run eager: does it run, do the
    losses agree (bf16 level), how fast.
 
+Data (``--data``): ``fmnist`` trains on Fashion-MNIST shards prepared once from the IDX files carried in
+``.data/fashion-mnist`` (``lowbit data prepare fashion-mnist`` into ``.data/fmnist``, ~11 s, skipped where
+``.data/fmnist/manifest.json`` exists; done while the NCCL probes run): ~570 images/s per DataLoader worker on the
+4xH100 host against ~141 for ``synthetic`` (rendered), which bound ViT-B/32 there. ``auto`` (default): ``fmnist``
+on GPUs where the IDX files (or the prepared folder) are present, else ``synthetic``. Any other value is passed to
+``lowbit train --data`` as is.
+
 Steady-state images/s come from each run's ``summary.json`` (``samples_per_s_steady``: steps after the first 5);
-peak memory is rank 0's. Runs are skipped once ``--budget`` seconds have passed (stages in the order above), so
-the table always comes out. Writes ``OUT/multi_gpu.md``, ``OUT/multi_gpu.json`` and ``OUT/runs.tar.gz`` (each run's
-log, ``metrics.csv``, ``summary.json`` and ``config.yaml``).
+peak memory is rank 0's. The "data?" flag uses stage 0's measured DataLoader rate (per rank, at the runs' worker
+count). Runs are skipped once ``--budget`` seconds (from the start, stage 0 included) have passed, so the table
+always comes out. Writes ``OUT/multi_gpu.md``, ``OUT/multi_gpu.json`` and ``OUT/runs.tar.gz`` (each run's log,
+``metrics.csv``, ``summary.json`` and ``config.yaml``) and nothing else.
+
+Two calls (``--only`` runs the listed stages in that order; ``--baseline`` takes the stages not run from an
+earlier call's ``multi_gpu.json``: the scaling efficiencies of the 2-GPU stage use its 1-GPU rows, the data rate
+its stage 0, and the report and JSON hold both calls' rows):
+
+    python3 bench/multi_gpu.py --out "$OUT" --data fmnist --only 1,big                       # call 1, ~420 s
+    cp CALL1/multi_gpu.json .data/multi_gpu-1.json          # where call 1's files came back; carried with .data
+    python3 bench/multi_gpu.py --out "$OUT" --data fmnist --only resume,2,cudagraphs --probe none \\
+        --baseline .data/multi_gpu-1.json                                                    # call 2, ~400 s
+
+(the CUDA-graphs pair comes last in call 2: a hang there costs only itself). One call runs every stage (~800 s:
+over a 10-minute device command; ``--budget`` then skips what does not fit):
 
     python3 bench/multi_gpu.py --out "$OUT"                 # the 4-GPU machine, repo root as cwd
     python3 bench/multi_gpu.py --out /tmp/mg --dry          # CPU smoke test: tiny model, gloo, <= 2 procs
@@ -33,6 +56,7 @@ are set for every run unless already set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -43,8 +67,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RENDER_PER_WORKER = 430  # synthetic 224-px images per second per DataLoader worker (measured, bench/scripts/gpu_multi.sh)
+# fallback when no data probe ran: images/s per DataLoader worker at 224 px measured by stage 0 on the 4xH100 host
+# (synthetic: 1983 img/s with 14 workers at batch 256; Fashion-MNIST shards: ~570 per worker)
+RATE_PER_WORKER = {"synthetic": 141.0, "fmnist": 570.0}
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+# the fp8 matmul's per-process cuBLAS/Triton timing choice made two otherwise identical runs differ at step 1; pinned
+# for the runs whose losses are compared (no effect on int8/bf16 matmuls: int8 always runs Triton)
+PIN_FP8 = {"LOWBIT_FP8_MATMUL": "triton"}
+FMNIST_SOURCE = ROOT / ".data" / "fashion-mnist"
+FMNIST_DIR = ROOT / ".data" / "fmnist"
+STAGE_KEYS = ("1", "big", "resume", "2", "cudagraphs")
+SUMMARY_KEYS = ("samples_per_s_steady", "samples_per_s", "peak_memory_gb", "global_batch", "world_size", "parallel",
+                "recipe", "device", "precision", "step", "samples_seen", "final_loss", "versions")
 
 
 @dataclass
@@ -67,6 +101,23 @@ class Job:
     summary: dict | None = None
     allgather: str = ""
     losses: list[float] = field(default_factory=list)
+    origin: str = ""  # the --baseline file a row was taken from ("" = this call)
+
+
+def stage_name(key: str, a: argparse.Namespace) -> str:
+    key = key.strip()
+    if key in ("big", str(a.gpus)):
+        return f"{a.gpus} GPUs"
+    names = {"1": "1 GPU", "resume": "resume", "2": "2 GPUs", "cudagraphs": "cudagraphs"}
+    if key not in names:
+        raise SystemExit(f"multi_gpu.py: unknown stage {key!r} in --only (one of {', '.join(STAGE_KEYS)})")
+    return names[key]
+
+
+def select(jobs: list[Job], only: str, a: argparse.Namespace) -> list[Job]:
+    """The jobs of the stages listed in ``only`` (comma-separated keys), stage by stage in that order."""
+    order = [stage_name(s, a) for s in only.split(",") if s.strip()]
+    return sorted((j for j in jobs if j.stage in order), key=lambda j: order.index(j.stage))
 
 
 def build_jobs(a: argparse.Namespace) -> list[Job]:
@@ -79,25 +130,33 @@ def build_jobs(a: argparse.Namespace) -> list[Job]:
     for r in ("bf16", r8):
         jobs.append(Job(f"L-{r}-ddp{big}", f"{big} GPUs", "L", r, big, "ddp"))
     jobs.append(Job(f"L-bf16-fsdp{big}", f"{big} GPUs", "L", "bf16", big, "fsdp"))
-    jobs.append(Job(f"L-{r8}-fsdp{big}-ag8", f"{big} GPUs", "L", r8, big, "fsdp"))
-    jobs.append(Job(f"L-{r8}-fsdp{big}-ag16", f"{big} GPUs", "L", r8, big, "fsdp", ["--no-fsdp-8bit-allgather"]))
+    jobs.append(Job(f"L-{r8}-fsdp{big}-ag8", f"{big} GPUs", "L", r8, big, "fsdp", env=dict(PIN_FP8)))
+    jobs.append(Job(f"L-{r8}-fsdp{big}-ag16", f"{big} GPUs", "L", r8, big, "fsdp", ["--no-fsdp-8bit-allgather"],
+                    dict(PIN_FP8)))
     for r in ("bf16", r8):
         jobs.append(Job(f"B-{r}-ddp{big}", f"{big} GPUs", "B", r, big, "ddp"))
     if a.dry:  # the CPU smoke test also covers ViT-B's FSDP2 twins
-        jobs.append(Job(f"B-{r8}-fsdp{big}-ag8", f"{big} GPUs", "B", r8, big, "fsdp"))
-        jobs.append(Job(f"B-{r8}-fsdp{big}-ag16", f"{big} GPUs", "B", r8, big, "fsdp", ["--no-fsdp-8bit-allgather"]))
+        jobs.append(Job(f"B-{r8}-fsdp{big}-ag8", f"{big} GPUs", "B", r8, big, "fsdp", env=dict(PIN_FP8)))
+        jobs.append(Job(f"B-{r8}-fsdp{big}-ag16", f"{big} GPUs", "B", r8, big, "fsdp", ["--no-fsdp-8bit-allgather"],
+                        dict(PIN_FP8)))
+    rr = a.resume_recipe
     res = ["--steps", "6", "--batch-size", str(a.resume_batch)]
-    jobs.append(Job("resume-ref-2", "resume", "B", "bf16", 2, "fsdp", res))
-    jobs.append(Job("resume-a-2", "resume", "B", "bf16", 2, "fsdp", [*res, "--save-every", "0", "--stop-at", "3"]))
+    # order: the reference beside the run stopped at step 3 (GPUs 0,1 and 2,3), then the second reference beside
+    # the resume on 1 GPU
+    jobs.append(Job("resume-ref-2", "resume", "B", rr, 2, "fsdp", res, dict(PIN_FP8)))
+    jobs.append(Job("resume-a-2", "resume", "B", rr, 2, "fsdp", [*res, "--save-every", "0", "--stop-at", "3"],
+                    dict(PIN_FP8)))
+    jobs.append(Job("resume-ref2-2", "resume", "B", rr, 2, "fsdp", res, dict(PIN_FP8)))
     # resumed in the same run directory (metrics.csv then holds steps 1-6, summary.json the resumed run's)
-    jobs.append(Job("resume-b-1", "resume", "B", "bf16", 1, "none", ["RESUME:resume-a-2", "--save-every", "-1"], after="resume-a-2",
-                    dir="resume-a-2"))
+    jobs.append(Job("resume-b-1", "resume", "B", rr, 1, "none", ["RESUME:resume-a-2", "--save-every", "-1"],
+                    dict(PIN_FP8), after="resume-a-2", dir="resume-a-2"))
     if big != 2:
         for m in ("B", "L"):
             for r in ("bf16", r8):
                 jobs.append(Job(f"{m}-{r}-ddp2", "2 GPUs", m, r, 2, "ddp"))
-        jobs.append(Job(f"L-{r8}-fsdp2-ag8", "2 GPUs", "L", r8, 2, "fsdp"))
-        jobs.append(Job(f"L-{r8}-fsdp2-ag16", "2 GPUs", "L", r8, 2, "fsdp", ["--no-fsdp-8bit-allgather"]))
+        jobs.append(Job(f"L-{r8}-fsdp2-ag8", "2 GPUs", "L", r8, 2, "fsdp", env=dict(PIN_FP8)))
+        jobs.append(Job(f"L-{r8}-fsdp2-ag16", "2 GPUs", "L", r8, 2, "fsdp", ["--no-fsdp-8bit-allgather"],
+                        dict(PIN_FP8)))
     cg = ["--steps", "14", "--batch-size", str(a.resume_batch)]
     jobs.append(Job("cg-ddp2-eager", "cudagraphs", "B", "bf16", 2, "ddp", cg))
     jobs.append(Job("cg-ddp2-graphs", "cudagraphs", "B", "bf16", 2, "ddp",
@@ -127,19 +186,24 @@ def command(j: Job, a: argparse.Namespace, out: Path) -> list[str]:
         preset, batch = ("vit-b-32", a.batch_b) if j.model == "B" else ("vit-l-14", a.batch_l)
         model = ["--preset", preset, "--batch-size", str(batch)]
         steps = ["--steps", str(a.steps)]
-    workers = workers_per_rank(j, a)
     if a.compile and j.stage != "cudagraphs":
         steps.append("--compile")
     return [*launcher, "train", *model, *steps, "--recipe", j.recipe, "--optimizer", "stableadamw", "--warmup", "5",
-            "--data", a.data, "--zeroshot", "none", "--no-progress", "--log-every", "1", "--save-every", "-1", "--workers", str(workers),
-            *(["--parallel", j.parallel] if j.parallel != "none" else []), "--out", str(run_dir), *j.args]
+            "--data", a.data_spec, "--zeroshot", "none", "--no-progress", "--log-every", "1", "--save-every", "-1",
+            "--workers", str(workers_per_rank(a)), *(["--parallel", j.parallel] if j.parallel != "none" else []),
+            "--out", str(run_dir), *j.args]
 
 
-def workers_per_rank(j: Job | None, a: argparse.Namespace) -> int:
+def workers_per_rank(a: argparse.Namespace) -> int:
     if a.dry:
         return 0
     cores = os.cpu_count() or 16
     return max(2, min(a.max_workers, cores // a.gpus - 2))
+
+
+def base_env(a: argparse.Namespace) -> dict[str, str]:
+    return {**os.environ, **{k: os.environ.get(k, v) for k, v in NCCL_ENV.items()},
+            "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
 def run_batch(batch: list[Job], a: argparse.Namespace, out: Path, t0: float, by_name: dict[str, Job]) -> None:
@@ -148,21 +212,20 @@ def run_batch(batch: list[Job], a: argparse.Namespace, out: Path, t0: float, by_
     for j in batch:
         left = a.budget - (time.time() - t0)
         if left < 20:
-            j.skipped = f"budget ({a.budget} s) spent"
+            j.skipped = f"budget ({a.budget:.0f} s) spent"
             continue
         if j.after and (by_name[j.after].rc != 0):
             j.skipped = f"{j.after} did not finish"
             continue
         # TRITON_CACHE_AUTOTUNING: the matmul's autotuning results go to the disk cache, so only the first run
         # of a shape benchmarks the candidates (and the 8-bit/16-bit all-gather twins use the same kernel config)
-        env = {**os.environ, **{k: os.environ.get(k, v) for k, v in NCCL_ENV.items()},
-               "TRITON_CACHE_AUTOTUNING": os.environ.get("TRITON_CACHE_AUTOTUNING", "1"), **j.env,
-               "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = {**base_env(a), "TRITON_CACHE_AUTOTUNING": os.environ.get("TRITON_CACHE_AUTOTUNING", "1"), **j.env,
+               "PYTHONUNBUFFERED": "1"}
         if not a.dry:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, j.gpus))
         cmd = command(j, a, out)
         log = (out / "runs" / f"{j.name}.log").open("w")
-        log.write(" ".join(cmd) + "\n\n")
+        log.write(" ".join([*(f"{k}={v}" for k, v in j.env.items()), *cmd]) + "\n\n")
         log.flush()
         limit = min(a.limit * (3 if j.stage == "cudagraphs" else 2 if a.compile else 1), left)
         procs.append((j, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log,
@@ -198,9 +261,9 @@ def collect(j: Job, out: Path) -> None:
         j.allgather = hit.group(0).strip() if hit else ""
 
 
-def schedule(jobs: list[Job], a: argparse.Namespace, out: Path) -> None:
-    """Stage by stage; within a stage, jobs are packed onto free GPUs and run side by side (not with --serial)."""
-    t0 = time.time()
+def schedule(jobs: list[Job], a: argparse.Namespace, out: Path, t0: float) -> None:
+    """Stage by stage (in the jobs' order); within a stage, jobs are packed onto free GPUs and run side by side
+    (not with --serial). ``t0``: the call's start, which ``--budget`` counts from."""
     by_name = {j.name: j for j in jobs}
     stages: list[str] = []
     for j in jobs:
@@ -224,27 +287,109 @@ def schedule(jobs: list[Job], a: argparse.Namespace, out: Path) -> None:
             run_batch(batch, a, out, t0, by_name)
 
 
-def run_probe(a: argparse.Namespace, out: Path) -> str:
-    """Stage 0: the GPUs' link (topology, NCCL bus bandwidth) and the data pipeline's rate, as a markdown section."""
-    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in NCCL_ENV.items()},
-           "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+# --- data ---------------------------------------------------------------------------------------------------------
+
+
+def resolve_data(a: argparse.Namespace) -> None:
+    """``a.data`` → ``a.data_kind`` (synthetic, fmnist or other) and ``a.data_spec`` (what ``lowbit train`` gets)."""
+    a.fmnist_source = Path(a.fmnist_source).resolve() if a.fmnist_source else FMNIST_SOURCE
+    a.fmnist_dir = Path(a.fmnist_dir).resolve() if a.fmnist_dir else FMNIST_DIR
+    if a.data == "auto":
+        have = (a.fmnist_dir / "manifest.json").is_file() or a.fmnist_source.is_dir()
+        a.data = "fmnist" if have and not a.dry else "synthetic"
+    if a.data == "fmnist":
+        a.data_kind, a.data_spec = "fmnist", str(a.fmnist_dir)
+    else:
+        a.data_kind = "synthetic" if a.data.split(":")[0] == "synthetic" else "other"
+        a.data_spec = a.data
+
+
+def start_prepare(a: argparse.Namespace, out: Path) -> subprocess.Popen | None:
+    """``lowbit data prepare fashion-mnist`` in the background (None: nothing to prepare)."""
+    if a.data_kind != "fmnist":
+        return None
+    if (a.fmnist_dir / "manifest.json").is_file():
+        a.prepared = f"{a.fmnist_dir} found prepared"
+        return None
+    if not a.fmnist_source.is_dir():
+        raise SystemExit(f"multi_gpu.py: --data fmnist needs the Fashion-MNIST IDX files in {a.fmnist_source} "
+                         "(carry .data) or a prepared folder (--fmnist-dir)")
+    cmd = [sys.executable, "-m", "lowbit", "data", "prepare", "fashion-mnist", "--source", str(a.fmnist_source),
+           "--out", str(a.fmnist_dir), "--force"]
+    log = (out / "runs" / "prepare-fmnist.log").open("w")
+    log.write(" ".join(cmd) + "\n\n")
+    log.flush()
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=base_env(a), cwd=ROOT)
+    p.started, p.logfile = time.time(), log  # type: ignore[attr-defined]
+    return p
+
+
+def finish_prepare(p: subprocess.Popen | None, a: argparse.Namespace, out: Path) -> None:
+    if p is None:
+        return
+    try:
+        rc = p.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        rc = p.wait()
+    p.logfile.close()  # type: ignore[attr-defined]
+    took = time.time() - p.started  # type: ignore[attr-defined]
+    if rc != 0 or not (a.fmnist_dir / "manifest.json").is_file():
+        tail = (out / "runs" / "prepare-fmnist.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"preparing {a.fmnist_dir} from {a.fmnist_source} failed (rc {rc}):\n{tail}")
+    a.prepared = f"{a.fmnist_dir} prepared from {a.fmnist_source} in {took:.0f} s"
+    print(a.prepared, flush=True)
+
+
+# --- stage 0 ------------------------------------------------------------------------------------------------------
+
+
+def json_line(text: str) -> dict | None:
+    """The last line of ``text`` that parses as a JSON object (the probes print one)."""
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def run_probe(a: argparse.Namespace, out: Path, prep: subprocess.Popen | None) -> tuple[str, dict]:
+    """Stage 0: the GPUs' link (topology, NCCL bus bandwidth; not with ``--probe data``) and the data pipeline's
+    rate, as a markdown section and a dict (``nccl_<n>``, ``data``: the probes' JSON lines). The data preparation
+    ``prep`` runs meanwhile and is waited for before the data probe."""
+    env = base_env(a)
     probe = str(ROOT / "bench" / "probes" / "multi_gpu_probe.py")
     dist = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmds = [["nvidia-smi", "topo", "-m"],
-            [*dist, "--nproc_per_node", str(a.gpus), probe, "--nccl"],
-            [*dist, "--nproc_per_node", "2", probe, "--nccl"],
-            [sys.executable, probe, "--data", a.data, "--workers", str(workers_per_rank(None, a)), "--batch-size",
-             str(a.batch_b), "--seconds", "8"]]
+    cmds: list[tuple[str, list[str]]] = []
+    if a.probe == "all":
+        cmds += [("topo", ["nvidia-smi", "topo", "-m"]),
+                 (f"nccl_{a.gpus}", [*dist, "--nproc_per_node", str(a.gpus), probe, "--nccl"]),
+                 ("nccl_2", [*dist, "--nproc_per_node", "2", probe, "--nccl"])]
+    if a.probe in ("all", "data"):
+        size = ["--batch-size", "8", "--image-size", "32", "--seconds", "2"] if a.dry else \
+            ["--batch-size", str(a.batch_b), "--seconds", "8"]
+        cmds.append(("data", [sys.executable, probe, "--data", a.data_spec, "--workers", str(workers_per_rank(a)),
+                              *size]))
     lines = ["", "## Stage 0: link and data", ""]
-    for cmd in cmds:
+    results: dict = {}
+    for key, cmd in cmds:
+        if key == "data":
+            finish_prepare(prep, a, out)
+            prep = None
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
             text = r.stdout.strip() or r.stderr.strip()[-2000:]
         except (OSError, subprocess.TimeoutExpired) as e:
             text = f"failed: {e}"
-        lines += [f"`{' '.join(Path(c).name if c.startswith('/') else c for c in cmd)}`", "", "```", text, "```", ""]
+        results[key] = text if key == "topo" else json_line(text)
+        shown = " ".join(Path(c).name if c.startswith("/") else c for c in cmd)
+        lines += [f"`{shown}`", "", "```", text, "```", ""]
         print(text, flush=True)
-    return "\n".join(lines) + "\n"
+    finish_prepare(prep, a, out)
+    return "\n".join(lines) + "\n", results
 
 
 def pack_runs(out: Path) -> None:
@@ -261,30 +406,135 @@ def pack_runs(out: Path) -> None:
     shutil.rmtree(runs, ignore_errors=True)
 
 
+# --- baseline -----------------------------------------------------------------------------------------------------
+
+
+def load_baseline(path: Path, have: set[str]) -> tuple[list[Job], dict]:
+    """The jobs of an earlier call's ``multi_gpu.json`` whose stages this call does not run (tagged with their
+    origin), and that call's ``args`` / ``probe``."""
+    d = json.loads(path.read_text())
+    names = {f.name for f in dataclasses.fields(Job)}
+    jobs = []
+    for r in d.get("jobs", []):
+        if r.get("stage") in have:
+            continue
+        j = Job(**{k: v for k, v in r.items() if k in names})
+        j.origin = j.origin or path.name
+        jobs.append(j)
+    return jobs, {"args": d.get("args", {}), "probe": d.get("probe") or {}, "path": str(path)}
+
+
+# --- report -------------------------------------------------------------------------------------------------------
+
+
 def fmt(v: float | None, spec: str = ".0f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def report(jobs: list[Job], a: argparse.Namespace, out: Path, total: float) -> str:
+def data_rate(probe: dict | None, kind: str, workers: int) -> float | None:
+    """Images/s one rank's DataLoader delivers with ``workers`` processes: the data probe's measurement (scaled per
+    worker if it ran with another count), else the assumed per-worker rate of the data kind."""
+    p = (probe or {}).get("data") or {}
+    if p.get("images_per_s"):
+        if p.get("workers") == workers:
+            return float(p["images_per_s"])
+        return float(p["per_worker"]) * max(1, workers)
+    per = RATE_PER_WORKER.get(kind)
+    return per * workers if per and workers else None
+
+
+def max_diff(x: list[float], y: list[float], lo: int, hi: int) -> float | None:
+    if len(x) < hi or len(y) < hi:
+        return None
+    return max(abs(p - q) for p, q in zip(x[lo:hi], y[lo:hi]))
+
+
+def resume_lines(by: dict[str, Job]) -> list[str]:
+    ref, ref2, stop, b = (by.get(n) for n in ("resume-ref-2", "resume-ref2-2", "resume-a-2", "resume-b-1"))
+    pin = ", ".join(f"{k}={v}" for k, v in (ref.env if ref else {}).items())
+    lines = ["", f"Resume across world sizes (2 GPUs to step 3, then 1 GPU to 6, vs 2 GPUs to 6; recipe "
+             f"{ref.recipe if ref else '-'}{', ' + pin if pin else ''}):", ""]
+    if not (ref or stop or b or ref2):
+        return [*lines, "- not in this call"]
+    if not (ref and b and len(ref.losses) >= 6 and len(b.losses) >= 6):
+        lines.append(f"- not complete: {[(x.name, x.rc, x.skipped) for x in (ref, stop, b, ref2) if x]}")
+        return lines
+    d = max_diff(ref.losses, b.losses, 3, 6)
+    same3 = ref.losses[:3] == b.losses[:3]
+    d3 = max_diff(ref.losses, b.losses, 0, 3)
+    lines.append(f"- steps 1-3 {'identical' if same3 else f'differ (max |dloss| {d3:.3g})'}; steps 4-6 max |dloss| "
+                 f"{d:.3g} (reference {', '.join(f'{x:.5f}' for x in ref.losses[3:6])}; resumed "
+                 f"{', '.join(f'{x:.5f}' for x in b.losses[3:6])}); resumed summary step "
+                 f"{(b.summary or {}).get('step')}, samples seen {(b.summary or {}).get('samples_seen')} "
+                 f"(reference {(ref.summary or {}).get('samples_seen')})")
+    if not (ref2 and len(ref2.losses) >= 6):
+        lines.append(f"- noise control (a second uninterrupted 2-GPU run) missing: "
+                     f"{(ref2.name, ref2.rc, ref2.skipped) if ref2 else 'not in this call'}")
+        return lines
+    n = max_diff(ref.losses, ref2.losses, 3, 6)
+    n_all = max_diff(ref.losses, ref2.losses, 0, 6)
+    d2 = max_diff(ref2.losses, b.losses, 3, 6)
+    first = "identical" if ref.losses[0] == ref2.losses[0] else f"differs by {abs(ref.losses[0] - ref2.losses[0]):.3g}"
+    if n == 0 and d == 0:
+        verdict = "the resumed run is bit-identical to both references"
+    elif n == 0:
+        verdict = ("the two references are bit-identical, the resumed run is not: more than run-to-run noise (1 vs 2 "
+                   "processes reduce in a different order)")
+    elif d <= n:
+        verdict = f"within the run-to-run noise ({d / n:.2f}x the references' difference)"
+    else:
+        verdict = f"{d / n:.1f}x the references' difference: more than run-to-run noise"
+    lines.append(f"- noise control: two uninterrupted 2-GPU runs (same seed) differ by max |dloss| {n:.3g} over steps "
+                 f"4-6 ({n_all:.3g} over 1-6; step 1 {first}); resumed vs the second reference {d2:.3g}; resumed vs "
+                 f"reference {d:.3g}: {verdict}")
+    return lines
+
+
+def report(jobs: list[Job], a: argparse.Namespace, total: float, probe: dict, baseline: dict | None) -> str:
     by = {j.name: j for j in jobs}
     one = {(j.model, j.recipe): j for j in jobs if j.stage == "1 GPU"}
-    meta = next((j.summary for j in jobs if j.summary), None)
+    mine = [j.summary for j in jobs if j.summary and not j.origin]
+    meta = next(iter(mine), None) or next((j.summary for j in jobs if j.summary), None)
     lines = ["# Multi-GPU `lowbit train` (`bench/multi_gpu.py`)", ""]
     if meta:
-        v = meta["versions"]
-        lines += [f"{meta['device']} | torch {v['torch']} | triton {v.get('triton')} | {meta['precision']} | "
-                  f"{a.steps} steps, images/s after the first 5 | data {meta['config']['data']}, "
-                  f"{meta['config']['workers']} workers per rank | {'compiled' if a.compile else 'eager'} | "
+        v = meta.get("versions") or {}
+        cfg = meta.get("config") or {}
+        lines += [f"{meta.get('device')} | torch {v.get('torch')} | triton {v.get('triton')} | {meta.get('precision')} | "
+                  f"{a.steps} steps, images/s after the first 5 | data {a.data} ({cfg.get('data', a.data_spec)}), "
+                  f"{cfg.get('workers', workers_per_rank(a))} workers per rank | {'compiled' if a.compile else 'eager'} | "
                   + ("runs one at a time | " if a.serial or a.dry else "1-GPU runs side by side (one per GPU), "
                      "2-GPU runs in pairs (GPUs 0,1 and 2,3) | ")
                   + ("CPU smoke test (tiny model, gloo)" if a.dry else f"ViT-B/32 {a.batch_b}, ViT-L/14 {a.batch_l} per GPU"),
                   ""]
+    if a.prepared:
+        lines += [f"Data: {a.prepared}.", ""]
+    if baseline:
+        ba = baseline["args"]
+        stages = sorted({j.stage for j in jobs if j.origin})
+        b_dev = next((j.summary.get("device") for j in jobs if j.origin and j.summary), None)
+        warn = []
+        if meta and b_dev and mine and b_dev != meta.get("device"):
+            warn.append(f"**its device ({b_dev}) is not this call's**: scaling across the two is not meaningful")
+        if ba.get("data") != a.data or ba.get("batch_b") != a.batch_b or ba.get("batch_l") != a.batch_l:
+            warn.append(f"**other data or batch** (data {ba.get('data')}, ViT-B/32 {ba.get('batch_b')}, ViT-L/14 "
+                        f"{ba.get('batch_l')} per GPU)")
+        lines += [f"Rows marked 'baseline' (stages {', '.join(stages) or 'none'}) come from an earlier call, "
+                  f"`{baseline['path']}` ({ba.get('steps')} steps{', compiled' if ba.get('compile') else ''})"
+                  + ("; " + "; ".join(warn) if warn else "") + ".", ""]
+    # the baseline's data rate only for the same data (data_rate scales it per worker)
+    b_same = baseline and baseline["args"].get("data") == a.data and baseline["probe"].get("data")
+    src = "this call's stage 0" if probe.get("data") else ("the baseline's stage 0" if b_same else None)
+    rate_probe = probe if probe.get("data") else (baseline["probe"] if src else {})
+    p = (rate_probe or {}).get("data") or {}
+    rate_text = (f"the data probe's {p.get('images_per_s')} img/s with {p.get('workers')} workers "
+                 f"({p.get('per_worker')} per worker; {src})") if src else \
+        f"an assumed {RATE_PER_WORKER.get(a.data_kind, '?')} img/s per worker (no data probe)"
     lines += ["Scaling efficiency: images/s per GPU over the 1-GPU run's (same model and recipe). Speed-up: the 8-bit "
               "recipe's images/s over bf16's (same model, GPUs and mode). Peak memory: rank 0. 'data?': images/s "
-              f"per GPU above 80% of the workers' render rate (~{RENDER_PER_WORKER} img/s each): the data may bound it.",
+              f"per GPU above 80% of what one rank's DataLoader delivers ({rate_text}): the data may bound it. "
+              f"FSDP2 8-bit/16-bit gather twins and the resume runs: {', '.join(f'{k}={v}' for k, v in PIN_FP8.items())}.",
               "", "| model | recipe | GPUs | mode | global batch | images/s | per GPU | scaling | speed-up | peak GiB | "
               "weight all-gather | run s | note |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
-    rows = []
     for j in jobs:
         if j.stage in ("resume", "cudagraphs"):
             continue
@@ -305,16 +555,21 @@ def report(jobs: list[Job], a: argparse.Namespace, out: Path, total: float) -> s
         if j.allgather.startswith("8-bit"):
             m = re.search(r"([\d.]+) MiB per full gather instead of ([\d.]+) MiB", j.allgather)
             ag = f"{m.group(1)} MiB (16-bit: {m.group(2)})" if m else j.allgather
-        workers = (s.get("config") or {}).get("workers", 0)
+        workers = (s.get("config") or {}).get("workers")
+        workers = workers_per_rank(a) if workers is None else workers
         note = j.skipped or ("" if j.rc == 0 else f"rc {j.rc}")
-        if per and workers and per > 0.8 * workers * RENDER_PER_WORKER:
+        rate = data_rate(rate_probe, a.data_kind, workers)
+        if per and rate and per > 0.8 * rate:
             note = (note + " data?").strip()
-        rows.append(f"| {j.model} | {j.recipe} | {j.nproc} | {mode} | {s.get('global_batch', '-')} | {fmt(ips)} | "
-                    f"{fmt(per)} | {eff} | {spd} | {fmt(s.get('peak_memory_gb'), '.1f')} | {ag} | "
-                    f"{fmt(j.seconds)} | {note} |")
-    lines += rows
+        if j.origin:
+            note = (note + " baseline").strip()
+        lines.append(f"| {j.model} | {j.recipe} | {j.nproc} | {mode} | {s.get('global_batch', '-')} | {fmt(ips)} | "
+                     f"{fmt(per)} | {eff} | {spd} | {fmt(s.get('peak_memory_gb'), '.1f')} | {ag} | "
+                     f"{fmt(j.seconds)} | {note} |")
     # 8-bit all-gather: identical losses?
-    lines += ["", "8-bit weight all-gather vs 16-bit (same runs; the numerics must be identical):", ""]
+    lines += ["", "8-bit weight all-gather vs 16-bit (same runs, both with "
+              f"{', '.join(f'{k}={v}' for k, v in PIN_FP8.items())}; the numerics must be identical):", ""]
+    n_lines = len(lines)
     for j in jobs:
         if j.name.endswith("-ag8"):
             k = by.get(j.name[:-1] + "16")
@@ -328,19 +583,11 @@ def report(jobs: list[Job], a: argparse.Namespace, out: Path, total: float) -> s
                     f"step-1 loss differs ({j.losses[0]!r} vs {k.losses[0]!r})"
                 lines.append(f"- {j.name[:-4]}: {first}; all {len(j.losses)} steps "
                              f"{'bit-identical' if same else f'max |dloss| {d:.3g}'}; images/s 8-bit {fmt(a8)} vs "
-                             f"16-bit {fmt(a16)}" + (f" ({a8 / a16:.3f}x)" if a8 and a16 else ""))
-    ref, b = by.get("resume-ref-2"), by.get("resume-b-1")
-    lines += ["", "Resume across world sizes (2 GPUs to step 3, then 1 GPU to 6, vs 2 GPUs to 6):", ""]
-    if ref and b and ref.losses and b.losses and len(b.losses) >= 6 and len(ref.losses) >= 6:
-        d = max(abs(x - y) for x, y in zip(ref.losses[3:6], b.losses[3:6]))
-        same3 = ref.losses[:3] == b.losses[:3]
-        lines.append(f"- steps 1-3 {'identical' if same3 else 'differ'}; steps 4-6 max |dloss| {d:.3g} "
-                     f"(reference {', '.join(f'{x:.5f}' for x in ref.losses[3:6])}; resumed "
-                     f"{', '.join(f'{x:.5f}' for x in b.losses[3:6])}); resumed summary step "
-                     f"{(b.summary or {}).get('step')}, samples seen {(b.summary or {}).get('samples_seen')} "
-                     f"(reference {(ref.summary or {}).get('samples_seen')})")
-    else:
-        lines.append(f"- not complete: {[(x.name, x.rc, x.skipped) for x in (ref, b) if x]}")
+                             f"16-bit {fmt(a16)}" + (f" ({a8 / a16:.3f}x)" if a8 and a16 else "")
+                             + (" (baseline)" if j.origin else ""))
+    if len(lines) == n_lines:
+        lines.append("- none in this call")
+    lines += resume_lines(by)
     e, g = by.get("cg-ddp2-eager"), by.get("cg-ddp2-graphs")
     lines += ["", "CUDA graphs with DDP (2 GPUs, ViT-B/32 bf16, LOWBIT_DDP_CUDAGRAPHS=1):", ""]
     if e and g and e.losses and g.losses:
@@ -350,9 +597,18 @@ def report(jobs: list[Job], a: argparse.Namespace, out: Path, total: float) -> s
                      f"{fmt((e.summary or {}).get('samples_per_s_steady'))} (steady = steps 6+, compile included "
                      "in neither)")
     else:
-        lines.append(f"- not measured: {[(x.name, x.rc, x.skipped) for x in (e, g) if x]} (see runs/*.log)")
-    lines += ["", f"Total {total:.0f} s."]
+        lines.append(f"- not measured: {[(x.name, x.rc, x.skipped) for x in (e, g) if x]} (see runs/*.log)"
+                     if e or g else "- not in this call")
+    lines += ["", f"Total {total:.0f} s (this call)."]
     return "\n".join(lines) + "\n"
+
+
+def job_record(j: Job) -> dict:
+    s = j.summary or {}
+    summary = {k: s.get(k) for k in SUMMARY_KEYS}
+    cfg = s.get("config") or {}
+    summary["config"] = {k: cfg.get(k) for k in ("data", "workers", "batch_size", "seed")}
+    return {k: v for k, v in asdict(j).items() if k != "summary"} | {"summary": summary}
 
 
 def main() -> int:
@@ -361,21 +617,34 @@ def main() -> int:
     p.add_argument("--dry", action="store_true", help="CPU smoke test: tiny model, gloo, at most 2 processes")
     p.add_argument("--gpus", type=int, default=0, help="GPUs to use (default: all; 2 with --dry)")
     p.add_argument("--recipe8", default="switchback", help="the 8-bit recipe (tensor-wise W for the 8-bit gather)")
-    p.add_argument("--steps", type=int, default=0, help="steps per run (default 16; 6 with --dry)")
+    p.add_argument("--resume-recipe", default="bf16", help="recipe of the resume check's runs")
+    p.add_argument("--steps", type=int, default=0, help="steps per run (default 14; 6 with --dry)")
     p.add_argument("--batch-b", type=int, default=256, help="ViT-B/32 batch per GPU")
     p.add_argument("--batch-l", type=int, default=128, help="ViT-L/14 batch per GPU")
     p.add_argument("--resume-batch", type=int, default=64, help="ViT-B/32 batch per GPU of the resume / graphs checks")
-    p.add_argument("--data", default="synthetic", help="training data spec of every run")
+    p.add_argument("--data", default="auto", help="fmnist (prepared Fashion-MNIST shards), synthetic, auto (fmnist "
+                   "where its files are present, not with --dry) or any lowbit train --data spec")
+    p.add_argument("--fmnist-source", default="", help=f"IDX files for --data fmnist (default {FMNIST_SOURCE})")
+    p.add_argument("--fmnist-dir", default="", help=f"prepared Fashion-MNIST folder (default {FMNIST_DIR}; prepared "
+                   "there unless its manifest.json exists)")
     p.add_argument("--max-workers", type=int, default=14, help="DataLoader workers per rank, at most")
-    p.add_argument("--budget", type=float, default=500, help="seconds; later runs are skipped")
+    p.add_argument("--budget", type=float, default=500, help="seconds from the start; later runs are skipped")
     p.add_argument("--limit", type=float, default=100, help="seconds per run (x3 for the compiled one)")
     p.add_argument("--serial", action="store_true", help="one run at a time (no runs side by side)")
     p.add_argument("--compile", action="store_true", help="torch.compile every run (default mode; compile time is "
                    "excluded from images/s but counts against the budget)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the resume check's checkpoint under OUT")
-    p.add_argument("--no-probe", action="store_true", help="skip stage 0 (link and data probes)")
-    p.add_argument("--only", default="", help="comma-separated stages to run: 1,big,resume,2,cudagraphs")
+    p.add_argument("--probe", choices=("all", "data", "none"), default=None,
+                   help="stage 0: all (topology, NCCL, data; the default), data (the DataLoader rate only), none "
+                   "(the default with --dry)")
+    p.add_argument("--no-probe", action="store_true", help="same as --probe none")
+    p.add_argument("--only", default="", help="comma-separated stages to run, in that order: " + ",".join(STAGE_KEYS))
+    p.add_argument("--baseline", default="", help="an earlier call's multi_gpu.json: the stages this call does not "
+                   "run are taken from it (1-GPU rows for the scaling efficiency, its stage-0 data rate)")
     a = p.parse_args()
+    t0 = time.time()
+    if a.baseline and not Path(a.baseline).is_file():
+        p.error(f"--baseline {a.baseline}: no such file (an earlier call's multi_gpu.json)")
     if a.dry:
         a.gpus = a.gpus or 2
         a.steps = a.steps or 6
@@ -384,20 +653,37 @@ def main() -> int:
         import torch
 
         a.gpus = a.gpus or torch.cuda.device_count()
-        a.steps = a.steps or 16
+        a.steps = a.steps or 14
         if a.gpus < 2:
             print("multi_gpu.py: needs at least 2 GPUs (or --dry on the CPU)", file=sys.stderr)
             return 2
+    a.probe = "none" if a.no_probe else (a.probe or ("none" if a.dry else "all"))
+    if a.dry and a.probe == "all":
+        a.probe = "data"  # no NCCL on the CPU
+    a.prepared = ""
+    resolve_data(a)
     out = Path(a.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(a)
     if a.only:
-        keep = {"1": "1 GPU", "big": f"{a.gpus} GPUs", "resume": "resume", "2": "2 GPUs", "cudagraphs": "cudagraphs"}
-        stages = {keep[s.strip()] for s in a.only.split(",")}
-        jobs = [j for j in jobs if j.stage in stages]
-    t0 = time.time()
-    probe = "" if a.dry or a.no_probe else run_probe(a, out)
-    schedule(jobs, a, out)
+        jobs = select(jobs, a.only, a)
+    baseline = None
+    if a.baseline:
+        extra, baseline = load_baseline(Path(a.baseline), {j.stage for j in jobs})
+        jobs = extra + jobs  # the report lists the baseline's rows first (its 1-GPU and 4-GPU stages)
+    prep = start_prepare(a, out)
+    md_probe, probe = "", {}
+    try:
+        if a.probe != "none":
+            md_probe, probe = run_probe(a, out, prep)
+        else:
+            finish_prepare(prep, a, out)
+    except RuntimeError as e:  # the data preparation failed: nothing can run
+        print(e, file=sys.stderr)
+        a.prepared = f"**failed**: {e}"
+        for j in jobs:
+            j.skipped = j.skipped or "no data"
+    schedule([j for j in jobs if not j.origin], a, out, t0)
     total = time.time() - t0
     if not a.keep_checkpoints:  # the resume check's DCP checkpoint (GBs for ViT-B): not worth copying back
         import shutil
@@ -406,16 +692,14 @@ def main() -> int:
             shutil.rmtree(ck, ignore_errors=True)
         for ck in (out / "runs").glob("*/checkpoint.pt"):
             ck.unlink()
-    md = report(jobs, a, out, total) + probe
+    md = report(jobs, a, total, probe, baseline) + md_probe
     pack_runs(out)
     (out / "multi_gpu.md").write_text(md)
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
     (out / "multi_gpu.json").write_text(json.dumps(
-        {"args": vars(a), "total_s": total, "env": {k: os.environ.get(k, v) for k, v in NCCL_ENV.items()},
-         "jobs": [{k: v for k, v in asdict(j).items() if k != "summary"}
-                  | {"summary": {k: (j.summary or {}).get(k) for k in (
-                      "samples_per_s_steady", "samples_per_s", "peak_memory_gb", "global_batch", "world_size",
-                      "parallel", "recipe", "device", "precision", "step", "samples_seen", "final_loss", "versions")}}
-                  for j in jobs]}, indent=1))
+        {"args": args, "total_s": total, "env": {k: os.environ.get(k, v) for k, v in NCCL_ENV.items()},
+         "probe": probe or (baseline or {}).get("probe") or {}, "probe_origin": "" if probe else (baseline or {}).get("path", ""),
+         "jobs": [job_record(j) for j in jobs]}, indent=1))
     print(md)
     return 0
 

@@ -3,11 +3,13 @@
 * ``--nccl`` (under ``torchrun``): bus bandwidth of ``all_reduce`` (fp32, DDP's gradients) and ``all_gather_into_tensor``
   (bf16 and 8-bit, FSDP2's weights) at 64 and 256 MiB, as nccl-tests defines it (all-reduce: ``2(n-1)/n · bytes /
   t``; all-gather: ``(n-1)/n · bytes / t``), median of 10 after 3 warm-ups. Rank 0 prints one JSON line.
-* ``--data SPEC``: images/s that ``lowbit train``'s DataLoader delivers with ``--workers`` processes (no GPU), after
-  the first batches (worker start-up excluded). Prints one JSON line.
+* ``--data SPEC``: images/s that ``lowbit train``'s DataLoader delivers with ``--workers`` processes (no GPU; 0: in
+  the process, as ``lowbit train --workers 0``), after the first batches (worker start-up excluded). Prints one JSON
+  line, which ``bench/multi_gpu.py`` reads for its "data?" flag.
 
     torchrun --standalone --nproc_per_node 4 bench/probes/multi_gpu_probe.py --nccl
     python bench/probes/multi_gpu_probe.py --data synthetic --workers 14 --batch-size 256 --seconds 10
+    python bench/probes/multi_gpu_probe.py --data .data/fmnist --workers 14 --batch-size 256 --seconds 10
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ def nccl() -> None:
 def data(spec: str, workers: int, batch_size: int, seconds: float, image_size: int) -> None:
     from lowbit.data import build_train_data
     from lowbit.models import get_tokenizer
-    from lowbit.train.loop import _loader_batches
+    from lowbit.train.loop import _batches, _loader_batches
 
     dataset = build_train_data(spec, image_size=image_size, seed=0, batch_size=batch_size)
-    batches = _loader_batches(dataset, batch_size, get_tokenizer(), workers, pin=False)
+    batches = _loader_batches(dataset, batch_size, get_tokenizer(), workers, pin=False) if workers else \
+        _batches(dataset, batch_size, get_tokenizer())  # as lowbit train --workers 0: in the process itself
     for _ in range(max(2, workers)):  # start-up: every worker's first batch
         next(batches)
     n, t0 = 0, time.perf_counter()
