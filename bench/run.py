@@ -219,7 +219,7 @@ JOBS: list[Job] = [
     Job("multi", "multi-GPU `lowbit train` on 4 H100s: stage 0 (topology, NCCL bandwidth, loader rate), 1 GPU, "
         "4 GPUs DDP / FSDP2 with and without the 8-bit all-gather, resume from 2 GPUs to 1 (ViT-L/14 128 and ViT-B/32 "
         "256 per GPU, bf16 and fp8-switchback, eager, synthetic data)",
-        "python3 bench/multi_gpu.py --out $DIR --budget 490 --recipe8 fp8-switchback",
+        "python3 bench/multi_gpu.py --out $DIR --budget 490 --recipe8 fp8-switchback --data synthetic --steps 16",
         {"multi-gpu.md": "multi_gpu.md", "multi-gpu.json": "multi_gpu.json", "multi-gpu-runs.tar.gz": "runs.tar.gz"},
         "63bfd9d", 590, "issue #19 session, device call 2 (nvidia-h100-x4)",
         note="needs 4 GPUs (nvidia-h100-x4); the script was at e9f214c; its budget cut the 2-GPU and CUDA-graphs "

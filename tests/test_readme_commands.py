@@ -60,6 +60,10 @@ SKIPPED: dict[str, str] = {
     "apt-get install dataset-fashion-mnist": "a system install; its IDX files are stood in for",
     "npm install emoji-datasource-google": "a network install; its emoji.json + PNGs are stood in for",
     "python3 bench/multi_gpu.py --out $OUT": "needs 4 GPUs (its --dry mode is tests/bench/test_multi_gpu_script.py)",
+    'python3 bench/multi_gpu.py --out "$OUT" --data fmnist --only 1,big':
+        "needs 4 GPUs (its --dry mode is tests/bench/test_multi_gpu_script.py, --only and --baseline included)",
+    'python3 bench/multi_gpu.py --out "$OUT" --data fmnist --only resume,2,cudagraphs --probe none --baseline '
+    'FIRST/multi_gpu.json': "needs 4 GPUs and the first call's multi_gpu.json",
     "lowbit train --compile --compile-mode reduce-overhead": "CUDA graphs need a GPU",
     "lowbit bench model --model timm:vit_huge_patch14_224 --batch-size 96 --recipe bf16 switchback fp8-switchback "
     "fp8-tensorwise --out runs/bench-timm-vit-h":
