@@ -832,7 +832,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     check_prepared_data(cfg.data)
     env = setup_env(cfg)
     try:
-        return _run(cfg, env, model_cfg, ckpt, out, data_position)
+        summary = _run(cfg, env, model_cfg, ckpt, out, data_position)
+        if env.distributed:
+            # every rank done before any tears the group down: a gloo peer still talking to a destroyed group
+            # aborted its process at exit ("terminate called without an active exception", rc 1) now and then
+            dist.barrier()
+        return summary
     finally:
         if env.distributed:
             dist.destroy_process_group()
