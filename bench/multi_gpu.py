@@ -23,8 +23,9 @@ What it runs (eager unless ``--compile``, no checkpoints except the resume check
 
 Data (``--data``): ``fmnist`` trains on Fashion-MNIST shards prepared once from the IDX files carried in
 ``.data/fashion-mnist`` (``lowbit data prepare fashion-mnist`` into ``.data/fmnist``, ~11 s, skipped where
-``.data/fmnist/manifest.json`` exists; done while the NCCL probes run): ~570 images/s per DataLoader worker on the
-4xH100 host against ~141 for ``synthetic`` (rendered), which bound ViT-B/32 there. ``auto`` (default): ``fmnist``
+``.data/fmnist/manifest.json`` exists; done while the NCCL probes run): on the 2-core development CPU a worker
+decoded them at ~570 images/s, where ``synthetic`` rendered ~141 per worker on the 4xH100 host (~228 per core on the
+development CPU) and bound ViT-B/32 there. ``auto`` (default): ``fmnist``
 on GPUs where the IDX files (or the prepared folder) are present, else ``synthetic``. Any other value is passed to
 ``lowbit train --data`` as is.
 
@@ -67,8 +68,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# fallback when no data probe ran: images/s per DataLoader worker at 224 px measured by stage 0 on the 4xH100 host
-# (synthetic: 1983 img/s with 14 workers at batch 256; Fashion-MNIST shards: ~570 per worker)
+# fallback when no data probe ran, images/s per DataLoader worker at 224 px: synthetic as stage 0 measured it on the
+# 4xH100 host (1983 img/s with 14 workers at batch 256); Fashion-MNIST shards as measured on the 2-core development
+# CPU (decode, resize, collate), not yet on that host
 RATE_PER_WORKER = {"synthetic": 141.0, "fmnist": 570.0}
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 # the fp8 matmul's per-process cuBLAS/Triton timing choice made two otherwise identical runs differ at step 1; pinned
@@ -181,11 +183,10 @@ def command(j: Job, a: argparse.Namespace, out: Path) -> list[str]:
         layers = "1" if j.model == "B" else "2"
         model = ["--preset", "tiny", "--set", f"model.vision.layers={layers}", "--set", f"model.text.layers={layers}",
                  "--device", "cpu", "--threads", "1", "--batch-size", "8"]
-        steps = ["--steps", str(a.steps)]
     else:
         preset, batch = ("vit-b-32", a.batch_b) if j.model == "B" else ("vit-l-14", a.batch_l)
         model = ["--preset", preset, "--batch-size", str(batch)]
-        steps = ["--steps", str(a.steps)]
+    steps = ["--steps", str(a.steps)]
     if a.compile and j.stage != "cudagraphs":
         steps.append("--compile")
     return [*launcher, "train", *model, *steps, "--recipe", j.recipe, "--optimizer", "stableadamw", "--warmup", "5",

@@ -12,6 +12,25 @@ from typing import Any
 
 import torch
 
+# "RECIPE:fused" / "RECIPE:per-linear": one row with / without convert(fuse=True), whatever the default
+FUSE_SUFFIXES = {"fused": True, "per-linear": False}
+
+
+def split_recipe(recipe: str, fuse: bool) -> tuple[str, bool]:
+    """``"fp8-switchback:fused"`` -> ("fp8-switchback", True), ``"switchback:per-linear"`` -> (.., False), a plain
+    name -> (name, ``fuse``): one run can time both conversions against one baseline."""
+    name, sep, how = recipe.partition(":")
+    if not sep:
+        return recipe, fuse
+    if how not in FUSE_SUFFIXES:
+        raise ValueError(f"recipe {recipe!r}: the suffix after ':' must be one of {', '.join(FUSE_SUFFIXES)}")
+    return name, FUSE_SUFFIXES[how]
+
+
+def error_line(e: BaseException) -> str:
+    """A benchmark row's error: the exception's type and first line (at most 200 characters)."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device name and software versions, recorded with every result."""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.bench.common import bench, environment, markdown_table, save_results, write_results
+from lowbit.bench.common import bench, environment, markdown_table, save_results, split_recipe, write_results
 from lowbit.kernels import ops
 
 # name: (width d, MLP width 4d, tokens per GPU batch) — CLIP towers at their usual per-GPU batch.
@@ -97,11 +97,11 @@ def _make(kind: str, d_in: int, d_out: int, device, dtype, mlp_hidden: int | Non
     anchors = _torchao_variants()
     if kind in anchors:
         return anchors[kind](m)
-    # "RECIPE:per-linear" converts each nn.Linear on its own; a plain recipe name takes convert()'s default,
-    # which fuses Linear → GELU → Linear into one LowbitMLP.
-    recipe, _, how = kind.partition(":")
-    m = convert(m, recipe, module_filter=lambda fqn, mod: True, fuse=how != "per-linear")
-    if isinstance(m, LNMLPBlock) and how != "per-linear":
+    # "RECIPE:per-linear" converts each nn.Linear on its own; a plain recipe name (or "RECIPE:fused") fuses
+    # Linear → GELU → Linear into one LowbitMLP.
+    recipe, fuse = split_recipe(kind, True)
+    m = convert(m, recipe, module_filter=lambda fqn, mod: True, fuse=fuse)
+    if isinstance(m, LNMLPBlock) and fuse:
         why = fuse_layernorm(m, "ln", "mlp")
         if why is not None:
             raise RuntimeError(f"bench mlp: LayerNorm not fused for {kind}: {why}")
@@ -151,20 +151,21 @@ def mlp_step(kind: str, shape: str, mode: bool | str = "eager", device="cuda", d
 
 def time_block(kind: str, d_in: int, d_out: int, tokens: int, device, dtype=torch.bfloat16,
                mode: bool | str = "eager", mlp_hidden: int | None = None, block: str = "mlp",
-               memory: dict[str, float] | None = None) -> float:
-    """Median ms of one fwd+bwd; ``memory`` (a dict) receives ``peak_GiB``: the most memory allocated during a step,
-    inputs, parameters and gradients included (CUDA only)."""
+               peak: bool = False) -> tuple[float, float | None]:
+    """(median ms of one fwd+bwd, peak GiB): with ``peak`` on CUDA, the most memory allocated during one more step
+    (inputs, parameters and gradients included), else None."""
     module = _make(kind, d_in, d_out, device, dtype, mlp_hidden, block)
     step, grads = _fwd_bwd(module, tokens, d_in, device, dtype, mode)
     ms = bench(step, device, grad_to_none=grads)
-    if memory is not None and device.type == "cuda":
+    gib = None
+    if peak and device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         step()
         torch.cuda.synchronize(device)
-        memory["peak_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+        gib = torch.cuda.max_memory_allocated(device) / 2**30
     del module, step, grads
-    return ms
+    return ms, gib
 
 
 def _kinds(recipes: list[str]) -> list[str]:
@@ -183,7 +184,8 @@ def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
     device = torch.device(args.device)
     if getattr(args, "cudagraphs", False) and device.type != "cuda":
         raise ValueError(f"--cudagraphs needs a CUDA device, got --device {args.device}")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    name, env = ("mlp" if mlp else "linear"), environment(device)
     for shape in args.shapes:
         d, d4, tokens = SHAPES[shape]
         tokens = args.tokens or tokens
@@ -192,31 +194,27 @@ def run_linear(args: argparse.Namespace, mlp: bool) -> dict[str, Any]:
         for layer, d_in, d_out, hidden in layers:
             for mode, quant in _variants(args):
                 label = mode if quant in (None, "kernel") else f"{mode} ({quant} quantize)"
-                base_mem: dict[str, float] = {}
-                base = time_block("nn.Linear", d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden,
-                                  block=block, memory=base_mem)
+                base, base_gib = time_block("nn.Linear", d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden,
+                                            block=block, peak=True)
                 for kind in _kinds(args.recipes):
-                    mem: dict[str, float] = dict(base_mem) if kind == "nn.Linear" else {}
                     try:
                         with ops.compiled_quantize_mode(quant or ops.compiled_quantize()):
                             torch._dynamo.reset()  # the mode is read while tracing: a fresh compile per row
-                            ms = base if kind == "nn.Linear" else time_block(
+                            ms, gib = (base, base_gib) if kind == "nn.Linear" else time_block(
                                 kind, d_in, d_out, tokens, device, mode=mode, mlp_hidden=hidden, block=block,
-                                memory=mem)
+                                peak=True)
                         err = None
                     except Exception as e:  # a recipe that cannot run here is reported, not fatal
-                        ms, err = float("nan"), f"{type(e).__name__}: {e}"[:160]
+                        ms, gib, err = float("nan"), None, f"{type(e).__name__}: {e}"[:160]
                     rows.append({"shape": shape, "layer": layer, "tokens": tokens,
                                  "dims": f"{d_in}→{hidden or d_out}" + (f"→{d_out}" if hidden else ""),
                                  "mode": label, "kind": kind, "ms": ms,
                                  "speedup_vs_bf16": base / ms if ms == ms else None,
-                                 "peak_GiB": mem.get("peak_GiB"), "error": err})
+                                 "peak_GiB": gib, "error": err})
                     print(f"{shape} {layer} {rows[-1]['mode']} {kind}: {ms:.3f} ms "
                           f"({rows[-1]['speedup_vs_bf16'] or 0:.2f}x)" + (f" [{err}]" if err else ""), flush=True)
                     if getattr(args, "out", None):  # a run cut short keeps its rows
-                        save_results(args.out, "mlp" if mlp else "linear",
-                                     {"env": environment(device), "rows": rows},
-                                     markdown_table(rows, _COLUMNS["mlp" if mlp else "linear"]))
+                        save_results(args.out, name, {"env": env, "rows": rows}, markdown_table(rows, _COLUMNS[name]))
     return {"rows": rows}
 
 
@@ -227,9 +225,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     tokens = args.tokens or 32768
     for d in args.widths:
         for layer, d_in, d_out in (("fc1", d, 4 * d), ("fc2", 4 * d, d), ("square", d, d)):
-            base = time_block("nn.Linear", d_in, d_out, tokens, device)
+            base, _ = time_block("nn.Linear", d_in, d_out, tokens, device)
             for kind in args.recipes:
-                ms = time_block(kind, d_in, d_out, tokens, device)
+                ms, _ = time_block(kind, d_in, d_out, tokens, device)
                 rows.append({"width": d, "layer": layer, "dims": f"{d_in}→{d_out}", "tokens": tokens,
                              "kind": kind, "ms": ms, "bf16_ms": base, "speedup_vs_bf16": base / ms})
                 print(rows[-1], flush=True)

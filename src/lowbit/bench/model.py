@@ -55,7 +55,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.bench.common import environment, markdown_table, save_results, time_steps, write_results
+from lowbit.bench.common import (
+    environment,
+    error_line,
+    markdown_table,
+    save_results,
+    split_recipe,
+    time_steps,
+    write_results,
+)
 from lowbit.bench.step import BASELINES, _cleanup, make_optimizer, requested_recipes, torchao_anchors
 
 HELP = ("a timm or Hugging Face model's training step (random weights, no download) per recipe vs bf16: "
@@ -277,20 +285,6 @@ def module_filter(layers: str) -> Callable[[str, nn.Module], bool] | None:
     return None if layers == "auto" else (lambda fqn, m: True)
 
 
-FUSE_SUFFIXES = {"fused": True, "per-linear": False}
-
-
-def split_recipe(recipe: str, fuse: bool) -> tuple[str, bool]:
-    """``"fp8-switchback:fused"`` -> ("fp8-switchback", True), ``"switchback:per-linear"`` -> (.., False), a plain
-    name -> (name, ``fuse``): one run can time both conversions against one baseline (as ``bench mlp`` does)."""
-    name, sep, how = recipe.partition(":")
-    if not sep:
-        return recipe, fuse
-    if how not in FUSE_SUFFIXES:
-        raise ValueError(f"recipe {recipe!r}: the suffix after ':' must be one of {', '.join(FUSE_SUFFIXES)}")
-    return name, FUSE_SUFFIXES[how]
-
-
 def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool) -> tuple[nn.Module, str, int]:
     """``model`` converted to ``recipe`` (bf16/none: as it is; ``torchao-*``: torchao's training linears on the same
     layers; ``RECIPE:fused`` / ``RECIPE:per-linear`` override ``fuse``); returns (model, "k/n" linears converted,
@@ -350,15 +344,15 @@ def compile_model(model: nn.Module, scope: str, mode: str | None) -> tuple[nn.Mo
 
 # ---------------------------------------------------------------------------------------------- one row
 def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: torch.device,
-             built: Workload | None = None) -> dict[str, Any]:
-    """Build (or copy ``built``, the unconverted workload of ``spec``), convert, (compile,) warm up and time one
-    (model, recipe); errors propagate to the caller."""
+             built: Workload) -> dict[str, Any]:
+    """Copy ``built`` (the unconverted workload of ``spec``), convert, (compile,) warm up and time one (model,
+    recipe); errors propagate to the caller."""
 
     cuda = device.type == "cuda"
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     row: dict[str, Any] = {"model": str(spec), "recipe": recipe, "batch": args.batch_size, "precision": precision}
     torch.manual_seed(args.seed)
-    w = build_workload(spec, args.seq_len) if built is None else dataclasses.replace(built, model=copy.deepcopy(built.model))
+    w = dataclasses.replace(built, model=copy.deepcopy(built.model))
     model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse)
     model = model.to(device)
     graphs = args.compile and args.cudagraphs
@@ -432,7 +426,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
             except ImportError:
                 raise
             except Exception as e:  # OOM, compile error, unsupported recipe: recorded, not fatal
-                err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                err = error_line(e)
                 row = {"model": str(spec), "recipe": recipe, "batch": args.batch_size, "error": err}
             if recipe in BASELINES and err is None:
                 base = row["throughput"]

@@ -42,7 +42,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.bench.common import environment, markdown_table, save_results, time_steps, write_results
+from lowbit.bench.common import (
+    environment,
+    error_line,
+    markdown_table,
+    save_results,
+    time_steps,
+    write_results,
+)
 from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
 
@@ -310,7 +317,7 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
                     row = time_row(preset, recipe, batch, args, device)
                 err = None
             except Exception as e:  # OOM, compile error, unsupported recipe: recorded, not fatal
-                err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                err = error_line(e)
                 row = {"preset": preset, "recipe": recipe, "batch": batch, "error": err}
             row["quantize"] = mode or "-"
             if recipe in BASELINES and err is None:
