@@ -229,7 +229,7 @@ JOBS: list[Job] = [
         f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-h-14 vit-b-32 llm --recipes bf16 switchback "
         "switchback-m fp8-switchback fp8-tensorwise switchback-block fp8-blockwise switchback:per-linear "
         "fp8-switchback:per-linear fp8-tensorwise:per-linear --cudagraphs --out $DIR",
-        {"mlp-ln-mlp-vit-h-14-first.md": "log"}, "63bfd9d", 330, "issue #17 session, device call 3",
+        {"mlp-ln-mlp-vit-h-14-first.md": "log"}, "e3dee3b", 330, "issue #17 session, device call 3",
         note="the rows it printed, written up by hand (its mlp.md did not come back); code of 5760e44"),
     Job("mlp-ln-mlp", "ViT-H/14 LayerNorm→MLP+residual block, eager: block-scaled recipes and per-linear conversion "
         "vs plain PyTorch bf16, peak memory", f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-h-14 "
