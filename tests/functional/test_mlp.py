@@ -265,6 +265,42 @@ def test_torch_compile_fullgraph_matches_eager(name: str) -> None:
     assert torch.allclose(x.grad, g_eager, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["switchback", "fp8-switchback"])
+def test_torch_compile_takes_the_per_linear_composition(name: str, monkeypatch) -> None:
+    """Under torch.compile the fused modules compute the per-linear composition (custom ops dynamo and CUDA graphs
+    can capture) instead of the fused function, whose Triton launches would break the graph on a GPU."""
+    torch._dynamo.reset()
+    from lowbit.functional import _fused
+    from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP
+
+    torch.manual_seed(0)
+    mods = [LowbitMLP(32, 72, recipe=name), LayerNormMLP(32, 72, recipe=name), LayerNormLinear(32, 48, recipe=name)]
+    x = torch.randn(2, 5, 32)
+    eager = []
+    for m in mods:
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.square().sum().backward()
+        eager.append((y.detach(), xi.grad, [p.grad.clone() for p in m.parameters()]))
+        m.zero_grad()
+
+    def refuse(*args):
+        raise RuntimeError("the fused function ran under torch.compile")
+
+    monkeypatch.setattr(_fused._FusedFunction, "apply", refuse)
+    for m, (y0, gx0, gp0) in zip(mods, eager):
+        xi = x.clone().requires_grad_()
+        y = torch.compile(m, fullgraph=True, backend="aot_eager")(xi)
+        y.square().sum().backward()
+        # the same codes and scales as the fused function: float32 rounding apart (summation order)
+        assert torch.allclose(y, y0, rtol=1e-5, atol=1e-5), type(m).__name__
+        assert torch.allclose(xi.grad, gx0, rtol=1e-4, atol=1e-5), type(m).__name__
+        for p, g0 in zip(m.parameters(), gp0):
+            assert torch.allclose(p.grad, g0, rtol=1e-4, atol=1e-4), type(m).__name__
+        with pytest.raises(RuntimeError, match="fused function ran"):
+            m(x)  # eager still takes the fused function
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the GPU host)")
 @pytest.mark.parametrize("name", [n for n in ALL if not RECIPES[n].uses_fp8
                                   or (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9))])

@@ -47,6 +47,7 @@ from lowbit.bench.common import (
     error_line,
     markdown_table,
     save_results,
+    split_recipe,
     time_steps,
     write_results,
 )
@@ -109,25 +110,38 @@ def layer_filter(layers: str) -> Callable[[str, nn.Module], bool]:
 
 def build_model(preset: str, recipe: str, device: torch.device, layers: str = "clip") -> tuple[nn.Module, str]:
     """The preset's CLIP on ``device`` converted to ``recipe`` (or a torchao anchor); returns (model, "k/n")
-    where k of the n ``nn.Linear`` modules were converted."""
+    where k of the n ``nn.Linear`` modules were converted. ``RECIPE:fused`` converts with
+    ``convert_clip(fuse=True)`` (each block's LayerNorm→qkv and LayerNorm→MLP fused; ``bf16:fused`` is lowbit's
+    fused 16-bit path), ``RECIPE:per-linear`` (the same as a plain name) without."""
     from lowbit.models import CLIP, convert_clip, get_config
 
+    recipe, fuse = split_recipe(recipe, False)
+    if fuse and recipe in BASELINES:
+        recipe = "bf16"  # lowbit's fused 16-bit blocks, not the plain nn.Linear baseline
+    elif fuse and recipe.startswith("torchao-"):
+        raise ValueError(f"{recipe}:fused: torchao anchors convert per linear only")
     model = CLIP(get_config(preset))
     n_lin = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
     flt = layer_filter(layers)
     anchors = torchao_anchors()
-    if recipe in BASELINES:
+    if recipe in BASELINES and not fuse:
         pass
     elif recipe in anchors:
         model = anchors[recipe](model, flt)
     elif recipe.startswith("torchao-"):
         raise RuntimeError(f"{recipe}: torchao is not importable here")
     else:
-        model = convert_clip(model, recipe, module_filter=flt)
+        model = convert_clip(model, recipe, module_filter=flt, fuse=fuse)
     model = model.to(device)
     n_conv = sum(1 for m in model.modules() if isinstance(m, nn.Linear) and type(m) is not nn.Linear)
     if recipe == "torchao-int8-mixed":  # a weight subclass, not a module swap
         n_conv = sum(1 for m in model.modules() if isinstance(m, nn.Linear) and type(m.weight) is not nn.Parameter)
+    if fuse:
+        from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP
+
+        mlps = sum(1 for m in model.modules() if isinstance(m, LowbitMLP))
+        norms = sum(1 for m in model.modules() if isinstance(m, LayerNormMLP | LayerNormLinear))
+        return model, f"{n_conv}/{n_lin}, fused {mlps} MLPs + {norms} LNs"
     return model, f"{n_conv}/{n_lin}"
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lowbit.functional._fused import _FusedFunction, _Spec
 from lowbit.functional._pieces import ACTIVATIONS, act_forward
-from lowbit.functional.linear import _check
+from lowbit.functional.linear import _check, linear
 from lowbit.functional.recipe import Recipe, get_recipe
 
 __all__ = ["mlp"]
@@ -42,6 +42,14 @@ def _unfused(x, w1, b1, w2, b2, activation):
     return F.linear(act_forward(F.linear(x, w1, b1), activation), w2, b2)
 
 
+def composed_mlp(x, w1, b1, w2, b2, activation: str, recipe: Recipe) -> torch.Tensor:
+    """The per-linear composition ``linear(act(linear(x)))`` of the same recipe: what the fused function computes
+    (its definition), and what runs under ``torch.compile``. The fused function launches Triton kernels from Python,
+    which dynamo cannot trace (each would break the graph, and CUDA graphs then capture nothing); the per-linear
+    path's quantizers and matmuls are ``torch.ops.lowbit`` custom ops, and inductor fuses the activation itself."""
+    return linear(act_forward(linear(x, w1, b1, recipe), activation), w2, b2, recipe)
+
+
 def mlp(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -62,6 +70,8 @@ def mlp(
     """
     recipe = get_recipe(recipe)
     _check_activation(activation)
+    if torch.compiler.is_compiling():
+        return composed_mlp(x, w1, b1, w2, b2, activation, recipe)
     w1, b1, w2, b2 = _autocast(x, w1, b1, w2, b2)
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(w1.dtype)
