@@ -279,6 +279,73 @@ JOBS: list[Job] = [
         "6df9dd5", 400, "issue #16 session, device call 10",
         note="8 fused-MLP CUDA-vs-CPU failures there: tolerances set on no derivation; widened from the quantization "
         "step in the next commit, not re-run on a GPU"),
+    Job("step-vit-h-14-fused", "ViT-H/14 training step, eager: fused blocks (RECIPE:fused, bf16:fused = lowbit's fused "
+        "16-bit path) vs per-linear vs plain bf16", f"{LOWBIT} bench step --no-anchors --preset vit-h-14 --batch-size 96 "
+        "--recipe bf16 bf16:fused switchback switchback:fused fp8-switchback fp8-switchback:fused fp8-tensorwise "
+        "fp8-tensorwise:fused --out $DIR", _renamed("step", "step-vit-h-14-fused.md", "step-vit-h-14-fused.json"),
+        "b85f212", 270, "issue #18 session, device call 1", note="the call's 270-s limit stopped it after five rows (the "
+        "fused rows' first warm-up autotunes for 40-75 s); the other rows are step-vit-h-14-fused-fp8"),
+    Job("step-vit-h-14-fused-fp8", "ViT-H/14 training step, eager: the fp8 rows step-vit-h-14-fused did not reach",
+        f"{LOWBIT} bench step --no-anchors --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback:fused "
+        "fp8-tensorwise fp8-tensorwise:fused --out $DIR",
+        _renamed("step", "step-vit-h-14-fused-fp8.md", "step-vit-h-14-fused-fp8.json"), "b85f212", 300,
+        "issue #18 session, device call 2"),
+    Job("step-vit-l-14-fused", "ViT-L/14 training step, eager: fused vs per-linear vs bf16",
+        f"{LOWBIT} bench step --no-anchors --preset vit-l-14 --batch-size 128 --recipe bf16 switchback:fused "
+        "fp8-switchback fp8-switchback:fused --out $DIR",
+        _renamed("step", "step-vit-l-14-fused.md", "step-vit-l-14-fused.json"), "b85f212", 100,
+        "issue #18 session, device call 1"),
+    Job("step-vit-b-32-fused", "ViT-B/32 training step, eager: fused vs per-linear vs bf16",
+        f"{LOWBIT} bench step --no-anchors --preset vit-b-32 --batch-size 256 --recipe bf16 switchback:fused "
+        "fp8-switchback fp8-switchback:fused --out $DIR",
+        _renamed("step", "step-vit-b-32-fused.md", "step-vit-b-32-fused.json"), "b85f212", 70,
+        "issue #18 session, device call 1"),
+    Job("profile-step-vit-h-14", "where the eager ViT-H/14 step's time goes: GPU time per kernel class and per block, "
+        "launches per step, GPU-busy share", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 "
+        "bf16 fp8-switchback fp8-switchback:fused", {"profile-step-vit-h-14.txt": "log"}, "b85f212", 110,
+        "issue #18 session, device call 1", note="the 110-s limit stopped it in the third recipe"),
+    Job("step-vit-h-14-fused-cudagraphs", "ViT-H/14 step, regional compile + CUDA graphs, fused model vs bf16",
+        f"{LOWBIT} bench step --no-anchors --preset vit-h-14 --batch-size 96 --compile --cudagraphs --recipe bf16 "
+        "fp8-switchback:fused", {"step-vit-h-14-fused-cudagraphs.md": "log"}, "b85f212", 200,
+        "issue #18 session, device call 4"),
+    Job("model-vit-h-14", "third-party models at ViT-H widths (timm ViT-H/14 CLIP image tower, Hugging Face CLIPModel), "
+        "one lowbit.convert call per row, eager, bf16 autocast", f"{LOWBIT} bench model --model "
+        "timm:vit_huge_patch14_clip_224 'hf:clip:vision.hidden_size=1280,vision.intermediate_size=5120,"
+        "vision.num_hidden_layers=32,vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,"
+        "text.hidden_size=1024,text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,"
+        "projection_dim=1024' --recipe bf16 fp8-switchback:per-linear fp8-switchback:fused --batch-size 64 "
+        "--no-anchors --out $DIR", _renamed("model", "model-vit-h-14.md", "model-vit-h-14.json"), "b85f212", 340,
+        "issue #18 session, device call 4", note="timm 1.0.29 and transformers 5.17 of the device image"),
+    Job("mlp-ln-mlp-vit-b-32", "ViT-B/32 LayerNorm→MLP+residual block, eager and CUDA graphs, every fused recipe",
+        f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-b-32 --recipes bf16 switchback switchback-m "
+        "fp8-switchback fp8-tensorwise switchback-block fp8-blockwise --cudagraphs --out $DIR",
+        _renamed("mlp", "mlp-ln-mlp-vit-b-32.md", "mlp-ln-mlp-vit-b-32.json"), "b85f212", 240,
+        "issue #17 session, device call 5"),
+    Job("mlp-ln-mlp-llm", "LLM-width (4096↔16384) LayerNorm→MLP+residual block, eager and CUDA graphs",
+        f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes llm --recipes bf16 fp8-tensorwise fp8-switchback "
+        "--cudagraphs --out $DIR", _renamed("mlp", "mlp-ln-mlp-llm.md", "mlp-ln-mlp-llm.json"), "b85f212", 170,
+        "issue #17 session, device call 5"),
+    Job("mlp-ln-mlp-vit-h-14-torchao", "ViT-H/14 LayerNorm→MLP+residual block: torchao 0.18's training linears, eager "
+        "and torch.compile'd, beside lowbit's fused bf16 and plain PyTorch", f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} "
+        "bench mlp --shapes vit-h-14 --recipes bf16 --compile --out $DIR",
+        _renamed("mlp", "mlp-ln-mlp-vit-h-14-torchao.md", "mlp-ln-mlp-vit-h-14-torchao.json"), "b85f212", 95,
+        "issue #17 session, device call 3", needs="torchao"),
+    Job("profile-mlp-ln-mlp-vit-h-14", "the ViT-H/14 LayerNorm→MLP block's CUDA time per kernel, per recipe",
+        "python3 bench/probes/profile_mlp.py nn.Linear switchback switchback-m fp8-switchback fp8-tensorwise "
+        "--block ln-mlp --modes eager --shape vit-h-14", {"profile-mlp-ln-mlp-vit-h-14.txt": "log"}, "b85f212", 120,
+        "issue #17 session, device call 3"),
+    Job("profile-mlp-ln-mlp-vit-h-14-block", "the same for the block-scaled recipes",
+        "python3 bench/probes/profile_mlp.py switchback-block fp8-blockwise --block ln-mlp --modes eager "
+        "--shape vit-h-14", {"profile-mlp-ln-mlp-vit-h-14-block.txt": "log"}, "b85f212", 120,
+        "issue #17 session, device call 5"),
+    Job("multi-2", "multi-GPU `lowbit train` on 2 H100s: loader rate, 1 GPU (two runs side by side), 2 GPUs DDP / "
+        "FSDP2 with and without the 8-bit all-gather (ViT-L/14 128 and ViT-B/32 256 per GPU, bf16 and switchback, "
+        "eager, Fashion-MNIST shards)", "python3 bench/multi_gpu.py --out $DIR --data fmnist --only "
+        "1,big,cudagraphs,resume --probe data --budget 545",
+        {"multi-gpu-2.md": "multi_gpu.md", "multi-gpu-2.json": "multi_gpu.json",
+         "multi-gpu-2-runs.tar.gz": "runs.tar.gz"}, "b85f212", 580, "issue #19 session, device call 6 (nvidia-h100-x2)",
+        note="needs 2 GPUs (nvidia-h100-x2) and .data/fashion-mnist carried; its budget cut the CUDA-graphs and "
+             "resume stages"),
 ]
 
 BY_NAME = {j.name: j for j in JOBS}
