@@ -64,14 +64,17 @@ SKIPPED: dict[str, str] = {
         "needs 4 GPUs (its --dry mode is tests/bench/test_multi_gpu_script.py, --only and --baseline included)",
     'python3 bench/multi_gpu.py --out "$OUT" --data fmnist --only resume,2,cudagraphs --probe none --baseline '
     'FIRST/multi_gpu.json': "needs 4 GPUs and the first call's multi_gpu.json",
+    'python3 bench/multi_gpu.py --out "$OUT" --data fmnist --only 1,big,cudagraphs,resume --probe data --budget 545':
+        "needs 2 GPUs and the carried Fashion-MNIST IDX files",
     "lowbit train --compile --compile-mode reduce-overhead": "CUDA graphs need a GPU",
-    "lowbit bench model --model timm:vit_huge_patch14_224 --batch-size 96 --recipe bf16 switchback fp8-switchback "
-    "fp8-tensorwise --out runs/bench-timm-vit-h":
+    "lowbit bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --recipe bf16 fp8-switchback:per-linear "
+    "fp8-switchback:fused --no-anchors --out runs/bench-timm-vit-h":
         "a ViT-H/14 training step for an H100 and the real timm; the quick start's `lowbit bench model` runs instead",
     "lowbit bench model --model 'hf:clip:vision.hidden_size=1280,vision.intermediate_size=5120,"
-    "vision.num_hidden_layers=32,vision.num_attention_heads=16,vision.patch_size=14,text.hidden_size=1024,"
-    "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024' "
-    "--batch-size 96 --recipe bf16 switchback fp8-switchback --out runs/bench-hf-clip-h":
+    "vision.num_hidden_layers=32,vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,"
+    "text.hidden_size=1024,text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,"
+    "projection_dim=1024' --batch-size 64 --recipe bf16 fp8-switchback:per-linear fp8-switchback:fused --no-anchors "
+    "--out runs/bench-hf-clip-h":
         "a ViT-H-wide CLIP for an H100 and the real transformers (not installed here); the hf: path runs on a "
         "stand-in in tests/bench/test_bench_model.py",
 }

@@ -29,8 +29,8 @@ included), ``model.json`` / ``model.md`` rewritten after every row.
   so that one run (one baseline, one autotuning of each GEMM shape) times both.
 * ``--layers auto`` (default): ``convert``'s own filter (both widths ≥ ``lowbit.nn.convert.MIN_FEATURES`` and
   multiples of 16); ``all``: every ``nn.Linear`` (``module_filter=lambda fqn, m: True``). ``--fuse``: also fuse
-  the Linear → activation → Linear MLPs ``convert`` recognises (off by default, as in ``convert``: the fused
-  ViT-H MLP measured slower than per-linear on an H100). The torchao anchors (when importable) use the same
+  the Linear → activation → Linear MLPs ``convert`` recognises (off by default, as in ``convert``; on an H100 the
+  timm and Hugging Face ViT-H steps ran the same fused and per-linear, ``bench/results/h100/model-vit-h-14.md``). The torchao anchors (when importable) use the same
   filter.
 * ``--compile``: ``torch.compile`` of the repeated blocks (``--compile-scope blocks``: the children of every
   ``nn.ModuleList`` / ``nn.Sequential`` whose children are two or more modules of one class, compiled in place;

@@ -87,8 +87,8 @@ def convert_clip(
 ) -> nn.Module:
     """Swap the model's linears to ``recipe`` with ``lowbit.nn.convert`` (``None``/``"none"``: leave as is).
 
-    ``module_filter`` overrides the filter built from the ``keep_*`` options. With ``fuse`` (off by default: slower
-    than per-linear on an H100 today, see :func:`lowbit.nn.convert`) each block's
+    ``module_filter`` overrides the filter built from the ``keep_*`` options. With ``fuse`` (off by default: faster
+    eager only at ViT-H widths on an H100, see :func:`lowbit.nn.convert`) each block's
     MLP becomes one fused ``LowbitMLP`` and each block's LayerNorms are fused with the quantization of their
     consumers: ``ln2`` + ``mlp`` → ``LayerNormMLP``, ``ln1`` + ``attn.qkv`` → ``LayerNormLinear`` (``ln1``/``ln2``
     become ``LayerNormAlias`` modules holding the same parameters: ``state_dict`` keys are unchanged, and

@@ -241,9 +241,11 @@ def convert(
 ) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` that ``module_filter`` accepts for a ``LowbitLinear`` in place, and
     (``fuse=True``) every Linear → activation → Linear MLP both of whose linears it accepts for a ``LowbitMLP``.
-    ``fuse`` is off by default: on an H100 the fused ViT-H MLP ran slower than per-linear conversion (switchback
-    0.99× vs 1.06× bf16, fp8-switchback 1.05× vs 1.09×; ``bench/results/h100/mlp-fused.md``): the GELU and its
-    derivative in the GEMM epilogue are not yet overlapped with the tensor-core work.
+    ``fuse`` is off by default, as measured on an H100: fused, the eager CLIP training step ran faster at ViT-H
+    (switchback 0.80× vs 0.66× bf16, fp8-tensorwise 0.80× vs 0.71×) but slower at ViT-L and ViT-B (fp8-switchback
+    0.73× vs 0.85×, 0.26× vs 0.34×; ``bench/results/h100/step-*-fused.md``): the GELU and its derivative in the GEMM
+    epilogue are not yet overlapped with the tensor-core work. Under ``torch.compile`` a fused module computes the
+    per-linear composition (same numerics; the fused function's Triton launches would break the graph).
 
     Parameters are shared, not copied, and ``state_dict`` keys are unchanged. Layers already converted get the new
     recipe. Returns ``model`` (replaced when it is itself a bare ``nn.Linear`` or an MLP: use the return value).
