@@ -5,7 +5,9 @@
   t``; all-gather: ``(n-1)/n · bytes / t``), median of 10 after 3 warm-ups. Rank 0 prints one JSON line.
 * ``--data SPEC``: images/s that ``lowbit train``'s DataLoader delivers with ``--workers`` processes (no GPU; 0: in
   the process, as ``lowbit train --workers 0``), after the first batches (worker start-up excluded). Prints one JSON
-  line, which ``bench/multi_gpu.py`` reads for its "data?" flag.
+  line, which ``bench/multi_gpu.py`` reads for its "data?" flag. Stored images travel as uint8 pixels, as in
+  ``lowbit train`` (which normalises them on the GPU); ``--pixels float32`` times the loader normalising them
+  itself (the trainer's path before uint8 transport).
 
     torchrun --standalone --nproc_per_node 4 bench/probes/multi_gpu_probe.py --nccl
     python bench/probes/multi_gpu_probe.py --data synthetic --workers 14 --batch-size 256 --seconds 10
@@ -58,12 +60,12 @@ def nccl() -> None:
     dist.destroy_process_group()
 
 
-def data(spec: str, workers: int, batch_size: int, seconds: float, image_size: int) -> None:
+def data(spec: str, workers: int, batch_size: int, seconds: float, image_size: int, pixels: str = "uint8") -> None:
     from lowbit.data import build_train_data
     from lowbit.models import get_tokenizer
     from lowbit.train.loop import _batches, _loader_batches
 
-    dataset = build_train_data(spec, image_size=image_size, seed=0, batch_size=batch_size)
+    dataset = build_train_data(spec, image_size=image_size, seed=0, batch_size=batch_size, uint8=pixels == "uint8")
     batches = _loader_batches(dataset, batch_size, get_tokenizer(), workers, pin=False) if workers else \
         _batches(dataset, batch_size, get_tokenizer())  # as lowbit train --workers 0: in the process itself
     for _ in range(max(2, workers)):  # start-up: every worker's first batch
@@ -74,6 +76,7 @@ def data(spec: str, workers: int, batch_size: int, seconds: float, image_size: i
         n += images.shape[0]
     dt = time.perf_counter() - t0
     print(json.dumps({"data": spec, "workers": workers, "batch_size": batch_size, "image_size": image_size,
+                      "pixels": str(images.dtype).removeprefix("torch."),
                       "images_per_s": round(n / dt, 1), "per_worker": round(n / dt / max(1, workers), 1)}), flush=True)
 
 
@@ -85,11 +88,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--pixels", choices=["uint8", "float32"], default="uint8",
+                   help="how stored images leave the loader (uint8: as lowbit train)")
     a = p.parse_args()
     if a.nccl:
         nccl()
     if a.data:
-        data(a.data, a.workers, a.batch_size, a.seconds, a.image_size)
+        data(a.data, a.workers, a.batch_size, a.seconds, a.image_size, a.pixels)
 
 
 if __name__ == "__main__":

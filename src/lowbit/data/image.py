@@ -3,6 +3,11 @@
 Pipeline for stored images: decode → RGB (transparent pixels composited over white) → resize so the
 shorter side equals ``image_size`` (bicubic; small images are upsampled here, never stored enlarged) →
 centre crop to a square → float32 ``[3, S, S]`` normalised with the OpenAI CLIP mean/std.
+
+Greyscale images are resized before they become RGB (a third of the work; the same pixels, Pillow resamples
+each band alike). ``uint8=True`` stops before the normalisation: ``[3, S, S]`` uint8, a quarter of the bytes
+between DataLoader processes and to the GPU; :func:`normalize_uint8` (on any device) then gives exactly the
+float32 values of the default path (the same two float32 operations).
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ def check_image_size(image_size: int, minimum: int = 1) -> int:
 
 
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., 3, H, W]`` (0–255) → float32 normalised with CLIP_MEAN/CLIP_STD."""
-    return (images.to(torch.float32) - _MEAN255) * _INV_STD255
+    """uint8 ``[..., 3, H, W]`` (0–255, on any device) → float32 normalised with CLIP_MEAN/CLIP_STD: bit for bit
+    what ``decode_image`` returns without ``uint8``."""
+    dev = images.device
+    return (images.to(torch.float32) - _MEAN255.to(dev)) * _INV_STD255.to(dev)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
@@ -72,16 +79,23 @@ _MEAN255_NP = np.asarray(CLIP_MEAN, dtype=np.float32) * 255.0
 _INV_STD255_NP = 1.0 / (np.asarray(CLIP_STD, dtype=np.float32) * 255.0)
 
 
-def pil_to_tensor(img: Image.Image, image_size: int) -> torch.Tensor:
-    """A Pillow image → normalised float32 ``[3, image_size, image_size]`` (NumPy math: low overhead)."""
-    img = resize_center_crop(to_rgb(img), image_size)
+def pil_to_tensor(img: Image.Image, image_size: int, *, uint8: bool = False) -> torch.Tensor:
+    """A Pillow image → normalised float32 ``[3, image_size, image_size]`` (NumPy math: low overhead), or with
+    ``uint8`` the unnormalised ``[3, S, S]`` uint8 pixels."""
+    if img.mode == "L":  # resize one band, then replicate it: the same pixels as resizing the RGB image
+        img = resize_center_crop(img, image_size).convert("RGB")
+    else:
+        img = resize_center_crop(to_rgb(img), image_size)
+    if uint8:
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, 3).transpose(2, 0, 1).copy())
     arr = np.asarray(img, dtype=np.float32).reshape(image_size, image_size, 3)
     arr = (arr - _MEAN255_NP) * _INV_STD255_NP
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def decode_image(data: bytes | str | os.PathLike[str], image_size: int) -> torch.Tensor:
-    """Decode image bytes (or a file path) → normalised ``[3, S, S]``.
+def decode_image(data: bytes | str | os.PathLike[str], image_size: int, *, uint8: bool = False) -> torch.Tensor:
+    """Decode image bytes (or a file path) → normalised float32 ``[3, S, S]`` (``uint8``: the uint8 pixels, see
+    :func:`normalize_uint8`).
 
     Raises on anything undecodable (truncated, not an image, decompression bomb); callers count and skip.
     """
@@ -90,4 +104,4 @@ def decode_image(data: bytes | str | os.PathLike[str], image_size: int) -> torch
         if img.format == "JPEG":
             img.draft("RGB", (image_size, image_size))  # decode big JPEGs at reduced scale: much faster
         img.load()
-        return pil_to_tensor(img, image_size)
+        return pil_to_tensor(img, image_size, uint8=uint8)

@@ -140,10 +140,10 @@ def read_caption(data: bytes) -> str:
     return text
 
 
-def load_image(data: bytes | str, image_size: int) -> torch.Tensor:
-    """Decode or raise SkipSample("skipped_images")."""
+def load_image(data: bytes | str, image_size: int, uint8: bool = False) -> torch.Tensor:
+    """Decode (``uint8``: to uint8 pixels, see ``decode_image``) or raise SkipSample("skipped_images")."""
     try:
-        return decode_image(data, image_size)
+        return decode_image(data, image_size, uint8=uint8)
     except Exception as exc:  # PIL raises many types for bad data; all mean "skip"
         raise SkipSample("skipped_images", f"{type(exc).__name__}: {exc}") from exc
 
@@ -202,7 +202,7 @@ class TarStream(FiniteStream):
         except OSError as exc:
             raise SkipSample("skipped_captions", str(exc)) from exc
         caption = read_caption(text or b"")
-        return load_image(self.reader.image_bytes(sample_id), self.image_size), caption
+        return load_image(self.reader.image_bytes(sample_id), self.image_size, self.uint8), caption
 
 
 # ---- CSV / TSV -------------------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ class TableStream(FiniteStream):
         caption = read_caption(self.table.captions[sample_id].encode("utf-8", "surrogateescape"))
         path = self.table.images[sample_id]
         try:
-            return load_image(path, self.image_size), caption
+            return load_image(path, self.image_size, self.uint8), caption
         except SkipSample as skip:
             if isinstance(skip.__cause__, FileNotFoundError):
                 raise SkipSample("missing_files", path) from skip.__cause__

@@ -198,8 +198,10 @@ def build_train_data(
     rank: int = 0,
     world_size: int = 1,
     batch_size: int = 1,
+    uint8: bool = False,
 ) -> IterableDataset:
-    """Infinite, deterministic training stream of ``(image [3, S, S] float32 CLIP-normalised, caption)``.
+    """Infinite, deterministic training stream of ``(image [3, S, S] float32 CLIP-normalised, caption)``
+    (``uint8``: stored images as uint8 pixels, to be normalised where the batch lands; see ``SampleStream``).
 
     ``start``: samples this rank already consumed (exact resume). ``rank``/``world_size``: rank ``r`` gets
     global positions ``r, r+W, ...``. ``batch_size``: pass the DataLoader's batch size so that with
@@ -209,7 +211,8 @@ def build_train_data(
     check_image_size(image_size)
     kind = _kind(spec)
     spec = os.fspath(spec)
-    common = dict(image_size=image_size, seed=seed, start=start, rank=rank, world_size=world_size, batch_size=batch_size)
+    common = dict(image_size=image_size, seed=seed, start=start, rank=rank, world_size=world_size, batch_size=batch_size,
+                  uint8=uint8)
     if kind == "synthetic":
         return SyntheticStream(parse_synthetic(spec), **common)
     if kind == "prepared":

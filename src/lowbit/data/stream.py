@@ -45,16 +45,21 @@ class SampleStream(IterableDataset):
     """Base class: yields ``(image [3, S, S] float32, caption str)`` forever.
 
     Subclasses implement ``_produce(positions)``: global stream positions (a 1-D int64 array) → one
-    ``(image, caption)`` per position, in order.
+    ``(image, caption)`` per position, in order. ``uint8=True``: sources of stored (decoded) images yield their
+    uint8 pixels instead, for the consumer to normalise with ``lowbit.data.normalize_uint8`` where the batch lands
+    (the same float32 values; a quarter of the bytes through the DataLoader and to the GPU); sources that render
+    float pixels (synthetic) yield float32 as before, so check the dtype.
     """
 
     chunk: int = 64  # positions handed to _produce at once (vectorised sources render a whole chunk)
     damage: dict[str, object]  # found before reading (damaged shards, incomplete samples); {} if none
 
     def __init__(
-        self, *, image_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1
+        self, *, image_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1,
+        uint8: bool = False,
     ) -> None:
         super().__init__()
+        self.uint8 = bool(uint8)
         self.image_size = _check_int("image_size", image_size, 1)
         self.seed = _check_int("seed", seed, -(2**63))
         self.start = _check_int("start", start, 0)

@@ -247,6 +247,14 @@ def _loader_batches(dataset: Any, batch_size: int, tokenizer: Any, workers: int,
     return iter(loader)
 
 
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of images on ``device``, float32 CLIP-normalised: stored images travel as uint8 pixels (a quarter of
+    the bytes through the DataLoader's shared memory and to the GPU; ``lowbit.data.normalize_uint8`` gives the
+    values the loader would have computed, bit for bit), rendered ones (synthetic) as float32."""
+    images = images.to(device, non_blocking=True)
+    return data_module().normalize_uint8(images) if images.dtype == torch.uint8 else images
+
+
 def _ignore_sigint(worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C to the training process, which finishes its step and saves (a worker that
     died of the terminal's SIGINT would fail the next batch)."""
@@ -876,7 +884,7 @@ def _data(run: _Run) -> Any:
     loader_kw = {"batch_size": cfg.batch_size} if cfg.workers else {}
     run.dataset = dataset = data.build_train_data(
         cfg.data, image_size=model_cfg.vision.image_size, seed=cfg.seed, start=run.data_position, rank=env.rank,
-        world_size=env.world_size, **loader_kw,
+        world_size=env.world_size, uint8=True, **loader_kw,  # uint8 pixels: normalised on the device (_to_device)
     )
     run.damage = dict(getattr(dataset, "damage", None) or {})
     zeroshot = zeroshot_spec(cfg.zeroshot, cfg.data)  # "auto": a prepared --data folder's own tasks, else synthetic
@@ -901,7 +909,7 @@ def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int,
             micro = []
             for _ in range(cfg.accum_steps):
                 images, tokens = next(batches)
-                micro.append((images.to(env.device, non_blocking=True), tokens.to(env.device, non_blocking=True)))
+                micro.append((_to_device(images, env.device), tokens.to(env.device, non_blocking=True)))
             logging = step % cfg.log_every == 0 or step == end_step  # the same on every rank
             try:
                 loss, grad_norm = train_step(tr, micro, step, logging)
