@@ -67,7 +67,7 @@ def main() -> None:
         n_blocks = len(model.visual.blocks) + len(model.text.blocks)
         walls: list[float] = []
 
-        def step(i: int) -> None:
+        def step(i: int, tr: Trainer = tr) -> None:
             t0 = time.perf_counter()
             train_step(tr, [(images, tokens)], i, logging=False)
             if cuda:
