@@ -160,7 +160,7 @@ def build_jobs(a: argparse.Namespace) -> list[Job]:
         jobs.append(Job(f"L-{r8}-fsdp2-ag16", "2 GPUs", "L", r8, 2, "fsdp", ["--no-fsdp-8bit-allgather"],
                         dict(PIN_FP8)))
     cg = ["--steps", "14", "--batch-size", str(a.resume_batch)]
-    jobs.append(Job("cg-ddp2-eager", "cudagraphs", "B", "bf16", 2, "ddp", cg))
+    jobs.append(Job("cg-ddp2-eager", "cudagraphs", "B", "bf16", 2, "ddp", [*cg, "--no-compile"]))
     jobs.append(Job("cg-ddp2-graphs", "cudagraphs", "B", "bf16", 2, "ddp",
                     [*cg, "--compile", "--compile-mode", "reduce-overhead"], {"LOWBIT_DDP_CUDAGRAPHS": "1"}))
     if a.dry:
@@ -187,8 +187,8 @@ def command(j: Job, a: argparse.Namespace, out: Path) -> list[str]:
         preset, batch = ("vit-b-32", a.batch_b) if j.model == "B" else ("vit-l-14", a.batch_l)
         model = ["--preset", preset, "--batch-size", str(batch)]
     steps = ["--steps", str(a.steps)]
-    if a.compile and j.stage != "cudagraphs":
-        steps.append("--compile")
+    if j.stage != "cudagraphs":  # eager unless --compile (lowbit train's default, compile auto, compiles on 1 GPU)
+        steps.append("--compile" if a.compile else "--no-compile")
     return [*launcher, "train", *model, *steps, "--recipe", j.recipe, "--optimizer", "stableadamw", "--warmup", "5",
             "--data", a.data_spec, "--zeroshot", "none", "--no-progress", "--log-every", "1", "--save-every", "-1",
             "--workers", str(workers_per_rank(a)), *(["--parallel", j.parallel] if j.parallel != "none" else []),

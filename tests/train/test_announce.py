@@ -32,7 +32,7 @@ def test_first_line_says_what_it_chose_and_the_end_gives_steady_images_per_s(
     assert first.startswith("lowbit train: cpu ") and ", fp32 | " in first  # device, precision
     # 1-layer towers: 4 linears each converted, the 2 final projections not (layers clip)
     assert "| recipe switchback-sim (8/10 linears), layers clip, per-linear (not fused) |" in first
-    assert "| eager (no torch.compile) |" in first
+    assert "| eager (auto: CPU) |" in first
     assert "| tiny (" in first and "| adamw lr " in first and "| 8 steps x 8 |" in first
     assert first.endswith(str(tmp_path / "run"))
     end = next(line for line in lines if line.startswith("throughput: "))
@@ -60,7 +60,8 @@ def test_first_line_names_the_compile_mode(tmp_path: Path, fake_data: SimpleName
               "--layers", "auto", "--recipe", "fp8-switchback-sim", "--fuse"])
     first = capsys.readouterr().out.splitlines()[0]
     assert "| recipe fp8-switchback-sim (0/22 linears), layers auto, fused (0 MLPs, 0 LayerNorms) |" in first
-    assert "| torch.compile mode reduce-overhead (no CUDA graphs on cpu), quantize: kernel |" in first
+    assert ("| torch.compile model, mode reduce-overhead (no CUDA graphs on cpu), quantize: kernel (compile true) |"
+            in first)
 
 
 def test_throughput_line_without_a_steady_state() -> None:

@@ -34,7 +34,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--layers", "layers", str, "clip: convert every block linear; auto: only those wide enough to gain on a GPU "
      "(>= 1280 on an H100; the tiny preset then keeps all 16-bit)"),
     ("--compile-mode", "compile_mode", str, "with --compile: default, reduce-overhead (CUDA graphs: no per-launch CPU "
-     "cost), max-autotune or max-autotune-no-cudagraphs"),
+     "cost), max-autotune or max-autotune-no-cudagraphs (without --compile, auto picks reduce-overhead itself)"),
     ("--compiled-quantize", "compiled_quantize", str, "with --compile: kernel (lowbit's Triton quantizers) or inductor "
      "(the same numerics traced, so inductor fuses them into the op producing each tensor)"),
     ("--precision", "precision", str, "bf16 or fp32 (default: bf16 autocast on GPU, fp32 on CPU)"),
@@ -68,7 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML file of options (command-line flags win)")
     for flag, dest, typ, text in _OPTIONS:
         parser.add_argument(flag, dest=dest, type=typ, default=None, help=text)
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    parser.add_argument("--compile", dest="compile", action="store_true", default=None,
+                        help="torch.compile the whole model with --compile-mode (default: auto: on one GPU, one "
+                        "process and accum steps 1, each transformer block compiled with CUDA graphs, mode "
+                        "reduce-overhead; eager elsewhere; the run's first line says which and why)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                        help="eager: no torch.compile, even on a GPU")
     parser.add_argument("--monitor", action="store_true", default=None, help="log per-parameter RMS (loss-spike predictor)")
     parser.add_argument("--activations", action="store_true", default=None,
                         help="log max |activation| of each transformer block as act/<block>")

@@ -53,9 +53,11 @@ class TrainConfig:
     steps: int = 250
     stop_at: int = 0  # end this invocation after this step (as if pre-empted); 0 = run to `steps`
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile mode (COMPILE_MODES); reduce-overhead = CUDA graphs
-    compiled_quantize: str = "kernel"  # compiled models: lowbit's quantize kernels, or "inductor" (fused into producers)
+    # auto: on one GPU (one process, accum_steps 1) each transformer block compiled with CUDA graphs, else eager;
+    # true: the whole model compiled with compile_mode; false: eager (lowbit.train.compiling.resolve_compile)
+    compile: bool | str = "auto"
+    compile_mode: str = "default"  # with compile true: torch.compile mode (COMPILE_MODES); reduce-overhead = CUDA graphs
+    compiled_quantize: str = "kernel"  # compile true: lowbit's quantize kernels, or "inductor" (fused into producers)
     # multi-process (torchrun; ignored with one process)
     parallel: str = "ddp"  # ddp: DistributedDataParallel; fsdp: FSDP2 fully_shard per block + root (bf16 params on CUDA)
     local_loss: bool = False  # each rank: logits of its own features against all gathered ones (open_clip's local_loss)
@@ -114,16 +116,20 @@ class TrainConfig:
         _check("layers", self.layers, self.layers in LAYERS, " or ".join(LAYERS))
         _check("parallel", self.parallel, self.parallel in PARALLEL, f"one of {', '.join(PARALLEL)}")
         _check("compile_mode", self.compile_mode, self.compile_mode in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}")
+        _check("compile", self.compile, self.compile is True or self.compile is False or self.compile == "auto",
+               "true, false or auto")
         _check("compile_mode", self.compile_mode, self.compile_mode == "default" or self.compile is True,
-               "'default' unless compile is true (a mode has no effect without compiling)")
+               f"'default' unless compile is true (compile is {self.compile!r}: "
+               + ("auto chooses its own mode; pass --compile to compile the whole model with this one)"
+                  if self.compile == "auto" else "a mode has no effect without compiling)"))
         _check("compile_mode", self.compile_mode, self.compile_mode not in CUDA_GRAPH_MODES or self.accum_steps == 1,
                "a mode without CUDA graphs when accum_steps > 1 (the cached micro-batch features would be "
                "overwritten by the next graph replay)")
         _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize in COMPILED_QUANTIZE,
                f"one of {', '.join(COMPILED_QUANTIZE)}")
         _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize == "kernel" or self.compile is True,
-               "'kernel' unless compile is true (it chooses how a compiled model quantizes)")
-        for name in ("compile", "monitor", "activations", "progress", "local_loss", "gather_with_grad",
+               "'kernel' unless compile is true (it chooses how a compiled model quantizes; pass --compile)")
+        for name in ("monitor", "activations", "progress", "local_loss", "gather_with_grad",
                      "fsdp_8bit_allgather", "overwrite", "fuse"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _check(

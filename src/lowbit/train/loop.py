@@ -51,6 +51,7 @@ from lowbit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from lowbit.train.compiling import CompileChoice, compile_blocks, resolve_compile
 from lowbit.train.config import CUDA_GRAPH_MODES, TrainConfig, load_yaml
 from lowbit.train.distributed import (
     all_finite,
@@ -425,6 +426,7 @@ class Trainer:
     act_monitor: Any = None
     n_params: int = 0
     fsdp8: bool = False  # FSDP2 gathers eligible weights as 8-bit codes: refresh their scales after each update
+    compiled: CompileChoice | None = None  # what build_trainer compiled (resolve_compile); None: built elsewhere
     notes: list[str] = field(default_factory=list)  # set-up notes, printed after the run's first line
 
 
@@ -466,7 +468,8 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     model: torch.nn.Module = raw_model
     if env.parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and env.device.type == "cuda"
+    choice = resolve_compile(cfg, env)
+    graphs = choice.compile and choice.mode in CUDA_GRAPH_MODES and env.device.type == "cuda"
     if graphs and env.world_size > 1 and not (env.parallel == "ddp" and os.environ.get("LOWBIT_DDP_CUDAGRAPHS") == "1"):
         why = ("FSDP2's all-gathers and reshards run in hooks between the captured graphs and free the memory the "
                "graphs would replay into" if env.parallel == "fsdp" else
@@ -476,13 +479,15 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
                "checks it on GPUs; LOWBIT_DDP_CUDAGRAPHS=1 lifts this check to try it)")
         raise ValueError(f"compile_mode={cfg.compile_mode!r} (CUDA graphs) is not supported with several processes "
                          f"under {env.parallel}: {why}. Use compile_mode 'default' or 'max-autotune-no-cudagraphs'")
-    if cfg.compile:
-        model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+    if choice.scope == "model":
+        model = torch.compile(model, mode=None if choice.mode == "default" else choice.mode)
+    elif choice.scope == "blocks":  # in place: raw_model's blocks are compiled too (evaluation turns them off)
+        compile_blocks(raw_model, choice.mode)
     return Trainer(
         model=model, raw_model=raw_model, optimizer=optimizer, env=env, scheduler=scheduler, accum_steps=cfg.accum_steps,
         grad_clip=cfg.grad_clip, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, graphs=graphs,
         monitor=_monitor(cfg, raw_model, optimizer), act_monitor=act_monitor, n_params=n_params, fsdp8=fsdp8,
-        notes=[n for n in notes if n],
+        notes=[n for n in notes if n], compiled=choice,
     )
 
 
@@ -709,6 +714,7 @@ class _Run:
             "recipe": cfg.recipe,
             "optimizer": cfg.optimizer,
             "precision": env.precision,
+            "compiled": _compile_choice(cfg, env, self.tr),  # what compile (auto by default) chose, and why
             "device": env.device_name,
             "world_size": env.world_size,
             "parallel": env.parallel or "none",
@@ -760,7 +766,12 @@ class _Run:
     def evaluate(self, step: int, announce: bool = True) -> None:
         if not self.tasks:
             return
-        self.evals = evaluate_zeroshot(self.tr.raw_model, self.tasks, self.tokenizer, self.env.device, self.env.autocast)
+        # blocks compiled in place (compile auto) run eager here, as the whole-model compile leaves raw_model: no
+        # recompiles for eval mode and other shapes, no CUDA-graph replays outside the training steps
+        regional = self.tr.compiled is not None and self.tr.compiled.scope == "blocks"
+        with torch.compiler.set_stance("force_eager") if regional else contextlib.nullcontext():
+            self.evals = evaluate_zeroshot(self.tr.raw_model, self.tasks, self.tokenizer, self.env.device,
+                                           self.env.autocast)
         if not self.env.master:
             return
         assert self.logger is not None
@@ -980,17 +991,19 @@ def _fuse_choice(cfg: TrainConfig, model: torch.nn.Module) -> str:
 
 
 def _compile_choice(cfg: TrainConfig, env: Env, tr: Trainer) -> str:
-    """``eager``, or the torch.compile mode, whether it replays CUDA graphs and how compiled layers quantize."""
-    if not cfg.compile:
-        return "eager (no torch.compile)"
-    text = f"torch.compile mode {cfg.compile_mode}"
+    """``eager``, or what torch.compile compiles (the whole model or each block), its mode, whether it replays
+    CUDA graphs and how compiled layers quantize; then why (``resolve_compile``), e.g. ``eager (auto: CPU)``."""
+    choice = tr.compiled or resolve_compile(cfg, env)
+    if not choice.compile:
+        return f"eager ({choice.reason})"
+    text = f"torch.compile {choice.scope}, mode {choice.mode}"
     if tr.graphs:
         text += " + CUDA graphs"
-    elif cfg.compile_mode in CUDA_GRAPH_MODES:
+    elif choice.mode in CUDA_GRAPH_MODES:
         text += f" (no CUDA graphs on {env.device.type})"
     if cfg.recipe not in ("none", "bf16"):
         text += f", quantize: {cfg.compiled_quantize}"
-    return text
+    return f"{text} ({choice.reason})"
 
 
 def _steady(step_times: list[float], samples_per_step: int) -> float | None:
