@@ -66,7 +66,6 @@ SKIPPED: dict[str, str] = {
     'FIRST/multi_gpu.json': "needs 4 GPUs and the first call's multi_gpu.json",
     'python3 bench/multi_gpu.py --out "$OUT" --data fmnist --only 1,big,cudagraphs,resume --probe data --budget 545':
         "needs 2 GPUs and the carried Fashion-MNIST IDX files",
-    "lowbit train --compile --compile-mode reduce-overhead": "CUDA graphs need a GPU",
     "lowbit bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --recipe bf16 fp8-switchback:per-linear "
     "fp8-switchback:fused --no-anchors --out runs/bench-timm-vit-h":
         "a ViT-H/14 training step for an H100 and the real timm; the quick start's `lowbit bench model` runs instead",
@@ -80,8 +79,7 @@ SKIPPED: dict[str, str] = {
 }
 # commands the README gives inline (in prose, `...`) rather than in a code block
 INLINE = ["lowbit data prepare emoji --out DIR", "apt-get install dataset-fashion-mnist",
-          "npm install emoji-datasource-google", "python3 bench/multi_gpu.py --out $OUT",
-          "lowbit train --compile --compile-mode reduce-overhead"]
+          "npm install emoji-datasource-google", "python3 bench/multi_gpu.py --out $OUT"]
 
 
 def readme_commands() -> list[str]:
