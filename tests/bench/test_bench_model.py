@@ -310,8 +310,21 @@ def test_cpu_run_warns_and_help_lists_it() -> None:
     assert "model" in HELP.split(":", 1)[1].split(" | ")[-1]
 
 
-def test_bench_step_model_points_to_bench_model(capsys) -> None:
-    assert main(["bench", "step", "--model", "timm:vit_tiny", "--device", "cpu"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "lowbit bench: error: lowbit bench step times lowbit's CLIP presets (--preset); for a timm or Hugging Face "
-        "model use: lowbit bench model --model timm:vit_tiny ...")
+def test_bench_step_model_runs_bench_model_with_its_options(fake_timm, tmp_path: Path, capsys,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lowbit bench step --model SPEC`` times the model as ``lowbit bench model`` does, with bench step's options."""
+    rc = main(["bench", "step", "--model", "timm:vit_tiny", "--recipe", "bf16", "switchback-sim:fused",
+               "--batch-size", "4", "--steps", "2", "--warmup", "1", "--device", "cpu", "--no-anchors",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "model.json").read_text())
+    rows = {r["recipe"]: r for r in data["rows"]}
+    assert list(rows) == ["bf16", "switchback-sim:fused"] and all("error" not in r for r in rows.values())
+    assert rows["bf16"]["batch"] == 4 and data["args"]["steps"] == 2 and data["args"]["layers"] == "auto"
+    assert not (tmp_path / "step.json").exists()
+    # bench model's checks run first: a bad option is one line
+    assert main(["bench", "step", "--model", "timm:vit_tiny", "--cudagraphs", "--device", "cpu"]) == 2
+    assert "--cudagraphs needs --compile" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    assert main(["bench", "step", "--model", "hf:clip", "--device", "cpu"]) == 2
+    assert "needs the transformers package" in capsys.readouterr().err

@@ -25,8 +25,8 @@ so the numbers are the model's, not the input pipeline's). Every recipe of a pre
 * A row that fails (out of memory, compile error, a recipe the device cannot run) is recorded with its error;
   the others still run. Results are rewritten to ``--out`` after every row, so a run cut short keeps its rows.
 
-A timm or Hugging Face model's step (converted with ``lowbit.convert``) is ``lowbit bench model --model SPEC``
-(``lowbit.bench.model``); ``lowbit bench step --model`` says so.
+A timm or Hugging Face model's step (converted with ``lowbit.convert``): ``lowbit bench step --model SPEC`` runs
+``lowbit bench model`` (``lowbit.bench.model``) with this command's options.
 """
 
 from __future__ import annotations
@@ -379,17 +379,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for step.json and step.md (rewritten per row)")
-    parser.add_argument("--model", nargs="+", default=None, help=argparse.SUPPRESS)  # points to `bench model`
+    parser.add_argument("--model", nargs="+", default=None, metavar="SPEC",
+                        help="time a timm or Hugging Face model instead of the presets (timm:NAME, hf:TYPE[:k=v,...]): "
+                             "the same as `lowbit bench model --model SPEC` with this command's --recipe, "
+                             "--batch-size (0: 32), --steps, --warmup, --compile, --cudagraphs, --compile-scope, "
+                             "--optimizer, --precision, --no-anchors, --device and --out (--layers clip: convert's "
+                             "default filter); writes model.json / model.md")
+
+
+def model_args(args: argparse.Namespace) -> argparse.Namespace:
+    """``bench step --model ...`` as ``lowbit bench model`` arguments (that benchmark's defaults for the rest)."""
+    from lowbit.bench import model
+
+    parser = argparse.ArgumentParser(prog="lowbit bench step --model")
+    model.add_arguments(parser)
+    out = parser.parse_args(["--model", *args.model])
+    for key in ("recipes", "steps", "warmup", "compile", "cudagraphs", "compile_scope", "optimizer", "precision",
+                "no_anchors", "device", "out"):
+        setattr(out, key, getattr(args, key))
+    out.batch_size = args.batch_size or out.batch_size
+    out.layers = "auto" if args.layers in ("clip", "auto") else args.layers
+    return out
 
 
 def check(args: argparse.Namespace) -> None:
-    """Before anything runs: ``--model`` belongs to ``lowbit bench model``."""
+    """Before anything runs: with ``--model``, ``lowbit bench model``'s checks (options, the model's package)."""
     if getattr(args, "model", None):
-        raise ValueError("lowbit bench step times lowbit's CLIP presets (--preset); for a timm or Hugging Face model "
-                         f"use: lowbit bench model --model {' '.join(args.model)} ...")
+        from lowbit.bench import model
+
+        model.check(model_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None):  # a timm / Hugging Face model: lowbit bench model's step, same options
+        from lowbit.bench import model
+
+        return model.run(model_args(args))
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 0:
         raise ValueError("--steps must be >= 1, --warmup and --batch-size >= 0")
     payload = run_step(args)
