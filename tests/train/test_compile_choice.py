@@ -154,3 +154,26 @@ def test_regional_compile_trains_like_eager(tmp_path: Path, fake_data: SimpleNam
     assert eager["model"].keys() == compiled["model"].keys()
     for k, v in eager["model"].items():
         torch.testing.assert_close(compiled["model"][k], v, rtol=0, atol=1e-7, msg=k)
+
+
+def test_a_compile_failure_under_auto_says_to_pass_no_compile(tmp_path: Path, fake_data: SimpleNamespace,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """compile auto is not something the user asked for: when torch.compile fails, the error says how to run eager
+    (one line; the compiler's error stays attached). With an explicit compile: true the error is passed as it is."""
+    import torch._dynamo
+
+    import lowbit.train.loop as loop
+
+    def broken(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        raise NotImplementedError("this backend cannot compile")
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(loop, "compile_blocks", lambda model, mode: compile_blocks(model, mode, backend=broken))
+    for reason, match in (("auto: one GPU", r"compile auto compiled \(auto: one GPU\).*--no-compile"),
+                          ("compile true", "this backend cannot compile")):
+        monkeypatch.setattr(loop, "resolve_compile", lambda cfg, env, r=reason: CompileChoice(True, None, "blocks", r))
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=match) as info:
+            train(TrainConfig.from_dict({**SMALL, "steps": 2, "warmup": 1, "device": "cpu",
+                                         "out": str(tmp_path / reason.replace(" ", "_").replace(":", ""))}))
+        assert (type(info.value) is RuntimeError) == reason.startswith("auto")

@@ -256,6 +256,19 @@ def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return data_module().normalize_uint8(images) if images.dtype == torch.uint8 else images
 
 
+def _explain_compile_failure(e: Exception, tr: Trainer) -> None:
+    """A torch.compile error (dynamo / inductor) under ``compile: auto``, which the user did not ask for: raise one
+    line that says so and how to train eager instead (the original error stays attached as the cause)."""
+    choice = tr.compiled
+    if choice is None or not choice.compile or not choice.reason.startswith("auto"):
+        return
+    if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        return
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise RuntimeError(f"torch.compile failed in the blocks that compile auto compiled ({choice.reason}): "
+                       f"{type(e).__name__}: {first[:300]}; train eager with --no-compile (compile: false)") from e
+
+
 def _ignore_sigint(worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C to the training process, which finishes its step and saves (a worker that
     died of the terminal's SIGINT would fail the next batch)."""
@@ -926,6 +939,9 @@ def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int,
                 loss, grad_norm = train_step(tr, micro, step, logging)
             except _NonFiniteLoss as e:
                 raise NonFiniteLossError(step, e.value, run.last_ckpt, run.last_ckpt_step) from None
+            except Exception as e:
+                _explain_compile_failure(e, tr)
+                raise
             run.data_position += cfg.batch_size * cfg.accum_steps
             if run.record(step, loss, grad_norm, logging, time.perf_counter() - t0, interrupt.signum):
                 interrupted = interrupt.signum or signal.SIGTERM  # another rank's signal: pre-emption
