@@ -23,9 +23,10 @@ What it runs (eager unless ``--compile``, no checkpoints except the resume check
 
 Data (``--data``): ``fmnist`` trains on Fashion-MNIST shards prepared once from the IDX files carried in
 ``.data/fashion-mnist`` (``lowbit data prepare fashion-mnist`` into ``.data/fmnist``, ~11 s, skipped where
-``.data/fmnist/manifest.json`` exists; done while the NCCL probes run): on the 2-core development CPU a worker
-decoded them at ~570 images/s, where ``synthetic`` rendered ~141 per worker on the 4xH100 host (~228 per core on the
-development CPU) and bound ViT-B/32 there. ``auto`` (default): ``fmnist``
+``.data/fmnist/manifest.json`` exists; done while the NCCL probes run): the 2xH100 host's stage 0 measured 294 images/s per worker with float32
+transport (4109 with 14 workers), where ``synthetic`` rendered ~141 per worker on the 4xH100 host and bound ViT-B/32
+there; since then stored images travel as uint8 (3.1x the float32 rate with 2 workers on the 2-core development CPU,
+``bench/results/cpu/loader-fmnist.md``), not yet measured on a GPU host. ``auto`` (default): ``fmnist``
 on GPUs where the IDX files (or the prepared folder) are present, else ``synthetic``. Any other value is passed to
 ``lowbit train --data`` as is.
 
@@ -69,9 +70,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # fallback when no data probe ran, images/s per DataLoader worker at 224 px: synthetic as stage 0 measured it on the
-# 4xH100 host (1983 img/s with 14 workers at batch 256); Fashion-MNIST shards as measured on the 2-core development
-# CPU (decode, resize, collate), not yet on that host
-RATE_PER_WORKER = {"synthetic": 141.0, "fmnist": 570.0}
+# 4xH100 host (1983 img/s with 14 workers at batch 256); Fashion-MNIST shards as stage 0 measured them on the 2xH100
+# host with float32 transport (4109 img/s with 14 workers; uint8 transport since, not measured there)
+RATE_PER_WORKER = {"synthetic": 141.0, "fmnist": 294.0}
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 # the fp8 matmul's per-process cuBLAS/Triton timing choice made two otherwise identical runs differ at step 1; pinned
 # for the runs whose losses are compared (no effect on int8/bf16 matmuls: int8 always runs Triton)
