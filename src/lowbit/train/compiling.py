@@ -52,6 +52,8 @@ def resolve_compile(cfg: TrainConfig, env: Env) -> CompileChoice:
     if cfg.accum_steps > 1:
         return CompileChoice(False, None, "none", f"auto: accum_steps {cfg.accum_steps}; CUDA graphs would overwrite "
                              "the cached micro-batch features")
+    if not hasattr(torch.compiler, "set_stance"):  # torch < 2.6: evaluation could not run the compiled blocks eager
+        return CompileChoice(False, None, "none", f"auto: torch {torch.__version__} (the compiled path needs >= 2.6)")
     return CompileChoice(True, AUTO_MODE, "blocks", "auto: one GPU")
 
 
