@@ -85,3 +85,20 @@ def test_trainer_normalises_uint8_batches_on_the_device() -> None:
     assert out.dtype == torch.float32 and torch.equal(out, normalize_uint8(u8))
     f = torch.randn(2, 3, 8, 8)
     assert _to_device(f, torch.device("cpu")) is f  # float batches (synthetic) pass through
+
+
+def test_uint8_batches_through_dataloader_workers_match_the_float_path(tmp_path: Path) -> None:
+    """The trainer's loader (2 worker processes, uint8 transport) gives, once normalised, the float32 batches of the
+    in-process float path: same samples, same order, same values."""
+    from lowbit.models import get_tokenizer
+    from lowbit.train.loop import _batches, _loader_batches
+
+    samples = [(f"{i:04d}", {"png": _image(mode, wh, fmt, i), "txt": f"c{i}".encode()})
+               for i, (mode, wh, fmt) in enumerate(CASES * 3) if fmt == "PNG"]
+    write_shard(tmp_path / "s-000.tar", samples)
+    spec, tok = str(tmp_path / "s-000.tar"), get_tokenizer()
+    ref = _batches(build_train_data(spec, image_size=16, seed=1, batch_size=4), 4, tok)
+    got = _loader_batches(build_train_data(spec, image_size=16, seed=1, batch_size=4, uint8=True), 4, tok, 2, pin=False)
+    for _ in range(3):
+        (a, ta), (b, tb) = next(ref), next(got)
+        assert b.dtype == torch.uint8 and torch.equal(normalize_uint8(b), a) and torch.equal(ta, tb)
