@@ -34,6 +34,9 @@ def _env(device: str = "cuda", world_size: int = 1) -> Env:
         ({"compile": True}, _env(), (True, "default", "model", "compile true")),
         ({"compile": True, "compile_mode": "reduce-overhead"}, _env("cpu"),
          (True, "reduce-overhead", "model", "compile true")),
+        ({"activations": True}, _env(), (False, None, "none", "auto: --activations hooks sit inside the blocks (not "
+                                         "verified under CUDA graphs; --compile --compile-mode reduce-overhead "
+                                         "compiles the whole model, which ran with them)")),
         ({"compile": False}, _env(), (False, None, "none", "compile false")),
         ({"compile": False}, _env("cpu"), (False, None, "none", "compile false")),
     ],

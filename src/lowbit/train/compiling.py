@@ -8,7 +8,8 @@ eager, where they are bound by the CPU cost of their kernel launches
 (``bench/results/h100/step-vit-h-14-gemm-cudagraphs.md`` against ``step-vit-h-14-gemm-eager.md``).
 Everywhere else auto is eager: on the CPU there are no CUDA graphs (where that gain comes from), CUDA graphs are not verified under DDP/FSDP
 (``build_trainer`` refuses them with several processes) and with ``accum_steps`` > 1 a replay would overwrite
-the cached micro-batch features. ``compile: true`` compiles the whole model with ``compile_mode`` (all of
+the cached micro-batch features; ``activations`` hooks inside the compiled blocks are not verified under CUDA
+graphs. ``compile: true`` compiles the whole model with ``compile_mode`` (all of
 ``build_trainer``'s checks); ``compile: false`` is eager.
 """
 
@@ -52,6 +53,10 @@ def resolve_compile(cfg: TrainConfig, env: Env) -> CompileChoice:
     if cfg.accum_steps > 1:
         return CompileChoice(False, None, "none", f"auto: accum_steps {cfg.accum_steps}; CUDA graphs would overwrite "
                              "the cached micro-batch features")
+    if cfg.activations:  # forward hooks inside each compiled block: not verified under CUDA graphs yet
+        return CompileChoice(False, None, "none", "auto: --activations hooks sit inside the blocks (not verified "
+                             "under CUDA graphs; --compile --compile-mode reduce-overhead compiles the whole model, "
+                             "which ran with them)")
     if not hasattr(torch.compiler, "set_stance"):  # torch < 2.6: evaluation could not run the compiled blocks eager
         return CompileChoice(False, None, "none", f"auto: torch {torch.__version__} (the compiled path needs >= 2.6)")
     return CompileChoice(True, AUTO_MODE, "blocks", "auto: one GPU")
