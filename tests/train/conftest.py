@@ -71,6 +71,17 @@ def make_fake_data(nan_at: int | None = None) -> SimpleNamespace:
 
 
 @pytest.fixture
+def float64() -> Iterator[None]:
+    """Build the model (and the fake data) in float64 for tests whose point is the plumbing, not the rounding."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+@pytest.fixture
 def fake_data(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """Route the trainer's ``lowbit.data`` to the fake."""
     fake = make_fake_data()

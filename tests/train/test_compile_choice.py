@@ -4,7 +4,6 @@ The resolver only reads the device's type, so a fake CUDA ``Env`` needs no GPU."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,17 +98,6 @@ def test_first_line_says_eager_auto_cpu(tmp_path: Path, fake_data: SimpleNamespa
     assert "| eager (auto: CPU) |" in first
     assert main([*args, "--no-compile", "--overwrite"]) == 0
     assert "| eager (compile false) |" in capsys.readouterr().out.splitlines()[0]
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    """The model in float64: the point is the plumbing, not the rounding (as in test_trainer.py)."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
 
 
 def test_regional_compile_trains_like_eager(tmp_path: Path, fake_data: SimpleNamespace, float64: None,

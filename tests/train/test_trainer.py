@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -159,17 +158,6 @@ def test_cli_resume_takes_options_from_the_checkpoint(tmp_path: Path, fake_data:
     assert saved["step"] == 6 and saved["config"]["lr"] == 2e-3 and saved["config"]["data"] == "fake"
     assert sorted(_losses(run)) == list(range(1, 7))
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    """Build the model (and the fake data) in float64 for tests whose point is the plumbing, not the rounding."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
 
 
 def test_accumulation_equals_the_full_batch(tmp_path: Path, fake_data: SimpleNamespace, float64: None) -> None:

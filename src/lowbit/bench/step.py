@@ -113,7 +113,7 @@ def build_model(preset: str, recipe: str, device: torch.device, layers: str = "c
     where k of the n ``nn.Linear`` modules were converted. ``RECIPE:fused`` converts with
     ``convert_clip(fuse=True)`` (each block's LayerNorm→qkv and LayerNorm→MLP fused; ``bf16:fused`` is lowbit's
     fused 16-bit path), ``RECIPE:per-linear`` (the same as a plain name) without."""
-    from lowbit.models import CLIP, convert_clip, get_config
+    from lowbit.models import CLIP, convert_clip, fused_counts, get_config
 
     recipe, fuse = split_recipe(recipe, False)
     if fuse and recipe in BASELINES:
@@ -137,10 +137,7 @@ def build_model(preset: str, recipe: str, device: torch.device, layers: str = "c
     if recipe == "torchao-int8-mixed":  # a weight subclass, not a module swap
         n_conv = sum(1 for m in model.modules() if isinstance(m, nn.Linear) and type(m.weight) is not nn.Parameter)
     if fuse:
-        from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP
-
-        mlps = sum(1 for m in model.modules() if isinstance(m, LowbitMLP))
-        norms = sum(1 for m in model.modules() if isinstance(m, LayerNormMLP | LayerNormLinear))
+        mlps, norms = fused_counts(model)
         return model, f"{n_conv}/{n_lin}, fused {mlps} MLPs + {norms} LNs"
     return model, f"{n_conv}/{n_lin}"
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["LAYERS", "ModuleFilter", "clip_module_filter", "convert_clip", "make_clip_module_filter"]
+__all__ = ["LAYERS", "ModuleFilter", "clip_module_filter", "convert_clip", "fused_counts", "make_clip_module_filter"]
 
 ModuleFilter = Callable[[str, nn.Module], bool]
 # Which linears a recipe converts: "clip" = every block linear (the filter below); "auto" = those of them that
@@ -140,3 +140,12 @@ def _fuse_block_norms(model: nn.Module) -> None:
                     report.fused[key] = "LayerNorm fused with the quantization of its output"
                 else:
                     report.not_fused[key] = why
+
+
+def fused_counts(model: nn.Module) -> tuple[int, int]:
+    """(fused MLPs, LayerNorms fused with their consumer) in ``model``: what ``convert_clip(fuse=True)`` made."""
+    from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP
+
+    mlps = sum(1 for m in model.modules() if isinstance(m, LowbitMLP))
+    norms = sum(1 for m in model.modules() if isinstance(m, LayerNormMLP | LayerNormLinear))
+    return mlps, norms

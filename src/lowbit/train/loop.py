@@ -41,7 +41,15 @@ import yaml
 import lowbit
 from lowbit.data.spec import zeroshot_spec
 from lowbit.kernels.ops import compiled_quantize_mode
-from lowbit.models import CLIP, clip_loss, convert_clip, count_parameters, get_config, get_tokenizer
+from lowbit.models import (
+    CLIP,
+    clip_loss,
+    convert_clip,
+    count_parameters,
+    fused_counts,
+    get_config,
+    get_tokenizer,
+)
 from lowbit.train.checkpoint import (
     CHECKPOINT_NAME,
     DCP_NAME,
@@ -999,10 +1007,7 @@ def _fuse_choice(cfg: TrainConfig, model: torch.nn.Module) -> str:
     """``per-linear``, or with ``fuse`` how many MLPs and LayerNorms were fused (``convert_clip(fuse=True)``)."""
     if not cfg.fuse:
         return "per-linear (not fused)"
-    from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP
-
-    mlps = sum(1 for m in model.modules() if isinstance(m, LowbitMLP))
-    norms = sum(1 for m in model.modules() if isinstance(m, LayerNormMLP | LayerNormLinear))
+    mlps, norms = fused_counts(model)
     return f"fused ({mlps} MLPs, {norms} LayerNorms)"
 
 
