@@ -40,8 +40,19 @@ def check_image_size(image_size: int, minimum: int = 1) -> int:
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``[..., 3, H, W]`` (0–255, on any device) → float32 normalised with CLIP_MEAN/CLIP_STD: bit for bit
     what ``decode_image`` returns without ``uint8``."""
-    dev = images.device
-    return (images.to(torch.float32) - _MEAN255.to(dev)) * _INV_STD255.to(dev)
+    mean, inv_std = _constants(images.device)
+    return (images.to(torch.float32) - mean) * inv_std
+
+
+_ON_DEVICE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean/std constants on ``device``, copied there once: a copy from pageable host memory per training step
+    would synchronise the stream each time."""
+    if device not in _ON_DEVICE:
+        _ON_DEVICE[device] = (_MEAN255.to(device), _INV_STD255.to(device))
+    return _ON_DEVICE[device]
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
