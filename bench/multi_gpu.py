@@ -153,6 +153,14 @@ def build_jobs(a: argparse.Namespace) -> list[Job]:
     # resumed in the same run directory (metrics.csv then holds steps 1-6, summary.json the resumed run's)
     jobs.append(Job("resume-b-1", "resume", "B", rr, 1, "none", ["RESUME:resume-a-2", "--save-every", "-1"],
                     dict(PIN_FP8), after="resume-a-2", dir="resume-a-2"))
+    # the same stop resumed on 2 GPUs (no world-size change: must be bit-identical to the references), and an
+    # uninterrupted 1-GPU run at the same global batch (how far 1 and 2 processes differ from identical weights)
+    jobs.append(Job("resume-c-2", "resume", "B", rr, 2, "fsdp", [*res, "--save-every", "0", "--stop-at", "3"],
+                    dict(PIN_FP8)))
+    jobs.append(Job("resume-ref-1", "resume", "B", rr, 1, "none",
+                    ["--steps", "6", "--batch-size", str(2 * a.resume_batch)], dict(PIN_FP8)))
+    jobs.append(Job("resume-d-2", "resume", "B", rr, 2, "fsdp", ["RESUME:resume-c-2", "--save-every", "-1"],
+                    dict(PIN_FP8), after="resume-c-2", dir="resume-c-2"))
     if big != 2:
         for m in ("B", "L"):
             for r in ("bf16", r8):
@@ -169,6 +177,14 @@ def build_jobs(a: argparse.Namespace) -> list[Job]:
             if j.stage == "cudagraphs":
                 j.skipped = "needs CUDA (CUDA graphs)"
     return jobs
+
+
+def of_models(jobs: list[Job], models: str) -> list[Job]:
+    """The jobs of the models listed in ``models`` (comma-separated: ``B`` ViT-B/32, ``L`` ViT-L/14)."""
+    keep = {m.strip().upper() for m in models.split(",") if m.strip()}
+    if not keep or keep - {"B", "L"}:
+        raise ValueError(f"--models {models}: expected B, L or B,L")
+    return [j for j in jobs if j.model in keep]
 
 
 def command(j: Job, a: argparse.Namespace, out: Path) -> list[str]:
@@ -489,6 +505,34 @@ def resume_lines(by: dict[str, Job]) -> list[str]:
     lines.append(f"- noise control: two uninterrupted 2-GPU runs (same seed) differ by max |dloss| {n:.3g} over steps "
                  f"4-6 ({n_all:.3g} over 1-6; step 1 {first}); resumed vs the second reference {d2:.3g}; resumed vs "
                  f"reference {d:.3g}: {verdict}")
+    lines += same_world_lines(by, ref)
+    return lines
+
+
+def same_world_lines(by: dict[str, Job], ref: Job) -> list[str]:
+    """The stop at step 3 resumed on 2 GPUs again (bit-identical to the reference where the references are to each
+    other), and the world-size control: an uninterrupted 1-GPU run from the same initial weights."""
+    lines = []
+    c, d, one = by.get("resume-c-2"), by.get("resume-d-2"), by.get("resume-ref-1")
+    if d and len(d.losses) >= 6:
+        dd = max_diff(ref.losses, d.losses, 0, 6)
+        lines.append(f"- resumed on 2 GPUs (stopped at step 3, same world size): steps 1-6 "
+                     f"{'bit-identical to the reference' if dd == 0 else f'max |dloss| {dd:.3g} from the reference'}"
+                     f"; summary step {(d.summary or {}).get('step')}, samples seen "
+                     f"{(d.summary or {}).get('samples_seen')}")
+    elif c or d:
+        lines.append(f"- resume on 2 GPUs not complete: {[(x.name, x.rc, x.skipped) for x in (c, d) if x]}")
+    if one and one.losses and ref.losses:
+        w1, k = abs(one.losses[0] - ref.losses[0]), min(6, len(one.losses))
+        w = max_diff(ref.losses, one.losses, 0, k)
+        b = by.get("resume-b-1")
+        d = max_diff(ref.losses, b.losses, 3, 6) if b and len(b.losses) >= 6 and len(ref.losses) >= 6 else None
+        cmp = "" if d is None or w is None else (
+            f": the 2-to-1 resume's {d:.3g} is {'within' if d <= w else 'beyond'} what the world size alone does to "
+            "an uninterrupted run")
+        lines.append(f"- world-size control: an uninterrupted 1-GPU run (global batch kept) differs from the 2-GPU "
+                     f"reference by |dloss| {w1:.3g} at step 1 (identical weights: forward numerics of 1 vs 2 "
+                     f"processes), max {w:.3g} over steps 1-{k}{cmp}")
     return lines
 
 
@@ -641,6 +685,8 @@ def main() -> int:
                    "(the default with --dry)")
     p.add_argument("--no-probe", action="store_true", help="same as --probe none")
     p.add_argument("--only", default="", help="comma-separated stages to run, in that order: " + ",".join(STAGE_KEYS))
+    p.add_argument("--models", default="B,L", help="comma-separated models to run: B (ViT-B/32), L (ViT-L/14); the "
+                   "resume and CUDA-graphs checks are ViT-B/32")
     p.add_argument("--baseline", default="", help="an earlier call's multi_gpu.json: the stages this call does not "
                    "run are taken from it (1-GPU rows for the scaling efficiency, its stage-0 data rate)")
     a = p.parse_args()
@@ -666,7 +712,10 @@ def main() -> int:
     resolve_data(a)
     out = Path(a.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    jobs = build_jobs(a)
+    try:
+        jobs = of_models(build_jobs(a), a.models)
+    except ValueError as e:
+        p.error(str(e))
     if a.only:
         jobs = select(jobs, a.only, a)
     baseline = None

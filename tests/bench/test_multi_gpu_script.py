@@ -60,7 +60,12 @@ def test_dry_run_resume_stage(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi_gpu.json", "multi_gpu.md", "runs.tar.gz"]
     jobs = {j["name"]: j for j in json.loads((tmp_path / "multi_gpu.json").read_text())["jobs"]}
     assert {n: j["rc"] for n, j in jobs.items()} == {"resume-ref-2": 0, "resume-a-2": 0, "resume-ref2-2": 0,
-                                                      "resume-b-1": 0}
+                                                      "resume-b-1": 0, "resume-c-2": 0, "resume-ref-1": 0,
+                                                      "resume-d-2": 0}
+    # resumed at the same world size: bit-identical (fp32 on the CPU, one reduction order)
+    assert "- resumed on 2 GPUs (stopped at step 3, same world size): steps 1-6 bit-identical to the reference" in md
+    assert "- world-size control: an uninterrupted 1-GPU run" in md, md
+    assert jobs["resume-d-2"]["summary"]["step"] == 6 and jobs["resume-d-2"]["summary"]["world_size"] == 2
     assert jobs["resume-b-1"]["summary"]["step"] == 6 and jobs["resume-b-1"]["summary"]["world_size"] == 1
     assert all(j["env"] == {"LOWBIT_FP8_MATMUL": "triton"} for j in jobs.values())
 
@@ -127,15 +132,27 @@ def test_stage_order_follows_only() -> None:
     a = _args()
     jobs = mg.build_jobs(a)
     assert [j.name for j in jobs if j.stage == "resume"] == ["resume-ref-2", "resume-a-2", "resume-ref2-2",
-                                                             "resume-b-1"]
+                                                             "resume-b-1", "resume-c-2", "resume-ref-1",
+                                                             "resume-d-2"]
     stages = [j.stage for j in mg.select(jobs, "cudagraphs, resume,2", a)]
-    assert stages == ["cudagraphs"] * 2 + ["resume"] * 4 + ["2 GPUs"] * 6
+    assert stages == ["cudagraphs"] * 2 + ["resume"] * 7 + ["2 GPUs"] * 6
     assert mg.stage_name("big", a) == mg.stage_name("4", a) == "4 GPUs"
     assert mg.stage_name("2", _args(gpus=2)) == "2 GPUs"  # two GPUs: "2" is the big stage
     twins = [j for j in jobs if j.name.endswith(("-ag8", "-ag16"))]
     assert len(twins) == 4 and all(j.env == {"LOWBIT_FP8_MATMUL": "triton"} for j in twins)
     with pytest.raises(SystemExit, match="unknown stage"):
         mg.stage_name("3", a)
+
+
+def test_models_filter() -> None:
+    jobs = mg.build_jobs(_args(gpus=2))
+    only_b = mg.of_models(jobs, "b")
+    assert only_b and all(j.model == "B" for j in only_b)
+    assert {j.stage for j in only_b} == {j.stage for j in jobs}  # the resume and graphs checks are ViT-B/32
+    assert [j.name for j in mg.of_models(jobs, "B, L")] == [j.name for j in jobs]
+    assert all(j.model == "L" for j in mg.of_models(jobs, "L"))
+    with pytest.raises(ValueError, match="--models H"):
+        mg.of_models(jobs, "H")
 
 
 def test_data_rate_uses_the_probe() -> None:
