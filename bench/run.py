@@ -53,6 +53,8 @@ FP8_TESTS = (f"{GPU_TESTS} {PYTEST} -rf tests/functional/test_linear.py tests/ke
 STEP = f"{LOWBIT} bench step --compile --steps 8 --no-anchors"
 STEP_GRAPHS = f"{STEP} --cudagraphs --warmup 3"
 FIVE = "bf16 switchback fp8-switchback switchback-m fp8-tensorwise"
+PREP_FM = f"{LOWBIT} data prepare fashion-mnist --source .data/fashion-mnist --out $DIR/fm"
+TRAIN_COMPILE = "TRITON_CACHE_AUTOTUNING=1 python3 bench/probes/train_compile.py --data $DIR/fm --workers 14"
 TORCHAO = "torchao-float8-tensorwise torchao-float8-rowwise torchao-int8-mixed"
 
 
@@ -79,6 +81,11 @@ class Job:
 def _renamed(stem: str, *names: str) -> dict[str, str]:
     """The benchmark writes ``$DIR/<stem>.md|json``; the committed copies are called ``names``."""
     return {n: f"{stem}.{n.rsplit('.', 1)[1]}" for n in names}
+
+
+def _tc(stem: str) -> dict[str, str]:
+    """``bench/probes/train_compile.py --out $DIR/tc`` writes ``tc/train_compile.md|json``."""
+    return {f"{stem}.md": "tc/train_compile.md", f"{stem}.json": "tc/train_compile.json"}
 
 
 JOBS: list[Job] = [
@@ -346,6 +353,51 @@ JOBS: list[Job] = [
          "multi-gpu-2-runs.tar.gz": "runs.tar.gz"}, "b85f212", 580, "issue #19 session, device call 6 (nvidia-h100-x2)",
         note="needs 2 GPUs (nvidia-h100-x2) and .data/fashion-mnist carried; its budget cut the CUDA-graphs and "
              "resume stages"),
+    Job("train-compile-vit-h-14", "`lowbit train`'s default (compile auto: blocks compiled with CUDA graphs) per "
+        "recipe, ViT-H/14 batch 96, Fashion-MNIST shards", "\n".join([PREP_FM, f"{TRAIN_COMPILE} --preset vit-h-14 "
+        "--batch-size 96 --steps 40 --settings auto --recipes bf16 fp8-switchback switchback fp8-tensorwise bf16 "
+        "--limit 150 --out $DIR/tc"]), _tc("train-compile-vit-h-14"), "152855a", 400,
+        "issue #18 session 3, device call 2 (`timeout 370` around the probe)",
+        note="needs .data/fashion-mnist carried; the call's limit stopped the fifth run (bf16 repeat), so the .md was "
+             "rebuilt with the probe's table() from the four rows it had printed"),
+    Job("train-compile-vit-l-14", "the same, ViT-L/14 batch 128", "\n".join([PREP_FM, f"{TRAIN_COMPILE} --preset "
+        "vit-l-14 --batch-size 128 --steps 40 --settings auto --recipes bf16 fp8-switchback --limit 75 --out $DIR/tc"]),
+        _tc("train-compile-vit-l-14"), "152855a", 170, "issue #18 session 3, device call 2",
+        note="needs .data/fashion-mnist carried"),
+    Job("train-compile-vit-b-32", "the same, ViT-B/32 batch 256", "\n".join([PREP_FM, f"{TRAIN_COMPILE} --preset "
+        "vit-b-32 --batch-size 256 --steps 40 --settings auto --recipes bf16 fp8-switchback --limit 95 --out $DIR/tc"]),
+        _tc("train-compile-vit-b-32"), "152855a", 210, "issue #19 session 3, device call 4 (GPU 0 of nvidia-h100-x2)",
+        note="needs .data/fashion-mnist carried; ran alone on one GPU of the 2xH100 host after the resume stage"),
+    Job("train-compile-vit-b-32-h200", "`lowbit train`'s default vs `--no-compile`, ViT-B/32 batch 256, on an H200",
+        "\n".join([PREP_FM, f"{TRAIN_COMPILE} --preset vit-b-32 --batch-size 256 --steps 40 --recipes bf16 "
+        "fp8-switchback switchback --out $DIR/tc"]), _tc("train-compile-vit-b-32-h200"), "152855a", 320,
+        "issue #18 session 3, device call 1 (nvidia-h200: no H100 started)",
+        note="needs .data/fashion-mnist carried; the device line was added to the .md by hand (from env.txt)"),
+    Job("train-compile-vit-h-14-h200", "the same, ViT-H/14 batch 96, on an H200", "\n".join([PREP_FM,
+        f"{TRAIN_COMPILE} --preset vit-h-14 --batch-size 96 --steps 25 --recipes bf16 fp8-switchback --limit 200 "
+        "--out $DIR/tc"]), _tc("train-compile-vit-h-14-h200"), "152855a", 260,
+        "issue #18 session 3, device call 1 (nvidia-h200)",
+        note="needs .data/fashion-mnist carried; the device line was added to the .md by hand (from env.txt)"),
+    Job("loader-fmnist-h200", "the trainer's DataLoader on a GPU host (16 cores): uint8 vs float32 transport",
+        "\n".join([PREP_FM, *(f"python3 bench/probes/multi_gpu_probe.py --data $DIR/fm --workers 14 --batch-size 256 "
+                               f"--seconds 6 --pixels {px}" for px in ("uint8", "float32"))]),
+        {"loader-fmnist-h200.md": "log"}, "152855a", 120, "issue #19 session 3, device call 1 (nvidia-h200)",
+        note="needs .data/fashion-mnist carried; the .md was written by hand around the two JSON lines printed"),
+    Job("multi-2-vit-b", "2 H100s, ViT-B/32 with the uint8 loader: 1 GPU, DDP (bf16, switchback), CUDA graphs under "
+        "DDP, the resume check (Fashion-MNIST shards)", "python3 bench/multi_gpu.py --out $DIR --data fmnist --models B "
+        "--only cudagraphs,resume,1,big --probe data --budget 440",
+        {"multi-gpu-2-vit-b.md": "multi_gpu.md", "multi-gpu-2-vit-b.json": "multi_gpu.json",
+         "multi-gpu-2-vit-b-runs.tar.gz": "runs.tar.gz"}, "152855a", 540,
+        "issue #19 session 3, device call 3 (nvidia-h100-x2)",
+        note="needs 2 GPUs and .data/fashion-mnist carried; ran before the resume stage gained its same-world-size "
+             "and world-size controls (see multi-gpu-2-resume.md)"),
+    Job("multi-2-resume", "2 H100s: resume across world sizes with both controls (2 to 2 GPUs, an uninterrupted "
+        "1-GPU run)", "python3 bench/multi_gpu.py --out $DIR --data fmnist --models B --only resume --probe none "
+        "--budget 260", {"multi-gpu-2-resume.md": "multi_gpu.md", "multi-gpu-2-resume.json": "multi_gpu.json",
+                          "multi-gpu-2-resume-runs.tar.gz": "runs.tar.gz"}, "152855a", 300,
+        "issue #19 session 3, device call 4 (nvidia-h100-x2)",
+        note="needs 2 GPUs and .data/fashion-mnist carried; the verdict sentence comparing the 2-to-1 resume with the "
+             "world-size control was added to the report after this run"),
 ]
 
 BY_NAME = {j.name: j for j in JOBS}

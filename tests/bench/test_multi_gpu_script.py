@@ -201,3 +201,21 @@ def test_resume_noise_control(ref2: list[float], verdict: str) -> None:
     text = "\n".join(mg.resume_lines({j.name: j for j in jobs}))
     assert "steps 1-3 identical; steps 4-6 max |dloss| 0.002" in text, text
     assert verdict in text, text
+
+
+def test_report_cuda_graphs_pair(tmp_path: Path) -> None:
+    eager = _job("cg-ddp2-eager", "cudagraphs", "B", "bf16", 2, "ddp", 2000.0, [5.0, 4.0, 3.0])
+    graphs = _job("cg-ddp2-graphs", "cudagraphs", "B", "bf16", 2, "ddp", 3600.0, [5.0, 4.004, 3.0],
+                  replica_note="DDP with CUDA graphs: the ranks' parameters are compared after each of the first 10 "
+                               "steps and at every checkpoint")
+    md = mg.report([eager, graphs], _args(gpus=2), 100.0, {}, None)
+    assert "max relative |dloss| vs eager 0.001; images/s 3600 vs eager 2000" in md, md
+    assert "- replica check: DDP with CUDA graphs: the ranks' parameters are compared" in md
+    assert "; passed (the run finished)" in md
+    graphs.replica_note = ""
+    assert "- replica check: no note in the log (not on)" in mg.report([eager, graphs], _args(gpus=2), 1.0, {}, None)
+    # the note is read from the run's log
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "cg-ddp2-graphs.log").write_text("lowbit train: ...\nDDP with CUDA graphs: the ranks' x\n")
+    mg.collect(graphs, tmp_path)
+    assert graphs.replica_note == "DDP with CUDA graphs: the ranks' x"

@@ -27,7 +27,8 @@ def _env(device: str = "cuda", world_size: int = 1) -> Env:
     [
         ({}, _env("cpu"), (False, None, "none", "auto: CPU")),
         ({}, _env(), (True, "reduce-overhead", "blocks", "auto: one GPU")),
-        ({}, _env(world_size=2), (False, None, "none", "auto: 2 processes; CUDA graphs are not verified under DDP/FSDP")),
+        ({}, _env(world_size=2), (False, None, "none", "auto: 2 processes; block-wise CUDA graphs are not verified under DDP/FSDP (DDP: --compile "
+                                         "--compile-mode reduce-overhead for whole-model graphs)")),
         ({"accum_steps": 2}, _env(), (False, None, "none", "auto: accum_steps 2; CUDA graphs would overwrite the "
                                                           "cached micro-batch features")),
         ({"compile": True}, _env(), (True, "default", "model", "compile true")),

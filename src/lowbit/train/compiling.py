@@ -6,8 +6,10 @@ compilation with CUDA graphs). On an H100 at ViT-H/14 batch 96 (``lowbit bench s
 that trains bf16 at 349 images/s against 293 eager, and the 8-bit recipes at 0.97-1.02x bf16 against 0.73-0.84x
 eager, where they are bound by the CPU cost of their kernel launches
 (``bench/results/h100/step-vit-h-14-gemm-cudagraphs.md`` against ``step-vit-h-14-gemm-eager.md``).
-Everywhere else auto is eager: on the CPU there are no CUDA graphs (where that gain comes from), CUDA graphs are not verified under DDP/FSDP
-(``build_trainer`` refuses them with several processes) and with ``accum_steps`` > 1 a replay would overwrite
+Everywhere else auto is eager: on the CPU there are no CUDA graphs (where that gain comes from); with several
+processes ``build_trainer`` refuses CUDA graphs under FSDP, and under DDP they ran (whole model, ``compile: true``
+with ``reduce-overhead``, replicas checked) but the block-wise graphs are not verified; with ``accum_steps`` > 1 a
+replay would overwrite
 the cached micro-batch features; ``activations`` hooks inside the compiled blocks are not verified under CUDA
 graphs. ``compile: true`` compiles the whole model with ``compile_mode`` (all of
 ``build_trainer``'s checks); ``compile: false`` is eager.
@@ -48,8 +50,9 @@ def resolve_compile(cfg: TrainConfig, env: Env) -> CompileChoice:
     if env.device.type != "cuda":
         return CompileChoice(False, None, "none", f"auto: {env.device.type.upper()}")
     if env.world_size > 1:
-        return CompileChoice(False, None, "none", f"auto: {env.world_size} processes; CUDA graphs are not verified "
-                             f"under DDP/FSDP")
+        return CompileChoice(False, None, "none", f"auto: {env.world_size} processes; block-wise CUDA "
+                             "graphs are not verified under DDP/FSDP (DDP: --compile --compile-mode reduce-overhead "
+                             "for whole-model graphs)")
     if cfg.accum_steps > 1:
         return CompileChoice(False, None, "none", f"auto: accum_steps {cfg.accum_steps}; CUDA graphs would overwrite "
                              "the cached micro-batch features")

@@ -70,6 +70,7 @@ from lowbit.train.distributed import (
     load_dcp,
     load_full_into_fsdp,
     no_grad_sync,
+    replicas_agree,
     save_dcp,
     shard_model,
     sum_over_ranks,
@@ -443,6 +444,9 @@ class Trainer:
     local_loss: bool = False
     gather_with_grad: bool = True
     graphs: bool = False  # CUDA graphs: mark each step's beginning
+    # DDP with CUDA graphs: the gradients DDP all-reduces live in the graphs' memory pool; the first this many steps
+    # (and every checkpoint) check that the replicas still agree (``replicas_agree``)
+    replica_checks: int = 0
     monitor: Any = None
     act_monitor: Any = None
     n_params: int = 0
@@ -491,15 +495,15 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     choice = resolve_compile(cfg, env)
     graphs = choice.compile and choice.mode in CUDA_GRAPH_MODES and env.device.type == "cuda"
-    if graphs and env.world_size > 1 and not (env.parallel == "ddp" and os.environ.get("LOWBIT_DDP_CUDAGRAPHS") == "1"):
-        why = ("FSDP2's all-gathers and reshards run in hooks between the captured graphs and free the memory the "
-               "graphs would replay into" if env.parallel == "fsdp" else
-               "compiled DDP splits the graph at its gradient buckets (torch._dynamo.config.optimize_ddp) and "
-               "all-reduces the gradients, which live in the CUDA-graph pool and are overwritten by the next replay, "
-               "from hooks between the graphs; whether that is safe is not verified yet (bench/multi_gpu.py "
-               "checks it on GPUs; LOWBIT_DDP_CUDAGRAPHS=1 lifts this check to try it)")
-        raise ValueError(f"compile_mode={cfg.compile_mode!r} (CUDA graphs) is not supported with several processes "
-                         f"under {env.parallel}: {why}. Use compile_mode 'default' or 'max-autotune-no-cudagraphs'")
+    if graphs and env.parallel == "fsdp" and env.world_size > 1:
+        raise ValueError(f"compile_mode={cfg.compile_mode!r} (CUDA graphs) is not supported under FSDP with several "
+                         "processes: FSDP2's all-gathers and reshards run in hooks between the captured graphs and free "
+                         "the memory the graphs would replay into. Use parallel ddp, or compile_mode 'default' or "
+                         "'max-autotune-no-cudagraphs'")
+    replica_checks = REPLICA_CHECKS if graphs and env.parallel == "ddp" and env.world_size > 1 else 0
+    if replica_checks:
+        notes.append(f"DDP with CUDA graphs: the ranks' parameters are compared after each of the first {replica_checks} "
+                     "steps and at every checkpoint")
     if choice.scope == "model":
         model = torch.compile(model, mode=None if choice.mode == "default" else choice.mode)
     elif choice.scope == "blocks":  # in place: raw_model's blocks are compiled too (evaluation turns them off)
@@ -507,6 +511,7 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     return Trainer(
         model=model, raw_model=raw_model, optimizer=optimizer, env=env, scheduler=scheduler, accum_steps=cfg.accum_steps,
         grad_clip=cfg.grad_clip, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, graphs=graphs,
+        replica_checks=replica_checks,
         monitor=_monitor(cfg, raw_model, optimizer), act_monitor=act_monitor, n_params=n_params, fsdp8=fsdp8,
         notes=[n for n in notes if n], compiled=choice,
     )
@@ -757,6 +762,8 @@ class _Run:
         cfg, env, tr, out = self.cfg, self.env, self.tr, self.out
         if not all_finite(tr.raw_model):
             raise NonFiniteLossError(step, float("nan"), self.last_ckpt, self.last_ckpt_step, what="a weight")
+        if env.parallel == "ddp" and env.world_size > 1:
+            check_replicas(tr, step)
         meta = {
             "scheduler": tr.scheduler.state_dict(),
             "rng": get_rng_state(),  # every rank's RNG is seeded alike and only the model init draws from it
@@ -928,6 +935,22 @@ def _data(run: _Run) -> Any:
     return _batches(dataset, cfg.batch_size, tokenizer)
 
 
+REPLICA_CHECKS = 10  # steps checked after the start (or a resume) under DDP with CUDA graphs
+
+
+class ReplicaDivergenceError(RuntimeError):
+    """DDP ranks hold different parameters: their gradients were not (all) averaged."""
+
+
+def check_replicas(tr: Trainer, step: int) -> None:
+    """Raise ``ReplicaDivergenceError`` (on every rank) unless the DDP replicas hold the same parameters."""
+    if replicas_agree(tr.raw_model):
+        return
+    how = (" under CUDA graphs: rerun with --compile-mode default (or --no-compile)" if tr.graphs else "")
+    raise ReplicaDivergenceError(f"lowbit train: the DDP ranks' parameters differ after step {step}{how}; the "
+                                 "last checkpoint (if any) is from before")
+
+
 def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int, int]:
     """Steps ``start_step + 1 .. end_step``, periodic checkpoints and evaluations, the final checkpoint and
     evaluation. Returns the last step taken and the signal that stopped the run early (0: none)."""
@@ -951,6 +974,8 @@ def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int,
                 _explain_compile_failure(e, tr)
                 raise
             run.data_position += cfg.batch_size * cfg.accum_steps
+            if step - start_step <= tr.replica_checks:
+                check_replicas(tr, step)
             if run.record(step, loss, grad_norm, logging, time.perf_counter() - t0, interrupt.signum):
                 interrupted = interrupt.signum or signal.SIGTERM  # another rank's signal: pre-emption
                 break
