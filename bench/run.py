@@ -398,6 +398,14 @@ JOBS: list[Job] = [
         "issue #19 session 3, device call 4 (nvidia-h100-x2)",
         note="needs 2 GPUs and .data/fashion-mnist carried; the verdict sentence comparing the 2-to-1 resume with the "
              "world-size control was added to the report after this run"),
+    Job("multi-2-cudagraphs-check", "2 GPUs: DDP with CUDA graphs, the trainer's replica check on (no "
+        "LOWBIT_DDP_CUDAGRAPHS gate), beside eager", "python3 bench/multi_gpu.py --out $DIR --data fmnist --models B "
+        "--only cudagraphs --probe none --budget 170", {"multi-gpu-2-cudagraphs-check.md": "multi_gpu.md",
+                                                         "multi-gpu-2-cudagraphs-check.json": "multi_gpu.json"},
+        "54d1945", 210, "issue #19 session 3, device call 5 (nvidia-h100-x2)",
+        note="needs 2 GPUs and .data/fashion-mnist carried; this host ran the eager run 1.6x slower than call 3's "
+             "(36.8 vs 22.8 s) and the budget killed the compiled run after 98 s, before its first step was "
+             "logged (call 3's took 74 s in all): the replica check has not yet run on GPUs"),
 ]
 
 BY_NAME = {j.name: j for j in JOBS}

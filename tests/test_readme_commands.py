@@ -42,6 +42,9 @@ RUN: dict[str, str | None] = {
     "lowbit bench model --model timm:vit_base_patch16_224 --recipe bf16 fp8-switchback":
         "--batch-size 2 --steps 1 --warmup 1 --layers all --device cpu --no-anchors --out runs/bench-model",
     "lowbit data prepare emoji --out DIR": None,
+    # the GPU quick start at tiny size on the CPU (after the Fashion-MNIST preparation above)
+    "lowbit train --preset vit-h-14 --batch-size 96 --recipe fp8-switchback --data data/fmnist --workers 14 "
+    "--out runs/vit-h": f"--preset tiny --batch-size 4 --steps 2 --warmup 1 --workers 1 --zeroshot-limit 4 {QUICK}",
     "python -m lowbit train --resume runs/a": QUICK,
 }
 SKIPPED: dict[str, str] = {
@@ -221,6 +224,18 @@ def test_data_prepare_fashion_mnist_then_its_train_command(workspace: Path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((workspace / "runs" / "fmnist" / "summary.json").read_text())
     assert list(summary["zeroshot"]) == ["fashion-mnist"]  # the prepared folder brought its own task
+
+
+def test_gpu_quick_start_on_fashion_mnist(workspace: Path) -> None:
+    if not (workspace / "data" / "fmnist" / "manifest.json").is_file():
+        prepare = "lowbit data prepare fashion-mnist --out data/fmnist"
+        run_readme(workspace, prepare, RUN[prepare])
+    command = ("lowbit train --preset vit-h-14 --batch-size 96 --recipe fp8-switchback --data data/fmnist --workers 14 "
+               "--out runs/vit-h")
+    first = run_readme(workspace, command, RUN[command]).stdout.splitlines()[0]
+    assert "recipe fp8-switchback" in first and "eager (auto: CPU)" in first, first
+    summary = json.loads((workspace / "runs" / "vit-h" / "summary.json").read_text())
+    assert summary["step"] == 2 and list(summary["zeroshot"]) == ["fashion-mnist"]
 
 
 def test_data_prepare_emoji(workspace: Path) -> None:

@@ -974,9 +974,10 @@ def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int,
                 _explain_compile_failure(e, tr)
                 raise
             run.data_position += cfg.batch_size * cfg.accum_steps
-            if step - start_step <= tr.replica_checks:
+            stop = run.record(step, loss, grad_norm, logging, time.perf_counter() - t0, interrupt.signum)
+            if step - start_step <= tr.replica_checks:  # after the step's row is written, outside its timing
                 check_replicas(tr, step)
-            if run.record(step, loss, grad_norm, logging, time.perf_counter() - t0, interrupt.signum):
+            if stop:
                 interrupted = interrupt.signum or signal.SIGTERM  # another rank's signal: pre-emption
                 break
             if cfg.save_every > 0 and step % cfg.save_every == 0 and step != end_step:
