@@ -34,3 +34,33 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_gloo(worker, world: int = 2) -> dict:
+    """Run ``worker(rank, world, port, results)`` in ``world`` processes (each sets up its gloo group on
+    ``port``); returns the ``results`` each rank stored, by rank."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(worker, args=(world, _free_port(), results), nprocs=world, join=True)
+        return dict(results)
+
+
+@pytest.fixture(scope="session")
+def gloo_spawn():
+    """``gloo_spawn(worker, world=2) -> {rank: result}``: a worker function in several gloo processes; skips where
+    torch.distributed has no gloo."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed with gloo")
+    return _spawn_gloo

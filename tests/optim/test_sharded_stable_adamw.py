@@ -4,12 +4,9 @@ steps as on the unsharded tensors: the RMS is over the whole tensor (partial sum
 from __future__ import annotations
 
 import os
-import socket
 
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lowbit.optim import StableAdamW
 
@@ -76,18 +73,8 @@ def _worker(rank: int, world: int, port: int, results: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_sharded_and_unsharded_take_the_same_steps() -> None:
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
-        res = dict(results)
+def test_sharded_and_unsharded_take_the_same_steps(gloo_spawn) -> None:
+    res = gloo_spawn(_worker)
     for rank in (0, 1):
         r = res[rank]
         assert r["max_diff"] <= TOL, r

@@ -15,12 +15,10 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 SMALL = {"vision": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
          "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 24}, "embed_dim": 32}
@@ -110,18 +108,9 @@ def _worker(rank: int, world: int, port: int, results: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def runs() -> dict:
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
-        return dict(results)
+def runs(gloo_spawn) -> dict:
+    return gloo_spawn(_worker)
 
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),

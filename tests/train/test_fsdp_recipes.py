@@ -6,12 +6,9 @@ there). bf16 parameters (``MixedPrecisionPolicy(param_dtype=bf16)``, the GPU set
 from __future__ import annotations
 
 import os
-import socket
 
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 SMALL = {"vision": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
          "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 24}, "embed_dim": 32}
@@ -53,18 +50,8 @@ def _worker(rank: int, world: int, port: int, results: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_every_recipe_trains_under_fsdp2() -> None:
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
-        res = dict(results)
+def test_every_recipe_trains_under_fsdp2(gloo_spawn) -> None:
+    res = gloo_spawn(_worker)
     assert res[0] == res[1]  # the same global loss on both ranks
     for (bf16, name), (got, want, finite) in res[0].items():
         assert finite, (bf16, name)

@@ -4,12 +4,10 @@ parameters agree; one float32 ulp changed on one rank does not, on both ranks), 
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 
 def _worker(rank: int, world: int, port: int, results: dict) -> None:
@@ -31,18 +29,8 @@ def _worker(rank: int, world: int, port: int, results: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_replicas_agree_detects_one_ulp() -> None:
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
-        res = dict(results)
+def test_replicas_agree_detects_one_ulp(gloo_spawn) -> None:
+    res = gloo_spawn(_worker)
     assert res == {0: (True, False), 1: (True, False)}
 
 
