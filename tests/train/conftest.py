@@ -1,73 +1,13 @@
-"""A tiny, fast, learnable stand-in for ``lowbit.data`` honouring its contract (deterministic, ``start`` = samples
-already consumed, rank sharding), so trainer tests need neither the real datasets nor much CPU."""
+"""Fixtures of the trainer tests; the stand-ins they use live in ``train_fakes.py``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
 import torch
-
-CLASSES = ["red", "green", "blue", "white"]
-
-
-def _sample(seed: int, index: int, image_size: int) -> tuple[torch.Tensor, int]:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    label = int(torch.randint(len(CLASSES), (1,), generator=g))
-    image = 0.3 * torch.randn(3, image_size, image_size, generator=g)
-    image[label % 3] += 1.0 if label < 3 else 0.0
-    if label == 3:
-        image += 1.0
-    return image, label
-
-
-class FakeTrain(torch.utils.data.IterableDataset):
-    def __init__(self, image_size: int, seed: int, start: int, rank: int, world_size: int, nan_at: int | None) -> None:
-        self.image_size, self.seed, self.start, self.rank, self.world_size, self.nan_at = image_size, seed, start, rank, world_size, nan_at
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
-        k = self.start
-        while True:
-            index = k * self.world_size + self.rank
-            image, label = _sample(self.seed, index, self.image_size)
-            if self.nan_at is not None and k >= self.nan_at:
-                image = torch.full_like(image, float("nan"))
-            yield image, f"a photo of {CLASSES[label]}"
-            k += 1
-
-
-@dataclass
-class ZeroShotTask:
-    name: str
-    classnames: list[str]
-    templates: list[str]
-
-
-class FakeEval(torch.utils.data.Dataset):
-    def __init__(self, image_size: int, n: int) -> None:
-        self.items = [_sample(12345, i, image_size) for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.items[i]
-
-
-def make_fake_data(nan_at: int | None = None) -> SimpleNamespace:
-    def build_train_data(spec: str, *, image_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
-                         uint8: bool = False) -> FakeTrain:  # uint8: rendered float pixels stay float (as synthetic)
-        assert spec == "fake", spec
-        return FakeTrain(image_size, seed, start, rank, world_size, nan_at)
-
-    def build_zeroshot(spec: str, *, image_size: int, seed: int = 0, limit: int | None = None) -> list:
-        assert spec == "fake", spec
-        task = ZeroShotTask("fake-colors", CLASSES, ["a photo of {}", "{}"])
-        return [(task, FakeEval(image_size, limit or 32))]
-
-    return SimpleNamespace(build_train_data=build_train_data, build_zeroshot=build_zeroshot, describe=lambda spec: {"name": spec})
+from train_fakes import make_fake_data
 
 
 @pytest.fixture
@@ -87,24 +27,3 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     fake = make_fake_data()
     monkeypatch.setattr("lowbit.train.loop.data_module", lambda: fake)
     return fake
-
-
-# A small, fast configuration: 2-layer towers of width 32 on 16-px images, plain nn.Linear, AdamW.
-SMALL = {
-    "preset": "tiny",
-    "model": {"vision": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
-              "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 24}, "embed_dim": 32},
-    "recipe": "none",
-    "optimizer": "adamw",
-    "data": "fake",
-    "zeroshot": "fake",
-    "batch_size": 16,
-    "steps": 6,
-    "warmup": 2,
-    "lr": 3e-3,
-    "progress": False,
-    # Fixed, not auto: auto follows the load average (loop.cpu_threads), and parallel reductions round
-    # differently with another thread count, so a resumed run could differ in the last bit from an uninterrupted
-    # one on a busy many-core host.
-    "threads": 1,
-}

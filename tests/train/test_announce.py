@@ -8,8 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from train_fakes import SMALL
 
-from conftest import SMALL
 from lowbit.cli.main import main
 from lowbit.cli.train import throughput_line
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from train_fakes import SMALL
 
-from conftest import SMALL
 from lowbit.cli.main import build_parser, main
 from lowbit.cli.train import overrides_from_args
 from lowbit.train import TrainConfig, resolve_config, train

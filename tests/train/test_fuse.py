@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from train_fakes import SMALL
 
-from conftest import SMALL
 from lowbit.cli.main import main
 from lowbit.nn import LayerNormAlias, LayerNormLinear, LayerNormMLP, LowbitLinear, LowbitMLP
 from lowbit.train import TrainConfig, load_checkpoint, train

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from train_fakes import SMALL
 
-from conftest import SMALL
 from lowbit.cli.main import main
 from lowbit.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from lowbit.train.checkpoint import CheckpointError

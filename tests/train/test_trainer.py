@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from train_fakes import SMALL, make_fake_data
 
-from conftest import SMALL, make_fake_data
 from lowbit.cli.main import main
 from lowbit.train import NonFiniteLossError, TrainConfig, load_checkpoint, save_checkpoint, train
 from lowbit.train.schedule import WarmupCosine

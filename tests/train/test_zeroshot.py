@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from train_fakes import ZeroShotTask
 
-from conftest import ZeroShotTask
 from lowbit.models import get_tokenizer
 from lowbit.train.zeroshot import class_embeddings, evaluate_zeroshot
 
