@@ -276,9 +276,10 @@ def collect(j: Job, out: Path) -> None:
             j.losses = [float(r["loss"]) for r in csv.DictReader(f)]
     log = out / "runs" / f"{j.name}.log"
     if log.is_file():
-        hit = re.search(r"8-bit all-gather: .*|fsdp all-gather in 16 bits: .*", log.read_text(errors="replace"))
+        text = log.read_text(errors="replace")
+        hit = re.search(r"8-bit all-gather: .*|fsdp all-gather in 16 bits: .*", text)
         j.allgather = hit.group(0).strip() if hit else ""
-        hit = re.search(r"DDP with CUDA graphs: .*", log.read_text(errors="replace"))
+        hit = re.search(r"DDP with CUDA graphs: .*", text)
         j.replica_note = hit.group(0).strip() if hit else ""
 
 
@@ -529,10 +530,10 @@ def same_world_lines(by: dict[str, Job], ref: Job) -> list[str]:
         w1, k = abs(one.losses[0] - ref.losses[0]), min(6, len(one.losses))
         w = max_diff(ref.losses, one.losses, 0, k)
         b = by.get("resume-b-1")
-        d = max_diff(ref.losses, b.losses, 3, 6) if b and len(b.losses) >= 6 and len(ref.losses) >= 6 else None
-        cmp = "" if d is None or w is None else (
-            f": the 2-to-1 resume's {d:.3g} is {'within' if d <= w else 'beyond'} what the world size alone does to "
-            "an uninterrupted run")
+        b_diff = max_diff(ref.losses, b.losses, 3, 6) if b and len(b.losses) >= 6 and len(ref.losses) >= 6 else None
+        cmp = "" if b_diff is None or w is None else (
+            f": the 2-to-1 resume's {b_diff:.3g} is {'within' if b_diff <= w else 'beyond'} what the world size alone "
+            "does to an uninterrupted run")
         lines.append(f"- world-size control: an uninterrupted 1-GPU run (global batch kept) differs from the 2-GPU "
                      f"reference by |dloss| {w1:.3g} at step 1 (identical weights: forward numerics of 1 vs 2 "
                      f"processes), max {w:.3g} over steps 1-{k}{cmp}")

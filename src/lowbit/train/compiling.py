@@ -9,9 +9,8 @@ eager, where they are bound by the CPU cost of their kernel launches
 Everywhere else auto is eager: on the CPU there are no CUDA graphs (where that gain comes from); with several
 processes ``build_trainer`` refuses CUDA graphs under FSDP, and under DDP they ran (whole model, ``compile: true``
 with ``reduce-overhead``, replicas checked) but the block-wise graphs are not verified; with ``accum_steps`` > 1 a
-replay would overwrite
-the cached micro-batch features; ``activations`` hooks inside the compiled blocks are not verified under CUDA
-graphs. ``compile: true`` compiles the whole model with ``compile_mode`` (all of
+replay would overwrite the cached micro-batch features; ``activations`` hooks inside the compiled blocks are not
+verified under CUDA graphs. ``compile: true`` compiles the whole model with ``compile_mode`` (all of
 ``build_trainer``'s checks); ``compile: false`` is eager.
 """
 

@@ -252,21 +252,17 @@ def replicas_agree(model: torch.nn.Module) -> bool:
     graphs replay the gradients DDP all-reduces from hooks). Per parameter a float64 sum and sum of squares,
     compared by a MIN and a MAX ``all_reduce`` (equal on all ranks exactly when the checksums are); the same answer
     on every rank. True without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    params = list(model.parameters())  # the same model on every rank: all have parameters, or none
+    if not params or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return True
     with torch.no_grad():
-        sums = [t for p in model.parameters() for t in (p.double().sum(), p.double().square().sum())]
-        lo = torch.stack(sums) if sums else torch.zeros(1, dtype=torch.float64, device=_device_of(model))
+        lo = torch.stack([t for p in params for t in (p.double().sum(), p.double().square().sum())])
     if dist.get_backend() == "nccl" and lo.device.type != "cuda":
         lo = lo.cuda()
     hi = lo.clone()
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     return bool(torch.equal(lo, hi))
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -444,15 +444,19 @@ class Trainer:
     local_loss: bool = False
     gather_with_grad: bool = True
     graphs: bool = False  # CUDA graphs: mark each step's beginning
-    # DDP with CUDA graphs: the gradients DDP all-reduces live in the graphs' memory pool; the first this many steps
-    # (and every checkpoint) check that the replicas still agree (``replicas_agree``)
-    replica_checks: int = 0
     monitor: Any = None
     act_monitor: Any = None
     n_params: int = 0
     fsdp8: bool = False  # FSDP2 gathers eligible weights as 8-bit codes: refresh their scales after each update
     compiled: CompileChoice | None = None  # what build_trainer compiled (resolve_compile); None: built elsewhere
     notes: list[str] = field(default_factory=list)  # set-up notes, printed after the run's first line
+
+    @property
+    def replica_checks(self) -> int:
+        """Steps after the start checked with ``replicas_agree`` (besides every checkpoint): DDP with CUDA graphs,
+        where the gradients DDP all-reduces live in the graphs' memory pool; 0 elsewhere."""
+        ddp = self.env.parallel == "ddp" and self.env.world_size > 1
+        return REPLICA_CHECKS if self.graphs and ddp else 0
 
 
 def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str) -> tuple[bool, str]:
@@ -500,21 +504,20 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
                          "processes: FSDP2's all-gathers and reshards run in hooks between the captured graphs and free "
                          "the memory the graphs would replay into. Use parallel ddp, or compile_mode 'default' or "
                          "'max-autotune-no-cudagraphs'")
-    replica_checks = REPLICA_CHECKS if graphs and env.parallel == "ddp" and env.world_size > 1 else 0
-    if replica_checks:
-        notes.append(f"DDP with CUDA graphs: the ranks' parameters are compared after each of the first {replica_checks} "
-                     "steps and at every checkpoint")
     if choice.scope == "model":
         model = torch.compile(model, mode=None if choice.mode == "default" else choice.mode)
     elif choice.scope == "blocks":  # in place: raw_model's blocks are compiled too (evaluation turns them off)
         compile_blocks(raw_model, choice.mode)
-    return Trainer(
+    tr = Trainer(
         model=model, raw_model=raw_model, optimizer=optimizer, env=env, scheduler=scheduler, accum_steps=cfg.accum_steps,
         grad_clip=cfg.grad_clip, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, graphs=graphs,
-        replica_checks=replica_checks,
         monitor=_monitor(cfg, raw_model, optimizer), act_monitor=act_monitor, n_params=n_params, fsdp8=fsdp8,
         notes=[n for n in notes if n], compiled=choice,
     )
+    if tr.replica_checks:
+        tr.notes.append(f"DDP with CUDA graphs: the ranks' parameters are compared after each of the first "
+                        f"{tr.replica_checks} steps and at every checkpoint")
+    return tr
 
 
 def restore(tr: Trainer, ckpt: dict[str, Any]) -> None:
