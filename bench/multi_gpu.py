@@ -71,8 +71,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # fallback when no data probe ran, images/s per DataLoader worker at 224 px: synthetic as stage 0 measured it on the
 # 4xH100 host (1983 img/s with 14 workers at batch 256); Fashion-MNIST shards as stage 0 measured them on the 2xH100
-# host with float32 transport (4109 img/s with 14 workers; uint8 transport since, not measured there)
-RATE_PER_WORKER = {"synthetic": 141.0, "fmnist": 294.0}
+# host with the trainer's uint8 transport (15402 img/s with 14 workers, multi-gpu-2-vit-b.md; 294 per worker with
+# float32 transport before)
+RATE_PER_WORKER = {"synthetic": 141.0, "fmnist": 1100.0}
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 # the fp8 matmul's per-process cuBLAS/Triton timing choice made two otherwise identical runs differ at step 1; pinned
 # for the runs whose losses are compared (no effect on int8/bf16 matmuls: int8 always runs Triton)
