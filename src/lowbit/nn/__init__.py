@@ -1,8 +1,10 @@
-"""Modules: ``LowbitLinear``, the fused ``LowbitMLP`` / ``LayerNormLinear`` / ``LayerNormMLP``,
+"""Modules: ``LowbitLinear``, ``LowbitMultiheadAttention``, the fused ``LowbitMLP`` / ``LayerNormLinear`` / ``LayerNormMLP``,
 ``convert()``/``unconvert()`` with their ``ConvertReport``, ``LayerScale``."""
 
+from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.convert import (
     ConvertReport,
+    LayerRow,
     convert,
     convert_report,
     default_filter,
@@ -21,9 +23,11 @@ __all__ = [
     "LayerNormAlias",
     "LayerNormLinear",
     "LayerNormMLP",
+    "LayerRow",
     "LayerScale",
     "LowbitLinear",
     "LowbitMLP",
+    "LowbitMultiheadAttention",
     "SwitchBackLinear",
     "convert",
     "convert_report",

@@ -1,5 +1,5 @@
-"""``convert`` / ``unconvert``: swap a model's ``nn.Linear`` layers (and Linear → activation → Linear MLPs) for
-lowbit modules in place, and back.
+"""``convert`` / ``unconvert``: swap a model's ``nn.Linear`` layers, ``nn.MultiheadAttention`` modules (and
+Linear → activation → Linear MLPs) for lowbit modules in place, and back.
 
 Modelled on torchao's ``convert_to_float8_training``: a ``module_filter(fqn, module) -> bool`` picks the
 layers; by default layers the kernels cannot serve efficiently are skipped. With ``fuse=True`` every
@@ -11,6 +11,7 @@ model); when nothing converts, one WARNING line says why and how to override the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from lowbit.functional.recipe import Recipe, get_recipe
+from lowbit.nn.attention import LowbitMultiheadAttention
+from lowbit.nn.attention import unsupported as unsupported_attention
 from lowbit.nn.layernorm import LayerNormAlias
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
@@ -36,16 +39,23 @@ ALIGNMENT = 16
 _OVERRIDE = "module_filter=lambda fqn, m: True"
 
 
+def shape_reason(d_in: int, d_out: int) -> str | None:
+    """Why the default filter leaves a ``d_in → d_out`` matmul in 16-bit (too narrow, misaligned), or ``None``."""
+    if min(d_in, d_out) < MIN_FEATURES:
+        return (f"too small to gain ({d_in}→{d_out}; both widths must be ≥ {MIN_FEATURES}): narrower layers ran "
+                "slower on an H100, their quantize launches costing more than the 8-bit matmul saves; torch.compile "
+                "with CUDA graphs makes launches cheaper (module_filter converts them anyway)")
+    if d_in % ALIGNMENT or d_out % ALIGNMENT:
+        return f"widths {d_in}→{d_out} are not multiples of {ALIGNMENT} (the 8-bit tiles need aligned rows)"
+    return None
+
+
 def skip_reason(fqn: str, module: nn.Linear) -> str | None:
     """Why the default filter leaves ``module`` in 16-bit, or ``None`` when it converts it."""
     if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
-        return "inside nn.MultiheadAttention, which bypasses the module's forward"
-    d_in, d_out = module.in_features, module.out_features
-    if min(d_in, d_out) < MIN_FEATURES:
-        return f"too small to gain ({d_in}→{d_out}; both widths must be ≥ {MIN_FEATURES})"
-    if d_in % ALIGNMENT or d_out % ALIGNMENT:
-        return f"widths {d_in}→{d_out} are not multiples of {ALIGNMENT}"
-    return None
+        return ("inside nn.MultiheadAttention, which bypasses the module's forward (convert the attention module "
+                "itself: LowbitMultiheadAttention)")
+    return shape_reason(module.in_features, module.out_features)
 
 
 def default_filter(fqn: str, module: nn.Linear) -> bool:
@@ -53,13 +63,45 @@ def default_filter(fqn: str, module: nn.Linear) -> bool:
     return skip_reason(fqn, module) is None
 
 
+# A report row's status: what happened to the layer.
+CONVERTED, FUSED, SKIPPED, NOT_FUSED = "converted", "fused", "16-bit", "not fused"
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One matmul layer (or MLP) in a :class:`ConvertReport`: where it is, what it is, what became of it, and why.
+
+    ``kind``: the module class (``Linear``, ``MultiheadAttention.in_proj`` for the packed q/k/v parameter, the MLP
+    class); ``shape``: ``"d_in→d_out"`` (empty for an MLP); ``status``: converted / fused / 16-bit / not fused;
+    ``cause``: for a layer left 16-bit, one of ``too small``, ``alignment``, ``module_filter``, ``unsupported``,
+    ``filter rejects``; ``detail``: the full sentence.
+    """
+
+    layer: str
+    kind: str
+    shape: str
+    status: str
+    cause: str
+    detail: str
+
+
+def _cause(detail: str) -> str:
+    for key, cause in (("too small", "too small"), ("multiples of", "alignment"), ("module_filter", "module_filter"),
+                       ("unsupported", "unsupported"), ("bypasses", "unsupported")):
+        if key in detail:
+            return cause
+    return "other"
+
+
 @dataclass
 class ConvertReport:
     """What :func:`convert` did: fqn → description / reason (``""`` is the root module).
 
-    ``converted``: linears now running the recipe (those inside fused MLPs included); ``fused``: MLPs now one
-    ``LowbitMLP``; ``skipped``: linears left as they were, with the reason; ``not_fused``: MLP-like modules that were
-    not fused, with the reason (their linears are then converted or skipped on their own).
+    ``converted``: linears now running the recipe (those inside fused MLPs and the projections of converted
+    ``nn.MultiheadAttention`` modules included); ``fused``: MLPs now one ``LowbitMLP``; ``skipped``: linears left as
+    they were, with the reason; ``not_fused``: MLP-like modules that were not fused, with the reason (their linears
+    are then converted or skipped on their own). ``layers``: the same, one :class:`LayerRow` per layer in model
+    order (:meth:`rows` as dicts, :meth:`table` as text).
     """
 
     recipe: str = ""
@@ -67,17 +109,47 @@ class ConvertReport:
     fused: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     not_fused: dict[str, str] = field(default_factory=dict)
+    layers: list[LayerRow] = field(default_factory=list)
+
+    def record(self, fqn: str, kind: str, shape: str, status: str, detail: str) -> None:
+        """Add one decision to the dicts and to ``layers``."""
+        {CONVERTED: self.converted, FUSED: self.fused, SKIPPED: self.skipped, NOT_FUSED: self.not_fused}[status][
+            fqn] = detail
+        cause = _cause(detail) if status in (SKIPPED, NOT_FUSED) else ""
+        self.layers.append(LayerRow(fqn or "<root>", kind, shape, status, cause, detail))
 
     def summary(self) -> str:
         n = len(self.converted) + len(self.skipped)
+        causes: dict[str, int] = {}
+        for r in self.layers:
+            if r.status == SKIPPED:
+                causes[r.cause] = causes.get(r.cause, 0) + 1
+        why = f" ({', '.join(f'{k}: {v}' for k, v in causes.items())})" if causes else ""
         return (f"lowbit.convert: {len(self.converted)} linear layer(s) → {self.recipe}; {len(self.skipped)} skipped "
-                f"(of {n}); {len(self.fused)} fused module(s), {len(self.not_fused)} not fused")
+                f"(of {n}){why}; {len(self.fused)} fused module(s), {len(self.not_fused)} not fused")
 
     def details(self) -> str:
         lines = [f"\n  fused {k or '<root>'}: {v}" for k, v in self.fused.items()]
         lines += [f"\n  not fused {k or '<root>'}: {v}" for k, v in self.not_fused.items()]
         lines += [f"\n  skipped {k or '<root>'}: {v}" for k, v in self.skipped.items()]
         return "".join(lines)
+
+    def rows(self) -> list[dict[str, str]]:
+        """One dict per layer (``layer``, ``kind``, ``shape``, ``status``, ``cause``, ``detail``), in model order."""
+        return [dataclasses.asdict(r) for r in self.layers]
+
+    def table(self, width: int | None = None) -> str:
+        """The layers as an aligned text table, the summary above it (``width``: cut each detail to that many
+        characters)."""
+        head = ("layer", "kind", "shape", "status", "why / what")
+        body = [(r.layer, r.kind, r.shape, r.status if not r.cause else f"{r.status} ({r.cause})",
+                 r.detail if width is None or len(r.detail) <= width else r.detail[: width - 1] + "…")
+                for r in self.layers]
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(4)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths), "-" * len(head[4]))]
+        lines += [fmt.format(*row).rstrip() for row in body]
+        return self.summary() + "\n" + "\n".join(lines)
 
     def __str__(self) -> str:
         return self.summary() + self.details()
@@ -247,6 +319,12 @@ def convert(
     epilogue are not yet overlapped with the tensor-core work. Under ``torch.compile`` a fused module computes the
     per-linear composition (same numerics; the fused function's Triton launches would break the graph).
 
+    Every ``nn.MultiheadAttention`` (open_clip's towers, ``nn.TransformerEncoderLayer``) becomes a
+    :class:`~lowbit.nn.LowbitMultiheadAttention` (its packed in-projection and ``out_proj`` run the recipe, SDPA in
+    between) when ``module_filter`` accepts both its ``<fqn>.in_proj`` (offered as an ``nn.Linear(E, 3E)``
+    stand-in on the meta device) and ``<fqn>.out_proj``; modules built with kdim/vdim, ``add_bias_kv`` or
+    ``add_zero_attn`` stay as they are, reported as unsupported.
+
     Parameters are shared, not copied, and ``state_dict`` keys are unchanged. Layers already converted get the new
     recipe. Returns ``model`` (replaced when it is itself a bare ``nn.Linear`` or an MLP: use the return value).
     By default (``module_filter=None``) a linear converts only when both widths are ≥ ``MIN_FEATURES`` (1280) and
@@ -267,30 +345,72 @@ def convert(
     def join(fqn: str, name: str) -> str:
         return f"{fqn}.{name}" if fqn else name
 
+    def shape(m: nn.Linear) -> str:
+        return f"{m.in_features}→{m.out_features}"
+
+    def linear(fqn: str, m: nn.Linear, status: str, detail: str) -> None:
+        rep.record(fqn, type(m).__name__, shape(m), status, detail)
+
+    def attention(module: nn.MultiheadAttention, fqn: str) -> nn.Module:
+        e = module.embed_dim
+        in_fqn, out_fqn = join(fqn, "in_proj"), join(fqn, "out_proj")
+        kinds = (f"{type(module).__name__}.in_proj", f"{type(module).__name__}.out_proj")
+        shapes = (f"{e}→{3 * e}", f"{e}→{e}")
+        why = unsupported_attention(module)
+        if why:
+            why = f"unsupported {type(module).__name__}: {why} (PyTorch's own path, which bypasses the projections)"
+            rejected = {in_fqn: why, out_fqn: why}
+        else:
+            in_proj = nn.Linear(e, 3 * e, bias=module.in_proj_bias is not None, device="meta")  # stand-in
+            rejected = {}
+            for f, m in ((in_fqn, in_proj), (out_fqn, module.out_proj)):
+                if not accept(f, m):
+                    rejected[f] = ((shape_reason(m.in_features, m.out_features) if module_filter is None else None)
+                                   or "rejected by module_filter")
+            if len(rejected) == 1:  # both projections run one forward: both convert or neither
+                (f, r), = rejected.items()
+                other = out_fqn if f == in_fqn else in_fqn
+                rejected[other] = f"its sibling {f.rsplit('.', 1)[-1]} stays 16-bit ({r})"
+        if rejected:
+            done = " (already converted: left as it is)" if isinstance(module, LowbitMultiheadAttention) else ""
+            for f, k, sh in zip((in_fqn, out_fqn), kinds, shapes, strict=True):
+                rep.record(f, k, sh, SKIPPED, rejected[f] + done)
+            return module
+        for f, k, sh in zip((in_fqn, out_fqn), kinds, shapes, strict=True):
+            rep.record(f, k, sh, CONVERTED, "in LowbitMultiheadAttention (SDPA between the projections)")
+        if isinstance(module, LowbitMultiheadAttention):
+            module.recipe = recipe
+            return module
+        return LowbitMultiheadAttention.from_module(module, recipe)
+
     def visit(module: nn.Module, fqn: str) -> nn.Module:
         if isinstance(module, LowbitMLP):
             names = (module.fc1_name, module.fc2_name)
             if all(accept(join(fqn, n), module._modules[n]) for n in names):
                 module.recipe = recipe
-                rep.fused[fqn] = f"{names[0]} → {module.activation} → {names[1]} ({type(module).__name__})"
+                rep.record(fqn, type(module).__name__, "", FUSED,
+                           f"{names[0]} → {module.activation} → {names[1]} ({type(module).__name__})")
                 for n in names:
-                    rep.converted[join(fqn, n)] = f"in {type(module).__name__}"
+                    linear(join(fqn, n), module._modules[n], CONVERTED, f"in {type(module).__name__}")
             else:
                 for n in names:
-                    rep.skipped[join(fqn, n)] = "in an already fused MLP whose linears the filter now rejects"
+                    linear(join(fqn, n), module._modules[n], SKIPPED,
+                           "in an already fused MLP whose linears the filter now rejects")
             return module
+        if isinstance(module, nn.MultiheadAttention):
+            return attention(module, fqn)
         if isinstance(module, nn.Linear):
             if isinstance(module, LowbitLinear):
                 if accept(fqn, module):
                     module.recipe = recipe
-                    rep.converted[fqn] = type(module).__name__
+                    linear(fqn, module, CONVERTED, type(module).__name__)
                 else:
-                    rep.skipped[fqn] = why_not(fqn, module) + " (already converted: left as it is)"
+                    linear(fqn, module, SKIPPED, why_not(fqn, module) + " (already converted: left as it is)")
                 return module
             if accept(fqn, module):
-                rep.converted[fqn] = "LowbitLinear"
+                linear(fqn, module, CONVERTED, "LowbitLinear")
                 return LowbitLinear.from_linear(module, recipe)
-            rep.skipped[fqn] = why_not(fqn, module)
+            linear(fqn, module, SKIPPED, why_not(fqn, module))
             return module
         if fuse:
             m = match_mlp(module)
@@ -298,13 +418,14 @@ def convert(
                 lin = {n: module._modules[n] for n in (m.fc1, m.fc2)}
                 rejected = {n: why_not(join(fqn, n), c) for n, c in lin.items() if not accept(join(fqn, n), c)}
                 if not rejected:
-                    rep.fused[fqn] = f"{m.fc1} → {m.activation} → {m.fc2} ({m.kind})"
-                    for n in lin:
-                        rep.converted[join(fqn, n)] = "in LowbitMLP"
+                    rep.record(fqn, type(module).__name__, "", FUSED, f"{m.fc1} → {m.activation} → {m.fc2} ({m.kind})")
+                    for n, c in lin.items():
+                        linear(join(fqn, n), c, CONVERTED, "in LowbitMLP")
                     return LowbitMLP.from_module(module, m.fc1, m.fc2, m.activation, recipe)
-                rep.not_fused[fqn] = "; ".join(f"{n}: {r}" for n, r in rejected.items())
+                rep.record(fqn, type(module).__name__, "", NOT_FUSED,
+                           "; ".join(f"{n}: {r}" for n, r in rejected.items()))
             elif isinstance(m, str):
-                rep.not_fused[fqn] = m
+                rep.record(fqn, type(module).__name__, "", NOT_FUSED, m)
         for name, child in list(module.named_children()):
             new = visit(child, join(fqn, name))
             if new is not child:
@@ -348,6 +469,8 @@ def unconvert(model: nn.Module) -> nn.Module:
         return model.to_module()
     if isinstance(model, LowbitLinear):
         return model.to_linear()
+    if isinstance(model, LowbitMultiheadAttention):
+        return model.to_module()
     for name, child in list(model.named_children()):
         new = unconvert(child)
         if new is not child:
