@@ -1,14 +1,13 @@
 """``lowbit bench model`` and ``convert(..., fuse=True)`` on the real timm and transformers packages (tiny random
-models, no download). CI does not install either package: each test is skipped when its package cannot be
-imported (``test_bench_model.py`` covers the same paths with stand-ins)."""
+models, no download). CI does not install either package: each test is skipped when its package is missing
+(``test_bench_model.py`` covers the same paths with stand-ins); the ``third_party`` fixture (tests/conftest.py)
+stands in for a torchvision that cannot load beside this torch."""
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -16,16 +15,6 @@ import torch
 from lowbit.bench import model as bench_model
 from lowbit.cli.main import main
 from lowbit.nn import LowbitMLP, convert_report
-
-
-def _package(name: str) -> ModuleType:
-    """The real package, or a skip: not installed, or installed but not importable here (timm imports
-    torchvision, whose compiled ops fail to load against a torch of another build)."""
-    try:
-        return importlib.import_module(name)
-    except Exception as e:  # any failure to import means "not available here"
-        pytest.skip(f"{name} not importable: {type(e).__name__}: {e}")
-
 
 # hf:clip at toy widths (both towers 2 layers of 32, 28-pixel images in 14-pixel patches)
 HF_TINY = ("hf:clip:hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=2,"
@@ -63,16 +52,16 @@ def _same_with_and_without_fusion(model: torch.nn.Module, inputs: dict, recipe: 
 
 
 # ---- timm -------------------------------------------------------------------------------------------------------
-def test_timm_vit_tiny_end_to_end_with_fused_mlps(tmp_path: Path) -> None:
-    _package("timm")
+def test_timm_vit_tiny_end_to_end_with_fused_mlps(tmp_path: Path, third_party) -> None:
+    third_party("timm")
     rows = _bench(tmp_path, TIMM_TINY, "bf16", "switchback-sim", "fp8-switchback-sim")
     assert rows["bf16"]["converted"] == "0/9" and rows["bf16"]["fused"] == 0
     for recipe in ("switchback-sim", "fp8-switchback-sim"):  # 2 x (qkv, proj, fc1, fc2) + head; both Mlps fused
         assert rows[recipe]["converted"] == "9/9" and rows[recipe]["fused"] == 2
 
 
-def test_timm_input_size_follows_img_size_and_in_chans() -> None:
-    _package("timm")
+def test_timm_input_size_follows_img_size_and_in_chans(third_party) -> None:
+    third_party("timm")
     w = bench_model.build_workload(bench_model.parse_spec(TIMM_TINY + ",in_chans=1"))
     assert bench_model.timm_input_size(w.model) == (1, 28, 28)  # pretrained_cfg still says (3, 224, 224)
     batch = w.batch(2, torch.device("cpu"))
@@ -80,8 +69,8 @@ def test_timm_input_size_follows_img_size_and_in_chans() -> None:
     _same_with_and_without_fusion(w.model, {"x": batch["x"]})
 
 
-def test_timm_vit_h_one_convert_call_fuses_every_mlp() -> None:
-    _package("timm")
+def test_timm_vit_h_one_convert_call_fuses_every_mlp(third_party) -> None:
+    third_party("timm")
     with torch.device("meta"):  # ViT-H/14's structure without its memory
         w = bench_model.build_workload(bench_model.parse_spec("timm:vit_huge_patch14_clip_224"))
     model, converted, fused = bench_model.convert_model(w.model, "fp8-switchback", "auto", fuse=True)
@@ -92,8 +81,8 @@ def test_timm_vit_h_one_convert_call_fuses_every_mlp() -> None:
 
 
 # ---- transformers -----------------------------------------------------------------------------------------------
-def test_hf_clip_tiny_end_to_end_with_fused_mlps(tmp_path: Path) -> None:
-    _package("transformers")
+def test_hf_clip_tiny_end_to_end_with_fused_mlps(tmp_path: Path, third_party) -> None:
+    third_party("transformers")
     rows = _bench(tmp_path, HF_TINY, "bf16", "fp8-switchback-sim")
     # per tower 2 x (q, k, v, out, fc1, fc2), plus the two projections; the 4 CLIPMLPs fused
     assert rows["fp8-switchback-sim"]["converted"] == "26/26" and rows["fp8-switchback-sim"]["fused"] == 4
@@ -101,8 +90,8 @@ def test_hf_clip_tiny_end_to_end_with_fused_mlps(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("act", "fused_as"), [("quick_gelu", "quick_gelu"), ("gelu", "gelu"),
                                                ("gelu_new", "gelu_tanh"), ("gelu_pytorch_tanh", "gelu_tanh")])
-def test_hf_clip_activations_are_recognised(act: str, fused_as: str) -> None:
-    _package("transformers")
+def test_hf_clip_activations_are_recognised(act: str, fused_as: str, third_party) -> None:
+    third_party("transformers")
     w = bench_model.build_workload(bench_model.parse_spec(f"{HF_TINY},hidden_act={act}"))
     model, _, fused = bench_model.convert_model(w.model, "switchback-sim", "all", fuse=True)
     assert fused == 4, convert_report(model)
@@ -112,8 +101,8 @@ def test_hf_clip_activations_are_recognised(act: str, fused_as: str) -> None:
     _same_with_and_without_fusion(w.model, {k: batch[k] for k in ("pixel_values", "input_ids")})
 
 
-def test_hf_clip_vit_h_one_convert_call_fuses_the_vision_mlps() -> None:
-    _package("transformers")
+def test_hf_clip_vit_h_one_convert_call_fuses_the_vision_mlps(third_party) -> None:
+    third_party("transformers")
     with torch.device("meta"):
         w = bench_model.build_workload(bench_model.parse_spec(HF_VIT_H))
     model, converted, fused = bench_model.convert_model(w.model, "fp8-switchback", "auto", fuse=True)
