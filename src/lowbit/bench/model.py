@@ -1,8 +1,13 @@
-"""``lowbit bench model``: the training step of a third-party model (timm, Hugging Face transformers), bf16 vs
-each recipe, converted with one ``lowbit.convert(model, recipe, module_filter=..., fuse=...)`` call.
+"""``lowbit bench model``: the training step of a third-party model (open_clip, timm, Hugging Face transformers),
+bf16 vs each recipe, converted with one ``lowbit.convert(model, recipe, module_filter=..., fuse=...)`` call.
 
 ``--model SPEC`` names the model without downloading anything (random weights, random inputs):
 
+* ``open_clip:<name>[:key=value,...]``: ``open_clip.create_model(name, pretrained=None)`` (a name of
+  ``open_clip.list_models()``; ``vision.width=32`` / ``text.layers=2`` set keys of its ``vision_cfg`` /
+  ``text_cfg``, other keys are ``create_model`` arguments or top-level config keys such as ``embed_dim``), fed random
+  images of its tower's ``image_size`` and random tokens of its ``context_length`` (the tokenizer's length),
+  ``open_clip.ClipLoss`` (``SigLipLoss`` for a model with a logit bias), images/s.
 * ``timm:<name>[:key=value,...]``: ``timm.create_model(name, pretrained=False, **options)``, fed random images of
   the size the model takes (its patch embedding's ``img_size``, so that ``img_size=`` works, else
   ``pretrained_cfg["input_size"]``) and random class labels (cross-entropy).
@@ -66,12 +71,13 @@ from lowbit.bench.common import (
 )
 from lowbit.bench.step import BASELINES, _cleanup, make_optimizer, requested_recipes, torchao_anchors
 
-HELP = ("a timm or Hugging Face model's training step (random weights, no download) per recipe vs bf16: "
+HELP = ("an open_clip, timm or Hugging Face model's training step (random weights, no download) per recipe vs bf16: "
         "images/s or tokens/s, peak memory")
 
 DEFAULT_RECIPES = ["bf16", "switchback", "fp8-switchback"]
 LAYERS = ("auto", "all")
-PACKAGES = {"timm": "timm", "hf": "transformers"}  # SPEC prefix -> the package it needs
+PACKAGES = {"open_clip": "open_clip", "timm": "timm", "hf": "transformers"}  # SPEC prefix -> the package it needs
+PIP_NAMES = {"open_clip": "open_clip_torch"}  # where the pip name is not the import name
 COLUMNS = ["model", "recipe", "batch", "compiled", "converted", "fused", "ms_per_step", "throughput", "unit",
            "vs_bf16", "peak_mem_GiB", "loss", "warmup_s", "optimizer", "error"]
 
@@ -79,7 +85,7 @@ COLUMNS = ["model", "recipe", "batch", "compiled", "converted", "fused", "ms_per
 # ---------------------------------------------------------------------------------------------- the spec
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed ``--model`` value: ``source`` ("timm" or "hf"), ``name``, ``options`` (key -> int/float/bool/str)."""
+    """A parsed ``--model`` value: ``source`` ("open_clip", "timm" or "hf"), ``name``, ``options`` (key -> int/float/bool/str)."""
 
     source: str
     name: str
@@ -106,12 +112,13 @@ def _value(text: str) -> Any:
 
 
 def parse_spec(spec: str) -> ModelSpec:
-    """``timm:<name>[:k=v,...]`` or ``hf:<model type or config class>[:k=v,...]``; ``ValueError`` naming what is
-    wrong otherwise."""
+    """``open_clip:<name>[:k=v,...]``, ``timm:<name>[:k=v,...]`` or ``hf:<model type or config class>[:k=v,...]``;
+    ``ValueError`` naming what is wrong otherwise."""
     source, sep, rest = spec.partition(":")
     if not sep or source not in PACKAGES:
-        raise ValueError(f"--model {spec!r}: expected timm:<model name> or hf:<model type or config class>"
-                         "[:key=value,...], e.g. timm:vit_huge_patch14_224 or hf:clip:vision.hidden_size=1280")
+        raise ValueError(f"--model {spec!r}: expected open_clip:<model name>, timm:<model name> or hf:<model type or "
+                         "config class>[:key=value,...], e.g. open_clip:ViT-H-14, timm:vit_huge_patch14_224 or "
+                         "hf:clip:vision.hidden_size=1280")
     name, _, opts = rest.partition(":")
     name = name.strip()
     if not name:
@@ -134,7 +141,7 @@ def require(source: str, spec: str | None = None) -> Any:
         if getattr(e, "name", None) not in (package, None):
             raise  # the package is there but one of its own imports failed: show that
         raise ImportError(f"--model {spec or source + ':...'} needs the {package} package, which is not "
-                          f"installed: pip install {package}") from None
+                          f"installed: pip install {PIP_NAMES.get(source, package)}") from None
 
 
 # ---------------------------------------------------------------------------------------------- workloads
@@ -270,9 +277,66 @@ def hf_workload(spec: ModelSpec, seq_len: int = 0) -> Workload:
     return Workload(model, text_batch, lambda m, b: m(**b).loss, unit="tokens", per_sample=length)
 
 
+def open_clip_kwargs(open_clip: Any, spec: ModelSpec) -> dict[str, Any]:
+    """``create_model`` keyword arguments for ``spec``: ``vision.*`` / ``text.*`` options merged into the named
+    model's ``vision_cfg`` / ``text_cfg``, ``create_model``'s own parameters passed as they are, any other key as a
+    top-level config key (``embed_dim``, ``quick_gelu``...)."""
+    import inspect
+
+    cfg = open_clip.get_model_config(spec.name)
+    if cfg is None:
+        raise ValueError(f"--model {spec}: open_clip knows no model {spec.name!r} (see open_clip.list_models(), e.g. "
+                         "ViT-B-32 or ViT-H-14)")
+    params = inspect.signature(open_clip.create_model).parameters
+    kwargs: dict[str, Any] = {}
+    towers = {"vision": dict(cfg.get("vision_cfg") or {}), "text": dict(cfg.get("text_cfg") or {})}
+    changed: set[str] = set()
+    for key, value in spec.options.items():
+        prefix, dot, attr = key.partition(".")
+        if dot and prefix in towers:
+            towers[prefix][attr] = value
+            changed.add(prefix)
+        elif dot:
+            raise ValueError(f"--model {spec}: {key!r}: only vision.<key> and text.<key> are nested options")
+        else:
+            kwargs[key] = value
+    kwargs.update({f"{t}_cfg": towers[t] for t in changed})
+    unknown = [k for k in kwargs if k not in params and k not in cfg and not k.endswith("_cfg")]
+    if unknown:
+        raise ValueError(f"--model {spec}: {', '.join(map(repr, unknown))} is neither a create_model argument nor a "
+                         f"key of {spec.name}'s config ({', '.join(cfg)})")
+    return kwargs
+
+
+def open_clip_workload(spec: ModelSpec) -> Workload:
+    open_clip = require("open_clip")
+    kwargs = open_clip_kwargs(open_clip, spec)
+    model = open_clip.create_model(spec.name, pretrained=None, output_dict=True, pretrained_text=False, **kwargs)
+    size = getattr(getattr(model, "visual", None), "image_size", None) or 224
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    length, vocab = int(model.context_length), int(model.vocab_size)
+    siglip = getattr(model, "logit_bias", None) is not None
+    loss_fn = open_clip.SigLipLoss() if siglip else open_clip.ClipLoss()
+
+    def batch(n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        g = _generator(0)
+        return {"image": torch.randn(n, 3, h, w, generator=g).to(device),
+                "text": torch.randint(0, vocab, (n, length), generator=g).to(device)}
+
+    def loss(m: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = m(image=b["image"], text=b["text"])
+        keys = ("image_features", "text_features", "logit_scale") + (("logit_bias",) if siglip else ())
+        return loss_fn(*(out[k] for k in keys))
+
+    return Workload(model, batch, loss)
+
+
 def build_workload(spec: ModelSpec, seq_len: int = 0) -> Workload:
     """The model of ``spec`` (random weights, train mode) and its inputs and loss."""
-    w = timm_workload(spec) if spec.source == "timm" else hf_workload(spec, seq_len)
+    if spec.source == "open_clip":
+        w = open_clip_workload(spec)
+    else:
+        w = timm_workload(spec) if spec.source == "timm" else hf_workload(spec, seq_len)
     w.model.train()
     return w
 
@@ -290,10 +354,10 @@ def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool) -> tup
     layers; ``RECIPE:fused`` / ``RECIPE:per-linear`` override ``fuse``); returns (model, "k/n" linears converted,
     MLPs fused)."""
     import lowbit
-    from lowbit.nn.convert import convert_report, default_filter
+    from lowbit.nn.convert import convert_report, default_filter, matmul_layers
 
     recipe, fuse = split_recipe(recipe, fuse)
-    n_lin = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
+    n_lin = matmul_layers(model)
     flt = module_filter(layers)
     anchors = torchao_anchors()
     if recipe in BASELINES:
@@ -354,6 +418,11 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
     torch.manual_seed(args.seed)
     w = dataclasses.replace(built, model=copy.deepcopy(built.model))
     model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse)
+    from lowbit.nn.convert import convert_report
+
+    if (rep := convert_report(model)) is not None:  # what stayed 16-bit and why, counted by cause (per layer:
+        row["convert_report"] = rep.summary()  # lowbit.convert_report(model).table())
+        print(f"  [{spec} {recipe}] {rep.summary()}", flush=True)
     model = model.to(device)
     graphs = args.compile and args.cudagraphs
     fwd_model: nn.Module = model
@@ -447,7 +516,8 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", nargs="+", required=True, metavar="SPEC",
-                        help="timm:<name>[:k=v,...] (timm.create_model, pretrained=False) or "
+                        help="open_clip:<name>[:k=v,...] (open_clip.create_model, pretrained=None), "
+                             "timm:<name>[:k=v,...] (timm.create_model, pretrained=False) or "
                              "hf:<model type or config class>[:k=v,...] (a transformers model from its config, "
                              "e.g. hf:clip:vision.hidden_size=1280); no download")
     parser.add_argument("--recipe", "--recipes", dest="recipes", nargs="+", default=DEFAULT_RECIPES,

@@ -10,6 +10,7 @@ from lowbit.nn.convert import (
     default_filter,
     match_activation,
     match_mlp,
+    matmul_layers,
     skip_reason,
     unconvert,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "fuse_layernorm",
     "match_activation",
     "match_mlp",
+    "matmul_layers",
     "skip_reason",
     "unconvert",
 ]

@@ -364,9 +364,11 @@ def convert(
             in_proj = nn.Linear(e, 3 * e, bias=module.in_proj_bias is not None, device="meta")  # stand-in
             rejected = {}
             for f, m in ((in_fqn, in_proj), (out_fqn, module.out_proj)):
-                if not accept(f, m):
-                    rejected[f] = ((shape_reason(m.in_features, m.out_features) if module_filter is None else None)
-                                   or "rejected by module_filter")
+                if module_filter is None:  # the default filter's shape rule (out_proj's class is no reason here)
+                    if r := shape_reason(m.in_features, m.out_features):
+                        rejected[f] = r
+                elif not module_filter(f, m):
+                    rejected[f] = "rejected by module_filter"
             if len(rejected) == 1:  # both projections run one forward: both convert or neither
                 (f, r), = rejected.items()
                 other = out_fqn if f == in_fqn else in_fqn
@@ -453,6 +455,12 @@ def convert(
                        f"pass {_OVERRIDE} to convert every linear")
     object.__setattr__(model, "_lowbit_report", rep)  # a plain attribute: not state, not a submodule
     return model
+
+
+def matmul_layers(model: nn.Module) -> int:
+    """How many matmul layers ``convert`` looks at in ``model``: every ``nn.Linear`` plus the packed in-projection
+    of every ``nn.MultiheadAttention`` (a parameter, not a module). The denominator of "k of n converted"."""
+    return sum(isinstance(m, nn.Linear) + isinstance(m, nn.MultiheadAttention) for m in model.modules())
 
 
 def convert_report(model: nn.Module) -> ConvertReport | None:
