@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -112,3 +114,62 @@ def test_hf_clip_vit_h_one_convert_call_fuses_the_vision_mlps(third_party) -> No
     rep = convert_report(model)
     assert rep is not None and all(k.startswith("vision_model.encoder.layers.") for k in rep.fused)
     assert "too small to gain (1024→4096" in rep.not_fused["text_model.encoder.layers.0.mlp"]
+
+
+# ---- open_clip ---------------------------------------------------------------------------------------------------
+# OpenCLIP's ViT-H-14 at toy widths: both towers 2 blocks of 32 (nn.MultiheadAttention), 8-token context
+OPEN_CLIP_TINY = ("open_clip:ViT-H-14:embed_dim=16,vision.width=32,vision.layers=2,vision.head_width=16,"
+                  "vision.image_size=28,text.width=32,text.heads=2,text.layers=2,text.context_length=8")
+
+
+def test_open_clip_spec_options_reach_the_tower_configs() -> None:
+    """Runs without open_clip: a stand-in with the two functions open_clip_kwargs calls."""
+
+    def create_model(model_name, pretrained=None, output_dict=None, force_quick_gelu=False, **model_kwargs):
+        raise AssertionError("not called")
+
+    configs = {"ViT-H-14": {"embed_dim": 1024, "vision_cfg": {"width": 1280, "layers": 32},
+                            "text_cfg": {"width": 1024, "context_length": 77}}}
+    fake = SimpleNamespace(get_model_config=configs.get, create_model=create_model)
+    kw = bench_model.open_clip_kwargs(fake, bench_model.parse_spec(
+        "open_clip:ViT-H-14:vision.width=32,text.context_length=8,embed_dim=16,force_quick_gelu=true"))
+    assert kw == {"embed_dim": 16, "force_quick_gelu": True, "vision_cfg": {"width": 32, "layers": 32},
+                  "text_cfg": {"width": 1024, "context_length": 8}}
+    assert configs["ViT-H-14"]["vision_cfg"]["width"] == 1280  # the package's config is not changed
+    for bad, words in [("open_clip:ViT-X:embed_dim=1", "knows no model 'ViT-X'"),
+                       ("open_clip:ViT-H-14:visual.width=3", "only vision.<key> and text.<key>"),
+                       ("open_clip:ViT-H-14:widht=3", "'widht' is neither a create_model argument")]:
+        with pytest.raises(ValueError, match=words):
+            bench_model.open_clip_kwargs(fake, bench_model.parse_spec(bad))
+
+
+def test_open_clip_tiny_end_to_end(tmp_path: Path, third_party, capsys) -> None:
+    third_party("open_clip")
+    rows = _bench(tmp_path, OPEN_CLIP_TINY, "bf16", "switchback-sim", "fp8-switchback-sim")
+    assert rows["bf16"]["converted"] == "0/16" and "convert_report" not in rows["bf16"]
+    for recipe in ("switchback-sim", "fp8-switchback-sim"):  # 2 towers x 2 blocks x (in_proj, out_proj, c_fc, c_proj)
+        assert rows[recipe]["converted"] == "16/16" and rows[recipe]["fused"] == 4
+        assert rows[recipe]["convert_report"].startswith(f"lowbit.convert: 16 linear layer(s) → {recipe}; 0 skipped")
+    assert "16 linear layer(s) → switchback-sim" in capsys.readouterr().out
+    w = bench_model.build_workload(bench_model.parse_spec(OPEN_CLIP_TINY))
+    batch = w.batch(2, torch.device("cpu"))
+    assert batch["image"].shape == (2, 3, 28, 28) and batch["text"].shape == (2, 8)  # the tokenizer's length
+    assert w.loss(w.model, batch).ndim == 0
+
+
+def test_open_clip_vit_h_default_filter_converts_the_vision_tower(third_party) -> None:
+    third_party("open_clip")
+    with torch.device("meta"):  # create_model's own device argument, else it moves the model to the CPU
+        w = bench_model.build_workload(bench_model.parse_spec("open_clip:ViT-H-14:device=meta"))
+    model, converted, fused = bench_model.convert_model(w.model, "fp8-switchback", "auto", fuse=False)
+    # 32 vision blocks x 4 at width 1280; the 24 text blocks (width 1024) stay 16-bit, the report says why
+    assert (converted, fused) == ("128/224", 0)
+    assert "(too small: 96)" in convert_report(model).summary()
+
+
+def test_open_clip_missing_names_its_pip_package(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import of it raises ModuleNotFoundError, installed or not
+    rc = main(["bench", "model", "--model", "open_clip:ViT-H-14", "--device", "cpu", "--out", str(tmp_path)])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines() == [
+        "lowbit bench: error: --model open_clip:ViT-H-14 needs the open_clip package, which is not installed: "
+        "pip install open_clip_torch"]

@@ -116,9 +116,9 @@ def parse_spec(spec: str) -> ModelSpec:
     ``ValueError`` naming what is wrong otherwise."""
     source, sep, rest = spec.partition(":")
     if not sep or source not in PACKAGES:
-        raise ValueError(f"--model {spec!r}: expected open_clip:<model name>, timm:<model name> or hf:<model type or "
-                         "config class>[:key=value,...], e.g. open_clip:ViT-H-14, timm:vit_huge_patch14_224 or "
-                         "hf:clip:vision.hidden_size=1280")
+        raise ValueError(f"--model {spec!r}: expected timm:<model name>, hf:<model type or config class> or "
+                         "open_clip:<model name>[:key=value,...], e.g. timm:vit_huge_patch14_224, "
+                         "hf:clip:vision.hidden_size=1280 or open_clip:ViT-H-14")
     name, _, opts = rest.partition(":")
     name = name.strip()
     if not name:
