@@ -218,3 +218,16 @@ def test_compiles_without_graph_breaks() -> None:
 
 def test_exported_at_the_top_level() -> None:
     assert lowbit.LowbitMultiheadAttention is LowbitMultiheadAttention and lowbit.convert_report is convert_report
+
+
+def test_transformer_encoder_nested_tensor_inference_unchanged() -> None:
+    """TransformerEncoder's nested-tensor fast path (eval, no grad, padding mask) checks the layer's type and
+    reads its parameters directly: conversion leaves it as it was."""
+    torch.manual_seed(0)
+    plain = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, 4 * E, batch_first=True), 2).eval()
+    low = convert(copy.deepcopy(plain), "switchback-sim", lambda fqn, m: True)
+    assert plain.use_nested_tensor and low.use_nested_tensor
+    x, pad = torch.randn(N, L, E), torch.zeros(N, L, dtype=torch.bool)
+    pad[0, -2:] = True
+    with torch.inference_mode():
+        torch.testing.assert_close(low(x, src_key_padding_mask=pad), plain(x, src_key_padding_mask=pad), **F32)
