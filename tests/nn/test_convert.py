@@ -121,3 +121,27 @@ def test_lowbit_linear_api() -> None:
     assert sb.recipe.name == "switchback" and sb.weight.dtype == torch.float64
     with pytest.raises(ValueError, match="unknown recipe"):
         LowbitLinear(4, 4, recipe="nope")
+
+
+def test_report_rows_and_table_name_the_cause_of_every_16_bit_layer() -> None:
+    model = nn.ModuleDict({"wide": nn.Linear(1280, 5120), "narrow": nn.Linear(64, 64),
+                           "odd": nn.Linear(1288 + 4, 5120), "head": nn.Linear(1280, 1280)})
+    convert(model, "switchback-sim", lambda fqn, m: fqn != "head" and skip_reason(fqn, m) is None)
+    rep = lowbit.convert_report(model)
+    rows = {r["layer"]: r for r in rep.rows()}
+    assert [r["layer"] for r in rep.rows()] == ["wide", "narrow", "odd", "head"]  # model order
+    assert rows["wide"] == {"layer": "wide", "kind": "Linear", "shape": "1280→5120", "status": "converted",
+                            "cause": "", "detail": "LowbitLinear"}
+    assert {k: rows[k]["cause"] for k in ("narrow", "odd", "head")} == {
+        "narrow": "module_filter", "odd": "module_filter", "head": "module_filter"}  # a filter's own reasons
+    convert(model, "switchback-sim")  # the default filter says why
+    rows = {r["layer"]: r for r in lowbit.convert_report(model).rows()}
+    assert (rows["narrow"]["cause"], rows["odd"]["cause"], rows["head"]["status"]) == ("too small", "alignment",
+                                                                                       "converted")
+    assert "torch.compile" in rows["narrow"]["detail"]  # the way around eager launch costs
+    table = lowbit.convert_report(model).table()
+    lines = table.splitlines()
+    assert lines[0] == lowbit.convert_report(model).summary() and "(too small: 1, alignment: 1)" in lines[0]
+    assert lines[1].split() == ["layer", "kind", "shape", "status", "why", "/", "what"]
+    assert any(line.startswith("odd ") and "16-bit (alignment)" in line for line in lines)
+    assert all(len(line) <= 80 for line in lowbit.convert_report(model).table(width=10).splitlines()[2:])

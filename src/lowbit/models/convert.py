@@ -125,6 +125,7 @@ def _fuse_block_norms(model: nn.Module) -> None:
     """LayerNorm → consumer fusion inside every CLIP block whose consumer was converted (see ``convert_clip``)."""
     from lowbit.models.clip import Block
     from lowbit.nn import LowbitLinear, LowbitMLP, convert_report, fuse_layernorm
+    from lowbit.nn.convert import FUSED, NOT_FUSED
 
     report = convert_report(model)
     for fqn, block in model.named_modules():
@@ -137,9 +138,9 @@ def _fuse_block_norms(model: nn.Module) -> None:
             if report is not None:
                 key = f"{fqn}.{norm} → {fqn}.{consumer}"
                 if why is None:
-                    report.fused[key] = "LayerNorm fused with the quantization of its output"
+                    report.record(key, "LayerNorm", "", FUSED, "LayerNorm fused with the quantization of its output")
                 else:
-                    report.not_fused[key] = why
+                    report.record(key, "LayerNorm", "", NOT_FUSED, why)
 
 
 def fused_counts(model: nn.Module) -> tuple[int, int]:
