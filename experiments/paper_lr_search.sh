@@ -4,13 +4,14 @@
 # (`none`) against simulated fp8 tensor-wise (`fp8-tensorwise-sim`, the same numerics as the H100's fp8 kernels)
 # with and without zero-init layer-scale, over a few peak learning rates; one run at a time, 1 thread, nice 10.
 # Runs land in OUT/<recipe>-ls<none|0>-lr<lr>/seed<k>/ (metrics.csv, eval.csv, summary.json); then summarize.py.
+# A run whose summary.json exists is skipped, so lists can be extended as results come in.
 #   OUT=/tmp/lrs DATA=.data/fmnist bash experiments/paper_lr_search.sh
-#   OUT=/tmp/lrs DATA=... LRS="1e-2 3e-2" SETTINGS="none:none" bash experiments/paper_lr_search.sh
+#   OUT=/tmp/lrs DATA=... LRS=4e-3 SETTINGS="none:none fp8-tensorwise-sim:none" bash experiments/paper_lr_search.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/lowbit-lr-search}
 PY=${PY:-python3}
 DATA=${DATA:-.data/fmnist}
-LRS=${LRS:-"1e-2 3e-2 3e-3"}
+LRS=${LRS:-"3e-3 6e-3"}
 SETTINGS=${SETTINGS:-"none:none fp8-tensorwise-sim:none fp8-tensorwise-sim:0"}
 SEEDS=${SEEDS:-0}
 EXTRA=${EXTRA:-}

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Issue 30 — the paper's accuracy claims on real data, in ONE device call (one GPU, < 8.5 minutes): CLIP ViT-B/32
 # (experiments/paper/vit-b-32.yaml) on Fashion-MNIST captions, every run on the same schedule (batch 128 x STEPS,
-# warmup 30, cosine), SEEDS each, PARALLEL runs at a time inside BUDGET seconds. Three parts, one folder each:
+# warmup 25, cosine), SEEDS each, PARALLEL runs at a time inside BUDGET seconds. Three parts, one folder each:
 #   RUNS/main/<recipe>/seed<k>     bf16 (plain nn.Linear under bf16 autocast) and the 8-bit recipes at lr 5e-4
-#   RUNS/ls/<recipe>-ls<none|0>/seed<k>   fp8-tensorwise without / with zero-init layer-scale, and bf16 without,
-#                                  at the higher LS_LR (experiments/PAPER.md: how it was chosen); --activations
+#   RUNS/ls-lr<lr>/<recipe>-ls<none|0>/seed<k>   fp8-tensorwise without / with zero-init layer-scale and bf16
+#                                  without, at higher learning rates (LS_SETTINGS; experiments/PAPER.md: how they
+#                                  were chosen), --activations (max |block output|)
 #   RUNS/spike/<optimizer>/seed<k> AdamW vs StableAdamW at SPIKE_LR, beta2 SPIKE_BETA2, recipe bf16, --monitor
 # Jobs start seed by seed (seed 0 of every setting first), so a budget that runs out costs seeds, not settings.
 # Each run writes metrics.csv, eval.csv (zero-shot top-1 on the 10k test images, chance 10%) and summary.json.
@@ -26,16 +27,17 @@ OUT=${OUT:-/tmp/lowbit-out}
 RUNS=${RUNS:-$OUT/paper}
 CONFIG=${CONFIG:-experiments/paper/vit-b-32.yaml}
 RECIPES=${RECIPES:-"bf16 switchback fp8-tensorwise fp8-switchback int8-all llm-int8 switchback-m"}
-LS_SETTINGS=${LS_SETTINGS:-"fp8-tensorwise:none fp8-tensorwise:0 bf16:none"}
-LS_LR=${LS_LR:-2e-3}
+# lr:recipe:layer-scale-init; 1e-3 (2x the main lr): does fp8 without layer-scale fail where bf16 trains?
+# 2e-3: past bf16's edge without layer-scale at ViT-B width (docs/results.md section 2): does zero-init rescue fp8?
+LS_SETTINGS=${LS_SETTINGS:-"1e-3:fp8-tensorwise:none 1e-3:bf16:none 2e-3:fp8-tensorwise:0 2e-3:fp8-tensorwise:none 2e-3:bf16:none"}
 SPIKE_OPTIMIZERS=${SPIKE_OPTIMIZERS:-"adamw stableadamw"}
-SPIKE_LR=${SPIKE_LR:-2e-3}
+SPIKE_LR=${SPIKE_LR:-1.5e-3}
 SPIKE_BETA2=${SPIKE_BETA2:-0.99}
 SEEDS=${SEEDS:-"0 1"}
 PARALLEL=${PARALLEL:-8}    # 8 x ~8 GiB (ViT-B/32, batch 128, eager) on the 80 GB card
 WORKERS=${WORKERS:-1}      # loader processes per run (~1100 images/s each; a run gets ~1/8 of the GPU)
 BUDGET=${BUDGET:-420}      # seconds for the runs; + data, preflight, summary and packing: < 8.5 minutes
-MIN_START=${MIN_START:-100}  # no job starts with less budget left (a 300-step run takes ~100-130 s, 8 sharing)
+MIN_START=${MIN_START:-90}  # no job starts with less budget left (a 250-step run: ~80-110 s with 8 sharing)
 JOB_TIMEOUT=${JOB_TIMEOUT:-$BUDGET}
 COMPILE=${COMPILE:-0}      # 0: --no-compile (8 runs share the GPU: eager's launch cost hides behind the others)
 DATA=${DATA:-.data/fmnist}
@@ -85,8 +87,10 @@ add() {  # NAME ARGS...: one `lowbit train` job writing RUNS/NAME
 for seed in $SEEDS; do
   for r in $RECIPES; do add "main/$r/seed$seed" --recipe "$(recipe_flag "$r")" --seed "$seed"; done
   for s in $LS_SETTINGS; do
-    r=${s%%:*}; ls=${s##*:}; LS=""; [ "$ls" != none ] && LS="--set model.layer_scale_init=$ls"
-    add "ls/$r-ls$ls/seed$seed" --recipe "$(recipe_flag "$r")" "$LS" --lr "$LS_LR" --activations --seed "$seed"
+    IFS=: read -r lr r ls <<< "$s"
+    [ -n "$ls" ] || { echo "LS_SETTINGS: expected lr:recipe:layer-scale, got '$s'"; exit 1; }
+    LS=""; [ "$ls" != none ] && LS="--set model.layer_scale_init=$ls"
+    add "ls-lr$lr/$r-ls$ls/seed$seed" --recipe "$(recipe_flag "$r")" "$LS" --lr "$lr" --activations --seed "$seed"
   done
   for o in $SPIKE_OPTIMIZERS; do
     add "spike/$o/seed$seed" --recipe none --optimizer "$o" --lr "$SPIKE_LR" --beta2 "$SPIKE_BETA2" --monitor --seed "$seed"

@@ -3,9 +3,10 @@
 
     python experiments/summarize_paper.py RUNS --out RUNS/summary [--jobs RUNS/jobs.tsv] [--title T]
 
-``RUNS`` holds up to three parts (any may be missing): ``main/<recipe>/seed<k>`` (the recipe table, compared
-with ``main/bf16``), ``ls/<recipe>-ls<none|0>/seed<k>`` (layer-scale at a higher learning rate, compared with
-``ls/bf16-lsnone``) and ``spike/<optimizer>/seed<k>`` (AdamW vs StableAdamW with the RMS monitor).
+``RUNS`` holds these parts (any may be missing): ``main/<recipe>/seed<k>`` (the recipe table, compared with
+``main/bf16``), ``ls-lr<lr>/<recipe>-ls<none|0>/seed<k>`` (layer-scale at a higher learning rate, one part per
+lr, compared with that part's ``bf16-lsnone``) and ``spike/<optimizer>/seed<k>`` (AdamW vs StableAdamW with the
+RMS monitor).
 
 Writes to ``--out``: ``results.md`` (the headline tables), ``summary.json``, ``loss_curves.png`` (per group:
 mean over seeds, band = the seeds' min-max), ``zeroshot.png`` (top-1 per group: seeds as dots, mean ± s.d.),
@@ -34,7 +35,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import summarize as S
 
-PARTS = {"main": "bf16", "ls": "bf16-lsnone", "spike": None}  # part -> baseline group
+BASELINES = {"main": "bf16", "ls": "bf16-lsnone", "spike": None}  # part (ls: every ls-lr<lr>) -> baseline group
+
+
+def baseline_of(part: str) -> str | None:
+    return BASELINES["ls"] if part.startswith("ls") else BASELINES.get(part)
+
+
+def part_names(root: Path) -> list[str]:
+    """The parts under ``root`` in report order: main, the layer-scale parts by learning rate, spike."""
+    ls = [p.name for p in root.glob("ls*") if p.is_dir()]
+    lr = {n: S._f(n.partition("-lr")[2]) for n in ls}
+    ls.sort(key=lambda n: (lr[n] if math.isfinite(lr[n]) else math.inf, n))
+    return [p for p in ("main", *ls, "spike") if (root / p).is_dir()]
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -227,7 +240,7 @@ def plot_zeroshot(parts: dict[str, list[dict[str, Any]]], out: Path) -> str | No
         if v:
             ax.errorbar([i + 0.18], [statistics.fmean(v)], yerr=[statistics.stdev(v) if len(v) > 1 else 0.0],
                         fmt="s", color=color, capsize=3, ms=4)
-        if g["group"] == PARTS.get(part):
+        if g["group"] == baseline_of(part):
             ax.axhline(statistics.fmean(v) if v else np.nan, color=color, ls="--", lw=0.8)
     chance = [100 * statistics.fmean(r["chance"].values()) for _, g in groups for r in g["_runs"] if r.get("chance")]
     if chance:
@@ -283,12 +296,14 @@ def report(root: Path, out: Path, title: str = "Issue 30", jobs: Path | None = N
            plots: bool = True) -> dict[str, Any]:
     """Read RUNS' parts, write results.md, summary.json, the plots and each part's detailed summary."""
     spike_kw = dict(S.SPIKE_DEFAULTS)
-    parts = {p: load_part(root / p, spike_kw) if (root / p).is_dir() else [] for p in PARTS}
+    parts = {p: load_part(root / p, spike_kw) for p in part_names(root)}
     if not any(parts.values()):
-        raise SystemExit(f"no runs under {root}/{{{','.join(PARTS)}}} (experiments/run_paper.sh lays them out)")
+        raise SystemExit(f"no runs under {root}/{{main,ls-lr*,spike}} (experiments/run_paper.sh lays them out)")
+    parts.setdefault("main", [])
+    parts.setdefault("spike", [])
     out.mkdir(parents=True, exist_ok=True)
-    for p, baseline in PARTS.items():  # put each baseline first
-        parts[p].sort(key=lambda g: g["group"] != baseline)
+    for p in parts:  # put each baseline first
+        parts[p].sort(key=lambda g: g["group"] != baseline_of(p))
     pngs = []
     if plots:
         import matplotlib
@@ -304,7 +319,7 @@ def report(root: Path, out: Path, title: str = "Issue 30", jobs: Path | None = N
           "(`experiments/summarize.py`); with 2 seeds it can only rule out large differences.", ""]
     agg = aggregate_rate(jobs, root) if jobs else None
     if parts["main"]:
-        md += [f"### Recipes at lr {parts['main'][0]['lr']}", "", *recipe_table(parts["main"], PARTS["main"])]
+        md += [f"### Recipes at lr {parts['main'][0]['lr']}", "", *recipe_table(parts["main"], baseline_of("main"))]
         md += ["Images/s, tokens/s and MFU are each run's own while it shared the GPU with the others "
                "(`samples_per_s_steady`; tokens = vision tokens + text context per image): they compare settings "
                "of one call, not recipe speeds (`lowbit bench step` measures those alone).", ""]
@@ -312,19 +327,19 @@ def report(root: Path, out: Path, title: str = "Issue 30", jobs: Path | None = N
         md += [f"The call: {agg['ok']} of {agg['jobs']} jobs finished ({agg['timeout']} cut by the budget, "
                f"{agg['skipped']} not started); {agg['samples']:,} images trained in {agg['seconds']:.0f} s = "
                f"{agg['images_per_s']:.0f} images/s over all runs together.", ""]
-    if parts["ls"]:
-        lr = parts["ls"][0]["lr"]
-        md += [f"### Layer-scale at lr {lr}", "", *recipe_table(parts["ls"], PARTS["ls"], extra=True)]
+    for p in (p for p in parts if p.startswith("ls") and parts[p]):
+        md += [f"### Layer-scale at lr {parts[p][0]['lr']}", "", *recipe_table(parts[p], baseline_of(p), extra=True)]
     if parts["spike"]:
         md += ["### Loss spikes (recipe bf16, RMS monitor on)", "", *spike_table(parts["spike"]),
                f"Spikes: `lowbit.monitor.find_spikes` (z ≥ {spike_kw['z_threshold']}, rise ≥ "
                f"{100 * spike_kw['min_rise']:.0f}% over a {spike_kw['window']}-step window; RMS precursor: RMS > "
                f"{spike_kw['rms_threshold']} {spike_kw['min_lag']}–{spike_kw['max_lag']} steps before).", ""]
     md += [f"![{p}]({p})" for p in pngs] + ["", "Per-seed rows, t-tests and the spike / feature-magnitude tables: "
-                                            + ", ".join(f"`{p}/results.md`" for p in PARTS if parts[p]) + "."]
+                                            + ", ".join(f"`{p}/results.md`" for p in parts if parts[p]) + "."]
     (out / "results.md").write_text("\n".join(md) + "\n")
     details = {}
-    for p, baseline in PARTS.items():  # summarize.py's full output per part
+    for p in parts:  # summarize.py's full output per part
+        baseline = baseline_of(p)
         if parts[p]:
             has_base = any(g["group"] == baseline for g in parts[p])
             details[p] = S.summarize([root / p], out / p, title=f"{title}: {p}", plots=plots,

@@ -247,8 +247,10 @@ def test_summarize_paper_table_speed_and_plots(tmp_path: Path) -> None:
         _paper_run(root / "main" / "bf16" / f"seed{seed}", seed, f, z, 1000.0)
     for seed, (f, z) in enumerate(((2.52, 0.78), (2.58, 0.72))):
         _paper_run(root / "main" / "switchback" / f"seed{seed}", seed, f, z, 900.0, mfu=0.25)
-    _paper_run(root / "ls" / "bf16-lsnone" / "seed0", 0, 3.0, 0.3, 800.0, lr=2e-3)
-    _paper_run(root / "ls" / "fp8-tensorwise-ls0" / "seed0", 0, 2.9, 0.4, 800.0, recipe="fp8-tensorwise", lr=2e-3)
+    _paper_run(root / "ls-lr2e-3" / "bf16-lsnone" / "seed0", 0, 3.0, 0.3, 800.0, lr=2e-3)
+    _paper_run(root / "ls-lr2e-3" / "fp8-tensorwise-ls0" / "seed0", 0, 2.9, 0.4, 800.0, recipe="fp8-tensorwise",
+               lr=2e-3)
+    _paper_run(root / "ls-lr1e-3" / "bf16-lsnone" / "seed0", 0, 2.8, 0.5, 800.0, lr=1e-3)
     smooth = [3.0 - 0.01 * i + 0.001 * (i % 3) for i in range(60)]
     spiky = list(smooth)
     spiky[39] += 1.0  # step 40, RMS spike at step 37: lag 3
@@ -268,18 +270,19 @@ def test_summarize_paper_table_speed_and_plots(tmp_path: Path) -> None:
             "2.0 ± 0.0 |") in md  # tiny: 4x4 patches + class token + 77 text tokens = 94 tokens per image
     expect = mfu(clip_train_flops(get_config("tiny"), 8), 1000.0, "NVIDIA H100 80GB HBM3")
     assert f"| 94000 ± 0 | {100 * expect:.1f} ± 0.0% |" in md and md.index("| bf16 |") < md.index("| switchback |")
-    # 8 runs x 480 images over the span from the first start (0 s) to the last end (120 s)
+    # 9 runs x 480 images over the span from the first start (0 s) to the last end (120 s)
     assert "2 of 3 jobs finished" not in md and "1 of 3 jobs finished (1 cut by the budget, 1 not started)" in md
-    assert f"{8 * 480:,} images trained in 120 s = 32 images/s" in md
+    assert f"{9 * 480:,} images trained in 120 s = 36 images/s" in md
     assert "### Layer-scale at lr 0.002" in md and "| fp8-tensorwise-ls0 | fp8-tensorwise | 1/1 |" in md
+    assert md.index("### Layer-scale at lr 0.001") < md.index("### Layer-scale at lr 0.002")  # parts by lr
     assert "| -0.1000 ± 0.0000 (-0.1000) | 40.0 ± 0.0 (n=1) | +10.0 ± 0.0 (+10.0) | too few seeds |" in md
     assert "| adamw | lr 0.002, β2 0.99 | 1 | 1/1 | 3 | visual.patch_embed.weight |" in md
     assert "| stableadamw | lr 0.002, β2 0.99 | 0 | 0/0 | — |" in md
     for png in ("loss_curves.png", "zeroshot.png", "spike.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
-    for part in ("main", "ls", "spike"):
+    for part in ("main", "ls-lr1e-3", "ls-lr2e-3", "spike"):
         assert (out / part / "results.md").is_file()
-    assert data["speed"]["main"]["switchback"][1]["mfu"] == 0.25 and data["aggregate"]["samples"] == 8 * 480
+    assert data["speed"]["main"]["switchback"][1]["mfu"] == 0.25 and data["aggregate"]["samples"] == 9 * 480
     assert data["comparison"]["main"][0]["group"] == "switchback"
     with pytest.raises(SystemExit, match="no runs under"):
         _summarize_paper_module().report(tmp_path / "empty", tmp_path / "x")
@@ -314,20 +317,21 @@ def test_run_paper_end_to_end_on_cpu(tmp_path: Path) -> None:
     env.update({"OUT": str(out), "RUNS": str(runs), "PACK": "1", "PY": sys.executable,
                 "DATA": str(tmp_path / "unpacked"), "DATA_TGZ": str(tmp_path / "fmnist.tar.gz"), "DEVICE": "cpu",
                 "PRESET": "tiny", "STEPS": "2", "BATCH": "8", "WARMUP": "1", "SEEDS": "0",
-                "RECIPES": "bf16 switchback", "LS_SETTINGS": "bf16:0", "SPIKE_OPTIMIZERS": "adamw", "PARALLEL": "2",
+                "RECIPES": "bf16 switchback", "LS_SETTINGS": "2e-3:bf16:0", "SPIKE_OPTIMIZERS": "adamw", "PARALLEL": "2",
                 "BUDGET": "400", "MIN_START": "5", "ZEROSHOT_LIMIT": "20",
                 "EXTRA": "--set model.vision.layers=1 --set model.text.layers=1"})
     res = subprocess.run(["bash", str(EXP / "run_paper.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     status = {r["name"]: r["status"] for r in csv.DictReader((runs / "jobs.tsv").open(), delimiter="\t")}
-    names = ["main/bf16/seed0", "main/switchback/seed0", "ls/bf16-ls0/seed0", "spike/adamw/seed0"]
+    names = ["main/bf16/seed0", "main/switchback/seed0", "ls-lr2e-3/bf16-ls0/seed0", "spike/adamw/seed0"]
     assert status == dict.fromkeys(names, "ok"), status
-    ls = json.loads((runs / "ls/bf16-ls0/seed0/summary.json").read_text())
+    ls = json.loads((runs / "ls-lr2e-3/bf16-ls0/seed0/summary.json").read_text())
     assert ls["config"]["model"]["layer_scale_init"] == 0 and ls["config"]["activations"] is True
     assert ls["config"]["lr"] == 2e-3 and ls["recipe"] == "none" and ls["compiled"].startswith("eager")
     spike = json.loads((runs / "spike/adamw/seed0/summary.json").read_text())
     assert spike["config"]["optimizer"] == "adamw" and spike["config"]["beta2"] == 0.99 and spike["config"]["monitor"]
+    assert spike["config"]["lr"] == 1.5e-3 and spike["config"]["steps"] == 2 and spike["config"]["warmup"] == 1
     assert "unpacked" in (out / "env.txt").read_text()
     files = sorted(p.name for p in out.iterdir())
     assert all((out / f).is_file() for f in files) and len(files) <= 8, files
