@@ -165,7 +165,7 @@ def recipe_table(groups: list[dict[str, Any]], baseline: str | None, extra: bool
         else:
             mfu = _runs(g, "mfu")
             row += [_ms(_runs(g, "images_per_s"), digits=0), _ms(_runs(g, "tokens_per_s"), digits=0),
-                    _ms(mfu, 100.0, 1) + "%" if any(m is not None for m in mfu) else "unknown",
+                    _ms(mfu, 100.0, 2) + "%" if any(m is not None for m in mfu) else "unknown",
                     _ms(_runs(g, "peak_memory_gb"), digits=1)]
         rows.append(row)
     return [S._md_table(head, rows), ""]
