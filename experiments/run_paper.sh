@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 30 — the paper's accuracy claims on real data, in ONE device call (one GPU, < 8.5 minutes): CLIP ViT-B/32
 # (experiments/paper/vit-b-32.yaml) on Fashion-MNIST captions, every run on the same schedule (batch 128 x STEPS,
-# warmup 25, cosine), SEEDS each, PARALLEL runs at a time inside BUDGET seconds. Three parts, one folder each:
+# warmup 20, cosine), SEEDS each, PARALLEL runs at a time inside BUDGET seconds. Three parts, one folder each:
 #   RUNS/main/<recipe>/seed<k>     bf16 (plain nn.Linear under bf16 autocast) and the 8-bit recipes at lr 5e-4
 #   RUNS/ls-lr<lr>/<recipe>-ls<none|0>/seed<k>   fp8-tensorwise without / with zero-init layer-scale and bf16
 #                                  without, at higher learning rates (LS_SETTINGS; experiments/PAPER.md: how they
@@ -18,7 +18,7 @@
 # fmnist`; unpacks in ~2 s); else `lowbit data prepare fashion-mnist` from SOURCE (the Debian package's IDX
 # files, 30 MiB; ~25 s).
 #
-#   OUT=$OUT RUNS=/tmp/paper PACK=1 bash experiments/run_paper.sh                 # the H100 (~7.5 minutes)
+#   RUNS=/tmp/paper PACK=1 bash experiments/run_paper.sh      # the H100 (~6.5 minutes; at most ~7.6: the budget)
 #   OUT=/tmp/smoke DEVICE=cpu PRESET=tiny STEPS=3 BATCH=8 RECIPES="bf16 switchback" SEEDS="0 1" \
 #     ZEROSHOT_LIMIT=50 PARALLEL=2 bash experiments/run_paper.sh                   # smoke test on a CPU
 set -uo pipefail
@@ -37,7 +37,7 @@ SEEDS=${SEEDS:-"0 1"}
 PARALLEL=${PARALLEL:-8}    # 8 x ~8 GiB (ViT-B/32, batch 128, eager) on the 80 GB card
 WORKERS=${WORKERS:-1}      # loader processes per run (~1100 images/s each; a run gets ~1/8 of the GPU)
 BUDGET=${BUDGET:-420}      # seconds for the runs; + data, preflight, summary and packing: < 8.5 minutes
-MIN_START=${MIN_START:-90}  # no job starts with less budget left (a 250-step run: ~80-110 s with 8 sharing)
+MIN_START=${MIN_START:-75}  # no job starts with less budget left (a 200-step run: ~70-90 s with 8 sharing)
 JOB_TIMEOUT=${JOB_TIMEOUT:-$BUDGET}
 COMPILE=${COMPILE:-0}      # 0: --no-compile (8 runs share the GPU: eager's launch cost hides behind the others)
 DATA=${DATA:-.data/fmnist}
@@ -73,7 +73,7 @@ if [ ! -f "$DATA/manifest.json" ]; then
   echo "data: $DATA $what in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 fi
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader >> "$OUT/env.txt" 2>/dev/null || true
-echo "cores $(nproc); $PARALLEL runs at a time, $WORKERS loader worker(s) each; budget $BUDGET s; compile $COMPILE" \
+echo "cores $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc); $PARALLEL runs at a time, $WORKERS loader worker(s) each; budget $BUDGET s; compile $COMPILE" \
   | tee -a "$OUT/env.txt"
 
 # ---- jobs, in priority order: seed by seed; within a seed the recipe table, then layer-scale, then spikes
