@@ -48,7 +48,7 @@ if [ ! -f "$DATA/manifest.json" ]; then
 fi
 # DataLoader workers hand batches over in shared memory (a 128 x 3 x 224 x 224 float32 batch is 77 MB)
 shm=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print int($4 / 1024)}')
-echo "cores $(nproc), /dev/shm free ${shm:-?} MiB, $PARALLEL runs at a time, $WORKERS loader workers each" | tee -a "$OUT/env.txt"
+echo "cores $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc), /dev/shm free ${shm:-?} MiB, $PARALLEL runs at a time, $WORKERS loader workers each" | tee -a "$OUT/env.txt"
 if [ "$WORKERS" -gt 0 ] && [ "${shm:-0}" -lt $(( PARALLEL * WORKERS * 700 )) ]; then
   echo "warning: /dev/shm too small for $WORKERS workers x $PARALLEL runs: loading in the training processes" | tee -a "$OUT/env.txt"
   WORKERS=0

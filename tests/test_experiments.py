@@ -209,3 +209,134 @@ def test_run_fmnist_end_to_end_on_cpu(tmp_path: Path) -> None:
     md = (d / "summary" / "results.md").read_text()
     assert "Against `bf16`" in md and "| switchback |" in md and "prepared" in (out / "env.txt").read_text()
     assert (d / "summary" / "final_per_seed.png").is_file() and "Against `bf16`" in res.stdout
+
+
+def _summarize_paper_module():
+    spec = importlib.util.spec_from_file_location("summarize_paper", EXP / "summarize_paper.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _paper_run(d: Path, seed: int, final: float, top1: float, ips: float, mfu: float | None = None,
+               losses: list[float] | None = None, rms_spike_at: int | None = None, recipe: str | None = None,
+               model: str = "tiny", **cfg) -> None:
+    """A finished run as the trainer writes it (batch 8 on an H100), with throughput fields."""
+    from lowbit.models import get_config
+
+    _write_run(d, losses or [3.0 - 0.01 * i for i in range(60)], rms_spike_at, None, acts=False)
+    summary = _summary(seed, final, {"fashion-mnist": top1})
+    summary["config"].update({"recipe": recipe or d.parent.name, "optimizer": "stableadamw", "beta2": 0.98, **cfg})
+    summary.update({"samples_per_s_steady": ips, "device": "NVIDIA H100 80GB HBM3", "global_batch": 8,
+                    "samples_seen": 480, "peak_memory_gb": 2.0, "model_config": get_config(model).to_dict()})
+    if mfu is not None:
+        summary["mfu_steady"] = mfu
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def test_summarize_paper_table_speed_and_plots(tmp_path: Path) -> None:
+    """summarize_paper.py: the recipe table against bf16 with paired per-seed deltas and Welch's verdict, tokens/s
+    and MFU (the trainer's mfu_steady, else computed from the FLOPs and the device's peak), the call's aggregate
+    images/s from jobs.tsv, the layer-scale and spike tables, and the three plots."""
+    root = tmp_path / "runs"
+    for seed, (f, z) in enumerate(((2.50, 0.80), (2.60, 0.70))):
+        _paper_run(root / "main" / "bf16" / f"seed{seed}", seed, f, z, 1000.0, model="vit-b-32")
+    for seed, (f, z) in enumerate(((2.52, 0.78), (2.58, 0.72))):
+        _paper_run(root / "main" / "switchback" / f"seed{seed}", seed, f, z, 900.0, mfu=0.25)
+    _paper_run(root / "ls-lr2e-3" / "bf16-lsnone" / "seed0", 0, 3.0, 0.3, 800.0, lr=2e-3)
+    _paper_run(root / "ls-lr2e-3" / "fp8-tensorwise-ls0" / "seed0", 0, 2.9, 0.4, 800.0, recipe="fp8-tensorwise",
+               lr=2e-3)
+    _paper_run(root / "ls-lr1e-3" / "bf16-lsnone" / "seed0", 0, 2.8, 0.5, 800.0, lr=1e-3)
+    smooth = [3.0 - 0.01 * i + 0.001 * (i % 3) for i in range(60)]
+    spiky = list(smooth)
+    spiky[39] += 1.0  # step 40, RMS spike at step 37: lag 3
+    _paper_run(root / "spike" / "adamw" / "seed0", 0, 2.7, 0.5, 700.0, losses=spiky, rms_spike_at=37,
+               recipe="none", optimizer="adamw", lr=2e-3, beta2=0.99)
+    _paper_run(root / "spike" / "stableadamw" / "seed0", 0, 2.6, 0.6, 700.0, losses=smooth, recipe="none", lr=2e-3,
+               beta2=0.99)
+    jobs = root / "jobs.tsv"
+    jobs.write_text("name\tstatus\tseconds\tstart_s\nmain/bf16/seed0\tok\t90.0\t0.0\n"
+                    "spike/adamw/seed0\ttimeout\t100.0\t20.0\nls/x/seed1\tskipped (budget)\t0.0\t119.0\n")
+    out = tmp_path / "summary"
+    data = _summarize_paper_module().report(root, out, title="T", jobs=jobs)
+    md = (out / "results.md").read_text()
+    # switchback - bf16 per seed: loss +0.02, -0.02 (mean 0, s.d. 0.0283); top-1 -2, +2 pp; Welch: within noise
+    assert ("| switchback | switchback | 2/2 | 2.5500 ± 0.0424 | +0.0000 ± 0.0283 (+0.0200, -0.0200) | "
+            "75.0 ± 4.2 | +0.0 ± 2.8 (-2.0, +2.0) | within seed noise | 900 ± 0 | 84600 ± 0 | 25.00 ± 0.00% | "
+            "2.0 ± 0.0 |") in md  # tiny: 4x4 patches + class token + 77 text tokens = 94 tokens per image
+    # ViT-B/32: 7x7 patches + 1 + 77 = 127 tokens; 44.11 GFLOP per image x 1000/s over the H100's 989.4 TFLOP/s
+    assert "| 1000 ± 0 | 127000 ± 0 | 4.46 ± 0.00% |" in md and md.index("| bf16 |") < md.index("| switchback |")
+    # 9 runs x 480 images over the span from the first start (0 s) to the last end (120 s)
+    assert "2 of 3 jobs finished" not in md and "1 of 3 jobs finished (1 cut by the budget, 1 not started)" in md
+    assert f"{9 * 480:,} images trained in 120 s = 36 images/s" in md
+    assert "### Layer-scale at lr 0.002" in md and "| fp8-tensorwise-ls0 | fp8-tensorwise | 1/1 |" in md
+    assert md.index("### Layer-scale at lr 0.001") < md.index("### Layer-scale at lr 0.002")  # parts by lr
+    assert "| -0.1000 ± 0.0000 (-0.1000) | 40.0 ± 0.0 (n=1) | +10.0 ± 0.0 (+10.0) | too few seeds |" in md
+    assert "| adamw | lr 0.002, β2 0.99 | 1 | 1/1 | 3 | visual.patch_embed.weight |" in md
+    assert "| stableadamw | lr 0.002, β2 0.99 | 0 | 0/0 | — |" in md
+    for png in ("loss_curves.png", "zeroshot.png", "spike.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
+    for part in ("main", "ls-lr1e-3", "ls-lr2e-3", "spike"):
+        assert (out / part / "results.md").is_file()
+    assert data["speed"]["main"]["switchback"][1]["mfu"] == 0.25 and data["aggregate"]["samples"] == 9 * 480
+    assert data["comparison"]["main"][0]["group"] == "switchback"
+    with pytest.raises(SystemExit, match="no runs under"):
+        _summarize_paper_module().report(tmp_path / "empty", tmp_path / "x")
+
+
+def test_run_paper_end_to_end_on_cpu(tmp_path: Path) -> None:
+    """experiments/run_paper.sh at tiny size on a fake Fashion-MNIST carried as a prepared .tar.gz: every part
+    runs (recipe table, layer-scale with --activations, a spike run with --monitor), and with PACK=1 OUT holds
+    only what a device call brings back (at most 8 files, none in a folder) with every run's files in the tar."""
+    import gzip
+    import os
+    import struct
+    import sys
+    import tarfile
+
+    import numpy as np
+
+    src = tmp_path / "idx"
+    src.mkdir()
+    for split, n in (("train", 48), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = np.stack([np.full((28, 28), 20 + 23 * int(y), np.uint8) for y in labels])
+        for name, a in ((f"{split}-images-idx3-ubyte.gz", images), (f"{split}-labels-idx1-ubyte.gz", labels)):
+            header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+            (src / name).write_bytes(gzip.compress(header + a.astype(np.uint8).tobytes()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run([sys.executable, "-m", "lowbit", "data", "prepare", "fashion-mnist", "--source", str(src),
+                    "--out", str(tmp_path / "fmnist")], check=True, env=env, capture_output=True, timeout=300)
+    with tarfile.open(tmp_path / "fmnist.tar.gz", "w:gz") as t:
+        t.add(tmp_path / "fmnist", arcname="fmnist")
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    env.update({"OUT": str(out), "RUNS": str(runs), "PACK": "1", "PY": sys.executable,
+                "DATA": str(tmp_path / "unpacked"), "DATA_TGZ": str(tmp_path / "fmnist.tar.gz"), "DEVICE": "cpu",
+                "PRESET": "tiny", "STEPS": "2", "BATCH": "8", "WARMUP": "1", "SEEDS": "0",
+                "RECIPES": "bf16 switchback", "LS_SETTINGS": "2e-3:bf16:0", "SPIKE_OPTIMIZERS": "adamw", "PARALLEL": "2",
+                "BUDGET": "400", "MIN_START": "5", "ZEROSHOT_LIMIT": "20",
+                "EXTRA": "--set model.vision.layers=1 --set model.text.layers=1"})
+    res = subprocess.run(["bash", str(EXP / "run_paper.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    status = {r["name"]: r["status"] for r in csv.DictReader((runs / "jobs.tsv").open(), delimiter="\t")}
+    names = ["main/bf16/seed0", "main/switchback/seed0", "ls-lr2e-3/bf16-ls0/seed0", "spike/adamw/seed0"]
+    assert status == dict.fromkeys(names, "ok"), status
+    ls = json.loads((runs / "ls-lr2e-3/bf16-ls0/seed0/summary.json").read_text())
+    assert ls["config"]["model"]["layer_scale_init"] == 0 and ls["config"]["activations"] is True
+    assert ls["config"]["lr"] == 2e-3 and ls["recipe"] == "none" and ls["compiled"].startswith("eager")
+    spike = json.loads((runs / "spike/adamw/seed0/summary.json").read_text())
+    assert spike["config"]["optimizer"] == "adamw" and spike["config"]["beta2"] == 0.99 and spike["config"]["monitor"]
+    assert spike["config"]["lr"] == 1.5e-3 and spike["config"]["steps"] == 2 and spike["config"]["warmup"] == 1
+    assert "unpacked" in (out / "env.txt").read_text()
+    files = sorted(p.name for p in out.iterdir())
+    assert all((out / f).is_file() for f in files) and len(files) <= 8, files
+    assert {"results.md", "paper-runs.tar.gz", "loss_curves.png", "zeroshot.png", "spike.png"} <= set(files)
+    with tarfile.open(out / "paper-runs.tar.gz") as t:
+        members = set(t.getnames())
+    for n in names:
+        for f in ("metrics.csv", "eval.csv", "summary.json"):
+            assert f"runs/{n}/{f}" in members, (n, f)
+    assert not any("tensorboard" in m for m in members) and "runs/summary/main/results.md" in members
+    md = (out / "results.md").read_text()
+    assert "| switchback | switchback | 1/1 |" in md and "### Loss spikes" in md and "### Layer-scale at lr 0.002" in md
