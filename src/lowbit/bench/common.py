@@ -104,20 +104,21 @@ def time_steps(step: Callable[[], Any], steps: int, device: torch.device) -> lis
     return times
 
 
-# How a column is printed where plain float formatting would mislead (MFU as a percentage, flagged when implausible).
+# How a column is printed where plain float formatting would mislead: MFU as a percentage, flagged when
+# implausible, "unknown" where the device's peak is (the CPU); blank in a row without it (an error row).
 FORMATS: dict[str, Callable[[Any], str]] = {"mfu": format_mfu}
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def fmt(v: Any, column: str = "") -> str:
-        if column in FORMATS and isinstance(v, float):
+    def fmt(v: Any, column: str = "", present: bool = False) -> str:
+        if column in FORMATS and present:  # None: "unknown" (a row that ran, on a device without a known peak)
             return FORMATS[column](v)
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
         return "" if v is None else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c), c) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c), c, c in r) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
