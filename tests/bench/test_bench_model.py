@@ -211,6 +211,11 @@ def test_timm_model_bf16_vs_a_sim_recipe_end_to_end(fake_timm, tmp_path: Path, c
     assert sim["vs_bf16"] == pytest.approx(sim["throughput"] / rows["bf16"]["throughput"])
     # 2 blocks x (qkv, proj, fc1, fc2) + head: every linear (--layers all); each block's Mlp fused (--fuse)
     assert sim["converted"] == "9/9" and sim["fused"] == 2
+    # model FLOPs (FlopCounterMode on the model as built, x3 for the backward): per block qkv 24576 + proj 8192 +
+    # MLP 65536 + attention 2048; patch embedding 49152; head 448 -> 3 x 250304 per image, the same for each row
+    for r in rows.values():
+        assert r["flops_per_sample"] == 3 * 250304
+        assert r["tflops"] == pytest.approx(3 * 250304 * r["throughput"] / 1e12) and r["mfu"] is None  # CPU
     md = (tmp_path / "model.md").read_text()
     assert md.startswith("## lowbit bench model") and "| timm:vit_tiny:num_classes=7 | fp8-switchback-sim | 4 |" in md
     assert "| timm:vit_tiny:num_classes=7 | fp8-switchback-sim |" in capsys.readouterr().out
