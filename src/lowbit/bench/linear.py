@@ -399,6 +399,25 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def cpu_flops(args: argparse.Namespace) -> float | None:
+    """Matmul FLOPs this command runs at least (every row: a warm-up call and five timed ones, forward + backward =
+    3 x forward), for ``lowbit bench``'s CPU estimate; None for ``memory`` (one forward per row, no timing)."""
+    calls = 6
+    kinds = 1 + len(args.recipes)
+    if args.what in ("linear", "mlp"):
+        total = 0.0
+        for shape in args.shapes:
+            d, d4, tokens = SHAPES[shape]
+            total += len(_variants(args)) * kinds * calls * 3 * 2 * 2 * (args.tokens or tokens) * d * d4
+        return total  # linear: fc1 and fc2, one d x 4d matmul each; mlp: one block of two
+    if args.what == "sweep":
+        tokens = args.tokens or 32768
+        return sum(calls * kinds * 3 * 2 * tokens * (4 * d * d + 4 * d * d + d * d) for d in args.widths)
+    if args.what == "matmul":
+        return sum(calls * 3 * 2 * m * k * n for m, k, n in MATMUL_SHAPES)  # bf16, _int_mm and lowbit's int8 rows
+    return None
+
+
 WHAT = {
     "linear": "one linear layer fwd+bwd per recipe vs bf16 nn.Linear at CLIP shapes",
     "mlp": "the MLP block (LayerNorm-Linear-GELU-Linear + residual) fwd+bwd per recipe vs plain PyTorch bf16",

@@ -153,7 +153,7 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
                            "compiled": (args.compile_scope + (" +cudagraphs" if args.cudagraphs else ""))
                            if args.compile else "no"}
     torch.manual_seed(0)
-    graphs0 = _graphs()
+    graphs0, skips0 = _graphs(), _cudagraph_skips()
     model, row["converted"] = build_model(preset, recipe, device, args.layers)
     graphs = args.compile and args.cudagraphs
     fwd = compile_model(model, args.compile_scope, "reduce-overhead" if graphs else None) if args.compile else model
@@ -200,6 +200,11 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     default = "fused" if cuda else "foreach"
     row["optimizer"] = f"{args.optimizer} ({impl or default}{', subclass weights foreach' if subclass else ''})"
     row["graphs"] = _graphs() - graphs0
+    skipped = _cudagraph_skips() - skips0
+    if graphs and skipped:  # inductor fell back to plain launches for some graphs: say so, not a silent "cudagraphs"
+        row["compiled"] += f" ({skipped} graph(s) without)"
+        print(f"  [{preset} {recipe}] note: --cudagraphs: inductor ran {skipped} compiled graph(s) without CUDA "
+              "graphs" + (" (the CPU has none)" if not cuda else " (TORCH_LOGS=cudagraphs says why)"), flush=True)
     times = time_steps(step, args.steps, device)
     row["loss"] = float(last[0])
     ms = statistics.median(times)
@@ -215,6 +220,16 @@ def _graphs() -> int:
         from torch._dynamo.utils import counters
 
         return int(counters["stats"]["unique_graphs"])
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def _cudagraph_skips() -> int:
+    """Compiled graphs inductor has run without CUDA graphs though asked for them (``reduce-overhead``)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["inductor"]["cudagraph_skips"])
     except Exception:  # pragma: no cover
         return 0
 
