@@ -106,7 +106,8 @@ def time_steps(step: Callable[[], Any], steps: int, device: torch.device) -> lis
 
 # How a column is printed where plain float formatting would mislead: MFU as a percentage, flagged when
 # implausible, "unknown" where the device's peak is (the CPU); blank in a row without it (an error row).
-FORMATS: dict[str, Callable[[Any], str]] = {"mfu": format_mfu}
+FORMATS: dict[str, Callable[[Any], str]] = {"mfu": format_mfu,
+                                            "data_wait": lambda v: "" if v is None else f"{100 * v:.1f}%"}
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: linear | mlp | matmul | memory | sweep | optim | step | model"
+HELP = "benchmarks: linear | mlp | matmul | memory | sweep | optim | step | model | train"
 
 _LINEAR_FAMILY = ("linear", "mlp", "matmul", "memory", "sweep")
 
@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("model", help=model.HELP, description=model.HELP)  # imported only when it runs)
     model.add_arguments(p)
     p.set_defaults(_bench="lowbit.bench.model")
+    train = importlib.import_module("lowbit.bench.train")  # lowbit train per recipe, one process each
+    p = sub.add_parser("train", help=train.HELP, description=train.HELP)
+    train.add_arguments(p)
+    p.set_defaults(_bench="lowbit.bench.train")
     for p in sub.choices.values():
         p.add_argument("--allow-cpu", action="store_true",
                        help=f"run on the CPU even when the estimate is over {CPU_LIMIT_S} s (refused otherwise)")
