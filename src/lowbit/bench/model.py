@@ -23,7 +23,9 @@ the loss (read back, so that a non-finite loss is an error, not a speed), backwa
 parameter groups) on fp32 master weights. The timing, the per-row error handling and the output follow
 ``lowbit bench step``: the median of ``--steps`` steps after ``--warmup`` untimed ones, the ratio to the bf16 row
 of the same run, ``torch.cuda.max_memory_allocated`` per row (parameters, gradients and optimizer state
-included), ``model.json`` / ``model.md`` rewritten after every row.
+included), ``model.json`` / ``model.md`` rewritten after every row, a process per row on CUDA (``--isolate``).
+MFU: the model as built, counted by ``lowbit.models.flops.count_train_flops`` (PyTorch's ``FlopCounterMode`` over
+one forward on the meta device, x3 for the backward), per sample, over the device's dense bf16 peak.
 
 * ``--recipe RECIPE:fused`` / ``RECIPE:per-linear``: that row with / without ``fuse``, whatever ``--fuse`` says,
   so that one run (one baseline, one autotuning of each GEMM shape) times both.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,8 +83,10 @@ def _in_child(target: str, job: dict[str, Any]) -> Row:
     with tempfile.TemporaryDirectory(prefix="lowbit-row-") as tmp:
         job_file, row_file = Path(tmp) / "job.json", Path(tmp) / "row.json"
         job_file.write_text(json.dumps({"target": target, "job": job}))
+        # autotuning results cached on disk: each row's process would otherwise autotune every GEMM shape again
+        env = {**os.environ, "TRITON_CACHE_AUTOTUNING": os.environ.get("TRITON_CACHE_AUTOTUNING", "1")}
         proc = subprocess.Popen([sys.executable, "-m", "lowbit.bench.rows", str(job_file), str(row_file)],
-                                stderr=subprocess.PIPE, text=True, errors="replace")
+                                stderr=subprocess.PIPE, text=True, errors="replace", env=env)
         tail: deque[str] = deque(maxlen=30)
         try:
             assert proc.stderr is not None

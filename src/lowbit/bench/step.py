@@ -22,8 +22,14 @@ so the numbers are the model's, not the input pipeline's). Every recipe of a pre
   CPU); images/s = batch / median; ratio = this row's images/s over the baseline row of the same preset measured
   in the same run. Peak memory: ``torch.cuda.max_memory_allocated`` (reset per row; parameters, gradients and
   optimizer state included).
+* MFU: model FLOPs per image (``lowbit.models.flops.clip_train_flops``: both towers, attention and the loss,
+  forward + backward) times images/s, as ``tflops`` and as a share of the device's dense bf16 peak (``mfu``,
+  ``lowbit.hardware``; "unknown" on the CPU). A row above 75% is printed with a warning: a measurement error.
 * A row that fails (out of memory, compile error, a recipe the device cannot run) is recorded with its error;
-  the others still run. Results are rewritten to ``--out`` after every row, so a run cut short keeps its rows.
+  the others still run. On CUDA each row runs in a process of its own (``--isolate``, ``lowbit.bench.rows``):
+  a row that crashes or poisons the CUDA context (an illegal memory access in a torchao anchor) loses only
+  itself. Results are rewritten to ``--out`` after every row, and the table of finished rows is written and
+  printed whatever ends the run (an exception, Ctrl-C), so a run cut short keeps its rows.
 
 A timm or Hugging Face model's step (converted with ``lowbit.convert``): ``lowbit bench step --model SPEC`` runs
 ``lowbit bench model`` (``lowbit.bench.model``) with this command's options.
