@@ -67,7 +67,7 @@ from lowbit.hardware import format_mfu
 from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
 
-HELP = "full CLIP training step (towers, loss, backward, optimizer) per recipe vs bf16: images/s, peak memory"
+HELP = "full CLIP training step (towers, loss, backward, optimizer) per recipe vs bf16: images/s, MFU, peak memory"
 
 DEFAULT_RECIPES = ["bf16", "switchback", "switchback-m", "fp8-switchback", "fp8-tensorwise"]
 # Same batch for every recipe of a preset. Sized for one 80 GB H100 with the bf16 baseline (fp32 master weights
