@@ -393,22 +393,22 @@ JOBS: list[Job] = [
         "ViT-H/14 batch 96: steady images/s, MFU, data wait, peak memory from each summary.json",
         f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 40 --recipe bf16 switchback fp8-switchback fp8-tensorwise "
         "--limit 150 --out $DIR", _renamed("train", "train-vit-h-14.md", "train-vit-h-14.json"), "", 420,
-        "not measured yet", note="about 4 minutes on an H100 (4 runs: ~15 s start-up, ~20-40 s compile, the first "
-        "quantized run ~30-60 s autotuning, 40 steps ~12 s)"),
+        "not measured yet", note="about 6 minutes on an H100: the probe's four ViT-H runs took ~85 s each "
+        "(start-up, compile, autotuning, then 40 steps of ~0.28 s)"),
     Job("train-vit-l-14", "the same, ViT-L/14 batch 128 (prepared Fashion-MNIST shards: synthetic rendering, ~141 "
         "images/s per worker, could bound it)", "\n".join([PREP_FM, f"{TRAIN} --preset vit-l-14 --batch-size 128 "
         "--steps 30 --data $DIR/fm --recipe bf16 fp8-switchback switchback --limit 100 --out $DIR"]),
         _renamed("train", "train-vit-l-14.md", "train-vit-l-14.json"), "", 300, "not measured yet",
-        note="needs .data/fashion-mnist carried; about 2 minutes on an H100"),
+        note="needs .data/fashion-mnist carried; about 3 minutes on an H100 (3 runs, ~55 s each)"),
     Job("train-vit-b-32", "the same, ViT-B/32 batch 256 (prepared Fashion-MNIST shards)", "\n".join([PREP_FM,
         f"{TRAIN} --preset vit-b-32 --batch-size 256 --steps 40 --data $DIR/fm --recipe bf16 fp8-switchback switchback "
         "--limit 80 --out $DIR"]), _renamed("train", "train-vit-b-32.md", "train-vit-b-32.json"), "", 240,
-        "not measured yet", needs="fmnist", note="needs .data/fashion-mnist carried; about 1.5 minutes on an H100"),
+        "not measured yet", needs="fmnist", note="needs .data/fashion-mnist carried; about 2.5 minutes on an H100 (3 runs, ~45 s each)"),
     Job("train-nocompile-vit-h-14", "`lowbit train --no-compile` per recipe, ViT-H/14 batch 96 (synthetic data)",
         f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 20 --no-compile --recipe bf16 fp8-switchback --limit 100 "
         "--out $DIR", _renamed("train", "train-nocompile-vit-h-14.md", "train-nocompile-vit-h-14.json"), "", 200,
-        "not measured yet", note="about 1.5 minutes on an H100 (eager: no compile; fp8-switchback autotunes unless "
-        "train-vit-h-14 ran first in the same call)"),
+        "not measured yet", note="about 2 minutes on an H100 (eager: no compile; fp8-switchback autotunes unless "
+        "train-vit-h-14 ran before it on the same machine)"),
 ]
 
 BY_NAME = {j.name: j for j in JOBS}
