@@ -132,6 +132,8 @@ def readme_table() -> str:
         if job.invalid:
             what = f"**invalid until re-measured**: {job.invalid}" + (
                 f" (superseded by `{job.superseded_by}`)" if job.superseded_by else "") + f". {what}"
+        if job.annotated:
+            what += f"; *corrected by hand after it was measured*: {job.annotated}"
         commit = f"`{job.commit}`" if job.commit else "*not measured yet*"
         rows.append(f"| {files} | {what} | {command} | {commit} | {job.origin} |")
     return "\n".join(rows)
@@ -144,7 +146,7 @@ def write_readme() -> None:
     README.write_text(f"{head}{BEGIN}\n{readme_table()}\n{END}{tail}")
 
 
-INVALID_MARK = "**Invalid until re-measured**"  # the first line of an invalid job's .md files
+INVALID_MARK = "invalid until re-measured"  # near the top of an invalid job's .md files (any case)
 
 
 def check() -> list[str]:
@@ -156,7 +158,8 @@ def check() -> list[str]:
     problems += [f"{f}: job {BY_FILE[f].name} names it, but it is not in {RESULTS}"
                  for f in sorted(set(BY_FILE) - on_disk) if BY_FILE[f].commit]
     for f, job in sorted(BY_FILE.items()):
-        if job.invalid and f in on_disk and f.endswith(".md") and INVALID_MARK not in (RESULTS / f).read_text()[:2000]:
+        if job.invalid and f in on_disk and f.endswith(".md") and \
+                INVALID_MARK not in (RESULTS / f).read_text()[:2000].lower():
             problems.append(f"{f}: job {job.name} is invalid, but the file does not say so at its top")
     text = README.read_text()
     if f"{BEGIN}\n{readme_table()}\n{END}" not in text:
@@ -165,8 +168,9 @@ def check() -> list[str]:
         for f, job in sorted(BY_FILE.items()):
             history = subprocess.run(["git", "log", "--format=%h", "--abbrev=7", "--", str(RESULTS / f)],
                                      capture_output=True, text=True, cwd=ROOT).stdout.split()
-            # an invalid file was marked after it was measured: its measuring commit is in its history
-            if history and (job.commit not in history if job.invalid else history[0] != job.commit):
+            # an invalid or annotated file was edited after it was measured: its measuring commit is in its history
+            edited = job.invalid or job.annotated
+            if history and (job.commit not in history if edited else history[0] != job.commit):
                 problems.append(f"{f}: last committed at {history[0]}, bench/run.py says {job.commit or '(none)'}")
     return problems
 

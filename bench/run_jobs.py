@@ -3,7 +3,9 @@ that reproduces it (data; the runner is ``bench/run.py``).
 
 A job with ``commit=""`` names files not measured yet (the lead runs it on the GPU and commits them); a job with
 ``invalid`` names files whose figures are known to be wrong (the reason is at the top of each file) until they are
-re-measured; ``superseded_by`` names the job to run instead of one whose script is gone.
+re-measured; ``annotated`` says what was corrected in a file by hand after it was measured; ``superseded_by``
+names the job to run instead of one whose script is gone. ``python bench/run.py check`` accepts a later commit of
+an invalid or annotated file as long as the measuring commit is in its history.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Job:
     needs: str = ""  # "torchao": carry its wheel in .whl/
     note: str = ""
     invalid: str = ""  # why the files' figures are wrong (marked at the top of each file) until re-measured
+    annotated: str = ""  # what was corrected in the files by hand after they were measured (not re-measured)
     superseded_by: str = ""  # the job to run instead (this one's script is gone)
 
     @property
@@ -362,7 +365,8 @@ JOBS: list[Job] = [
                                f"--seconds 6 --pixels {px}" for px in ("uint8", "float32"))]),
         {"loader-fmnist-h200.md": "log"}, "152855a", 120, "issue #19 session 3, device call 1 (nvidia-h200)",
         note="needs .data/fashion-mnist carried; the .md was written by hand around the two JSON lines printed",
-        invalid="its comparison with the trainer's images/s: " + CLOCK + "; the loader rates are the probe's own clock"),
+        annotated="its comparison with `lowbit train`'s ViT-B/32 images/s was struck: " + CLOCK + "; the loader rates "
+        "(the probe's own clock) stand"),
     Job("multi-2-vit-b", "2 H100s, ViT-B/32 with the uint8 loader: 1 GPU, DDP (bf16, switchback), CUDA graphs under "
         "DDP, the resume check (Fashion-MNIST shards)", "python3 bench/multi_gpu.py --out $DIR --data fmnist --models B "
         "--only cudagraphs,resume,1,big --probe data --budget 440",
