@@ -76,7 +76,7 @@ from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args,
 from lowbit.hardware import format_mfu
 
 HELP = ("a timm or Hugging Face model's training step (random weights, no download) per recipe vs bf16: "
-        "images/s or tokens/s, MFU, peak memory")
+        "images/s or tokens/s, peak memory")
 
 DEFAULT_RECIPES = ["bf16", "switchback", "fp8-switchback"]
 LAYERS = ("auto", "all")
