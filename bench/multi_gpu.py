@@ -53,6 +53,9 @@ over a 10-minute device command; ``--budget`` then skips what does not fit):
 
 NVLink multicast stays off (KINDS.md): NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 are set for every run unless already set.
+
+This file holds the jobs and their scheduling; beside it, ``multi_gpu_stage0.py`` (the data, stage 0, the runs'
+environment) and ``multi_gpu_report.py`` (the table and checks, from the honest clock only: issue 27).
 """
 
 from __future__ import annotations
@@ -65,24 +68,42 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its two modules beside this script
+from multi_gpu_report import (
+    PIN_FP8,
+    RATE_PER_WORKER,
+    SUMMARY_KEYS,
+    data_rate,
+    fmt,
+    job_record,
+    max_diff,
+    report,
+    resume_lines,
+    same_world_lines,
+    workers_per_rank,
+)
+from multi_gpu_stage0 import (
+    FMNIST_DIR,
+    FMNIST_SOURCE,
+    NCCL_ENV,
+    base_env,
+    finish_prepare,
+    json_line,
+    resolve_data,
+    run_probe,
+    start_prepare,
+)
+
+# the modules' names, re-exported (tests/bench/test_multi_gpu_script.py reads them from this script)
+__all__ = ["FMNIST_DIR", "FMNIST_SOURCE", "NCCL_ENV", "PIN_FP8", "RATE_PER_WORKER", "SUMMARY_KEYS", "base_env",
+           "data_rate", "finish_prepare", "fmt", "job_record", "json_line", "main", "max_diff", "report",
+           "resolve_data", "resume_lines", "run_probe", "same_world_lines", "start_prepare", "workers_per_rank"]
+
 ROOT = Path(__file__).resolve().parents[1]
-# fallback when no data probe ran, images/s per DataLoader worker at 224 px: synthetic as stage 0 measured it on the
-# 4xH100 host (1983 img/s with 14 workers at batch 256); Fashion-MNIST shards as stage 0 measured them on the 2xH100
-# host with the trainer's uint8 transport (15402 img/s with 14 workers, multi-gpu-2-vit-b.md; 294 per worker with
-# float32 transport before)
-RATE_PER_WORKER = {"synthetic": 141.0, "fmnist": 1100.0}
-NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-# the fp8 matmul's per-process cuBLAS/Triton timing choice made two otherwise identical runs differ at step 1; pinned
-# for the runs whose losses are compared (no effect on int8/bf16 matmuls: int8 always runs Triton)
-PIN_FP8 = {"LOWBIT_FP8_MATMUL": "triton"}
-FMNIST_SOURCE = ROOT / ".data" / "fashion-mnist"
-FMNIST_DIR = ROOT / ".data" / "fmnist"
 STAGE_KEYS = ("1", "big", "resume", "2", "cudagraphs")
-SUMMARY_KEYS = ("samples_per_s_steady", "samples_per_s", "peak_memory_gb", "global_batch", "world_size", "parallel",
-                "recipe", "device", "precision", "step", "samples_seen", "final_loss", "versions")
 
 
 @dataclass
@@ -214,18 +235,6 @@ def command(j: Job, a: argparse.Namespace, out: Path) -> list[str]:
             "--out", str(run_dir), *j.args]
 
 
-def workers_per_rank(a: argparse.Namespace) -> int:
-    if a.dry:
-        return 0
-    cores = os.cpu_count() or 16
-    return max(2, min(a.max_workers, cores // a.gpus - 2))
-
-
-def base_env(a: argparse.Namespace) -> dict[str, str]:
-    return {**os.environ, **{k: os.environ.get(k, v) for k, v in NCCL_ENV.items()},
-            "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-
-
 def run_batch(batch: list[Job], a: argparse.Namespace, out: Path, t0: float, by_name: dict[str, Job]) -> None:
     """Start every job of ``batch`` on its GPUs, wait for all."""
     procs = []
@@ -310,111 +319,6 @@ def schedule(jobs: list[Job], a: argparse.Namespace, out: Path, t0: float) -> No
             run_batch(batch, a, out, t0, by_name)
 
 
-# --- data ---------------------------------------------------------------------------------------------------------
-
-
-def resolve_data(a: argparse.Namespace) -> None:
-    """``a.data`` → ``a.data_kind`` (synthetic, fmnist or other) and ``a.data_spec`` (what ``lowbit train`` gets)."""
-    a.fmnist_source = Path(a.fmnist_source).resolve() if a.fmnist_source else FMNIST_SOURCE
-    a.fmnist_dir = Path(a.fmnist_dir).resolve() if a.fmnist_dir else FMNIST_DIR
-    if a.data == "auto":
-        have = (a.fmnist_dir / "manifest.json").is_file() or a.fmnist_source.is_dir()
-        a.data = "fmnist" if have and not a.dry else "synthetic"
-    if a.data == "fmnist":
-        a.data_kind, a.data_spec = "fmnist", str(a.fmnist_dir)
-    else:
-        a.data_kind = "synthetic" if a.data.split(":")[0] == "synthetic" else "other"
-        a.data_spec = a.data
-
-
-def start_prepare(a: argparse.Namespace, out: Path) -> subprocess.Popen | None:
-    """``lowbit data prepare fashion-mnist`` in the background (None: nothing to prepare)."""
-    if a.data_kind != "fmnist":
-        return None
-    if (a.fmnist_dir / "manifest.json").is_file():
-        a.prepared = f"{a.fmnist_dir} found prepared"
-        return None
-    if not a.fmnist_source.is_dir():
-        raise SystemExit(f"multi_gpu.py: --data fmnist needs the Fashion-MNIST IDX files in {a.fmnist_source} "
-                         "(carry .data) or a prepared folder (--fmnist-dir)")
-    cmd = [sys.executable, "-m", "lowbit", "data", "prepare", "fashion-mnist", "--source", str(a.fmnist_source),
-           "--out", str(a.fmnist_dir), "--force"]
-    log = (out / "runs" / "prepare-fmnist.log").open("w")
-    log.write(" ".join(cmd) + "\n\n")
-    log.flush()
-    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=base_env(a), cwd=ROOT)
-    p.started, p.logfile = time.time(), log  # type: ignore[attr-defined]
-    return p
-
-
-def finish_prepare(p: subprocess.Popen | None, a: argparse.Namespace, out: Path) -> None:
-    if p is None:
-        return
-    try:
-        rc = p.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        rc = p.wait()
-    p.logfile.close()  # type: ignore[attr-defined]
-    took = time.time() - p.started  # type: ignore[attr-defined]
-    if rc != 0 or not (a.fmnist_dir / "manifest.json").is_file():
-        tail = (out / "runs" / "prepare-fmnist.log").read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"preparing {a.fmnist_dir} from {a.fmnist_source} failed (rc {rc}):\n{tail}")
-    a.prepared = f"{a.fmnist_dir} prepared from {a.fmnist_source} in {took:.0f} s"
-    print(a.prepared, flush=True)
-
-
-# --- stage 0 ------------------------------------------------------------------------------------------------------
-
-
-def json_line(text: str) -> dict | None:
-    """The last line of ``text`` that parses as a JSON object (the probes print one)."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
-
-
-def run_probe(a: argparse.Namespace, out: Path, prep: subprocess.Popen | None) -> tuple[str, dict]:
-    """Stage 0: the GPUs' link (topology, NCCL bus bandwidth; not with ``--probe data``) and the data pipeline's
-    rate, as a markdown section and a dict (``nccl_<n>``, ``data``: the probes' JSON lines). The data preparation
-    ``prep`` runs meanwhile and is waited for before the data probe."""
-    env = base_env(a)
-    probe = str(ROOT / "bench" / "probes" / "multi_gpu_probe.py")
-    dist = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmds: list[tuple[str, list[str]]] = []
-    if a.probe == "all":
-        cmds += [("topo", ["nvidia-smi", "topo", "-m"]),
-                 (f"nccl_{a.gpus}", [*dist, "--nproc_per_node", str(a.gpus), probe, "--nccl"]),
-                 ("nccl_2", [*dist, "--nproc_per_node", "2", probe, "--nccl"])]
-    if a.probe in ("all", "data"):
-        size = ["--batch-size", "8", "--image-size", "32", "--seconds", "2"] if a.dry else \
-            ["--batch-size", str(a.batch_b), "--seconds", "8"]
-        cmds.append(("data", [sys.executable, probe, "--data", a.data_spec, "--workers", str(workers_per_rank(a)),
-                              *size]))
-    lines = ["", "## Stage 0: link and data", ""]
-    results: dict = {}
-    for key, cmd in cmds:
-        if key == "data":
-            finish_prepare(prep, a, out)
-            prep = None
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
-            text = r.stdout.strip() or r.stderr.strip()[-2000:]
-        except (OSError, subprocess.TimeoutExpired) as e:
-            text = f"failed: {e}"
-        results[key] = text if key == "topo" else json_line(text)
-        shown = " ".join(Path(c).name if c.startswith("/") else c for c in cmd)
-        lines += [f"`{shown}`", "", "```", text, "```", ""]
-        print(text, flush=True)
-    finish_prepare(prep, a, out)
-    return "\n".join(lines) + "\n", results
-
-
 def pack_runs(out: Path) -> None:
     """``OUT/runs`` → ``OUT/runs.tar.gz`` without TensorBoard files (few files come back from the device)."""
     import tarfile
@@ -445,224 +349,6 @@ def load_baseline(path: Path, have: set[str]) -> tuple[list[Job], dict]:
         j.origin = j.origin or path.name
         jobs.append(j)
     return jobs, {"args": d.get("args", {}), "probe": d.get("probe") or {}, "path": str(path)}
-
-
-# --- report -------------------------------------------------------------------------------------------------------
-
-
-def fmt(v: float | None, spec: str = ".0f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def data_rate(probe: dict | None, kind: str, workers: int) -> float | None:
-    """Images/s one rank's DataLoader delivers with ``workers`` processes: the data probe's measurement (scaled per
-    worker if it ran with another count), else the assumed per-worker rate of the data kind."""
-    p = (probe or {}).get("data") or {}
-    if p.get("images_per_s"):
-        if p.get("workers") == workers:
-            return float(p["images_per_s"])
-        return float(p["per_worker"]) * max(1, workers)
-    per = RATE_PER_WORKER.get(kind)
-    return per * workers if per and workers else None
-
-
-def max_diff(x: list[float], y: list[float], lo: int, hi: int) -> float | None:
-    if len(x) < hi or len(y) < hi:
-        return None
-    return max(abs(p - q) for p, q in zip(x[lo:hi], y[lo:hi]))
-
-
-def resume_lines(by: dict[str, Job]) -> list[str]:
-    ref, ref2, stop, b = (by.get(n) for n in ("resume-ref-2", "resume-ref2-2", "resume-a-2", "resume-b-1"))
-    pin = ", ".join(f"{k}={v}" for k, v in (ref.env if ref else {}).items())
-    lines = ["", f"Resume across world sizes (2 GPUs to step 3, then 1 GPU to 6, vs 2 GPUs to 6; recipe "
-             f"{ref.recipe if ref else '-'}{', ' + pin if pin else ''}):", ""]
-    if not (ref or stop or b or ref2):
-        return [*lines, "- not in this call"]
-    if not (ref and b and len(ref.losses) >= 6 and len(b.losses) >= 6):
-        lines.append(f"- not complete: {[(x.name, x.rc, x.skipped) for x in (ref, stop, b, ref2) if x]}")
-        return lines
-    d = max_diff(ref.losses, b.losses, 3, 6)
-    same3 = ref.losses[:3] == b.losses[:3]
-    d3 = max_diff(ref.losses, b.losses, 0, 3)
-    lines.append(f"- steps 1-3 {'identical' if same3 else f'differ (max |dloss| {d3:.3g})'}; steps 4-6 max |dloss| "
-                 f"{d:.3g} (reference {', '.join(f'{x:.5f}' for x in ref.losses[3:6])}; resumed "
-                 f"{', '.join(f'{x:.5f}' for x in b.losses[3:6])}); resumed summary step "
-                 f"{(b.summary or {}).get('step')}, samples seen {(b.summary or {}).get('samples_seen')} "
-                 f"(reference {(ref.summary or {}).get('samples_seen')})")
-    if not (ref2 and len(ref2.losses) >= 6):
-        lines.append(f"- noise control (a second uninterrupted 2-GPU run) missing: "
-                     f"{(ref2.name, ref2.rc, ref2.skipped) if ref2 else 'not in this call'}")
-        return lines
-    n = max_diff(ref.losses, ref2.losses, 3, 6)
-    n_all = max_diff(ref.losses, ref2.losses, 0, 6)
-    d2 = max_diff(ref2.losses, b.losses, 3, 6)
-    first = "identical" if ref.losses[0] == ref2.losses[0] else f"differs by {abs(ref.losses[0] - ref2.losses[0]):.3g}"
-    if n == 0 and d == 0:
-        verdict = "the resumed run is bit-identical to both references"
-    elif n == 0:
-        verdict = ("the two references are bit-identical, the resumed run is not: more than run-to-run noise (1 vs 2 "
-                   "processes reduce in a different order)")
-    elif d <= n:
-        verdict = f"within the run-to-run noise ({d / n:.2f}x the references' difference)"
-    else:
-        verdict = f"{d / n:.1f}x the references' difference: more than run-to-run noise"
-    lines.append(f"- noise control: two uninterrupted 2-GPU runs (same seed) differ by max |dloss| {n:.3g} over steps "
-                 f"4-6 ({n_all:.3g} over 1-6; step 1 {first}); resumed vs the second reference {d2:.3g}; resumed vs "
-                 f"reference {d:.3g}: {verdict}")
-    lines += same_world_lines(by, ref)
-    return lines
-
-
-def same_world_lines(by: dict[str, Job], ref: Job) -> list[str]:
-    """The stop at step 3 resumed on 2 GPUs again (bit-identical to the reference where the references are to each
-    other), and the world-size control: an uninterrupted 1-GPU run from the same initial weights."""
-    lines = []
-    c, d, one = by.get("resume-c-2"), by.get("resume-d-2"), by.get("resume-ref-1")
-    if d and len(d.losses) >= 6:
-        dd = max_diff(ref.losses, d.losses, 0, 6)
-        lines.append(f"- resumed on 2 GPUs (stopped at step 3, same world size): steps 1-6 "
-                     f"{'bit-identical to the reference' if dd == 0 else f'max |dloss| {dd:.3g} from the reference'}"
-                     f"; summary step {(d.summary or {}).get('step')}, samples seen "
-                     f"{(d.summary or {}).get('samples_seen')}")
-    elif c or d:
-        lines.append(f"- resume on 2 GPUs not complete: {[(x.name, x.rc, x.skipped) for x in (c, d) if x]}")
-    if one and one.losses and ref.losses:
-        w1, k = abs(one.losses[0] - ref.losses[0]), min(6, len(one.losses))
-        w = max_diff(ref.losses, one.losses, 0, k)
-        b = by.get("resume-b-1")
-        b_diff = max_diff(ref.losses, b.losses, 3, 6) if b and len(b.losses) >= 6 and len(ref.losses) >= 6 else None
-        cmp = "" if b_diff is None or w is None else (
-            f": the 2-to-1 resume's {b_diff:.3g} is {'within' if b_diff <= w else 'beyond'} what the world size alone "
-            "does to an uninterrupted run")
-        lines.append(f"- world-size control: an uninterrupted 1-GPU run (global batch kept) differs from the 2-GPU "
-                     f"reference by |dloss| {w1:.3g} at step 1 (identical weights: forward numerics of 1 vs 2 "
-                     f"processes), max {w:.3g} over steps 1-{k}{cmp}")
-    return lines
-
-
-def report(jobs: list[Job], a: argparse.Namespace, total: float, probe: dict, baseline: dict | None) -> str:
-    by = {j.name: j for j in jobs}
-    one = {(j.model, j.recipe): j for j in jobs if j.stage == "1 GPU"}
-    mine = [j.summary for j in jobs if j.summary and not j.origin]
-    meta = next(iter(mine), None) or next((j.summary for j in jobs if j.summary), None)
-    lines = ["# Multi-GPU `lowbit train` (`bench/multi_gpu.py`)", ""]
-    if meta:
-        v = meta.get("versions") or {}
-        cfg = meta.get("config") or {}
-        lines += [f"{meta.get('device')} | torch {v.get('torch')} | triton {v.get('triton')} | {meta.get('precision')} | "
-                  f"{a.steps} steps, images/s after the first 5 | data {a.data} ({cfg.get('data', a.data_spec)}), "
-                  f"{cfg.get('workers', workers_per_rank(a))} workers per rank | {'compiled' if a.compile else 'eager'} | "
-                  + ("runs one at a time | " if a.serial or a.dry else "1-GPU runs side by side (one per GPU), "
-                     "2-GPU runs in pairs (GPUs 0,1 and 2,3) | ")
-                  + ("CPU smoke test (tiny model, gloo)" if a.dry else f"ViT-B/32 {a.batch_b}, ViT-L/14 {a.batch_l} per GPU"),
-                  ""]
-    if a.prepared:
-        lines += [f"Data: {a.prepared}.", ""]
-    if baseline:
-        ba = baseline["args"]
-        stages = sorted({j.stage for j in jobs if j.origin})
-        b_dev = next((j.summary.get("device") for j in jobs if j.origin and j.summary), None)
-        warn = []
-        if meta and b_dev and mine and b_dev != meta.get("device"):
-            warn.append(f"**its device ({b_dev}) is not this call's**: scaling across the two is not meaningful")
-        if ba.get("data") != a.data or ba.get("batch_b") != a.batch_b or ba.get("batch_l") != a.batch_l:
-            warn.append(f"**other data or batch** (data {ba.get('data')}, ViT-B/32 {ba.get('batch_b')}, ViT-L/14 "
-                        f"{ba.get('batch_l')} per GPU)")
-        lines += [f"Rows marked 'baseline' (stages {', '.join(stages) or 'none'}) come from an earlier call, "
-                  f"`{baseline['path']}` ({ba.get('steps')} steps{', compiled' if ba.get('compile') else ''})"
-                  + ("; " + "; ".join(warn) if warn else "") + ".", ""]
-    # the baseline's data rate only for the same data (data_rate scales it per worker)
-    b_same = baseline and baseline["args"].get("data") == a.data and baseline["probe"].get("data")
-    src = "this call's stage 0" if probe.get("data") else ("the baseline's stage 0" if b_same else None)
-    rate_probe = probe if probe.get("data") else (baseline["probe"] if src else {})
-    p = (rate_probe or {}).get("data") or {}
-    rate_text = (f"the data probe's {p.get('images_per_s')} img/s with {p.get('workers')} workers "
-                 f"({p.get('per_worker')} per worker; {src})") if src else \
-        f"an assumed {RATE_PER_WORKER.get(a.data_kind, '?')} img/s per worker (no data probe)"
-    lines += ["Scaling efficiency: images/s per GPU over the 1-GPU run's (same model and recipe). Speed-up: the 8-bit "
-              "recipe's images/s over bf16's (same model, GPUs and mode). Peak memory: rank 0. 'data?': images/s "
-              f"per GPU above 80% of what one rank's DataLoader delivers ({rate_text}): the data may bound it. "
-              f"FSDP2 8-bit/16-bit gather twins and the resume runs: {', '.join(f'{k}={v}' for k, v in PIN_FP8.items())}.",
-              "", "| model | recipe | GPUs | mode | global batch | images/s | per GPU | scaling | speed-up | peak GiB | "
-              "weight all-gather | run s | note |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
-    for j in jobs:
-        if j.stage in ("resume", "cudagraphs"):
-            continue
-        s = j.summary or {}
-        ips = s.get("samples_per_s_steady")
-        per = ips / j.nproc if ips else None
-        base = one.get((j.model, j.recipe))
-        b_ips = (base.summary or {}).get("samples_per_s_steady") if base else None
-        eff = f"{100 * per / b_ips:.1f}%" if per and b_ips and j.nproc > 1 else ""
-        twin = next((x for x in jobs if x.model == j.model and x.recipe == "bf16" and x.nproc == j.nproc
-                     and x.parallel == j.parallel and x.stage == j.stage), None)
-        t_ips = (twin.summary or {}).get("samples_per_s_steady") if twin and twin is not j else None
-        spd = f"{ips / t_ips:.2f}x" if ips and t_ips and j.recipe != "bf16" else ""
-        mode = {"none": "-", "ddp": "DDP", "fsdp": "FSDP2"}[j.parallel]
-        if j.parallel == "fsdp" and j.recipe != "bf16":
-            mode += " 16-bit gather" if "--no-fsdp-8bit-allgather" in j.args else " 8-bit gather"
-        ag = ""
-        if j.allgather.startswith("8-bit"):
-            m = re.search(r"([\d.]+) MiB per full gather instead of ([\d.]+) MiB", j.allgather)
-            ag = f"{m.group(1)} MiB (16-bit: {m.group(2)})" if m else j.allgather
-        workers = (s.get("config") or {}).get("workers")
-        workers = workers_per_rank(a) if workers is None else workers
-        note = j.skipped or ("" if j.rc == 0 else f"rc {j.rc}")
-        rate = data_rate(rate_probe, a.data_kind, workers)
-        if per and rate and per > 0.8 * rate:
-            note = (note + " data?").strip()
-        if j.origin:
-            note = (note + " baseline").strip()
-        lines.append(f"| {j.model} | {j.recipe} | {j.nproc} | {mode} | {s.get('global_batch', '-')} | {fmt(ips)} | "
-                     f"{fmt(per)} | {eff} | {spd} | {fmt(s.get('peak_memory_gb'), '.1f')} | {ag} | "
-                     f"{fmt(j.seconds)} | {note} |")
-    # 8-bit all-gather: identical losses?
-    lines += ["", "8-bit weight all-gather vs 16-bit (same runs, both with "
-              f"{', '.join(f'{k}={v}' for k, v in PIN_FP8.items())}; the numerics must be identical):", ""]
-    n_lines = len(lines)
-    for j in jobs:
-        if j.name.endswith("-ag8"):
-            k = by.get(j.name[:-1] + "16")
-            if k and j.losses and k.losses:
-                same = j.losses == k.losses
-                d = max(abs(x - y) for x, y in zip(j.losses, k.losses))
-                a8, a16 = (j.summary or {}).get("samples_per_s_steady"), (k.summary or {}).get("samples_per_s_steady")
-                # step 1's loss is the forward of the same weights: equal iff the 8-bit gather's codes are the 16-bit
-                # path's; later steps also carry the backward's run-to-run noise on a GPU (atomics)
-                first = "step-1 loss identical" if j.losses[0] == k.losses[0] else \
-                    f"step-1 loss differs ({j.losses[0]!r} vs {k.losses[0]!r})"
-                lines.append(f"- {j.name[:-4]}: {first}; all {len(j.losses)} steps "
-                             f"{'bit-identical' if same else f'max |dloss| {d:.3g}'}; images/s 8-bit {fmt(a8)} vs "
-                             f"16-bit {fmt(a16)}" + (f" ({a8 / a16:.3f}x)" if a8 and a16 else "")
-                             + (" (baseline)" if j.origin else ""))
-    if len(lines) == n_lines:
-        lines.append("- none in this call")
-    lines += resume_lines(by)
-    e, g = by.get("cg-ddp2-eager"), by.get("cg-ddp2-graphs")
-    lines += ["", "CUDA graphs with DDP (2 GPUs, ViT-B/32 bf16; the trainer checks the replicas agree after each of "
-              "the first 10 steps):", ""]
-    if e and g and e.losses and g.losses:
-        rel = max(abs(x - y) / abs(y) for x, y in zip(g.losses, e.losses))
-        lines.append(f"- reduce-overhead: rc {g.rc}, {len(g.losses)} steps, max relative |dloss| vs eager {rel:.3g}; "
-                     f"images/s {fmt((g.summary or {}).get('samples_per_s_steady'))} vs eager "
-                     f"{fmt((e.summary or {}).get('samples_per_s_steady'))} (steady = steps 6+, compile included "
-                     "in neither)")
-        lines.append(f"- replica check: {g.replica_note or 'no note in the log (not on)'}"
-                     f"{'; passed (the run finished)' if g.replica_note and g.rc == 0 else ''}")
-    else:
-        lines.append(f"- not measured: {[(x.name, x.rc, x.skipped) for x in (e, g) if x]} (see runs/*.log)"
-                     if e or g else "- not in this call")
-    lines += ["", f"Total {total:.0f} s (this call)."]
-    return "\n".join(lines) + "\n"
-
-
-def job_record(j: Job) -> dict:
-    s = j.summary or {}
-    summary = {k: s.get(k) for k in SUMMARY_KEYS}
-    cfg = s.get("config") or {}
-    summary["config"] = {k: cfg.get(k) for k in ("data", "workers", "batch_size", "seed")}
-    return {k: v for k, v in asdict(j).items() if k != "summary"} | {"summary": summary}
 
 
 def main() -> int:

@@ -30,7 +30,6 @@ ViT-H/14 at batch 96 → 15 GiB + 42 GiB; ViT-L/14 at 128 → 6 GiB + 32 GiB; Vi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import shutil
@@ -45,371 +44,10 @@ RESULTS = ROOT / "bench" / "results" / "h100"
 README = RESULTS / "README.md"
 BEGIN, END = "<!-- bench/run.py readme: begin -->", "<!-- bench/run.py readme: end -->"
 
-LOWBIT = "python3 -m lowbit"
-PYTEST = "python3 -m pytest -q -p no:cacheprovider"
-GPU_TESTS = "LOWBIT_AUTOTUNE=0 HYPOTHESIS_PROFILE=gpu"
-FP8_TESTS = (f"{GPU_TESTS} {PYTEST} -rf tests/functional/test_linear.py tests/kernels/test_matmul.py "
-             "tests/kernels/test_quantize.py -k 'cuda or gpu or auto_fp8 or dual or tensorwise or cublas'")
-STEP = f"{LOWBIT} bench step --compile --steps 8 --no-anchors"
-STEP_GRAPHS = f"{STEP} --cudagraphs --warmup 3"
-FIVE = "bf16 switchback fp8-switchback switchback-m fp8-tensorwise"
-PREP_FM = f"{LOWBIT} data prepare fashion-mnist --source .data/fashion-mnist --out $DIR/fm"
-TRAIN_COMPILE = "TRITON_CACHE_AUTOTUNING=1 python3 bench/probes/train_compile.py --data $DIR/fm --workers 14"
-TORCHAO = "torchao-float8-tensorwise torchao-float8-rowwise torchao-int8-mixed"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the job table beside this script
+from run_jobs import BY_FILE, BY_NAME, JOBS, Job  # noqa: E402
 
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One command and the committed files it writes (``produces``: committed name -> path under ``$DIR``, or
-    ``log`` for the command's own output)."""
-
-    name: str
-    what: str
-    command: str
-    produces: dict[str, str]
-    commit: str
-    timeout: int
-    origin: str
-    needs: str = ""  # "torchao": carry its wheel in .whl/
-    note: str = ""
-
-    @property
-    def files(self) -> list[str]:
-        return list(self.produces)
-
-
-def _renamed(stem: str, *names: str) -> dict[str, str]:
-    """The benchmark writes ``$DIR/<stem>.md|json``; the committed copies are called ``names``."""
-    return {n: f"{stem}.{n.rsplit('.', 1)[1]}" for n in names}
-
-
-def _tc(stem: str) -> dict[str, str]:
-    """``bench/probes/train_compile.py --out $DIR/tc`` writes ``tc/train_compile.md|json``."""
-    return {f"{stem}.md": "tc/train_compile.md", f"{stem}.json": "tc/train_compile.json"}
-
-
-JOBS: list[Job] = [
-    Job("matmul", "kernel TFLOP/s vs cuBLAS bf16, `torch._int_mm`, `torch._scaled_mm` (row- and tensor-wise); "
-        "quantize GB/s; SwitchBack time breakdown", f"{LOWBIT} bench matmul --out $DIR",
-        _renamed("matmul", "matmul.md", "matmul.json"), "7d1ce84", 150, "gpu_d.sh"),
-    Job("linear", "one linear layer fwd+bwd per recipe vs bf16 `nn.Linear` (ViT-B/32, ViT-H/14, LLM 4096↔16384)",
-        f"{LOWBIT} bench linear --shapes vit-b-32 vit-h-14 llm --out $DIR", {"linear.log": "log"}, "d8d6035", 230,
-        "gpu_final_a.sh", note="stopped at its time limit in the LLM fc2 rows; measured with a variant that kept W's "
-        "tensor-wise codes for the backward (since reverted)"),
-    Job("mlp", "MLP block fwd+bwd, eager, ViT-B/32 and ViT-H/14",
-        f"{LOWBIT} bench mlp --shapes vit-b-32 vit-h-14 --recipes switchback switchback-m fp8-switchback "
-        "fp8-tensorwise --out $DIR", _renamed("mlp", "mlp.md", "mlp.json"), "d8d6035", 120, "gpu_final_a.sh"),
-    Job("mlp-compiled", "ViT-H/14 MLP block, `torch.compile`d",
-        f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes switchback fp8-switchback --compile --out $DIR",
-        _renamed("mlp", "mlp-compiled.md", "mlp-compiled.json"), "d8d6035", 170, "gpu_final_b.sh"),
-    Job("memory", "bytes saved for the backward per recipe (device-independent: `bench/results/cpu/memory.md`)",
-        f"{LOWBIT} bench memory --shapes vit-h-14 --out $DIR", _renamed("memory", "memory.md", "memory.json"),
-        "d8d6035", 120, "gpu_all.sh"),
-    Job("sweep", "speed-up vs width (places `convert()`'s size threshold)",
-        f"{LOWBIT} bench sweep --recipes switchback fp8-switchback --widths 256 384 512 768 1024 --out $DIR",
-        {"sweep.md": "sweep.md"}, "d8d6035", 120, "gpu_all.sh",
-        note="copied by hand from the run's printed table (its files did not come back), before the W-code reuse"),
-    Job("optim", "StableAdamW step vs torch AdamW (foreach, fused), ViT-H/14 parameter set",
-        f"{LOWBIT} bench optim --preset vit-h-14 --dtype fp32 bf16 --out $DIR",
-        _renamed("optim-vit-h-14-cuda", "optim-vit-h-14.md", "optim-vit-h-14.json"), "7d1ce84", 100,
-        "gpu_d.sh"),
-    Job("mlp-anchors", "ViT-H/14 MLP block, eager and compiled, lowbit recipes beside torchao 0.18's float8 and int8 "
-        "training linears", f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes switchback fp8-switchback "
-        "fp8-tensorwise fp8-rowwise --compile --out $DIR", _renamed("mlp", "mlp-anchors.md", "mlp-anchors.json"),
-        "7d1ce84", 200, "gpu_d.sh", needs="torchao"),
-    Job("mlp-fp8-auto", "ViT-H/14 MLP block with the per-shape Triton/cuBLAS fp8 choice, eager and compiled",
-        f"LOWBIT_FP8_MATMUL=auto {LOWBIT} bench mlp --shapes vit-h-14 --recipes switchback fp8-switchback "
-        "fp8-tensorwise fp8-rowwise --compile --out $DIR", _renamed("mlp", "mlp-fp8-auto.md", "mlp-fp8-auto.json"),
-        "6d03e9b", 170, "gpu_k.sh", note="command line added to the .md by hand"),
-    Job("mlp-launch-bound", "ViT-H/14 and ViT-B/32 MLP blocks compiled: the CPU launch cost bounds ViT-B",
-        f"{LOWBIT} bench mlp --shapes vit-h-14 vit-b-32 --recipes switchback fp8-switchback fp8-tensorwise "
-        "--compile --out $DIR", {"mlp-launch-bound.md": "mlp.md"}, "6d03e9b", 200, "gpu_l.sh",
-        note="measured with a single-pass quantize kernel rejected in the same call (reverted)"),
-    Job("mlp-eager-partial", "ViT-H/14 MLP eager rows (its CUDA-graph rows were cut by the time limit)",
-        f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes fp8-switchback fp8-tensorwise switchback --cudagraphs "
-        "--out $DIR", {"mlp-eager-partial.log": "log"}, "6d03e9b", 95, "gpu_n.sh"),
-    Job("mlp-compiled-quantize", "ViT-H/14 MLP block compiled, quantization by lowbit's kernels vs traced for "
-        "inductor", f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes fp8-switchback switchback --compile "
-        "--compiled-quantize kernel inductor --out $DIR",
-        _renamed("mlp", "mlp-vit-h-14-compiled-quantize.md", "mlp-vit-h-14-compiled-quantize.json"), "c85bb6a",
-        170, "gpu_u.sh", note="before the float64-division fix of the traced fp8 scales"),
-    Job("step", "full CLIP training step (both towers, loss, backward, fused StableAdamW), regional compile, "
-        "without CUDA graphs, four stages (`step.md` joins their tables; a stage cut by its limit keeps its rows)",
-        "\n".join([
-            f"timeout 220 {STEP} --warmup 2 --preset vit-h-14 --batch-size 96 --recipe {FIVE} {TORCHAO} "
-            "--out $DIR/vit-h-14",
-            f"timeout 95 {STEP} --warmup 2 --preset vit-l-14 --batch-size 128 --recipe {FIVE} --out $DIR/vit-l-14",
-            f"timeout 60 {STEP} --warmup 2 --preset vit-b-32 --batch-size 256 --recipe {FIVE} --out $DIR/vit-b-32",
-            f"timeout 80 {STEP} --warmup 2 --preset vit-h-14 --batch-size 96 --layers auto --recipe bf16 switchback "
-            "fp8-switchback --out $DIR/vit-h-14-auto",
-            "python3 bench/run.py join-steps $DIR vit-h-14 vit-h-14-auto vit-l-14 vit-b-32 > $DIR/step.md",
-        ]),
-        {"step.md": "step.md", "step-vit-h-14.json": "vit-h-14/step.json", "step-vit-l-14.json": "vit-l-14/step.json",
-         "step-vit-b-32.json": "vit-b-32/step.json", "step-vit-h-14-auto.json": "vit-h-14-auto/step.json"},
-        "2de0181", 480, "gpu_e.sh → experiments/gpu_step.sh", needs="torchao"),
-    Job("step-vit-h-14-cudagraphs", "ViT-H/14 training step with CUDA graphs (`--cudagraphs`), five recipes",
-        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 switchback fp8-switchback fp8-tensorwise "
-        "switchback-m --out $DIR", _renamed("step", "step-vit-h-14-cudagraphs.md", "step-vit-h-14-cudagraphs.json"),
-        "6d03e9b", 300, "gpu_m.sh"),
-    Job("step-vit-h-14-auto-cudagraphs", "ViT-H/14 step with CUDA graphs and `--layers auto` (vision tower converted)",
-        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --layers auto --recipe bf16 switchback fp8-switchback "
-        "fp8-tensorwise --out $DIR",
-        _renamed("step", "step-vit-h-14-auto-cudagraphs.md", "step-vit-h-14-auto-cudagraphs.json"), "6d03e9b", 215,
-        "gpu_n.sh", note="the fp8-tensorwise row was cut by the 215 s limit"),
-    Job("step-vit-h-14-anchors-cudagraphs", "ViT-H/14 step with CUDA graphs: torchao 0.18 float8 tensorwise / rowwise "
-        "and int8 mixed-precision beside bf16", f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 "
-        f"{TORCHAO} --out $DIR",
-        _renamed("step", "step-vit-h-14-anchors-cudagraphs.md", "step-vit-h-14-anchors-cudagraphs.json"), "6c85062",
-        240, "gpu_s.sh (experiments/gpu_step.sh stage vit-h-14-anchors)", needs="torchao"),
-    Job("step-vit-l-14-cudagraphs", "ViT-L/14 step with CUDA graphs, five recipes",
-        f"{STEP_GRAPHS} --preset vit-l-14 --batch-size 128 --recipe {FIVE} --out $DIR",
-        _renamed("step", "step-vit-l-14-cudagraphs.md", "step-vit-l-14-cudagraphs.json"), "6c85062", 240,
-        "experiments/gpu_step.sh stage vit-l-14"),
-    Job("step-vit-b-32-cudagraphs", "ViT-B/32 step with CUDA graphs, five recipes",
-        f"{STEP_GRAPHS} --preset vit-b-32 --batch-size 256 --recipe {FIVE} --out $DIR",
-        _renamed("step", "step-vit-b-32-cudagraphs.md", "step-vit-b-32-cudagraphs.json"), "c85bb6a", 280,
-        "gpu_t.sh (experiments/gpu_step.sh stage vit-b-32)"),
-    Job("step-compiled-quantize", "ViT-H/14 step with CUDA graphs, `--compiled-quantize kernel inductor`, bf16 / "
-        "fp8-switchback / switchback", f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --compiled-quantize kernel "
-        "inductor --recipe bf16 fp8-switchback switchback --out $DIR",
-        _renamed("step", "step-vit-h-14-compiled-quantize.md", "step-vit-h-14-compiled-quantize.json"), "c85bb6a",
-        430, "gpu_v.sh"),
-    Job("train-reduce-overhead", "`lowbit train` with CUDA graphs (`--compile-mode reduce-overhead --monitor "
-        "--activations`), 60 steps: every logged column finite (numerics, not speed)",
-        f"{LOWBIT} train --config experiments/accuracy/w768.yaml --recipe switchback --seed 0 --steps 60 --set "
-        "log_every=1 --compile --compile-mode reduce-overhead --monitor --activations --no-progress --zeroshot none "
-        "--out $DIR/run", {"train-reduce-overhead.md": "log"}, "6c85062", 150, "gpu_r.sh",
-        note="the .md was written by hand from the run's metrics.csv and log; it shared the GPU with 7 training runs"),
-    Job("profile-mlp", "CUDA time per kernel of the ViT-H MLP fwd+bwd per recipe (torch.profiler)",
-        "python3 bench/probes/profile_mlp.py switchback fp8-switchback fp8-tensorwise",
-        {"profile-mlp-vit-h-14.txt": "log"}, "6d03e9b", 150, "gpu_k.sh"),
-    Job("quant-micro", "tensor-wise quantize with transposed layouts: the kernels vs single-pass candidates (rejected: "
-        "wrong with float32 input)", "python3 bench/probes/quant_micro.py", {"quant-micro.md": "log"}, "6d03e9b", 100,
-        "gpu_k.sh"),
-    Job("cpu-overhead-mlp", "the CPU launch cost of a ViT-H MLP fwd+bwd (≈ 40–55 µs per Triton launch on this host)",
-        "python3 bench/probes/overhead_mlp.py fp8-tensorwise fp8-switchback",
-        {"cpu-overhead-mlp-vit-h-14.txt": "log"}, "6d03e9b", 70, "gpu_l.sh"),
-    Job("cprofile-mlp", "cProfile of 20 eager ViT-B/32 MLP steps and the CPU cost of single launches",
-        "python3 bench/probes/cprofile_mlp.py switchback fp8-switchback", {"cprofile-mlp-vit-b-32.txt": "log"},
-        "6d03e9b", 100, "a device call of its own (no script kept)"),
-    Job("gpu-tests-functional-nn-kernels", "the CUDA tests of kernels, functional and nn",
-        f"{GPU_TESTS} {PYTEST} tests/kernels tests/functional tests/nn", {"gpu-tests-functional-nn-kernels.txt": "log"},
-        "d8d6035", 150, "gpu_final_b.sh"),
-    Job("gpu-tests-matmul", "the CUDA matmul tests", f"{GPU_TESTS} {PYTEST} tests/kernels/test_matmul.py",
-        {"gpu-tests-matmul.txt": "log"}, "d8d6035", 120, "gpu_final_a.sh",
-        note="the call's exact selection is not recorded; this is the file its 8 tests came from"),
-    Job("gpu-tests-optim", "`tests/optim` on the H100 (fused Triton path vs reference)", f"{PYTEST} tests/optim -x",
-        {"gpu-tests-optim.txt": "log"}, "7d1ce84", 150, "gpu_d.sh"),
-    Job("gpu-tests-fp8", "fp8 CUDA tests incl. the bf16 cuBLAS layer tests (on this the fp8 matmul default became "
-        "`auto`)", FP8_TESTS, {"gpu-tests-fp8.txt": "log"}, "6d03e9b", 100, "gpu_k.sh"),
-    Job("gpu-tests-single-pass-rejected", "the quantize tests with a single-pass two-layout kernel: wrong transposed "
-        "codes for float32 input, so the kernel was not adopted",
-        f"{GPU_TESTS} {PYTEST} -rf -x tests/kernels/test_quantize.py tests/functional/test_linear.py "
-        "tests/kernels/test_matmul.py -k 'not compile'", {"gpu-tests-single-pass-rejected.txt": "log"}, "6d03e9b", 110,
-        "gpu_l.sh", note="ran a kernel reverted in the same call: at any commit the committed kernels pass"),
-    Job("gpu-tests-transposed", "the multi-program quantize tests of the committed two-pass kernels",
-        f"{PYTEST} -rf tests/kernels/test_quantize.py -k multi_program", {"gpu-tests-transposed.txt": "log"},
-        "6d03e9b", 40, "gpu_m.sh"),
-    Job("gpu-tests-library-ops", "the CUDA tests after the ops moved to `torch.library.Library`",
-        f"HYPOTHESIS_PROFILE=gpu {PYTEST} tests/kernels/test_matmul.py && HYPOTHESIS_PROFILE=gpu {PYTEST} -x "
-        "tests/functional tests/nn", {"gpu-tests-library-ops.txt": "log"}, "6c85062", 125,
-        "a device call after gpu_r.sh", note="cut by its limit after 32 passed; the file's header says so"),
-    Job("gpu-tests-compiled-quantize", "the compiled-quantize tests on the H100 (4 failed before the float64-division "
-        "fix, 22 passed after)", f"LOWBIT_AUTOTUNE=0 HYPOTHESIS_PROFILE=gpu {PYTEST} "
-        "tests/kernels/test_compiled_quantize.py", {"gpu-tests-compiled-quantize.txt": "log"}, "c85bb6a", 120,
-        "gpu_u.sh, gpu_v.sh", note="holds both calls' output (before and after the fix)"),
-    Job("gpu-tests-suite", "the whole test suite on the H100, by room (the part that fit its limit)",
-        f"{GPU_TESTS} {PYTEST} tests/kernels tests/functional tests/nn tests/models; timeout 280 {GPU_TESTS} "
-        f"{PYTEST} tests/optim tests/monitor tests/data tests/train tests/bench",
-        {"gpu-tests-suite.txt": "log"}, "c85bb6a", 560, "a device call of issue #7's last session",
-        note="the file adds the failures' causes and fixes by hand; the second part was cut by its limit"),
-    Job("multi", "multi-GPU `lowbit train` on 4 H100s: stage 0 (topology, NCCL bandwidth, loader rate), 1 GPU, "
-        "4 GPUs DDP / FSDP2 with and without the 8-bit all-gather, resume from 2 GPUs to 1 (ViT-L/14 128 and ViT-B/32 "
-        "256 per GPU, bf16 and fp8-switchback, eager, synthetic data)",
-        "python3 bench/multi_gpu.py --out $DIR --budget 490 --recipe8 fp8-switchback --data synthetic --steps 16",
-        {"multi-gpu.md": "multi_gpu.md", "multi-gpu.json": "multi_gpu.json", "multi-gpu-runs.tar.gz": "runs.tar.gz"},
-        "63bfd9d", 590, "issue #19 session, device call 2 (nvidia-h100-x4)",
-        note="needs 4 GPUs (nvidia-h100-x4); the script was at e9f214c; its budget cut the 2-GPU and CUDA-graphs "
-             "stages; `--dry` runs it on a CPU (tiny preset, gloo)"),
-    Job("mlp-ln-mlp-first", "ViT-H/14 LayerNorm→MLP+residual block, eager, fused recipes vs plain PyTorch bf16 (the "
-        "first six rows; the call's 330 s limit stopped it during autotuning)",
-        f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-h-14 vit-b-32 llm --recipes bf16 switchback "
-        "switchback-m fp8-switchback fp8-tensorwise switchback-block fp8-blockwise switchback:per-linear "
-        "fp8-switchback:per-linear fp8-tensorwise:per-linear --cudagraphs --out $DIR",
-        {"mlp-ln-mlp-vit-h-14-first.md": "log"}, "e3dee3b", 330, "issue #17 session, device call 3",
-        note="the rows it printed, written up by hand (its mlp.md did not come back); code of 5760e44"),
-    Job("mlp-ln-mlp", "ViT-H/14 LayerNorm→MLP+residual block, eager: block-scaled recipes and per-linear conversion "
-        "vs plain PyTorch bf16, peak memory", f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-h-14 "
-        "--recipes fp8-blockwise switchback-block fp8-switchback:per-linear fp8-tensorwise:per-linear "
-        "switchback:per-linear --out $DIR", _renamed("mlp", "mlp-ln-mlp-vit-h-14.md", "mlp-ln-mlp-vit-h-14.json"),
-        "63bfd9d", 290, "issue #17 session, device call 5", note="code of 5760e44"),
-    Job("gpu-tests-fused-mlp", "the fused-MLP and 8-bit-weight CUDA tests (CUDA vs CPU, derived tolerances)",
-        f"LOWBIT_AUTOTUNE=0 {PYTEST} tests/functional/test_mlp.py tests/functional/test_qweight.py -k cuda",
-        {"gpu-tests-fused-mlp.txt": "log"}, "63bfd9d", 120, "issue #17 session, device call 3",
-        note="code of 5760e44"),
-    Job("matmul-gemm", "the persistent TMA-fed GEMM family (int8, fp8, block-scaled, quantize-on-load) with each "
-        "epilogue hook, vs cuBLAS bf16, `torch._int_mm`, `torch._scaled_mm`; quantize GB/s; SwitchBack breakdown",
-        f"{LOWBIT} bench matmul --out $DIR", _renamed("matmul", "matmul-gemm.md", "matmul-gemm.json"), "6df9dd5",
-        400, "issue #16 session, device call 7"),
-    Job("gemm-hooks", "ViT-H fc1/fc2: each epilogue hook of the GEMM alone and together, with the autotuned config",
-        "python3 bench/probes/gemm_probe.py --skip-check --shapes 'vit-h fc1' 'vit-h fc2' --variants main hooks "
-        "--out $DIR", _renamed("gemm-probe", "gemm-hooks.md", "gemm-hooks.json"), "6df9dd5", 330,
-        "issue #16 session, device call 5"),
-    Job("gemm-hooks-h200-spills", "the same before the epilogue stored through TMA: registers/spills of every "
-        "compiled variant (the hooked epilogues spilled, 255 registers)", "python3 bench/probes/gemm_probe.py "
-        "--shapes 'vit-h fc1' 'vit-h fc2' --variants main flags --out $DIR",
-        _renamed("gemm-probe", "gemm-hooks-h200-spills.md", "gemm-hooks-h200-spills.json"), "6df9dd5", 560,
-        "issue #16 session, device call 4", note="ran on an H200, at the kernel of e302f1b (pointer-store epilogue)"),
-    Job("gemm-warp-spec", "ViT-H fc1 with Triton's warp specialisation (`LOWBIT_GEMM_WS=1`), plain and hooked",
-        "python3 bench/probes/gemm_probe.py --skip-check --shapes 'vit-h fc1' --variants flags --out $DIR",
-        _renamed("gemm-probe", "gemm-warp-spec.md", "gemm-warp-spec.json"), "6df9dd5", 200,
-        "issue #16 session, device call 7"),
-    Job("mlp-fused", "ViT-H/14 MLP block fwd+bwd, eager: the fused LowbitMLP (recipe) vs per-linear conversion "
-        "(recipe:per-linear) vs bf16", f"{LOWBIT} bench mlp --shapes vit-h-14 --recipes bf16 switchback "
-        "fp8-switchback fp8-tensorwise fp8-blockwise switchback:per-linear fp8-switchback:per-linear "
-        "fp8-tensorwise:per-linear --out $DIR", _renamed("mlp", "mlp-fused.md", "mlp-fused.json"), "6df9dd5", 570,
-        "issue #16 session, device call 6",
-        note="fp8-blockwise failed there (block-scaled wgrad operands), fixed in the same commit; not re-measured"),
-    Job("step-vit-h-14-gemm-cudagraphs", "ViT-H/14 step with the GEMM family, regional compile + CUDA graphs",
-        f"{LOWBIT} bench step --preset vit-h-14 --batch-size 96 --compile --cudagraphs --recipe bf16 switchback "
-        "fp8-switchback fp8-tensorwise --no-anchors --out $DIR",
-        _renamed("step", "step-vit-h-14-gemm-cudagraphs.md", "step-vit-h-14-gemm-cudagraphs.json"), "6df9dd5", 340,
-        "issue #16 session, device call 8", note="bench step's own step function (before it timed the trainer's)"),
-    Job("step-vit-h-14-gemm-eager", "ViT-H/14 step with the GEMM family, eager (no compile, no CUDA graphs)",
-        f"{LOWBIT} bench step --preset vit-h-14 --batch-size 96 --recipe bf16 switchback fp8-switchback "
-        "--no-anchors --out $DIR",
-        _renamed("step", "step-vit-h-14-gemm-eager.md", "step-vit-h-14-gemm-eager.json"), "6df9dd5", 220,
-        "issue #16 session, device call 8", note="bench step's own step function (before it timed the trainer's)"),
-    Job("gpu-tests-gemm-fused", "CUDA tests of the GEMM family, block quantizers, fused MLP and 8-bit weights",
-        f"{GPU_TESTS} {PYTEST} tests/kernels/test_gemm.py tests/kernels/test_matmul.py tests/kernels/test_blockwise.py "
-        "tests/functional/test_mlp.py tests/functional/test_qweight.py", {"gpu-tests-gemm-fused.txt": "log"},
-        "6df9dd5", 400, "issue #16 session, device call 10",
-        note="8 fused-MLP CUDA-vs-CPU failures there: tolerances set on no derivation; widened from the quantization "
-        "step in the next commit, not re-run on a GPU"),
-    Job("step-vit-h-14-fused", "ViT-H/14 training step, eager: fused blocks (RECIPE:fused, bf16:fused = lowbit's fused "
-        "16-bit path) vs per-linear vs plain bf16", f"{LOWBIT} bench step --no-anchors --preset vit-h-14 --batch-size 96 "
-        "--recipe bf16 bf16:fused switchback switchback:fused fp8-switchback fp8-switchback:fused fp8-tensorwise "
-        "fp8-tensorwise:fused --out $DIR", _renamed("step", "step-vit-h-14-fused.md", "step-vit-h-14-fused.json"),
-        "b85f212", 270, "issue #18 session, device call 1", note="the call's 270-s limit stopped it after five rows (the "
-        "fused rows' first warm-up autotunes for 40-75 s); the other rows are step-vit-h-14-fused-fp8"),
-    Job("step-vit-h-14-fused-fp8", "ViT-H/14 training step, eager: the fp8 rows step-vit-h-14-fused did not reach",
-        f"{LOWBIT} bench step --no-anchors --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback:fused "
-        "fp8-tensorwise fp8-tensorwise:fused --out $DIR",
-        _renamed("step", "step-vit-h-14-fused-fp8.md", "step-vit-h-14-fused-fp8.json"), "b85f212", 300,
-        "issue #18 session, device call 2"),
-    Job("step-vit-l-14-fused", "ViT-L/14 training step, eager: fused vs per-linear vs bf16",
-        f"{LOWBIT} bench step --no-anchors --preset vit-l-14 --batch-size 128 --recipe bf16 switchback:fused "
-        "fp8-switchback fp8-switchback:fused --out $DIR",
-        _renamed("step", "step-vit-l-14-fused.md", "step-vit-l-14-fused.json"), "b85f212", 100,
-        "issue #18 session, device call 1"),
-    Job("step-vit-b-32-fused", "ViT-B/32 training step, eager: fused vs per-linear vs bf16",
-        f"{LOWBIT} bench step --no-anchors --preset vit-b-32 --batch-size 256 --recipe bf16 switchback:fused "
-        "fp8-switchback fp8-switchback:fused --out $DIR",
-        _renamed("step", "step-vit-b-32-fused.md", "step-vit-b-32-fused.json"), "b85f212", 70,
-        "issue #18 session, device call 1"),
-    Job("profile-step-vit-h-14", "where the eager ViT-H/14 step's time goes: GPU time per kernel class and per block, "
-        "launches per step, GPU-busy share", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 "
-        "bf16 fp8-switchback fp8-switchback:fused", {"profile-step-vit-h-14.txt": "log"}, "b85f212", 110,
-        "issue #18 session, device call 1", note="the 110-s limit stopped it in the third recipe"),
-    Job("step-vit-h-14-fused-cudagraphs", "ViT-H/14 step, regional compile + CUDA graphs, fused model vs bf16",
-        f"{LOWBIT} bench step --no-anchors --preset vit-h-14 --batch-size 96 --compile --cudagraphs --recipe bf16 "
-        "fp8-switchback:fused", {"step-vit-h-14-fused-cudagraphs.md": "log"}, "b85f212", 200,
-        "issue #18 session, device call 4"),
-    Job("model-vit-h-14", "third-party models at ViT-H widths (timm ViT-H/14 CLIP image tower, Hugging Face CLIPModel), "
-        "one lowbit.convert call per row, eager, bf16 autocast", f"{LOWBIT} bench model --model "
-        "timm:vit_huge_patch14_clip_224 'hf:clip:vision.hidden_size=1280,vision.intermediate_size=5120,"
-        "vision.num_hidden_layers=32,vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,"
-        "text.hidden_size=1024,text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,"
-        "projection_dim=1024' --recipe bf16 fp8-switchback:per-linear fp8-switchback:fused --batch-size 64 "
-        "--no-anchors --out $DIR", _renamed("model", "model-vit-h-14.md", "model-vit-h-14.json"), "b85f212", 340,
-        "issue #18 session, device call 4", note="timm 1.0.29 and transformers 5.17 of the device image"),
-    Job("mlp-ln-mlp-vit-b-32", "ViT-B/32 LayerNorm→MLP+residual block, eager and CUDA graphs, every fused recipe",
-        f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-b-32 --recipes bf16 switchback switchback-m "
-        "fp8-switchback fp8-tensorwise switchback-block fp8-blockwise --cudagraphs --out $DIR",
-        _renamed("mlp", "mlp-ln-mlp-vit-b-32.md", "mlp-ln-mlp-vit-b-32.json"), "b85f212", 240,
-        "issue #17 session, device call 5"),
-    Job("mlp-ln-mlp-llm", "LLM-width (4096↔16384) LayerNorm→MLP+residual block, eager and CUDA graphs",
-        f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes llm --recipes bf16 fp8-tensorwise fp8-switchback "
-        "--cudagraphs --out $DIR", _renamed("mlp", "mlp-ln-mlp-llm.md", "mlp-ln-mlp-llm.json"), "b85f212", 170,
-        "issue #17 session, device call 5"),
-    Job("mlp-ln-mlp-vit-h-14-torchao", "ViT-H/14 LayerNorm→MLP+residual block: torchao 0.18's training linears, eager "
-        "and torch.compile'd, beside lowbit's fused bf16 and plain PyTorch", f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} "
-        "bench mlp --shapes vit-h-14 --recipes bf16 --compile --out $DIR",
-        _renamed("mlp", "mlp-ln-mlp-vit-h-14-torchao.md", "mlp-ln-mlp-vit-h-14-torchao.json"), "b85f212", 95,
-        "issue #17 session, device call 3", needs="torchao"),
-    Job("profile-mlp-ln-mlp-vit-h-14", "the ViT-H/14 LayerNorm→MLP block's CUDA time per kernel, per recipe",
-        "python3 bench/probes/profile_mlp.py nn.Linear switchback switchback-m fp8-switchback fp8-tensorwise "
-        "--block ln-mlp --modes eager --shape vit-h-14", {"profile-mlp-ln-mlp-vit-h-14.txt": "log"}, "b85f212", 120,
-        "issue #17 session, device call 3"),
-    Job("profile-mlp-ln-mlp-vit-h-14-block", "the same for the block-scaled recipes",
-        "python3 bench/probes/profile_mlp.py switchback-block fp8-blockwise --block ln-mlp --modes eager "
-        "--shape vit-h-14", {"profile-mlp-ln-mlp-vit-h-14-block.txt": "log"}, "b85f212", 120,
-        "issue #17 session, device call 5"),
-    Job("multi-2", "multi-GPU `lowbit train` on 2 H100s: loader rate, 1 GPU (two runs side by side), 2 GPUs DDP / "
-        "FSDP2 with and without the 8-bit all-gather (ViT-L/14 128 and ViT-B/32 256 per GPU, bf16 and switchback, "
-        "eager, Fashion-MNIST shards)", "python3 bench/multi_gpu.py --out $DIR --data fmnist --only "
-        "1,big,cudagraphs,resume --probe data --budget 545",
-        {"multi-gpu-2.md": "multi_gpu.md", "multi-gpu-2.json": "multi_gpu.json",
-         "multi-gpu-2-runs.tar.gz": "runs.tar.gz"}, "b85f212", 580, "issue #19 session, device call 6 (nvidia-h100-x2)",
-        note="needs 2 GPUs (nvidia-h100-x2) and .data/fashion-mnist carried; its budget cut the CUDA-graphs and "
-             "resume stages"),
-    Job("train-compile-vit-h-14", "`lowbit train`'s default (compile auto: blocks compiled with CUDA graphs) per "
-        "recipe, ViT-H/14 batch 96, Fashion-MNIST shards", "\n".join([PREP_FM, f"{TRAIN_COMPILE} --preset vit-h-14 "
-        "--batch-size 96 --steps 40 --settings auto --recipes bf16 fp8-switchback switchback fp8-tensorwise bf16 "
-        "--limit 150 --out $DIR/tc"]), _tc("train-compile-vit-h-14"), "152855a", 400,
-        "issue #18 session 3, device call 2 (`timeout 370` around the probe)",
-        note="needs .data/fashion-mnist carried; the call's limit stopped the fifth run (bf16 repeat), so the .md was "
-             "rebuilt with the probe's table() from the four rows it had printed"),
-    Job("train-compile-vit-l-14", "the same, ViT-L/14 batch 128", "\n".join([PREP_FM, f"{TRAIN_COMPILE} --preset "
-        "vit-l-14 --batch-size 128 --steps 40 --settings auto --recipes bf16 fp8-switchback --limit 75 --out $DIR/tc"]),
-        _tc("train-compile-vit-l-14"), "152855a", 170, "issue #18 session 3, device call 2",
-        note="needs .data/fashion-mnist carried"),
-    Job("train-compile-vit-b-32", "the same, ViT-B/32 batch 256", "\n".join([PREP_FM, f"{TRAIN_COMPILE} --preset "
-        "vit-b-32 --batch-size 256 --steps 40 --settings auto --recipes bf16 fp8-switchback --limit 95 --out $DIR/tc"]),
-        _tc("train-compile-vit-b-32"), "152855a", 210, "issue #19 session 3, device call 4 (GPU 0 of nvidia-h100-x2)",
-        note="needs .data/fashion-mnist carried; ran alone on one GPU of the 2xH100 host after the resume stage"),
-    Job("train-compile-vit-b-32-h200", "`lowbit train`'s default vs `--no-compile`, ViT-B/32 batch 256, on an H200",
-        "\n".join([PREP_FM, f"{TRAIN_COMPILE} --preset vit-b-32 --batch-size 256 --steps 40 --recipes bf16 "
-        "fp8-switchback switchback --out $DIR/tc"]), _tc("train-compile-vit-b-32-h200"), "152855a", 320,
-        "issue #18 session 3, device call 1 (nvidia-h200: no H100 started)",
-        note="needs .data/fashion-mnist carried; the device line was added to the .md by hand (from env.txt)"),
-    Job("train-compile-vit-h-14-h200", "the same, ViT-H/14 batch 96, on an H200", "\n".join([PREP_FM,
-        f"{TRAIN_COMPILE} --preset vit-h-14 --batch-size 96 --steps 25 --recipes bf16 fp8-switchback --limit 200 "
-        "--out $DIR/tc"]), _tc("train-compile-vit-h-14-h200"), "152855a", 260,
-        "issue #18 session 3, device call 1 (nvidia-h200)",
-        note="needs .data/fashion-mnist carried; the device line was added to the .md by hand (from env.txt)"),
-    Job("loader-fmnist-h200", "the trainer's DataLoader on a GPU host (16 cores): uint8 vs float32 transport",
-        "\n".join([PREP_FM, *(f"python3 bench/probes/multi_gpu_probe.py --data $DIR/fm --workers 14 --batch-size 256 "
-                               f"--seconds 6 --pixels {px}" for px in ("uint8", "float32"))]),
-        {"loader-fmnist-h200.md": "log"}, "152855a", 120, "issue #19 session 3, device call 1 (nvidia-h200)",
-        note="needs .data/fashion-mnist carried; the .md was written by hand around the two JSON lines printed"),
-    Job("multi-2-vit-b", "2 H100s, ViT-B/32 with the uint8 loader: 1 GPU, DDP (bf16, switchback), CUDA graphs under "
-        "DDP, the resume check (Fashion-MNIST shards)", "python3 bench/multi_gpu.py --out $DIR --data fmnist --models B "
-        "--only cudagraphs,resume,1,big --probe data --budget 440",
-        {"multi-gpu-2-vit-b.md": "multi_gpu.md", "multi-gpu-2-vit-b.json": "multi_gpu.json",
-         "multi-gpu-2-vit-b-runs.tar.gz": "runs.tar.gz"}, "152855a", 540,
-        "issue #19 session 3, device call 3 (nvidia-h100-x2)",
-        note="needs 2 GPUs and .data/fashion-mnist carried; ran before the resume stage gained its same-world-size "
-             "and world-size controls (see multi-gpu-2-resume.md)"),
-    Job("multi-2-resume", "2 H100s: resume across world sizes with both controls (2 to 2 GPUs, an uninterrupted "
-        "1-GPU run)", "python3 bench/multi_gpu.py --out $DIR --data fmnist --models B --only resume --probe none "
-        "--budget 260", {"multi-gpu-2-resume.md": "multi_gpu.md", "multi-gpu-2-resume.json": "multi_gpu.json",
-                          "multi-gpu-2-resume-runs.tar.gz": "runs.tar.gz"}, "152855a", 300,
-        "issue #19 session 3, device call 4 (nvidia-h100-x2)",
-        note="needs 2 GPUs and .data/fashion-mnist carried; the verdict sentence comparing the 2-to-1 resume with the "
-             "world-size control was added to the report after this run"),
-    Job("multi-2-cudagraphs-check", "2 GPUs: DDP with CUDA graphs, the trainer's replica check on (no "
-        "LOWBIT_DDP_CUDAGRAPHS gate), beside eager", "python3 bench/multi_gpu.py --out $DIR --data fmnist --models B "
-        "--only cudagraphs --probe none --budget 170", {"multi-gpu-2-cudagraphs-check.md": "multi_gpu.md",
-                                                         "multi-gpu-2-cudagraphs-check.json": "multi_gpu.json"},
-        "54d1945", 210, "issue #19 session 3, device call 5 (nvidia-h100-x2)",
-        note="needs 2 GPUs and .data/fashion-mnist carried; this host ran the eager run 1.6x slower than call 3's "
-             "(36.8 vs 22.8 s) and the budget killed the compiled run after 98 s, before its first step was "
-             "logged (call 3's took 74 s in all): the replica check has not yet run on GPUs"),
-]
-
-BY_NAME = {j.name: j for j in JOBS}
-BY_FILE = {f: j for j in JOBS for f in j.files}
+__all__ = ["BY_FILE", "BY_NAME", "JOBS", "Job", "check", "main", "run_job"]
 
 
 def _env_txt() -> str:
@@ -490,8 +128,14 @@ def readme_table() -> str:
             continue
         files = ", ".join(f"`{f}`" for f in job.files)
         command = "<br>".join(f"`{c}`" for c in job.command.replace("$DIR", "DIR").split("\n"))
-        what = job.what + (f"; {job.note}" if job.note else "") + ("; *needs torchao*" if job.needs else "")
-        rows.append(f"| {files} | {what} | {command} | `{job.commit}` | {job.origin} |")
+        what = job.what + (f"; {job.note}" if job.note else "") + (f"; *needs {job.needs}*" if job.needs else "")
+        if job.invalid:
+            what = f"**invalid until re-measured**: {job.invalid}" + (
+                f" (superseded by `{job.superseded_by}`)" if job.superseded_by else "") + f". {what}"
+        if job.annotated:
+            what += f"; *corrected by hand after it was measured*: {job.annotated}"
+        commit = f"`{job.commit}`" if job.commit else "*not measured yet*"
+        rows.append(f"| {files} | {what} | {command} | {commit} | {job.origin} |")
     return "\n".join(rows)
 
 
@@ -502,21 +146,32 @@ def write_readme() -> None:
     README.write_text(f"{head}{BEGIN}\n{readme_table()}\n{END}{tail}")
 
 
+INVALID_MARK = "invalid until re-measured"  # near the top of an invalid job's .md files (any case)
+
+
 def check() -> list[str]:
-    """Problems: result files without a job, jobs naming missing files, a stale README, wrong commits."""
+    """Problems: result files without a job, jobs naming missing files (a job not measured yet, ``commit=""``,
+    may), a stale README, wrong commits, invalid files without their mark."""
     problems = []
     on_disk = {p.name for p in RESULTS.iterdir() if p.is_file() and p.name != "README.md"}
     problems += [f"{f}: no job in bench/run.py makes it" for f in sorted(on_disk - set(BY_FILE))]
-    problems += [f"{f}: job {BY_FILE[f].name} names it, but it is not in {RESULTS}" for f in sorted(set(BY_FILE) - on_disk)]
+    problems += [f"{f}: job {BY_FILE[f].name} names it, but it is not in {RESULTS}"
+                 for f in sorted(set(BY_FILE) - on_disk) if BY_FILE[f].commit]
+    for f, job in sorted(BY_FILE.items()):
+        if job.invalid and f in on_disk and f.endswith(".md") and \
+                INVALID_MARK not in (RESULTS / f).read_text()[:2000].lower():
+            problems.append(f"{f}: job {job.name} is invalid, but the file does not say so at its top")
     text = README.read_text()
     if f"{BEGIN}\n{readme_table()}\n{END}" not in text:
         problems.append(f"{README} is out of date: run `python bench/run.py readme`")
     if (ROOT / ".git").exists():
         for f, job in sorted(BY_FILE.items()):
-            out = subprocess.run(["git", "log", "-1", "--format=%h", "--abbrev=7", "--", str(RESULTS / f)],
-                                 capture_output=True, text=True, cwd=ROOT).stdout.strip()
-            if out and out != job.commit:
-                problems.append(f"{f}: last committed at {out}, bench/run.py says {job.commit}")
+            history = subprocess.run(["git", "log", "--format=%h", "--abbrev=7", "--", str(RESULTS / f)],
+                                     capture_output=True, text=True, cwd=ROOT).stdout.split()
+            # an invalid or annotated file was edited after it was measured: its measuring commit is in its history
+            edited = job.invalid or job.annotated
+            if history and (job.commit not in history if edited else history[0] != job.commit):
+                problems.append(f"{f}: last committed at {history[0]}, bench/run.py says {job.commit or '(none)'}")
     return problems
 
 
@@ -565,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         if any(j.needs == "torchao" for j in jobs):
             _install_wheels(out / "pip.log")
         (out / "env.txt").write_text(_env_txt())
+    for j in [j for j in jobs if j.superseded_by]:
+        print(f"=== {j.name}: its script is gone; run {j.superseded_by} instead "
+              f"(`python bench/run.py run {j.superseded_by}`)", flush=True)
+    jobs = [j for j in jobs if not j.superseded_by]
     failed = [j.name for j in jobs if run_job(j, out, args.dry_run) != 0]
     if failed:
         print(f"failed or cut by their limit: {', '.join(failed)}")

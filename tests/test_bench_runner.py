@@ -25,7 +25,34 @@ def test_every_result_file_has_a_command_and_the_readme_is_current(runner) -> No
     assert runner.check() == []
     readme = runner.README.read_text()
     for name, job in runner.BY_FILE.items():
-        assert f"`{name}`" in readme and f"`{job.commit}`" in readme
+        assert f"`{name}`" in readme and (f"`{job.commit}`" if job.commit else "*not measured yet*") in readme
+        if job.invalid:  # marked at its top, and the README table says so
+            assert f"**invalid until re-measured**: {job.invalid}" in readme
+            if name.endswith(".md"):
+                assert runner.INVALID_MARK in (runner.RESULTS / name).read_text()[:2000].lower()
+
+
+def test_check_flags_an_unmarked_invalid_file_and_allows_a_job_not_measured_yet(runner, monkeypatch) -> None:
+    invalid = next(j for j in runner.JOBS if j.invalid and any(f.endswith(".md") for f in j.files))
+    md = next(f for f in invalid.files if f.endswith(".md"))
+    real = runner.Path.read_text
+
+    def unmarked(path, *a, **k):
+        text = real(path, *a, **k)
+        return text.lower().replace(runner.INVALID_MARK, "") if path.name == md else text
+
+    monkeypatch.setattr(runner.Path, "read_text", unmarked)
+    assert any(p.startswith(f"{md}: job {invalid.name} is invalid") for p in runner.check())
+    monkeypatch.undo()
+    pending = [j for j in runner.JOBS if not j.commit]
+    assert {"train-vit-h-14.md", "train-nocompile-vit-h-14.md"} <= {f for j in pending for f in j.files}
+    assert not any(f in p for j in pending for f in j.files for p in runner.check())
+
+
+def test_a_superseded_job_runs_its_successor_not_its_gone_script(runner, capsys, tmp_path: Path) -> None:
+    assert runner.main(["run", "train-compile-vit-h-14.md", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "its script is gone; run train-vit-h-14 instead" in out and "train_compile.py" not in out
 
 
 def test_no_letter_named_device_scripts_remain() -> None:
@@ -40,6 +67,8 @@ def test_dry_run_prints_the_commands(runner, capsys: pytest.CaptureFixture[str],
     assert runner.main(["run", "step-vit-b-32-cudagraphs.md", "memory.json", "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "lowbit bench step --compile --steps 8 --no-anchors --cudagraphs --warmup 3 --preset vit-b-32" in out
+    assert runner.main(["run", "train-vit-b-32.md", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert "lowbit bench train --workers 14 --preset vit-b-32 --batch-size 256" in capsys.readouterr().out
     assert "lowbit bench memory --shapes vit-h-14" in out and not any(tmp_path.iterdir())
     with pytest.raises(SystemExit):
         runner.main(["run", "no-such-result.md"])

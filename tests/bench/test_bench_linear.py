@@ -70,3 +70,28 @@ def test_compiled_quantize_variants_are_timed_side_by_side(monkeypatch) -> None:
     assert got == [(m, k) for m in ("eager", "compiled", "compiled (inductor quantize)")
                    for k in ("nn.Linear", "switchback-sim")]
     assert all(r["error"] is None and r["ms"] > 0 for r in rows if r["kind"] == "switchback-sim"), rows
+
+
+def test_matmul_rows_named_lowbit_run_lowbit_and_say_so(monkeypatch) -> None:
+    """A "lowbit gemm" row pins lowbit's kernel (``backend="auto"`` could pick cuBLAS for fp8 under that name),
+    and every row says which backend ran. Recorded with stand-in matmuls at a tiny shape."""
+    import lowbit.kernels.gemm as gemm_mod
+    import lowbit.kernels.matmul as matmul_mod
+
+    assert bench_linear.matmul_backend(torch.device("cpu")) == "torch"  # no Triton kernel on the CPU: the reference
+    seen: list[tuple[str, str]] = []
+
+    def fake_scaled_mm(qa, qb, sa, sb, *, bias=None, out_dtype=torch.bfloat16, backend="auto"):
+        seen.append(("scaled_mm", backend))
+        return torch.zeros(qa.shape[0], qb.shape[0])
+
+    monkeypatch.setattr(matmul_mod, "scaled_mm", fake_scaled_mm)
+    monkeypatch.setattr(gemm_mod, "gemm", lambda *a, backend="auto", **k: seen.append(("gemm", backend)))
+    monkeypatch.setattr(bench_linear, "_breakdown", lambda device, fp8_ok: [])
+    monkeypatch.setattr(bench_linear, "matmul_backend", lambda device: "triton")  # as on a CUDA device
+    monkeypatch.setattr(bench_linear, "bench", lambda fn, device, **kw: (fn(), 1.0)[1])
+    rows = bench_linear.run_matmul(argparse.Namespace(device="cpu"), shapes=[(32, 16, 16)])["rows"]
+    assert seen and all(backend == "triton" for _, backend in seen)
+    lowbit_rows = [r for r in rows if "lowbit gemm" in r["kernel"]]
+    assert lowbit_rows and all(r["backend"] == "triton" for r in lowbit_rows)
+    assert {r["backend"] for r in rows if "torch._int_mm" in r["kernel"] or "cuBLAS" in r["kernel"]} == {"cuBLAS"}

@@ -211,6 +211,11 @@ def test_timm_model_bf16_vs_a_sim_recipe_end_to_end(fake_timm, tmp_path: Path, c
     assert sim["vs_bf16"] == pytest.approx(sim["throughput"] / rows["bf16"]["throughput"])
     # 2 blocks x (qkv, proj, fc1, fc2) + head: every linear (--layers all); each block's Mlp fused (--fuse)
     assert sim["converted"] == "9/9" and sim["fused"] == 2
+    # model FLOPs (FlopCounterMode on the model as built, x3 for the backward): per block qkv 24576 + proj 8192 +
+    # MLP 65536 + attention 2048; patch embedding 49152; head 448 -> 3 x 250304 per image, the same for each row
+    for r in rows.values():
+        assert r["flops_per_sample"] == 3 * 250304
+        assert r["tflops"] == pytest.approx(3 * 250304 * r["throughput"] / 1e12) and r["mfu"] is None  # CPU
     md = (tmp_path / "model.md").read_text()
     assert md.startswith("## lowbit bench model") and "| timm:vit_tiny:num_classes=7 | fp8-switchback-sim | 4 |" in md
     assert "| timm:vit_tiny:num_classes=7 | fp8-switchback-sim |" in capsys.readouterr().out
@@ -307,7 +312,7 @@ def test_cpu_run_warns_and_help_lists_it() -> None:
 
     args = build_parser().parse_args(["bench", "model", "--model", "timm:vit_tiny", "--device", "cpu"])
     assert "CPU timings say nothing about the GPU speed-ups" in (cpu_warning(args) or "")
-    assert "model" in HELP.split(":", 1)[1].split(" | ")[-1]
+    assert "model" in HELP.split(":", 1)[1].split(" | ")
 
 
 def test_bench_step_model_runs_bench_model_with_its_options(fake_timm, tmp_path: Path, capsys,

@@ -118,7 +118,8 @@ def _args(**kw) -> argparse.Namespace:
 def _job(name: str, stage: str, model: str, recipe: str, nproc: int, parallel: str, ips: float | None,
          losses: list[float] | None = None, **kw) -> mg.Job:
     summary = None if ips is None else {"samples_per_s_steady": ips, "global_batch": 256 * nproc, "device": "H100",
-                                        "config": {"workers": 14, "data": ".data/fmnist"}}
+                                        "config": {"workers": 14, "data": ".data/fmnist"}, "data_wait_frac": 0.0,
+                                        "mfu_steady": None}
     return mg.Job(name, stage, model, recipe, nproc, parallel, rc=0, seconds=30.0, summary=summary,
                   losses=losses or [], **kw)
 
@@ -185,6 +186,22 @@ def test_report_scaling_from_a_baseline_and_the_data_flag(tmp_path: Path) -> Non
     assert "this call's stage 0" in md and _row(md, "| B | bf16 | 2 |")[-1] == ""
     md = mg.report(extra + mine, _args(data="synthetic", data_kind="synthetic"), 100.0, {}, baseline)
     assert "an assumed 141.0 img/s per worker" in md and "**other data or batch**" in md, md
+
+
+def test_report_uses_only_the_fixed_clock_and_the_trainers_data_wait() -> None:
+    """A summary from before the trainer's clock was fixed (no ``data_wait_frac``: issue 27) gives no images/s and
+    no ratio; the trainer's own data wait flags a data-bound run; MFU is the trainer's."""
+    one = _job("B-bf16-1", "1 GPU", "B", "bf16", 1, "none", 3200.0)
+    stale = _job("B-bf16-ddp2", "2 GPUs", "B", "bf16", 2, "ddp", 6000.0)
+    del stale.summary["data_wait_frac"]
+    waits = _job("L-bf16-1", "1 GPU", "L", "bf16", 1, "none", 500.0)
+    waits.summary.update(data_wait_frac=0.25, mfu_steady=0.412)
+    md = mg.report([one, stale, waits], _args(), 100.0, {"data": {"workers": 14, "images_per_s": 1e9}}, None)
+    row = _row(md, "| B | bf16 | 2 |")
+    assert row[5] == "-" and row[7] == "" and row[-1] == "stale clock", row
+    row = _row(md, "| L | bf16 | 1 |")
+    assert row[9] == "41.2" and row[10] == "25.0" and row[-1] == "data?", row
+    assert _row(md, "| B | bf16 | 1 |")[-1] == ""
 
 
 @pytest.mark.parametrize(("ref2", "verdict"), [

@@ -1,8 +1,14 @@
-"""Shared benchmark plumbing: timing (median of many runs after warm-up), environment, output files."""
+"""Shared benchmark plumbing: timing (median of many runs after warm-up), environment, output files, MFU, and
+the pieces ``bench step`` and ``bench model`` both use (the baseline names, torchao's anchors, the trainer's
+optimizer, the recipe list, the clean-up between rows)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
 import json
+import os
 import platform
 import statistics
 import time
@@ -11,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from lowbit.hardware import format_mfu, mfu, mfu_warning
+
+# The plain model (nn.Linear) every ratio is taken against.
+BASELINES = ("bf16", "none")
 
 # "RECIPE:fused" / "RECIPE:per-linear": one row with / without convert(fuse=True), whatever the default
 FUSE_SUFFIXES = {"fused": True, "per-linear": False}
@@ -92,14 +104,22 @@ def time_steps(step: Callable[[], Any], steps: int, device: torch.device) -> lis
     return times
 
 
+# How a column is printed where plain float formatting would mislead: MFU as a percentage, flagged when
+# implausible, "unknown" where the device's peak is (the CPU); blank in a row without it (an error row).
+FORMATS: dict[str, Callable[[Any], str]] = {"mfu": format_mfu,
+                                            "data_wait": lambda v: "" if v is None else f"{100 * v:.1f}%"}
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def fmt(v: Any) -> str:
+    def fmt(v: Any, column: str = "", present: bool = False) -> str:
+        if column in FORMATS and present:  # None: "unknown" (a row that ran, on a device without a known peak)
+            return FORMATS[column](v)
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
         return "" if v is None else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c), c, c in r) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -117,5 +137,117 @@ def save_results(out: str | None, name: str, payload: dict[str, Any], table: str
     if out:
         d = Path(out)
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
-        (d / f"{name}.md").write_text(header + table + "\n")
+        write_atomic(d / f"{name}.json", json.dumps(payload, indent=2, default=str))
+        write_atomic(d / f"{name}.md", header + table + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader (or a run killed mid-write)
+    sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- MFU
+def add_mfu(row: dict[str, Any], flops_per_sample: float | None, samples_per_s: float | None,
+            device_name: str) -> str | None:
+    """Set ``row["tflops"]`` (model TFLOP/s) and ``row["mfu"]`` (a fraction of the device's dense bf16 peak, None
+    where the peak is unknown, e.g. on the CPU); returns ``lowbit.hardware.mfu_warning``'s line above 75%."""
+    if not flops_per_sample or not samples_per_s:
+        return None
+    row["tflops"] = flops_per_sample * samples_per_s / 1e12
+    row["mfu"] = mfu(flops_per_sample, samples_per_s, device_name)
+    return mfu_warning(row["mfu"], f"{row.get('recipe', 'a row')}'s model throughput")
+
+
+# ---------------------------------------------------------------------------------------------- step pieces
+ConvertFn = Callable[[nn.Module, Callable[[str, nn.Module], bool]], nn.Module]
+
+
+def torchao_anchors() -> dict[str, ConvertFn]:
+    """torchao's training linears when torchao is importable: name -> ``convert(model, filter)``."""
+    out: dict[str, ConvertFn] = {}
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except Exception:
+        return out
+
+    def _f8(recipe: str | None) -> ConvertFn:
+        def conv(m: nn.Module, flt: Callable[[str, nn.Module], bool]) -> nn.Module:
+            cfg = Float8LinearConfig.from_recipe_name(recipe) if recipe else None
+            return convert_to_float8_training(m, module_filter_fn=lambda mod, fqn: flt(fqn, mod), config=cfg)
+
+        return conv
+
+    out["torchao-float8-tensorwise"] = _f8(None)
+    out["torchao-float8-rowwise"] = _f8("rowwise")
+    try:
+        from torchao import quantize_
+        from torchao.prototype.quantized_training import int8_mixed_precision_training
+
+        def _int8mp(m: nn.Module, flt: Callable[[str, nn.Module], bool]) -> nn.Module:
+            quantize_(m, int8_mixed_precision_training(), filter_fn=lambda mod, fqn: flt(fqn, mod))
+            return m
+
+        out["torchao-int8-mixed"] = _int8mp
+    except Exception:
+        pass
+    return out
+
+
+def make_optimizer(model: nn.Module, name: str, impl: str | None) -> torch.optim.Optimizer:
+    """``lowbit train``'s optimizer (its parameter groups: weight decay on matrices only) for ``model``.
+
+    ``impl`` None: exactly the trainer's (default implementation: fused on CUDA); ``"foreach"``: the same groups
+    with foreach for every group (torchao's int8 training weights are tensor subclasses the fused kernel cannot
+    address).
+    """
+    from lowbit.train.config import TrainConfig
+    from lowbit.train.loop import _optimizer, _param_groups
+
+    cfg = TrainConfig(optimizer=name, lr=1e-4, beta2=0.98, eps=1e-6, weight_decay=0.2)
+    if impl is None:
+        return _optimizer(cfg, model)
+    groups = _param_groups(model, cfg.weight_decay)
+    for g in groups:
+        g["foreach"], g["fused"] = True, False
+    kw: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    if name == "adamw":
+        return torch.optim.AdamW(groups, **kw)
+    from lowbit.optim import StableAdamW
+
+    return StableAdamW(groups, **kw)
+
+
+def cleanup(device: torch.device) -> None:
+    """Between rows: free what the last row left (memory, compiled graphs) and reset the peak-memory counter."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(Exception):
+        torch._dynamo.reset()
+
+
+def setup_device(device: torch.device) -> None:
+    """What every step row runs under: TF32 matmuls on CUDA (as the trainer), a dynamo cache large enough for
+    regional compilation (one graph per tower or block class, reused by all its blocks)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    with contextlib.suppress(Exception):
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+
+
+def requested_recipes(args: argparse.Namespace) -> list[str]:
+    """Requested recipes, baseline first (added if missing), then the torchao anchors."""
+    recipes = list(dict.fromkeys(args.recipes))
+    if not any(r in BASELINES for r in recipes):
+        recipes.insert(0, "bf16")
+    base = next(r for r in recipes if r in BASELINES)
+    recipes = [base] + [r for r in recipes if r != base]
+    if not args.no_anchors:
+        recipes += [a for a in torchao_anchors() if a not in recipes]
+    return recipes

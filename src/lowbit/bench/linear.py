@@ -234,17 +234,31 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def run_matmul(args: argparse.Namespace) -> dict[str, Any]:
-    """TFLOP/s of the quantized matmuls (epilogue included) and GB/s of the quantize kernels."""
+def matmul_backend(device: torch.device) -> str:
+    """The backend of every "lowbit gemm" row: lowbit's Triton kernel, pinned (``backend="auto"`` may pick cuBLAS
+    for fp8, which would then run under lowbit's name); the PyTorch reference where Triton cannot run (the CPU)."""
+    from lowbit.kernels._common import triton_available
+
+    return "triton" if device.type == "cuda" and triton_available() else "torch"
+
+
+MATMUL_SHAPES = [(32896, 1280, 5120), (32896, 5120, 1280), (65792, 1024, 4096), (65792, 4096, 1024),
+                 (12800, 768, 3072), (8192, 8192, 8192)]  # (M, K, N): ViT-H, ViT-L and ViT-B layers, a square
+
+
+def run_matmul(args: argparse.Namespace, shapes: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+    """TFLOP/s of the quantized matmuls (epilogue included) and GB/s of the quantize kernels. A row named "lowbit
+    gemm" runs lowbit's Triton kernel (``backend="triton"``), never cuBLAS behind its name; the row's ``backend``
+    column says what ran."""
     from lowbit.kernels import quantize
     from lowbit.kernels.blockwise import ACT_BLOCK, WEIGHT_BLOCK, quantize_blockwise
     from lowbit.kernels.gemm import gemm
     from lowbit.kernels.matmul import scaled_mm
 
     device = torch.device(args.device)
+    lowbit_backend = matmul_backend(device)
     rows = []
-    shapes = [(32896, 1280, 5120), (32896, 5120, 1280), (65792, 1024, 4096), (65792, 4096, 1024),
-              (12800, 768, 3072), (8192, 8192, 8192)]
+    shapes = shapes or MATMUL_SHAPES
     fp8_ok = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
     for M, K, N in shapes:
         a = torch.randn(M, K, device=device, dtype=torch.bfloat16)
@@ -256,38 +270,40 @@ def run_matmul(args: argparse.Namespace) -> dict[str, Any]:
         cands: dict[str, Callable[[], Any]] = {
             "bf16 cuBLAS (F.linear)": lambda: torch.nn.functional.linear(a, b, bias),
             "int8 torch._int_mm": lambda: torch._int_mm(q8a, q8b.t()),
-            "int8 lowbit gemm (+dequant+bias)": lambda: scaled_mm(q8a, q8b, s8a, s8b, bias=bias),
+            "int8 lowbit gemm (+dequant+bias)": lambda: scaled_mm(q8a, q8b, s8a, s8b, bias=bias, backend=lowbit_backend),
         }
         if fp8_ok:
             qfa, sfa = quantize(a, "e4m3", "row")
             qfb, sfb = quantize(b, "e4m3", "row")
             cands["fp8 torch._scaled_mm rowwise"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias,
                                                                      backend="cublas")
-            cands["fp8 lowbit gemm rowwise (+bias)"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias)
+            cands["fp8 lowbit gemm rowwise (+bias)"] = lambda: scaled_mm(qfa, qfb, sfa, sfb, bias=bias, backend=lowbit_backend)
             qta, sta = quantize(a, "e4m3", "tensor")
             qtb, stb = quantize(b, "e4m3", "tensor")
             cands["fp8 torch._scaled_mm tensorwise"] = lambda: scaled_mm(qta, qtb, sta, stb, bias=bias,
                                                                         backend="cublas")
-            cands["fp8 lowbit gemm tensorwise (+bias)"] = lambda: scaled_mm(qta, qtb, sta, stb, bias=bias)
+            cands["fp8 lowbit gemm tensorwise (+bias)"] = lambda: scaled_mm(qta, qtb, sta, stb, bias=bias,
+                                                                         backend=lowbit_backend)
         if fp8_ok:
             pre = torch.randn(M, N, device=device, dtype=torch.bfloat16)
             hooks = dict(bias=bias, activation="gelu", store_preact=True, amax="row")
-            cands["int8 lowbit gemm +bias+GELU+preact+row absmax"] = lambda: gemm(q8a, q8b, s8a, s8b, **hooks)
-            cands["fp8 lowbit gemm +bias+GELU+preact+row absmax"] = lambda: gemm(qfa, qtb, sfa, stb, **hooks)
+            cands["int8 lowbit gemm +bias+GELU+preact+row absmax"] = lambda: gemm(q8a, q8b, s8a, s8b, **hooks, backend=lowbit_backend)
+            cands["fp8 lowbit gemm +bias+GELU+preact+row absmax"] = lambda: gemm(qfa, qtb, sfa, stb, **hooks, backend=lowbit_backend)
             cands["fp8 lowbit gemm dgrad ×GELU'(preact)+colsum+row absmax"] = lambda: gemm(
-                qfa, qtb, sfa, stb, activation="gelu", act_grad_at=pre, colsum=True, amax="row")
+                qfa, qtb, sfa, stb, activation="gelu", act_grad_at=pre, colsum=True, amax="row", backend=lowbit_backend)
             ba, bsa = quantize_blockwise(a, "e4m3", ACT_BLOCK)
             bb, bsb = quantize_blockwise(b, "e4m3", WEIGHT_BLOCK)
             cands["fp8 lowbit gemm 1×128 / 128×128 block scales +bias"] = lambda: gemm(
-                ba, bb, bsa, bsb, bias=bias, blockwise=True)
+                ba, bb, bsa, bsb, bias=bias, blockwise=True, backend=lowbit_backend)
             cands["fp8 lowbit gemm quantize-on-load (bf16 A, row scale) +bias"] = lambda: gemm(
-                a, qtb, sfa, stb, bias=bias, quantize_a="e4m3")
+                a, qtb, sfa, stb, bias=bias, quantize_a="e4m3", backend=lowbit_backend)
         base = None
         for name, fn in cands.items():
             ms = bench(fn, device)
             tflops = flops / ms / 1e9
             base = base or tflops
-            rows.append({"M×K×N": f"{M}×{K}×{N}", "kernel": name, "ms": ms, "TFLOP/s": tflops,
+            ran = lowbit_backend if "lowbit" in name else ("cuBLAS" if "torch." in name or "cuBLAS" in name else "")
+            rows.append({"M×K×N": f"{M}×{K}×{N}", "kernel": name, "backend": ran, "ms": ms, "TFLOP/s": tflops,
                          "vs_bf16": tflops / base})
             print(rows[-1], flush=True)
         for fmt in ("int8", "e4m3") if fp8_ok else ("int8",):
@@ -383,6 +399,25 @@ def run_memory(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def cpu_flops(args: argparse.Namespace) -> float | None:
+    """Matmul FLOPs this command runs at least (every row: a warm-up call and five timed ones, forward + backward =
+    3 x forward), for ``lowbit bench``'s CPU estimate; None for ``memory`` (one forward per row, no timing)."""
+    calls = 6
+    kinds = 1 + len(args.recipes)
+    if args.what in ("linear", "mlp"):
+        total = 0.0
+        for shape in args.shapes:
+            d, d4, tokens = SHAPES[shape]
+            total += len(_variants(args)) * kinds * calls * 3 * 2 * 2 * (args.tokens or tokens) * d * d4
+        return total  # linear: fc1 and fc2, one d x 4d matmul each; mlp: one block of two
+    if args.what == "sweep":
+        tokens = args.tokens or 32768
+        return sum(calls * kinds * 3 * 2 * tokens * (4 * d * d + 4 * d * d + d * d) for d in args.widths)
+    if args.what == "matmul":
+        return sum(calls * 3 * 2 * m * k * n for m, k, n in MATMUL_SHAPES)  # bf16, _int_mm and lowbit's int8 rows
+    return None
+
+
 WHAT = {
     "linear": "one linear layer fwd+bwd per recipe vs bf16 nn.Linear at CLIP shapes",
     "mlp": "the MLP block (LayerNorm-Linear-GELU-Linear + residual) fwd+bwd per recipe vs plain PyTorch bf16",
@@ -413,7 +448,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 _COLUMNS = {
     "linear": ["shape", "layer", "dims", "tokens", "mode", "kind", "ms", "speedup_vs_bf16", "error"],
     "mlp": ["shape", "layer", "dims", "tokens", "mode", "kind", "ms", "speedup_vs_bf16", "peak_GiB", "error"],
-    "matmul": ["M×K×N", "kernel", "ms", "TFLOP/s", "vs_bf16", "GB/s"],
+    "matmul": ["M×K×N", "kernel", "backend", "ms", "TFLOP/s", "vs_bf16", "GB/s"],
     "memory": ["shape", "dims", "tokens", "kind", "saved_MiB", "vs_bf16", "saving"],
     "sweep": ["width", "layer", "dims", "tokens", "kind", "ms", "bf16_ms", "speedup_vs_bf16"],
 }

@@ -28,7 +28,9 @@ the loss (read back, so that a non-finite loss is an error, not a speed), backwa
 parameter groups) on fp32 master weights. The timing, the per-row error handling and the output follow
 ``lowbit bench step``: the median of ``--steps`` steps after ``--warmup`` untimed ones, the ratio to the bf16 row
 of the same run, ``torch.cuda.max_memory_allocated`` per row (parameters, gradients and optimizer state
-included), ``model.json`` / ``model.md`` rewritten after every row.
+included), ``model.json`` / ``model.md`` rewritten after every row, a process per row on CUDA (``--isolate``).
+MFU: the model as built, counted by ``lowbit.models.flops.count_train_flops`` (PyTorch's ``FlopCounterMode`` over
+one forward on the meta device, x3 for the backward), per sample, over the device's dense bf16 peak.
 
 * ``--recipe RECIPE:fused`` / ``RECIPE:per-linear``: that row with / without ``fuse``, whatever ``--fuse`` says,
   so that one run (one baseline, one autotuning of each GEMM shape) times both.
@@ -46,12 +48,12 @@ included), ``model.json`` / ``model.md`` rewritten after every row.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import importlib
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,15 +63,22 @@ import torch
 from torch import nn
 
 from lowbit.bench.common import (
+    BASELINES,
+    add_mfu,
+    cleanup,
     environment,
-    error_line,
+    make_optimizer,
     markdown_table,
+    requested_recipes,
     save_results,
+    setup_device,
     split_recipe,
     time_steps,
+    torchao_anchors,
     write_results,
 )
-from lowbit.bench.step import BASELINES, _cleanup, make_optimizer, requested_recipes, torchao_anchors
+from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args, run_row
+from lowbit.hardware import format_mfu
 
 HELP = ("an open_clip, timm or Hugging Face model's training step (random weights, no download) per recipe vs bf16: "
         "images/s or tokens/s, peak memory")
@@ -79,7 +88,7 @@ LAYERS = ("auto", "all")
 PACKAGES = {"open_clip": "open_clip", "timm": "timm", "hf": "transformers"}  # SPEC prefix -> the package it needs
 PIP_NAMES = {"open_clip": "open_clip_torch"}  # where the pip name is not the import name
 COLUMNS = ["model", "recipe", "batch", "compiled", "converted", "fused", "ms_per_step", "throughput", "unit",
-           "vs_bf16", "peak_mem_GiB", "loss", "warmup_s", "optimizer", "error"]
+           "vs_bf16", "tflops", "mfu", "peak_mem_GiB", "loss", "warmup_s", "optimizer", "error"]
 
 
 # ---------------------------------------------------------------------------------------------- the spec
@@ -417,6 +426,7 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
     row: dict[str, Any] = {"model": str(spec), "recipe": recipe, "batch": args.batch_size, "precision": precision}
     torch.manual_seed(args.seed)
     w = dataclasses.replace(built, model=copy.deepcopy(built.model))
+    row["flops_per_sample"] = count_flops(w, args.batch_size)  # the model as built: converted layers hide theirs
     model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse)
     from lowbit.nn.convert import convert_report
 
@@ -462,55 +472,95 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
     ms = statistics.median(times)
     per_step = args.batch_size * w.per_sample
     row.update(loss=last[0], ms_per_step=ms, ms_min=min(times), ms_max=max(times), unit=f"{w.unit}/s",
-               throughput=per_step / ms * 1000)
+               throughput=per_step / ms * 1000, samples_per_s=args.batch_size / ms * 1000)
     if cuda:
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
     return row
 
 
-def run_model(args: argparse.Namespace) -> dict[str, Any]:
+def count_flops(w: Workload, batch: int) -> float | None:
+    """Model FLOPs per training sample of ``w``'s model (``lowbit.models.flops.count_train_flops``): one forward on
+    the meta device (no memory, no time), else two real samples where a model cannot run on meta."""
+    from lowbit.models.flops import count_train_flops
 
+    try:
+        meta = copy.deepcopy(w.model).to("meta")
+        inputs = {k: v.to("meta") for k, v in w.batch(batch, torch.device("cpu")).items()}
+        flops = count_train_flops(lambda: w.loss(meta, inputs), samples=batch)
+    except Exception:
+        flops = None
+    if flops is None:
+        inputs = w.batch(2, next(w.model.parameters()).device)
+        flops = count_train_flops(lambda: w.loss(w.model, inputs), samples=2)
+    return flops
+
+
+# The function a row runs (in this process or in a child: lowbit.bench.rows); a test points it at a stand-in.
+ROW_TARGET = "lowbit.bench.model:measure_row"
+_BUILT: dict[str, Workload] = {}  # spec -> the workload as built, reused by the rows run in this process
+
+
+def measure_row(job: dict[str, Any]) -> dict[str, Any]:
+    """One row of ``job`` (``args``, ``spec``, ``recipe``): what a child process runs. The model of a spec is built
+    once per process (random init of a ViT-H takes seconds) and copied per row."""
+    args = argparse.Namespace(**job["args"])
+    device = torch.device(args.device)
+    setup_device(device)
+    spec = parse_spec(job["spec"])
+    key = f"{spec}|{args.seq_len}|{args.seed}"
+    cleanup(device)
+    try:
+        if key not in _BUILT:
+            torch.manual_seed(args.seed)
+            _BUILT.clear()
+            _BUILT[key] = build_workload(spec, args.seq_len)
+        return time_row(spec, job["recipe"], args, device, _BUILT[key])
+    finally:
+        cleanup(device)
+
+
+def run_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (model, recipe) row; the table of finished rows is written after each row and at the end, whatever
+    ends the run (an exception, Ctrl-C: then ``payload["interrupted"]``)."""
     specs = check(args)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    with contextlib.suppress(Exception):  # regional compilation: one graph per block class, reused
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    payload: dict[str, Any] = {"env": environment(device),
-                               "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": []}
-    for spec in specs:
-        base: float | None = None
-        built: Workload | None = None  # built once per spec (random init of a ViT-H takes seconds), copied per row
-        for recipe in requested_recipes(args):
-            print(f"[{spec} {recipe}] batch {args.batch_size}: building" + (" and compiling" if args.compile else ""),
-                  flush=True)
-            _cleanup(device)
-            try:
-                if built is None:
-                    torch.manual_seed(args.seed)
-                    built = build_workload(spec, args.seq_len)
-                row = time_row(spec, recipe, args, device, built)
-                err = None
-            except ImportError:
-                raise
-            except Exception as e:  # OOM, compile error, unsupported recipe: recorded, not fatal
-                err = error_line(e)
-                row = {"model": str(spec), "recipe": recipe, "batch": args.batch_size, "error": err}
-            if recipe in BASELINES and err is None:
-                base = row["throughput"]
-            if err is None and base:
-                row["vs_bf16"] = row["throughput"] / base
-            payload["rows"].append(row)
-            _cleanup(device)
-            save_results(args.out, "model", payload, markdown_table(payload["rows"], COLUMNS))
-            if err:
-                print(f"[{spec} {recipe}] ERROR {err}", flush=True)
-            else:
-                mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if "peak_mem_GiB" in row else ""
-                print(f"[{spec} {recipe}] {row['ms_per_step']:.1f} ms/step, {row['throughput']:.1f} {row['unit']} "
-                      f"({row.get('vs_bf16') or float('nan'):.3f}x bf16), converted {row['converted']}"
-                      + (f", fused {row['fused']}" if row["fused"] else "") + mem, flush=True)
+    isolate = isolate_default(args)
+    payload: dict[str, Any] = {"env": environment(device), "args": plain_args(args), "rows": [], "isolated": isolate}
+    try:
+        for spec in specs:
+            base: float | None = None
+            for recipe in requested_recipes(args):
+                print(f"[{spec} {recipe}] batch {args.batch_size}: building" + (" and compiling" if args.compile
+                      else "") + (" (own process)" if isolate else ""), flush=True)
+                job = {"args": plain_args(args), "spec": str(spec), "recipe": recipe}
+                row = {"model": str(spec), "recipe": recipe, "batch": args.batch_size,
+                       **run_row(ROW_TARGET, job, isolate)}
+                err = row.get("error")
+                if err is None:
+                    if recipe in BASELINES:
+                        base = row["throughput"]
+                    if base:
+                        row["vs_bf16"] = row["throughput"] / base
+                    warning = add_mfu(row, row.get("flops_per_sample"), row.get("samples_per_s"),
+                                      payload["env"]["device"])
+                    if warning:
+                        print(warning, file=sys.stderr, flush=True)
+                payload["rows"].append(row)
+                save_results(args.out, "model", payload, markdown_table(payload["rows"], COLUMNS))
+                if err:
+                    print(f"[{spec} {recipe}] ERROR {err}", flush=True)
+                else:
+                    mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if row.get("peak_mem_GiB") else ""
+                    mfu = f", MFU {format_mfu(row.get('mfu'))}" if "mfu" in row else ""
+                    print(f"[{spec} {recipe}] {row['ms_per_step']:.1f} ms/step, {row['throughput']:.1f} "
+                          f"{row['unit']} ({row.get('vs_bf16') or float('nan'):.3f}x bf16){mfu}, converted "
+                          f"{row['converted']}" + (f", fused {row['fused']}" if row["fused"] else "") + mem, flush=True)
+    except KeyboardInterrupt:
+        payload["interrupted"] = f"stopped by Ctrl-C after {len(payload['rows'])} row(s)"
+        print(f"lowbit bench model: {payload['interrupted']}; the table holds the finished rows", file=sys.stderr)
+    finally:  # the finished rows, whatever ended the run
+        _BUILT.clear()
+        write_results(args.out, "model", payload, markdown_table(payload["rows"], COLUMNS))
     return payload
 
 
@@ -546,6 +596,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for model.json and model.md (rewritten per row)")
+    add_isolate_argument(parser)
 
 
 def check(args: argparse.Namespace) -> list[ModelSpec]:
@@ -563,6 +614,5 @@ def check(args: argparse.Namespace) -> list[ModelSpec]:
 
 def run(args: argparse.Namespace) -> int:
     payload = run_model(args)
-    write_results(args.out, "model", payload, markdown_table(payload["rows"], COLUMNS))
-    return 0
+    return 130 if payload.get("interrupted") else 0
 

@@ -22,8 +22,14 @@ so the numbers are the model's, not the input pipeline's). Every recipe of a pre
   CPU); images/s = batch / median; ratio = this row's images/s over the baseline row of the same preset measured
   in the same run. Peak memory: ``torch.cuda.max_memory_allocated`` (reset per row; parameters, gradients and
   optimizer state included).
+* MFU: model FLOPs per image (``lowbit.models.flops.clip_train_flops``: both towers, attention and the loss,
+  forward + backward) times images/s, as ``tflops`` and as a share of the device's dense bf16 peak (``mfu``,
+  ``lowbit.hardware``; "unknown" on the CPU). A row above 75% is printed with a warning: a measurement error.
 * A row that fails (out of memory, compile error, a recipe the device cannot run) is recorded with its error;
-  the others still run. Results are rewritten to ``--out`` after every row, so a run cut short keeps its rows.
+  the others still run. On CUDA each row runs in a process of its own (``--isolate``, ``lowbit.bench.rows``):
+  a row that crashes or poisons the CUDA context (an illegal memory access in a torchao anchor) loses only
+  itself. Results are rewritten to ``--out`` after every row, and the table of finished rows is written and
+  printed whatever ends the run (an exception, Ctrl-C), so a run cut short keeps its rows.
 
 A timm or Hugging Face model's step (converted with ``lowbit.convert``): ``lowbit bench step --model SPEC`` runs
 ``lowbit bench model`` (``lowbit.bench.model``) with this command's options.
@@ -32,9 +38,8 @@ A timm or Hugging Face model's step (converted with ``lowbit.convert``): ``lowbi
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,60 +48,36 @@ import torch
 from torch import nn
 
 from lowbit.bench.common import (
+    BASELINES,
+    add_mfu,
+    cleanup,
     environment,
-    error_line,
+    make_optimizer,
     markdown_table,
+    requested_recipes,
     save_results,
+    setup_device,
     split_recipe,
     time_steps,
+    torchao_anchors,
     write_results,
 )
+from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args, run_row
+from lowbit.hardware import format_mfu
 from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
 
-HELP = "full CLIP training step (towers, loss, backward, optimizer) per recipe vs bf16: images/s, peak memory"
+HELP = "full CLIP training step (towers, loss, backward, optimizer) per recipe vs bf16: images/s, MFU, peak memory"
 
-BASELINES = ("bf16", "none")
 DEFAULT_RECIPES = ["bf16", "switchback", "switchback-m", "fp8-switchback", "fp8-tensorwise"]
 # Same batch for every recipe of a preset. Sized for one 80 GB H100 with the bf16 baseline (fp32 master weights
 # and AdamW state, bf16 activations; see experiments/gpu_step.sh for the estimate).
 DEFAULT_BATCH = {"tiny": 8, "vit-s-32": 256, "vit-b-32": 256, "vit-l-14": 128, "vit-h-14": 96}
 COLUMNS = ["preset", "recipe", "batch", "compiled", "quantize", "converted", "ms_per_step", "images_per_s", "vs_bf16",
-           "peak_mem_GiB", "loss", "warmup_s", "graphs", "optimizer", "error"]
+           "tflops", "mfu", "peak_mem_GiB", "loss", "warmup_s", "graphs", "optimizer", "error"]
 
 
 # ---------------------------------------------------------------------------------------------- conversion
-def torchao_anchors() -> dict[str, Callable[[nn.Module, Callable[[str, nn.Module], bool]], nn.Module]]:
-    """torchao's training linears when torchao is importable: name -> ``convert(model, filter)``."""
-    out: dict[str, Callable[[nn.Module, Callable[[str, nn.Module], bool]], nn.Module]] = {}
-    try:
-        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-    except Exception:
-        return out
-
-    def _f8(recipe: str | None) -> Callable[[nn.Module, Callable[[str, nn.Module], bool]], nn.Module]:
-        def conv(m: nn.Module, flt: Callable[[str, nn.Module], bool]) -> nn.Module:
-            cfg = Float8LinearConfig.from_recipe_name(recipe) if recipe else None
-            return convert_to_float8_training(m, module_filter_fn=lambda mod, fqn: flt(fqn, mod), config=cfg)
-
-        return conv
-
-    out["torchao-float8-tensorwise"] = _f8(None)
-    out["torchao-float8-rowwise"] = _f8("rowwise")
-    try:
-        from torchao import quantize_
-        from torchao.prototype.quantized_training import int8_mixed_precision_training
-
-        def _int8mp(m: nn.Module, flt: Callable[[str, nn.Module], bool]) -> nn.Module:
-            quantize_(m, int8_mixed_precision_training(), filter_fn=lambda mod, fqn: flt(fqn, mod))
-            return m
-
-        out["torchao-int8-mixed"] = _int8mp
-    except Exception:
-        pass
-    return out
-
-
 def layer_filter(layers: str) -> Callable[[str, nn.Module], bool]:
     """Which linears a recipe converts: ``clip`` = every block linear; ``auto`` = those that also pass
     ``lowbit.nn``'s size threshold (layers too small to gain stay 16-bit); see ``lowbit.models.convert``."""
@@ -169,30 +150,6 @@ def random_batch(model: nn.Module, batch: int, device: torch.device, seed: int =
     return images.to(device), tokens.to(device)
 
 
-def make_optimizer(model: nn.Module, name: str, impl: str | None) -> torch.optim.Optimizer:
-    """``lowbit train``'s optimizer (its parameter groups: weight decay on matrices only) for ``model``.
-
-    ``impl`` None: exactly the trainer's (default implementation: fused on CUDA); ``"foreach"``: the same groups
-    with foreach for every group (torchao's int8 training weights are tensor subclasses the fused kernel cannot
-    address).
-    """
-    from lowbit.train.config import TrainConfig
-    from lowbit.train.loop import _optimizer, _param_groups
-
-    cfg = TrainConfig(optimizer=name, lr=1e-4, beta2=0.98, eps=1e-6, weight_decay=0.2)
-    if impl is None:
-        return _optimizer(cfg, model)
-    groups = _param_groups(model, cfg.weight_decay)
-    for g in groups:
-        g["foreach"], g["fused"] = True, False
-    kw: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
-    if name == "adamw":
-        return torch.optim.AdamW(groups, **kw)
-    from lowbit.optim import StableAdamW
-
-    return StableAdamW(groups, **kw)
-
-
 # ---------------------------------------------------------------------------------------------- one row
 def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Build, (compile,) warm up and time one (preset, recipe); errors propagate to the caller."""
@@ -202,7 +159,7 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
                            "compiled": (args.compile_scope + (" +cudagraphs" if args.cudagraphs else ""))
                            if args.compile else "no"}
     torch.manual_seed(0)
-    graphs0 = _graphs()
+    graphs0, skips0 = _graphs(), _cudagraph_skips()
     model, row["converted"] = build_model(preset, recipe, device, args.layers)
     graphs = args.compile and args.cudagraphs
     fwd = compile_model(model, args.compile_scope, "reduce-overhead" if graphs else None) if args.compile else model
@@ -249,6 +206,11 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     default = "fused" if cuda else "foreach"
     row["optimizer"] = f"{args.optimizer} ({impl or default}{', subclass weights foreach' if subclass else ''})"
     row["graphs"] = _graphs() - graphs0
+    skipped = _cudagraph_skips() - skips0
+    if graphs and skipped:  # inductor fell back to plain launches for some graphs: say so, not a silent "cudagraphs"
+        row["compiled"] += f" ({skipped} graph(s) without)"
+        print(f"  [{preset} {recipe}] note: --cudagraphs: inductor ran {skipped} compiled graph(s) without CUDA "
+              "graphs" + (" (the CPU has none)" if not cuda else " (TORCH_LOGS=cudagraphs says why)"), flush=True)
     times = time_steps(step, args.steps, device)
     row["loss"] = float(last[0])
     ms = statistics.median(times)
@@ -268,26 +230,14 @@ def _graphs() -> int:
         return 0
 
 
-def _cleanup(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    with contextlib.suppress(Exception):
-        torch._dynamo.reset()
+def _cudagraph_skips() -> int:
+    """Compiled graphs inductor has run without CUDA graphs though asked for them (``reduce-overhead``)."""
+    try:
+        from torch._dynamo.utils import counters
 
-
-def requested_recipes(args: argparse.Namespace) -> list[str]:
-    """Requested recipes, baseline first (added if missing), then the torchao anchors."""
-    recipes = list(dict.fromkeys(args.recipes))
-    if not any(r in BASELINES for r in recipes):
-        recipes.insert(0, "bf16")
-    base = next(r for r in recipes if r in BASELINES)
-    recipes = [base] + [r for r in recipes if r != base]
-    if not args.no_anchors:
-        recipes += [a for a in torchao_anchors() if a not in recipes]
-    return recipes
+        return int(counters["inductor"]["cudagraph_skips"])
+    except Exception:  # pragma: no cover
+        return 0
 
 
 def _rows(args: argparse.Namespace) -> list[tuple[str, str | None]]:
@@ -301,49 +251,76 @@ def _rows(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     return rows
 
 
-def _write(out: str | None, payload: dict[str, Any]) -> str:
-    table = markdown_table(payload["rows"], COLUMNS)
-    save_results(out, "step", payload, table)
-    return table
+# The function a row runs (in this process or in a child: lowbit.bench.rows); a test points it at a stand-in.
+ROW_TARGET = "lowbit.bench.step:measure_row"
+
+
+def measure_row(job: dict[str, Any]) -> dict[str, Any]:
+    """One row of ``job`` (``args``, ``preset``, ``recipe``, ``batch``, ``mode``): what a child process runs."""
+    args = argparse.Namespace(**job["args"])
+    device = torch.device(args.device)
+    setup_device(device)
+    cleanup(device)
+    try:
+        with ops.compiled_quantize_mode(job["mode"] or ops.compiled_quantize()):
+            return time_row(job["preset"], job["recipe"], job["batch"], args, device)
+    finally:
+        cleanup(device)
+
+
+def flops_per_image(preset: str, batch: int) -> float | None:
+    """Model FLOPs of one trained image-caption pair (``lowbit.models.flops.clip_train_flops``)."""
+    from lowbit.models import get_config
+    from lowbit.models.flops import clip_train_flops
+
+    try:
+        return clip_train_flops(get_config(preset), batch)
+    except (KeyError, ValueError):
+        return None
 
 
 def run_step(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (preset, recipe) row; the table of finished rows is written after each row and at the end, whatever
+    ends the run (an exception, Ctrl-C: then ``payload["interrupted"]``)."""
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    with contextlib.suppress(Exception):  # regional compilation: one graph per tower, reused by all its blocks
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    payload: dict[str, Any] = {"env": environment(device),
-                               "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": []}
-    for preset in args.preset:
-        batch = args.batch_size or DEFAULT_BATCH.get(preset, 64)
-        base_ips: float | None = None
-        for recipe, mode in _rows(args):
-            label = recipe + (f" (quantize: {mode})" if mode else "")
-            print(f"[{preset} {label}] batch {batch}: building" + (" and compiling" if args.compile else ""), flush=True)
-            _cleanup(device)
-            try:
-                with ops.compiled_quantize_mode(mode or ops.compiled_quantize()):
-                    row = time_row(preset, recipe, batch, args, device)
-                err = None
-            except Exception as e:  # OOM, compile error, unsupported recipe: recorded, not fatal
-                err = error_line(e)
-                row = {"preset": preset, "recipe": recipe, "batch": batch, "error": err}
-            row["quantize"] = mode or "-"
-            if recipe in BASELINES and err is None:
-                base_ips = row["images_per_s"]
-            if err is None and base_ips:
-                row["vs_bf16"] = row["images_per_s"] / base_ips
-            payload["rows"].append(row)
-            _cleanup(device)
-            _write(args.out, payload)
-            if err:
-                print(f"[{preset} {label}] ERROR {err}", flush=True)
-            else:
-                mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if "peak_mem_GiB" in row else ""
-                print(f"[{preset} {label}] {row['ms_per_step']:.1f} ms/step, {row['images_per_s']:.1f} img/s"
-                      f" ({row.get('vs_bf16') or float('nan'):.3f}x bf16){mem}", flush=True)
+    isolate = isolate_default(args)
+    payload: dict[str, Any] = {"env": environment(device), "args": plain_args(args), "rows": [],
+                               "isolated": isolate}
+    try:
+        for preset in args.preset:
+            batch = args.batch_size or DEFAULT_BATCH.get(preset, 64)
+            flops = flops_per_image(preset, batch)
+            base_ips: float | None = None
+            for recipe, mode in _rows(args):
+                label = recipe + (f" (quantize: {mode})" if mode else "")
+                print(f"[{preset} {label}] batch {batch}: building" + (" and compiling" if args.compile else "")
+                      + (" (own process)" if isolate else ""), flush=True)
+                job = {"args": plain_args(args), "preset": preset, "recipe": recipe, "batch": batch, "mode": mode}
+                row = {"preset": preset, "recipe": recipe, "batch": batch, **run_row(ROW_TARGET, job, isolate)}
+                row["quantize"] = mode or "-"
+                err = row.get("error")
+                if err is None:
+                    if recipe in BASELINES:
+                        base_ips = row["images_per_s"]
+                    if base_ips:
+                        row["vs_bf16"] = row["images_per_s"] / base_ips
+                    warning = add_mfu(row, flops, row["images_per_s"], payload["env"]["device"])
+                    if warning:
+                        print(warning, file=sys.stderr, flush=True)
+                payload["rows"].append(row)
+                save_results(args.out, "step", payload, markdown_table(payload["rows"], COLUMNS))
+                if err:
+                    print(f"[{preset} {label}] ERROR {err}", flush=True)
+                else:
+                    mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if row.get("peak_mem_GiB") else ""
+                    mfu = f", MFU {format_mfu(row.get('mfu'))}" if "mfu" in row else ""
+                    print(f"[{preset} {label}] {row['ms_per_step']:.1f} ms/step, {row['images_per_s']:.1f} img/s"
+                          f" ({row.get('vs_bf16') or float('nan'):.3f}x bf16){mfu}{mem}", flush=True)
+    except KeyboardInterrupt:
+        payload["interrupted"] = f"stopped by Ctrl-C after {len(payload['rows'])} row(s)"
+        print(f"lowbit bench step: {payload['interrupted']}; the table holds the finished rows", file=sys.stderr)
+    finally:  # the finished rows, whatever ended the run
+        write_results(args.out, "step", payload, markdown_table(payload["rows"], COLUMNS))
     return payload
 
 
@@ -376,6 +353,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for step.json and step.md (rewritten per row)")
+    add_isolate_argument(parser)
     parser.add_argument("--model", nargs="+", default=None, metavar="SPEC",
                         help="time a timm or Hugging Face model instead of the presets (timm:NAME, hf:TYPE[:k=v,...]): "
                              "the same as `lowbit bench model --model SPEC` with this command's --recipe, "
@@ -400,11 +378,35 @@ def model_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def check(args: argparse.Namespace) -> None:
-    """Before anything runs: with ``--model``, ``lowbit bench model``'s checks (options, the model's package)."""
+    """Before anything runs: with ``--model``, ``lowbit bench model``'s checks (options, the model's package);
+    else the options and the presets."""
     if getattr(args, "model", None):
         from lowbit.bench import model
 
         model.check(model_args(args))
+        return
+    from lowbit.models import list_presets
+
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 0:
+        raise ValueError("--steps must be >= 1, --warmup and --batch-size >= 0")
+    if args.cudagraphs and not args.compile:
+        raise ValueError("--cudagraphs needs --compile (CUDA graphs come from torch.compile's reduce-overhead mode)")
+    unknown = [p for p in args.preset if p not in list_presets()]
+    if unknown:
+        raise ValueError(f"--preset {unknown[0]!r} is not a CLIP preset; choose from {', '.join(list_presets())}")
+
+
+def cpu_flops(args: argparse.Namespace) -> float | None:
+    """Model FLOPs this command would run (every row's warm-up and timed steps), for ``lowbit bench``'s CPU
+    estimate; None with ``--model`` (the model is unknown before it is built)."""
+    if getattr(args, "model", None):
+        return None
+    rows = len(_rows(args))
+    total = 0.0
+    for preset in args.preset:
+        batch = args.batch_size or DEFAULT_BATCH.get(preset, 64)
+        total += (flops_per_image(preset, batch) or 0.0) * batch * (max(args.warmup, 1) + args.steps) * rows
+    return total
 
 
 def run(args: argparse.Namespace) -> int:
@@ -412,8 +414,6 @@ def run(args: argparse.Namespace) -> int:
         from lowbit.bench import model
 
         return model.run(model_args(args))
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 0:
-        raise ValueError("--steps must be >= 1, --warmup and --batch-size >= 0")
+    check(args)
     payload = run_step(args)
-    write_results(args.out, "step", payload, markdown_table(payload["rows"], COLUMNS))
-    return 0
+    return 130 if payload.get("interrupted") else 0

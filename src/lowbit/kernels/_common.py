@@ -33,6 +33,21 @@ FP8_MIN_NORMAL_EXP: dict[Format, int] = {"e4m3": -6, "e5m2": -14}
 FP8_AMAX_FLOOR: dict[Format, float] = {f: m / 2.0**127 for f, m in FP8_MAX.items()}
 
 
+# How a GEMM operand is scaled (the Triton GEMM's constexpr A_SCALE / B_SCALE): no scale (16-bit), one per
+# tensor, one per row, 1×128 / 128×128 blocks. Here, not in gemm.py, so that the kernel module needs no import of
+# the module that launches it.
+SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR, SCALE_BLOCK = 0, 1, 2, 3
+
+
+def code_format(t: torch.Tensor, op: str) -> Format:
+    """The format of int8 / fp8 codes ``t``; ``TypeError`` naming ``op`` for any other dtype."""
+    if t.dtype == torch.int8:
+        return "int8"
+    if t.dtype in FP8_FORMATS:
+        return FP8_FORMATS[t.dtype]
+    raise TypeError(f"{op}: codes must be int8, float8_e4m3fn or float8_e5m2, got {t.dtype}")
+
+
 def qmax(fmt: Format) -> float:
     """Largest representable magnitude of a format (127 for int8)."""
     return INT8_MAX if fmt == "int8" else FP8_MAX[fmt]

@@ -28,11 +28,16 @@ import torch
 import triton
 import triton.language as tl
 
-from lowbit.kernels._common import ACTIVATIONS, interpreting
+from lowbit.kernels._common import (
+    ACTIVATIONS,
+    SCALE_BLOCK,
+    SCALE_NONE,
+    SCALE_TENSOR,
+    SCALE_VECTOR,
+    interpreting,
+)
 from lowbit.kernels._triton_quant import _encode, cast_rne
-from lowbit.kernels.gemm import SCALE_BLOCK, SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR
 
-# Scale modes of an operand (constexpr ints).
 # Constexpr codes of the activation (0: none) and of the absmax hook.
 ACT_CODES = {None: 0, **{name: i + 1 for i, name in enumerate(ACTIVATIONS)}}
 AMAX_MODES = {None: 0, "row": 1, "tensor": 2}

@@ -26,6 +26,7 @@ from lowbit.kernels._common import (
     Format,
     check_input,
     checks_enabled,
+    code_format,
     raise_if_nonfinite,
     storage_dtype,
     use_triton,
@@ -179,8 +180,6 @@ def blockwise_mm(
     ``sa``/``sb`` are their block scales from :func:`quantize_blockwise` (1×128 or 128×128 on either side).
     Each block's partial product is exact for int8 (|sum| ≤ 127²·128 < 2²⁴); blocks are added in increasing k.
     """
-    from lowbit.kernels.matmul import code_format
-
     fa, fb = code_format(qa, "blockwise_mm"), code_format(qb, "blockwise_mm")
     if (fa == "int8") != (fb == "int8"):
         raise TypeError(f"blockwise_mm: cannot multiply {qa.dtype} by {qb.dtype} codes")
@@ -197,8 +196,6 @@ def blockwise_mm(
 @torch.library.custom_op("lowbit::blockwise_mm", mutates_args=())
 def _blockwise_mm_op(qa: torch.Tensor, sa: torch.Tensor, qb: torch.Tensor, sb: torch.Tensor,
                      bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    from lowbit.kernels.matmul import code_format
-
     fa, fb = code_format(qa, "blockwise_mm"), code_format(qb, "blockwise_mm")
     M, K = qa.shape
     N = qb.shape[0]

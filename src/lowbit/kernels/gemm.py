@@ -31,11 +31,19 @@ from typing import Literal, NamedTuple
 import torch
 
 from lowbit.kernels import _reference as reference
-from lowbit.kernels._common import ACTIVATIONS, FLOAT_DTYPES, FP8_FORMATS, Activation, Format, use_triton
+from lowbit.kernels._common import (  # SCALE_*: how an operand is scaled (the kernel's A_SCALE / B_SCALE)
+    ACTIVATIONS,
+    FLOAT_DTYPES,
+    FP8_FORMATS,
+    SCALE_BLOCK,
+    SCALE_NONE,
+    SCALE_TENSOR,
+    SCALE_VECTOR,
+    Activation,
+    Format,
+    use_triton,
+)
 from lowbit.kernels.blockwise import BLOCK
-
-# How an operand is scaled (the kernel's constexpr A_SCALE / B_SCALE).
-SCALE_NONE, SCALE_TENSOR, SCALE_VECTOR, SCALE_BLOCK = 0, 1, 2, 3
 
 
 class GemmOutput(NamedTuple):

@@ -14,17 +14,10 @@ from typing import Literal
 import torch
 
 from lowbit.kernels import _reference as reference
-from lowbit.kernels._common import FP8_FORMATS, Format, use_triton
+from lowbit.kernels._common import Format, code_format, use_triton
 
 MatmulBackend = Literal["auto", "torch", "triton", "cublas"]
-
-
-def code_format(t: torch.Tensor, op: str) -> Format:
-    if t.dtype == torch.int8:
-        return "int8"
-    if t.dtype in FP8_FORMATS:
-        return FP8_FORMATS[t.dtype]
-    raise TypeError(f"{op}: codes must be int8, float8_e4m3fn or float8_e5m2, got {t.dtype}")
+__all__ = ["MatmulBackend", "code_format", "fp8_backend", "scaled_mm"]
 
 
 def _normalize_scale(scale: torch.Tensor, rows: int, name: str, op: str) -> torch.Tensor:
