@@ -68,4 +68,4 @@ def test_throughput_line_without_a_steady_state() -> None:
     summary = {"samples_per_s": 12.0, "samples_per_s_steady": None, "device": "cpu", "recipe": "none",
                "precision": "fp32"}
     assert throughput_line(summary) == ("throughput: 12.0 images/s whole-run average (warm-up and compilation "
-                                        "included) on cpu (none, fp32)")
+                                        "included), MFU unknown on cpu (none, fp32)")

@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lowbit.hardware import dense_bf16_peak_tflops, format_mfu, mfu, mfu_warning
+from lowbit.models.flops import clip_train_flops
 from lowbit.train.announce import compile_choice
 from lowbit.train.checkpoint import CHECKPOINT_NAME, DCP_NAME, PREV_NAME, get_rng_state, save_checkpoint
 from lowbit.train.config import TrainConfig
@@ -20,6 +23,7 @@ from lowbit.train.env import Env, versions
 from lowbit.train.errors import DataError, NonFiniteLossError
 from lowbit.train.metrics import RunLogger
 from lowbit.train.signals import Interrupt
+from lowbit.train.timing import steady_rate, step_clock
 from lowbit.train.trainer import Trainer, check_replicas
 from lowbit.train.zeroshot import evaluate_zeroshot
 
@@ -53,11 +57,16 @@ class _Run:
         self.damage: dict[str, Any] = {}  # what indexing the data lost (damaged shards, incomplete samples)
         self.logger: RunLogger | None = None
         self.pbar: Any = None
-        # this invocation's timing: seconds in training steps (not evaluation or saving)
+        # this invocation's timing: seconds in training steps to the end of their device work (not evaluation or
+        # saving), read from the step clock where a log row is written; MFU against the device's bf16 peak
+        self.clock = step_clock(env.device)
         self.losses: list[float] = []
         self.step_times: list[float] = []
-        self.t_train = self.t_interval = self.samples_per_s = 0.0
-        self.steps_since_log = self.skips_reported = 0
+        self.t_train = self.t_wait = self.samples_per_s = 0.0
+        self.mfu: float | None = None
+        self.flops_per_sample = clip_train_flops(model_cfg, self.samples_per_step)
+        self.skips_reported = 0
+        self.mfu_warned = False
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
 
     # ---- logs
@@ -81,25 +90,28 @@ class _Run:
         if tr.act_monitor is not None:
             tr.act_monitor.remove()
 
-    def record(self, step: int, loss_value: float, grad_norm: float, logging: bool, seconds: float, signum: int) -> int:
-        """The books after one update: timing, data counts (and every rank's word on a signal: returns how many
-        ranks saw one), the metrics row, the progress line."""
+    def record(self, step: int, loss_value: float, grad_norm: float, logging: bool, signum: int) -> int:
+        """The books after one update: data counts (and every rank's word on a signal: returns how many ranks saw
+        one); where a row is logged the steps' times (``read_clock``), the metrics row, the progress line."""
         cfg, tr, master = self.cfg, self.tr, self.env.master
-        self.step_times.append(seconds)
-        self.t_train, self.t_interval = self.t_train + seconds, self.t_interval + seconds
         self.losses.append(loss_value)
-        self.steps_since_log += 1
         signalled = self.count_data(self.dataset, 1 if signum else 0)
         self.check_bad_fraction(self.data_position * self.env.world_size)
         bad = sum(self.skipped.values())
+        if logging:  # the same steps on every rank
+            steps, seconds, wait = self.read_clock()
+            self.samples_per_s = steps * self.samples_per_step / max(seconds, 1e-9)
+            self.mfu = self.mfu_of(self.samples_per_s)
         if master and logging:
-            self.samples_per_s = self.steps_since_log * self.samples_per_step / max(self.t_interval, 1e-9)
-            self.t_interval, self.steps_since_log = 0.0, 0
             row = {
                 "step": step,
                 "loss": loss_value,
                 "lr": _lr_used(tr.scheduler, step),
                 "samples_per_s": self.samples_per_s,
+                **({"mfu": self.mfu} if self.mfu is not None else {}),  # a GPU of lowbit.hardware's table
+                "step_s": seconds / max(steps, 1),
+                "data_wait_s": wait / max(steps, 1),  # per step: the device idle, waiting for the loader
+                "data_wait_frac": wait / max(seconds, 1e-9),
                 "logit_scale": tr.raw_model.logit_scale.exp().item(),
                 "grad_norm": float(grad_norm),
                 **({f"data/{k}": v for k, v in self.skipped.items()} if bad else {}),  # once data was skipped
@@ -116,14 +128,38 @@ class _Run:
         self.pbar.update(1)
         postfix = {"loss": f"{loss_value:.4f}", "lr": f"{_lr_used(tr.scheduler, step):.2e}",
                    "samples_s": f"{self.samples_per_s:.0f}"}
+        if self.mfu is not None:
+            postfix["mfu"] = format_mfu(self.mfu)
         if bad:
             postfix["skipped"] = f"{bad}"
         self.pbar.set_postfix(postfix)
         return signalled
 
+    def read_clock(self) -> tuple[int, float, float]:
+        """The steps finished since the last read (waits for the last one's device work): how many, their seconds
+        and their data wait; added to this invocation's totals."""
+        times = self.clock.read()
+        seconds, wait = sum(t.seconds for t in times), sum(t.data_wait for t in times)
+        self.step_times += [t.seconds for t in times]
+        self.t_train, self.t_wait = self.t_train + seconds, self.t_wait + wait
+        return len(times), seconds, wait
+
+    def mfu_of(self, samples_per_s: float | None) -> float | None:
+        """MFU of a global throughput (each process's device does its share); warns once above 75% (stderr)."""
+        value = mfu(self.flops_per_sample, samples_per_s / self.env.world_size if samples_per_s else None,
+                    self.env.device_name)
+        warning = mfu_warning(value, "lowbit train's throughput")
+        if warning and self.env.master and not self.mfu_warned:
+            self.mfu_warned = True
+            (self.pbar.write if self.pbar is not None else print)(warning, file=sys.stderr)
+        return value
+
     def summary(self, step: int, interrupted: int) -> dict[str, Any]:
         """``summary.json`` (written by rank 0) of this invocation."""
         cfg, env, evals, losses = self.cfg, self.env, self.evals, self.losses
+        self.read_clock()  # the steps since the last log row (an interrupted run's last steps)
+        rate = (len(self.step_times) * self.samples_per_step / self.t_train) if self.t_train else None
+        steady = steady_rate(self.step_times, self.samples_per_step)
         status = "interrupted" if interrupted else ("finished" if step == cfg.steps else "stopped")
         summary = {
             "status": status,
@@ -134,9 +170,16 @@ class _Run:
             "zeroshot": {r["task"]: r["top1"] for r in evals},
             "chance": {r["task"]: r["chance"] for r in evals},
             "zeroshot_mean": sum(r["top1"] for r in evals) / len(evals) if evals else None,
-            "samples_per_s": (len(losses) * self.samples_per_step / self.t_train) if self.t_train else None,
+            # this invocation's steps, each to the end of its device work (lowbit.train.timing)
+            "samples_per_s": rate,
             # after warm-up: without this invocation's first min(5, n/2) steps (compilation, autotuning, allocator)
-            "samples_per_s_steady": _steady(self.step_times, self.samples_per_step),
+            "samples_per_s_steady": steady,
+            "mfu": self.mfu_of(rate),  # model FLOPs / s over the devices' dense bf16 peak (None: peak unknown)
+            "mfu_steady": self.mfu_of(steady),
+            "flops_per_sample": self.flops_per_sample,  # lowbit.models.flops.clip_train_flops: forward + backward
+            "peak_tflops": dense_bf16_peak_tflops(env.device_name),  # per device
+            "data_wait_seconds": self.t_wait,  # of train_seconds: the device idle, waiting for the loader
+            "data_wait_frac": self.t_wait / self.t_train if self.t_train else None,
             "peak_memory_gb": torch.cuda.max_memory_allocated(env.device) / 2**30 if env.device.type == "cuda" else None,
             "train_seconds": self.t_train,
             "wall_seconds": time.perf_counter() - self.wall0,  # this invocation's loop, evaluations included
@@ -240,12 +283,6 @@ class _Run:
 
 def describe_skips(skipped: dict[str, int]) -> str:
     return ", ".join(f"{SKIP_REASONS.get(k, k)} {v:,}" for k, v in skipped.items() if v)
-
-
-def _steady(step_times: list[float], samples_per_step: int) -> float | None:
-    skip = min(5, len(step_times) // 2)
-    rest = step_times[skip:]
-    return len(rest) * samples_per_step / sum(rest) if rest and sum(rest) > 0 else None
 
 
 def _lr_used(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> float:

@@ -14,14 +14,15 @@ Reading order: ``train`` → ``_train`` (everything that can refuse the run, bef
 (``lowbit.train.batches``), then ``_loop``, which calls ``train_step`` once per update (``lowbit.train.step``, the
 same function ``lowbit bench step`` times) and keeps the books in ``_Run`` (``lowbit.train.books``: checkpoints,
 evaluation, skipped-data counts; ``Interrupt`` turns SIGINT/SIGTERM into a checkpoint at the end of the current
-step).
+step). Each step is timed to the end of its GPU work, and its wait for the data loader apart
+(``lowbit.train.timing``): the images/s and MFU that the run reports are what the GPU did.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     Raises ``NonFiniteLossError`` if the loss becomes NaN/Inf, leaving the last good checkpoint in place. On
     SIGINT/SIGTERM the current step finishes, a checkpoint is written and the summary says
-    ``status: "interrupted"`` (with ``signal``); a second signal aborts at once (``KeyboardInterrupt``).
+    ``status: "interrupted"`` (with ``signal``); a second signal aborts at once (``KeyboardInterrupt``). Resuming
+    a run that is already at its last step changes nothing and returns ``status: "nothing to do"``.
     """
     cfg.validate()
     with compiled_quantize_mode(cfg.compiled_quantize):  # read when the compiled model traces: during the run
@@ -83,6 +85,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     model_cfg = check_names(cfg)
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
     resume_dir = Path(ckpt["path"]).parent if ckpt is not None else None
+    if ckpt is not None and resume_dir is not None and int(ckpt["step"]) >= min(cfg.stop_at or cfg.steps, cfg.steps):
+        return _nothing_to_do(cfg, int(ckpt["step"]), resume_dir)
     out = Path(cfg.out) if cfg.out else (resume_dir if resume_dir is not None else default_out())
     master = int(os.environ.get("RANK", "0")) == 0
     check_out(cfg, out, resume_dir, master)
@@ -100,6 +104,20 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         if env.distributed:
             dist.destroy_process_group()
         torch.set_num_threads(threads_before)
+
+
+def _nothing_to_do(cfg: TrainConfig, step: int, run_dir: Path) -> dict[str, Any]:
+    """A resume whose checkpoint is already at the last step to take: one line (rank 0, stderr) and nothing
+    written, so the finished run's books (summary.json, eval.csv, metrics.csv) stay as they are."""
+    if step >= cfg.steps:
+        line = (f"lowbit train: {run_dir} is already finished (step {step} of {cfg.steps}); nothing changed. "
+                f"To train further, raise --steps: lowbit train --resume {run_dir} --steps N (N > {step})")
+    else:
+        line = (f"lowbit train: {run_dir} is already at step {step}, --stop-at {cfg.stop_at}; nothing changed. "
+                "To train further, raise --stop-at or leave it out")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(line, file=sys.stderr, flush=True)
+    return {"status": "nothing to do", "step": step, "out": str(run_dir), "message": line}
 
 
 def _run(cfg: TrainConfig, env: Env, model_cfg: Any, ckpt: dict[str, Any] | None, out: Path, data_position: int) -> dict[str, Any]:
@@ -133,13 +151,13 @@ def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int,
     evaluating = env.master or env.parallel == "fsdp"  # FSDP: every rank takes part in the (sharded) forward
     step, interrupted = start_step, 0
     tr.model.train()
+    clock = run.clock  # each step's time, to the end of its device work (lowbit.train.timing)
     with Interrupt() as interrupt:
         for step in range(start_step + 1, end_step + 1):  # `step` counts completed updates (1-based)
-            t0 = time.perf_counter()
-            micro = []
-            for _ in range(cfg.accum_steps):
-                images, tokens = next(batches)
-                micro.append((_to_device(images, env.device), tokens.to(env.device, non_blocking=True)))
+            clock.start()
+            got = [next(batches) for _ in range(cfg.accum_steps)]
+            clock.data_ready()
+            micro = [(_to_device(images, env.device), tokens.to(env.device, non_blocking=True)) for images, tokens in got]
             logging = step % cfg.log_every == 0 or step == end_step  # the same on every rank
             try:
                 loss, grad_norm = train_step(tr, micro, step, logging)
@@ -148,16 +166,20 @@ def _loop(run: _Run, batches: Any, start_step: int, end_step: int) -> tuple[int,
             except Exception as e:
                 _explain_compile_failure(e, tr)
                 raise
+            clock.stop()  # after the step's last queued op: the optimizer, the schedule, the clamp
             run.data_position += cfg.batch_size * cfg.accum_steps
-            stop = run.record(step, loss, grad_norm, logging, time.perf_counter() - t0, interrupt.signum)
+            stop = run.record(step, loss, grad_norm, logging, interrupt.signum)
             if step - start_step <= tr.replica_checks:  # after the step's row is written, outside its timing
+                clock.pause()
                 check_replicas(tr, step)
             if stop:
                 interrupted = interrupt.signum or signal.SIGTERM  # another rank's signal: pre-emption
                 break
             if cfg.save_every > 0 and step % cfg.save_every == 0 and step != end_step:
+                clock.pause()  # checkpoints and evaluations are not training time
                 run.save(step)
             if evaluating and cfg.eval_every and step % cfg.eval_every == 0 and step != end_step:
+                clock.pause()
                 run.evaluate(step)
         # the end, or the interrupted step; save_every -1: no checkpoint at all (benchmarks)
         if step > start_step and run.last_ckpt_step != step and cfg.save_every >= 0:
