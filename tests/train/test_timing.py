@@ -250,8 +250,8 @@ def test_throughput_line_names_mfu_and_data_wait() -> None:
     summary = {"samples_per_s": 300.0, "samples_per_s_steady": 343.6, "device": "NVIDIA H100 80GB HBM3",
                "recipe": "bf16", "precision": "bf16", "mfu": 0.35, "mfu_steady": 0.4012, "data_wait_frac": 0.012}
     assert throughput_line(summary) == (
-        "throughput: 343.6 images/s steady state (after warm-up), MFU 40.1%; 300.0 images/s whole-run average "
-        "(warm-up and compilation included), MFU 35.0% on NVIDIA H100 80GB HBM3 (bf16, bf16); data wait 1.2% of "
+        "throughput: 343.6 images/s steady state (after warm-up, MFU 40.1%), 300.0 images/s whole-run average "
+        "(warm-up and compilation included, MFU 35.0%) on NVIDIA H100 80GB HBM3 (bf16, bf16); data wait 1.2% of "
         "the step time")
 
 

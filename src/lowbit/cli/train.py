@@ -194,15 +194,15 @@ def throughput_line(summary: dict[str, Any]) -> str:
     from lowbit.hardware import format_mfu
 
     where = f"on {summary['device']} ({summary['recipe']}, {summary['precision']})"
-    average = (f"{summary['samples_per_s']:.1f} images/s whole-run average (warm-up and compilation included), "
-               f"MFU {format_mfu(summary.get('mfu'))}")
+    average = (f"{summary['samples_per_s']:.1f} images/s whole-run average (warm-up and compilation included, "
+               f"MFU {format_mfu(summary.get('mfu'))})")
     wait = summary.get("data_wait_frac")
     waited = f"; data wait {100 * wait:.1f}% of the step time" if wait is not None else ""
     steady = summary.get("samples_per_s_steady")
     if not steady:
         return f"throughput: {average} {where}{waited}"
-    return (f"throughput: {steady:.1f} images/s steady state (after warm-up), MFU {format_mfu(summary.get('mfu_steady'))}; "
-            f"{average} {where}{waited}")
+    return (f"throughput: {steady:.1f} images/s steady state (after warm-up, MFU "
+            f"{format_mfu(summary.get('mfu_steady'))}), {average} {where}{waited}")
 
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report them
