@@ -166,8 +166,9 @@ def _metrics(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.parametrize(("log_every", "accum_steps"), [(2, 1), (3, 2)])
 def test_the_trainer_counts_the_queued_backward(tmp_path: Path, fake_data: SimpleNamespace,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                monkeypatch: pytest.MonkeyPatch, log_every: int, accum_steps: int) -> None:
     """Every step leaves 0.15 s of device work queued when ``train_step`` returns (as the backward and optimizer
     are on a GPU): the step time, ``samples_per_s`` and the metrics rows include it."""
     import lowbit.train.books as books
@@ -184,11 +185,12 @@ def test_the_trainer_counts_the_queued_backward(tmp_path: Path, fake_data: Simpl
     monkeypatch.setattr(loop, "train_step", step_then_queue)
     monkeypatch.setattr(books, "step_clock", lambda device: StepClock(event=dev.event))
     steps = 6
-    summary = train(_cfg(tmp_path, steps=steps, log_every=2))
+    summary = train(_cfg(tmp_path, steps=steps, log_every=log_every, batch_size=16 // accum_steps,
+                         accum_steps=accum_steps))
     assert summary["train_seconds"] >= steps * queued
     assert summary["samples_per_s"] <= 16 / queued and summary["samples_per_s_steady"] <= 16 / queued
     rows = _metrics(tmp_path / "run")
-    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert [int(r["step"]) for r in rows] == list(range(log_every, steps + 1, log_every))
     assert all(float(r["samples_per_s"]) <= 16 / queued and float(r["step_s"]) >= queued for r in rows)
 
 
