@@ -16,7 +16,7 @@ import torch.distributed as dist
 import lowbit
 from lowbit.train.config import TrainConfig
 
-__all__ = ["Env", "cpu_threads", "setup_env"]
+__all__ = ["Env", "cpu_threads", "device_name", "setup_env", "versions"]
 
 
 def versions() -> dict[str, str]:
