@@ -39,7 +39,8 @@ def test_first_line_says_what_it_chose_and_the_end_gives_steady_images_per_s(
     steady, average = (float(x) for x in re.findall(r"([\d.]+) images/s", end))
     assert steady == pytest.approx(summary["samples_per_s_steady"], abs=0.051)
     assert average == pytest.approx(summary["samples_per_s"], abs=0.051)
-    assert "steady state (after warm-up)" in end and "whole-run average (warm-up and compilation included)" in end
+    assert "steady state (after warm-up, MFU unknown)" in end
+    assert "whole-run average (warm-up and compilation included, MFU unknown)" in end
 
 
 def test_first_line_names_the_compile_mode(tmp_path: Path, fake_data: SimpleNamespace,
@@ -68,4 +69,4 @@ def test_throughput_line_without_a_steady_state() -> None:
     summary = {"samples_per_s": 12.0, "samples_per_s_steady": None, "device": "cpu", "recipe": "none",
                "precision": "fp32"}
     assert throughput_line(summary) == ("throughput: 12.0 images/s whole-run average (warm-up and compilation "
-                                        "included) on cpu (none, fp32)")
+                                        "included, MFU unknown) on cpu (none, fp32)")

@@ -56,6 +56,9 @@ def _train(*args: str, nproc: int = 2, launcher: list[str] | None = None, check:
     return proc
 
 
+TIMING = {"samples_per_s", "mfu", "step_s", "data_wait_s", "data_wait_frac"}  # metrics.csv's clock columns
+
+
 def _rows(run: Path) -> list[dict[str, float]]:
     with (run / "metrics.csv").open() as f:
         return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
@@ -83,7 +86,7 @@ def test_8bit_allgather_trainer_matches_16bit_gather(tmp_path: Path) -> None:
                       "--out", str(out), *extra)
         runs[name] = _rows(out)
         assert ("8-bit all-gather: 8 linear weight(s)" in proc.stdout) == (name == "eight"), proc.stdout
-    drop = {"samples_per_s"}
+    drop = TIMING
     assert [{k: v for k, v in r.items() if k not in drop} for r in runs["eight"]] == \
         [{k: v for k, v in r.items() if k not in drop} for r in runs["sixteen"]]
     assert len(runs["eight"]) == STEPS and any(k.startswith("rms/") for k in runs["eight"][0])
@@ -97,7 +100,7 @@ def test_8bit_allgather_compiled_matches_16bit_gather(tmp_path: Path) -> None:
         out = tmp_path / name
         _train(*COMMON, "--recipe", "fp8-switchback", "--batch-size", "8", "--parallel", "fsdp", "--steps", "2",
                "--compile", "--out", str(out), *extra)
-        runs[name] = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in _rows(out)]
+        runs[name] = [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(out)]
     assert runs["eight"] == runs["sixteen"] and len(runs["eight"]) == 2
 
 

@@ -204,7 +204,7 @@ def make_optimizer(model: nn.Module, name: str, impl: str | None) -> torch.optim
     address).
     """
     from lowbit.train.config import TrainConfig
-    from lowbit.train.loop import _optimizer, _param_groups
+    from lowbit.train.trainer import _optimizer, _param_groups
 
     cfg = TrainConfig(optimizer=name, lr=1e-4, beta2=0.98, eps=1e-6, weight_decay=0.2)
     if impl is None:

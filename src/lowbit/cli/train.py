@@ -167,6 +167,8 @@ def _run(args: argparse.Namespace) -> int:
         if debug_enabled(args):
             raise
         return 1
+    if summary["status"] == "nothing to do":  # a finished run resumed: the trainer said so and changed nothing
+        return 0
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return EXIT_CODES.get(summary.get("signal", ""), 0)
     if summary["status"] == "interrupted":
@@ -186,13 +188,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def throughput_line(summary: dict[str, Any]) -> str:
-    """Steady-state images/s (after the warm-up steps: compilation, autotuning) beside the whole-run average."""
+    """Steady-state images/s (after the warm-up steps: compilation, autotuning) beside the whole-run average, each
+    with its MFU (``lowbit.hardware``; "unknown" off the GPU table), and the share of the step time the device
+    waited for the data loader (a run that waits much is input-bound: more ``--workers``)."""
+    from lowbit.hardware import format_mfu
+
     where = f"on {summary['device']} ({summary['recipe']}, {summary['precision']})"
-    average = f"{summary['samples_per_s']:.1f} images/s whole-run average (warm-up and compilation included)"
+    average = (f"{summary['samples_per_s']:.1f} images/s whole-run average (warm-up and compilation included, "
+               f"MFU {format_mfu(summary.get('mfu'))})")
+    wait = summary.get("data_wait_frac")
+    waited = f"; data wait {100 * wait:.1f}% of the step time" if wait is not None else ""
     steady = summary.get("samples_per_s_steady")
     if not steady:
-        return f"throughput: {average} {where}"
-    return f"throughput: {steady:.1f} images/s steady state (after warm-up), {average} {where}"
+        return f"throughput: {average} {where}{waited}"
+    return (f"throughput: {steady:.1f} images/s steady state (after warm-up, MFU "
+            f"{format_mfu(summary.get('mfu_steady'))}), {average} {where}{waited}")
 
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report them

@@ -1,6 +1,8 @@
 """Run logs: CSV files (the plotting contract) and TensorBoard scalars.
 
-``metrics.csv``: one row per logged step, columns ``step, loss, lr, samples_per_s, logit_scale, grad_norm``
+``metrics.csv``: one row per logged step, columns ``step, loss, lr, samples_per_s`` (since the previous row,
+each step timed to the end of its device work: ``lowbit.train.timing``), ``mfu`` (on GPUs of
+``lowbit.hardware``'s table), ``step_s, data_wait_s`` (per step), ``data_wait_frac, logit_scale, grad_norm``
 and ``rms/<param>`` when the RMS monitor is on. ``eval.csv``: ``step, task, top1, chance, n``.
 """
 
