@@ -124,6 +124,7 @@ def _act_quantize_kernel(
                 if COLSUM:  # this program's own partial row: no other program touches it
                     cp = colsum_ptr + pid * N + cn
                     tl.store(cp, tl.load(cp, mask=cn < N, other=0.0) + tl.sum(yf, axis=0), mask=cn < N)
+                    tl.debug_barrier()  # the next read of this partial may come from another thread
             scale, mul = _scale_and_multiplier(amax_bits.to(tl.float32, bitcast=True), FMT, QMAX, AMAX_FLOOR)
             for n0 in range(0, N, BLOCK_N):
                 cn = n0 + cols
