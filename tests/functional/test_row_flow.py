@@ -86,6 +86,34 @@ def test_compile_captures_the_fused_block_whole(name: str, monkeypatch) -> None:
             assert torch.equal(a, b), (name, type(m).__name__, i)
 
 
+def test_compiled_fused_clip_blocks_under_autocast_have_no_graph_break() -> None:
+    """convert_clip(fuse=True) as the trainer uses it: each block compiled with fullgraph=True (a graph break would
+    raise) under bf16 autocast; the compiled blocks give the eager step's loss and gradients bit for bit."""
+    from lowbit.models import CLIP, clip_loss, convert_clip, get_config
+
+    torch.manual_seed(5)
+    model = convert_clip(CLIP(get_config("tiny")), "fp8-switchback", fuse=True)
+    cfg = get_config("tiny")
+    images = torch.randn(3, 3, cfg.vision.image_size, cfg.vision.image_size)
+    texts = torch.randint(0, cfg.text.vocab_size, (3, cfg.text.context_length))
+
+    def step() -> list[torch.Tensor]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            img, txt, scale = model(images, texts)
+            loss = clip_loss(img, txt, scale)
+        loss.backward()
+        out = [loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        return out
+
+    eager = step()
+    torch._dynamo.reset()
+    for block in [*model.visual.blocks, *model.text.blocks]:
+        block.compile(fullgraph=True, backend="aot_eager")
+    for a, b in zip(step(), eager):
+        assert torch.equal(a, b)
+
+
 def test_recompute_activation_in_the_row_flow() -> None:
     torch.manual_seed(3)
     m = LowbitMLP(24, 64, recipe="fp8-switchback")

@@ -18,6 +18,18 @@ backward::
     fc1    dh = gemm(quantize(dA, amax=amax_da), W1ᵀq);  dW1 = dAᵀ h per recipe
     [LN]   dx, dγ, dβ = LayerNorm backward from the saved mean / rstd
 
+Recipes with row-wise activation codes and a 16-bit wgrad (:func:`row_flow`: switchback, switchback-q,
+switchback-m, fp8-switchback) take SPEC §10's flow instead: the producers quantize, every GEMM is plain::
+
+    [LN]   codes_h, scale_h, h16?, mean, rstd = layernorm_quantize(x)
+    fc1    a = gemm(codes_h, W1q) + b1;  g16?, codes_g, scale_g = act_quantize(a);  y = gemm(codes_g, W2q) + b2
+    bwd    db2 = colsum(dY);  dg = gemm(quantize(dY), W2ᵀq);  dA, codes_dA, scale_dA, db1 = act_backward_quantize(dg, a)
+           dh = gemm(codes_dA, W1ᵀq);  dW2 = dYᵀ g16, dW1 = dAᵀ h16 (16-bit);  [LN] backward
+
+(``lowbit.kernels.producers``; the GEMMs are ``lowbit.kernels.matmul.scaled_mm``: Triton or cuBLAS, whichever is
+faster for the shape). Every piece is a ``torch.ops.lowbit`` custom op, so ``torch.compile`` traces this function
+whole and CUDA graphs replay it.
+
 What each matmul quantizes, and what is saved, is exactly what ``lowbit.functional.linear`` does for the same
 recipe (``save``: X 16-bit, X's forward codes, or X quantized for the wgrad), so the fused module computes what
 ``LowbitLinear → activation → LowbitLinear`` computes: the same codes and scales, and in float32 the same outputs

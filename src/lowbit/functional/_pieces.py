@@ -4,7 +4,8 @@ Today every piece is the composition of lowbit's existing ops (``lowbit.kernels.
 PyTorch; the fused GEMMs (epilogue: bias, activation, preact store, column sums, absmax, activation derivative)
 and the LayerNorm + quantize kernel implement the same signatures with the same numerics:
 
-* :func:`gemm` — ``out = epilogue(a @ bᵀ)``. 8-bit operands (``scale_a``/``scale_b`` given): the float32
+* :func:`gemm` — ``out = epilogue(a @ bᵀ)``; with a plain epilogue (bias at most) 8-bit operands go through
+  ``ops.scaled_mm`` (the faster of lowbit's Triton GEMM and cuBLAS for the shape, a custom op when compiled). 8-bit operands (``scale_a``/``scale_b`` given): the float32
   accumulator is dequantized, the bias added and the activation (or its derivative) applied **in float32**, then
   rounded **once** to ``out_dtype`` (the existing epilogue's convention). 16-bit operands (scales ``None``; the
   ``bf16`` recipe and the ``*-sim`` recipes, whose operands are dequantized first): the matmul runs in the operands'
