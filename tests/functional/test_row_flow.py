@@ -52,14 +52,14 @@ def test_bf16_row_flow_is_the_per_linear_path(name: str, monkeypatch) -> None:
         m.norm.weight.normal_()
         m.norm.bias.normal_()
     calls = []
-    for fn in ("act_quantize", "act_backward_quantize", "layernorm_quantize"):
+    for fn in ("act_quantize", "act_backward_quantize", "layernorm_quantize", "quantize_rows_colsum"):
         real = getattr(ops, fn)
         monkeypatch.setattr(ops, fn, lambda *a, _r=real, _n=fn, **k: calls.append(_n) or _r(*a, **k))
     x = torch.randn(3, 11, 48, dtype=torch.bfloat16)
     g = torch.randn(3, 11, 48, dtype=torch.bfloat16)
     params = list(m.parameters())
     got = _run(m, x, g, params)
-    assert calls == ["layernorm_quantize", "act_quantize", "act_backward_quantize"]
+    assert calls == ["layernorm_quantize", "act_quantize", "quantize_rows_colsum", "act_backward_quantize"]
     want = _run(_per_linear(m), x, g, params)
     for i, (a, b) in enumerate(zip(got, want)):
         assert a.dtype == b.dtype and torch.equal(a, b), (name, i, float((a.float() - b.float()).abs().max()))

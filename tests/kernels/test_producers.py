@@ -124,6 +124,22 @@ def test_act_backward_quantize_kernel_against_float64(fmt: str, activation: str,
     assert torch.allclose(cs.double(), exact, rtol=0, atol=m * 2**-23 * float(out.double().abs().sum(0).max()))
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_quantize_rows_colsum_is_the_row_quantizer_and_a_column_sum(fmt: str, config: str) -> None:
+    """dY → its dgrad codes (the standalone row quantizer's, bit for bit) and its bias gradient, one read."""
+    torch.manual_seed(7)
+    t = (torch.randn(9, 37) * 5).bfloat16().to(DEVICE)
+    t[4] = 0.0
+    _, q, s, cs = tp.act_quantize(t, None, None, fmt, want_out=False, colsum=True, out_dtype=t.dtype,
+                                  config=CONFIGS[config])
+    _assert_row_codes(t, q, s, fmt, "codes of dY")
+    assert torch.allclose(cs.double(), t.double().sum(0), rtol=0, atol=9 * 2**-23 * float(t.double().abs().max()))
+    q2, s2, cs2 = producers.quantize_rows_colsum(t, fmt, backend="torch")
+    assert torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(s2, s)
+    assert torch.equal(cs2, t.sum(0, dtype=torch.float32))
+
+
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
 def test_the_twins_agree_with_the_kernels(fmt: str) -> None:
     """The PyTorch twins (what runs off the GPU) and the kernels: the same function, to the 16-bit rounding."""
@@ -181,6 +197,7 @@ def test_custom_ops_fake_kernels_match_the_real_ones() -> None:
     a, dg = torch.randn(5, 24).bfloat16(), torch.randn(5, 24).bfloat16()
     torch.library.opcheck(torch.ops.lowbit.act_quantize, (a, None, "gelu", "e4m3", torch.bfloat16, True, False))
     torch.library.opcheck(torch.ops.lowbit.act_quantize, (a, dg, "quick_gelu", "e5m2", torch.bfloat16, True, True))
+    torch.library.opcheck(torch.ops.lowbit.quantize_rows_colsum, (dg, "e5m2"))
 
 
 def test_compiled_inductor_mode_traces_the_twins() -> None:

@@ -23,7 +23,7 @@ switchback-m, fp8-switchback) take SPEC §10's flow instead: the producers quant
 
     [LN]   codes_h, scale_h, h16?, mean, rstd = layernorm_quantize(x)
     fc1    a = gemm(codes_h, W1q) + b1;  g16?, codes_g, scale_g = act_quantize(a);  y = gemm(codes_g, W2q) + b2
-    bwd    db2 = colsum(dY);  dg = gemm(quantize(dY), W2ᵀq);  dA, codes_dA, scale_dA, db1 = act_backward_quantize(dg, a)
+    bwd    codes_dY, scale_dY, db2 = quantize_rows_colsum(dY);  dg = gemm(codes_dY, W2ᵀq);  dA, codes_dA, scale_dA, db1 = act_backward_quantize(dg, a)
            dh = gemm(codes_dA, W1ᵀq);  dW2 = dYᵀ g16, dW1 = dAᵀ h16 (16-bit);  [LN] backward
 
 (``lowbit.kernels.producers``; the GEMMs are ``lowbit.kernels.matmul.scaled_mm``: Triton or cuBLAS, whichever is
@@ -218,13 +218,17 @@ class _FusedFunction(torch.autograd.Function):
         if act is not None:
             if spec.recompute_activation and s2a is None and recipe.save == "input" and need_w2:
                 s2a = P.act_forward(a, act)  # recompute g from the saved pre-activation
-            if need_b2 and ctx.has_b2:
-                db2 = P.colsum(dy2d).to(dtype)
             need_da = need_dh or need_w1 or (need_b1 and ctx.has_b1)
+            if need_b2 and ctx.has_b2 and not (row_flow(recipe) and need_da):
+                db2 = P.colsum(dy2d).to(dtype)
         if act is not None and row_flow(recipe):
-            # fc2's dgrad plain; GELU' writes dA (16-bit, fc1's wgrad), its codes for fc1's dgrad and fc1's bias
-            # gradient in one pass; fc1's dgrad plain.
-            dg, _, _, dw2 = _linear_backward(dy2d, (s2a, s2b), w2, recipe, need_da, need_w2)
+            # dY's codes and fc2's bias gradient in one pass; fc2's dgrad plain; GELU' writes dA (16-bit, fc1's
+            # wgrad), its codes for fc1's dgrad and fc1's bias gradient in one pass; fc1's dgrad plain.
+            dy_codes = None
+            if need_da and need_b2 and ctx.has_b2:
+                cdy, sdy, cs2 = ops.quantize_rows_colsum(dy2d, recipe.dgrad.left.format)
+                dy_codes, db2 = (cdy, sdy), cs2.to(dtype)
+            dg, _, _, dw2 = _linear_backward(dy2d, (s2a, s2b), w2, recipe, need_da, need_w2, dy_codes=dy_codes)
             dh = None
             if need_da:
                 want_db1 = need_b1 and ctx.has_b1
@@ -244,9 +248,13 @@ class _FusedFunction(torch.autograd.Function):
             else:
                 dh = None
         else:
-            if need_b1 and ctx.has_b1:
+            dy_codes = None
+            if need_b1 and ctx.has_b1 and need_dh and row_flow(recipe):
+                cdy, sdy, cs1 = ops.quantize_rows_colsum(dy2d, recipe.dgrad.left.format)
+                dy_codes, db1 = (cdy, sdy), cs1.to(dtype)
+            elif need_b1 and ctx.has_b1:
                 db1 = P.colsum(dy2d).to(dtype)
-            dh, _, _, dw1 = _linear_backward(dy2d, (s1a, s1b), w1, recipe, need_dh, need_w1)
+            dh, _, _, dw1 = _linear_backward(dy2d, (s1a, s1b), w1, recipe, need_dh, need_w1, dy_codes=dy_codes)
         if spec.eps is not None:
             if need_ln:
                 dx2d, dlnw, dlnb = torch.ops.aten.native_layer_norm_backward(

@@ -183,11 +183,12 @@ def _programs(t: torch.Tensor) -> int:
 
 
 def act_quantize(
-    a: torch.Tensor, dg: torch.Tensor | None, activation: str, fmt: Format, *, want_out: bool, colsum: bool,
+    a: torch.Tensor, dg: torch.Tensor | None, activation: str | None, fmt: Format, *, want_out: bool, colsum: bool,
     out_dtype: torch.dtype, config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(out [M, N] or empty, codes [M, N], scale [M, 1], colsum [N] float32 or None)`` of ``act(a)`` (``dg`` None)
-    or ``dg · act'(a)``; contiguous 2-D inputs. ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``) pins a launch
+    or ``dg · act'(a)``, or of ``a`` itself (``activation`` None: a row quantizer that also sums the columns, for
+    dY and its bias gradient); contiguous 2-D inputs. ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``) pins a launch
     configuration instead of the autotuned one (tests: both the one-pass and the two-pass code)."""
     M, N = a.shape
     dev = a.device
@@ -197,7 +198,7 @@ def act_quantize(
     nprog = _programs(a)
     partial = torch.zeros((nprog, N) if colsum else (1,), dtype=torch.float32, device=dev)
     args = (a, dg if dg is not None else a, out, q.view(torch.uint8), scale, partial, M, N)
-    meta = dict(ACT=ACT_CODES[activation], BACKWARD=dg is not None, WANT_OUT=want_out, COLSUM=colsum,
+    meta = dict(ACT=ACT_CODES[activation] if activation is not None else 0, BACKWARD=dg is not None, WANT_OUT=want_out, COLSUM=colsum,
                 **_fmt_constants(fmt), NUM_PROGRAMS=nprog)
 
     def grid(m: dict) -> tuple[int]:

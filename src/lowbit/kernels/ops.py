@@ -132,6 +132,17 @@ def _act_quantize_op(a, dg, activation: str, fmt: str, out_dtype: torch.dtype, w
                                             colsum=colsum)
 
 
+def _quantize_rows_colsum_fake(t, fmt):
+    m, n = t.shape
+    return (t.new_empty((m, n), dtype=storage_dtype(fmt)), t.new_empty((m, 1), dtype=torch.float32),
+            t.new_empty((n,), dtype=torch.float32))
+
+
+@_define("quantize_rows_colsum(Tensor t, str fmt) -> (Tensor, Tensor, Tensor)", _quantize_rows_colsum_fake)
+def _quantize_rows_colsum_op(t, fmt: str):
+    return _producers.quantize_rows_colsum(t, fmt)  # type: ignore[arg-type]
+
+
 COMPILED_QUANTIZE: tuple[str, ...] = ("kernel", "inductor")
 
 
@@ -229,3 +240,10 @@ def act_backward_quantize(dg, a, activation: str, fmt: str, out_dtype: torch.dty
         return torch.ops.lowbit.act_quantize(a, dg, activation, fmt, out_dtype, True, colsum)
     return _producers.act_backward_quantize(dg, a, activation, fmt, out_dtype=out_dtype,  # type: ignore[arg-type]
                                             colsum=colsum, backend=_backend())  # type: ignore[arg-type]
+
+
+def quantize_rows_colsum(t, fmt: str):
+    """:func:`lowbit.kernels.producers.quantize_rows_colsum` (custom op while compiling): ``(codes, scale, colsum)``."""
+    if _as_op():
+        return torch.ops.lowbit.quantize_rows_colsum(t, fmt)
+    return _producers.quantize_rows_colsum(t, fmt, backend=_backend())  # type: ignore[arg-type]

@@ -26,7 +26,8 @@ from lowbit.kernels._common import (
     use_triton,
 )
 
-__all__ = ["act_backward", "act_backward_quantize", "act_forward", "act_quantize", "layernorm_quantize"]
+__all__ = ["act_backward", "act_backward_quantize", "act_forward", "act_quantize", "layernorm_quantize",
+           "quantize_rows_colsum"]
 
 ROW_FORMATS: tuple[str, ...] = ("int8", "e4m3", "e5m2")
 
@@ -173,3 +174,23 @@ def act_backward_quantize(
     Returns ``(dA, codes [M, N], scale [M, 1], colsum [N])``."""
     return _act(a, dg, activation, fmt, out_dtype, True, colsum, backend, f"act_backward_quantize[{fmt}]")
 
+
+
+def quantize_rows_colsum(
+    t: torch.Tensor, fmt: Format, *, backend: Backend = "auto"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise codes of 2-D ``t`` (exactly :func:`lowbit.kernels.quantize`'s) and its float32 column sums, in one
+    read of ``t``: a layer's output gradient dY becomes its dgrad operand and its bias gradient together.
+
+    Returns ``(codes [M, N], scale [M, 1], colsum [N])``."""
+    op = f"quantize_rows_colsum[{fmt}]"
+    _check(op, fmt, t)
+    if checks_enabled(None):
+        raise_if_nonfinite(t, op)
+    if t.numel() == 0 or not use_triton(t, backend, op):
+        q, s = reference.quantize(t, fmt, "row")
+        return q, s, t.sum(0, dtype=torch.float32)
+    from lowbit.kernels import _triton_producers as tp
+
+    _, q, s, cs = tp.act_quantize(t.contiguous(), None, None, fmt, want_out=False, colsum=True, out_dtype=t.dtype)
+    return q, s, cs
