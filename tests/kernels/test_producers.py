@@ -243,6 +243,10 @@ def test_cuda_producers_at_vit_h_widths(fmt: str) -> None:
     da_t = producers.act_backward(dg, a, "gelu")
     assert bool(((da.double() - da_t.double()).abs() <= _ulp(da_t)).all())
     assert torch.allclose(cs.double(), da.double().sum(0), rtol=1e-4, atol=1e-2)
+    dy = torch.randn(4096, 1280, device="cuda").bfloat16()
+    qy, sy, cy = producers.quantize_rows_colsum(dy, fmt_b)
+    _assert_row_codes(dy, qy, sy, fmt_b, "dY codes")
+    assert torch.allclose(cy.double(), dy.double().sum(0), rtol=1e-4, atol=1e-2)
 
 
 @pytest.mark.gpu
