@@ -65,10 +65,12 @@ def test_bf16_row_flow_is_the_per_linear_path(name: str, monkeypatch) -> None:
         assert a.dtype == b.dtype and torch.equal(a, b), (name, i, float((a.float() - b.float()).abs().max()))
 
 
+@pytest.mark.parametrize("mode", ["kernel", "inductor"])
 @pytest.mark.parametrize("name", ["fp8-switchback", "switchback", "switchback-m"])
-def test_compile_captures_the_fused_block_whole(name: str, monkeypatch) -> None:
-    """fullgraph=True: dynamo traces the fused function (custom ops only, no graph break) and it computes the eager
-    numbers bit for bit; the per-linear composition does not run."""
+def test_compile_captures_the_fused_block_whole(name: str, mode: str, monkeypatch) -> None:
+    """fullgraph=True: dynamo traces the fused function (custom ops only, no graph break; in ``inductor``
+    compiled-quantize mode the producers' PyTorch twins) and it computes the eager numbers bit for bit; the per-linear
+    composition does not run."""
     from lowbit.functional.linear import _LowbitLinearFunction
 
     def refuse(ctx, *args):
@@ -81,7 +83,8 @@ def test_compile_captures_the_fused_block_whole(name: str, monkeypatch) -> None:
         g = torch.randn(2, 5, m(x).shape[-1])
         eager = _run(m, x, g)
         torch._dynamo.reset()
-        compiled = _run(torch.compile(m, fullgraph=True, backend="aot_eager"), x, g)
+        with ops.compiled_quantize_mode(mode):
+            compiled = _run(torch.compile(m, fullgraph=True, backend="aot_eager"), x, g)
         for i, (a, b) in enumerate(zip(compiled, eager)):
             assert torch.equal(a, b), (name, type(m).__name__, i)
 

@@ -29,8 +29,6 @@ from lowbit.kernels._triton_gemm import _activation, _activation_grad, _cast
 from lowbit.kernels._triton_quant import _abs_bits, _encode, _fmt_constants, _scale_and_multiplier
 
 ACT_CODES = {name: i + 1 for i, name in enumerate(ACTIVATIONS)}
-# The widest LayerNorm row one program holds (wider rows take the PyTorch twin).
-LN_MAX_WIDTH = 16384
 
 
 @triton.jit
@@ -226,7 +224,7 @@ def layernorm_quantize(
     want_h: bool, out_dtype: torch.dtype, block_m: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(codes [M, D], scale [M, 1], h [M, D] or empty, mean [M, 1], rstd [M, 1])`` (float32 statistics) of a 2-D
-    ``x`` with unit inner stride; ``D`` ≤ :data:`LN_MAX_WIDTH`."""
+    ``x`` with unit inner stride; ``D`` ≤ :data:`lowbit.kernels.producers.LN_MAX_WIDTH`."""
     M, D = x.shape
     dev = x.device
     h = torch.empty((M, D) if want_h else (1,), dtype=out_dtype, device=dev)

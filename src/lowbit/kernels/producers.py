@@ -30,6 +30,8 @@ __all__ = ["act_backward", "act_backward_quantize", "act_forward", "act_quantize
            "quantize_rows_colsum"]
 
 ROW_FORMATS: tuple[str, ...] = ("int8", "e4m3", "e5m2")
+# The widest LayerNorm row one program of the kernel holds (wider rows take the PyTorch twin).
+LN_MAX_WIDTH = 16384
 
 
 def act_forward(z: torch.Tensor, activation: str) -> torch.Tensor:
@@ -101,8 +103,6 @@ def layernorm_quantize(
     out_dtype = out_dtype or x.dtype
     if checks_enabled(None):
         raise_if_nonfinite(x, op)
-    from lowbit.kernels._triton_producers import LN_MAX_WIDTH
-
     if x.numel() == 0 or d > LN_MAX_WIDTH or not use_triton(x, backend, op):
         return layernorm_quantize_reference(x, weight, bias, eps, fmt, out_dtype=out_dtype, want_h=want_h)
     from lowbit.kernels import _triton_producers as tp
