@@ -18,6 +18,18 @@ backward::
     fc1    dh = gemm(quantize(dA, amax=amax_da), W1ᵀq);  dW1 = dAᵀ h per recipe
     [LN]   dx, dγ, dβ = LayerNorm backward from the saved mean / rstd
 
+Recipes with row-wise activation codes and a 16-bit wgrad (:func:`row_flow`: switchback, switchback-q,
+switchback-m, fp8-switchback) take SPEC §10's flow instead: the producers quantize, every GEMM is plain::
+
+    [LN]   codes_h, scale_h, h16?, mean, rstd = layernorm_quantize(x)
+    fc1    a = gemm(codes_h, W1q) + b1;  g16?, codes_g, scale_g = act_quantize(a);  y = gemm(codes_g, W2q) + b2
+    bwd    codes_dY, scale_dY, db2 = quantize_rows_colsum(dY);  dg = gemm(codes_dY, W2ᵀq);  dA, codes_dA, scale_dA, db1 = act_backward_quantize(dg, a)
+           dh = gemm(codes_dA, W1ᵀq);  dW2 = dYᵀ g16, dW1 = dAᵀ h16 (16-bit);  [LN] backward
+
+(``lowbit.kernels.producers``; the GEMMs are ``lowbit.kernels.matmul.scaled_mm``: Triton or cuBLAS, whichever is
+faster for the shape). Every piece is a ``torch.ops.lowbit`` custom op, so ``torch.compile`` traces this function
+whole and CUDA graphs replay it.
+
 What each matmul quantizes, and what is saved, is exactly what ``lowbit.functional.linear`` does for the same
 recipe (``save``: X 16-bit, X's forward codes, or X quantized for the wgrad), so the fused module computes what
 ``LowbitLinear → activation → LowbitLinear`` computes: the same codes and scales, and in float32 the same outputs
@@ -94,9 +106,10 @@ def _linear_forward(h16, h_codes, amax_in, weight, bias, recipe: Recipe, need_w:
 
 
 def _linear_backward(dy2d, saved, weight, recipe: Recipe, need_dx: bool, need_dw: bool, *, amax_in=None,
-                     **epilogue):
+                     dy_codes=None, **epilogue):
     """One linear's dgrad (with an optional epilogue) and wgrad as ``linear.py`` wires them.
 
+    ``dy_codes``: dY's dgrad codes and scales, already written by the producer of dY (the activation's backward).
     Returns ``(dx, colsum, amax, dw)`` (``colsum``/``amax`` from the dgrad epilogue when asked)."""
     dg, wg, sim, dtype = recipe.dgrad, recipe.wgrad, recipe.simulated, dy2d.dtype
     qdy = qdyt = None
@@ -106,7 +119,7 @@ def _linear_backward(dy2d, saved, weight, recipe: Recipe, need_dx: bool, need_dw
     dx = col = amax = dw = None
     if need_dx:
         if dg.quantized:
-            qdy = qdy or P.quantize(dy2d, dg.left, amax=amax_in)
+            qdy = qdy or dy_codes or P.quantize(dy2d, dg.left, amax=amax_in)
             qwt = P.quantize(weight, dg.right, transpose=True, weight=True)
             dx, _, col, amax = _mm(qdy, qwt, dg.left, dg.right, sim, dtype, **epilogue)
         else:
@@ -122,6 +135,16 @@ def _linear_backward(dy2d, saved, weight, recipe: Recipe, need_dx: bool, need_dw
                 h = saved[0]
             dw = dy2d.t() @ h
     return dx, col, amax, dw
+
+
+def row_flow(recipe: Recipe) -> bool:
+    """SPEC §10's data flow: activations quantized row-wise by their producers (LayerNorm, the activation, its
+    backward) and every GEMM plain (dequantize + bias). It serves recipes whose forward and dgrad take row-wise
+    activation codes and whose wgrad is 16-bit (switchback, switchback-q, switchback-m, fp8-switchback); others keep
+    the epilogue-fused flow. All its pieces are custom ops, so ``torch.compile`` captures the whole function."""
+    fl, dl = recipe.forward.left, recipe.dgrad.left
+    return (not recipe.simulated and fl is not None and dl is not None and fl.scaling == "row"
+            and dl.scaling == "row" and not recipe.wgrad.quantized and recipe.save in ("input", "forward-quantized"))
 
 
 class _FusedFunction(torch.autograd.Function):
@@ -148,7 +171,14 @@ class _FusedFunction(torch.autograd.Function):
         else:
             h16 = x2d
         a = None
-        if mlp:
+        if mlp and row_flow(recipe):
+            # fc1 plain (a = dequant + b1); the activation writes g (16-bit only for fc2's 16-bit wgrad) and fc2's
+            # codes in one pass; fc2 plain.
+            (a, _, _, _), saved1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1)
+            want_g = recipe.save == "input" and need_w2 and not spec.recompute_activation
+            g, cg, sg = ops.act_quantize(a, act, fwd.left.format, a.dtype, want_g)
+            (y, _, _, _), saved2 = _linear_forward(g if want_g else None, (cg, sg), None, w2, b2, recipe, need_w2)
+        elif mlp:
             want_amax = None if _dual(recipe, need_w2) else _amax_kind(fwd.left)
             (g, a, _, amax_g), saved1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1, activation=act,
                                                         want_preact=True, want_amax=want_amax)
@@ -158,7 +188,11 @@ class _FusedFunction(torch.autograd.Function):
         else:
             (y, _, _, _), saved1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1)
             saved2 = (None, None)
-        ctx.save_for_backward(x2d if spec.eps is not None else None, ln_w, ln_b, mean, rstd, *saved1, w1, a,
+        # The input itself is saved, not its 2-D view: dynamo (torch.compile) refuses a saved view of an input.
+        ctx.s1_is_input = saved1[0] is x2d
+        if ctx.s1_is_input:
+            saved1 = (x, saved1[1])
+        ctx.save_for_backward(x if spec.eps is not None else None, ln_w, ln_b, mean, rstd, *saved1, w1, a,
                               *saved2, w2)
         ctx.spec = spec
         ctx.x_shape = x.shape
@@ -168,7 +202,10 @@ class _FusedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x2d, ln_w, ln_b, mean, rstd, s1a, s1b, w1, a, s2a, s2b, w2 = ctx.saved_tensors
+        x, ln_w, ln_b, mean, rstd, s1a, s1b, w1, a, s2a, s2b, w2 = ctx.saved_tensors
+        x2d = x.reshape(-1, x.shape[-1]) if x is not None else None
+        if ctx.s1_is_input:
+            s1a = s1a.reshape(-1, s1a.shape[-1])
         spec: _Spec = ctx.spec
         recipe, act = spec.recipe, spec.activation
         need = ctx.needs_input_grad
@@ -181,9 +218,24 @@ class _FusedFunction(torch.autograd.Function):
         if act is not None:
             if spec.recompute_activation and s2a is None and recipe.save == "input" and need_w2:
                 s2a = P.act_forward(a, act)  # recompute g from the saved pre-activation
-            if need_b2 and ctx.has_b2:
-                db2 = P.colsum(dy2d).to(dtype)
             need_da = need_dh or need_w1 or (need_b1 and ctx.has_b1)
+            if need_b2 and ctx.has_b2 and not (row_flow(recipe) and need_da):
+                db2 = P.colsum(dy2d).to(dtype)
+        if act is not None and row_flow(recipe):
+            # dY's codes and fc2's bias gradient in one pass; fc2's dgrad plain; GELU' writes dA (16-bit, fc1's
+            # wgrad), its codes for fc1's dgrad and fc1's bias gradient in one pass; fc1's dgrad plain.
+            dy_codes = None
+            if need_da and need_b2 and ctx.has_b2:
+                cdy, sdy, cs2 = ops.quantize_rows_colsum(dy2d, recipe.dgrad.left.format)
+                dy_codes, db2 = (cdy, sdy), cs2.to(dtype)
+            dg, _, _, dw2 = _linear_backward(dy2d, (s2a, s2b), w2, recipe, need_da, need_w2, dy_codes=dy_codes)
+            dh = None
+            if need_da:
+                want_db1 = need_b1 and ctx.has_b1
+                da, cda, sda, cs = ops.act_backward_quantize(dg, a, act, recipe.dgrad.left.format, dtype, want_db1)
+                db1 = cs.to(dtype) if want_db1 else None
+                dh, _, _, dw1 = _linear_backward(da, (s1a, s1b), w1, recipe, need_dh, need_w1, dy_codes=(cda, sda))
+        elif act is not None:
             want_amax = None if (need_dh and need_w1 and _shares_codes(recipe.dgrad.left, recipe.wgrad.left)) \
                 else _amax_kind(recipe.dgrad.left)
             da, col, amax_da, dw2 = _linear_backward(
@@ -196,9 +248,13 @@ class _FusedFunction(torch.autograd.Function):
             else:
                 dh = None
         else:
-            if need_b1 and ctx.has_b1:
+            dy_codes = None
+            if need_b1 and ctx.has_b1 and need_dh and row_flow(recipe):
+                cdy, sdy, cs1 = ops.quantize_rows_colsum(dy2d, recipe.dgrad.left.format)
+                dy_codes, db1 = (cdy, sdy), cs1.to(dtype)
+            elif need_b1 and ctx.has_b1:
                 db1 = P.colsum(dy2d).to(dtype)
-            dh, _, _, dw1 = _linear_backward(dy2d, (s1a, s1b), w1, recipe, need_dh, need_w1)
+            dh, _, _, dw1 = _linear_backward(dy2d, (s1a, s1b), w1, recipe, need_dh, need_w1, dy_codes=dy_codes)
         if spec.eps is not None:
             if need_ln:
                 dx2d, dlnw, dlnb = torch.ops.aten.native_layer_norm_backward(

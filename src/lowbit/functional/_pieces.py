@@ -4,7 +4,8 @@ Today every piece is the composition of lowbit's existing ops (``lowbit.kernels.
 PyTorch; the fused GEMMs (epilogue: bias, activation, preact store, column sums, absmax, activation derivative)
 and the LayerNorm + quantize kernel implement the same signatures with the same numerics:
 
-* :func:`gemm` — ``out = epilogue(a @ bᵀ)``. 8-bit operands (``scale_a``/``scale_b`` given): the float32
+* :func:`gemm` — ``out = epilogue(a @ bᵀ)``; with a plain epilogue (bias at most) 8-bit operands go through
+  ``ops.scaled_mm`` (the faster of lowbit's Triton GEMM and cuBLAS for the shape, a custom op when compiled). 8-bit operands (``scale_a``/``scale_b`` given): the float32
   accumulator is dequantized, the bias added and the activation (or its derivative) applied **in float32**, then
   rounded **once** to ``out_dtype`` (the existing epilogue's convention). 16-bit operands (scales ``None``; the
   ``bf16`` recipe and the ``*-sim`` recipes, whose operands are dequantized first): the matmul runs in the operands'
@@ -36,34 +37,12 @@ from lowbit.kernels.blockwise import (
     dequantize_blockwise,
     quantize_blockwise,
 )
+from lowbit.kernels.producers import act_backward, act_forward
 
 AmaxKind = Literal["row", "tensor"]
 
 __all__ = ["ACTIVATIONS", "Activation", "act_backward", "act_forward", "colsum", "dequantize_operand", "gemm",
            "layernorm_quantize", "quantize"]
-
-
-def act_forward(z: torch.Tensor, activation: str) -> torch.Tensor:
-    """``act(z)`` in ``z``'s dtype (the ops ``nn.GELU`` / QuickGELU modules run)."""
-    if activation == "gelu":
-        return F.gelu(z)
-    if activation == "gelu_tanh":
-        return F.gelu(z, approximate="tanh")
-    if activation == "quick_gelu":
-        return z * torch.sigmoid(1.702 * z)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def act_backward(dg: torch.Tensor, a: torch.Tensor, activation: str) -> torch.Tensor:
-    """``dg · act'(a)``, with the ops (and so the rounding) autograd uses for :func:`act_forward`."""
-    if activation == "gelu":
-        return torch.ops.aten.gelu_backward(dg, a, approximate="none")
-    if activation == "gelu_tanh":
-        return torch.ops.aten.gelu_backward(dg, a, approximate="tanh")
-    if activation == "quick_gelu":
-        s = torch.sigmoid(1.702 * a)
-        return dg * s + torch.ops.aten.sigmoid_backward(dg * a, s) * 1.702
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
 def quantize(
@@ -135,6 +114,11 @@ def gemm(
       quantizer's scale).
     """
     preact = None
+    plain = activation is None and act_grad_preact is None and not (want_preact or want_colsum or want_amax)
+    if scale_a is not None and plain and not block_scaled:
+        # A plain epilogue (dequantize + bias): the fastest plain 8-bit GEMM for the shape (lowbit's Triton GEMM or
+        # cuBLAS, lowbit.kernels.matmul), a custom op under torch.compile.
+        return ops.scaled_mm(a, b, scale_a, scale_b, bias, out_dtype), None, None, None
     if scale_a is not None and a.is_cuda:
         # lowbit's Hopper GEMM runs the whole epilogue in one pass (the pre-activation is rounded to out_dtype
         # before the activation, as the unfused layers round it; agreement with the CPU pieces is at that dtype).
@@ -194,6 +178,10 @@ def layernorm_quantize(
     ``want_y16`` (the recipe's wgrad or a tensor-wise quantizer needs it). ``mean``/``rstd`` (``[M, 1]``) are what
     the backward uses.
     """
+    if fmt is not None and granularity == "row":
+        # One pass (lowbit.kernels.producers): h, its row codes and scales, the statistics.
+        codes, scale, h, mean, rstd = ops.layernorm_quantize(x, weight, bias, eps, fmt, out_dtype or x.dtype, want_y16)
+        return codes, scale, (h if want_y16 else None), mean, rstd
     y, mean, rstd = torch.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
     y = y.to(out_dtype or x.dtype)
     codes = scale = None

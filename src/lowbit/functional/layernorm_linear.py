@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lowbit.functional._fused import _FusedFunction, _Spec
+from lowbit.functional._fused import _FusedFunction, _Spec, row_flow
 from lowbit.functional._pieces import act_forward
 from lowbit.functional.linear import _check, linear
 from lowbit.functional.mlp import _autocast, _check_activation, _check_second, composed_mlp
@@ -68,9 +68,10 @@ def layernorm_linear(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """``linear(layer_norm(x))`` with the linear's three matmuls as ``recipe`` says; one autograd function (under
-    ``torch.compile``: ``F.layer_norm`` then :func:`lowbit.functional.linear`, see ``composed_mlp``)."""
+    ``torch.compile`` outside the row-wise flow: ``F.layer_norm`` then :func:`lowbit.functional.linear`, see
+    ``composed_mlp``)."""
     recipe = get_recipe(recipe)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not row_flow(recipe):
         return linear(F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps), weight, bias, recipe)
     x, ln_weight, ln_bias, (weight, bias) = _prepare(x, ln_weight, ln_bias, eps, (weight, bias))
     if not recipe.quantized and x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -95,10 +96,10 @@ def layernorm_mlp(
     recompute_activation: bool = False,
 ) -> torch.Tensor:
     """``fc2(act(fc1(layer_norm(x))))`` as one autograd function (see :func:`lowbit.functional.mlp`; under
-    ``torch.compile``: ``F.layer_norm`` then ``composed_mlp``)."""
+    ``torch.compile`` outside the row-wise flow: ``F.layer_norm`` then ``composed_mlp``)."""
     recipe = get_recipe(recipe)
     _check_activation(activation)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not row_flow(recipe):
         return composed_mlp(F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps), w1, b1, w2, b2, activation, recipe)
     x, ln_weight, ln_bias, (w1, b1, w2, b2) = _prepare(x, ln_weight, ln_bias, eps, (w1, b1, w2, b2))
     if not recipe.quantized and x.dtype not in (torch.float32, torch.float16, torch.bfloat16):

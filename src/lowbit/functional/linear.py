@@ -143,7 +143,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rec
                         "cast the module or run under torch.autocast")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"lowbit linear: recipe {recipe.name!r} takes float32, float16 or bfloat16, got {x.dtype}")
-    if recipe.uses_fp8 and not recipe.simulated and x.is_cuda:
+    if recipe.uses_fp8 and not recipe.simulated and x.is_cuda and not torch.compiler.is_compiling():
         cap = torch.cuda.get_device_capability(x.device)
         if cap < (8, 9):
             name = torch.cuda.get_device_name(x.device)

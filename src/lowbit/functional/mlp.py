@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lowbit.functional._fused import _FusedFunction, _Spec
+from lowbit.functional._fused import _FusedFunction, _Spec, row_flow
 from lowbit.functional._pieces import ACTIVATIONS, act_forward
 from lowbit.functional.linear import _check, linear
 from lowbit.functional.recipe import Recipe, get_recipe
@@ -44,9 +44,10 @@ def _unfused(x, w1, b1, w2, b2, activation):
 
 def composed_mlp(x, w1, b1, w2, b2, activation: str, recipe: Recipe) -> torch.Tensor:
     """The per-linear composition ``linear(act(linear(x)))`` of the same recipe: what the fused function computes
-    (its definition), and what runs under ``torch.compile``. The fused function launches Triton kernels from Python,
-    which dynamo cannot trace (each would break the graph, and CUDA graphs then capture nothing); the per-linear
-    path's quantizers and matmuls are ``torch.ops.lowbit`` custom ops, and inductor fuses the activation itself."""
+    (its definition), and what runs under ``torch.compile`` for recipes outside SPEC §10's row-wise flow
+    (:func:`lowbit.functional._fused.row_flow`). Their fused function launches Triton GEMMs with epilogue hooks from
+    Python, which dynamo cannot trace; the per-linear path's quantizers and matmuls are ``torch.ops.lowbit`` custom
+    ops. The row-wise flow is built from custom ops only, so compiled models run its fused function."""
     return linear(act_forward(linear(x, w1, b1, recipe), activation), w2, b2, recipe)
 
 
@@ -70,7 +71,7 @@ def mlp(
     """
     recipe = get_recipe(recipe)
     _check_activation(activation)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not row_flow(recipe):
         return composed_mlp(x, w1, b1, w2, b2, activation, recipe)
     w1, b1, w2, b2 = _autocast(x, w1, b1, w2, b2)
     if torch.is_autocast_enabled(x.device.type):

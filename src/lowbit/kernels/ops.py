@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lowbit.kernels import matmul as _matmul
+from lowbit.kernels import producers as _producers
 from lowbit.kernels import quantizers as _quantize
 from lowbit.kernels._common import storage_dtype
 
@@ -99,6 +100,49 @@ def _scaled_mm_op(qa: torch.Tensor, qb: torch.Tensor, scale_a: torch.Tensor, sca
     return _matmul.scaled_mm(qa, qb, scale_a, scale_b, bias=bias, out_dtype=out_dtype)
 
 
+def _layernorm_quantize_fake(x, weight, bias, eps, fmt, out_dtype, want_h):
+    m, d = x.shape
+    sd = _producers.stat_dtype(x)
+    return (x.new_empty((m, d), dtype=storage_dtype(fmt)), x.new_empty((m, 1), dtype=torch.float32),
+            x.new_empty((m, d) if want_h else (0,), dtype=out_dtype), x.new_empty((m, 1), dtype=sd),
+            x.new_empty((m, 1), dtype=sd))
+
+
+@_define("layernorm_quantize(Tensor x, Tensor? weight, Tensor? bias, float eps, str fmt, ScalarType out_dtype, "
+         "bool want_h) -> (Tensor, Tensor, Tensor, Tensor, Tensor)", _layernorm_quantize_fake)
+def _layernorm_quantize_op(x, weight, bias, eps: float, fmt: str, out_dtype: torch.dtype, want_h: bool):
+    return _producers.layernorm_quantize(x, weight, bias, eps, fmt, out_dtype=out_dtype,  # type: ignore[arg-type]
+                                         want_h=want_h)
+
+
+def _act_quantize_fake(a, dg, activation, fmt, out_dtype, want_out, colsum):
+    m, n = a.shape
+    return (a.new_empty((m, n) if want_out else (0,), dtype=out_dtype), a.new_empty((m, n), dtype=storage_dtype(fmt)),
+            a.new_empty((m, 1), dtype=torch.float32), a.new_empty((n,) if colsum else (0,), dtype=torch.float32))
+
+
+@_define("act_quantize(Tensor a, Tensor? dg, str activation, str fmt, ScalarType out_dtype, bool want_out, "
+         "bool colsum) -> (Tensor, Tensor, Tensor, Tensor)", _act_quantize_fake)
+def _act_quantize_op(a, dg, activation: str, fmt: str, out_dtype: torch.dtype, want_out: bool, colsum: bool):
+    if dg is None:
+        g, q, s = _producers.act_quantize(a, activation, fmt, out_dtype=out_dtype,  # type: ignore[arg-type]
+                                          want_g=want_out)
+        return g, q, s, s.new_empty((0,))
+    return _producers.act_backward_quantize(dg, a, activation, fmt, out_dtype=out_dtype,  # type: ignore[arg-type]
+                                            colsum=colsum)
+
+
+def _quantize_rows_colsum_fake(t, fmt):
+    m, n = t.shape
+    return (t.new_empty((m, n), dtype=storage_dtype(fmt)), t.new_empty((m, 1), dtype=torch.float32),
+            t.new_empty((n,), dtype=torch.float32))
+
+
+@_define("quantize_rows_colsum(Tensor t, str fmt) -> (Tensor, Tensor, Tensor)", _quantize_rows_colsum_fake)
+def _quantize_rows_colsum_op(t, fmt: str):
+    return _producers.quantize_rows_colsum(t, fmt)  # type: ignore[arg-type]
+
+
 COMPILED_QUANTIZE: tuple[str, ...] = ("kernel", "inductor")
 
 
@@ -169,3 +213,37 @@ def scaled_mm(qa, qb, scale_a, scale_b, bias: torch.Tensor | None, out_dtype: to
     if torch.compiler.is_compiling():
         return torch.ops.lowbit.scaled_mm(qa, qb, scale_a, scale_b, bias, out_dtype)
     return _matmul.scaled_mm(qa, qb, scale_a, scale_b, bias=bias, out_dtype=out_dtype)
+
+
+def layernorm_quantize(x, weight, bias, eps: float, fmt: str, out_dtype: torch.dtype, want_h: bool):
+    """:func:`lowbit.kernels.producers.layernorm_quantize`, as a custom op while compiling (or its PyTorch twin
+    traced, in ``"inductor"`` mode): ``(codes, scale, h or empty, mean, rstd)``."""
+    if _as_op():
+        return torch.ops.lowbit.layernorm_quantize(x, weight, bias, eps, fmt, out_dtype, want_h)
+    return _producers.layernorm_quantize(x, weight, bias, eps, fmt, out_dtype=out_dtype,  # type: ignore[arg-type]
+                                         want_h=want_h, backend=_backend())  # type: ignore[arg-type]
+
+
+def act_quantize(a, activation: str, fmt: str, out_dtype: torch.dtype, want_g: bool):
+    """:func:`lowbit.kernels.producers.act_quantize` (custom op while compiling): ``(g or empty, codes, scale)``."""
+    if _as_op():
+        g, q, s, _ = torch.ops.lowbit.act_quantize(a, None, activation, fmt, out_dtype, want_g, False)
+        return g, q, s
+    return _producers.act_quantize(a, activation, fmt, out_dtype=out_dtype, want_g=want_g,  # type: ignore[arg-type]
+                                   backend=_backend())  # type: ignore[arg-type]
+
+
+def act_backward_quantize(dg, a, activation: str, fmt: str, out_dtype: torch.dtype, colsum: bool):
+    """:func:`lowbit.kernels.producers.act_backward_quantize` (custom op while compiling):
+    ``(dA, codes, scale, column sums or empty)``."""
+    if _as_op():
+        return torch.ops.lowbit.act_quantize(a, dg, activation, fmt, out_dtype, True, colsum)
+    return _producers.act_backward_quantize(dg, a, activation, fmt, out_dtype=out_dtype,  # type: ignore[arg-type]
+                                            colsum=colsum, backend=_backend())  # type: ignore[arg-type]
+
+
+def quantize_rows_colsum(t, fmt: str):
+    """:func:`lowbit.kernels.producers.quantize_rows_colsum` (custom op while compiling): ``(codes, scale, colsum)``."""
+    if _as_op():
+        return torch.ops.lowbit.quantize_rows_colsum(t, fmt)
+    return _producers.quantize_rows_colsum(t, fmt, backend=_backend())  # type: ignore[arg-type]

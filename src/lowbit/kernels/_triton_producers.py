@@ -1,0 +1,242 @@
+"""Single-pass quantizing producers (SPEC §10): the elementwise passes that exist in a 16-bit block anyway, each
+also writing the row-wise int8 / fp8 codes and row scales of its output for the next GEMM.
+
+* ``layernorm_quantize``: x → h = LayerNorm(x) (16-bit, only where a wgrad needs it) + codes_h + scale_h, with the
+  mean and rstd the backward uses. A row (≤ 16384 wide) fits one program: one read of x, one write of each output.
+* ``act_quantize``: a → g = act(a) (16-bit, for fc2's wgrad) + codes_g + scale_g (bias is added in fc1's epilogue).
+* ``act_backward_quantize``: dg, a → dA = dg · act'(a) (16-bit, for fc1's wgrad) + codes_dA + scale_dA, and the
+  column sums of dA (fc1's bias gradient) as per-program partials (deterministic: each program owns its row).
+
+The codes are those of the standalone row quantizer (:mod:`lowbit.kernels._reference`) applied to the 16-bit
+output as stored, bit for bit: the kernels round the output first and quantize that rounded value with the same
+``_encode`` / scale code as ``_triton_quant``. A row wider than one block is done in two passes over column chunks:
+the first computes, stores the 16-bit output and the row absmax; the second recomputes the chunk from its inputs
+(an L2 hit: the program read them a moment ago) and writes the codes, so device memory still sees one read of
+each input and one write of each output.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from lowbit.kernels._common import ACTIVATIONS, Format, interpreting, storage_dtype
+from lowbit.kernels._triton_gemm import _activation, _activation_grad, _cast
+from lowbit.kernels._triton_quant import _abs_bits, _encode, _fmt_constants, _scale_and_multiplier
+
+ACT_CODES = {name: i + 1 for i, name in enumerate(ACTIVATIONS)}
+
+
+@triton.jit
+def _layernorm_quantize_kernel(
+    x_ptr, w_ptr, b_ptr, h_ptr, q_ptr, s_ptr, mean_ptr, rstd_ptr, M, D, stride_xm, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, WANT_H: tl.constexpr,
+    FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+    BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    rmask = rows < M
+    cmask = cols < D
+    mask = rmask[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / D
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) / D
+    rstd = 1.0 / tl.sqrt(var + eps)
+    y = xc * rstd[:, None]
+    if HAS_W:
+        y = y * tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        y = y + tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    h = _cast(y, h_ptr.dtype.element_ty, EMULATE)
+    offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+    if WANT_H:
+        tl.store(h_ptr + offs, h, mask=mask)
+    hf = tl.where(mask, h.to(tl.float32), 0.0)
+    amax = tl.max(_abs_bits(hf), axis=1).to(tl.float32, bitcast=True)
+    scale, mul = _scale_and_multiplier(amax, FMT, QMAX, AMAX_FLOOR)
+    tl.store(q_ptr + offs, _encode(hf, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE), mask=mask)
+    tl.store(s_ptr + rows, scale, mask=rmask)
+    tl.store(mean_ptr + rows, mean, mask=rmask)
+    tl.store(rstd_ptr + rows, rstd, mask=rmask)
+
+
+@triton.jit
+def _act_tile(a_ptr, dg_ptr, offs, mask, out_ty: tl.constexpr, ACT: tl.constexpr, BACKWARD: tl.constexpr,
+              EMULATE: tl.constexpr):
+    """The 16-bit output of one tile: ``act(a)`` or ``dg · act'(a)``, rounded once to ``out_ty``."""
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if BACKWARD:
+        dg = tl.load(dg_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        y = dg * _activation_grad(a, ACT)
+    else:
+        y = _activation(a, ACT)
+    return _cast(y, out_ty, EMULATE)
+
+
+@triton.jit
+def _act_quantize_kernel(
+    a_ptr, dg_ptr, out_ptr, q_ptr, s_ptr, colsum_ptr, M, N,
+    ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, COLSUM: tl.constexpr,
+    FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+    BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PASS: tl.constexpr,
+):
+    """Persistent over row blocks (program p takes blocks p, p + NUM_PROGRAMS, ...), so the column sums of a
+    one-pass program accumulate in registers and are written once, to the program's own row of ``colsum_ptr``."""
+    pid = tl.program_id(0)
+    out_ty = out_ptr.dtype.element_ty
+    cols = tl.arange(0, BLOCK_N)
+    col_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for rb in range(pid, tl.cdiv(M, BLOCK_M), NUM_PROGRAMS):
+        rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        base = rows[:, None].to(tl.int64) * N
+        if ONE_PASS:
+            mask = rmask[:, None] & (cols[None, :] < N)
+            y = _act_tile(a_ptr, dg_ptr, base + cols[None, :], mask, out_ty, ACT, BACKWARD, EMULATE)
+            if WANT_OUT:
+                tl.store(out_ptr + base + cols[None, :], y, mask=mask)
+            yf = tl.where(mask, y.to(tl.float32), 0.0)
+            amax = tl.max(_abs_bits(yf), axis=1).to(tl.float32, bitcast=True)
+            scale, mul = _scale_and_multiplier(amax, FMT, QMAX, AMAX_FLOOR)
+            tl.store(q_ptr + base + cols[None, :], _encode(yf, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
+                                                           EMULATE), mask=mask)
+            if COLSUM:
+                col_acc += tl.sum(yf, axis=0)
+        else:
+            amax_bits = tl.zeros([BLOCK_M], dtype=tl.int32)
+            for n0 in range(0, N, BLOCK_N):
+                cn = n0 + cols
+                mask = rmask[:, None] & (cn[None, :] < N)
+                y = _act_tile(a_ptr, dg_ptr, base + cn[None, :], mask, out_ty, ACT, BACKWARD, EMULATE)
+                if WANT_OUT:
+                    tl.store(out_ptr + base + cn[None, :], y, mask=mask)
+                yf = tl.where(mask, y.to(tl.float32), 0.0)
+                amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(yf), axis=1))
+                if COLSUM:  # this program's own partial row: no other program touches it
+                    cp = colsum_ptr + pid * N + cn
+                    tl.store(cp, tl.load(cp, mask=cn < N, other=0.0) + tl.sum(yf, axis=0), mask=cn < N)
+                    tl.debug_barrier()  # the next read of this partial may come from another thread
+            scale, mul = _scale_and_multiplier(amax_bits.to(tl.float32, bitcast=True), FMT, QMAX, AMAX_FLOOR)
+            for n0 in range(0, N, BLOCK_N):
+                cn = n0 + cols
+                mask = rmask[:, None] & (cn[None, :] < N)
+                yf = _act_tile(a_ptr, dg_ptr, base + cn[None, :], mask, out_ty, ACT, BACKWARD, EMULATE).to(tl.float32)
+                tl.store(q_ptr + base + cn[None, :], _encode(yf, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
+                                                             EMULATE), mask=mask)
+        tl.store(s_ptr + rows, scale, mask=rmask)
+    if ONE_PASS and COLSUM:
+        tl.store(colsum_ptr + pid * N + cols, col_acc, mask=cols < N)
+
+
+def _one_pass(args: dict) -> bool:
+    return args["BLOCK_N"] >= args["N"]
+
+
+def _act_config(bm: int, bn: int, warps: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps)
+
+
+def _act_configs() -> list[triton.Config]:
+    """A small candidate set (cold caches compile each): one-pass rows up to 8192 wide, and 2-pass chunks."""
+    if interpreting():
+        return [_act_config(2, 16, 4)]
+    if os.environ.get("LOWBIT_AUTOTUNE", "1") == "0":
+        return [_act_config(2, 1024, 4)]
+    return [_act_config(1, 8192, 16), _act_config(2, 4096, 16), _act_config(2, 1024, 4), _act_config(4, 1024, 8),
+            _act_config(2, 2048, 8)]
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Drop one-pass blocks more than twice as wide as needed, and chunks wider than one pass."""
+    n = named_args["N"]
+    full = triton.next_power_of_2(n)
+    keep = [c for c in configs if c.kwargs["BLOCK_N"] <= full]
+    return keep or configs[-1:]
+
+
+_act_kernel_tuned = triton.autotune(
+    configs=_act_configs(), key=["N", "ACT", "BACKWARD", "WANT_OUT", "COLSUM", "FMT"],
+    prune_configs_by={"early_config_prune": _prune}, reset_to_zero=["colsum_ptr"],
+)(triton.heuristics({"ONE_PASS": _one_pass})(_act_quantize_kernel))
+_act_kernel_fixed = triton.heuristics({"ONE_PASS": _one_pass})(_act_quantize_kernel)
+
+
+@functools.lru_cache(maxsize=8)
+def _num_programs(device_index: int) -> int:
+    """Persistent grid: a few programs per SM keep enough loads in flight for memory bandwidth."""
+    return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _programs(t: torch.Tensor) -> int:
+    if t.device.type != "cuda":
+        return 3
+    return _num_programs(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def act_quantize(
+    a: torch.Tensor, dg: torch.Tensor | None, activation: str | None, fmt: Format, *, want_out: bool, colsum: bool,
+    out_dtype: torch.dtype, config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(out [M, N] or empty, codes [M, N], scale [M, 1], colsum [N] float32 or None)`` of ``act(a)`` (``dg`` None)
+    or ``dg · act'(a)``, or of ``a`` itself (``activation`` None: a row quantizer that also sums the columns, for
+    dY and its bias gradient); contiguous 2-D inputs. ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``) pins a launch
+    configuration instead of the autotuned one (tests: both the one-pass and the two-pass code)."""
+    M, N = a.shape
+    dev = a.device
+    out = torch.empty((M, N) if want_out else (1,), dtype=out_dtype, device=dev)
+    q = torch.empty((M, N), dtype=storage_dtype(fmt), device=dev)
+    scale = torch.empty((M, 1), dtype=torch.float32, device=dev)
+    nprog = _programs(a)
+    partial = torch.zeros((nprog, N) if colsum else (1,), dtype=torch.float32, device=dev)
+    args = (a, dg if dg is not None else a, out, q.view(torch.uint8), scale, partial, M, N)
+    meta = dict(ACT=ACT_CODES[activation] if activation is not None else 0, BACKWARD=dg is not None, WANT_OUT=want_out, COLSUM=colsum,
+                **_fmt_constants(fmt), NUM_PROGRAMS=nprog)
+
+    def grid(m: dict) -> tuple[int]:
+        return (max(1, min(nprog, triton.cdiv(M, m["BLOCK_M"]))),)
+
+    if config is not None:
+        cfg = dict(config)
+        warps = cfg.pop("num_warps", 4)
+        _act_kernel_fixed[grid(cfg)](*args, **meta, **cfg, num_warps=warps)
+    else:
+        _act_kernel_tuned[grid](*args, **meta)
+    return out, q, scale, (partial.sum(0) if colsum else None)
+
+
+def _ln_blocks(D: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_D, num_warps): one row per block of ``next_power_of_2(D)`` lanes, ~4096 values a program."""
+    bd = triton.next_power_of_2(max(D, 1))
+    if interpreting():
+        return 2, bd, 4
+    return max(1, 4096 // bd), bd, 8 if bd >= 2048 else 4
+
+
+def layernorm_quantize(
+    x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, eps: float, fmt: Format, *,
+    want_h: bool, out_dtype: torch.dtype, block_m: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(codes [M, D], scale [M, 1], h [M, D] or empty, mean [M, 1], rstd [M, 1])`` (float32 statistics) of a 2-D
+    ``x`` with unit inner stride; ``D`` ≤ :data:`lowbit.kernels.producers.LN_MAX_WIDTH`."""
+    M, D = x.shape
+    dev = x.device
+    h = torch.empty((M, D) if want_h else (1,), dtype=out_dtype, device=dev)
+    q = torch.empty((M, D), dtype=storage_dtype(fmt), device=dev)
+    scale = torch.empty((M, 1), dtype=torch.float32, device=dev)
+    mean = torch.empty((M, 1), dtype=torch.float32, device=dev)
+    rstd = torch.empty((M, 1), dtype=torch.float32, device=dev)
+    bm, bd, warps = _ln_blocks(D)
+    bm = block_m or bm
+    _layernorm_quantize_kernel[(triton.cdiv(M, bm),)](
+        x, w if w is not None else x, b if b is not None else x, h, q.view(torch.uint8), scale, mean, rstd, M, D,
+        x.stride(0), float(eps), HAS_W=w is not None, HAS_B=b is not None, WANT_H=want_h, **_fmt_constants(fmt),
+        BLOCK_M=bm, BLOCK_D=bd, num_warps=warps,
+    )
+    return q, scale, h if want_h else h[:0], mean, rstd
