@@ -49,3 +49,19 @@ def test_runs_lowbit_train_per_recipe_and_a_failing_run_is_a_row(tmp_path: Path,
     assert "| tiny | switchback-sim | 4 |" in md and "First lines" in md
     assert "| tiny | bf16 |" in capsys.readouterr().out
     assert not list((out / "runs" / "bf16").glob("*.pt"))  # --save-every -1: no checkpoint written
+
+
+def test_fused_variant_passes_fuse_and_bad_variants_are_refused(tmp_path: Path) -> None:
+    import argparse
+
+    from lowbit.bench.train import add_arguments, train_command
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--preset", "tiny"])
+    plain = train_command(args, "fp8-switchback", tmp_path)
+    fused = train_command(args, "fp8-switchback:fused", tmp_path)
+    assert "--fuse" not in plain and fused[-1] == "--fuse"
+    assert fused[fused.index("--recipe") + 1] == "fp8-switchback"
+    with pytest.raises(ValueError, match="unknown recipe variant"):
+        train_command(args, "fp8-switchback:bogus", tmp_path)

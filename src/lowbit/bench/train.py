@@ -34,9 +34,12 @@ COLUMNS = ["preset", "recipe", "batch", "compiled", "images_per_s", "ms_per_step
 
 
 def train_command(args: argparse.Namespace, recipe: str, run_dir: Path) -> list[str]:
-    """The ``lowbit train`` command line of one row (this interpreter)."""
+    """The ``lowbit train`` command line of one row (this interpreter); ``RECIPE:fused`` adds ``--fuse``."""
+    name, _, variant = recipe.partition(":")
+    if variant not in ("", "fused"):
+        raise ValueError(f"bench train: unknown recipe variant {recipe!r} (RECIPE or RECIPE:fused)")
     cmd = [sys.executable, "-m", "lowbit", "train", "--preset", args.preset, "--batch-size", str(args.batch_size),
-           "--recipe", recipe, "--data", args.data, "--steps", str(args.steps), "--zeroshot", "none",
+           "--recipe", name, "--data", args.data, "--steps", str(args.steps), "--zeroshot", "none",
            "--save-every", "-1", "--no-progress", "--overwrite", "--out", str(run_dir)]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
@@ -44,6 +47,8 @@ def train_command(args: argparse.Namespace, recipe: str, run_dir: Path) -> list[
         cmd += ["--device", args.device]
     if args.no_compile:
         cmd.append("--no-compile")
+    if variant == "fused":
+        cmd.append("--fuse")
     return cmd
 
 
@@ -68,8 +73,9 @@ def row_from_summary(summary: dict[str, Any], batch: int) -> dict[str, Any]:
 
 def run_one(args: argparse.Namespace, recipe: str, runs: Path) -> dict[str, Any]:
     """One ``lowbit train`` process: its row (``error`` when it failed or passed ``--limit``)."""
-    run_dir = runs / recipe
-    log = runs / f"{recipe}.log"
+    slug = recipe.replace(":", "-")  # a portable folder name (fp8-switchback-fused)
+    run_dir = runs / slug
+    log = runs / f"{slug}.log"
     cmd = train_command(args, recipe, run_dir)
     row: dict[str, Any] = {"preset": args.preset, "recipe": recipe, "batch": args.batch_size, "log": str(log)}
     t0 = time.perf_counter()
@@ -149,7 +155,8 @@ def table(payload: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="vit-b-32", help="CLIP preset (lowbit.models)")
     parser.add_argument("--recipe", "--recipes", dest="recipes", nargs="+", default=DEFAULT_RECIPES,
-                        help="one lowbit train run per recipe, in this order (bf16: the ratios' baseline)")
+                        help="one lowbit train run per recipe, in this order (bf16: the ratios' baseline; "
+                        "RECIPE:fused: with --fuse)")
     parser.add_argument("--batch-size", type=int, default=64, help="lowbit train --batch-size")
     parser.add_argument("--steps", type=int, default=40,
                         help="steps per run (the trainer's steady rate leaves out the first min(5, steps/2))")
