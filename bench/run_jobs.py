@@ -395,10 +395,23 @@ JOBS: list[Job] = [
         invalid=CLOCK + "; the loss and resume checks are unaffected"),
     Job("train-vit-h-14", "`lowbit train` per recipe as a user runs it (default compile auto, synthetic data), "
         "ViT-H/14 batch 96: steady images/s, MFU, data wait, peak memory from each summary.json",
-        f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 40 --recipe bf16 switchback fp8-switchback fp8-tensorwise "
-        "--limit 150 --out $DIR", _renamed("train", "train-vit-h-14.md", "train-vit-h-14.json"), "", 420,
-        "not measured yet", note="about 6 minutes on an H100: the probe's four ViT-H runs took ~85 s each "
-        "(start-up, compile, autotuning, then 40 steps of ~0.28 s)"),
+        f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 30 --recipe bf16 switchback fp8-switchback "
+        "fp8-switchback:fused fp8-tensorwise --limit 110 --out $DIR", _renamed("train", "train-vit-h-14.md",
+        "train-vit-h-14.json"), "", 560, "not measured yet",
+        note="about 7 minutes on an H100: five runs of start-up, compile, autotuning, then 30 steps of ~0.28 s"),
+    Job("gpu-tests-timing", "the trainer's steady images/s against CUDA events and a synchronised wall clock "
+        "(eager and compile auto, ViT-B/32 batch 64)", f"{PYTEST} -rf -s tests/train/test_timing_gpu.py",
+        {"gpu-tests-timing.txt": "log"}, "", 150, "not measured yet"),
+    Job("gpu-tests-row-flow", "the CUDA tests of the row-wise flow: producers at ViT-H widths, the plain GEMMs at "
+        "K = 5120 against float64, the fused block eager / compiled / graphed",
+        f"{GPU_TESTS} {PYTEST} -rf tests/kernels/test_producers.py tests/functional/test_row_flow.py "
+        "tests/functional/test_mlp.py tests/kernels/test_matmul.py -k 'cuda or gpu'",
+        {"gpu-tests-row-flow.txt": "log"}, "", 200, "not measured yet"),
+    Job("step-vit-h-14-row-flow", "`bench step` ViT-H/14 batch 96 under CUDA graphs: bf16 against the fused "
+        "row-wise flow (fp8-switchback:fused, switchback:fused) and fp8-switchback per linear",
+        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
+        "switchback:fused --out $DIR", _renamed("step", "step-vit-h-14-row-flow.md", "step-vit-h-14-row-flow.json"),
+        "", 420, "not measured yet"),
     Job("train-vit-l-14", "the same, ViT-L/14 batch 128 (prepared Fashion-MNIST shards: synthetic rendering, ~141 "
         "images/s per worker, could bound it)", "\n".join([PREP_FM, f"{TRAIN} --preset vit-l-14 --batch-size 128 "
         "--steps 30 --data $DIR/fm --recipe bf16 fp8-switchback switchback --limit 100 --out $DIR"]),
