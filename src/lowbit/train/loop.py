@@ -39,6 +39,7 @@ import torch.distributed as dist
 import yaml
 
 import lowbit
+from lowbit.atomic_io import atomic_write_text
 from lowbit.data.spec import zeroshot_spec
 from lowbit.kernels.ops import compiled_quantize_mode
 from lowbit.models import (
@@ -77,6 +78,7 @@ from lowbit.train.distributed import (
 )
 from lowbit.train.fsdp8 import precompute_scales
 from lowbit.train.metrics import RunLogger
+from lowbit.train.runlock import claim_run_dir
 from lowbit.train.schedule import warmup_cosine_scheduler
 from lowbit.train.zeroshot import evaluate_zeroshot
 
@@ -402,7 +404,7 @@ def make_run_dir(cfg: TrainConfig, out: Path) -> None:
     """Create ``out`` and write ``config.yaml``; an unusable path is one clear ``OSError``."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     except OSError as e:
         what = e.strerror or str(e)
         if isinstance(e, FileExistsError | NotADirectoryError):
@@ -754,7 +756,7 @@ class _Run:
             "out": str(self.out),
         }
         if env.master:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
             if any(self.skipped.values()):
                 print(f"lowbit train: data: skipped {sum(self.skipped.values()):,} bad sample(s): "
                       f"{describe_skips(self.skipped)}", flush=True)
@@ -877,21 +879,26 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     resume_dir = Path(ckpt["path"]).parent if ckpt is not None else None
     out = Path(cfg.out) if cfg.out else (resume_dir if resume_dir is not None else _default_out())
     master = int(os.environ.get("RANK", "0")) == 0
-    check_out(cfg, out, resume_dir, master)
-    data_position = check_resume(cfg, ckpt, int(os.environ.get("WORLD_SIZE", "1"))) if ckpt is not None else 0
-    check_prepared_data(cfg.data)
-    env = setup_env(cfg)
+    lock = claim_run_dir(out) if master else None  # one run per folder, before anything is written there
     try:
-        summary = _run(cfg, env, model_cfg, ckpt, out, data_position)
-        if env.distributed:
-            # every rank done before any tears the group down: a gloo peer still talking to a destroyed group
-            # aborted its process at exit ("terminate called without an active exception", rc 1) now and then
-            dist.barrier()
-        return summary
+        check_out(cfg, out, resume_dir, master)
+        data_position = check_resume(cfg, ckpt, int(os.environ.get("WORLD_SIZE", "1"))) if ckpt is not None else 0
+        check_prepared_data(cfg.data)
+        env = setup_env(cfg)
+        try:
+            summary = _run(cfg, env, model_cfg, ckpt, out, data_position)
+            if env.distributed:
+                # every rank done before any tears the group down: a gloo peer still talking to a destroyed group
+                # aborted its process at exit ("terminate called without an active exception", rc 1) now and then
+                dist.barrier()
+            return summary
+        finally:
+            if env.distributed:
+                dist.destroy_process_group()
+            torch.set_num_threads(threads_before)
     finally:
-        if env.distributed:
-            dist.destroy_process_group()
-        torch.set_num_threads(threads_before)
+        if lock is not None:
+            lock.release()
 
 
 def _run(cfg: TrainConfig, env: Env, model_cfg: Any, ckpt: dict[str, Any] | None, out: Path, data_position: int) -> dict[str, Any]:

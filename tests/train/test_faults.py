@@ -1,0 +1,155 @@
+"""Nothing lost under faults (issue 32), with real processes where the fault is a process's: one run per folder
+(the lock), logs rewritten atomically under kill -9, temporaries of interrupted saves removed, SIGTERM to every
+process of a torchrun job, recorded thread counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from train_fakes import SMALL
+
+from lowbit.train import TrainConfig, train
+from lowbit.train.runlock import LOCK_NAME, RunLock, RunLockedError, remove_stale_temps
+
+CLI = [sys.executable, "-m", "lowbit", "train", "--device", "cpu", "--steps", "5000", "--warmup", "1", "--zeroshot",
+       "none", "--no-progress", "--threads", "1", "--recipe", "none", "--optimizer", "adamw", "--batch-size", "8",
+       "--save-every", "0", "--set", "model.vision.layers=1", "--set", "model.text.layers=1"]
+
+
+def _env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _rows(run: Path) -> list[int]:
+    return [int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+
+
+def _wait_rows(run: Path, proc: subprocess.Popen, n: int = 3, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no metrics rows: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}")
+
+
+# ---------------------------------------------------------------------------------------------- 1, 7: the lock
+def test_a_live_run_owns_its_folder_and_a_killed_one_is_taken_over(tmp_path: Path) -> None:
+    """A second start with the same --out, and a --resume of the live run, are refused with one line naming the
+    holder and touch nothing; after kill -9 the lock is taken over (said so), the temporaries of interrupted
+    saves are removed (said so), and the resumed run logs each step once."""
+    run = tmp_path / "run"
+    first = subprocess.Popen([*CLI, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=_env())
+    try:
+        _wait_rows(run, first)
+        holder = json.loads((run / LOCK_NAME).read_text())
+        assert holder["pid"] == first.pid
+        for extra in (["--out", str(run)], ["--out", str(run), "--overwrite"], ["--resume", str(run)]):
+            cmd = [*CLI, *extra] if extra[0] == "--out" else [sys.executable, "-m", "lowbit", "train", *extra, "--no-progress"]
+            if extra[0] == "--resume":  # the live run has no checkpoint yet: give the resume one to read
+                continue
+            second = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+            err = second.stderr.strip()
+            assert second.returncode == 2 and len(err.splitlines()) == 1, err
+            assert "in use by a running lowbit train" in err and f"pid {first.pid}" in err, err
+        assert first.poll() is None  # the live run goes on
+    finally:
+        first.send_signal(signal.SIGTERM)  # saves a checkpoint
+        first.communicate(timeout=120)
+    # now a live run with a checkpoint: --resume is refused too
+    again = subprocess.Popen([sys.executable, "-m", "lowbit", "train", "--resume", str(run), "--no-progress",
+                              "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        n0 = len(_rows(run))
+        _wait_rows(run, again, n0 + 2)
+        refused = subprocess.run([sys.executable, "-m", "lowbit", "train", "--resume", str(run), "--no-progress"],
+                                 capture_output=True, text=True, env=_env(), timeout=120)
+        assert refused.returncode == 2 and "in use by a running lowbit train" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    finally:
+        again.kill()  # kill -9: the lock file stays behind, the kernel drops the lock
+        again.communicate(timeout=60)
+    assert (run / LOCK_NAME).is_file()
+    junk = run / ".checkpoint.pt.abc123.tmp"
+    junk.write_bytes(b"x" * 5000)
+    (run / ".checkpoint.dcp.tmp").mkdir()
+    (run / ".checkpoint.dcp.tmp" / "__0_0.distcp").write_bytes(b"y" * 1000)
+    (run / "notes.tmp").write_text("the user's own file")
+    ckpt_step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    resumed = subprocess.run([sys.executable, "-m", "lowbit", "train", "--resume", str(run), "--stop-at",
+                              str(ckpt_step + 2), "--no-progress", "--threads", "1"],
+                             capture_output=True, text=True, env=_env(), timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"took over the lock of a run that ended without releasing it (pid {again.pid}" in resumed.stdout
+    assert "removed 2 temporary file(s) of interrupted saves" in resumed.stdout and "(0.0 MB)" in resumed.stdout
+    assert not junk.exists() and not (run / ".checkpoint.dcp.tmp").exists() and (run / "notes.tmp").is_file()
+    assert not (run / LOCK_NAME).exists()  # a clean exit releases it
+    assert _rows(run) == list(range(1, ckpt_step + 3))
+
+
+def test_the_lock_in_process(tmp_path: Path, fake_data: SimpleNamespace) -> None:
+    """Held, the folder refuses a run (and --overwrite); a refused new folder is not left behind."""
+    out = tmp_path / "a" / "run"
+    cfg = {**SMALL, "zeroshot": "none", "steps": 2}
+    with RunLock(out):
+        with pytest.raises(RunLockedError, match="in use"):
+            train(TrainConfig.from_dict({**cfg, "out": str(out)}))
+        with pytest.raises(RunLockedError, match="in use"):
+            train(TrainConfig.from_dict({**cfg, "out": str(out), "overwrite": True}))
+    assert not out.exists() and not (tmp_path / "a").exists()  # acquire created them, release removed them
+    with pytest.raises(ValueError, match="max_bad_fraction"):
+        train(TrainConfig.from_dict({**cfg, "out": str(out), "max_bad_fraction": 2.0}))
+    assert not out.exists()
+    train(TrainConfig.from_dict({**cfg, "out": str(out)}))
+    assert not (out / LOCK_NAME).exists() and (out / "checkpoint.pt").is_file()
+
+
+def test_only_lowbit_temporaries_are_removed(tmp_path: Path) -> None:
+    names = [".checkpoint.pt.x1.tmp", ".metrics.csv.q.tmp", ".summary.json.z.tmp", ".eval.csv.a.tmp"]
+    keep = ["checkpoint.pt", "x.tmp", ".hidden", "metrics.csv", ".checkpoint.pt.x1"]
+    for n in names + keep:
+        (tmp_path / n).write_bytes(b"12")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".checkpoint.pt.x.tmp").write_bytes(b"1")
+    assert remove_stale_temps(tmp_path) == (len(names), 2 * len(names))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*keep, "sub"])
+
+
+# ---------------------------------------------------------------------------------------------- 2: atomic rewrites
+_REWRITER = """
+import sys
+from lowbit.train.metrics import CSVLog
+log = CSVLog(sys.argv[1])
+print("ready", flush=True)
+while True:
+    log.truncate_after(10**9)  # rewrites the whole file (what a resume does)
+"""
+
+
+def test_a_kill_during_a_log_rewrite_leaves_the_old_file(tmp_path: Path) -> None:
+    """kill -9 at random moments of metrics.csv rewrites (a resume's): the file is always whole."""
+    path = tmp_path / "metrics.csv"
+    cols = ["step", "loss"] + [f"rms/p{i}" for i in range(40)]
+    lines = [",".join(cols)] + [",".join([str(s), *(f"{0.001 * s * i:.6f}" for i in range(41))]) for s in range(1, 1500)]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())  # the csv module's line ends
+    before = path.read_bytes()
+    rng = __import__("random").Random(0)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _REWRITER, str(path)], stdout=subprocess.PIPE, text=True, env=_env())
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.kill()
+        proc.wait()
+        assert path.read_bytes() == before
+    assert all(p.name.startswith(".metrics.csv.") for p in tmp_path.iterdir() if p.name != "metrics.csv")
