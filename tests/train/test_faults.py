@@ -153,3 +153,71 @@ def test_a_kill_during_a_log_rewrite_leaves_the_old_file(tmp_path: Path) -> None
         proc.wait()
         assert path.read_bytes() == before
     assert all(p.name.startswith(".metrics.csv.") for p in tmp_path.iterdir() if p.name != "metrics.csv")
+
+
+# ---------------------------------------------------------------------------------------------- 6: SIGTERM to all
+def test_the_same_signal_forwarded_soon_after_is_not_a_second_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowbit.train.loop import Interrupt
+
+    with Interrupt() as interrupt:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # torchrun's forward, 50 ms later
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert interrupt.signum == signal.SIGTERM
+    monkeypatch.setattr(Interrupt, "REPEAT_WINDOW", 0.05)
+    with Interrupt() as interrupt, pytest.raises(KeyboardInterrupt, match="second SIGTERM"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # a deliberate second request, after the window
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _ranks(launcher: int) -> dict[int, int]:
+    """rank -> pid of a torchrun's workers."""
+    found = {}
+    for pid in [c for p in _children(launcher) for c in [p, *_children(p)]]:
+        try:
+            env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rank = next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")), None)
+        if rank is not None:
+            found[rank] = pid
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file() or not torch.distributed.is_gloo_available(),
+                    reason="needs /proc and gloo")
+def test_sigterm_to_every_process_of_a_torchrun_job_saves(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM to the ranks and (50 ms later) to torchrun, which forwards it: the ranks see it twice
+    and still finish the step and save (steps of batch 2 x 32 take long enough for the forward to arrive within
+    the step)."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *CLI[1:],
+           "--batch-size", "32", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    _wait_rows(run, proc)
+    ranks = _ranks(proc.pid)
+    assert sorted(ranks) == [0, 1], ranks
+    for pid in ranks.values():
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM", err[-3000:]
+    assert "aborted without saving" not in err, err[-3000:]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == summary["step"]
