@@ -182,15 +182,33 @@ class ShardReader:
         return self.files.read(shard.path, int(col[i, 0]), int(col[i, 1]))
 
 
+def _why_empty(shard: ShardIndex) -> str:
+    """Why a shard gave no sample: an empty file, a cut header, or members without image + caption."""
+    try:
+        size = os.path.getsize(shard.path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if shard.error:
+        return f"{shard.error} ({size:,} bytes)"
+    return f"no sample with an image and a caption ({shard.incomplete} incomplete)"
+
+
 class TarStream(FiniteStream):
     """Training stream over WebDataset shards (image + ``.txt``)."""
 
     def __init__(self, shards: list[ShardIndex], name: str, **kwargs: int) -> None:
-        self.reader, self.name = ShardReader(shards), name
+        """``shards`` may include some without a sample (empty, cut inside the first header): they are left out
+        of the stream and listed in ``damage["empty_shards"]`` (path -> why), never dropped without a word."""
+        kept = [s for s in shards if len(s)]
+        self.reader, self.name = ShardReader(kept), name
         super().__init__(self.reader.counts, **kwargs)
-        damaged = {s.path: s.error for s in shards if s.error}
+        damaged = {s.path: s.error for s in kept if s.error}
+        empty = {s.path: _why_empty(s) for s in shards if not len(s)}
         incomplete = sum(s.incomplete for s in shards)
         self.damage = {**({"damaged_shards": damaged} if damaged else {}),
+                       **({"empty_shards": empty} if empty else {}),
                        **({"incomplete_samples": incomplete} if incomplete else {})}
 
     def describe_source(self) -> str:

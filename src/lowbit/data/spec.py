@@ -149,13 +149,15 @@ def _prepared_shards(root: str, manifest: dict[str, Any], split: str) -> list[st
     return [os.path.join(root, n) for n in info["shards"]]
 
 
-def _index(paths: list[str], spec: str, require: tuple[str, ...] = ("txt",)) -> list[ShardIndex]:
-    shards = [index_shard(p, require=require) for p in paths]
-    shards = [s for s in shards if len(s)]
+def _index(paths: list[str], spec: str, require: tuple[str, ...] = ("txt",), keep_empty: bool = False) -> list[ShardIndex]:
+    """Index every shard; ``ValueError`` if none holds a sample. ``keep_empty``: shards without one stay in the list
+    (``TarStream`` reports them), else they are left out."""
+    every = [index_shard(p, require=require) for p in paths]
+    shards = [s for s in every if len(s)]
     if not shards:
         need = " + ".join(("image", *(f".{r}" for r in require)))
         raise ValueError(f"data spec {spec!r}: no sample with {need} in {len(paths)} shard(s)")
-    return shards
+    return every if keep_empty else shards
 
 
 def zeroshot_spec(zeroshot: str, data: str) -> str:
@@ -217,9 +219,9 @@ def build_train_data(
         return SyntheticStream(parse_synthetic(spec), **common)
     if kind == "prepared":
         manifest = read_manifest(spec)
-        return _TarStream(_index(_prepared_shards(spec, manifest, "train"), spec), spec, **common)
+        return _TarStream(_index(_prepared_shards(spec, manifest, "train"), spec, keep_empty=True), spec, **common)
     if kind == "shards":
-        return _TarStream(_index(_shard_paths(spec), spec), spec, **common)
+        return _TarStream(_index(_shard_paths(spec), spec, keep_empty=True), spec, **common)
     if kind == "table":
         return TableStream(read_table(spec), **common)
     raise ValueError(f"{spec!r} is an image folder: usable for zero-shot evaluation, not as training data")

@@ -1,0 +1,42 @@
+"""Data faults (issue 32): empty and header-cut shards are reported, not dropped without a word; the bad-sample
+accounting counts exactly the samples the run consumed, with any number of DataLoader workers; data errors name
+the shard and key; oversized images are skipped with one line before they are decoded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lowbit.data import build_train_data
+from lowbit.data.tars import write_shard
+from lowbit.train import TrainConfig, train
+
+TINY = {
+    "preset": "tiny", "recipe": "none", "optimizer": "adamw", "zeroshot": "none", "batch_size": 8, "steps": 3,
+    "warmup": 1, "progress": False, "save_every": 0, "device": "cpu", "threads": 1,
+    "model": {"vision": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
+              "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 24}, "embed_dim": 32},
+}  # fmt: skip
+
+
+def _samples(png, n: int, start: int = 0) -> list[tuple[str, dict[str, bytes]]]:
+    return [(f"{i:04d}", {"png": png((i % 256, 0, 0)), "txt": f"s {i}".encode()}) for i in range(start, start + n)]
+
+
+def test_empty_and_header_cut_shards_are_reported(tmp_path: Path, png, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_shard(data / "a.tar", _samples(png, 12))
+    (data / "b.tar").write_bytes(b"")  # empty
+    write_shard(data / "c.tar", _samples(png, 4, 100))
+    (data / "c.tar").write_bytes((data / "c.tar").read_bytes()[:300])  # cut inside the first header
+    ds = build_train_data(str(data), image_size=16, seed=0)
+    assert ds.damage["empty_shards"] == {str(data / "b.tar"): "empty file (0 bytes)",
+                                         str(data / "c.tar"): "no end-of-archive marker (truncated?) (300 bytes)"}
+    summary = train(TrainConfig.from_dict({**TINY, "data": str(data), "out": str(tmp_path / "run"), "steps": 1}))
+    out = capsys.readouterr().out
+    assert "2 shard(s) without a usable sample, left out" in out and "b.tar (empty file (0 bytes))" in out, out
+    assert summary["data"]["empty_shards"] == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["data"]["empty_shards"] == 2
