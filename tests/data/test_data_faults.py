@@ -4,6 +4,7 @@ the shard and key; oversized images are skipped with one line before they are de
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -40,3 +41,50 @@ def test_empty_and_header_cut_shards_are_reported(tmp_path: Path, png, capsys: p
     assert "2 shard(s) without a usable sample, left out" in out and "b.tar (empty file (0 bytes))" in out, out
     assert summary["data"]["empty_shards"] == 2
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["data"]["empty_shards"] == 2
+
+
+def _bad_shards(tmp_path: Path, png, n: int = 400, every: int = 16) -> Path:
+    """One shard, every ``every``-th image undecodable (6%)."""
+    data = tmp_path / "bad"
+    data.mkdir()
+    samples = [(f"{i:04d}", {"png": b"\x89PNG broken" if i % every == 3 else png((i % 256, 9, 9)), "txt": f"s {i}".encode()})
+               for i in range(n)]
+    write_shard(data / "000.tar", samples)
+    return data
+
+
+def _data_columns(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return [{k: v for k, v in r.items() if k.startswith("data/")} for r in csv.DictReader(f)]
+
+
+def test_bad_samples_are_counted_as_consumed_with_any_number_of_workers(tmp_path: Path, png) -> None:
+    """DataLoader workers read batches ahead: only the samples the steps used count (were: read-ahead skips counted
+    as bad, used samples as read, so 6% bad data looked like 19%)."""
+    data = _bad_shards(tmp_path, png)
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        runs[workers] = train(TrainConfig.from_dict({**TINY, "data": str(data), "out": str(out), "steps": 4,
+                                                     "workers": workers}))
+    assert runs[0]["data"] == runs[2]["data"] and 0 < runs[0]["data"]["skipped_images"] < 8, runs
+    assert _data_columns(tmp_path / "w0") == _data_columns(tmp_path / "w2")
+
+
+def test_consumed_stats_ignore_read_ahead(tmp_path: Path, png) -> None:
+    data = _bad_shards(tmp_path, png)
+    ds = build_train_data(str(data), image_size=16, seed=0, batch_size=8)
+    it = iter(ds)
+    for _ in range(8 * 10):  # ten batches read
+        next(it)
+    total = ds.stats["skipped_images"]
+    assert total > 0
+    assert ds.consumed_stats(8 * 10)["skipped_images"] == total
+    ds2 = build_train_data(str(data), image_size=16, seed=0, batch_size=8)
+    it = iter(ds2)
+    per_batch = []
+    for b in range(10):
+        for _ in range(8):
+            next(it)
+        per_batch.append(ds2.consumed_stats(8 * b)["skipped_images"])  # batch b read, not yet used
+    assert per_batch[-1] < total and ds2.consumed_stats(80)["skipped_images"] == total

@@ -824,7 +824,8 @@ class _Run:
     def count_data(self, dataset: Any, interrupted: int) -> int:
         """Skipped-sample counters summed over ranks (one all_reduce per step under torchrun, which also makes
         every rank agree on an interrupt); returns the number of ranks that saw a signal."""
-        local = getattr(dataset, "stats", None) or {}
+        consumed = getattr(dataset, "consumed_stats", None)  # the samples used, not those workers read ahead
+        local = consumed(self.data_position) if consumed else (getattr(dataset, "stats", None) or {})
         keys = list(SKIP_REASONS)
         values = [interrupted] + [int(local.get(k, 0)) for k in keys]
         if self.env.distributed:
