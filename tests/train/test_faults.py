@@ -221,3 +221,22 @@ def test_sigterm_to_every_process_of_a_torchrun_job_saves(tmp_path: Path) -> Non
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM", err[-3000:]
     assert "aborted without saving" not in err, err[-3000:]
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == summary["step"]
+
+
+# ---------------------------------------------------------------------------------------------- 10: threads
+def test_the_thread_count_is_recorded_and_kept_on_resume(
+    tmp_path: Path, fake_data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    base = {**SMALL, "zeroshot": "none", "device": "cpu", "steps": 6}
+    train(TrainConfig.from_dict({**base, "out": str(run), "stop_at": 2, "threads": 1}))
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["threads"] == 1
+    # automatic (load-dependent) on resume: the recorded count, said so
+    monkeypatch.setattr("lowbit.train.loop.cpu_threads", lambda requested=0: requested or 2)
+    summary = train(TrainConfig.from_dict({**base, "resume": str(run), "stop_at": 4, "threads": 0}))
+    assert "resuming with the checkpoint's 1 CPU thread(s)" in capsys.readouterr().out
+    assert "1 threads" in summary["device"]
+    # another explicit count: kept, with a one-line warning
+    summary = train(TrainConfig.from_dict({**base, "resume": str(run), "threads": 2}))
+    out = capsys.readouterr().out
+    assert "warning: --threads 2, but the checkpoint's run used 1" in out and "2 threads" in summary["device"]

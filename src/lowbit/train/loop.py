@@ -80,6 +80,7 @@ from lowbit.train.fsdp8 import precompute_scales
 from lowbit.train.metrics import RunLogger
 from lowbit.train.runlock import claim_run_dir
 from lowbit.train.schedule import warmup_cosine_scheduler
+from lowbit.train.threads import recorded_threads, threads_for_resume
 from lowbit.train.zeroshot import evaluate_zeroshot
 
 __all__ = ["DataError", "Env", "NonFiniteLossError", "RunExistsError", "Trainer", "resolve_config", "train", "train_step"]
@@ -784,6 +785,7 @@ class _Run:
             "samples_seen": self.data_position * env.world_size,
             "data_skipped": dict(self.skipped),
             "world_size": env.world_size,
+            **recorded_threads(env.device),  # CPU: the thread count (a resume keeps it: lowbit.train.threads)
             "step": step,
             "config": cfg.to_dict(),
             "model_config": self.model_cfg.to_dict(),
@@ -893,6 +895,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         check_out(cfg, out, resume_dir, master)
         data_position = check_resume(cfg, ckpt, int(os.environ.get("WORLD_SIZE", "1"))) if ckpt is not None else 0
         check_prepared_data(cfg.data)
+        if ckpt is not None:  # the recorded CPU thread count (results depend on it)
+            on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+            threads, note = threads_for_resume(cfg.threads, ckpt, on_cpu)
+            cfg = cfg.replace({"threads": threads})
+            if note and master:
+                print(note, flush=True)
         env = setup_env(cfg)
         try:
             summary = _run(cfg, env, model_cfg, ckpt, out, data_position)
