@@ -54,6 +54,7 @@ from lowbit.models import (
 from lowbit.train.checkpoint import (
     CHECKPOINT_NAME,
     DCP_NAME,
+    PREV_DCP_NAME,
     PREV_NAME,
     get_rng_state,
     load_checkpoint,
@@ -81,6 +82,7 @@ from lowbit.train.metrics import RunLogger
 from lowbit.train.runlock import claim_run_dir
 from lowbit.train.schedule import warmup_cosine_scheduler
 from lowbit.train.threads import recorded_threads, threads_for_resume
+from lowbit.train.watchdog import collective_watchdog
 from lowbit.train.zeroshot import evaluate_zeroshot
 
 __all__ = ["DataError", "Env", "NonFiniteLossError", "RunExistsError", "Trainer", "resolve_config", "train", "train_step"]
@@ -89,14 +91,14 @@ __all__ = ["DataError", "Env", "NonFiniteLossError", "RunExistsError", "Trainer"
 RESUMABLE_CHANGES = {
     "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
     "zeroshot_limit", "monitor", "activations", "compile", "compile_mode", "compiled_quantize", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
-    "overwrite", "max_bad_fraction",
+    "overwrite", "max_bad_fraction", "dist_timeout",
     "fsdp_8bit_allgather",  # exact: the same numbers either way
     "fuse",  # same parameters, state_dict keys and numerics (bit-identical on the CPU) fused or per-linear
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
 # What makes a directory a run (``--out`` holding any of them is refused unless ``overwrite``).
-RUN_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, f".{DCP_NAME}.old", "metrics.csv", "eval.csv", "summary.json",
+RUN_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, PREV_DCP_NAME, f".{DCP_NAME}.old", "metrics.csv", "eval.csv", "summary.json",
              "config.yaml", "tensorboard")
 
 SKIP_REASONS = {  # dataset.stats key -> what it means (lowbit.data.stream.STAT_KEYS)
@@ -345,7 +347,8 @@ def setup_env(cfg: TrainConfig) -> Env:
                          + ("start fewer processes per node (torchrun --nproc_per_node) or " if distributed else "")
                          + "train on the CPU (--device cpu)")
     if distributed:  # the backend follows the device, so `--device cpu` on a GPU machine runs on gloo
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=dt.timedelta(seconds=cfg.dist_timeout))
     rank = dist.get_rank() if distributed else 0
     if device.type == "cuda":
         if distributed:
@@ -792,7 +795,9 @@ class _Run:
             "versions": _versions(),
         }
         if env.parallel == "fsdp":
-            self.last_ckpt, self.last_ckpt_step = save_dcp(out / DCP_NAME, tr.raw_model, tr.optimizer, meta), step
+            keep = not (self.last_ckpt is not None and self.last_ckpt.name == PREV_DCP_NAME)  # else: current damaged
+            self.last_ckpt = save_dcp(out / DCP_NAME, tr.raw_model, tr.optimizer, meta, keep_previous=keep)
+            self.last_ckpt_step = step
             if env.master:
                 (out / CHECKPOINT_NAME).unlink(missing_ok=True)
                 (out / PREV_NAME).unlink(missing_ok=True)
@@ -802,8 +807,9 @@ class _Run:
             keep = not (self.last_ckpt is not None and self.last_ckpt.name == PREV_NAME)
             self.last_ckpt = save_checkpoint(out / CHECKPOINT_NAME, state, keep_previous=keep)
             self.last_ckpt_step = step
-            if (out / DCP_NAME).is_dir():
-                shutil.rmtree(out / DCP_NAME)
+            for name in (DCP_NAME, PREV_DCP_NAME):
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name)
 
     # ---- evaluation
     def evaluate(self, step: int, announce: bool = True) -> None:
@@ -903,7 +909,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 print(note, flush=True)
         env = setup_env(cfg)
         try:
-            summary = _run(cfg, env, model_cfg, ckpt, out, data_position)
+            with (collective_watchdog(env.rank, env.world_size, cfg.dist_timeout) if env.distributed  # names a
+                  else contextlib.nullcontext()):  # frozen rank when a collective times out (--dist-timeout)
+                summary = _run(cfg, env, model_cfg, ckpt, out, data_position)
             if env.distributed:
                 # every rank done before any tears the group down: a gloo peer still talking to a destroyed group
                 # aborted its process at exit ("terminate called without an active exception", rc 1) now and then
