@@ -88,3 +88,45 @@ def test_consumed_stats_ignore_read_ahead(tmp_path: Path, png) -> None:
             next(it)
         per_batch.append(ds2.consumed_stats(8 * b)["skipped_images"])  # batch b read, not yet used
     assert per_batch[-1] < total and ds2.consumed_stats(80)["skipped_images"] == total
+
+
+def test_a_data_error_in_a_worker_names_the_shard_and_key(tmp_path: Path, png, capsys: pytest.CaptureFixture[str]) -> None:
+    """All images broken, --workers 2: one line naming the shard and a key (was "Caught ValueError in DataLoader
+    worker process 0"; examples printed <_io.BytesIO object at 0x...> instead of the sample)."""
+    from lowbit.cli.main import main
+
+    data = tmp_path / "broken"
+    data.mkdir()
+    write_shard(data / "000.tar", [(f"{i:04d}", {"png": b"\x89PNG broken", "txt": b"x"}) for i in range(20)])
+    rc = main(["train", "--data", str(data), "--workers", "2", "--zeroshot", "none", "--steps", "1", "--batch-size", "4",
+               "--recipe", "none", "--optimizer", "adamw", "--device", "cpu", "--threads", "1", "--no-progress",
+               "--set", "model.vision.layers=1", "--set", "model.text.layers=1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "no usable sample" in err and f"{data / '000.tar'} key 00" in err and "DataLoader worker process" in err, err
+    assert "BytesIO" not in err and not err.split("error: ", 1)[1].startswith("Caught"), err
+
+
+def test_images_above_max_image_pixels_are_skipped_unread(tmp_path: Path, png, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from PIL import Image
+
+    from lowbit.data.image import ImageTooLarge, decode_image
+
+    big = png((1, 2, 3), size=(1200, 1000))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600_000)  # PIL would warn (and decode it in full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning
+        with pytest.raises(ImageTooLarge, match=r"image is 1200x1000 \(1\.2 MP\), above --max-image-pixels 1,000,000"):
+            decode_image(big, 16, max_pixels=1_000_000)
+        assert decode_image(big, 16, max_pixels=2_000_000).shape == (3, 16, 16)
+    data = tmp_path / "big"
+    data.mkdir()
+    write_shard(data / "000.tar", [*_samples(png, 7), ("big1", {"png": big, "txt": b"huge"})])
+    ds = build_train_data(str(data), image_size=16, seed=0, max_image_pixels=1_000_000)
+    it = iter(ds)
+    for _ in range(16):
+        next(it)
+    assert ds.stats["skipped_large_images"] >= 1 and ds.stats["skipped_images"] == 0
+    assert ds.examples["skipped_large_images"][0].startswith(f"{data / '000.tar'} key big1: image is 1200x1000")

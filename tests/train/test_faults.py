@@ -240,3 +240,34 @@ def test_the_thread_count_is_recorded_and_kept_on_resume(
     summary = train(TrainConfig.from_dict({**base, "resume": str(run), "threads": 2}))
     out = capsys.readouterr().out
     assert "warning: --threads 2, but the checkpoint's run used 1" in out and "2 threads" in summary["device"]
+
+
+# ---------------------------------------------------------------------------------------------- 9: a full disk
+@pytest.mark.parametrize("after", [0, 5])
+def test_a_disk_filled_under_tensorboard_is_one_line_naming_the_file(
+    tmp_path: Path, fake_data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    after: int,
+) -> None:
+    """TensorBoard's writer thread meets the full disk: no raw thread traceback, one line naming the event file."""
+    import errno
+
+    from tensorboard.summary.writer import record_writer
+
+    from lowbit.cli.main import main
+
+    calls = []
+    write = record_writer.RecordWriter.write
+
+    def full(self: object, data: bytes) -> None:  # the disk fills after `after` records
+        calls.append(1)
+        if len(calls) > after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    rc = main(["train", "--data", "fake", "--zeroshot", "none", "--steps", "3", "--batch-size", "4", "--recipe", "none",
+               "--optimizer", "adamw", "--set", "model.vision.layers=1", "--set", "model.text.layers=1",
+               "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "no space left on the device" in err and "run/tensorboard" in err, err  # the event file, once created

@@ -201,6 +201,7 @@ def build_train_data(
     world_size: int = 1,
     batch_size: int = 1,
     uint8: bool = False,
+    max_image_pixels: int | None = None,
 ) -> IterableDataset:
     """Infinite, deterministic training stream of ``(image [3, S, S] float32 CLIP-normalised, caption)``
     (``uint8``: stored images as uint8 pixels, to be normalised where the batch lands; see ``SampleStream``).
@@ -208,6 +209,7 @@ def build_train_data(
     ``start``: samples this rank already consumed (exact resume). ``rank``/``world_size``: rank ``r`` gets
     global positions ``r, r+W, ...``. ``batch_size``: pass the DataLoader's batch size so that with
     ``num_workers > 0`` the batches come out in exactly the ``num_workers=0`` order (see ``lowbit.data.stream``).
+    ``max_image_pixels``: stored images with more pixels are skipped unread (counted as ``skipped_large_images``).
     Skip counters: ``dataset.stats``.
     """
     check_image_size(image_size)
@@ -219,11 +221,13 @@ def build_train_data(
         return SyntheticStream(parse_synthetic(spec), **common)
     if kind == "prepared":
         manifest = read_manifest(spec)
-        return _TarStream(_index(_prepared_shards(spec, manifest, "train"), spec, keep_empty=True), spec, **common)
+        return _TarStream(_index(_prepared_shards(spec, manifest, "train"), spec, keep_empty=True), spec,
+                          max_image_pixels=max_image_pixels, **common)
     if kind == "shards":
-        return _TarStream(_index(_shard_paths(spec), spec, keep_empty=True), spec, **common)
+        return _TarStream(_index(_shard_paths(spec), spec, keep_empty=True), spec, max_image_pixels=max_image_pixels,
+                          **common)
     if kind == "table":
-        return TableStream(read_table(spec), **common)
+        return TableStream(read_table(spec), max_image_pixels=max_image_pixels, **common)
     raise ValueError(f"{spec!r} is an image folder: usable for zero-shot evaluation, not as training data")
 
 

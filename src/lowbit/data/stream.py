@@ -37,7 +37,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 _SLOTS = 64
 _RING = 1024  # blocks whose skip counts wait for the consumer: more than any worker reads ahead (prefetch x workers)
-STAT_KEYS: tuple[str, ...] = ("skipped_images", "skipped_captions", "missing_files")
+STAT_KEYS: tuple[str, ...] = ("skipped_images", "skipped_captions", "missing_files", "skipped_large_images")
 
 
 def _check_int(name: str, value: int, minimum: int) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,16 +88,25 @@ class RunLogger:
             self.evals.truncate_after(resume_step)
         self.tb = None
         self._hook: Any = None
+        self._tb_dir = out / "tensorboard"
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
-            self._hook = threading.excepthook
+            self._hook = threading.excepthook  # before the writer thread starts: it writes at once
             threading.excepthook = _quiet_tensorboard_disk_full(self._hook)
+            try:
+                with self._tensorboard():
+                    self.tb = SummaryWriter(str(self._tb_dir), purge_step=resume_step + 1 if resume_step else None)
+            except BaseException:
+                self.close()
+                raise
 
     def _tb_file(self) -> str:
         writer = getattr(getattr(self.tb, "file_writer", None), "event_writer", None)
-        return str(getattr(writer, "_file_name", None) or getattr(self.tb, "log_dir", "tensorboard"))
+        if getattr(writer, "_file_name", None):
+            return str(writer._file_name)  # type: ignore[union-attr]
+        found = sorted(self._tb_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+        return str(found[-1] if found else self._tb_dir)
 
     @contextlib.contextmanager
     def _tensorboard(self) -> Iterator[None]:
@@ -126,13 +136,19 @@ class RunLogger:
                     self.tb.add_scalar(f"zeroshot/{r['task']}", r["top1"], step)
 
     def close(self) -> None:
-        if self._hook is not None:
-            threading.excepthook = self._hook
-            self._hook = None
-        if self.tb is not None:
-            tb, self.tb = self.tb, None
-            with contextlib.suppress(Exception):  # already reported by the call that met it
-                tb.close()
+        tb, self.tb = self.tb, None
+        unwinding = sys.exc_info()[1] is not None  # called from a `finally` while another error propagates
+        try:
+            if tb is not None:
+                with self._tensorboard():
+                    tb.close()
+        except Exception:
+            if not unwinding:
+                raise  # the writer thread's error, met first here
+        finally:
+            if self._hook is not None:
+                threading.excepthook = self._hook
+                self._hook = None
 
 
 def _quiet_tensorboard_disk_full(previous: Any) -> Any:
