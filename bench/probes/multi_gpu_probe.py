@@ -63,7 +63,7 @@ def nccl() -> None:
 def data(spec: str, workers: int, batch_size: int, seconds: float, image_size: int, pixels: str = "uint8") -> None:
     from lowbit.data import build_train_data
     from lowbit.models import get_tokenizer
-    from lowbit.train.loop import _batches, _loader_batches
+    from lowbit.train.batches import _batches, _loader_batches
 
     dataset = build_train_data(spec, image_size=image_size, seed=0, batch_size=batch_size, uint8=pixels == "uint8")
     batches = _loader_batches(dataset, batch_size, get_tokenizer(), workers, pin=False) if workers else \

@@ -1,7 +1,7 @@
 """Where a full CLIP training step's time goes, per recipe: GPU time per kernel class and per transformer block,
 kernel launches per step, and the CPU-bound share (wall time the GPU sits idle), from ``torch.profiler``.
 
-The step is ``lowbit bench step``'s (``lowbit.train.loop.train_step``: both towers, loss, backward, grad norm,
+The step is ``lowbit bench step``'s (``lowbit.train.step.train_step``: both towers, loss, backward, grad norm,
 StableAdamW), on random data, bf16 autocast. Each recipe: ``--warmup`` steps, then ``--steps`` profiled steps.
 Kernels are classed by name (GEMM, attention, quantize, LayerNorm, optimizer, other); "per block" divides the
 classes that live in the blocks by the number of transformer blocks (both towers).
@@ -21,7 +21,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from lowbit.bench.step import build_model, compile_model, make_optimizer, random_batch
-from lowbit.train.loop import Env, Trainer, train_step
+from lowbit.train.env import Env
+from lowbit.train.step import train_step
+from lowbit.train.trainer import Trainer
 
 # first match wins; lowbit's Triton kernels by their names (kernels/quantize.py, kernels/gemm.py, optim)
 CLASSES = [

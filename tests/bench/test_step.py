@@ -84,7 +84,7 @@ def test_a_step_with_a_non_finite_loss_is_an_error_row(tmp_path: Path, monkeypat
     import lowbit.models
 
     real = lowbit.models.clip_loss
-    monkeypatch.setattr("lowbit.train.loop.clip_loss", lambda *a: real(*a) * float("nan"))  # the trainer's step
+    monkeypatch.setattr("lowbit.train.step.clip_loss", lambda *a: real(*a) * float("nan"))  # the trainer's step
     data = _run(tmp_path, "none")
     (row,) = data["rows"]
     assert row["error"].startswith("FloatingPointError: tiny none: non-finite loss nan"), row

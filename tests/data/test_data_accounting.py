@@ -15,7 +15,7 @@ from lowbit.data import build_train_data
 from lowbit.data.spec import FORMAT, MANIFEST
 from lowbit.data.tars import write_shard
 from lowbit.train import TrainConfig, train
-from lowbit.train.loop import DataError
+from lowbit.train.errors import DataError
 
 TINY = {
     "preset": "tiny", "recipe": "none", "optimizer": "adamw", "zeroshot": "none", "batch_size": 8, "steps": 3,
@@ -92,7 +92,7 @@ def test_the_trainer_reports_skips_and_stops_on_too_many(
     out = capsys.readouterr().out
     assert "skipped" in out and "missing file" in out and "undecodable image" in out
 
-    monkeypatch.setattr("lowbit.train.loop.BAD_MIN_SAMPLES", 16)
+    monkeypatch.setattr("lowbit.train.books.BAD_MIN_SAMPLES", 16)
     with pytest.raises(DataError, match=r"too much bad training data: .*missing file .*max_bad_fraction 0\.1"):
         train(TrainConfig.from_dict({**TINY, "data": str(table), "out": str(tmp_path / "bad")}))
 

@@ -78,7 +78,7 @@ def test_synthetic_stream_stays_float32_with_uint8() -> None:
 
 
 def test_trainer_normalises_uint8_batches_on_the_device() -> None:
-    from lowbit.train.loop import _to_device
+    from lowbit.train.batches import _to_device
 
     u8 = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     out = _to_device(u8, torch.device("cpu"))
@@ -91,7 +91,7 @@ def test_uint8_batches_through_dataloader_workers_match_the_float_path(tmp_path:
     """The trainer's loader (2 worker processes, uint8 transport) gives, once normalised, the float32 batches of the
     in-process float path: same samples, same order, same values."""
     from lowbit.models import get_tokenizer
-    from lowbit.train.loop import _batches, _loader_batches
+    from lowbit.train.batches import _batches, _loader_batches
 
     samples = [(f"{i:04d}", {"png": _image(mode, wh, fmt, i), "txt": f"c{i}".encode()})
                for i, (mode, wh, fmt) in enumerate(CASES * 3) if fmt == "PNG"]

@@ -25,5 +25,5 @@ def float64() -> Iterator[None]:
 def fake_data(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """Route the trainer's ``lowbit.data`` to the fake."""
     fake = make_fake_data()
-    monkeypatch.setattr("lowbit.train.loop.data_module", lambda: fake)
+    monkeypatch.setattr("lowbit.train.batches.data_module", lambda: fake)
     return fake

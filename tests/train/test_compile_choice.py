@@ -15,7 +15,8 @@ from lowbit.cli.main import build_parser, main
 from lowbit.cli.train import overrides_from_args
 from lowbit.train import TrainConfig, resolve_config, train
 from lowbit.train.compiling import CompileChoice, compile_blocks, resolve_compile
-from lowbit.train.loop import Env, check_resume
+from lowbit.train.env import Env
+from lowbit.train.setup import check_resume
 
 
 def _env(device: str = "cuda", world_size: int = 1) -> Env:
@@ -107,7 +108,8 @@ def test_regional_compile_trains_like_eager(tmp_path: Path, fake_data: SimpleNam
     compiled in place, the same losses and checkpoint keys as eager, the zero-shot evaluation (run eager) works."""
     import torch._dynamo
 
-    import lowbit.train.loop as loop
+    import lowbit.train.books as books
+    import lowbit.train.trainer as trainer
 
     common = {**SMALL, "steps": 3, "warmup": 1, "save_every": 0, "device": "cpu"}
     train(TrainConfig.from_dict({**common, "out": str(tmp_path / "eager"), "compile": False}))
@@ -131,10 +133,10 @@ def test_regional_compile_trains_like_eager(tmp_path: Path, fake_data: SimpleNam
         finally:
             evaluated.append(graphs[0] - before)
 
-    evaluate_zeroshot = loop.evaluate_zeroshot
-    monkeypatch.setattr(loop, "resolve_compile", lambda cfg, env: CompileChoice(True, "default", "blocks", "test"))
-    monkeypatch.setattr(loop, "compile_blocks", blocks)
-    monkeypatch.setattr(loop, "evaluate_zeroshot", evaluate)
+    evaluate_zeroshot = books.evaluate_zeroshot
+    monkeypatch.setattr(trainer, "resolve_compile", lambda cfg, env: CompileChoice(True, "default", "blocks", "test"))
+    monkeypatch.setattr(trainer, "compile_blocks", blocks)
+    monkeypatch.setattr(books, "evaluate_zeroshot", evaluate)
     summary = train(TrainConfig.from_dict({**common, "out": str(tmp_path / "blocks")}))
     (model,) = built
     assert all(b._compiled_call_impl is not None for t in (model.visual, model.text) for b in t.blocks)
@@ -154,16 +156,16 @@ def test_a_compile_failure_under_auto_says_to_pass_no_compile(tmp_path: Path, fa
     (one line; the compiler's error stays attached). With an explicit compile: true the error is passed as it is."""
     import torch._dynamo
 
-    import lowbit.train.loop as loop
+    import lowbit.train.trainer as trainer
 
     def broken(gm: torch.fx.GraphModule, example_inputs: list) -> object:
         raise NotImplementedError("this backend cannot compile")
 
     torch._dynamo.reset()
-    monkeypatch.setattr(loop, "compile_blocks", lambda model, mode: compile_blocks(model, mode, backend=broken))
+    monkeypatch.setattr(trainer, "compile_blocks", lambda model, mode: compile_blocks(model, mode, backend=broken))
     for reason, match in (("auto: one GPU", r"compile auto compiled \(auto: one GPU\).*--no-compile"),
                           ("compile true", "this backend cannot compile")):
-        monkeypatch.setattr(loop, "resolve_compile", lambda cfg, env, r=reason: CompileChoice(True, None, "blocks", r))
+        monkeypatch.setattr(trainer, "resolve_compile", lambda cfg, env, r=reason: CompileChoice(True, None, "blocks", r))
         torch._dynamo.reset()
         with pytest.raises(Exception, match=match) as info:
             train(TrainConfig.from_dict({**SMALL, "steps": 2, "warmup": 1, "device": "cpu",

@@ -56,7 +56,7 @@ def test_yaml_then_command_line_precedence(tmp_path: Path) -> None:
 def test_cpu_threads_auto_uses_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from lowbit.train.loop import cpu_threads
+    from lowbit.train.env import cpu_threads
 
     assert cpu_threads(3) == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)

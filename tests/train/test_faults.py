@@ -157,7 +157,7 @@ def test_a_kill_during_a_log_rewrite_leaves_the_old_file(tmp_path: Path) -> None
 
 # ---------------------------------------------------------------------------------------------- 6: SIGTERM to all
 def test_the_same_signal_forwarded_soon_after_is_not_a_second_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lowbit.train.loop import Interrupt
+    from lowbit.train.signals import Interrupt
 
     with Interrupt() as interrupt:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -232,7 +232,7 @@ def test_the_thread_count_is_recorded_and_kept_on_resume(
     train(TrainConfig.from_dict({**base, "out": str(run), "stop_at": 2, "threads": 1}))
     assert torch.load(run / "checkpoint.pt", weights_only=True)["threads"] == 1
     # automatic (load-dependent) on resume: the recorded count, said so
-    monkeypatch.setattr("lowbit.train.loop.cpu_threads", lambda requested=0: requested or 2)
+    monkeypatch.setattr("lowbit.train.env.cpu_threads", lambda requested=0: requested or 2)
     summary = train(TrainConfig.from_dict({**base, "resume": str(run), "stop_at": 4, "threads": 0}))
     assert "resuming with the checkpoint's 1 CPU thread(s)" in capsys.readouterr().out
     assert "1 threads" in summary["device"]

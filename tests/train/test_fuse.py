@@ -27,16 +27,16 @@ def _losses(run: Path) -> dict[int, float]:
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
     """The models the trainer builds (convert_clip's return values), to look inside them."""
-    import lowbit.train.loop as loop
+    import lowbit.train.trainer as trainer
 
     models: list[torch.nn.Module] = []
-    real = loop.convert_clip
+    real = trainer.convert_clip
 
     def spy(*args: object, **kwargs: object) -> torch.nn.Module:
         models.append(real(*args, **kwargs))
         return models[-1]
 
-    monkeypatch.setattr(loop, "convert_clip", spy)
+    monkeypatch.setattr(trainer, "convert_clip", spy)
     return models
 
 

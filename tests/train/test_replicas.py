@@ -41,7 +41,7 @@ def test_single_process_agrees() -> None:
 
 
 def test_check_replicas_error_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lowbit.train import loop
+    from lowbit.train import trainer as loop
 
     tr = loop.Trainer(model=torch.nn.Linear(2, 2), raw_model=torch.nn.Linear(2, 2), optimizer=None,  # type: ignore[arg-type]
                       env=None, graphs=True)  # type: ignore[arg-type]

@@ -20,7 +20,8 @@ from train_fakes import SMALL
 from lowbit.cli.main import main
 from lowbit.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from lowbit.train.checkpoint import CheckpointError
-from lowbit.train.loop import Interrupt, RunExistsError
+from lowbit.train.errors import RunExistsError
+from lowbit.train.signals import Interrupt
 
 
 def _cfg(tmp_path: Path, name: str = "run", **kw: object) -> TrainConfig:

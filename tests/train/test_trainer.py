@@ -70,7 +70,7 @@ def test_resume_refuses_changed_computation(tmp_path: Path, fake_data: SimpleNam
 
 
 def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("lowbit.train.loop.data_module", lambda: make_fake_data(nan_at=5 * 16))  # step 6 sees NaN
+    monkeypatch.setattr("lowbit.train.batches.data_module", lambda: make_fake_data(nan_at=5 * 16))  # step 6 sees NaN
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 6.*checkpoint\.pt \(step 3\)") as e:
         train(_cfg(tmp_path, steps=10, save_every=3))
     assert e.value.step == 6 and e.value.checkpoint_step == 3

@@ -1,7 +1,7 @@
 """``lowbit bench step``: throughput and peak memory of the full CLIP training step, per recipe.
 
-One step is ``lowbit train``'s own step function (``lowbit.train.loop.train_step``) with the trainer's optimizer
-(``lowbit.train.loop``'s parameter groups and optimizer): both towers forward, the contrastive loss (read back for
+One step is ``lowbit train``'s own step function (``lowbit.train.step.train_step``) with the trainer's optimizer
+(``lowbit.train.trainer``'s parameter groups and optimizer): both towers forward, the contrastive loss (read back for
 the trainer's non-finite check), backward, the gradient norm, the optimizer step (StableAdamW, fused Triton
 kernel on CUDA), ``logit_scale`` clamp. Under bf16 autocast on CUDA
 (fp32 on the CPU), with fp32 master weights, on random images and tokens already on the device (no data loader,
@@ -177,7 +177,7 @@ def make_optimizer(model: nn.Module, name: str, impl: str | None) -> torch.optim
     address).
     """
     from lowbit.train.config import TrainConfig
-    from lowbit.train.loop import _optimizer, _param_groups
+    from lowbit.train.trainer import _optimizer, _param_groups
 
     cfg = TrainConfig(optimizer=name, lr=1e-4, beta2=0.98, eps=1e-6, weight_decay=0.2)
     if impl is None:
@@ -210,7 +210,9 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     impl: str | None = None
     opt = make_optimizer(model, args.optimizer, impl)
 
-    from lowbit.train.loop import Env, Trainer, _NonFiniteLoss, train_step
+    from lowbit.train.env import Env
+    from lowbit.train.step import _NonFiniteLoss, train_step
+    from lowbit.train.trainer import Trainer
 
     env = Env(world_size=1, rank=0, parallel=None, device=device, precision=precision)
     last: list[float] = []  # the latest step's loss

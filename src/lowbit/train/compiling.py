@@ -23,7 +23,7 @@ import torch
 
 if TYPE_CHECKING:
     from lowbit.train.config import TrainConfig
-    from lowbit.train.loop import Env
+    from lowbit.train.env import Env
 
 __all__ = ["AUTO_MODE", "CompileChoice", "compile_blocks", "resolve_compile"]
 
