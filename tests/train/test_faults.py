@@ -271,3 +271,25 @@ def test_a_disk_filled_under_tensorboard_is_one_line_naming_the_file(
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert "no space left on the device" in err and "run/tensorboard" in err, err  # the event file, once created
+
+
+def test_a_forked_child_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """DataLoader workers are forked: the lock must die with the training process, not with its last worker."""
+    lock = RunLock(tmp_path / "run").acquire()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: outlives the parent's hold
+        os.close(r)
+        os.write(w, b"1")
+        time.sleep(3)
+        os._exit(0)
+    os.close(w)
+    os.read(r, 1)
+    os.close(lock.fd)  # the parent dies (kill -9: the lock file stays); the child lives on
+    lock.fd = None
+    try:
+        with RunLock(tmp_path / "run"):  # taken over, not refused (the child's inherited copy was closed)
+            pass
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

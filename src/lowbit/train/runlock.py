@@ -6,7 +6,8 @@ written, and records who holds it (PID, host, start time). The kernel drops the 
 however it dies, so a second ``lowbit train`` with the same ``--out`` (or a ``--resume`` of a live run) is
 refused while the first is alive, and a lock file left by a killed run is taken over (with a line saying so).
 A clean exit removes the lock file. On file systems without ``flock`` the recorded PID decides (same host:
-is it alive?). Under ``torchrun`` only rank 0 takes it.
+is it alive?). Under ``torchrun`` only rank 0 takes it. A forked child (a DataLoader worker) closes its copy of
+the lock's descriptor at once, so the lock dies with the training process, not with its last worker.
 
 Temporary files. Every lowbit write goes to a temporary file beside its target, then ``os.replace`` (a kill
 leaves the old file or the new one). A kill between the two leaves the temporary file: ``remove_stale_temps``
@@ -39,6 +40,22 @@ TEMP_PATTERNS = (
 
 class RunLockedError(ValueError):
     """The run folder is in use by a live ``lowbit train``."""
+
+
+_HELD: list[RunLock] = []  # locks this process holds (a forked child drops its copies)
+
+
+def _after_fork_in_child() -> None:
+    for lock in _HELD:
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _holder(path: Path) -> dict[str, object]:
@@ -128,10 +145,16 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self.fd = fd
+        _HELD.append(self)
         return self
 
     def _refuse(self, holder: dict[str, object]) -> None:
         self._remove_created()
+        pid = int(str(holder.get("pid", "0")) or 0)
+        if holder.get("host") == socket.gethostname() and pid and not _pid_alive(pid):
+            raise RunLockedError(
+                f"run folder {str(self.out)!r} is still locked by processes of a run that ended ({_describe(holder)}, "
+                "now gone): wait a few seconds for them to exit and start again")
         raise RunLockedError(
             f"run folder {str(self.out)!r} is in use by a running lowbit train ({_describe(holder)}): wait for it to "
             "end (or stop it), or pass another --out")
@@ -151,6 +174,8 @@ class RunLock:
             self.path.unlink()
         os.close(self.fd)  # closing drops the flock
         self.fd = None
+        if self in _HELD:
+            _HELD.remove(self)
         self._remove_created()
 
     def _remove_created(self) -> None:
