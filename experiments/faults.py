@@ -68,6 +68,12 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _tail(line: str, n: int = 150) -> str:
+    """A lowbit line without its ``lowbit train: `` prefix and temporary paths, cut at ``n`` characters."""
+    text = line.strip().removeprefix("lowbit train: ").replace(tempfile.gettempdir() + "/", "")
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _steps_exact(rows: list[int]) -> str:
     return "nothing (each step logged once)" if rows == list(range(1, len(rows) + 1)) else f"rows {rows[:5]}..."
 
@@ -115,7 +121,7 @@ def lock(d: Path) -> tuple[str, str, str]:
     c.send_signal(signal.SIGTERM)
     c.communicate(timeout=120)
     return ("two runs with the same `--out`; `--resume` of a live run",
-            f"the second start exits {b.returncode}: `{_last_line(b.stderr)[:110]}...`; the resume exits {r.returncode}, "
+            f"the second start exits {b.returncode}: `{_tail(_last_line(b.stderr), 200)}`; the resume exits {r.returncode}, "
             "same line",
             _steps_exact(_rows(run)))
 
@@ -132,7 +138,7 @@ def kill9(d: Path) -> tuple[str, str, str]:
     r = _run([*TRAIN, "--resume", str(run), "--stop-at", str(step + 3), "--no-progress", "--threads", "1"])
     said = [ln for ln in r.stdout.splitlines() if "took over" in ln or "temporary" in ln]
     return ("`kill -9` mid-run (lock file and a save's temp file left behind), then `--resume`",
-            f"left {', '.join(left)}; resume exits {r.returncode} and says: " + " / ".join(f"`{s[13:90]}...`" for s in said),
+            f"left {', '.join(left)}; resume exits {r.returncode} and says: " + " / ".join(f"`{_tail(s)}`" for s in said),
             f"the steps after the last checkpoint (step {step}); {_steps_exact(_rows(run))}")
 
 
@@ -205,7 +211,7 @@ def shards(d: Path) -> tuple[str, str, str]:
     r = _run([*TRAIN, *TINY, "--steps", "1", "--data", str(data), "--out", str(d / "run")])
     said = next((ln for ln in r.stdout.splitlines() if "without a usable sample" in ln), "(nothing)")
     n = json.loads((d / "run" / "summary.json").read_text())["data"].get("empty_shards") if r.returncode == 0 else "?"
-    return ("an empty shard and one cut inside its first header", f"warned: `{said[13:120]}...`; summary.json "
+    return ("an empty shard and one cut inside its first header", f"warned: `{_tail(said)}`; summary.json "
             f"data.empty_shards = {n}", "nothing unsaid")
 
 
@@ -241,7 +247,8 @@ def frozen(d: Path) -> tuple[str, str, str]:
                 os.kill(pid, signal.SIGCONT)
     line = next((ln for ln in err.splitlines() if "timed out" in ln), _last_line(err))
     return ("SIGSTOP of rank 1 (frozen), `--dist-timeout 10`",
-            f"after {time.time() - t0:.0f} s: `{line[:200]}`", "the steps since the last checkpoint")
+            f"torchrun exits after {time.time() - t0:.0f} s (the rank's line at ~10 s, then torchrun's 30 s to kill a "
+            f"stopped process): `{_tail(line, 260)}`", "the steps since the last checkpoint")
 
 
 def dcp(d: Path) -> tuple[str, str, str]:
@@ -257,7 +264,7 @@ def dcp(d: Path) -> tuple[str, str, str]:
     r = _run([*TORCHRUN, "--resume", str(run), "--parallel", "fsdp", "--no-progress", "--threads", "1"], timeout=600)
     warn = next((ln for ln in r.stderr.splitlines() if "SHA-256" in ln), "(no warning)")
     return ("one flipped bit in `checkpoint.dcp/*.distcp` (FSDP), then `--resume`",
-            f"exit {r.returncode}; `{warn[warn.find('checkpoint '):][:150]}...`",
+            f"exit {r.returncode}; `{_tail(warn[warn.find('checkpoint '):], 160)}`",
             f"steps 3-4 (resumed from checkpoint.prev.dcp, step 2); {_steps_exact(_rows(run))}")
 
 
@@ -272,7 +279,7 @@ def bitflip(d: Path) -> tuple[str, str, str]:
     f.write_bytes(bytes(data))
     r = _run([*TRAIN, "--resume", str(run), "--no-progress", "--threads", "1"])
     warn = next((ln for ln in r.stderr.splitlines() if "checkpoint" in ln), "(no warning)")
-    return ("one flipped bit in `checkpoint.pt`, then `--resume`", f"exit {r.returncode}; `{warn[:150]}...`",
+    return ("one flipped bit in `checkpoint.pt`, then `--resume`", f"exit {r.returncode}; `{_tail(warn, 160)}`",
             f"steps 3-4 (resumed from checkpoint.prev.pt); {_steps_exact(_rows(run))}")
 
 
@@ -298,10 +305,9 @@ def threads(d: Path) -> tuple[str, str, str]:
     rec = torch.load(run / "checkpoint.pt", weights_only=True).get("threads") if r.returncode == 0 else None
     a = _run([*TRAIN, "--resume", str(run), "--no-progress", "--threads", "0", "--stop-at", "3"])
     b = _run([*TRAIN, "--resume", str(run), "--no-progress", "--threads", "2"])
-    lines = [ln for out in (a.stdout, b.stdout) for ln in out.splitlines() if "thread" in ln and "lowbit train:" in ln
-             and "|" not in ln]
+    lines = [ln for out in (a.stdout, b.stdout) for ln in out.splitlines() if "thread(s)" in ln or "--threads" in ln]
     return ("resume with `--threads 0` (automatic, load-dependent) and with `--threads 2`",
-            f"the checkpoint records threads = {rec}; " + " / ".join(f"`{ln[13:110]}...`" for ln in lines),
+            f"the checkpoint records threads = {rec}; " + " / ".join(f"`{_tail(ln)}`" for ln in lines),
             "nothing (auto keeps the count; another count is warned about)")
 
 

@@ -100,7 +100,7 @@ def describe_timeout(exc: BaseException, rank: int, world_size: int, timeout_s: 
     else:
         cause = "a rank is frozen or dead" + (f" ({why})" if why else " (every heartbeat is recent: stuck, not stopped)")
     return (f"{what} timed out after {timeout_s:g} s on rank {rank} (--dist-timeout): {cause}; the last checkpoint "
-            "is kept (resume from it once the ranks are healthy)")
+            "(if any) is kept: resume from it once the ranks are healthy")
 
 
 @contextlib.contextmanager
