@@ -293,3 +293,19 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path: Path) -> None:
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_the_faults_script_runs_and_docs_show_its_table() -> None:
+    """experiments/faults.py (each fault's injection is tested above) parses, and docs/faults.md holds its table:
+    one row per fault."""
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "experiments" / "faults.py"), "--help"], capture_output=True, text=True,
+                       env=_env(), timeout=120)
+    assert r.returncode == 0 and "--only" in r.stdout, r.stderr
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("faults_script", root / "experiments" / "faults.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [ln for ln in (root / "docs" / "faults.md").read_text().splitlines() if ln.startswith("| ") and "---" not in ln]
+    assert len(rows) == 1 + len(mod.FAULTS), rows
