@@ -93,6 +93,7 @@ def describe_timeout(exc: BaseException, rank: int, world_size: int, timeout_s: 
     op = re.search(r"for (\w+) operation", first)
     what = f"a collective ({op.group(1)})" if op else "a collective operation"
     silent, why = silent_ranks(world_size, stale_after=max(3 * interval, 2.0))
+    silent = [(r, age) for r, age in silent if r != rank]  # this rank is alive (its own beat may lag under load)
     if silent:
         who = ", ".join(f"rank {r} (" + ("no heartbeat at all" if age is None else f"silent for {age:.0f} s") + ")"
                         for r, age in silent)
