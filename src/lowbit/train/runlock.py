@@ -30,11 +30,11 @@ from pathlib import Path
 __all__ = ["LOCK_NAME", "TEMP_PATTERNS", "RunLock", "RunLockedError", "remove_stale_temps"]
 
 LOCK_NAME = ".lowbit.lock"
-# lowbit's temporary names in a run folder (lowbit.atomic_io, lowbit.train.checkpoint, lowbit.train.distributed)
+# the temporary names lowbit writes directly in a run folder: save_checkpoint's, save_dcp's directory (meta.pt's
+# temporary lives inside it) and lowbit.atomic_io's for the logs
 TEMP_PATTERNS = (
-    ".checkpoint.pt.*.tmp", ".checkpoint.prev.pt.*.tmp", ".checkpoint.dcp.tmp", ".meta.pt.*.tmp",
-    ".metrics.csv.*.tmp", ".eval.csv.*.tmp", ".summary.json.*.tmp", ".config.yaml.*.tmp", ".monitor*.tmp",
-    ".rms*.tmp",
+    ".checkpoint.pt.*.tmp", ".checkpoint.dcp.tmp", ".metrics.csv.*.tmp", ".eval.csv.*.tmp", ".summary.json.*.tmp",
+    ".config.yaml.*.tmp",
 )
 
 
