@@ -309,3 +309,40 @@ def test_the_faults_script_runs_and_docs_show_its_table() -> None:
     spec.loader.exec_module(mod)
     rows = [ln for ln in (root / "docs" / "faults.md").read_text().splitlines() if ln.startswith("| ") and "---" not in ln]
     assert len(rows) == 1 + len(mod.FAULTS), rows
+
+
+# ---------------------------------------------------------------------------------------------- 8: a frozen rank
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file() or not torch.distributed.is_gloo_available(),
+                    reason="needs /proc and gloo")
+def test_a_frozen_rank_under_torchrun_is_named_within_the_dist_timeout(tmp_path: Path) -> None:
+    """SIGSTOP of rank 1 in a DDP run with --dist-timeout 5: rank 0 stops with one line naming rank 1 (was silence
+    for torch's 30 minutes)."""
+    import threading
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *CLI[1:],
+           "--dist-timeout", "5", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    ranks: dict[int, int] = {}
+    try:
+        _wait_rows(run, proc)
+        ranks = _ranks(proc.pid)
+        os.kill(ranks[1], signal.SIGSTOP)
+        t0 = time.time()
+        while time.time() - t0 < 90 and not any("timed out" in ln for ln in lines):
+            time.sleep(0.1)
+        waited = time.time() - t0
+    finally:
+        for pid in ranks.values():
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    line = next((ln for ln in lines if "timed out" in ln), "".join(lines[-20:]))
+    assert "lowbit train: error: a collective" in line and "timed out after 5 s on rank 0 (--dist-timeout)" in line, line
+    assert "rank 1 (silent for" in line and "frozen or dead" in line, line
+    assert waited < 60, waited
