@@ -5,10 +5,10 @@
 * The RMS monitor under FSDP (``--set monitor=true``, StableAdamW: the RMS of each sharded tensor is reduced over
   its shards): finite ``rms/<param>`` columns for every parameter, equal to one process's (|Δ| <= 1e-4 relative;
   fp32, only reduction orders differ) at the same global batch.
-* A crash between the two renames of a DCP save (``checkpoint.dcp`` → ``.checkpoint.dcp.old``, then
+* A crash between the two renames of a DCP save (``checkpoint.dcp`` → ``checkpoint.prev.dcp``, then
   ``.checkpoint.dcp.tmp`` → ``checkpoint.dcp``): rank 0 dies after the first (``os.replace`` patched to exit),
-  leaving no ``checkpoint.dcp``; ``--resume`` takes ``.checkpoint.dcp.old`` and the run ends on the uninterrupted
-  trajectory (|Δloss| <= 1e-5), with the leftovers cleaned up by its next save.
+  leaving no ``checkpoint.dcp``; ``--resume`` takes ``checkpoint.prev.dcp`` and the run ends on the uninterrupted
+  trajectory (|Δloss| <= 1e-5), with the leftovers cleaned up.
 """
 
 from __future__ import annotations
@@ -132,16 +132,17 @@ def test_resume_after_crash_between_renames_uses_old_checkpoint(tmp_path: Path, 
     assert crashed.returncode != 0
     # the crash left the step-2 checkpoint renamed away and the complete step-3 one not yet in place
     assert not (run / "checkpoint.dcp").exists()
-    assert (run / ".checkpoint.dcp.old" / ".metadata").is_file() and (run / ".checkpoint.dcp.tmp").is_dir()
+    assert (run / "checkpoint.prev.dcp" / ".metadata").is_file() and (run / ".checkpoint.dcp.tmp").is_dir()
     from lowbit.train.checkpoint import load_checkpoint, resolve_checkpoint
 
-    assert resolve_checkpoint(run).name == ".checkpoint.dcp.old" and load_checkpoint(run)["step"] == 2
+    assert resolve_checkpoint(run).name == "checkpoint.prev.dcp" and load_checkpoint(run)["step"] == 2
     _train("--resume", str(run), "--parallel", "fsdp", "--no-progress", "--threads", "1")
     got, want = _rows(run), _rows(fsdp_run)
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-5)
     assert (run / "checkpoint.dcp" / ".metadata").is_file() and load_checkpoint(run)["step"] == STEPS
     assert not (run / ".checkpoint.dcp.old").exists() and not (run / ".checkpoint.dcp.tmp").exists()
+    assert load_checkpoint(run / "checkpoint.prev.dcp")["step"] == 2  # the one resumed from, kept as the previous
 
 
 def _crasher(tmp_path: Path) -> Path:

@@ -58,7 +58,7 @@ class FakeEval(torch.utils.data.Dataset):
 
 def make_fake_data(nan_at: int | None = None) -> SimpleNamespace:
     def build_train_data(spec: str, *, image_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1,
-                         uint8: bool = False) -> FakeTrain:  # uint8: rendered float pixels stay float (as synthetic)
+                         uint8: bool = False, max_image_pixels: int | None = None) -> FakeTrain:  # uint8: rendered float pixels stay float (as synthetic)
         assert spec == "fake", spec
         return FakeTrain(image_size, seed, start, rank, world_size, nan_at)
 

@@ -110,6 +110,12 @@ def one_line(exc: BaseException) -> str:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{what}{where}"
     text = str(exc).strip().splitlines()
+    if text and text[0].startswith("Caught ") and "DataLoader worker process" in text[0]:
+        # torch re-raises a worker's error as "Caught X in DataLoader worker process N." + its traceback: the
+        # error's own last line says what went wrong (the data error naming shard and key)
+        worker = text[0].removeprefix("Caught ").rstrip(".")
+        last = next((line for line in reversed(text) if line.strip() and not line.startswith(" ")), "")
+        return f"{last.split(': ', 1)[-1]} ({worker})" if last and last != text[0] else text[0]
     return text[0] if text else type(exc).__name__
 
 

@@ -44,6 +44,10 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--zeroshot-limit", "zeroshot_limit", int, "images per zero-shot task, 0 = all"),
     ("--max-bad-fraction", "max_bad_fraction", float, "stop when more than this fraction of the samples read is "
      "unusable (undecodable image, missing caption or file; judged after 200 samples; default 0.1)"),
+    ("--max-image-pixels", "max_image_pixels", int, "skip (and count) images with more pixels, read from the header "
+     "before decoding (default 2^25 = 33.5 MP: above 24-33 MP camera photos; a decoded image that size is 100 MB)"),
+    ("--dist-timeout", "dist_timeout", float, "under torchrun: seconds a collective waits for the other ranks before "
+     "the run stops with a line naming the frozen or dead rank"),
     ("--out", "out", str, "run directory (default runs/<timestamp>; with --resume, the checkpoint's directory)"),
     ("--resume", "resume", str, "continue exactly from a checkpoint file or run directory"),
     ("--eval-every", "eval_every", int, "steps between zero-shot evaluations, 0 = at the end only"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import csv
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from lowbit.data import _rng
-from lowbit.data.image import decode_image
+from lowbit.data.image import ImageTooLarge, decode_image
 from lowbit.data.stream import SampleStream
 from lowbit.data.tars import FileCache, ShardIndex
 
@@ -83,8 +84,9 @@ class FiniteStream(SampleStream):
 
     chunk = 1
 
-    def __init__(self, counts: list[int], **kwargs: int) -> None:
+    def __init__(self, counts: list[int], max_image_pixels: int | None = None, **kwargs: int) -> None:
         super().__init__(**kwargs)
+        self.max_image_pixels = max_image_pixels  # larger images are skipped unread (load_image)
         self.examples: dict[str, list[str]] = {}  # reason -> first few "what: why" (this process only)
         self.total = int(sum(counts))
         if self.total == 0:
@@ -116,7 +118,7 @@ class FiniteStream(SampleStream):
 
 
 _REASONS = {"skipped_images": "undecodable image(s)", "skipped_captions": "missing or empty caption(s)",
-            "missing_files": "missing file(s)"}
+            "missing_files": "missing file(s)", "skipped_large_images": "image(s) above --max-image-pixels"}
 
 
 def describe_examples(stats: dict[str, int], examples: dict[str, list[str]]) -> str:
@@ -140,12 +142,19 @@ def read_caption(data: bytes) -> str:
     return text
 
 
-def load_image(data: bytes | str, image_size: int, uint8: bool = False) -> torch.Tensor:
-    """Decode (``uint8``: to uint8 pixels, see ``decode_image``) or raise SkipSample("skipped_images")."""
+_STREAM_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def load_image(data: bytes | str, image_size: int, uint8: bool = False, max_pixels: int | None = None) -> torch.Tensor:
+    """Decode (``uint8``: to uint8 pixels, see ``decode_image``) or raise SkipSample: "skipped_large_images" above
+    ``max_pixels``, else "skipped_images"."""
     try:
-        return decode_image(data, image_size, uint8=uint8)
+        return decode_image(data, image_size, uint8=uint8, max_pixels=max_pixels)
+    except ImageTooLarge as exc:
+        raise SkipSample("skipped_large_images", str(exc)) from exc
     except Exception as exc:  # PIL raises many types for bad data; all mean "skip"
-        raise SkipSample("skipped_images", f"{type(exc).__name__}: {exc}") from exc
+        why = _STREAM_REPR.sub("", str(exc))  # PIL names the in-memory stream, not the sample: the caller does
+        raise SkipSample("skipped_images", f"{type(exc).__name__}: {why}") from exc
 
 
 class ShardReader:
@@ -182,15 +191,33 @@ class ShardReader:
         return self.files.read(shard.path, int(col[i, 0]), int(col[i, 1]))
 
 
+def _why_empty(shard: ShardIndex) -> str:
+    """Why a shard gave no sample: an empty file, a cut header, or members without image + caption."""
+    try:
+        size = os.path.getsize(shard.path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if shard.error:
+        return f"{shard.error} ({size:,} bytes)"
+    return f"no sample with an image and a caption ({shard.incomplete} incomplete)"
+
+
 class TarStream(FiniteStream):
     """Training stream over WebDataset shards (image + ``.txt``)."""
 
     def __init__(self, shards: list[ShardIndex], name: str, **kwargs: int) -> None:
-        self.reader, self.name = ShardReader(shards), name
+        """``shards`` may include some without a sample (empty, cut inside the first header): they are left out
+        of the stream and listed in ``damage["empty_shards"]`` (path -> why), never dropped without a word."""
+        kept = [s for s in shards if len(s)]
+        self.reader, self.name = ShardReader(kept), name
         super().__init__(self.reader.counts, **kwargs)
-        damaged = {s.path: s.error for s in shards if s.error}
+        damaged = {s.path: s.error for s in kept if s.error}
+        empty = {s.path: _why_empty(s) for s in shards if not len(s)}
         incomplete = sum(s.incomplete for s in shards)
         self.damage = {**({"damaged_shards": damaged} if damaged else {}),
+                       **({"empty_shards": empty} if empty else {}),
                        **({"incomplete_samples": incomplete} if incomplete else {})}
 
     def describe_source(self) -> str:
@@ -198,11 +225,16 @@ class TarStream(FiniteStream):
 
     def load(self, sample_id: int) -> tuple[torch.Tensor, str]:
         try:
-            text = self.reader.member(sample_id, "txt")
-        except OSError as exc:
-            raise SkipSample("skipped_captions", str(exc)) from exc
-        caption = read_caption(text or b"")
-        return load_image(self.reader.image_bytes(sample_id), self.image_size, self.uint8), caption
+            try:
+                text = self.reader.member(sample_id, "txt")
+            except OSError as exc:
+                raise SkipSample("skipped_captions", str(exc)) from exc
+            caption = read_caption(text or b"")
+            image = load_image(self.reader.image_bytes(sample_id), self.image_size, self.uint8, self.max_image_pixels)
+        except SkipSample as skip:  # name the sample: shard and key
+            shard, i = self.reader.locate(sample_id)
+            raise SkipSample(skip.kind, f"{shard.path} key {shard.keys[i]}: {skip}") from skip.__cause__
+        return image, caption
 
 
 # ---- CSV / TSV -------------------------------------------------------------------------------------------------
@@ -270,8 +302,8 @@ class TableStream(FiniteStream):
         caption = read_caption(self.table.captions[sample_id].encode("utf-8", "surrogateescape"))
         path = self.table.images[sample_id]
         try:
-            return load_image(path, self.image_size, self.uint8), caption
+            return load_image(path, self.image_size, self.uint8, self.max_image_pixels), caption
         except SkipSample as skip:
             if isinstance(skip.__cause__, FileNotFoundError):
                 raise SkipSample("missing_files", path) from skip.__cause__
-            raise
+            raise SkipSample(skip.kind, f"{path}: {skip}") from skip.__cause__

@@ -149,13 +149,15 @@ def _prepared_shards(root: str, manifest: dict[str, Any], split: str) -> list[st
     return [os.path.join(root, n) for n in info["shards"]]
 
 
-def _index(paths: list[str], spec: str, require: tuple[str, ...] = ("txt",)) -> list[ShardIndex]:
-    shards = [index_shard(p, require=require) for p in paths]
-    shards = [s for s in shards if len(s)]
+def _index(paths: list[str], spec: str, require: tuple[str, ...] = ("txt",), keep_empty: bool = False) -> list[ShardIndex]:
+    """Index every shard; ``ValueError`` if none holds a sample. ``keep_empty``: shards without one stay in the list
+    (``TarStream`` reports them), else they are left out."""
+    every = [index_shard(p, require=require) for p in paths]
+    shards = [s for s in every if len(s)]
     if not shards:
         need = " + ".join(("image", *(f".{r}" for r in require)))
         raise ValueError(f"data spec {spec!r}: no sample with {need} in {len(paths)} shard(s)")
-    return shards
+    return every if keep_empty else shards
 
 
 def zeroshot_spec(zeroshot: str, data: str) -> str:
@@ -199,6 +201,7 @@ def build_train_data(
     world_size: int = 1,
     batch_size: int = 1,
     uint8: bool = False,
+    max_image_pixels: int | None = None,
 ) -> IterableDataset:
     """Infinite, deterministic training stream of ``(image [3, S, S] float32 CLIP-normalised, caption)``
     (``uint8``: stored images as uint8 pixels, to be normalised where the batch lands; see ``SampleStream``).
@@ -206,6 +209,7 @@ def build_train_data(
     ``start``: samples this rank already consumed (exact resume). ``rank``/``world_size``: rank ``r`` gets
     global positions ``r, r+W, ...``. ``batch_size``: pass the DataLoader's batch size so that with
     ``num_workers > 0`` the batches come out in exactly the ``num_workers=0`` order (see ``lowbit.data.stream``).
+    ``max_image_pixels``: stored images with more pixels are skipped unread (counted as ``skipped_large_images``).
     Skip counters: ``dataset.stats``.
     """
     check_image_size(image_size)
@@ -217,11 +221,13 @@ def build_train_data(
         return SyntheticStream(parse_synthetic(spec), **common)
     if kind == "prepared":
         manifest = read_manifest(spec)
-        return _TarStream(_index(_prepared_shards(spec, manifest, "train"), spec), spec, **common)
+        return _TarStream(_index(_prepared_shards(spec, manifest, "train"), spec, keep_empty=True), spec,
+                          max_image_pixels=max_image_pixels, **common)
     if kind == "shards":
-        return _TarStream(_index(_shard_paths(spec), spec), spec, **common)
+        return _TarStream(_index(_shard_paths(spec), spec, keep_empty=True), spec, max_image_pixels=max_image_pixels,
+                          **common)
     if kind == "table":
-        return TableStream(read_table(spec), **common)
+        return TableStream(read_table(spec), max_image_pixels=max_image_pixels, **common)
     raise ValueError(f"{spec!r} is an image folder: usable for zero-shot evaluation, not as training data")
 
 

@@ -19,6 +19,12 @@ path -> why the shard could only be read in part; ``incomplete_samples``: tar gr
 caption). Counters live in a small shared-memory tensor with
 one row per process (main process + up to 63 workers), so the parent's ``stats`` includes what DataLoader
 workers counted (fork or spawn). Each rank has its own counters (all-reduce them yourself under DDP).
+
+Consumed, not read. DataLoader workers read ahead (``prefetch_factor`` batches each), so ``stats`` includes
+samples no step has used yet. ``consumed_stats(position)`` counts only the skips behind the positions before
+``position``: every skip is also booked in a shared ring of per-block counters (block = ``batch_size``
+consecutive positions of the rank, the unit a worker produces), which the consumer drains in order. The run's
+bad-sample fraction and its per-step counts are therefore the same for every number of workers.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 _SLOTS = 64
-STAT_KEYS: tuple[str, ...] = ("skipped_images", "skipped_captions", "missing_files")
+_RING = 1024  # blocks whose skip counts wait for the consumer: more than any worker reads ahead (prefetch x workers)
+STAT_KEYS: tuple[str, ...] = ("skipped_images", "skipped_captions", "missing_files", "skipped_large_images")
 
 
 def _check_int(name: str, value: int, minimum: int) -> int:
@@ -69,6 +76,10 @@ class SampleStream(IterableDataset):
             raise ValueError(f"rank must be < world_size, got rank={rank}, world_size={world_size}")
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self._counters = torch.zeros(_SLOTS, len(STAT_KEYS), dtype=torch.int64).share_memory_()
+        self._ring = torch.zeros(_RING, len(STAT_KEYS), dtype=torch.int64).share_memory_()
+        self._block = 0  # the block of positions this process is producing (producer side)
+        self._drained = 0  # blocks drained from the ring (consumer side)
+        self._consumed = [0] * len(STAT_KEYS)
         self.damage = {}
 
     # ---- statistics -------------------------------------------------------------------------------------
@@ -78,10 +89,23 @@ class SampleStream(IterableDataset):
         totals = self._counters.sum(dim=0).tolist()
         return dict(zip(STAT_KEYS, (int(t) for t in totals)))
 
+    def consumed_stats(self, position: int) -> dict[str, int]:
+        """Skip counters of the samples before the rank's ``position`` (samples consumed, ``start`` included):
+        only what the consumer used, not what workers read ahead. Call from the consuming process with
+        non-decreasing positions at whole blocks (``batch_size``)."""
+        blocks = max(0, position - self.start) // self.batch_size
+        for b in range(self._drained, blocks):
+            row = self._ring[b % _RING]
+            self._consumed = [c + int(v) for c, v in zip(self._consumed, row.tolist())]
+            row.zero_()
+        self._drained = max(self._drained, blocks)
+        return dict(zip(STAT_KEYS, self._consumed))
+
     def _count(self, name: str, n: int = 1) -> None:
         info = get_worker_info()
         slot = 0 if info is None else 1 + info.id % (_SLOTS - 1)
         self._counters[slot, STAT_KEYS.index(name)] += n
+        self._ring[self._block % _RING, STAT_KEYS.index(name)] += n
 
     # ---- positions --------------------------------------------------------------------------------------
     def local_positions(self) -> Iterator[int]:
@@ -103,8 +127,11 @@ class SampleStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
         buf: list[int] = []
-        for q in self.global_positions():
-            buf.append(q)
+        w, r = self.world_size, self.rank
+        for k in self.local_positions():
+            if not buf:  # skips are booked to the block of the chunk's first position (sources that skip: chunk 1)
+                self._block = (k - self.start) // self.batch_size
+            buf.append(k * w + r)
             if len(buf) == self.chunk:
                 yield from self._produce(np.asarray(buf, dtype=np.int64))
                 buf.clear()

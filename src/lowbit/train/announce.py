@@ -49,6 +49,11 @@ def announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, out
         listed = "; ".join(f"{p} ({why})" for p, why in list(shards.items())[:3])
         more = f"; and {len(shards) - 3} more" if len(shards) > 3 else ""
         print(f"lowbit train: warning: {len(shards)} damaged shard(s), read up to the damage: {listed}{more}", flush=True)
+    empty = damage.get("empty_shards") or {}
+    if empty:  # nothing read from them: say so (summary.json's data section counts them)
+        listed = "; ".join(f"{p} ({why})" for p, why in list(empty.items())[:3])
+        more = f"; and {len(empty) - 3} more" if len(empty) > 3 else ""
+        print(f"lowbit train: warning: {len(empty)} shard(s) without a usable sample, left out: {listed}{more}", flush=True)
     if damage.get("incomplete_samples"):
         print(f"lowbit train: warning: {damage['incomplete_samples']:,} sample(s) without an image or a caption "
               "left out of the shards", flush=True)

@@ -73,7 +73,7 @@ def open_data(run: _Run) -> Any:
     loader_kw = {"batch_size": cfg.batch_size} if cfg.workers else {}
     run.dataset = dataset = data.build_train_data(
         cfg.data, image_size=model_cfg.vision.image_size, seed=cfg.seed, start=run.data_position, rank=env.rank,
-        world_size=env.world_size, uint8=True, **loader_kw,  # uint8 pixels: normalised on the device (_to_device)
+        world_size=env.world_size, uint8=True, max_image_pixels=cfg.max_image_pixels, **loader_kw,  # uint8 pixels: normalised on the device (_to_device)
     )
     run.damage = dict(getattr(dataset, "damage", None) or {})
     zeroshot = zeroshot_spec(cfg.zeroshot, cfg.data)  # "auto": a prepared --data folder's own tasks, else synthetic

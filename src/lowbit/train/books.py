@@ -13,16 +13,25 @@ from typing import Any
 
 import torch
 
+from lowbit.atomic_io import atomic_write_text
 from lowbit.hardware import dense_bf16_peak_tflops, format_mfu, mfu, mfu_warning
 from lowbit.models.flops import clip_train_flops
 from lowbit.train.announce import compile_choice
-from lowbit.train.checkpoint import CHECKPOINT_NAME, DCP_NAME, PREV_NAME, get_rng_state, save_checkpoint
+from lowbit.train.checkpoint import (
+    CHECKPOINT_NAME,
+    DCP_NAME,
+    PREV_DCP_NAME,
+    PREV_NAME,
+    get_rng_state,
+    save_checkpoint,
+)
 from lowbit.train.config import TrainConfig
 from lowbit.train.distributed import all_finite, save_dcp, sum_over_ranks
 from lowbit.train.env import Env, versions
 from lowbit.train.errors import DataError, NonFiniteLossError
 from lowbit.train.metrics import RunLogger
 from lowbit.train.signals import Interrupt
+from lowbit.train.threads import recorded_threads
 from lowbit.train.timing import steady_rate, step_clock
 from lowbit.train.trainer import Trainer, check_replicas
 from lowbit.train.zeroshot import evaluate_zeroshot
@@ -34,6 +43,7 @@ SKIP_REASONS = {  # dataset.stats key -> what it means (lowbit.data.stream.STAT_
     "skipped_images": "undecodable image",
     "skipped_captions": "missing or empty caption",
     "missing_files": "missing file",
+    "skipped_large_images": "image above --max-image-pixels",
 }
 
 BAD_MIN_SAMPLES = 200  # the bad-data fraction is judged after this many samples
@@ -201,7 +211,7 @@ class _Run:
             "out": str(self.out),
         }
         if env.master:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
             if any(self.skipped.values()):
                 print(f"lowbit train: data: skipped {sum(self.skipped.values()):,} bad sample(s): "
                       f"{describe_skips(self.skipped)}", flush=True)
@@ -221,13 +231,16 @@ class _Run:
             "samples_seen": self.data_position * env.world_size,
             "data_skipped": dict(self.skipped),
             "world_size": env.world_size,
+            **recorded_threads(env.device),  # CPU: the thread count (a resume keeps it: lowbit.train.threads)
             "step": step,
             "config": cfg.to_dict(),
             "model_config": self.model_cfg.to_dict(),
             "versions": versions(),
         }
         if env.parallel == "fsdp":
-            self.last_ckpt, self.last_ckpt_step = save_dcp(out / DCP_NAME, tr.raw_model, tr.optimizer, meta), step
+            keep = not (self.last_ckpt is not None and self.last_ckpt.name == PREV_DCP_NAME)  # else: current damaged
+            self.last_ckpt = save_dcp(out / DCP_NAME, tr.raw_model, tr.optimizer, meta, keep_previous=keep)
+            self.last_ckpt_step = step
             if env.master:
                 (out / CHECKPOINT_NAME).unlink(missing_ok=True)
                 (out / PREV_NAME).unlink(missing_ok=True)
@@ -237,8 +250,9 @@ class _Run:
             keep = not (self.last_ckpt is not None and self.last_ckpt.name == PREV_NAME)
             self.last_ckpt = save_checkpoint(out / CHECKPOINT_NAME, state, keep_previous=keep)
             self.last_ckpt_step = step
-            if (out / DCP_NAME).is_dir():
-                shutil.rmtree(out / DCP_NAME)
+            for name in (DCP_NAME, PREV_DCP_NAME):
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name)
 
     # ---- evaluation
     def evaluate(self, step: int, announce: bool = True) -> None:
@@ -261,7 +275,8 @@ class _Run:
     def count_data(self, dataset: Any, interrupted: int) -> int:
         """Skipped-sample counters summed over ranks (one all_reduce per step under torchrun, which also makes
         every rank agree on an interrupt); returns the number of ranks that saw a signal."""
-        local = getattr(dataset, "stats", None) or {}
+        consumed = getattr(dataset, "consumed_stats", None)  # the samples used, not those workers read ahead
+        local = consumed(self.data_position) if consumed else (getattr(dataset, "stats", None) or {})
         keys = list(SKIP_REASONS)
         values = [interrupted] + [int(local.get(k, 0)) for k in keys]
         if self.env.distributed:

@@ -6,6 +6,9 @@ Two formats: ``RUN/checkpoint.pt`` (one file: single process and DDP) and ``RUN/
 holds one of them (saving one format removes the other). ``load_checkpoint`` of a DCP checkpoint returns its
 ``meta.pt`` (everything but the model and optimizer state) with ``format: "dcp"`` and ``path``.
 
+DCP integrity: ``meta.pt`` records the SHA-256 of every file of the directory (``files``), verified on load;
+a damaged ``checkpoint.dcp`` of a run directory falls back to ``checkpoint.prev.dcp`` as the single file does.
+
 Integrity. Every file carries ``checksum``: the SHA-256 of its content (every tensor's dtype, shape and bytes,
 every scalar, in a fixed order), verified by ``load_checkpoint``; an empty, truncated, unreadable or altered
 file raises ``CheckpointError`` naming the file and what is wrong with it. Saving over a checkpoint keeps the
@@ -28,13 +31,15 @@ import numpy as np
 import torch
 
 __all__ = [
-    "CHECKPOINT_NAME", "DCP_NAME", "PREV_NAME", "CheckpointError", "get_rng_state", "load_checkpoint",
+    "CHECKPOINT_NAME", "DCP_NAME", "PREV_DCP_NAME", "PREV_NAME", "CheckpointError", "dcp_file_checksums",
+    "get_rng_state", "load_checkpoint",
     "resolve_checkpoint", "save_checkpoint", "set_rng_state", "state_checksum",
 ]  # fmt: skip
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PREV_NAME = "checkpoint.prev.pt"  # the checkpoint before the last save (a fallback if the last is damaged)
 DCP_NAME = "checkpoint.dcp"
+PREV_DCP_NAME = "checkpoint.prev.dcp"  # the DCP checkpoint before the last save
 _META = "meta.pt"
 _CHECKSUM = "checksum"
 _SCHEME = "lowbit-state-sha256/1"
@@ -45,7 +50,45 @@ class CheckpointError(ValueError):
 
 
 def _is_dcp(p: Path) -> bool:
-    return p.is_dir() and (p / _META).is_file() and (p / ".metadata").is_file()
+    """A DCP checkpoint directory (complete or not: a damaged one is reported, not passed over)."""
+    return p.is_dir() and ((p / _META).is_file() or (p / ".metadata").is_file())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dcp_file_checksums(directory: str | Path) -> dict[str, str]:
+    """SHA-256 of every file DCP wrote in ``directory`` (relative name -> hex), ``meta.pt`` aside."""
+    d = Path(directory)
+    return {str(f.relative_to(d)): _sha256(f) for f in sorted(d.rglob("*")) if f.is_file() and f.name != _META}
+
+
+_VERIFIED: set[tuple[str, int]] = set()
+
+
+def _verify_dcp(p: Path, meta: dict[str, Any]) -> None:
+    """Every file ``meta`` lists must be there with its SHA-256 (once per process and directory state)."""
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        if not (p / ".metadata").is_file():
+            raise CheckpointError(f"checkpoint {str(p)!r} is incomplete: its .metadata is missing")
+        return  # written before checksums were recorded
+    key = (str(p.resolve()), hash(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.rglob("*")))))
+    if key in _VERIFIED:
+        return
+    for name, digest in sorted(files.items()):
+        f = p / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {str(p)!r} is incomplete: {name} is missing")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: {name} does not match the SHA-256 stored when "
+                                  "it was written (bytes changed on disk)")
+    _VERIFIED.add(key)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -150,7 +193,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if _is_dcp(p) or p.is_file():
         return p
     if p.is_dir():
-        for cand in (p / DCP_NAME, p / CHECKPOINT_NAME, p / f".{DCP_NAME}.old", p / PREV_NAME):
+        for cand in (p / DCP_NAME, p / CHECKPOINT_NAME, p / PREV_DCP_NAME, p / f".{DCP_NAME}.old", p / PREV_NAME):
             if _is_dcp(cand) or cand.is_file():
                 return cand
         p = p / CHECKPOINT_NAME
@@ -193,17 +236,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     directory whose ``checkpoint.pt`` is damaged, load ``checkpoint.prev.pt`` instead (with a warning); the
     result's ``path`` says which file was loaded."""
     p = resolve_checkpoint(path)
-    if p.is_dir():
-        meta = _load_file(p / _META, map_location)
-        return {**meta, "format": "dcp", "path": str(p)}
     try:
-        return {**_load_file(p, map_location), "path": str(p)}
+        return _load_any(p, map_location)
     except CheckpointError as exc:
-        prev = p.with_name(PREV_NAME)
-        if not (fallback and Path(path).is_dir() and p.name == CHECKPOINT_NAME and prev.is_file()):
+        prev = p.with_name(PREV_DCP_NAME if p.is_dir() else PREV_NAME)
+        if not (fallback and Path(path).is_dir() and p != Path(path) and p.name in (CHECKPOINT_NAME, DCP_NAME) and prev.exists()):
             raise
         try:
-            state = _load_file(prev, map_location)
+            state = _load_any(prev, map_location)
         except CheckpointError as exc2:
             raise CheckpointError(f"{exc}; the previous one is damaged too: {exc2}") from exc
         key = (str(p.resolve()), p.stat().st_mtime_ns)
@@ -212,6 +252,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             warnings.warn(f"{exc}; resuming from the previous checkpoint {str(prev)!r} (step {state.get('step')})",
                           stacklevel=2)
         return {**state, "path": str(prev)}
+
+
+def _load_any(p: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """A checkpoint file, or a DCP directory's verified ``meta.pt`` (with ``format: "dcp"``), with ``path``."""
+    if p.is_dir():
+        if not (p / _META).is_file():
+            raise CheckpointError(f"checkpoint {str(p)!r} is incomplete: its {_META} is missing")
+        meta = _load_file(p / _META, map_location)
+        _verify_dcp(p, meta)
+        return {**meta, "format": "dcp", "path": str(p)}
+    return {**_load_file(p, map_location), "path": str(p)}
 
 
 _WARNED: set[tuple[str, int]] = set()

@@ -64,11 +64,16 @@ class TrainConfig:
     gather_with_grad: bool = True  # all-gather features with their gradient (open_clip's gather_with_grad)
     fsdp_8bit_allgather: bool = True  # fsdp: gather tensor-wise recipes' weights as their int8/e4m3 codes (exact)
     workers: int = 0  # DataLoader worker processes per rank for the training data; 0 = in the training process
+    # seconds a collective may wait for the other ranks before the run stops naming the silent rank (torch's default:
+    # 30 minutes of silence); long enough for a checkpoint save or an evaluation on rank 0 alone
+    dist_timeout: float = 300.0
     # data
     data: str = "synthetic"
     zeroshot: str = "auto"  # zero-shot task spec; auto: a prepared --data folder's own tasks, else synthetic; "" or "none" = no evaluation
     zeroshot_limit: int = 0  # images per task, 0 = all
     max_bad_fraction: float = 0.1  # stop when more of the samples read were unusable (judged after 200 samples)
+    # images with more pixels are skipped unread (one line says why); PIL's own bomb check only warns below 179 MP
+    max_image_pixels: int = 1 << 25
     # bookkeeping
     out: str = ""  # run directory; "" = runs/<timestamp>
     resume: str = ""  # checkpoint file or run directory to continue
@@ -105,6 +110,10 @@ class TrainConfig:
             _check(name, v, _is_num(v) and v >= 0 and math.isfinite(v), "a float >= 0")
         _check("max_bad_fraction", self.max_bad_fraction,
                _is_num(self.max_bad_fraction) and 0 <= self.max_bad_fraction <= 1, "a float in [0, 1]")
+        _check("dist_timeout", self.dist_timeout,
+               _is_num(self.dist_timeout) and self.dist_timeout > 0 and math.isfinite(self.dist_timeout), "seconds > 0")
+        _check("max_image_pixels", self.max_image_pixels, _is_int(self.max_image_pixels) and self.max_image_pixels > 0,
+               "a positive int")
         _check("min_lr_ratio", self.min_lr_ratio, _is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "a float in [0, 1]")
         _check("optimizer", self.optimizer, self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
         _check("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")

@@ -29,8 +29,11 @@ replicated plain parameter and its gradient is averaged with one ``all_reduce``.
 Checkpoints. Single process and DDP: ``OUT/checkpoint.pt`` (``lowbit.train.checkpoint``). FSDP:
 ``OUT/checkpoint.dcp/``, a ``torch.distributed.checkpoint`` directory of the model and optimizer state
 (``get_state_dict``: DTensor shards, keyed by parameter name) plus ``meta.pt`` (step, config, scheduler, RNG,
-data position; plain tensors). Written to ``OUT/.checkpoint.dcp.tmp`` then renamed over the old one. Either
-format resumes on any number of processes and in either mode (``set_state_dict`` reshards).
+data position; plain tensors). Written to ``OUT/.checkpoint.dcp.tmp``; ``meta.pt`` records the SHA-256 of
+every file DCP wrote (verified by ``load_checkpoint``); then the current one becomes ``OUT/checkpoint.prev.dcp``
+and the new one takes its place, as the single-file ``checkpoint.pt`` / ``checkpoint.prev.pt``. Either format
+resumes on any number of processes and in either mode (``set_state_dict`` reshards). DCP's own errors
+(``CheckpointException``: every rank's traceback) reach the user as one line (``CheckpointError`` / ``OSError``).
 """
 
 from __future__ import annotations
@@ -268,39 +271,73 @@ def replicas_agree(model: torch.nn.Module) -> bool:
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
-def save_dcp(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> Path:
-    """Write model + optimizer (every rank its shards) and ``meta`` (rank 0) to the DCP directory ``path``.
+def save_dcp(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
+             keep_previous: bool = True) -> Path:
+    """Write model + optimizer (every rank its shards) and ``meta`` (rank 0, with the SHA-256 of every DCP file) to
+    the DCP directory ``path``.
 
-    Collective. Atomic: written to ``.NAME.tmp`` beside it, then the old directory is renamed to ``.NAME.old``,
-    the new one into place, and the old one removed (``resolve_checkpoint`` falls back to ``.NAME.old`` if a
-    crash hits between the two renames).
+    Collective. Atomic: written to ``.NAME.tmp`` beside it; then (``keep_previous``) the current directory
+    becomes ``checkpoint.prev.dcp`` (replacing the one before) and the new one takes its place. A crash between the
+    two renames leaves the previous one, which ``resolve_checkpoint`` finds. ``keep_previous=False`` (the run
+    resumed from the previous one: the current is damaged) drops the current one instead.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from lowbit.train.checkpoint import save_checkpoint
+    from lowbit.train.checkpoint import PREV_DCP_NAME, dcp_file_checksums, save_checkpoint
 
     path = Path(path)
-    tmp, old = path.parent / f".{path.name}.tmp", path.parent / f".{path.name}.old"
+    tmp, prev, old = path.parent / f".{path.name}.tmp", path.parent / PREV_DCP_NAME, path.parent / f".{path.name}.old"
     master = dist.get_rank() == 0
     if master:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
+    try:
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))
+    except (Exception, dcp.api.CheckpointException) as exc:  # CheckpointException is a BaseException
+        raise dcp_error(exc, tmp, "write") from exc
     dist.barrier()
     if master:
-        save_checkpoint(tmp / META_NAME, meta)
+        save_checkpoint(tmp / META_NAME, {**meta, "files": dcp_file_checksums(tmp)})
         _fsync_dir(tmp)
-        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
-            os.replace(path, old)
+            if keep_previous:
+                shutil.rmtree(prev, ignore_errors=True)
+                os.replace(path, prev)  # a crash right here leaves the previous one to resume from
+            else:
+                shutil.rmtree(path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)  # the layout before checkpoint.prev.dcp
     dist.barrier()
     return path
+
+
+def dcp_error(exc: BaseException, path: str | Path, doing: str) -> Exception:
+    """DCP's ``CheckpointException`` (a dict of every failed rank's exception and traceback) or any other error of a
+    DCP read/write as one line: ``OSError(ENOSPC)`` for a full disk, else ``CheckpointError`` naming the directory,
+    the ranks and the first failure."""
+    import errno
+
+    from lowbit.train.checkpoint import CheckpointError
+
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        ranks = sorted(failures)
+        first = failures[ranks[0]]  # (exception, traceback)
+        inner = first[0] if isinstance(first, tuple) else first
+        who = f" on rank(s) {', '.join(map(str, ranks))}"
+    else:
+        inner, who = exc, ""
+    if isinstance(inner, OSError) and inner.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(errno.ENOSPC, f"no space left on the device: could not write checkpoint {str(path)!r} "
+                       "(the previous checkpoint, if any, is kept)")
+    text = str(inner).strip().splitlines()
+    what = f"{type(inner).__name__}: {text[0][:200]}" if text else type(inner).__name__
+    return CheckpointError(f"checkpoint {str(path)!r} could not be {'read' if doing == 'read' else 'written'}{who}: "
+                           f"{what}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -320,7 +357,10 @@ def load_dcp(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except (Exception, dcp.api.CheckpointException) as exc:  # CheckpointException is a BaseException
+        raise dcp_error(exc, path, "read") from exc
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

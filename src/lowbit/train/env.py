@@ -4,6 +4,7 @@ machine (versions, device name). A leaf of ``lowbit.train``: ``compiling``, the 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib.metadata
 import math
 import os
@@ -89,7 +90,8 @@ def setup_env(cfg: TrainConfig) -> Env:
                          + ("start fewer processes per node (torchrun --nproc_per_node) or " if distributed else "")
                          + "train on the CPU (--device cpu)")
     if distributed:  # the backend follows the device, so `--device cpu` on a GPU machine runs on gloo
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=dt.timedelta(seconds=cfg.dist_timeout))
     rank = dist.get_rank() if distributed else 0
     if device.type == "cuda":
         if distributed:

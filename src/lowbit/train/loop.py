@@ -20,6 +20,7 @@ step). Each step is timed to the end of its GPU work, and its wait for the data 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ from lowbit.train.checkpoint import load_checkpoint
 from lowbit.train.config import TrainConfig
 from lowbit.train.env import Env, setup_env
 from lowbit.train.errors import DataError, NonFiniteLossError, RunExistsError
+from lowbit.train.runlock import claim_run_dir
 from lowbit.train.setup import (
     check_names,
     check_out,
@@ -48,7 +50,9 @@ from lowbit.train.setup import (
 )
 from lowbit.train.signals import Interrupt
 from lowbit.train.step import _NonFiniteLoss, train_step
+from lowbit.train.threads import threads_for_resume
 from lowbit.train.trainer import Trainer, build_trainer, check_replicas, restore
+from lowbit.train.watchdog import collective_watchdog
 
 __all__ = ["DataError", "Env", "NonFiniteLossError", "RunExistsError", "Trainer", "resolve_config", "train", "train_step"]
 
@@ -89,21 +93,34 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         return _nothing_to_do(cfg, int(ckpt["step"]), resume_dir)
     out = Path(cfg.out) if cfg.out else (resume_dir if resume_dir is not None else default_out())
     master = int(os.environ.get("RANK", "0")) == 0
-    check_out(cfg, out, resume_dir, master)
-    data_position = check_resume(cfg, ckpt, int(os.environ.get("WORLD_SIZE", "1"))) if ckpt is not None else 0
-    check_prepared_data(cfg.data)
-    env = setup_env(cfg)
+    lock = claim_run_dir(out) if master else None  # one run per folder, before anything is written there
     try:
-        summary = _run(cfg, env, model_cfg, ckpt, out, data_position)
-        if env.distributed:
-            # every rank done before any tears the group down: a gloo peer still talking to a destroyed group
-            # aborted its process at exit ("terminate called without an active exception", rc 1) now and then
-            dist.barrier()
-        return summary
+        check_out(cfg, out, resume_dir, master)
+        data_position = check_resume(cfg, ckpt, int(os.environ.get("WORLD_SIZE", "1"))) if ckpt is not None else 0
+        check_prepared_data(cfg.data)
+        if ckpt is not None:  # the recorded CPU thread count (results depend on it)
+            on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+            threads, note = threads_for_resume(cfg.threads, ckpt, on_cpu)
+            cfg = cfg.replace({"threads": threads})
+            if note and master:
+                print(note, flush=True)
+        env = setup_env(cfg)
+        try:
+            with (collective_watchdog(env.rank, env.world_size, cfg.dist_timeout) if env.distributed  # names a
+                  else contextlib.nullcontext()):  # frozen rank when a collective times out (--dist-timeout)
+                summary = _run(cfg, env, model_cfg, ckpt, out, data_position)
+            if env.distributed:
+                # every rank done before any tears the group down: a gloo peer still talking to a destroyed group
+                # aborted its process at exit ("terminate called without an active exception", rc 1) now and then
+                dist.barrier()
+            return summary
+        finally:
+            if env.distributed:
+                dist.destroy_process_group()
+            torch.set_num_threads(threads_before)
     finally:
-        if env.distributed:
-            dist.destroy_process_group()
-        torch.set_num_threads(threads_before)
+        if lock is not None:
+            lock.release()
 
 
 def _nothing_to_do(cfg: TrainConfig, step: int, run_dir: Path) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
+from lowbit.atomic_io import atomic_write_text
 from lowbit.models import get_config
-from lowbit.train.checkpoint import CHECKPOINT_NAME, DCP_NAME, PREV_NAME, load_checkpoint
+from lowbit.train.checkpoint import CHECKPOINT_NAME, DCP_NAME, PREV_DCP_NAME, PREV_NAME, load_checkpoint
 from lowbit.train.config import TrainConfig, load_yaml
 from lowbit.train.errors import DataError, RunExistsError
 
@@ -25,15 +26,15 @@ __all__ = ["check_names", "check_out", "check_prepared_data", "check_resume", "e
 RESUMABLE_CHANGES = {
     "steps", "stop_at", "resume", "out", "eval_every", "log_every", "save_every", "progress", "zeroshot",
     "zeroshot_limit", "monitor", "activations", "compile", "compile_mode", "compiled_quantize", "threads", "device", "workers", "parallel", "local_loss", "gather_with_grad",
-    "overwrite", "max_bad_fraction",
+    "overwrite", "max_bad_fraction", "dist_timeout",
     "fsdp_8bit_allgather",  # exact: the same numbers either way
     "fuse",  # same parameters, state_dict keys and numerics (bit-identical on the CPU) fused or per-linear
 }
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
 # What makes a directory a run (``--out`` holding any of them is refused unless ``overwrite``).
-RUN_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, f".{DCP_NAME}.old", "metrics.csv", "eval.csv", "summary.json",
-             "config.yaml", "tensorboard")
+RUN_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, PREV_DCP_NAME, f".{DCP_NAME}.old", "metrics.csv", "eval.csv",
+             "summary.json", "config.yaml", "tensorboard")
 
 
 def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | None = None) -> TrainConfig:
@@ -118,7 +119,7 @@ def make_run_dir(cfg: TrainConfig, out: Path) -> None:
     """Create ``out`` and write ``config.yaml``; an unusable path is one clear ``OSError``."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     except OSError as e:
         what = e.strerror or str(e)
         if isinstance(e, FileExistsError | NotADirectoryError):

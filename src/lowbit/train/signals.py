@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from typing import Any, ClassVar
 
 __all__ = ["Interrupt"]
@@ -12,12 +13,18 @@ __all__ = ["Interrupt"]
 
 class Interrupt:
     """SIGINT/SIGTERM during training: remember the signal (the loop stops after the current step and saves);
-    a second one aborts at once (``KeyboardInterrupt``). Handlers are installed only in the main thread."""
+    a second one aborts at once (``KeyboardInterrupt``). Handlers are installed only in the main thread.
+
+    The same signal again within ``REPEAT_WINDOW`` seconds is the first one forwarded, not a second request:
+    a scheduler signals every process of a job and ``torchrun`` passes the signal it got on to its ranks (and
+    a terminal's Ctrl-C reaches torchrun and the ranks alike), so each rank sees it twice, milliseconds apart."""
 
     NAMES: ClassVar[dict[int, str]] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+    REPEAT_WINDOW: ClassVar[float] = 2.0
 
     def __init__(self) -> None:
         self.signum = 0
+        self._first = 0.0  # time.monotonic() of the first signal
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupt:
@@ -32,8 +39,10 @@ class Interrupt:
         self._old.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signum and time.monotonic() - self._first < self.REPEAT_WINDOW:
+            return  # the same signal forwarded by a launcher: still finishing the step and saving
         if self.signum:
             raise KeyboardInterrupt(f"second {self.NAMES.get(signum, signum)}: aborted without saving")
-        self.signum = signum
+        self.signum, self._first = signum, time.monotonic()
         os.write(2, f"\nlowbit train: {self.NAMES.get(signum, signum)} received: finishing this step and saving a "
-                    "checkpoint (send it again to abort at once)\n".encode())
+                    f"checkpoint (send it again after {self.REPEAT_WINDOW:g} s to abort at once)\n".encode())
