@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from lowbit._version import __version__
+from lowbit.messages import routed_warnings
 
 # name -> module; the order is the order shown by --help.
 COMMANDS: dict[str, str] = {
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     debug = bool(getattr(args, "debug", False)) or os.environ.get("LOWBIT_DEBUG", "") not in ("", "0")
     try:
-        return int(args._run(args) or 0)
+        with routed_warnings(args.command, debug):  # one style: lowbit's line on stderr, library text with --debug
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise

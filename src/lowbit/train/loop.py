@@ -41,6 +41,7 @@ import yaml
 import lowbit
 from lowbit.data.spec import zeroshot_spec
 from lowbit.kernels.ops import compiled_quantize_mode
+from lowbit.messages import did_you_mean, warn
 from lowbit.models import (
     CLIP,
     clip_loss,
@@ -93,8 +94,8 @@ RESUMABLE_CHANGES = {
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
 # What makes a directory a run (``--out`` holding any of them is refused unless ``overwrite``).
-RUN_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, f".{DCP_NAME}.old", "metrics.csv", "eval.csv", "summary.json",
-             "config.yaml", "tensorboard")
+CHECKPOINT_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, f".{DCP_NAME}.old")  # what --resume can continue from
+RUN_FILES = (*CHECKPOINT_FILES, "metrics.csv", "eval.csv", "summary.json", "config.yaml", "tensorboard")
 
 SKIP_REASONS = {  # dataset.stats key -> what it means (lowbit.data.stream.STAT_KEYS)
     "skipped_images": "undecodable image",
@@ -363,11 +364,14 @@ def setup_env(cfg: TrainConfig) -> Env:
 def check_names(cfg: TrainConfig) -> Any:
     """The model config; an unknown preset, model option or recipe raises ``ValueError`` before anything is
     written (no orphan run directory)."""
-    model_cfg = get_config(cfg.preset, **cfg.model)
+    model_cfg = get_config(cfg.preset).replace(cfg.model, where="model")  # errors name keys as the file does
     if cfg.recipe != "none":
-        from lowbit.functional import get_recipe
+        from lowbit.functional import RECIPES
 
-        get_recipe(cfg.recipe)
+        if cfg.recipe not in RECIPES:  # the trainer also takes "none" (plain nn.Linear): list it too
+            names = ["none", *RECIPES]
+            raise ValueError(f"unknown recipe {cfg.recipe!r}{did_you_mean([cfg.recipe], names)}; choose one of: "
+                             f"{', '.join(names)}")
     return model_cfg
 
 
@@ -388,6 +392,11 @@ def check_out(cfg: TrainConfig, out: Path, resume_dir: Path | None, master: bool
     if not found:
         return
     if not cfg.overwrite:
+        if not set(found) & set(CHECKPOINT_FILES):  # no checkpoint (e.g. a double Ctrl-C before the first save)
+            raise RunExistsError(
+                f"--out {out} already holds a run without a checkpoint ({', '.join(found)}), so it cannot be "
+                "resumed: pass --overwrite to delete it and start over, or choose another --out"
+            )
         raise RunExistsError(
             f"--out {out} already holds a run ({', '.join(found)}): continue it with `lowbit train --resume {out}`, "
             "or pass --overwrite to delete it and start over"
@@ -1017,19 +1026,19 @@ def _announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, ou
     if resumed_from is not None:
         print(f"lowbit train: resumed from step {resumed_from[0]} ({resumed_from[1]})", flush=True)
     if n_low == 0 and cfg.recipe not in ("none", "bf16"):
-        print(f"lowbit train: warning: layers={cfg.layers!r} leaves every linear of {cfg.preset} in 16-bit "
-              f"(none passes the filter), so recipe {cfg.recipe!r} changes nothing", flush=True)
+        warn(f"layers={cfg.layers!r} leaves every linear of {cfg.preset} in 16-bit "
+             f"(none passes the filter), so recipe {cfg.recipe!r} changes nothing")
     if cfg.steps < cfg.warmup:
-        print(f"lowbit train: warning: steps {cfg.steps} < warmup {cfg.warmup}: the learning rate never reaches "
-              f"lr {cfg.lr:g} (set --warmup below --steps)", flush=True)
+        warn(f"steps {cfg.steps} < warmup {cfg.warmup}: the learning rate never reaches "
+             f"lr {cfg.lr:g} (set --warmup below --steps)")
     shards = damage.get("damaged_shards") or {}
     if shards:
         listed = "; ".join(f"{p} ({why})" for p, why in list(shards.items())[:3])
         more = f"; and {len(shards) - 3} more" if len(shards) > 3 else ""
-        print(f"lowbit train: warning: {len(shards)} damaged shard(s), read up to the damage: {listed}{more}", flush=True)
+        warn(f"{len(shards)} damaged shard(s), read up to the damage: {listed}{more}")
     if damage.get("incomplete_samples"):
-        print(f"lowbit train: warning: {damage['incomplete_samples']:,} sample(s) without an image or a caption "
-              "left out of the shards", flush=True)
+        warn(f"{damage['incomplete_samples']:,} sample(s) without an image or a caption "
+             "left out of the shards")
 
 
 def _fuse_choice(cfg: TrainConfig, model: torch.nn.Module) -> str:
