@@ -9,6 +9,7 @@ Each sub-command lives in its own module ``lowbit.cli.<name>`` that defines ``HE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import errno
 import importlib
@@ -115,6 +116,25 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code. A torchrun rank whose process group lives on ends here (``_end``)."""
+    return _end(_main(argv))
+
+
+def _end(code: int) -> int:
+    """``code``, or, in a process whose destroyed process group still runs its threads (FSDP2 keeps it:
+    ``lowbit.train.distributed`` "teardown"), ``os._exit(code)`` once stdout and stderr are flushed: the
+    interpreter's teardown and exit()'s C++ destructors raced those threads, and a finished rank aborted now and
+    then (rc 1 from torchrun)."""
+    module = sys.modules.get("lowbit.train.distributed")  # imported only if this command trained
+    if module is None or not module.process_group_outlives_destroy():
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

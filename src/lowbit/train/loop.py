@@ -67,6 +67,7 @@ from lowbit.train.distributed import (
     average_loss,
     average_replicated_grads,
     contrastive_loss,
+    destroy_process_group,
     grad_norm_and_clip,
     load_dcp,
     load_full_into_fsdp,
@@ -899,7 +900,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         return summary
     finally:
         if env.distributed:
-            dist.destroy_process_group()
+            destroy_process_group()  # its threads may outlive it: lowbit.train.distributed "teardown"
         torch.set_num_threads(threads_before)
 
 
