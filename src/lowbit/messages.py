@@ -2,15 +2,16 @@
 (``lowbit COMMAND: warning: ...``); a library's text (PyTorch's warnings, tracebacks) only with ``--debug``.
 
 A leaf module (no lowbit imports), so every room can warn the same way: ``warn("steps 1 < warmup 5 ...")``.
-``routed_warnings`` puts Python ``warnings`` through the same door while a command runs: lowbit's own become its
-one line, a library's become one lowbit line naming where it came from (its text with ``--debug``), so a user
-reads one style and nothing is hidden.
+``routed_warnings`` puts Python ``warnings`` (and the ``lowbit.*`` loggers' warnings) through the same door while a
+command runs: lowbit's own become its one line, a library's become one lowbit line naming where it came from (its
+text with ``--debug``), so a user reads one style and nothing is hidden.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -80,8 +81,29 @@ def routed_warnings(command: str, debug: bool) -> Iterator[None]:
             print(warning_line(message, category, filename, lineno, command), file=sys.stderr, flush=True)
 
     warnings.showwarning = show
+    # lowbit's own loggers (lowbit.nn.convert's "nothing converted") the same way, unless the user set up logging
+    log = logging.getLogger("lowbit")
+    handler = None
+    if not debug and not log.handlers and not logging.getLogger().handlers:
+        handler = _OneLine(command)
+        log.addHandler(handler)
     try:
         yield
     finally:
         warnings.showwarning = shown
         _command = before
+        if handler is not None:
+            log.removeHandler(handler)
+
+
+class _OneLine(logging.Handler):
+    """A ``lowbit.*`` log record of level WARNING or above as ``lowbit COMMAND: warning: <its first line>``."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(logging.WARNING)
+        self.command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        first = record.getMessage().strip().splitlines()
+        kind = "warning" if record.levelno < logging.ERROR else "error"
+        print(f"lowbit {self.command}: {kind}: {first[0] if first else record.levelname}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@ stderr, a library's text only with --debug); config typos answered with the near
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -122,6 +123,19 @@ def test_the_cli_puts_warnings_on_stderr_in_lowbit_words(
     assert ("lowbit train: warning: torch issued a UserWarning (torch/distributed/checkpoint/utils.py:7); "
             "`lowbit train --debug` shows its text") in lines
     assert "something PyTorch says" not in err
+
+
+def test_lowbit_log_warnings_take_the_same_style(
+    tmp_path: Path, fake_data: SimpleNamespace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lowbit.nn.convert's "nothing converted" warning (a log record) used to reach stderr as bare text."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a plain `lowbit` process (pytest adds its own)
+    rc = main(["train", "--out", str(tmp_path / "run"), "--data", "fake", "--zeroshot", "none", "--steps", "1",
+               "--warmup", "0", "--batch-size", "4", "--layers", "auto", "--recipe", "switchback-sim",
+               "--no-progress", "--threads", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 0 and err and all(line.startswith("lowbit train: warning: ") for line in err), err
+    assert any("lowbit.convert: 0 of" in line for line in err), err
 
 
 def test_a_one_process_resume_of_a_dcp_checkpoint_does_not_leak_torch_s_warning(tmp_path: Path) -> None:
