@@ -421,6 +421,10 @@ JOBS: list[Job] = [
         f"{TRAIN} --preset vit-b-32 --batch-size 256 --steps 40 --data $DIR/fm --recipe bf16 fp8-switchback switchback "
         "--limit 80 --out $DIR"]), _renamed("train", "train-vit-b-32.md", "train-vit-b-32.json"), "", 240,
         "not measured yet", needs="fmnist", note="needs .data/fashion-mnist carried; about 2.5 minutes on an H100 (3 runs, ~45 s each)"),
+    Job("train-vit-b-32-synthetic", "`lowbit train` per recipe, ViT-B/32 batch 256 on synthetic data (the loader "
+        "shows in the data-wait column)", f"{TRAIN} --preset vit-b-32 --batch-size 256 --steps 30 --recipe bf16 "
+        "fp8-switchback --limit 80 --out $DIR", _renamed("train", "train-vit-b-32-synthetic.md",
+        "train-vit-b-32-synthetic.json"), "", 180, "issue #27 session 4, device call 6"),
     Job("train-nocompile-vit-h-14", "`lowbit train --no-compile` per recipe, ViT-H/14 batch 96 (synthetic data)",
         f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 20 --no-compile --recipe bf16 fp8-switchback --limit 100 "
         "--out $DIR", _renamed("train", "train-nocompile-vit-h-14.md", "train-nocompile-vit-h-14.json"), "", 200,

@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # optim, monitor and data stand beside the stack (nothing above nn); bench beside cli (anything below cli).
 STACK = ("kernels", "functional", "nn", "models", "train", "cli")
 BESIDE = ("optim", "monitor", "data")
-LEAVES = ("lowbit.hardware", "lowbit._version", "lowbit.atomic_io")  # import nothing from lowbit; anyone may import them
+LEAVES = ("lowbit.hardware", "lowbit._version", "lowbit.atomic_io", "lowbit.messages")  # import nothing from lowbit; anyone may import them
 ROOT = "lowbit"  # the package's front door re-exports functional, nn, monitor, optim
 
 

@@ -1,4 +1,4 @@
-"""Every command in the README, pasted and run as a user would: a ``bash`` subprocess in an empty folder, the
+"""Every command in the README (and in docs/guide.md, where it sends a user), pasted and run as a user would: a ``bash`` subprocess in an empty folder, the
 package on ``PYTHONPATH`` (no venv, no install), no network (a ``sitecustomize`` refuses every non-loopback
 connection), shortened only by flags appended at the end (fewer steps, smaller batches and models: argparse
 takes the last value) or by a stand-in for data that would be downloaded.
@@ -85,9 +85,13 @@ INLINE = ["lowbit data prepare emoji --out DIR", "apt-get install dataset-fashio
           "npm install emoji-datasource-google", "python3 bench/multi_gpu.py --out $OUT"]
 
 
+# the pages whose commands a user pastes: the README and the guide it sends them to
+PAGES = ("README.md", "docs/guide.md")
+
+
 def readme_commands() -> list[str]:
-    """The commands of the README's bash blocks (one per line, trailing ``# comment`` dropped) plus INLINE."""
-    text = (ROOT / "README.md").read_text()
+    """The commands of the bash blocks of PAGES (one per line, trailing ``# comment`` dropped) plus INLINE."""
+    text = "\n".join((ROOT / page).read_text() for page in PAGES)
     commands = []
     for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S):
         for line in block.splitlines():

@@ -52,3 +52,15 @@ def test_readme_python_quick_start_runs() -> None:
     block = re.search(r"## Quick start\s*```python\n(.+?)\n```", text, re.S)
     assert block, "README has no Python quick-start block"
     exec(compile(block.group(1), "README.md", "exec"), {})
+
+
+def test_what_the_readme_writes_into_a_clone_is_ignored() -> None:
+    """`lowbit data prepare ... --out data/fmnist` and `lowbit train` (runs/) leave no untracked folders; the
+    code folders of the same names stay tracked."""
+    if not (ROOT / ".git").exists():
+        import pytest
+
+        pytest.skip("not a git checkout")
+    paths = ["data/fmnist/manifest.json", "runs/x/metrics.csv", "src/lowbit/data/__init__.py", "tests/data/x.py"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.split() == paths[:2], proc.stdout + proc.stderr

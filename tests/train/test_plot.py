@@ -93,3 +93,35 @@ def test_plots_name_heatmap_rows_and_use_whole_step_ticks(tmp_path: Path, monkey
     rms_ax = figures["spikes.png"].axes[1]
     assert "RMS threshold 2" in [t.get_text() for t in rms_ax.get_legend().get_texts()]
     assert all(float(t).is_integer() for t in rms_ax.get_xticks())
+
+
+def test_one_evaluation_is_drawn_as_bars_and_missing_rms_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default run evaluates once (at the end): a line plot of it was one dot per task."""
+    from matplotlib.figure import Figure
+
+    run = tmp_path / "run"
+    _fake_run(run, rms=False)
+    with (run / "eval.csv").open("w", newline="") as f:  # one evaluation, two tasks
+        csv.writer(f).writerows([["step", "task", "top1", "chance", "n"], [20, "shape", 0.4, 0.125, 100],
+                                 [20, "colour", 0.9, 0.125, 100]])
+    drawn: dict[str, Figure] = {}
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: (drawn.__setitem__(Path(path).name, fig),
+                                                                     save(fig, path, **kw)))
+    assert main(["plot", str(run)]) == 0
+    (ax,) = drawn["zeroshot.png"].axes
+    assert [round(b.get_height()) for b in ax.patches] == [40, 90]  # one bar per task
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["shape", "colour"]
+    assert "one evaluation" in ax.get_title() and "step 20" in ax.get_title()
+    out, err = capsys.readouterr()
+    assert "zeroshot.png" in out and "rms.png" not in out
+    assert err.strip() == ("lowbit plot: no RMS plots: the run was trained without --monitor "
+                           "(under torchrun: --set monitor=true)")
+    # several evaluations: one line per task over the steps, no bars
+    _fake_run(tmp_path / "curve", rms=True)
+    assert main(["plot", str(tmp_path / "curve")]) == 0
+    (ax,) = drawn["zeroshot.png"].axes
+    assert not ax.patches and [len(line.get_xdata()) for line in ax.get_lines() if line.get_marker() == "o"] == [2]
+    assert capsys.readouterr().err == ""

@@ -64,7 +64,7 @@ def test_unknown_names_leave_no_folder_and_short_runs_warn(
         train(_cfg(tmp_path, "b", recipe="int3"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     train(_cfg(tmp_path, "c", steps=1, warmup=5, save_every=0))
-    assert "steps 1 < warmup 5" in capsys.readouterr().out
+    assert "lowbit train: warning: steps 1 < warmup 5" in capsys.readouterr().err  # warnings: stderr
 
 
 # ---------------------------------------------------------------------------------------------- signals
@@ -203,7 +203,7 @@ def test_a_full_disk_during_training_is_one_line(
     tmp_path: Path, fake_data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
-    rc = main(["train", "--data", "fake", "--zeroshot", "none", "--steps", "2", "--batch-size", "4", "--recipe", "none",
+    rc = main(["train", "--data", "fake", "--zeroshot", "none", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--recipe", "none",
                "--optimizer", "adamw", "--set", "model.vision.layers=1", "--set", "model.text.layers=1",
                "--no-progress", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()

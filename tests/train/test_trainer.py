@@ -252,8 +252,8 @@ def test_layers_auto_on_a_narrow_model_warns_and_trains_16bit(
     tmp_path: Path, fake_data: SimpleNamespace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     train(_cfg(tmp_path, steps=1, zeroshot="none", save_every=0, layers="auto", recipe="switchback-sim"))
-    out = capsys.readouterr().out
-    assert "(0/" in out and "layers='auto' leaves every linear" in out
+    out, err = capsys.readouterr()
+    assert "(0/" in out and "lowbit train: warning: layers='auto' leaves every linear" in err
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 1, reason="asks for more GPUs than this machine has")

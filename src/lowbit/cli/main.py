@@ -9,6 +9,7 @@ Each sub-command lives in its own module ``lowbit.cli.<name>`` that defines ``HE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import errno
 import importlib
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from lowbit._version import __version__
+from lowbit.messages import routed_warnings
 
 # name -> module; the order is the order shown by --help.
 COMMANDS: dict[str, str] = {
@@ -120,6 +122,25 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code. A torchrun rank whose process group lives on ends here (``_end``)."""
+    return _end(_main(argv))
+
+
+def _end(code: int) -> int:
+    """``code``, or, in a process whose destroyed process group still runs its threads (FSDP2 keeps it:
+    ``lowbit.train.distributed`` "teardown"), ``os._exit(code)`` once stdout and stderr are flushed: the
+    interpreter's teardown and exit()'s C++ destructors raced those threads, and a finished rank aborted now and
+    then (rc 1 from torchrun)."""
+    module = sys.modules.get("lowbit.train.distributed")  # imported only if this command trained
+    if module is None or not module.process_group_outlives_destroy():
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -127,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     debug = bool(getattr(args, "debug", False)) or os.environ.get("LOWBIT_DEBUG", "") not in ("", "0")
     try:
-        return int(args._run(args) or 0)
+        with routed_warnings(args.command, debug):  # one style: lowbit's line on stderr, library text with --debug
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise

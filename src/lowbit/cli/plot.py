@@ -47,4 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for f in files:
         print(f)
+    if "rms.png" not in {f.name for f in files}:  # stdout lists the files; what is missing, and why, goes to stderr
+        print("lowbit plot: no RMS plots: the run was trained without --monitor (under torchrun: --set monitor=true)",
+              file=sys.stderr)
     return 0

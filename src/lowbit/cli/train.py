@@ -140,18 +140,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Errors reach the user as one line from ``lowbit.cli.main`` (a traceback with ``--debug``)."""
-    import warnings
-
-    plain = warnings.formatwarning
-    if not debug_enabled(args):  # lowbit's own warnings (a damaged checkpoint's fallback) as one line each
-        warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # type: ignore[assignment]
-            f"lowbit train: warning: {message}\n" if "lowbit" in str(filename) and category is UserWarning
-            else plain(message, category, filename, lineno, line))
-    try:
-        return _run(args)
-    finally:
-        warnings.formatwarning = plain
+    """Errors reach the user as one line from ``lowbit.cli.main`` (a traceback with ``--debug``); warnings, lowbit's
+    and the libraries', as one line each on stderr (``lowbit.messages``, routed by ``lowbit.cli.main``)."""
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lowbit.kernels._common import Format, Scaling
+from lowbit.messages import did_you_mean
 
 Save = Literal["input", "forward-quantized", "wgrad-quantized"]
 
@@ -203,4 +204,5 @@ def get_recipe(recipe: str | Recipe) -> Recipe:
     try:
         return RECIPES[recipe]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}") from None
+        hint = did_you_mean([recipe], RECIPES) if isinstance(recipe, str) else ""
+        raise ValueError(f"unknown recipe {recipe!r}{hint}; choose one of: {', '.join(RECIPES)}") from None

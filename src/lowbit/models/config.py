@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lowbit.messages import did_you_mean, nearest
 from lowbit.models.tokenizer import TOKENIZERS, vocab_size
 
 __all__ = ["PRESETS", "CLIPConfig", "TextConfig", "VisionConfig", "get_config", "list_presets"]
@@ -132,9 +133,10 @@ class CLIPConfig:
         """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
         return _replace(cls(), d, "clip")
 
-    def replace(self, overrides: dict[str, Any] | None = None, **kw: Any) -> CLIPConfig:
-        """A copy with (possibly nested, e.g. ``{"vision": {"layers": 4}}``) fields replaced."""
-        return _replace(self, {**(overrides or {}), **kw}, "clip")
+    def replace(self, overrides: dict[str, Any] | None = None, *, where: str = "clip", **kw: Any) -> CLIPConfig:
+        """A copy with (possibly nested, e.g. ``{"vision": {"layers": 4}}``) fields replaced; ``where`` names the
+        mapping in errors as the caller's file does (``lowbit train``'s ``model``: ``model.vision.widht``)."""
+        return _replace(self, {**(overrides or {}), **kw}, where)
 
 
 def _replace(cfg: Any, overrides: dict[str, Any], where: str) -> Any:
@@ -142,7 +144,8 @@ def _replace(cfg: Any, overrides: dict[str, Any], where: str) -> Any:
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in names:
-            raise ValueError(f"unknown model option {where}.{key}; known: {', '.join(sorted(names))}")
+            hint = _hint(cfg, key, where)
+            raise ValueError(f"unknown model option {where}.{key}{hint}; known: {', '.join(sorted(names))}")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             value = _replace(current, value, f"{where}.{key}")
@@ -156,6 +159,19 @@ def _replace(cfg: Any, overrides: dict[str, Any], where: str) -> Any:
     out = dataclasses.replace(cfg, **changes)
     out.validate()
     return out
+
+
+def _hint(cfg: Any, key: str, where: str) -> str:
+    """The nearest option's full name, also one level down (``model.widht``: ``model.vision.width or
+    model.text.width``)."""
+    paths: dict[str, list[str]] = {}
+    for f in dataclasses.fields(cfg):
+        paths.setdefault(f.name, []).append(f"{where}.{f.name}")
+        if dataclasses.is_dataclass(sub := getattr(cfg, f.name)):
+            for g in dataclasses.fields(sub):
+                paths.setdefault(g.name, []).append(f"{where}.{f.name}.{g.name}")
+    near = nearest(key, paths)
+    return f" (did you mean {' or '.join(paths[near])}?)" if near else ""
 
 
 def _bpe_text(width: int, layers: int, heads: int) -> TextConfig:
@@ -207,6 +223,6 @@ def get_config(name: str, **overrides: Any) -> CLIPConfig:
     """A fresh copy of preset ``name`` (case-insensitive; ``_`` and ``/`` read as ``-``), with ``overrides``."""
     key = name.lower().replace("_", "-").replace("/", "-")
     if key not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ValueError(f"unknown model preset {name!r}{did_you_mean([key], PRESETS)}; choose one of {', '.join(PRESETS)}")
     cfg = copy.deepcopy(PRESETS[key])
     return cfg.replace(overrides) if overrides else cfg

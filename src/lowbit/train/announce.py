@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from lowbit.messages import warn
 from lowbit.models import fused_counts
 from lowbit.train.compiling import resolve_compile
 from lowbit.train.config import CUDA_GRAPH_MODES, TrainConfig
@@ -39,24 +40,24 @@ def announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, out
     if resumed_from is not None:
         print(f"lowbit train: resumed from step {resumed_from[0]} ({resumed_from[1]})", flush=True)
     if n_low == 0 and cfg.recipe not in ("none", "bf16"):
-        print(f"lowbit train: warning: layers={cfg.layers!r} leaves every linear of {cfg.preset} in 16-bit "
-              f"(none passes the filter), so recipe {cfg.recipe!r} changes nothing", flush=True)
+        warn(f"layers={cfg.layers!r} leaves every linear of {cfg.preset} in 16-bit "
+              f"(none passes the filter), so recipe {cfg.recipe!r} changes nothing")
     if cfg.steps < cfg.warmup:
-        print(f"lowbit train: warning: steps {cfg.steps} < warmup {cfg.warmup}: the learning rate never reaches "
-              f"lr {cfg.lr:g} (set --warmup below --steps)", flush=True)
+        warn(f"steps {cfg.steps} < warmup {cfg.warmup}: the learning rate never reaches "
+              f"lr {cfg.lr:g} (set --warmup below --steps)")
     shards = damage.get("damaged_shards") or {}
     if shards:
         listed = "; ".join(f"{p} ({why})" for p, why in list(shards.items())[:3])
         more = f"; and {len(shards) - 3} more" if len(shards) > 3 else ""
-        print(f"lowbit train: warning: {len(shards)} damaged shard(s), read up to the damage: {listed}{more}", flush=True)
+        warn(f"{len(shards)} damaged shard(s), read up to the damage: {listed}{more}")
     empty = damage.get("empty_shards") or {}
     if empty:  # nothing read from them: say so (summary.json's data section counts them)
         listed = "; ".join(f"{p} ({why})" for p, why in list(empty.items())[:3])
         more = f"; and {len(empty) - 3} more" if len(empty) > 3 else ""
-        print(f"lowbit train: warning: {len(empty)} shard(s) without a usable sample, left out: {listed}{more}", flush=True)
+        warn(f"{len(empty)} shard(s) without a usable sample, left out: {listed}{more}")
     if damage.get("incomplete_samples"):
-        print(f"lowbit train: warning: {damage['incomplete_samples']:,} sample(s) without an image or a caption "
-              "left out of the shards", flush=True)
+        warn(f"{damage['incomplete_samples']:,} sample(s) without an image or a caption "
+              "left out of the shards")
 
 
 def fuse_choice(cfg: TrainConfig, model: torch.nn.Module) -> str:

@@ -196,6 +196,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         for cand in (p / DCP_NAME, p / CHECKPOINT_NAME, p / PREV_DCP_NAME, p / f".{DCP_NAME}.old", p / PREV_NAME):
             if _is_dcp(cand) or cand.is_file():
                 return cand
+        if any((p / n).exists() for n in ("config.yaml", "metrics.csv", "summary.json")):  # stopped before a save
+            raise ValueError(f"cannot resume: the run in {str(p)!r} has no checkpoint (it stopped before the first "
+                             f"save); start it over, same options: `lowbit train --config {p / 'config.yaml'} --overwrite`")
         p = p / CHECKPOINT_NAME
     raise ValueError(f"cannot resume: no checkpoint at {str(p)!r}")
 
@@ -213,9 +216,9 @@ def _load_file(p: Path, map_location: str | torch.device) -> dict[str, Any]:
     except PermissionError as exc:
         raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {exc.strerror or exc}") from exc
     except Exception as exc:  # zip / unpickling errors of every kind: the file is not a whole checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {str(p)!r} ({size:,} bytes) is truncated or corrupt: torch.load failed ({first[:160]})"
+        raise CheckpointError(  # PyTorch's own text is the chained cause: --debug shows it whole
+            f"checkpoint {str(p)!r} ({size:,} bytes) is truncated or corrupt: torch.load cannot read it "
+            f"({type(exc).__name__}; --debug shows PyTorch's message)"
         ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(p)!r} does not hold a lowbit checkpoint (a {type(state).__name__})")

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from lowbit.kernels.ops import COMPILED_QUANTIZE
+from lowbit.messages import did_you_mean
 from lowbit.models.convert import LAYERS
 
 __all__ = ["COMPILE_MODES", "OPTIMIZERS", "PARALLEL", "PRECISIONS", "TrainConfig", "load_yaml"]
@@ -158,7 +159,8 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(names))}")
+            raise ValueError(f"unknown training option(s) {', '.join(map(repr, unknown))}{did_you_mean(unknown, names)}; "
+                             f"known: {', '.join(sorted(names))}")
         values = {**self.to_dict(), **{k: _coerce(k, v) for k, v in overrides.items()}}
         return TrainConfig(**values)
 

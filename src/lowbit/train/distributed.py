@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn  # before any process group exists: see "teardown" below
 import torch.nn.functional as F
 
 __all__ = [
@@ -55,11 +56,13 @@ __all__ = [
     "average_loss",
     "average_replicated_grads",
     "contrastive_loss",
+    "destroy_process_group",
     "gather_features",
     "grad_norm_and_clip",
     "load_dcp",
     "load_full_into_fsdp",
     "no_grad_sync",
+    "process_group_outlives_destroy",
     "save_dcp",
     "shard_model",
     "sum_over_ranks",
@@ -142,11 +145,9 @@ def gather_features(x: torch.Tensor, with_grad: bool) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     if with_grad:
-        from torch.distributed.nn.functional import all_gather
-
         with warnings.catch_warnings():  # torch 2.13 marks it deprecated (for private successors); same semantics
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.cat(all_gather(x), dim=0)
+            return torch.cat(dist_nn.all_gather(x), dim=0)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.detach().contiguous())
     parts[dist.get_rank()] = x
@@ -358,7 +359,10 @@ def load_dcp(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        with warnings.catch_warnings():  # one process without a group is intended (a resume on fewer processes)
+            warnings.filterwarnings("ignore", "torch.distributed is disabled, unavailable or uninitialized",
+                                    UserWarning)
+            dcp.load(state, checkpoint_id=str(path))
     except (Exception, dcp.api.CheckpointException) as exc:  # CheckpointException is a BaseException
         raise dcp_error(exc, path, "read") from exc
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
@@ -380,3 +384,42 @@ def load_full_into_fsdp(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     state = {order[int(i)]: v for i, v in saved["state"].items()}
     groups = [{**g, "params": [order[int(i)] for i in g["params"]]} for g in saved["param_groups"]]
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=options)
+
+
+# ---------------------------------------------------------------------------------------------- teardown
+# A gloo process group runs three threads (its two workers and gloo's TCP loop) until its C++ object is destroyed,
+# and destroy_process_group() destroys it only if nothing else holds it. Two things did, so the threads ran on
+# through the interpreter's finalization and the C++ teardown of exit(), where a rank now and then aborted
+# ("terminate called without an active exception", rc 1 from torchrun after a finished run):
+# - torch.distributed.nn.functional's collectives take ``group=group.WORLD`` as a default argument, evaluated when
+#   the module is first imported. Imported after init_process_group (as gather_features once did, lazily), the
+#   defaults held the live group until Py_FinalizeEx's last garbage collection destroyed it there (seen in gdb:
+#   ~ProcessGroupGloo under func_clear <- finalize_modules). Imported with this module, before any group, they
+#   are None.
+# - FSDP2 (fully_shard) keeps a reference of its own that no Python object shows (torch 2.13; a bare script with
+#   one fully_shard leaves the group alive after destroy_process_group too), so under FSDP the threads are still
+#   running when the process exits. The command line therefore ends such a process with os._exit once its output
+#   is flushed (lowbit.cli.main), skipping the teardown the threads could race.
+_DESTROYED: list[bool] = []
+
+
+def destroy_process_group() -> None:
+    """``dist.destroy_process_group()``, remembered: ``process_group_outlives_destroy`` then says whether the
+    group's threads may still be running (see "teardown" above)."""
+    dist.destroy_process_group()
+    _DESTROYED.append(True)
+
+
+def process_group_outlives_destroy() -> bool:
+    """True once this process has destroyed a process group that may live on (FSDP2 holds it): the caller
+    ends the process with ``os._exit`` after flushing its output rather than through the interpreter's teardown."""
+    if not _DESTROYED:
+        return False
+    threads = Path("/proc/self/task")
+    if not threads.is_dir():  # not Linux: assume the group lives on
+        return True
+    names = []
+    for t in threads.iterdir():
+        with contextlib.suppress(OSError):
+            names.append((t / "comm").read_text().strip())
+    return any(n.startswith(("pt_gloo", "gloo_", "pt_nccl")) for n in names)

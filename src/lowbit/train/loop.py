@@ -36,6 +36,7 @@ from lowbit.train.batches import _to_device, open_data
 from lowbit.train.books import _Run
 from lowbit.train.checkpoint import load_checkpoint
 from lowbit.train.config import TrainConfig
+from lowbit.train.distributed import destroy_process_group
 from lowbit.train.env import Env, setup_env
 from lowbit.train.errors import DataError, NonFiniteLossError, RunExistsError
 from lowbit.train.runlock import claim_run_dir
@@ -116,7 +117,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             return summary
         finally:
             if env.distributed:
-                dist.destroy_process_group()
+                destroy_process_group()  # its threads may outlive it: lowbit.train.distributed "teardown"
             torch.set_num_threads(threads_before)
     finally:
         if lock is not None:

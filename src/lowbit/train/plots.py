@@ -49,7 +49,8 @@ def integer_steps(ax) -> None:
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, top_rms: int = 8) -> list[Path]:
-    """Write ``loss.png``, ``lr.png``, ``zeroshot.png`` (if evaluated), ``rms.png`` + ``rms_heatmap.png`` (if
+    """Write ``loss.png``, ``lr.png``, ``zeroshot.png`` (if evaluated: a curve per task, or bars when there was one
+    evaluation), ``rms.png`` + ``rms_heatmap.png`` (if
     monitored: ``--monitor``) and ``activations.png`` (``--activations``) to ``out_dir`` (default
     ``RUN_DIR/plots``); returns the files written."""
     import matplotlib
@@ -95,10 +96,20 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, top_rms: in
         for r in evals:
             by_task[r["task"]].append((int(float(r["step"])), float(r["top1"]), float(r["chance"])))
         fig, ax = plt.subplots(figsize=(7, 4))
-        for task, pts in by_task.items():
-            (line,) = ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=task)
-            ax.axhline(100 * pts[0][2], color=line.get_color(), ls=":", lw=1)
-        ax.set(xlabel="step", ylabel="top-1 (%)", title="zero-shot accuracy (dotted: chance)", ylim=(0, 100))
+        if max(len(pts) for pts in by_task.values()) == 1:  # one evaluation (the default: at the end): bars, not dots
+            tasks = list(by_task)
+            ax.bar(range(len(tasks)), [100 * by_task[t][0][1] for t in tasks], label="top-1")
+            ax.hlines([100 * by_task[t][0][2] for t in tasks], [i - 0.4 for i in range(len(tasks))],
+                      [i + 0.4 for i in range(len(tasks))], colors="k", linestyles=":", label="chance")
+            ax.set_xticks(range(len(tasks)), tasks, rotation=30 if len(tasks) > 3 else 0, ha="right" if len(tasks) > 3 else "center")
+            step = by_task[tasks[0]][0][0]
+            ax.set(ylabel="top-1 (%)", ylim=(0, 100),
+                   title=f"zero-shot accuracy at step {step} (one evaluation; --eval-every N for a curve)")
+        else:
+            for task, pts in by_task.items():
+                (line,) = ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=task)
+                ax.axhline(100 * pts[0][2], color=line.get_color(), ls=":", lw=1)
+            ax.set(xlabel="step", ylabel="top-1 (%)", title="zero-shot accuracy (dotted: chance)", ylim=(0, 100))
         ax.legend(fontsize="small")
         save(fig, "zeroshot.png")
 

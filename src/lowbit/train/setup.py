@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from lowbit.atomic_io import atomic_write_text
+from lowbit.messages import did_you_mean
 from lowbit.models import get_config
 from lowbit.train.checkpoint import CHECKPOINT_NAME, DCP_NAME, PREV_DCP_NAME, PREV_NAME, load_checkpoint
 from lowbit.train.config import TrainConfig, load_yaml
@@ -33,8 +34,8 @@ RESUMABLE_CHANGES = {
 # May change on resume if the global batch (batch_size x processes x accum_steps) stays the same.
 GLOBAL_BATCH_OPTIONS = {"batch_size", "accum_steps"}
 # What makes a directory a run (``--out`` holding any of them is refused unless ``overwrite``).
-RUN_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, PREV_DCP_NAME, f".{DCP_NAME}.old", "metrics.csv", "eval.csv",
-             "summary.json", "config.yaml", "tensorboard")
+CHECKPOINT_FILES = (CHECKPOINT_NAME, PREV_NAME, DCP_NAME, PREV_DCP_NAME, f".{DCP_NAME}.old")  # what --resume continues
+RUN_FILES = (*CHECKPOINT_FILES, "metrics.csv", "eval.csv", "summary.json", "config.yaml", "tensorboard")
 
 
 def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | None = None) -> TrainConfig:
@@ -80,11 +81,14 @@ def default_out() -> Path:
 def check_names(cfg: TrainConfig) -> Any:
     """The model config; an unknown preset, model option or recipe raises ``ValueError`` before anything is
     written (no orphan run directory)."""
-    model_cfg = get_config(cfg.preset, **cfg.model)
+    model_cfg = get_config(cfg.preset).replace(cfg.model, where="model")  # errors name keys as the file does
     if cfg.recipe != "none":
-        from lowbit.functional import get_recipe
+        from lowbit.functional import RECIPES
 
-        get_recipe(cfg.recipe)
+        if cfg.recipe not in RECIPES:  # the trainer also takes "none" (plain nn.Linear): list it too
+            names = ["none", *RECIPES]
+            raise ValueError(f"unknown recipe {cfg.recipe!r}{did_you_mean([cfg.recipe], names)}; choose one of: "
+                             f"{', '.join(names)}")
     return model_cfg
 
 
@@ -105,6 +109,11 @@ def check_out(cfg: TrainConfig, out: Path, resume_dir: Path | None, master: bool
     if not found:
         return
     if not cfg.overwrite:
+        if not set(found) & set(CHECKPOINT_FILES):  # no checkpoint (e.g. a double Ctrl-C before the first save)
+            raise RunExistsError(
+                f"--out {out} already holds a run without a checkpoint ({', '.join(found)}), so it cannot be "
+                "resumed: pass --overwrite to delete it and start over, or choose another --out"
+            )
         raise RunExistsError(
             f"--out {out} already holds a run ({', '.join(found)}): continue it with `lowbit train --resume {out}`, "
             "or pass --overwrite to delete it and start over"
