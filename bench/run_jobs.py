@@ -397,16 +397,17 @@ JOBS: list[Job] = [
         "ViT-H/14 batch 96: steady images/s, MFU, data wait, peak memory from each summary.json",
         f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 30 --recipe bf16 switchback fp8-switchback "
         "fp8-switchback:fused fp8-tensorwise --limit 110 --out $DIR", _renamed("train", "train-vit-h-14.md",
-        "train-vit-h-14.json"), "", 560, "not measured yet",
+        "train-vit-h-14.json"), "551040b", 560, "issue #27 session 4, device calls 3-6",
         note="about 7 minutes on an H100: five runs of start-up, compile, autotuning, then 30 steps of ~0.28 s"),
     Job("gpu-tests-timing", "the trainer's steady images/s against CUDA events and a synchronised wall clock "
         "(eager and compile auto, ViT-B/32 batch 64)", f"{PYTEST} -rf -s tests/train/test_timing_gpu.py",
-        {"gpu-tests-timing.txt": "log"}, "", 150, "not measured yet"),
+        {"gpu-tests-timing.txt": "log"}, "551040b", 150, "issue #27 session 4, device calls 3-6"),
     Job("gpu-tests-row-flow", "the CUDA tests of the row-wise flow: producers at ViT-H widths, the plain GEMMs at "
         "K = 5120 against float64, the fused block eager / compiled / graphed",
         f"{GPU_TESTS} {PYTEST} -rf tests/kernels/test_producers.py tests/functional/test_row_flow.py "
         "tests/functional/test_mlp.py tests/kernels/test_matmul.py -k 'cuda or gpu'",
-        {"gpu-tests-row-flow.txt": "log"}, "", 200, "not measured yet"),
+        {"gpu-tests-row-flow.txt": "log"}, "551040b", 200, "issue #27 session 4, device calls 3-6",
+        note="28 passed, 4 failed: the producers' 16-bit outputs against their PyTorch twins within one ulp (they differ by more, with the same maximum error against float64), the int8 fused block 0.008 from the CPU reference with 0.005 allowed; the tests were reformulated after this run (not yet rerun on a GPU)"),
     Job("step-vit-h-14-row-flow", "`bench step` ViT-H/14 batch 96 under CUDA graphs: bf16 against the fused "
         "row-wise flow (fp8-switchback:fused, switchback:fused) and fp8-switchback per linear",
         f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
@@ -424,11 +425,11 @@ JOBS: list[Job] = [
     Job("train-vit-b-32-synthetic", "`lowbit train` per recipe, ViT-B/32 batch 256 on synthetic data (the loader "
         "shows in the data-wait column)", f"{TRAIN} --preset vit-b-32 --batch-size 256 --steps 30 --recipe bf16 "
         "fp8-switchback --limit 80 --out $DIR", _renamed("train", "train-vit-b-32-synthetic.md",
-        "train-vit-b-32-synthetic.json"), "", 180, "issue #27 session 4, device call 6"),
+        "train-vit-b-32-synthetic.json"), "551040b", 180, "issue #27 session 4, device call 6"),
     Job("train-nocompile-vit-h-14", "`lowbit train --no-compile` per recipe, ViT-H/14 batch 96 (synthetic data)",
         f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 20 --no-compile --recipe bf16 fp8-switchback --limit 100 "
-        "--out $DIR", _renamed("train", "train-nocompile-vit-h-14.md", "train-nocompile-vit-h-14.json"), "", 200,
-        "not measured yet", note="about 2 minutes on an H100 (eager: no compile; fp8-switchback autotunes unless "
+        "--out $DIR", _renamed("train", "train-nocompile-vit-h-14.md", "train-nocompile-vit-h-14.json"), "551040b", 200,
+        "issue #27 session 4, device calls 3-6", note="about 2 minutes on an H100 (eager: no compile; fp8-switchback autotunes unless "
         "train-vit-h-14 ran before it on the same machine)"),
 ]
 
