@@ -165,10 +165,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name", ["fp8-switchback", "switchback", "switchback-m"])
 def test_cuda_row_flow_eager_compiled_and_graphed(name: str) -> None:
     """A bf16 LayerNorm → MLP block (512 tokens, 256 → 1024 → 256) on the GPU: eager against the CPU run of the same
-    block, and torch.compile (inductor) and a CUDA graph of it against eager. Bounds: codes at a rounding boundary may
-    flip between devices (≤ 1% of them moves the result by ≤ √0.01 of a quantization step: 3e-3 int8, 1.3e-2 fp8,
-    plus fp8's reduced-precision accumulation), compiled and graphed runs call the same kernels (inductor may fuse the
-    surrounding bf16 ops differently: bf16 rounding, 1e-2)."""
+    block, and torch.compile (inductor) and a CUDA graph of it against eager. Bounds: the GPU's 16-bit LayerNorm and
+    GELU outputs differ from the CPU's by bf16 roundings, so codes at a rounding boundary flip between devices, each
+    by one step; an int8 step is absmax/127, about 0.028 sigma of these Gaussian rows, so even every code moved by
+    one step stays under 3e-2 normwise (measured on an H100: 0.008 for switchback-m's weight gradient); fp8 2e-2
+    (its flips are rarer: a step is relative to the value), plus fp8's reduced-precision accumulation. Compiled and
+    graphed runs call the same kernels (inductor may fuse the surrounding bf16 ops differently: bf16 rounding, 1e-2)."""
     if RECIPES[name].uses_fp8 and not FP8:
         pytest.skip("fp8 needs compute capability 8.9")
     torch.manual_seed(4)
@@ -179,7 +181,7 @@ def test_cuda_row_flow_eager_compiled_and_graphed(name: str) -> None:
     m = m.cuda()
     xc, gc = x.cuda(), g.cuda()
     eager = _run(m, xc, gc)
-    tol = 2e-2 if RECIPES[name].uses_fp8 else 5e-3
+    tol = 2e-2 if RECIPES[name].uses_fp8 else 3e-2
     for i, (a, b) in enumerate(zip(eager, cpu)):
         assert _rel(a.cpu(), b) < tol, (name, "cuda vs cpu", i, _rel(a.cpu(), b))
     torch._dynamo.reset()

@@ -25,6 +25,16 @@ ACTS = ["gelu", "gelu_tanh", "quick_gelu"]
 CONFIGS = {"one-pass": dict(BLOCK_M=2, BLOCK_N=64, num_warps=4), "two-pass": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4)}
 
 
+def _as_accurate_as_twin(k: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> None:
+    """The kernel's 16-bit output ``k`` is as close to the float64 ``ref`` as the PyTorch twin's ``t``: the largest
+    error and the normwise error, within 10% (on the H100 two float32 evaluation orders differ by several ulps of a
+    bf16 output near zero, where cancellation leaves few significant bits, with the same largest error: so no
+    element-wise ulp bound between the two; a wrong index or scale errs by O(1))."""
+    ek, et = (k.double() - ref).abs(), (t.double() - ref).abs()
+    assert float(ek.max()) <= 1.1 * float(et.max()) + 1e-12, (float(ek.max()), float(et.max()))
+    assert float(ek.norm()) <= 1.1 * float(et.norm()) + 1e-12, (float(ek.norm()), float(et.norm()))
+
+
 def _ulp(t: torch.Tensor) -> torch.Tensor:
     """The spacing of ``t``'s dtype at each of its values (float64)."""
     mbits = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}[t.dtype]
@@ -230,18 +240,20 @@ def test_cuda_producers_at_vit_h_widths(fmt: str) -> None:
     q, s, h, _, _ = producers.layernorm_quantize(x, w, b, 1e-5, fmt, out_dtype=torch.bfloat16)
     _assert_row_codes(h, q, s, fmt, "LN codes")
     _, _, h_t, _, _ = producers.layernorm_quantize(x, w, b, 1e-5, fmt, out_dtype=torch.bfloat16, backend="torch")
-    assert bool(((h.double() - h_t.double()).abs() <= _ulp(h_t)).all())
+    _as_accurate_as_twin(h, h_t, torch.nn.functional.layer_norm(x.double(), (1280,), w.double(), b.double(), 1e-5))
     a = (torch.randn(4096, 5120, device="cuda") * 2).bfloat16()
     dg = torch.randn(4096, 5120, device="cuda").bfloat16()
     g, qg, sg = producers.act_quantize(a, "gelu", fmt)
     _assert_row_codes(g, qg, sg, fmt, "GELU codes")
     g_t = producers.act_forward(a, "gelu")
-    assert bool(((g.double() - g_t.double()).abs() <= _ulp(g_t)).all())
+    _as_accurate_as_twin(g, g_t, torch.nn.functional.gelu(a.double()))
     fmt_b = "e5m2" if fmt != "int8" else fmt
     da, qa, sa, cs = producers.act_backward_quantize(dg, a, "gelu", fmt_b, colsum=True)
     _assert_row_codes(da, qa, sa, fmt_b, "GELU' codes")
     da_t = producers.act_backward(dg, a, "gelu")
-    assert bool(((da.double() - da_t.double()).abs() <= _ulp(da_t)).all())
+    a64 = a.double().requires_grad_()
+    (da_ref,) = torch.autograd.grad(torch.nn.functional.gelu(a64), a64, dg.double())
+    _as_accurate_as_twin(da, da_t, da_ref)
     assert torch.allclose(cs.double(), da.double().sum(0), rtol=1e-4, atol=1e-2)
     dy = torch.randn(4096, 1280, device="cuda").bfloat16()
     qy, sy, cy = producers.quantize_rows_colsum(dy, fmt_b)
