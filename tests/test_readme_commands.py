@@ -50,7 +50,7 @@ RUN: dict[str, str | None] = {
 SKIPPED: dict[str, str] = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e . && lowbit train":
         "creates a venv and installs from the network; its last command, `lowbit train`, runs above",
-    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest -q':
+    'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[dev]" && pip install --no-deps -r tests/third-party.txt && python -m pytest -q':
         "creates a venv, installs from the network and runs the whole test suite (which this file is part of)",
     "lowbit bench step --preset vit-h-14 --batch-size 96 --compile --cudagraphs --recipe bf16 fp8-switchback":
         "needs a GPU (--cudagraphs); the same command without --compile --cudagraphs at tiny size runs instead",
