@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from train_fakes import SMALL
+from train_fakes import SMALL, torchrun_ranks
 
 from lowbit.train import TrainConfig, train
 from lowbit.train.runlock import LOCK_NAME, RunLock, RunLockedError, remove_stale_temps
@@ -173,32 +173,6 @@ def test_the_same_signal_forwarded_soon_after_is_not_a_second_one(monkeypatch: p
         time.sleep(0.01)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(d.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def _ranks(launcher: int) -> dict[int, int]:
-    """rank -> pid of a torchrun's workers."""
-    found = {}
-    for pid in [c for p in _children(launcher) for c in [p, *_children(p)]]:
-        try:
-            env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        rank = next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")), None)
-        if rank is not None:
-            found[rank] = pid
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file() or not torch.distributed.is_gloo_available(),
                     reason="needs /proc and gloo")
 def test_sigterm_to_every_process_of_a_torchrun_job_saves(tmp_path: Path) -> None:
@@ -210,7 +184,7 @@ def test_sigterm_to_every_process_of_a_torchrun_job_saves(tmp_path: Path) -> Non
            "--batch-size", "32", "--out", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     _wait_rows(run, proc)
-    ranks = _ranks(proc.pid)
+    ranks = torchrun_ranks(proc.pid)
     assert sorted(ranks) == [0, 1], ranks
     for pid in ranks.values():
         os.kill(pid, signal.SIGTERM)
@@ -330,7 +304,7 @@ def test_a_frozen_rank_under_torchrun_is_named_within_the_dist_timeout(tmp_path:
     ranks: dict[int, int] = {}
     try:
         _wait_rows(run, proc)
-        ranks = _ranks(proc.pid)
+        ranks = torchrun_ranks(proc.pid)
         os.kill(ranks[1], signal.SIGSTOP)
         t0 = time.time()
         while time.time() - t0 < 90 and not any("timed out" in ln for ln in lines):

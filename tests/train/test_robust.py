@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from train_fakes import SMALL
+from train_fakes import SMALL, torchrun_ranks
 
 from lowbit.cli.main import main
 from lowbit.train import TrainConfig, load_checkpoint, save_checkpoint, train
@@ -245,26 +245,6 @@ def test_unusable_out_and_bad_yaml_are_one_line(
         main(["train", "--resume", str(tmp_path / "d")])
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(d.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def _rank_of(pid: int) -> int | None:
-    try:
-        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")), None)
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file() or not torch.distributed.is_gloo_available(),
                     reason="needs /proc and gloo")
 def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path: Path) -> None:
@@ -277,8 +257,7 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path: Path) -> Non
     deadline, worker = time.time() + 180, None
     while time.time() < deadline and proc.poll() is None and worker is None:
         if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > 3:
-            workers = [c for p in _children(proc.pid) for c in [p, *_children(p)]]
-            worker = next((w for w in workers if _rank_of(w) == 1), None)
+            worker = torchrun_ranks(proc.pid).get(1)
         time.sleep(0.05)
     assert worker is not None, "rank 1 not found"
     os.kill(worker, signal.SIGTERM)

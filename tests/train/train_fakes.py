@@ -4,9 +4,12 @@ already consumed, rank sharding), so trainer tests need neither the real dataset
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import torch
 
@@ -89,3 +92,20 @@ SMALL = {
     # one on a busy many-core host.
     "threads": 1,
 }
+
+
+@functools.cache
+def _faults_script() -> ModuleType:
+    """``experiments/faults.py`` as a module (it injects the same signals into real runs)."""
+    path = Path(__file__).resolve().parents[2] / "experiments" / "faults.py"
+    spec = importlib.util.spec_from_file_location("lowbit_faults_script", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def torchrun_ranks(launcher: int) -> dict[int, int]:
+    """rank -> pid of the workers of the ``torchrun`` process ``launcher`` (from /proc; ``experiments/faults.py``'s
+    helper)."""
+    return _faults_script()._ranks(launcher)
