@@ -45,7 +45,7 @@ def test_check_flags_an_unmarked_invalid_file_and_allows_a_job_not_measured_yet(
     assert any(p.startswith(f"{md}: job {invalid.name} is invalid") for p in runner.check())
     monkeypatch.undo()
     pending = [j for j in runner.JOBS if not j.commit]
-    assert {"train-vit-h-14.md", "train-nocompile-vit-h-14.md"} <= {f for j in pending for f in j.files}
+    assert {"train-vit-l-14.md", "step-vit-h-14-row-flow.md"} <= {f for j in pending for f in j.files}
     assert not any(f in p for j in pending for f in j.files for p in runner.check())
 
 

@@ -37,7 +37,7 @@ def test_empty_and_header_cut_shards_are_reported(tmp_path: Path, png, capsys: p
     assert ds.damage["empty_shards"] == {str(data / "b.tar"): "empty file (0 bytes)",
                                          str(data / "c.tar"): "no end-of-archive marker (truncated?) (300 bytes)"}
     summary = train(TrainConfig.from_dict({**TINY, "data": str(data), "out": str(tmp_path / "run"), "steps": 1}))
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # lowbit's warnings are one line each on stderr (lowbit.messages)
     assert "2 shard(s) without a usable sample, left out" in out and "b.tar (empty file (0 bytes))" in out, out
     assert summary["data"]["empty_shards"] == 2
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["data"]["empty_shards"] == 2
@@ -98,7 +98,8 @@ def test_a_data_error_in_a_worker_names_the_shard_and_key(tmp_path: Path, png, c
     data = tmp_path / "broken"
     data.mkdir()
     write_shard(data / "000.tar", [(f"{i:04d}", {"png": b"\x89PNG broken", "txt": b"x"}) for i in range(20)])
-    rc = main(["train", "--data", str(data), "--workers", "2", "--zeroshot", "none", "--steps", "1", "--batch-size", "4",
+    rc = main(["train", "--data", str(data), "--workers", "2", "--zeroshot", "none", "--steps", "1", "--warmup", "0",
+               "--batch-size", "4",
                "--recipe", "none", "--optimizer", "adamw", "--device", "cpu", "--threads", "1", "--no-progress",
                "--set", "model.vision.layers=1", "--set", "model.text.layers=1", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()

@@ -239,8 +239,8 @@ def test_a_disk_filled_under_tensorboard_is_one_line_naming_the_file(
         write(self, data)
 
     monkeypatch.setattr(record_writer.RecordWriter, "write", full)
-    rc = main(["train", "--data", "fake", "--zeroshot", "none", "--steps", "3", "--batch-size", "4", "--recipe", "none",
-               "--optimizer", "adamw", "--set", "model.vision.layers=1", "--set", "model.text.layers=1",
+    rc = main(["train", "--data", "fake", "--zeroshot", "none", "--steps", "3", "--warmup", "1", "--batch-size", "4",
+               "--recipe", "none", "--optimizer", "adamw", "--set", "model.vision.layers=1", "--set", "model.text.layers=1",
                "--no-progress", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
