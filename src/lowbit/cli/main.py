@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import errno
 import importlib
 import os
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from lowbit._version import __version__
+from lowbit.atomic_io import no_space
 from lowbit.messages import routed_warnings
 
 # name -> module; the order is the order shown by --help.
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def one_line(exc: BaseException) -> str:
     """An error as the one line a user reads: what failed and on which path, no traceback."""
     if isinstance(exc, OSError):
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and "space" not in str(exc.strerror or ""):
+        if no_space(exc) and "space" not in str(exc.strerror or ""):
             what = "no space left on the device"
         else:
             what = exc.strerror or str(exc)

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lowbit.atomic_io import no_space
+
 __all__ = [
     "CHECKPOINT_NAME", "DCP_NAME", "PREV_DCP_NAME", "PREV_NAME", "CheckpointError", "dcp_file_checksums",
     "get_rng_state", "load_checkpoint",
@@ -148,7 +150,7 @@ def state_checksum(state: dict[str, Any]) -> str:
 
 
 def _disk_full(exc: BaseException, directory: Path) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if no_space(exc):
         return True
     # torch.save reports a failed write as "[enforce fail at inline_container.cc:...] unexpected pos ..."
     if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "file write failed" in str(exc)):

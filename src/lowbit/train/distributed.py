@@ -51,6 +51,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn  # before any process group exists: see "teardown" below
 import torch.nn.functional as F
 
+from lowbit.atomic_io import fsync_dir, no_space
+
 __all__ = [
     "all_finite",
     "average_loss",
@@ -302,7 +304,7 @@ def save_dcp(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
     dist.barrier()
     if master:
         save_checkpoint(tmp / META_NAME, {**meta, "files": dcp_file_checksums(tmp)})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if path.exists():
             if keep_previous:
                 shutil.rmtree(prev, ignore_errors=True)
@@ -310,7 +312,7 @@ def save_dcp(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
             else:
                 shutil.rmtree(path)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         shutil.rmtree(old, ignore_errors=True)  # the layout before checkpoint.prev.dcp
     dist.barrier()
     return path
@@ -332,22 +334,13 @@ def dcp_error(exc: BaseException, path: str | Path, doing: str) -> Exception:
         who = f" on rank(s) {', '.join(map(str, ranks))}"
     else:
         inner, who = exc, ""
-    if isinstance(inner, OSError) and inner.errno in (errno.ENOSPC, errno.EDQUOT):
+    if no_space(inner):
         return OSError(errno.ENOSPC, f"no space left on the device: could not write checkpoint {str(path)!r} "
                        "(the previous checkpoint, if any, is kept)")
     text = str(inner).strip().splitlines()
     what = f"{type(inner).__name__}: {text[0][:200]}" if text else type(inner).__name__
     return CheckpointError(f"checkpoint {str(path)!r} could not be {'read' if doing == 'read' else 'written'}{who}: "
                            f"{what}")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def load_dcp(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
