@@ -10,7 +10,8 @@ Parts (``--parts``, in this order; ``--budget`` seconds stops before the next it
   formats): lowbit's Triton GEMM, cuBLAS ``torch._scaled_mm`` with and without fast accumulation, and cuBLAS bf16.
 * ``block``: ``lowbit bench mlp``'s LN→MLP block (``lowbit.bench.linear.time_block``) per recipe, eager, CUDA graphs
   and torch.compile, against plain PyTorch bf16 in the same mode; which GEMM backend each fp8 shape took.
-* ``profile``: CUDA time per kernel of one fused fp8-switchback block step (eager).
+* ``profile``: CUDA time per kernel of three fused fp8-switchback block steps and of plain PyTorch's, in each of
+  ``--profile-modes`` (eager, compiled).
 
 Usage: ``PYTHONPATH=src python3 bench/probes/row_flow.py --out DIR [--parts ...] [--budget S]`` → ``DIR/row_flow.md``
 and ``DIR/row_flow.json``.
@@ -169,13 +170,14 @@ def part_block(budget: float, kinds: list[str], modes: list[str]) -> None:
          choices={str((*k[:3], str(k[3]), str(k[4]), k[5], k[6])): v for k, v in matmul._FP8_CHOICE.items()})
 
 
-def part_profile() -> None:
+def part_profile(modes: list[str]) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from lowbit.bench.linear import mlp_step
 
-    for kind in ("fp8-switchback", "nn.Linear"):
-        step = mlp_step(kind, "vit-h-14", "eager", block="ln-mlp")
+    for mode, kind in [(m, k) for m in modes for k in ("fp8-switchback", "nn.Linear")]:
+        torch._dynamo.reset()
+        step = mlp_step(kind, "vit-h-14", mode, block="ln-mlp")
         for _ in range(3):
             step()
         torch.cuda.synchronize()
@@ -183,9 +185,9 @@ def part_profile() -> None:
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
-        table = p.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=70)
-        print(f"### profile {kind} (3 steps)\n{table}", flush=True)
-        emit(part="profile", kind=kind, table=table)
+        table = p.key_averages().table(sort_by="cuda_time_total", row_limit=24, max_name_column_width=90)
+        print(f"### profile {kind} {mode} (3 steps)\n{table}", flush=True)
+        emit(part="profile", kind=f"{kind} {mode}", table=table)
 
 
 def write(out: Path | None) -> None:
@@ -213,6 +215,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["nn.Linear", "fp8-switchback", "switchback",
                                                    "fp8-switchback:per-linear"])
     ap.add_argument("--modes", nargs="+", default=["eager", "cudagraphs", "compiled"])
+    ap.add_argument("--profile-modes", nargs="+", default=["eager"], choices=["eager", "compiled"])
     ap.add_argument("--budget", type=float, default=250.0)
     ap.add_argument("--int8-gemms", action="store_true")
     args = ap.parse_args()
@@ -236,7 +239,7 @@ def main() -> None:
             elif part == "block":
                 part_block(args.budget, args.kinds, args.modes)
             elif part == "profile":
-                part_profile()
+                part_profile(args.profile_modes)
         except Exception as e:
             traceback.print_exc()
             emit(part=part, error=repr(e)[:300])
