@@ -78,9 +78,11 @@ def part_producers(gbs: float) -> None:
     a = torch.randn(M, H, device="cuda", dtype=bf)
     dg = torch.randn(M, H, device="cuda", dtype=bf)
     fwd_b, bwd_b = M * H * 5, M * H * 7
-    for cfg in tp._act_configs():
+    for cfg in tp._prune(tp._act_configs(), {"N": H}):
         c = dict(cfg.kwargs, num_warps=cfg.num_warps)
-        tag = f"BLOCK_M={c['BLOCK_M']} BLOCK_N={c['BLOCK_N']} warps={c['num_warps']}"
+        progs = "one block each" if c["MAX_PROGRAMS"] == tp.ONE_BLOCK_EACH else f"<= {c['MAX_PROGRAMS']} programs"
+        tag = (f"BLOCK_M={c['BLOCK_M']} BLOCK_N={c['BLOCK_N']} warps={c['num_warps']} {progs} "
+               f"stages={c['STAGES']}")
         row(f"GELU+quantize e4m3 [{tag}]", ms(lambda c=c: tp.act_quantize(
             a, None, "gelu", "e4m3", want_out=True, colsum=False, out_dtype=bf, config=c)), fwd_b)
         row(f"GELU'+quantize e5m2 +colsum [{tag}]", ms(lambda c=c: tp.act_quantize(
@@ -147,8 +149,12 @@ def part_gemms() -> None:
 
 
 def part_block(budget: float, kinds: list[str], modes: list[str]) -> None:
+    """``KIND@inductor``: the kind compiled with ``LOWBIT_COMPILED_QUANTIZE=inductor`` (the producers' PyTorch twins
+    traced into the graph for inductor to fuse, instead of lowbit's Triton producers)."""
+    import contextlib
+
     from lowbit.bench.linear import time_block
-    from lowbit.kernels import matmul
+    from lowbit.kernels import matmul, ops
 
     dev = torch.device("cuda")
     for mode in modes:
@@ -159,8 +165,11 @@ def part_block(budget: float, kinds: list[str], modes: list[str]) -> None:
                 continue
             torch._dynamo.reset()
             t1 = time.time()
+            name, _, quant = kind.partition("@")
+            ctx = ops.compiled_quantize_mode(quant) if quant else contextlib.nullcontext()
             try:
-                t, gib = time_block(kind, D, D, M, dev, mode=mode, mlp_hidden=H, block="ln-mlp", peak=True)
+                with ctx:
+                    t, gib = time_block(name, D, D, M, dev, mode=mode, mlp_hidden=H, block="ln-mlp", peak=True)
                 base = t if kind == "nn.Linear" else base
                 emit(part="block", mode=mode, kind=kind, ms=t, vs_bf16=(base / t) if base else None, peak_GiB=gib,
                      setup_s=round(time.time() - t1, 1))

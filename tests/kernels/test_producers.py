@@ -21,8 +21,12 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 FORMATS = ["int8", "e4m3", "e5m2"]
 ACTS = ["gelu", "gelu_tanh", "quick_gelu"]
-# One-pass (a row fits one block) and two-pass (column chunks) launch configurations of the activation kernels.
-CONFIGS = {"one-pass": dict(BLOCK_M=2, BLOCK_N=64, num_warps=4), "two-pass": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4)}
+# One-pass (a row fits one block) and two-pass (column chunks) launch configurations of the activation kernels: a row
+# block per program, and runs of row blocks per program (9 rows in blocks of 2 over 4 programs: 2, 2, 1 and 0 blocks,
+# so one program owns no rows and must leave its column-sum partial zero; the prefetching loop).
+CONFIGS = {"one-pass": dict(BLOCK_M=2, BLOCK_N=64, num_warps=4), "two-pass": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4),
+           "one-pass-runs": dict(BLOCK_M=2, BLOCK_N=64, num_warps=4, MAX_PROGRAMS=4, STAGES=2),
+           "two-pass-runs": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4, MAX_PROGRAMS=2)}
 
 
 def _as_accurate_as_twin(k: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> None:

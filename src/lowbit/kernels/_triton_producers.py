@@ -7,6 +7,10 @@ also writing the row-wise int8 / fp8 codes and row scales of its output for the 
 * ``act_backward_quantize``: dg, a → dA = dg · act'(a) (16-bit, for fc1's wgrad) + codes_dA + scale_dA, and the
   column sums of dA (fc1's bias gradient) as per-program partials (deterministic: each program owns its row).
 
+The activation kernels launch a row block per program (the plain grid, as in Triton's softmax tutorial) or runs of
+row blocks per program with the next one prefetched (``STAGES``); the autotuner picks per row width. The persistent
+grid of four programs per SM that came first ran at 40% of copy bandwidth on the H100 (session 4's profile).
+
 The codes are those of the standalone row quantizer (:mod:`lowbit.kernels._reference`) applied to the 16-bit
 output as stored, bit for bit: the kernels round the output first and quantize that rounded value with the same
 ``_encode`` / scale code as ``_triton_quant``. A row wider than one block is done in two passes over column chunks:
@@ -84,16 +88,22 @@ def _act_quantize_kernel(
     a_ptr, dg_ptr, out_ptr, q_ptr, s_ptr, colsum_ptr, M, N,
     ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, COLSUM: tl.constexpr,
     FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-    BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PASS: tl.constexpr,
+    BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, MAX_PROGRAMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PASS: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Persistent over row blocks (program p takes blocks p, p + NUM_PROGRAMS, ...), so the column sums of a
-    one-pass program accumulate in registers and are written once, to the program's own row of ``colsum_ptr``."""
+    """Program p takes a contiguous run of row blocks (all of them spread over ``min(blocks, MAX_PROGRAMS)``
+    programs; one block each where MAX_PROGRAMS is large), so the column sums of a one-pass program accumulate in
+    registers and are written once, to the program's own row of ``colsum_ptr``. ``STAGES`` > 1 lets Triton prefetch
+    the next row block's inputs while this one is reduced and stored."""
     pid = tl.program_id(0)
     out_ty = out_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK_N)
     col_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for rb in range(pid, tl.cdiv(M, BLOCK_M), NUM_PROGRAMS):
+    n_blocks = tl.cdiv(M, BLOCK_M)
+    per = tl.cdiv(n_blocks, tl.num_programs(0))
+    first = pid * per
+    last = tl.minimum(first + per, n_blocks)
+    for rb in tl.range(first, last, num_stages=STAGES):
         rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < M
         base = rows[:, None].to(tl.int64) * N
@@ -139,25 +149,37 @@ def _one_pass(args: dict) -> bool:
     return args["BLOCK_N"] >= args["N"]
 
 
-def _act_config(bm: int, bn: int, warps: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps)
+ONE_BLOCK_EACH = 1 << 30  # MAX_PROGRAMS: one row block per program (the plain grid of the Triton softmax tutorial)
+
+
+def _act_config(bm: int, bn: int, warps: int, programs: int = ONE_BLOCK_EACH, stages: int = 1) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "MAX_PROGRAMS": programs, "STAGES": stages},
+                         num_warps=warps)
 
 
 def _act_configs() -> list[triton.Config]:
-    """A small candidate set (cold caches compile each): one-pass rows up to 8192 wide, and 2-pass chunks."""
+    """A small candidate set (a cold cache compiles each, per autotune key): one-pass rows (a row block per program,
+    or runs of row blocks with the next one prefetched), and two-pass column chunks for rows wider than 8192.
+    The first persistent-style entry is the launch the H100 profile of session 4 measured at 0.76 / 0.89 ms
+    (GELU / GELU' at ViT-H's 32896 x 5120; 40% of copy bandwidth), kept as the floor."""
     if interpreting():
-        return [_act_config(2, 16, 4)]
+        return [_act_config(2, 16, 4, 3)]
     if os.environ.get("LOWBIT_AUTOTUNE", "1") == "0":
         return [_act_config(2, 1024, 4)]
-    return [_act_config(1, 8192, 16), _act_config(2, 4096, 16), _act_config(2, 1024, 4), _act_config(4, 1024, 8),
-            _act_config(2, 2048, 8)]
+    return [_act_config(4, 1024, 8, 512, 3),
+            _act_config(1, 8192, 8), _act_config(1, 8192, 16), _act_config(1, 8192, 8, 1024, 2),
+            _act_config(2, 4096, 8), _act_config(1, 4096, 8, 1024, 2),
+            _act_config(4, 2048, 8), _act_config(1, 2048, 4), _act_config(2, 2048, 8, 1024, 2),
+            _act_config(8, 1024, 4), _act_config(2, 1024, 4, 1024, 2), _act_config(16, 512, 4)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop one-pass blocks more than twice as wide as needed, and chunks wider than one pass."""
+    """One-pass blocks exactly ``next_power_of_2(N)`` wide (one row block per program, or runs of them), at most
+    8192 values a block, and the two-pass chunks of 1024 and 2048 columns where they are narrower than a row."""
     n = named_args["N"]
     full = triton.next_power_of_2(n)
-    keep = [c for c in configs if c.kwargs["BLOCK_N"] <= full]
+    keep = [c for c in configs if c.kwargs["BLOCK_N"] == full and c.kwargs["BLOCK_M"] * full <= 8192]
+    keep += [c for c in configs if c.kwargs["BLOCK_N"] < n and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] == 4096]
     return keep or configs[-1:]
 
 
@@ -170,13 +192,13 @@ _act_kernel_fixed = triton.heuristics({"ONE_PASS": _one_pass})(_act_quantize_ker
 
 @functools.lru_cache(maxsize=8)
 def _num_programs(device_index: int) -> int:
-    """Persistent grid: a few programs per SM keep enough loads in flight for memory bandwidth."""
-    return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
+    """Programs that write column-sum partials: 8 per SM (the partials are [programs, N] float32, summed after)."""
+    return 8 * torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _programs(t: torch.Tensor) -> int:
+def _colsum_programs(t: torch.Tensor) -> int:
     if t.device.type != "cuda":
-        return 3
+        return 4  # the interpreter tests: 9 rows in blocks of 2 leave the fourth program none
     return _num_programs(t.device.index if t.device.index is not None else torch.cuda.current_device())
 
 
@@ -186,28 +208,31 @@ def act_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(out [M, N] or empty, codes [M, N], scale [M, 1], colsum [N] float32 or None)`` of ``act(a)`` (``dg`` None)
     or ``dg · act'(a)``, or of ``a`` itself (``activation`` None: a row quantizer that also sums the columns, for
-    dY and its bias gradient); contiguous 2-D inputs. ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``) pins a launch
-    configuration instead of the autotuned one (tests: both the one-pass and the two-pass code)."""
+    dY and its bias gradient); contiguous 2-D inputs. ``config`` (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, optionally
+    ``MAX_PROGRAMS``, ``STAGES``) pins a launch configuration instead of the autotuned one (tests: the one-pass and
+    the two-pass code, one or several row blocks per program)."""
     M, N = a.shape
     dev = a.device
     out = torch.empty((M, N) if want_out else (1,), dtype=out_dtype, device=dev)
     q = torch.empty((M, N), dtype=storage_dtype(fmt), device=dev)
     scale = torch.empty((M, 1), dtype=torch.float32, device=dev)
-    nprog = _programs(a)
-    partial = torch.zeros((nprog, N) if colsum else (1,), dtype=torch.float32, device=dev)
+    cap = _colsum_programs(a)  # with colsum, at most this many programs (rows of partials)
+    partial = torch.zeros((cap, N) if colsum else (1,), dtype=torch.float32, device=dev)
     args = (a, dg if dg is not None else a, out, q.view(torch.uint8), scale, partial, M, N)
-    meta = dict(ACT=ACT_CODES[activation] if activation is not None else 0, BACKWARD=dg is not None, WANT_OUT=want_out, COLSUM=colsum,
-                **_fmt_constants(fmt), NUM_PROGRAMS=nprog)
+    meta = dict(ACT=ACT_CODES[activation] if activation is not None else 0, BACKWARD=dg is not None, WANT_OUT=want_out,
+                COLSUM=colsum, **_fmt_constants(fmt))
 
     def grid(m: dict) -> tuple[int]:
-        return (max(1, min(nprog, triton.cdiv(M, m["BLOCK_M"]))),)
+        programs = min(m["MAX_PROGRAMS"], cap) if colsum else m["MAX_PROGRAMS"]
+        return (max(1, min(programs, triton.cdiv(M, m["BLOCK_M"]))),)
 
     if config is not None:
-        cfg = dict(config)
+        cfg = {"MAX_PROGRAMS": ONE_BLOCK_EACH, "STAGES": 1, **config}
         warps = cfg.pop("num_warps", 4)
         _act_kernel_fixed[grid(cfg)](*args, **meta, **cfg, num_warps=warps)
     else:
         _act_kernel_tuned[grid](*args, **meta)
+    # Programs past the grid left their partial rows zero: the sum over all rows is the sum over the grid's.
     return out, q, scale, (partial.sum(0) if colsum else None)
 
 
