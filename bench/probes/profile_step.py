@@ -88,6 +88,8 @@ def main() -> None:
         launches = 0
         kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         for e in prof.events():
+            if getattr(e, "is_user_annotation", False):
+                continue  # a record_function range (Optimizer.step#...) mirrored on the GPU: its kernels count already
             if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
                 us = e.device_time / a.steps
             elif not cuda and e.cpu_parent is None:
