@@ -408,6 +408,21 @@ JOBS: list[Job] = [
         "tests/functional/test_mlp.py tests/kernels/test_matmul.py -k 'cuda or gpu'",
         {"gpu-tests-row-flow.txt": "log"}, "551040b", 200, "issue #27 session 4, device calls 3-6",
         note="28 passed, 4 failed: the producers' 16-bit outputs against their PyTorch twins within one ulp (they differ by more, with the same maximum error against float64), the int8 fused block 0.008 from the CPU reference with 0.005 allowed; the tests were reformulated after this run (not yet rerun on a GPU)"),
+    Job("profile-step-vit-h-14-compiled", "where the compiled ViT-H/14 step's time goes (each block compiled, no CUDA "
+        "graphs, 2 profiled steps after 3): GPU time per kernel class, top kernels; bf16, fp8-switchback per linear, "
+        "the fused row-wise flow", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 --compile "
+        "blocks --warmup 3 --steps 2 --top 45 bf16 fp8-switchback fp8-switchback:fused",
+        {"profile-step-vit-h-14-compiled.txt": "log"}, "eb77c00", 230, "issue #28 session 5, device call 1",
+        annotated="the profiler's USDT lines removed; its optimizer class counts the Optimizer.step range mirrored on "
+        "the GPU (12.0 ms a step) on top of that range's kernels (the probe skips such ranges since)"),
+    Job("row-flow-probe-1", "the row-wise flow's pieces at ViT-H widths: copy bandwidth, the quantizing producers "
+        "(each launch configuration, the autotuned one, the inductor twins, PyTorch's own GELU/LN), the four plain "
+        "8-bit GEMMs (lowbit Triton, cuBLAS with and without fast accumulation, cuBLAS bf16, error vs float64), the "
+        "compiled LN→MLP block, its kernel profile", "python3 bench/probes/row_flow.py --out $DIR --parts copy "
+        "producers gemms block profile --modes compiled --kinds nn.Linear fp8-switchback --profile-modes compiled "
+        "--budget 150", _renamed("row_flow", "row-flow-probe-1.md", "row-flow-probe-1.json"), "eb77c00", 170,
+        "issue #28 session 5, device call 1", note="the activation producers of this commit (a persistent grid): "
+                                                  "replaced in 0aa5400"),
     Job("step-vit-h-14-row-flow", "`bench step` ViT-H/14 batch 96 under CUDA graphs: bf16 against the fused "
         "row-wise flow (fp8-switchback:fused, switchback:fused) and fp8-switchback per linear",
         f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
