@@ -412,7 +412,7 @@ JOBS: list[Job] = [
         "graphs, 2 profiled steps after 3): GPU time per kernel class, top kernels; bf16, fp8-switchback per linear, "
         "the fused row-wise flow", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 --compile "
         "blocks --warmup 3 --steps 2 --top 45 bf16 fp8-switchback fp8-switchback:fused",
-        {"profile-step-vit-h-14-compiled.txt": "log"}, "eb77c00", 230, "issue #28 session 5, device call 1",
+        {"profile-step-vit-h-14-compiled.txt": "log"}, "3918e8d", 230, "issue #28 session 5, device call 1",
         annotated="the profiler's USDT lines removed; its optimizer class counts the Optimizer.step range mirrored on "
         "the GPU (12.0 ms a step) on top of that range's kernels (the probe skips such ranges since)"),
     Job("row-flow-probe-1", "the row-wise flow's pieces at ViT-H widths: copy bandwidth, the quantizing producers "
@@ -420,9 +420,20 @@ JOBS: list[Job] = [
         "8-bit GEMMs (lowbit Triton, cuBLAS with and without fast accumulation, cuBLAS bf16, error vs float64), the "
         "compiled LN→MLP block, its kernel profile", "python3 bench/probes/row_flow.py --out $DIR --parts copy "
         "producers gemms block profile --modes compiled --kinds nn.Linear fp8-switchback --profile-modes compiled "
-        "--budget 150", _renamed("row_flow", "row-flow-probe-1.md", "row-flow-probe-1.json"), "eb77c00", 170,
+        "--budget 150", _renamed("row_flow", "row-flow-probe-1.md", "row-flow-probe-1.json"), "3918e8d", 170,
         "issue #28 session 5, device call 1", note="the activation producers of this commit (a persistent grid): "
                                                   "replaced in 0aa5400"),
+    Job("row-flow-probe-2", "the same probe after the activation producers' new launch grid: copy bandwidth, the "
+        "producers (each candidate launch, the autotuned one, the inductor twins), the compiled LN→MLP block with "
+        "lowbit's producers and with the twins traced for inductor (@inductor), its kernel profile",
+        "python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes compiled --kinds "
+        "nn.Linear fp8-switchback fp8-switchback@inductor --profile-modes compiled --budget 100",
+        {"row-flow-probe-2.log": "log"}, "", 130, "issue #28 session 5, device call 7",
+        annotated="the profiler's USDT lines removed (its .md/.json did not come back: the call's file limit)",
+        note="the candidate launches of f0e9821; 0aa5400's list was trimmed after this run"),
+    Job("gpu-tests-producers", "the quantizing producers' CUDA tests at ViT-H widths and the plain GEMMs at K = 5120 "
+        "against float64", f"{PYTEST} -rf tests/kernels/test_producers.py -k 'cuda or gpu'",
+        {"gpu-tests-producers.txt": "log"}, "", 80, "issue #28 session 5, device call 7"),
     Job("step-vit-h-14-row-flow", "`bench step` ViT-H/14 batch 96 under CUDA graphs: bf16 against the fused "
         "row-wise flow (fp8-switchback:fused, switchback:fused) and fp8-switchback per linear",
         f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "

@@ -7,9 +7,10 @@ also writing the row-wise int8 / fp8 codes and row scales of its output for the 
 * ``act_backward_quantize``: dg, a → dA = dg · act'(a) (16-bit, for fc1's wgrad) + codes_dA + scale_dA, and the
   column sums of dA (fc1's bias gradient) as per-program partials (deterministic: each program owns its row).
 
-The activation kernels launch a row block per program (the plain grid, as in Triton's softmax tutorial) or runs of
-row blocks per program with the next one prefetched (``STAGES``); the autotuner picks per row width. The persistent
-grid of four programs per SM that came first ran at 40% of copy bandwidth on the H100 (session 4's profile).
+The activation kernels launch runs of row blocks per program (about 8 programs per SM; ``MAX_PROGRAMS``) or a row
+block per program, optionally prefetching the next block (``STAGES``); the autotuner picks per row width. On the
+H100 they run at 35-51% of copy bandwidth at ViT-H widths (``bench/results/h100/row-flow-probe-2.log``), below
+inductor's fusion of the PyTorch twin for the forward (0.49 vs 0.83 ms): the open problem of issue #28.
 
 The codes are those of the standalone row quantizer (:mod:`lowbit.kernels._reference`) applied to the 16-bit
 output as stored, bit for bit: the kernels round the output first and quantize that rounded value with the same
@@ -158,19 +159,21 @@ def _act_config(bm: int, bn: int, warps: int, programs: int = ONE_BLOCK_EACH, st
 
 
 def _act_configs() -> list[triton.Config]:
-    """A small candidate set (a cold cache compiles each, per autotune key): one-pass rows (a row block per program,
-    or runs of row blocks with the next one prefetched), and two-pass column chunks for rows wider than 8192.
-    The first persistent-style entry is the launch the H100 profile of session 4 measured at 0.76 / 0.89 ms
-    (GELU / GELU' at ViT-H's 32896 x 5120; 40% of copy bandwidth), kept as the floor."""
+    """A small candidate set (a cold cache compiles each, per autotune key), from the H100 measurements at ViT-H's
+    32896 x 5120 (``bench/results/h100/row-flow-probe-2.log``): runs of rows over about 8 programs per SM with no
+    prefetch were fastest (GELU'+quantize+column sums 0.78 ms, 1.5 TB/s); a row block per program (32896 programs:
+    1.09-1.23 ms) and prefetching runs (``STAGES=2``: 1.09-2.52 ms) were slower. The first entry is the launch of
+    the first kernel (a persistent grid of 4 programs per SM, prefetch 3), kept as the floor; two-pass column
+    chunks serve rows wider than 8192."""
     if interpreting():
         return [_act_config(2, 16, 4, 3)]
     if os.environ.get("LOWBIT_AUTOTUNE", "1") == "0":
         return [_act_config(2, 1024, 4)]
     return [_act_config(4, 1024, 8, 512, 3),
-            _act_config(1, 8192, 8), _act_config(1, 8192, 16), _act_config(1, 8192, 8, 1024, 2),
-            _act_config(2, 4096, 8), _act_config(1, 4096, 8, 1024, 2),
-            _act_config(4, 2048, 8), _act_config(1, 2048, 4), _act_config(2, 2048, 8, 1024, 2),
-            _act_config(8, 1024, 4), _act_config(2, 1024, 4, 1024, 2), _act_config(16, 512, 4)]
+            _act_config(1, 8192, 8, 1024), _act_config(1, 8192, 16, 1024),
+            _act_config(2, 4096, 8, 1024), _act_config(1, 4096, 8, 1024),
+            _act_config(4, 2048, 8, 1024), _act_config(1, 2048, 4, 1024), _act_config(2, 2048, 8, 1024),
+            _act_config(8, 1024, 4, 1024), _act_config(2, 1024, 4, 1024), _act_config(16, 512, 4, 1024)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
