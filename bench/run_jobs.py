@@ -428,12 +428,12 @@ JOBS: list[Job] = [
         "lowbit's producers and with the twins traced for inductor (@inductor), its kernel profile",
         "python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes compiled --kinds "
         "nn.Linear fp8-switchback fp8-switchback@inductor --profile-modes compiled --budget 100",
-        {"row-flow-probe-2.log": "log"}, "", 130, "issue #28 session 5, device call 7",
+        {"row-flow-probe-2.log": "log"}, "b0fd6c7", 130, "issue #28 session 5, device call 7",
         annotated="the profiler's USDT lines removed (its .md/.json did not come back: the call's file limit)",
         note="the candidate launches of f0e9821; 0aa5400's list was trimmed after this run"),
     Job("gpu-tests-producers", "the quantizing producers' CUDA tests at ViT-H widths and the plain GEMMs at K = 5120 "
         "against float64", f"{PYTEST} -rf tests/kernels/test_producers.py -k 'cuda or gpu'",
-        {"gpu-tests-producers.txt": "log"}, "", 80, "issue #28 session 5, device call 7"),
+        {"gpu-tests-producers.txt": "log"}, "b0fd6c7", 80, "issue #28 session 5, device call 7"),
     Job("step-vit-h-14-row-flow", "`bench step` ViT-H/14 batch 96 under CUDA graphs: bf16 against the fused "
         "row-wise flow (fp8-switchback:fused, switchback:fused) and fp8-switchback per linear",
         f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
