@@ -36,22 +36,17 @@ table, the options). The names of the first two are re-exported here.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import torch
 
 from lowbit.bench.common import (
-    BASELINES,
-    add_mfu,
+    RowTable,
     cleanup,
     environment,
-    markdown_table,
     requested_recipes,
-    save_results,
     setup_device,
     split_recipe,
-    write_results,
 )
 from lowbit.bench.model_row import (
     LAYERS,
@@ -78,7 +73,6 @@ from lowbit.bench.workloads import (
     timm_input_size,
     timm_workload,
 )
-from lowbit.hardware import format_mfu
 
 __all__ = [
     "COLUMNS", "DEFAULT_RECIPES", "HELP", "LAYERS", "PACKAGES", "PIP_NAMES", "ROW_TARGET", "ModelSpec", "Workload",
@@ -119,6 +113,11 @@ def measure_row(job: dict[str, Any]) -> dict[str, Any]:
         cleanup(device)
 
 
+def _conversion(row: dict[str, Any]) -> str:
+    """What a row's line says after its MFU: the linears converted, the MLPs fused."""
+    return f", converted {row['converted']}" + (f", fused {row['fused']}" if row["fused"] else "")
+
+
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
     """Every (model, recipe) row; the table of finished rows is written after each row and at the end, whatever
     ends the run (an exception, Ctrl-C: then ``payload["interrupted"]``)."""
@@ -126,41 +125,20 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     isolate = isolate_default(args)
     payload: dict[str, Any] = {"env": environment(device), "args": plain_args(args), "rows": [], "isolated": isolate}
+    table = RowTable("model", args.out, COLUMNS, payload, rate="throughput", samples="samples_per_s")
     try:
-        for spec in specs:
-            base: float | None = None
-            for recipe in requested_recipes(args):
-                print(f"[{spec} {recipe}] batch {args.batch_size}: building" + (" and compiling" if args.compile
-                      else "") + (" (own process)" if isolate else ""), flush=True)
-                job = {"args": plain_args(args), "spec": str(spec), "recipe": recipe}
-                row = {"model": str(spec), "recipe": recipe, "batch": args.batch_size,
-                       **run_row(ROW_TARGET, job, isolate)}
-                err = row.get("error")
-                if err is None:
-                    if recipe in BASELINES:
-                        base = row["throughput"]
-                    if base:
-                        row["vs_bf16"] = row["throughput"] / base
-                    warning = add_mfu(row, row.get("flops_per_sample"), row.get("samples_per_s"),
-                                      payload["env"]["device"])
-                    if warning:
-                        print(warning, file=sys.stderr, flush=True)
-                payload["rows"].append(row)
-                save_results(args.out, "model", payload, markdown_table(payload["rows"], COLUMNS))
-                if err:
-                    print(f"[{spec} {recipe}] ERROR {err}", flush=True)
-                else:
-                    mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if row.get("peak_mem_GiB") else ""
-                    mfu = f", MFU {format_mfu(row.get('mfu'))}" if "mfu" in row else ""
-                    print(f"[{spec} {recipe}] {row['ms_per_step']:.1f} ms/step, {row['throughput']:.1f} "
-                          f"{row['unit']} ({row.get('vs_bf16') or float('nan'):.3f}x bf16){mfu}, converted "
-                          f"{row['converted']}" + (f", fused {row['fused']}" if row["fused"] else "") + mem, flush=True)
-    except KeyboardInterrupt:
-        payload["interrupted"] = f"stopped by Ctrl-C after {len(payload['rows'])} row(s)"
-        print(f"lowbit bench model: {payload['interrupted']}; the table holds the finished rows", file=sys.stderr)
-    finally:  # the finished rows, whatever ended the run
+        with table.recording():
+            for spec in specs:
+                table.new_group()
+                for recipe in requested_recipes(args):
+                    print(f"[{spec} {recipe}] batch {args.batch_size}: building" + (" and compiling" if args.compile
+                          else "") + (" (own process)" if isolate else ""), flush=True)
+                    job = {"args": plain_args(args), "spec": str(spec), "recipe": recipe}
+                    row = {"model": str(spec), "recipe": recipe, "batch": args.batch_size,
+                           **run_row(ROW_TARGET, job, isolate)}
+                    table.add(row, f"{spec} {recipe}", row.get("flops_per_sample"), detail=_conversion)
+    finally:
         _BUILT.clear()
-        write_results(args.out, "model", payload, markdown_table(payload["rows"], COLUMNS))
     return payload
 
 
