@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,10 +26,18 @@ def no_space(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(path: str | Path, mode: str = "w", *, before_replace: Callable[[Path], None] | None = None,
+                what: str = "", disk_full: Callable[[BaseException], bool] = no_space,
+                **kwargs: Any) -> Iterator[IO[Any]]:
     """``with atomic_open(path) as f: f.write(...)``: ``f`` is a temporary file that replaces ``path`` when the
     block ends without an exception (else it is removed and ``path`` is untouched). A full disk raises
-    ``OSError(ENOSPC)`` naming ``path``."""
+    ``OSError(ENOSPC)`` naming ``path``.
+
+    ``before_replace(path)`` runs once the temporary file is complete and fsynced, just before it replaces
+    ``path`` (``save_checkpoint`` moves the old checkpoint aside there); if it raises, the temporary file is removed
+    as for any failure. ``what`` names the file in the full-disk message ("checkpoint": "could not write checkpoint
+    '...' (the previous checkpoint, if any, is kept)"); ``disk_full(exc)`` says which failures are a full disk
+    (``no_space``: ENOSPC / EDQUOT; a writer whose own errors hide it passes more). ``kwargs`` go to ``open``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -39,13 +47,15 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             os.fsync(f.fileno())
         with contextlib.suppress(OSError):  # keep the old file's permissions (mkstemp makes 0600)
             os.chmod(tmp, os.stat(path).st_mode & 0o7777 if path.exists() else 0o644)
+        if before_replace is not None:
+            before_replace(path)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if no_space(exc):
-            raise OSError(errno.ENOSPC, f"no space left on the device: could not write {str(path)!r} "
-                          "(the previous version, if any, is kept)") from exc
+        if disk_full(exc):
+            raise OSError(errno.ENOSPC, f"no space left on the device: could not write {what + ' ' if what else ''}"
+                          f"{str(path)!r} (the previous {what or 'version'}, if any, is kept)") from exc
         raise
 
 

@@ -97,7 +97,7 @@ def test_an_exception_outside_the_rows_still_writes_the_table(tmp_path: Path, fa
             raise RuntimeError("a bug after the first row")
         return None
 
-    monkeypatch.setattr(bench_step, "add_mfu", add_mfu)
+    monkeypatch.setattr(common, "add_mfu", add_mfu)  # RowTable.add (lowbit.bench.common) calls it per row
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="a bug after the first row"):
         bench_step.run(bench_step_args("--out", str(out), "--recipe", "bf16", "fp8-switchback"))
@@ -139,3 +139,28 @@ def test_mfu_is_unknown_on_the_cpu_and_blank_for_an_error_row() -> None:
     assert row["tflops"] == pytest.approx(0.1) and row["mfu"] is None
     table = common.markdown_table([row, {"recipe": "x", "error": "E"}], ["recipe", "tflops", "mfu", "error"])
     assert table.splitlines()[2:] == ["| bf16 | 0.100 | unknown |  |", "| x |  |  | E |"]
+
+
+def test_row_table_ratios_per_group_and_one_line_per_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``common.RowTable`` (``bench step`` and ``bench model``'s rows): vs_bf16 against the group's own baseline row,
+    none where that row failed; files rewritten per row; Ctrl-C ends the run with the finished rows written."""
+    payload: dict = {"env": {"device": "cpu (x86_64, 2 threads)"}, "rows": []}
+    table = common.RowTable("step", str(tmp_path), ["preset", "recipe", "vs_bf16", "error"], payload,
+                            rate="images_per_s", samples="images_per_s", unit="img/s")
+    with table.recording():
+        table.new_group()
+        table.add({"preset": "a", "recipe": "bf16", "ms_per_step": 10.0, "images_per_s": 200.0}, "a bf16", 1e9)
+        table.add({"preset": "a", "recipe": "x", "ms_per_step": 20.0, "images_per_s": 100.0}, "a x", 1e9,
+                  detail=lambda row: ", more")
+        assert len(json.loads((tmp_path / "step.json").read_text())["rows"]) == 2  # saved after each row
+        table.new_group()
+        table.add({"preset": "b", "recipe": "bf16", "error": "E"}, "b bf16", None)
+        table.add({"preset": "b", "recipe": "x", "ms_per_step": 20.0, "images_per_s": 100.0}, "b x", None)
+        raise KeyboardInterrupt
+    a_bf16, a_x, b_bf16, b_x = payload["rows"]
+    assert a_bf16["vs_bf16"] == 1.0 and a_x["vs_bf16"] == 0.5 and a_x["tflops"] == pytest.approx(0.1)
+    assert "vs_bf16" not in b_bf16 and "vs_bf16" not in b_x  # not against group a's baseline
+    assert payload["interrupted"] == "stopped by Ctrl-C after 4 row(s)"
+    out = capsys.readouterr().out
+    assert "[a x] 20.0 ms/step, 100.0 img/s (0.500x bf16), MFU unknown, more" in out and "[b bf16] ERROR E" in out
+    assert "| b | x |  |  |" in (tmp_path / "step.md").read_text()

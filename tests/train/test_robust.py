@@ -199,6 +199,33 @@ def test_a_full_disk_is_named_and_keeps_the_old_checkpoint(tmp_path: Path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+def test_a_crash_between_the_two_renames_resumes_from_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``save_checkpoint`` moves ``checkpoint.pt`` to ``checkpoint.prev.pt`` only once the new file is complete, then
+    renames the new one into place: a failure between the two leaves the previous checkpoint to resume from."""
+    from lowbit.train.checkpoint import resolve_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+    save_checkpoint(tmp_path / "checkpoint.pt", {"step": 2})
+    assert load_checkpoint(tmp_path / "checkpoint.prev.pt")["step"] == 1
+    real = os.replace
+
+    def second_fails(src: object, dst: object) -> None:
+        if str(dst).endswith("checkpoint.pt"):  # the new file into place: the process dies here
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "checkpoint.pt", {"step": 3})
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.prev.pt"]  # the temporary file removed
+    assert resolve_checkpoint(tmp_path).name == "checkpoint.prev.pt" and load_checkpoint(tmp_path)["step"] == 2
+    save_checkpoint(tmp_path / "checkpoint.pt", {"step": 3}, keep_previous=False)
+    assert load_checkpoint(tmp_path)["step"] == 3 and load_checkpoint(tmp_path / "checkpoint.prev.pt")["step"] == 2
+
+
 def test_a_full_disk_during_training_is_one_line(
     tmp_path: Path, fake_data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,8 +11,10 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,63 @@ def add_mfu(row: dict[str, Any], flops_per_sample: float | None, samples_per_s: 
     row["tflops"] = flops_per_sample * samples_per_s / 1e12
     row["mfu"] = mfu(flops_per_sample, samples_per_s, device_name)
     return mfu_warning(row["mfu"], f"{row.get('recipe', 'a row')}'s model throughput")
+
+
+# ---------------------------------------------------------------------------------------------- a run's rows
+@dataclass
+class RowTable:
+    """The rows of one ``lowbit bench NAME`` run (``step``, ``model``) as they finish: each row's ratio to its
+    group's baseline row (``vs_bf16``) and its MFU, ``NAME.json`` / ``NAME.md`` in ``out`` rewritten after every row,
+    one line printed per row; ``recording()`` writes and prints the table whatever ends the run."""
+
+    name: str  # "step" / "model": the command and the file names
+    out: str | None
+    columns: list[str]
+    payload: dict[str, Any]  # env, args, ...; its "rows" list grows by one per row
+    rate: str  # a row's throughput key, which vs_bf16 compares and the row's line prints
+    samples: str  # a row's samples/s key, for MFU
+    unit: str = ""  # the throughput's unit as printed, where a row has no "unit" of its own
+    base: float | None = None  # the current group's baseline throughput
+
+    def new_group(self) -> None:
+        """The rows that follow compare with a baseline row of their own (the next preset or model)."""
+        self.base = None
+
+    def add(self, row: dict[str, Any], label: str, flops_per_sample: float | None,
+            detail: Callable[[dict[str, Any]], str] = lambda row: "") -> None:
+        """Record ``row`` (an ``error`` row as it is), save the files, print ``[label] ...`` (``detail(row)``
+        after the MFU of a row that ran)."""
+        err = row.get("error")
+        if err is None:
+            if row["recipe"] in BASELINES:
+                self.base = row[self.rate]
+            if self.base:
+                row["vs_bf16"] = row[self.rate] / self.base
+            warning = add_mfu(row, flops_per_sample, row.get(self.samples), self.payload["env"]["device"])
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
+        self.payload["rows"].append(row)
+        save_results(self.out, self.name, self.payload, markdown_table(self.payload["rows"], self.columns))
+        if err:
+            print(f"[{label}] ERROR {err}", flush=True)
+            return
+        mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if row.get("peak_mem_GiB") else ""
+        mfu_text = f", MFU {format_mfu(row.get('mfu'))}" if "mfu" in row else ""
+        print(f"[{label}] {row['ms_per_step']:.1f} ms/step, {row[self.rate]:.1f} {row.get('unit', self.unit)} "
+              f"({row.get('vs_bf16') or float('nan'):.3f}x bf16){mfu_text}{detail(row)}{mem}", flush=True)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[RowTable]:
+        """The table of finished rows written and printed at the end whatever ends the run; Ctrl-C ends it
+        quietly (``payload["interrupted"]``, one line on stderr)."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.payload["interrupted"] = f"stopped by Ctrl-C after {len(self.payload['rows'])} row(s)"
+            print(f"lowbit bench {self.name}: {self.payload['interrupted']}; the table holds the finished rows",
+                  file=sys.stderr)
+        finally:
+            write_results(self.out, self.name, self.payload, markdown_table(self.payload["rows"], self.columns))
 
 
 # ---------------------------------------------------------------------------------------------- step pieces

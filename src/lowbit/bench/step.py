@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,21 +48,17 @@ from torch import nn
 
 from lowbit.bench.common import (
     BASELINES,
-    add_mfu,
+    RowTable,
     cleanup,
     environment,
     make_optimizer,
-    markdown_table,
     requested_recipes,
-    save_results,
     setup_device,
     split_recipe,
     time_steps,
     torchao_anchors,
-    write_results,
 )
 from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args, run_row
-from lowbit.hardware import format_mfu
 from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
 
@@ -288,11 +283,12 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
     isolate = isolate_default(args)
     payload: dict[str, Any] = {"env": environment(device), "args": plain_args(args), "rows": [],
                                "isolated": isolate}
-    try:
+    table = RowTable("step", args.out, COLUMNS, payload, rate="images_per_s", samples="images_per_s", unit="img/s")
+    with table.recording():
         for preset in args.preset:
             batch = args.batch_size or DEFAULT_BATCH.get(preset, 64)
             flops = flops_per_image(preset, batch)
-            base_ips: float | None = None
+            table.new_group()
             for recipe, mode in _rows(args):
                 label = recipe + (f" (quantize: {mode})" if mode else "")
                 print(f"[{preset} {label}] batch {batch}: building" + (" and compiling" if args.compile else "")
@@ -300,29 +296,7 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
                 job = {"args": plain_args(args), "preset": preset, "recipe": recipe, "batch": batch, "mode": mode}
                 row = {"preset": preset, "recipe": recipe, "batch": batch, **run_row(ROW_TARGET, job, isolate)}
                 row["quantize"] = mode or "-"
-                err = row.get("error")
-                if err is None:
-                    if recipe in BASELINES:
-                        base_ips = row["images_per_s"]
-                    if base_ips:
-                        row["vs_bf16"] = row["images_per_s"] / base_ips
-                    warning = add_mfu(row, flops, row["images_per_s"], payload["env"]["device"])
-                    if warning:
-                        print(warning, file=sys.stderr, flush=True)
-                payload["rows"].append(row)
-                save_results(args.out, "step", payload, markdown_table(payload["rows"], COLUMNS))
-                if err:
-                    print(f"[{preset} {label}] ERROR {err}", flush=True)
-                else:
-                    mem = f", peak {row['peak_mem_GiB']:.1f} GiB" if row.get("peak_mem_GiB") else ""
-                    mfu = f", MFU {format_mfu(row.get('mfu'))}" if "mfu" in row else ""
-                    print(f"[{preset} {label}] {row['ms_per_step']:.1f} ms/step, {row['images_per_s']:.1f} img/s"
-                          f" ({row.get('vs_bf16') or float('nan'):.3f}x bf16){mfu}{mem}", flush=True)
-    except KeyboardInterrupt:
-        payload["interrupted"] = f"stopped by Ctrl-C after {len(payload['rows'])} row(s)"
-        print(f"lowbit bench step: {payload['interrupted']}; the table holds the finished rows", file=sys.stderr)
-    finally:  # the finished rows, whatever ended the run
-        write_results(args.out, "step", payload, markdown_table(payload["rows"], COLUMNS))
+                table.add(row, f"{preset} {label}", flops)
     return payload
 
 

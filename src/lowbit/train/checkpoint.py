@@ -17,12 +17,10 @@ a warning). A full disk is reported as such (``OSError(ENOSPC)``), the previous 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lowbit.atomic_io import no_space
+from lowbit.atomic_io import atomic_open, no_space
 
 __all__ = [
     "CHECKPOINT_NAME", "DCP_NAME", "PREV_DCP_NAME", "PREV_NAME", "CheckpointError", "dcp_file_checksums",
@@ -162,28 +160,23 @@ def _disk_full(exc: BaseException, directory: Path) -> bool:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = True) -> Path:
-    """Write ``state`` (plus its ``checksum``) to ``path`` atomically; returns the path.
+    """Write ``state`` (plus its ``checksum``) to ``path`` atomically (``lowbit.atomic_io.atomic_open``); returns
+    the path.
 
     ``keep_previous``: an existing file at ``path`` becomes ``checkpoint.prev.pt`` beside it (replacing the one
-    before). A full disk raises ``OSError(ENOSPC)`` naming the file; the old checkpoint stays in place."""
+    before), once the new one is written and fsynced. A full disk raises ``OSError(ENOSPC)`` naming the file; the
+    old checkpoint stays in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, _CHECKSUM: {"scheme": _SCHEME, "sha256": state_checksum(state)}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous and path.is_file():
-            os.replace(path, path.with_name(PREV_NAME))  # a crash right here leaves the previous one to resume from
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if _disk_full(exc, path.parent):
-            raise OSError(errno.ENOSPC, f"no space left on the device: could not write checkpoint {str(path)!r} "
-                          "(the previous checkpoint, if any, is kept)") from exc
-        raise
+
+    def keep(p: Path) -> None:  # a crash between this rename and the next leaves the previous one to resume from
+        if p.is_file():
+            os.replace(p, p.with_name(PREV_NAME))
+
+    with atomic_open(path, "wb", before_replace=keep if keep_previous else None, what="checkpoint",
+                     disk_full=lambda exc: _disk_full(exc, path.parent)) as f:
+        torch.save(state, f)
     return path
 
 
