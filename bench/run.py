@@ -66,6 +66,9 @@ def _environ() -> dict[str, str]:
     return env
 
 
+WHEEL_NEEDS = ("torchao", "open_clip", "timm")  # packages the device image lacks: carried as wheels in .whl/
+
+
 def _install_wheels(log: Path) -> None:
     wheels = sorted((ROOT / ".whl").glob("*.whl"))
     if wheels and not Path("/tmp/site/.lowbit-wheels").exists():
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not args.dry_run:
         out.mkdir(parents=True, exist_ok=True)
-        if any(j.needs == "torchao" for j in jobs):
+        if any(j.needs in WHEEL_NEEDS for j in jobs):
             _install_wheels(out / "pip.log")
         (out / "env.txt").write_text(_env_txt())
     for j in [j for j in jobs if j.superseded_by]:

@@ -299,6 +299,22 @@ JOBS: list[Job] = [
         "projection_dim=1024' --recipe bf16 fp8-switchback:per-linear fp8-switchback:fused --batch-size 64 "
         "--no-anchors --out $DIR", _renamed("model", "model-vit-h-14.md", "model-vit-h-14.json"), "b85f212", 340,
         "issue #18 session, device call 4", note="timm 1.0.29 and transformers 5.17 of the device image"),
+    Job("model-open-clip-vit-h-14", "issue #29's speed rows: open_clip 3.3's own ViT-H-14 (both towers, ClipLoss, "
+        "random init) converted whole by one lowbit.convert call, against its own bf16 step in the same run, eager "
+        "and torch.compile'd", f"{LOWBIT} bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe bf16 "
+        "fp8-switchback switchback --compile --no-anchors --out $DIR",
+        _renamed("model", "model-open-clip-vit-h-14.md", "model-open-clip-vit-h-14.json"), "", 480,
+        "not measured yet", needs="open_clip",
+        note="carry .whl/ with open_clip_torch, timm, ftfy, regex, wcwidth (docs/your-own-model.md)"),
+    Job("model-timm-hf-vit-h-14-compiled", "issue #29's speed rows: timm vit_huge_patch14_clip_224 (batch 64) and "
+        "Hugging Face CLIPModel at ViT-H widths, converted whole, eager and torch.compile'd, against each model's own "
+        "bf16 step", f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
+        "'hf:clip:vision.hidden_size=1280,vision.intermediate_size=5120,vision.num_hidden_layers=32,"
+        "vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,text.hidden_size=1024,"
+        "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024' "
+        "--batch-size 64 --recipe bf16 fp8-switchback switchback --compile --no-anchors --out $DIR",
+        _renamed("model", "model-timm-hf-vit-h-14-compiled.md", "model-timm-hf-vit-h-14-compiled.json"), "", 540,
+        "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
     Job("mlp-ln-mlp-vit-b-32", "ViT-B/32 LayerNorm→MLP+residual block, eager and CUDA graphs, every fused recipe",
         f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-b-32 --recipes bf16 switchback switchback-m "
         "fp8-switchback fp8-tensorwise switchback-block fp8-blockwise --cudagraphs --out $DIR",
