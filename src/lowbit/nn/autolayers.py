@@ -187,13 +187,14 @@ class ShapeTimer:
         self.device = torch.device(device)
         self._measure = measure
         if device_name is None:
-            device_name = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda" and measure is None
-                           else self.device.type)
+            cuda = self.device.type == "cuda" and measure is None and torch.cuda.is_available()
+            device_name = torch.cuda.get_device_name(self.device) if cuda else self.device.type
         self.device_name = device_name
         self.cache_file = Path(cache_dir if cache_dir is not None else cache_path()) / CACHE_FILE
         self.ranks_agree = ranks_agree
         self._memo: dict[str, Measurement] = {}
         self._write_failed = False
+        self._warned = False
         self.measured = 0  # shapes measured (not read from the cache) by this object
 
     @property
@@ -234,13 +235,13 @@ class ShapeTimer:
         return m
 
     def _read(self) -> dict[str, Any]:
+        """The cache's entries (``{}`` when absent or unreadable; a corrupt file warns once per object)."""
         try:
             text = self.cache_file.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
         except OSError as e:
-            logger.warning(f"lowbit.autolayers: cannot read the measurement cache {str(self.cache_file)!r} ({e}); "
-                           "measuring again")
+            self._warn(f"cannot read the measurement cache {str(self.cache_file)!r} ({e}); measuring again")
             return {}
         try:
             data = json.loads(text)
@@ -250,9 +251,14 @@ class ShapeTimer:
                 return {}
             return data["entries"]
         except ValueError as e:
-            logger.warning(f"lowbit.autolayers: the measurement cache {str(self.cache_file)!r} is corrupt ({e}); "
-                           "measuring again and rewriting it")
+            self._warn(f"the measurement cache {str(self.cache_file)!r} is corrupt ({e}); measuring again and "
+                       "rewriting it")
             return {}
+
+    def _warn(self, text: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(f"lowbit.autolayers: {text}")
 
     def _write(self, key: str, m: Measurement) -> None:
         from lowbit.atomic_io import atomic_write_text

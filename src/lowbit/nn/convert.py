@@ -368,7 +368,7 @@ def convert(
 
     def noted(what: str, fqn: str, module: nn.Linear) -> str:
         note = filter_note(module_filter, fqn, module)
-        return f"{what} ({note})" if note else what
+        return f"{what}; {note}" if note else what
 
     def join(fqn: str, name: str) -> str:
         return f"{fqn}.{name}" if fqn else name

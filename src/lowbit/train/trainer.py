@@ -102,8 +102,11 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     torch.manual_seed(cfg.seed)
     raw_model = CLIP(model_cfg)
     n_params = count_parameters(raw_model)
+    # layers "auto": each block linear's shape timed on this device at this process's batch (lowbit.nn.autolayers);
+    # every rank takes rank 0's timings so that all convert the same layers
     raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=cfg.layers,
-                             fuse=cfg.fuse).to(env.device)
+                             fuse=cfg.fuse, device=env.device, batch_size=cfg.batch_size,
+                             ranks_agree=env.world_size > 1).to(env.device)
     fsdp8 = False
     notes: list[str] = []  # printed after the run's first line
     act_monitor = None  # hooks go on before sharding / compiling; train-mode forwards only, no per-step sync
