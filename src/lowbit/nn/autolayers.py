@@ -96,7 +96,8 @@ def _versions() -> str:
         tv = triton.__version__
     except Exception:  # pragma: no cover - triton ships with CUDA torch
         tv = "none"
-    return f"torch {torch.__version__}|triton {tv}|lowbit {__version__}"
+    autotune = "" if os.environ.get("LOWBIT_AUTOTUNE", "1") != "0" else "|LOWBIT_AUTOTUNE=0"  # other kernels
+    return f"torch {torch.__version__}|triton {tv}|lowbit {__version__}{autotune}"
 
 
 # ------------------------------------------------------------------------------------------------ measuring
