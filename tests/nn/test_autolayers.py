@@ -167,6 +167,22 @@ def test_misaligned_layers_stay_16bit_without_measuring() -> None:
     assert fake.calls == []
 
 
+def test_a_failed_measurement_keeps_the_shape_16bit_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+
+    def oom(tokens: int, d_in: int, d_out: int, bias: bool) -> tuple[float, float, str]:
+        calls.append(d_in)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    with caplog.at_level(logging.WARNING, logger="lowbit.nn.autolayers"):
+        model = convert(model, RECIPE, module_filter=measured_filter(RECIPE, 8, "cpu", measure=oom))
+    assert all(type(m) is nn.Linear for m in model) and calls == [64]  # not retried for the second layer
+    row = convert_report(model).layers[0]
+    assert row.cause == "measurement failed" and "OutOfMemoryError: CUDA out of memory." in row.detail
+    assert sum("failed" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_ranks_take_rank_0s_timings(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.distributed as dist
 

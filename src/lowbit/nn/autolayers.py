@@ -45,7 +45,7 @@ __all__ = [
     "MeasuredFilter",
     "Measurement",
     "ShapeTimer",
-    "cache_path",
+    "default_cache_dir",
     "measure_linear",
     "measured_filter",
 ]
@@ -81,8 +81,8 @@ class Measurement:
         return self.t_bf16_ms / self.t_recipe_ms if self.t_recipe_ms > 0 else float("nan")
 
 
-def cache_path() -> Path:
-    """Where measurements are kept: ``$LOWBIT_CACHE_DIR/autolayers.json`` or ``~/.cache/lowbit/autolayers.json``."""
+def default_cache_dir() -> Path:
+    """The folder of the measurement cache (``autolayers.json``): ``$LOWBIT_CACHE_DIR``, else ``~/.cache/lowbit``."""
     root = os.environ.get("LOWBIT_CACHE_DIR")
     return Path(root) if root else Path.home() / ".cache" / "lowbit"
 
@@ -108,16 +108,17 @@ def measure_linear(recipe: str | Recipe, device: torch.device | str, tokens: int
     from lowbit.nn.convert import convert
 
     device = torch.device(device)
-    torch.manual_seed(0)
-    plain = nn.Linear(d_in, d_out, bias=bias, device=device)
-    low = convert(copy.deepcopy(plain), get_recipe(recipe), module_filter=lambda fqn, m: True)
-    x = torch.randn(tokens, d_in, device=device, dtype=torch.bfloat16, requires_grad=True)
-    dy = torch.randn(tokens, d_out, device=device, dtype=torch.bfloat16)
-    times, methods = [], []
-    for m in (plain, low):
-        ms, method = _time_module(m, x, dy, device)
-        times.append(ms)
-        methods.append(method)
+    with torch.random.fork_rng(devices=[device]):  # the caller's random state stays as it was, measured or cached
+        torch.manual_seed(0)
+        plain = nn.Linear(d_in, d_out, bias=bias, device=device)
+        low = convert(copy.deepcopy(plain), get_recipe(recipe), module_filter=lambda fqn, m: True)
+        x = torch.randn(tokens, d_in, device=device, dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn(tokens, d_out, device=device, dtype=torch.bfloat16)
+        times, methods = [], []
+        for m in (plain, low):
+            ms, method = _time_module(m, x, dy, device)
+            times.append(ms)
+            methods.append(method)
     method = methods[0] if methods[0] == methods[1] else f"bf16: {methods[0]}; recipe: {methods[1]}"
     del plain, low, x, dy
     torch.cuda.empty_cache()
@@ -175,7 +176,7 @@ class ShapeTimer:
     """Gain ratios of ``recipe`` over bf16 per shape on ``device``: measured once per shape, cached on disk.
 
     ``measure(tokens, d_in, d_out, bias) -> (t_bf16_ms, t_recipe_ms, method)`` replaces the CUDA timing (tests
-    pass fakes; ``device_name`` then names the cache entries). ``cache_dir`` overrides :func:`cache_path`
+    pass fakes; ``device_name`` then names the cache entries). ``cache_dir`` overrides :func:`default_cache_dir`
     (``None``: that default; a failed write warns once and keeps the results in memory). ``ranks_agree``: under
     ``torch.distributed``, every rank takes rank 0's measurement (every rank must then look up the same shapes in
     the same order, as identical models do), so all ranks convert the same layers.
@@ -191,7 +192,7 @@ class ShapeTimer:
             cuda = self.device.type == "cuda" and measure is None and torch.cuda.is_available()
             device_name = torch.cuda.get_device_name(self.device) if cuda else self.device.type
         self.device_name = device_name
-        self.cache_file = Path(cache_dir if cache_dir is not None else cache_path()) / CACHE_FILE
+        self.cache_file = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILE
         self.ranks_agree = ranks_agree
         self._memo: dict[str, Measurement] = {}
         self._write_failed = False
@@ -323,6 +324,7 @@ class MeasuredFilter:
         self.timer = timer
         self.tokens = tokens
         self.margin = margin
+        self._failed: dict[tuple[int, int, int, bool], str] = {}  # shapes whose measurement raised: not retried
 
     def _tokens(self, fqn: str) -> int | None:
         return self.tokens(fqn) if callable(self.tokens) else self.tokens
@@ -349,7 +351,18 @@ class MeasuredFilter:
                     else f"not measured ({why}): width threshold: {r}")
         tokens = self._tokens(fqn)
         assert tokens is not None
-        m = self.timer.get(tokens, d_in, d_out, module.bias is not None)
+        shape = (tokens, d_in, d_out, module.bias is not None)
+        if shape in self._failed:
+            return False, self._failed[shape]
+        try:
+            m = self.timer.get(*shape)
+        except Exception as e:  # out of memory, a recipe this device cannot run: 16-bit, said in the report
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            logger.warning(f"lowbit.autolayers: measuring {self.timer.recipe.name} at {tokens}×{d_in}→{d_out} failed "
+                           f"({type(e).__name__}: {first}); layers of this shape stay 16-bit")
+            self._failed[shape] = (f"measurement failed ({type(e).__name__}: {first}) at {tokens}×{d_in}→{d_out}: "
+                                   "kept 16-bit")
+            return False, self._failed[shape]
         where = f"{m.gain:.2f}× bf16 at {tokens}×{d_in}→{d_out} ({m.method}, {m.device})"
         if m.gain >= 1 + self.margin:
             return True, f"measured faster: {where}"

@@ -91,7 +91,7 @@ class LayerRow:
     ``kind``: the module class (``Linear``, ``MultiheadAttention.in_proj`` for the packed q/k/v parameter, the MLP
     class); ``shape``: ``"d_in→d_out"`` (empty for an MLP); ``status``: converted / fused / 16-bit / not fused;
     ``cause``: for a layer left 16-bit, one of ``too small``, ``alignment``, ``measured slower``, ``not measured``,
-    ``module_filter``, ``unsupported``, ``filter rejects``; ``detail``: the full sentence (for a layer the
+    ``measurement failed``, ``module_filter``, ``unsupported``, ``filter rejects``; ``detail``: the full sentence (for a layer the
     measured filter converted, the measured gain).
     """
 
@@ -105,6 +105,7 @@ class LayerRow:
 
 def _cause(detail: str) -> str:
     for key, cause in (("measured slower", "measured slower"), ("not measured", "not measured"),
+                       ("measurement failed", "measurement failed"),
                        ("too small", "too small"), ("multiples of", "alignment"), ("module_filter", "module_filter"),
                        ("unsupported", "unsupported"), ("bypasses", "unsupported")):
         if key in detail:
