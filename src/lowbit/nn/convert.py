@@ -91,8 +91,8 @@ class LayerRow:
     ``kind``: the module class (``Linear``, ``MultiheadAttention.in_proj`` for the packed q/k/v parameter, the MLP
     class); ``shape``: ``"d_in→d_out"`` (empty for an MLP); ``status``: converted / fused / 16-bit / not fused;
     ``cause``: for a layer left 16-bit, one of ``too small``, ``alignment``, ``measured slower``, ``not measured``,
-    ``measurement failed``, ``module_filter``, ``unsupported``, ``filter rejects``; ``detail``: the full sentence (for a layer the
-    measured filter converted, the measured gain).
+    ``measurement failed``, ``module_filter``, ``unsupported``, ``filter rejects``; ``detail``: the full sentence
+    (for a layer the measured filter converted, the measured gain).
     """
 
     layer: str
