@@ -254,6 +254,36 @@ def test_layers_auto_on_a_narrow_model_warns_and_trains_16bit(
     train(_cfg(tmp_path, steps=1, zeroshot="none", save_every=0, layers="auto", recipe="switchback-sim"))
     out, err = capsys.readouterr()
     assert "(0/" in out and "lowbit train: warning: layers='auto' leaves every linear" in err
+    assert "lowbit train: layers auto: 0 of 10 linears in switchback-sim; 16-bit: not measured (cpu), width " in out
+
+
+def test_layers_auto_measures_each_shape_at_the_process_batch_on_its_device(
+    tmp_path: Path, fake_data: SimpleNamespace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``layers="auto"`` hands the trainer's device and per-process batch to the measured filter (a fake
+    measurement here, as if the CPU could measure): vision rows = batch × (grid² + 1), text = batch × context."""
+    from lowbit.nn import autolayers
+
+    seen: list[tuple[str, int, int, int]] = []
+
+    def fake(recipe: object, device: torch.device, tokens: int, d_in: int, d_out: int, bias: bool = True):
+        seen.append((torch.device(device).type, tokens, d_in, d_out))
+        return 1.0, 0.5 if d_out != 4 * d_in else 2.0, "fake graphs"  # the MLPs' fc measures slower
+
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(autolayers.ShapeTimer, "can_measure", property(lambda self: None))
+    monkeypatch.setattr(autolayers, "measure_linear", fake)
+    train(_cfg(tmp_path, steps=1, zeroshot="none", save_every=0, layers="auto", recipe="switchback-sim"))
+    out = capsys.readouterr().out
+    assert "(6/10 linears), layers auto" in out, out
+    assert ("lowbit train: layers auto: 6 of 10 linears in switchback-sim; measured fwd+bwd vs bf16 on this device: "
+            "80×32→96 2.00× 8-bit, 80×32→32 2.00× 8-bit, 80×32→128 0.50× 16-bit, 80×128→32 2.00× 8-bit, 384×32→96 "
+            "2.00× 8-bit") in out, out
+    assert "384×128→32 2.00× 8-bit; 16-bit: measured slower 2, module_filter 2\n" in out, out
+    grid = SMALL["model"]["vision"]["image_size"] // SMALL["model"]["vision"]["patch_size"]
+    batch, ctx = SMALL["batch_size"], SMALL["model"]["text"]["context_length"]
+    assert {t for _, t, _, _ in seen} == {batch * (grid * grid + 1), batch * ctx}
+    assert {d for d, _, _, _ in seen} == {"cpu"} and len(seen) == 8  # 4 shapes per tower, each once
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 1, reason="asks for more GPUs than this machine has")

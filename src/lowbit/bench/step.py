@@ -8,7 +8,10 @@ kernel on CUDA), ``logit_scale`` clamp. Under bf16 autocast on CUDA
 so the numbers are the model's, not the input pipeline's). Every recipe of a preset runs at the same batch size.
 
 * Recipes go through ``lowbit.models.convert_clip`` (``--layers clip``: every block linear, as ``lowbit train``
-  does; ``--layers auto``: additionally leave the layers below ``lowbit.nn.convert``'s size threshold in 16-bit).
+  does; ``--layers auto``: as ``lowbit train --layers auto``, only the block linears whose recipe measures faster
+  than bf16 at their shape at this batch, timed on the device when the row's model is converted and cached per
+  shape (``lowbit.nn.autolayers``; on the CPU and for the torchao anchors, ``lowbit.nn.convert``'s width
+  threshold).
   ``bf16`` / ``none`` are the plain ``nn.Linear`` model, the baseline of the ratios.
 * When torchao is importable (and ``--no-anchors`` is not given), its float8 (tensorwise, rowwise) and int8
   mixed-precision training linears join the table as anchors, on the same layers.
@@ -73,20 +76,24 @@ COLUMNS = ["preset", "recipe", "batch", "compiled", "quantize", "converted", "ms
 
 
 # ---------------------------------------------------------------------------------------------- conversion
-def layer_filter(layers: str) -> Callable[[str, nn.Module], bool]:
-    """Which linears a recipe converts: ``clip`` = every block linear; ``auto`` = those that also pass
-    ``lowbit.nn``'s size threshold (layers too small to gain stay 16-bit); see ``lowbit.models.convert``."""
+def layer_filter(layers: str, recipe: str | None = None, device: torch.device | None = None,
+                 tokens: dict[str, int] | None = None) -> Callable[[str, nn.Module], bool]:
+    """Which linears a recipe converts: ``clip`` = every block linear; ``auto`` = those that ``recipe`` runs faster
+    than bf16 at their shape, measured on ``device`` at ``tokens[tower]`` rows (without them: ``lowbit.nn``'s
+    size threshold); see ``lowbit.models.convert``."""
     from lowbit.models import make_clip_module_filter
 
     try:
-        return make_clip_module_filter(layers=layers)
+        return make_clip_module_filter(layers=layers, recipe=recipe, device=device, tokens=tokens)
     except ValueError:
         raise ValueError(f"--layers must be clip or auto, got {layers!r}") from None
 
 
-def build_model(preset: str, recipe: str, device: torch.device, layers: str = "clip") -> tuple[nn.Module, str]:
+def build_model(preset: str, recipe: str, device: torch.device, layers: str = "clip",
+                batch: int = 0) -> tuple[nn.Module, str]:
     """The preset's CLIP on ``device`` converted to ``recipe`` (or a torchao anchor); returns (model, "k/n")
-    where k of the n ``nn.Linear`` modules were converted. ``RECIPE:fused`` converts with
+    where k of the n ``nn.Linear`` modules were converted (``layers="auto"``: measured at ``batch`` samples per
+    step on ``device``, see :func:`layer_filter`). ``RECIPE:fused`` converts with
     ``convert_clip(fuse=True)`` (each block's LayerNorm→qkv and LayerNorm→MLP fused; ``bf16:fused`` is lowbit's
     fused 16-bit path), ``RECIPE:per-linear`` (the same as a plain name) without."""
     from lowbit.models import CLIP, convert_clip, fused_counts, get_config
@@ -98,8 +105,12 @@ def build_model(preset: str, recipe: str, device: torch.device, layers: str = "c
         raise ValueError(f"{recipe}:fused: torchao anchors convert per linear only")
     model = CLIP(get_config(preset))
     n_lin = sum(1 for m in model.modules() if isinstance(m, nn.Linear))
-    flt = layer_filter(layers)
+    from lowbit.models.convert import clip_tokens
+
     anchors = torchao_anchors()
+    lowbit_recipe = recipe not in BASELINES and recipe not in anchors and not recipe.startswith("torchao-")
+    flt = layer_filter(layers, recipe if lowbit_recipe else None, device,
+                       clip_tokens(model.config, batch) if batch > 0 else None)
     if recipe in BASELINES and not fuse:
         pass
     elif recipe in anchors:
@@ -155,7 +166,7 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
                            if args.compile else "no"}
     torch.manual_seed(0)
     graphs0, skips0 = _graphs(), _cudagraph_skips()
-    model, row["converted"] = build_model(preset, recipe, device, args.layers)
+    model, row["converted"] = build_model(preset, recipe, device, args.layers, batch)
     graphs = args.compile and args.cudagraphs
     fwd = compile_model(model, args.compile_scope, "reduce-overhead" if graphs else None) if args.compile else model
     images, tokens = random_batch(model, batch, device)
@@ -316,8 +327,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
                         help="blocks: each transformer block (regional, fast to compile); model: the whole model")
     parser.add_argument("--layers", choices=list(LAYERS), default="clip",
-                        help="clip: every block linear (as lowbit train); auto: also skip layers below "
-                             "lowbit.nn's size threshold")
+                        help="clip: every block linear (as lowbit train); auto: only those whose recipe measures "
+                             "faster than bf16 at their shape, timed on this GPU at this batch (cached per shape; "
+                             "on the CPU, lowbit.nn's width threshold)")
     parser.add_argument("--compiled-quantize", nargs="+", choices=list(ops.COMPILED_QUANTIZE),
                         default=[ops.compiled_quantize()],
                         help="with --compile, how lowbit recipes quantize: kernel (lowbit's Triton ops) or inductor "

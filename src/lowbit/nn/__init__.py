@@ -1,7 +1,9 @@
 """Modules: ``LowbitLinear``, ``LowbitMultiheadAttention``, the fused ``LowbitMLP`` / ``LayerNormLinear`` / ``LayerNormMLP``,
-``convert()``/``unconvert()`` with their ``ConvertReport``, ``LayerScale``."""
+``convert()``/``unconvert()`` with their ``ConvertReport``, ``measured_filter`` (layers chosen by measured speed),
+``LayerScale``."""
 
 from lowbit.nn.attention import LowbitMultiheadAttention
+from lowbit.nn.autolayers import GAIN_MARGIN, MeasuredFilter, measured_filter
 from lowbit.nn.convert import (
     ConvertReport,
     LayerRow,
@@ -20,6 +22,7 @@ from lowbit.nn.linear import LowbitLinear, SwitchBackLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
 
 __all__ = [
+    "GAIN_MARGIN",
     "ConvertReport",
     "LayerNormAlias",
     "LayerNormLinear",
@@ -29,6 +32,7 @@ __all__ = [
     "LowbitLinear",
     "LowbitMLP",
     "LowbitMultiheadAttention",
+    "MeasuredFilter",
     "SwitchBackLinear",
     "convert",
     "convert_report",
@@ -37,6 +41,7 @@ __all__ = [
     "match_activation",
     "match_mlp",
     "matmul_layers",
+    "measured_filter",
     "skip_reason",
     "unconvert",
 ]

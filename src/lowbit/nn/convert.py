@@ -6,7 +6,8 @@ layers; by default layers the kernels cannot serve efficiently are skipped. With
 MLP whose structure and activation are known exactly becomes one :class:`~lowbit.nn.LowbitMLP` (both linears must
 pass the filter). Every decision is logged at INFO on ``lowbit.nn.convert`` and recorded in a
 :class:`ConvertReport` (``convert(..., report=r)`` fills ``r``; :func:`convert_report` returns the last one of a
-model); when nothing converts, one WARNING line says why and how to override the size threshold.
+model); when nothing converts, one WARNING line says why and how to override the size threshold. Instead of
+the threshold, :func:`lowbit.nn.measured_filter` decides from each layer shape's measured speed on the user's GPU.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ ALIGNMENT = 16
 _OVERRIDE = "module_filter=lambda fqn, m: True"
 
 
-def shape_reason(d_in: int, d_out: int) -> str | None:
-    """Why the default filter leaves a ``d_in → d_out`` matmul in 16-bit (too narrow, misaligned), or ``None``."""
-    if min(d_in, d_out) < MIN_FEATURES:
-        return (f"too small to gain ({d_in}→{d_out}; both widths must be ≥ {MIN_FEATURES}): narrower layers ran "
+def shape_reason(d_in: int, d_out: int, min_features: int = MIN_FEATURES) -> str | None:
+    """Why the default filter leaves a ``d_in → d_out`` matmul in 16-bit (too narrow, misaligned), or ``None``
+    (``min_features=0``: the alignment rule alone, as the measured filter of ``lowbit.nn.autolayers`` uses it)."""
+    if min(d_in, d_out) < min_features:
+        return (f"too small to gain ({d_in}→{d_out}; both widths must be ≥ {min_features}): narrower layers ran "
                 "slower on an H100, their quantize launches costing more than the 8-bit matmul saves; torch.compile "
                 "with CUDA graphs makes launches cheaper (module_filter converts them anyway)")
     if d_in % ALIGNMENT or d_out % ALIGNMENT:
@@ -50,17 +52,32 @@ def shape_reason(d_in: int, d_out: int) -> str | None:
     return None
 
 
-def skip_reason(fqn: str, module: nn.Linear) -> str | None:
-    """Why the default filter leaves ``module`` in 16-bit, or ``None`` when it converts it."""
+def skip_reason(fqn: str, module: nn.Linear, min_features: int = MIN_FEATURES) -> str | None:
+    """Why the default filter leaves ``module`` in 16-bit, or ``None`` when it converts it (``min_features``: as
+    for :func:`shape_reason`)."""
     if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
         return ("inside nn.MultiheadAttention, which bypasses the module's forward (convert the attention module "
                 "itself: LowbitMultiheadAttention)")
-    return shape_reason(module.in_features, module.out_features)
+    return shape_reason(module.in_features, module.out_features, min_features)
 
 
 def default_filter(fqn: str, module: nn.Linear) -> bool:
     """The default ``module_filter``: convert unless :func:`skip_reason` gives a reason."""
     return skip_reason(fqn, module) is None
+
+
+def filter_reason(module_filter: ModuleFilter, fqn: str, module: nn.Linear) -> str:
+    """Why ``module_filter`` rejects ``module``: its own ``reason(fqn, module)`` when it has one (the measured
+    filter of ``lowbit.nn.autolayers`` does), else ``"rejected by module_filter"``."""
+    reason = getattr(module_filter, "reason", None)
+    return (reason(fqn, module) if callable(reason) else None) or "rejected by module_filter"
+
+
+def filter_note(module_filter: ModuleFilter | None, fqn: str, module: nn.Linear) -> str:
+    """What ``module_filter`` says about a layer it accepts (its ``note(fqn, module)``, e.g. the measured gain), or
+    ``""``."""
+    note = getattr(module_filter, "note", None)
+    return (note(fqn, module) or "") if callable(note) else ""
 
 
 # A report row's status: what happened to the layer.
@@ -73,8 +90,9 @@ class LayerRow:
 
     ``kind``: the module class (``Linear``, ``MultiheadAttention.in_proj`` for the packed q/k/v parameter, the MLP
     class); ``shape``: ``"d_in→d_out"`` (empty for an MLP); ``status``: converted / fused / 16-bit / not fused;
-    ``cause``: for a layer left 16-bit, one of ``too small``, ``alignment``, ``module_filter``, ``unsupported``,
-    ``filter rejects``; ``detail``: the full sentence.
+    ``cause``: for a layer left 16-bit, one of ``too small``, ``alignment``, ``measured slower``, ``not measured``,
+    ``measurement failed``, ``module_filter``, ``unsupported``, ``filter rejects``; ``detail``: the full sentence
+    (for a layer the measured filter converted, the measured gain).
     """
 
     layer: str
@@ -86,7 +104,9 @@ class LayerRow:
 
 
 def _cause(detail: str) -> str:
-    for key, cause in (("too small", "too small"), ("multiples of", "alignment"), ("module_filter", "module_filter"),
+    for key, cause in (("measured slower", "measured slower"), ("not measured", "not measured"),
+                       ("measurement failed", "measurement failed"),
+                       ("too small", "too small"), ("multiples of", "alignment"), ("module_filter", "module_filter"),
                        ("unsupported", "unsupported"), ("bypasses", "unsupported")):
         if key in detail:
             return cause
@@ -328,7 +348,10 @@ def convert(
     Parameters are shared, not copied, and ``state_dict`` keys are unchanged. Layers already converted get the new
     recipe. Returns ``model`` (replaced when it is itself a bare ``nn.Linear`` or an MLP: use the return value).
     By default (``module_filter=None``) a linear converts only when both widths are ≥ ``MIN_FEATURES`` (1280) and
-    multiples of 16 (:func:`skip_reason`); pass ``module_filter=lambda fqn, m: True`` to convert every linear.
+    multiples of 16 (:func:`skip_reason`); pass ``module_filter=lambda fqn, m: True`` to convert every linear, or
+    ``module_filter=lowbit.nn.measured_filter(recipe, tokens=batch * seq_len)`` to convert only the linears whose
+    recipe measures faster than bf16 at their shape, timed on your GPU when ``convert`` asks (cached per shape;
+    :mod:`lowbit.nn.autolayers`). A filter's ``reason`` / ``note`` methods, where it has them, word the report.
 
     The decisions go to a :class:`ConvertReport` (filled into ``report`` when given, and kept as
     ``convert_report(model)``), to the ``lowbit.nn.convert`` logger at INFO (printed too with ``verbose``), and,
@@ -340,7 +363,13 @@ def convert(
     rep.recipe = recipe.name
 
     def why_not(fqn: str, module: nn.Linear) -> str:
-        return (skip_reason(fqn, module) if module_filter is None else None) or "rejected by module_filter"
+        if module_filter is None:
+            return skip_reason(fqn, module) or "rejected by module_filter"
+        return filter_reason(module_filter, fqn, module)
+
+    def noted(what: str, fqn: str, module: nn.Linear) -> str:
+        note = filter_note(module_filter, fqn, module)
+        return f"{what}; {note}" if note else what
 
     def join(fqn: str, name: str) -> str:
         return f"{fqn}.{name}" if fqn else name
@@ -368,7 +397,7 @@ def convert(
                     if r := shape_reason(m.in_features, m.out_features):
                         rejected[f] = r
                 elif not module_filter(f, m):
-                    rejected[f] = "rejected by module_filter"
+                    rejected[f] = filter_reason(module_filter, f, m)
             if len(rejected) == 1:  # both projections run one forward: both convert or neither
                 (f, r), = rejected.items()
                 other = out_fqn if f == in_fqn else in_fqn
@@ -378,8 +407,8 @@ def convert(
             for f, k, sh in zip((in_fqn, out_fqn), kinds, shapes, strict=True):
                 rep.record(f, k, sh, SKIPPED, rejected[f] + done)
             return module
-        for f, k, sh in zip((in_fqn, out_fqn), kinds, shapes, strict=True):
-            rep.record(f, k, sh, CONVERTED, "in LowbitMultiheadAttention (SDPA between the projections)")
+        for f, k, sh, m in zip((in_fqn, out_fqn), kinds, shapes, (in_proj, module.out_proj), strict=True):
+            rep.record(f, k, sh, CONVERTED, noted("in LowbitMultiheadAttention (SDPA between the projections)", f, m))
         if isinstance(module, LowbitMultiheadAttention):
             module.recipe = recipe
             return module
@@ -405,12 +434,12 @@ def convert(
             if isinstance(module, LowbitLinear):
                 if accept(fqn, module):
                     module.recipe = recipe
-                    linear(fqn, module, CONVERTED, type(module).__name__)
+                    linear(fqn, module, CONVERTED, noted(type(module).__name__, fqn, module))
                 else:
                     linear(fqn, module, SKIPPED, why_not(fqn, module) + " (already converted: left as it is)")
                 return module
             if accept(fqn, module):
-                linear(fqn, module, CONVERTED, "LowbitLinear")
+                linear(fqn, module, CONVERTED, noted("LowbitLinear", fqn, module))
                 return LowbitLinear.from_linear(module, recipe)
             linear(fqn, module, SKIPPED, why_not(fqn, module))
             return module
@@ -422,7 +451,7 @@ def convert(
                 if not rejected:
                     rep.record(fqn, type(module).__name__, "", FUSED, f"{m.fc1} → {m.activation} → {m.fc2} ({m.kind})")
                     for n, c in lin.items():
-                        linear(join(fqn, n), c, CONVERTED, "in LowbitMLP")
+                        linear(join(fqn, n), c, CONVERTED, noted("in LowbitMLP", join(fqn, n), c))
                     return LowbitMLP.from_module(module, m.fc1, m.fc2, m.activation, recipe)
                 rep.record(fqn, type(module).__name__, "", NOT_FUSED,
                            "; ".join(f"{n}: {r}" for n, r in rejected.items()))

@@ -37,7 +37,7 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # CLIPConfig overrides, e.g. {"layer_scale_init": 0.0}
     recipe: str = "switchback"  # a lowbit.nn recipe, or "none" for plain nn.Linear
     keep_last_blocks: int = 0  # transformer blocks per tower kept 16-bit by the recipe filter
-    layers: str = "clip"  # clip: every block linear; auto: only those wide enough to gain (lowbit.models.LAYERS)
+    layers: str = "clip"  # clip: every block linear; auto: only those measured faster than bf16 (lowbit.models.LAYERS)
     fuse: bool = False  # each block's MLP one LowbitMLP and its LayerNorms fused with their consumers (convert_clip)
     # optimisation
     optimizer: str = "stableadamw"

@@ -97,15 +97,43 @@ def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str) -> tuple[bo
     return not why, f"lowbit train: fsdp all-gather in 16 bits: {why}" if why else f"lowbit train: {describe(model)}"
 
 
+def _layers_note(cfg: TrainConfig, model: torch.nn.Module) -> str:
+    """``layers auto``: how many linears went 8-bit, each measured shape's ratio to bf16, and why the others stayed
+    16-bit (the convert report's causes: measured slower, not measured, ...); ``""`` otherwise."""
+    import re
+
+    from lowbit.nn import convert_report
+
+    report = convert_report(model)
+    if cfg.layers != "auto" or report is None:
+        return ""
+    rows = [r for r in report.layers if r.status in ("converted", "16-bit")]
+    causes: dict[str, int] = {}
+    shapes: dict[str, str] = {}  # "tokens×in→out": "1.31× 8-bit", in model order
+    for r in rows:
+        if r.status == "16-bit":  # "not measured (cpu): width threshold: ..." → "not measured (cpu), width threshold"
+            cause = r.detail.split(": width")[0] + ", width threshold" if r.cause == "not measured" else r.cause
+            causes[cause] = causes.get(cause, 0) + 1
+        if m := re.search(r"measured (?:faster|slower): (\S+) bf16 at (\S+)", r.detail):
+            shapes.setdefault(m.group(2), f"{m.group(1)} {'8-bit' if r.status == 'converted' else '16-bit'}")
+    measured = f"; measured fwd+bwd vs bf16 on this device: {', '.join(f'{k} {v}' for k, v in shapes.items())}"
+    kept = ", ".join(f"{k} {v}" for k, v in causes.items()) or "none"
+    return (f"lowbit train: layers auto: {len(report.converted)} of {len(rows)} linears in {report.recipe}"
+            f"{measured if shapes else ''}; 16-bit: {kept}")
+
+
 def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     """Model (converted to the recipe, sharded/wrapped/compiled), optimizer, schedule and monitors."""
     torch.manual_seed(cfg.seed)
     raw_model = CLIP(model_cfg)
     n_params = count_parameters(raw_model)
+    # layers "auto": each block linear's shape timed on this device at this process's batch (lowbit.nn.autolayers);
+    # every rank takes rank 0's timings so that all convert the same layers
     raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=cfg.layers,
-                             fuse=cfg.fuse).to(env.device)
+                             fuse=cfg.fuse, device=env.device, batch_size=cfg.batch_size,
+                             ranks_agree=env.world_size > 1).to(env.device)
     fsdp8 = False
-    notes: list[str] = []  # printed after the run's first line
+    notes: list[str] = [_layers_note(cfg, raw_model)]  # printed after the run's first line
     act_monitor = None  # hooks go on before sharding / compiling; train-mode forwards only, no per-step sync
     if cfg.activations:
         from lowbit.monitor import ActivationMonitor
