@@ -315,6 +315,16 @@ JOBS: list[Job] = [
         "--batch-size 64 --recipe bf16 fp8-switchback switchback --compile --no-anchors --out $DIR",
         _renamed("model", "model-timm-hf-vit-h-14-compiled.md", "model-timm-hf-vit-h-14-compiled.json"), "", 540,
         "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
+    Job("gpu-tests-autolayers", "`--layers auto`'s measurement on CUDA: one ViT-H MLP shape timed in bf16 and "
+        "fp8-switchback under CUDA graphs, its gain and timing method printed, the cache written",
+        f"LOWBIT_CACHE_DIR=$DIR/cache {PYTEST} -s -rf tests/nn/test_autolayers.py -k cuda",
+        {"gpu-tests-autolayers.txt": "log"}, "", 240, "not measured yet"),
+    Job("step-vit-h-14-layers-auto", "issue #28's `--layers auto` check: the ViT-H/14 step under CUDA graphs with "
+        "each layer kept 8-bit only where its shape measured faster than bf16, beside every recipe per linear",
+        f"LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 switchback "
+        "fp8-switchback fp8-tensorwise --layers auto --out $DIR",
+        _renamed("step", "step-vit-h-14-layers-auto.md", "step-vit-h-14-layers-auto.json"), "", 480,
+        "not measured yet", note="rerun with --layers clip in the same call for the comparison"),
     Job("mlp-ln-mlp-vit-b-32", "ViT-B/32 LayerNorm→MLP+residual block, eager and CUDA graphs, every fused recipe",
         f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-b-32 --recipes bf16 switchback switchback-m "
         "fp8-switchback fp8-tensorwise switchback-block fp8-blockwise --cudagraphs --out $DIR",
