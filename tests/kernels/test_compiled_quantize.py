@@ -102,7 +102,7 @@ def test_layer_compiled_with_inductor_quantization_matches_eager(recipe: str) ->
 
 def test_mode_validation_and_restore() -> None:
     assert ops.compiled_quantize() == "kernel"
-    with pytest.raises(ValueError, match=r"compiled quantization must be one of \('kernel', 'inductor'\)"):
+    with pytest.raises(ValueError, match=r"compiled quantization must be one of \('kernel', 'inductor', 'mixed'\)"):
         ops.set_compiled_quantize("triton")
     with ops.compiled_quantize_mode("inductor"):
         assert ops.compiled_quantize() == "inductor"

@@ -227,6 +227,37 @@ def test_compiled_inductor_mode_traces_the_twins() -> None:
                            if g.dtype.itemsize == 1 else g)
 
 
+def test_compiled_mixed_mode_traces_only_the_activation_forward() -> None:
+    """``mixed``: the activation's forward producer is traced (inductor fuses it), LayerNorm's and the activation
+    backward's stay lowbit's opaque ops; the codes are the eager ones either way."""
+    x = torch.randn(6, 40)
+    w, b = torch.randn(40), torch.randn(40)
+    a, dg = torch.randn(6, 40).bfloat16(), torch.randn(6, 40).bfloat16()
+
+    def fn(x, a, dg):
+        return (ops.layernorm_quantize(x, w, b, 1e-5, "e4m3", torch.bfloat16, True),
+                ops.act_quantize(a, "gelu", "e4m3", torch.bfloat16, True),
+                ops.act_backward_quantize(dg, a, "gelu", "e5m2", torch.bfloat16, True))
+
+    eager = fn(x, a, dg)
+    seen: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    with ops.compiled_quantize_mode("mixed"):
+        got = torch.compile(fn, fullgraph=True, backend=backend)(x, a, dg)
+    torch._dynamo.reset()
+    lowbit_ops = [t for t in seen if t.startswith("lowbit.")]
+    assert lowbit_ops == ["lowbit.layernorm_quantize", "lowbit.act_quantize"], lowbit_ops  # the backward one only
+    for e_group, g_group in zip(eager, got):
+        for e, g in zip(e_group, g_group):
+            assert torch.equal(e.view(torch.uint8) if e.dtype.itemsize == 1 else e,
+                               g.view(torch.uint8) if g.dtype.itemsize == 1 else g)
+
+
 # --- GPU: ViT-H widths, and the plain 8-bit GEMMs of the flow -----------------------------------------------------
 
 gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA (run on the GPU host)")

@@ -36,8 +36,9 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "(~/.cache/lowbit or $LOWBIT_CACHE_DIR); on the CPU a width threshold decides (>= 1280: tiny keeps all 16-bit)"),
     ("--compile-mode", "compile_mode", str, "with --compile: default, reduce-overhead (CUDA graphs: no per-launch CPU "
      "cost), max-autotune or max-autotune-no-cudagraphs (without --compile, auto picks reduce-overhead itself)"),
-    ("--compiled-quantize", "compiled_quantize", str, "with --compile: kernel (lowbit's Triton quantizers) or inductor "
-     "(the same numerics traced, so inductor fuses them into the op producing each tensor)"),
+    ("--compiled-quantize", "compiled_quantize", str, "with --compile: kernel (lowbit's Triton quantizers), inductor "
+     "(the same numerics traced, so inductor fuses them into the op producing each tensor) or mixed (only the "
+     "activation's forward producer traced)"),
     ("--precision", "precision", str, "bf16 or fp32 (default: bf16 autocast on GPU, fp32 on CPU)"),
     ("--data", "data", str, "training data spec (lowbit.data), e.g. synthetic"),
     ("--zeroshot", "zeroshot", str, "zero-shot evaluation spec; auto: a prepared --data folder's own tasks, else "

@@ -8,9 +8,12 @@ mode the same wrappers call the Python functions directly and skip the custom-op
 (the default) a compiled model calls lowbit's Triton quantizers as opaque ops; with ``"inductor"`` it traces the
 PyTorch reference numerics instead (the same float32 operations, so the same codes), which inductor can fuse
 into the op that produces the tensor (LayerNorm, GELU, its backward): one pass over an activation instead of
-two. The matmuls stay lowbit's ops in both modes. The mode is read while tracing: set it before compiling.
-On an H100 ``"inductor"`` made the ViT-H/14 training step slower (0.93x vs 0.99x bf16 for fp8-switchback,
-bench/results/h100/step-vit-h-14-compiled-quantize.md), hence the default.
+two. ``"mixed"`` traces only the ops whose twin inductor fused faster than lowbit's kernel ran on the H100
+(:data:`TRACED_WHEN_MIXED`: the activation's forward producer) and calls the kernels for the rest. The matmuls stay
+lowbit's ops in every mode. The mode is read while tracing: set it before compiling. On an H100 ``"inductor"`` made
+the ViT-H/14 training step slower (0.93x vs 0.99x bf16 for fp8-switchback,
+bench/results/h100/step-vit-h-14-compiled-quantize.md), and the fused LN→MLP block 1.022x against the kernels'
+1.046x (row-flow-probe-2.log), hence the default; ``"mixed"`` is not measured yet.
 """
 
 from __future__ import annotations
@@ -143,7 +146,12 @@ def _quantize_rows_colsum_op(t, fmt: str):
     return _producers.quantize_rows_colsum(t, fmt)  # type: ignore[arg-type]
 
 
-COMPILED_QUANTIZE: tuple[str, ...] = ("kernel", "inductor")
+COMPILED_QUANTIZE: tuple[str, ...] = ("kernel", "inductor", "mixed")
+# "mixed": the ops whose PyTorch twin inductor fused faster than lowbit's kernel ran, on the H100 at ViT-H widths
+# (bench/results/h100/row-flow-probe-2.log: GELU+quantize 0.49 ms traced vs 0.83 ms kernel), are traced; every other
+# op (LayerNorm+quantize 0.10 ms kernel, GELU'+quantize+colsum 0.78 vs 0.74, the standalone quantizers, which made
+# the compiled step slower when traced) calls lowbit's kernel. Not yet measured as a whole block or step.
+TRACED_WHEN_MIXED: frozenset[str] = frozenset({"act_quantize"})
 
 
 def _check_mode(mode: str, where: str) -> str:
@@ -177,9 +185,12 @@ def compiled_quantize_mode(mode: str) -> Iterator[None]:
         set_compiled_quantize(previous)
 
 
-def _as_op() -> bool:
-    """Call the opaque custom op: only while compiling, and only in ``"kernel"`` mode."""
-    return torch.compiler.is_compiling() and _compiled_quantize == "kernel"
+def _as_op(op: str) -> bool:
+    """Call the opaque custom op ``op``: only while compiling, in ``"kernel"`` mode, and in ``"mixed"`` mode unless
+    ``op`` is one of :data:`TRACED_WHEN_MIXED`."""
+    if not torch.compiler.is_compiling() or _compiled_quantize == "inductor":
+        return False
+    return _compiled_quantize == "kernel" or op not in TRACED_WHEN_MIXED
 
 
 def _backend() -> str:
@@ -189,21 +200,21 @@ def _backend() -> str:
 
 def quantize(x: torch.Tensor, fmt: str, granularity: str, transpose: bool = False):
     """:func:`lowbit.kernels.quantize`, as a custom op while compiling (or traced, in ``"inductor"`` mode)."""
-    if _as_op():
+    if _as_op("quantize"):
         return torch.ops.lowbit.quantize(x, fmt, granularity, transpose)
     return _quantize.quantize(x, fmt, granularity, transpose=transpose, backend=_backend())  # type: ignore[arg-type]
 
 
 def quantize_dual(x: torch.Tensor, fmt: str):
     """:func:`lowbit.kernels.quantize_dual`, as a custom op while compiling (or traced, in ``"inductor"`` mode)."""
-    if _as_op():
+    if _as_op("quantize_dual"):
         return torch.ops.lowbit.quantize_dual(x, fmt)
     return _quantize.quantize_dual(x, fmt, backend=_backend())  # type: ignore[arg-type]
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, fmt: str, granularity: str, dtype: torch.dtype):
     """:func:`lowbit.kernels.dequantize`, as a custom op while compiling (or traced, in ``"inductor"`` mode)."""
-    if _as_op():
+    if _as_op("dequantize"):
         return torch.ops.lowbit.dequantize(q, scale, fmt, granularity, dtype)
     return _quantize.dequantize(q, scale, fmt, granularity, dtype, backend=_backend())  # type: ignore[arg-type]
 
@@ -218,7 +229,7 @@ def scaled_mm(qa, qb, scale_a, scale_b, bias: torch.Tensor | None, out_dtype: to
 def layernorm_quantize(x, weight, bias, eps: float, fmt: str, out_dtype: torch.dtype, want_h: bool):
     """:func:`lowbit.kernels.producers.layernorm_quantize`, as a custom op while compiling (or its PyTorch twin
     traced, in ``"inductor"`` mode): ``(codes, scale, h or empty, mean, rstd)``."""
-    if _as_op():
+    if _as_op("layernorm_quantize"):
         return torch.ops.lowbit.layernorm_quantize(x, weight, bias, eps, fmt, out_dtype, want_h)
     return _producers.layernorm_quantize(x, weight, bias, eps, fmt, out_dtype=out_dtype,  # type: ignore[arg-type]
                                          want_h=want_h, backend=_backend())  # type: ignore[arg-type]
@@ -226,7 +237,7 @@ def layernorm_quantize(x, weight, bias, eps: float, fmt: str, out_dtype: torch.d
 
 def act_quantize(a, activation: str, fmt: str, out_dtype: torch.dtype, want_g: bool):
     """:func:`lowbit.kernels.producers.act_quantize` (custom op while compiling): ``(g or empty, codes, scale)``."""
-    if _as_op():
+    if _as_op("act_quantize"):
         g, q, s, _ = torch.ops.lowbit.act_quantize(a, None, activation, fmt, out_dtype, want_g, False)
         return g, q, s
     return _producers.act_quantize(a, activation, fmt, out_dtype=out_dtype, want_g=want_g,  # type: ignore[arg-type]
@@ -236,7 +247,7 @@ def act_quantize(a, activation: str, fmt: str, out_dtype: torch.dtype, want_g: b
 def act_backward_quantize(dg, a, activation: str, fmt: str, out_dtype: torch.dtype, colsum: bool):
     """:func:`lowbit.kernels.producers.act_backward_quantize` (custom op while compiling):
     ``(dA, codes, scale, column sums or empty)``."""
-    if _as_op():
+    if _as_op("act_backward_quantize"):
         return torch.ops.lowbit.act_quantize(a, dg, activation, fmt, out_dtype, True, colsum)
     return _producers.act_backward_quantize(dg, a, activation, fmt, out_dtype=out_dtype,  # type: ignore[arg-type]
                                             colsum=colsum, backend=_backend())  # type: ignore[arg-type]
@@ -244,6 +255,6 @@ def act_backward_quantize(dg, a, activation: str, fmt: str, out_dtype: torch.dty
 
 def quantize_rows_colsum(t, fmt: str):
     """:func:`lowbit.kernels.producers.quantize_rows_colsum` (custom op while compiling): ``(codes, scale, colsum)``."""
-    if _as_op():
+    if _as_op("quantize_rows_colsum"):
         return torch.ops.lowbit.quantize_rows_colsum(t, fmt)
     return _producers.quantize_rows_colsum(t, fmt, backend=_backend())  # type: ignore[arg-type]
