@@ -55,3 +55,15 @@ def make_shards(tmp_path: Path) -> Callable[..., list[Path]]:
         return paths
 
     return make
+
+
+@pytest.fixture
+def tiny_train() -> dict:
+    """A ``lowbit train`` config (``TrainConfig.from_dict``) small enough for a few CPU steps in seconds, without
+    data or output paths: the tests add ``data`` and ``out``."""
+    return {
+        "preset": "tiny", "recipe": "none", "optimizer": "adamw", "zeroshot": "none", "batch_size": 8, "steps": 3,
+        "warmup": 1, "progress": False, "save_every": 0, "device": "cpu", "threads": 1,
+        "model": {"vision": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
+                  "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 24}, "embed_dim": 32},
+    }  # fmt: skip

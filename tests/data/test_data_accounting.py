@@ -17,13 +17,6 @@ from lowbit.data.tars import write_shard
 from lowbit.train import TrainConfig, train
 from lowbit.train.errors import DataError
 
-TINY = {
-    "preset": "tiny", "recipe": "none", "optimizer": "adamw", "zeroshot": "none", "batch_size": 8, "steps": 3,
-    "warmup": 1, "progress": False, "save_every": 0, "device": "cpu", "threads": 1,
-    "model": {"vision": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
-              "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 24}, "embed_dim": 32},
-}  # fmt: skip
-
 
 def _table(tmp_path: Path, png, good: int, missing: int, broken: int = 0) -> Path:
     img = tmp_path / "img"
@@ -79,10 +72,10 @@ def test_damaged_shards_are_described(tmp_path: Path, png) -> None:
 
 
 def test_the_trainer_reports_skips_and_stops_on_too_many(
-    tmp_path: Path, png, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tiny_train: dict, tmp_path: Path, png, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     table = _table(tmp_path, png, good=12, missing=2, broken=1)
-    summary = train(TrainConfig.from_dict({**TINY, "data": str(table), "out": str(tmp_path / "run"), "max_bad_fraction": 0.5}))
+    summary = train(TrainConfig.from_dict({**tiny_train, "data": str(table), "out": str(tmp_path / "run"), "max_bad_fraction": 0.5}))
     assert summary["data"]["missing_files"] >= 2 and summary["data"]["skipped_images"] >= 1
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())["data"]
     assert saved == summary["data"]
@@ -94,7 +87,7 @@ def test_the_trainer_reports_skips_and_stops_on_too_many(
 
     monkeypatch.setattr("lowbit.train.books.BAD_MIN_SAMPLES", 16)
     with pytest.raises(DataError, match=r"too much bad training data: .*missing file .*max_bad_fraction 0\.1"):
-        train(TrainConfig.from_dict({**TINY, "data": str(table), "out": str(tmp_path / "bad")}))
+        train(TrainConfig.from_dict({**tiny_train, "data": str(table), "out": str(tmp_path / "bad")}))
 
 
 def _prepared(tmp_path: Path, png) -> Path:
@@ -112,9 +105,9 @@ def _prepared(tmp_path: Path, png) -> Path:
 
 @pytest.mark.parametrize(("damage", "message"), [("truncate", "has .* bytes, the manifest says .*truncated"),
                                                  ("flip", "does not match its SHA-256")])
-def test_a_prepared_folder_is_checked_against_its_manifest(tmp_path: Path, png, damage: str, message: str) -> None:
+def test_a_prepared_folder_is_checked_against_its_manifest(tiny_train: dict, tmp_path: Path, png, damage: str, message: str) -> None:
     root = _prepared(tmp_path, png)
-    cfg = {**TINY, "data": str(root), "steps": 1}
+    cfg = {**tiny_train, "data": str(root), "steps": 1}
     train(TrainConfig.from_dict({**cfg, "out": str(tmp_path / "ok")}))
     shard = root / "train-000001.tar"
     data = bytearray(shard.read_bytes())

@@ -14,19 +14,12 @@ from lowbit.data import build_train_data
 from lowbit.data.tars import write_shard
 from lowbit.train import TrainConfig, train
 
-TINY = {
-    "preset": "tiny", "recipe": "none", "optimizer": "adamw", "zeroshot": "none", "batch_size": 8, "steps": 3,
-    "warmup": 1, "progress": False, "save_every": 0, "device": "cpu", "threads": 1,
-    "model": {"vision": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
-              "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 24}, "embed_dim": 32},
-}  # fmt: skip
-
 
 def _samples(png, n: int, start: int = 0) -> list[tuple[str, dict[str, bytes]]]:
     return [(f"{i:04d}", {"png": png((i % 256, 0, 0)), "txt": f"s {i}".encode()}) for i in range(start, start + n)]
 
 
-def test_empty_and_header_cut_shards_are_reported(tmp_path: Path, png, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_and_header_cut_shards_are_reported(tiny_train: dict, tmp_path: Path, png, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
     data.mkdir()
     write_shard(data / "a.tar", _samples(png, 12))
@@ -36,7 +29,7 @@ def test_empty_and_header_cut_shards_are_reported(tmp_path: Path, png, capsys: p
     ds = build_train_data(str(data), image_size=16, seed=0)
     assert ds.damage["empty_shards"] == {str(data / "b.tar"): "empty file (0 bytes)",
                                          str(data / "c.tar"): "no end-of-archive marker (truncated?) (300 bytes)"}
-    summary = train(TrainConfig.from_dict({**TINY, "data": str(data), "out": str(tmp_path / "run"), "steps": 1}))
+    summary = train(TrainConfig.from_dict({**tiny_train, "data": str(data), "out": str(tmp_path / "run"), "steps": 1}))
     out = capsys.readouterr().err  # lowbit's warnings are one line each on stderr (lowbit.messages)
     assert "2 shard(s) without a usable sample, left out" in out and "b.tar (empty file (0 bytes))" in out, out
     assert summary["data"]["empty_shards"] == 2
@@ -58,14 +51,14 @@ def _data_columns(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k.startswith("data/")} for r in csv.DictReader(f)]
 
 
-def test_bad_samples_are_counted_as_consumed_with_any_number_of_workers(tmp_path: Path, png) -> None:
+def test_bad_samples_are_counted_as_consumed_with_any_number_of_workers(tiny_train: dict, tmp_path: Path, png) -> None:
     """DataLoader workers read batches ahead: only the samples the steps used count (were: read-ahead skips counted
     as bad, used samples as read, so 6% bad data looked like 19%)."""
     data = _bad_shards(tmp_path, png)
     runs = {}
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
-        runs[workers] = train(TrainConfig.from_dict({**TINY, "data": str(data), "out": str(out), "steps": 4,
+        runs[workers] = train(TrainConfig.from_dict({**tiny_train, "data": str(data), "out": str(out), "steps": 4,
                                                      "workers": workers}))
     assert runs[0]["data"] == runs[2]["data"] and 0 < runs[0]["data"]["skipped_images"] < 8, runs
     assert _data_columns(tmp_path / "w0") == _data_columns(tmp_path / "w2")
