@@ -291,7 +291,10 @@ def _entry(found: Any) -> Measurement | None:
 
 
 def _rank0(m: Measurement, device: torch.device) -> Measurement:
-    """Rank 0's timings on every rank (a no-op outside an initialised process group of several ranks)."""
+    """Rank 0's timings on every rank (a no-op outside an initialised process group of several ranks).
+
+    Every rank must reach this broadcast for every shape: a measurement that raises on some ranks only (one GPU out
+    of memory, say) leaves the others waiting here until the process group's timeout ends the run."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
