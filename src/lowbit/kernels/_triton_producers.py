@@ -22,7 +22,6 @@ each input and one write of each output.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -30,7 +29,7 @@ import triton
 import triton.language as tl
 
 from lowbit.kernels._common import ACTIVATIONS, Format, interpreting, storage_dtype
-from lowbit.kernels._triton_gemm import _activation, _activation_grad, _cast
+from lowbit.kernels._triton_gemm import _activation, _activation_grad, _cast, _num_programs
 from lowbit.kernels._triton_quant import _abs_bits, _encode, _fmt_constants, _scale_and_multiplier
 
 ACT_CODES = {name: i + 1 for i, name in enumerate(ACTIVATIONS)}
@@ -193,16 +192,11 @@ _act_kernel_tuned = triton.autotune(
 _act_kernel_fixed = triton.heuristics({"ONE_PASS": _one_pass})(_act_quantize_kernel)
 
 
-@functools.lru_cache(maxsize=8)
-def _num_programs(device_index: int) -> int:
-    """Programs that write column-sum partials: 8 per SM (the partials are [programs, N] float32, summed after)."""
-    return 8 * torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _colsum_programs(t: torch.Tensor) -> int:
+    """Programs that write column-sum partials: 8 per SM (the partials are [programs, N] float32, summed after)."""
     if t.device.type != "cuda":
         return 4  # the interpreter tests: 9 rows in blocks of 2 leave the fourth program none
-    return _num_programs(t.device.index if t.device.index is not None else torch.cuda.current_device())
+    return 8 * _num_programs(t.device)  # the GEMM's persistent grid: one program per SM
 
 
 def act_quantize(
