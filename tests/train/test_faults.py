@@ -15,19 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from train_fakes import SMALL, torchrun_ranks
+from train_fakes import SMALL, TRAIN_CLI, cli_env, torchrun_ranks
 
 from lowbit.train import TrainConfig, train
 from lowbit.train.runlock import LOCK_NAME, RunLock, RunLockedError, remove_stale_temps
-
-CLI = [sys.executable, "-m", "lowbit", "train", "--device", "cpu", "--steps", "5000", "--warmup", "1", "--zeroshot",
-       "none", "--no-progress", "--threads", "1", "--recipe", "none", "--optimizer", "adamw", "--batch-size", "8",
-       "--save-every", "0", "--set", "model.vision.layers=1", "--set", "model.text.layers=1"]
-
-
-def _env() -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def _rows(run: Path) -> list[int]:
@@ -49,17 +40,17 @@ def test_a_live_run_owns_its_folder_and_a_killed_one_is_taken_over(tmp_path: Pat
     holder and touch nothing; after kill -9 the lock is taken over (said so), the temporaries of interrupted
     saves are removed (said so), and the resumed run logs each step once."""
     run = tmp_path / "run"
-    first = subprocess.Popen([*CLI, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=_env())
+    first = subprocess.Popen([*TRAIN_CLI, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=cli_env())
     try:
         _wait_rows(run, first)
         holder = json.loads((run / LOCK_NAME).read_text())
         assert holder["pid"] == first.pid
         for extra in (["--out", str(run)], ["--out", str(run), "--overwrite"], ["--resume", str(run)]):
-            cmd = [*CLI, *extra] if extra[0] == "--out" else [sys.executable, "-m", "lowbit", "train", *extra, "--no-progress"]
+            cmd = [*TRAIN_CLI, *extra] if extra[0] == "--out" else [sys.executable, "-m", "lowbit", "train", *extra, "--no-progress"]
             if extra[0] == "--resume":  # the live run has no checkpoint yet: give the resume one to read
                 continue
-            second = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+            second = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=120)
             err = second.stderr.strip()
             assert second.returncode == 2 and len(err.splitlines()) == 1, err
             assert "in use by a running lowbit train" in err and f"pid {first.pid}" in err, err
@@ -69,12 +60,12 @@ def test_a_live_run_owns_its_folder_and_a_killed_one_is_taken_over(tmp_path: Pat
         first.communicate(timeout=120)
     # now a live run with a checkpoint: --resume is refused too
     again = subprocess.Popen([sys.executable, "-m", "lowbit", "train", "--resume", str(run), "--no-progress",
-                              "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                              "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
         n0 = len(_rows(run))
         _wait_rows(run, again, n0 + 2)
         refused = subprocess.run([sys.executable, "-m", "lowbit", "train", "--resume", str(run), "--no-progress"],
-                                 capture_output=True, text=True, env=_env(), timeout=120)
+                                 capture_output=True, text=True, env=cli_env(), timeout=120)
         assert refused.returncode == 2 and "in use by a running lowbit train" in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     finally:
@@ -89,7 +80,7 @@ def test_a_live_run_owns_its_folder_and_a_killed_one_is_taken_over(tmp_path: Pat
     ckpt_step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
     resumed = subprocess.run([sys.executable, "-m", "lowbit", "train", "--resume", str(run), "--stop-at",
                               str(ckpt_step + 2), "--no-progress", "--threads", "1"],
-                             capture_output=True, text=True, env=_env(), timeout=180)
+                             capture_output=True, text=True, env=cli_env(), timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"took over the lock of a run that ended without releasing it (pid {again.pid}" in resumed.stdout
     assert "removed 2 temporary file(s) of interrupted saves" in resumed.stdout and "(0.0 MB)" in resumed.stdout
@@ -146,7 +137,7 @@ def test_a_kill_during_a_log_rewrite_leaves_the_old_file(tmp_path: Path) -> None
     before = path.read_bytes()
     rng = __import__("random").Random(0)
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", _REWRITER, str(path)], stdout=subprocess.PIPE, text=True, env=_env())
+        proc = subprocess.Popen([sys.executable, "-c", _REWRITER, str(path)], stdout=subprocess.PIPE, text=True, env=cli_env())
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.05, 0.4))
         proc.kill()
@@ -180,9 +171,9 @@ def test_sigterm_to_every_process_of_a_torchrun_job_saves(tmp_path: Path) -> Non
     and still finish the step and save (steps of batch 2 x 32 take long enough for the forward to arrive within
     the step)."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *CLI[1:],
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *TRAIN_CLI[1:],
            "--batch-size", "32", "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     _wait_rows(run, proc)
     ranks = torchrun_ranks(proc.pid)
     assert sorted(ranks) == [0, 1], ranks
@@ -274,7 +265,7 @@ def test_the_faults_script_runs_and_docs_show_its_table() -> None:
     one row per fault."""
     root = Path(__file__).resolve().parents[2]
     r = subprocess.run([sys.executable, str(root / "experiments" / "faults.py"), "--help"], capture_output=True, text=True,
-                       env=_env(), timeout=120)
+                       env=cli_env(), timeout=120)
     assert r.returncode == 0 and "--only" in r.stdout, r.stderr
     import importlib.util
 
@@ -294,9 +285,9 @@ def test_a_frozen_rank_under_torchrun_is_named_within_the_dist_timeout(tmp_path:
     import threading
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *CLI[1:],
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *TRAIN_CLI[1:],
            "--dist-timeout", "5", "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
                             start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)

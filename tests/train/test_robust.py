@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from train_fakes import SMALL, torchrun_ranks
+from train_fakes import SMALL, TRAIN_CLI, cli_env, torchrun_ranks
 
 from lowbit.cli.main import main
 from lowbit.train import TrainConfig, load_checkpoint, save_checkpoint, train
@@ -79,24 +79,14 @@ def test_a_second_signal_aborts_at_once() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
-CLI = [sys.executable, "-m", "lowbit", "train", "--device", "cpu", "--steps", "5000", "--warmup", "1", "--zeroshot",
-       "none", "--no-progress", "--threads", "1", "--recipe", "none", "--optimizer", "adamw", "--batch-size", "8",
-       "--save-every", "0", "--set", "model.vision.layers=1", "--set", "model.text.layers=1"]
-
-
-def _env() -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 @pytest.mark.parametrize(("sig", "code", "workers"), [(signal.SIGINT, 130, "1"), (signal.SIGTERM, 143, "0")])
 def test_a_signal_saves_and_the_resumed_run_is_exact(tmp_path: Path, sig: signal.Signals, code: int, workers: str) -> None:
     """Interrupted mid-run (the schedule is 5000 steps long), the run saves its step; resumed to 3 steps later it
     holds bit for bit the weights of a run never interrupted. SIGINT goes to the whole process group, as a
     terminal's Ctrl-C does (DataLoader worker included)."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "--workers", workers, "--out", str(run)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+    proc = subprocess.Popen([*TRAIN_CLI, "--workers", workers, "--out", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > 3:
@@ -113,11 +103,11 @@ def test_a_signal_saves_and_the_resumed_run_is_exact(tmp_path: Path, sig: signal
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == n
 
     resumed = subprocess.run([sys.executable, "-m", "lowbit", "train", "--resume", str(run), "--stop-at", str(n + 3),
-                              "--no-progress", "--threads", "1"], capture_output=True, text=True, env=_env(), timeout=120)
+                              "--no-progress", "--threads", "1"], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {n}" in resumed.stdout
-    ref = subprocess.run([*CLI, "--workers", workers, "--out", str(tmp_path / "ref"), "--stop-at", str(n + 3)], capture_output=True, text=True,
-                         env=_env(), timeout=120)
+    ref = subprocess.run([*TRAIN_CLI, "--workers", workers, "--out", str(tmp_path / "ref"), "--stop-at", str(n + 3)], capture_output=True, text=True,
+                         env=cli_env(), timeout=120)
     assert ref.returncode == 0, ref.stderr[-3000:]
     a, b = load_checkpoint(run), load_checkpoint(tmp_path / "ref")
     assert a["step"] == b["step"] == n + 3
@@ -278,9 +268,9 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path: Path) -> Non
     """SIGTERM to rank 1 only (a pre-empted process): both ranks stop after the same step (one all_reduce per step
     carries the flag), rank 0 saves that step and says how to resume."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *CLI[1:],
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *TRAIN_CLI[1:],
            "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     deadline, worker = time.time() + 180, None
     while time.time() < deadline and proc.poll() is None and worker is None:
         if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) > 3:

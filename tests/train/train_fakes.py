@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,20 @@ SMALL = {
     # one on a busy many-core host.
     "threads": 1,
 }
+
+
+# ``lowbit train`` on the CPU as a subprocess: a 1-block tiny model on synthetic data, a schedule long enough that
+# the tests stop it (a signal, --stop-at, a kill) rather than it ending by itself; the tests add --out and the rest.
+TRAIN_CLI = [sys.executable, "-m", "lowbit", "train", "--device", "cpu", "--steps", "5000", "--warmup", "1",
+             "--zeroshot", "none", "--no-progress", "--threads", "1", "--recipe", "none", "--optimizer", "adamw",
+             "--batch-size", "8", "--save-every", "0", "--set", "model.vision.layers=1", "--set",
+             "model.text.layers=1"]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for :data:`TRAIN_CLI`: this checkout's ``src`` first on ``PYTHONPATH``."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 @functools.cache
