@@ -172,17 +172,14 @@ def test_t_quantiles_and_welch_edge_cases() -> None:
     assert mod.welch([1.0, 1.0], [2.0, 2.0])["within"] is False
 
 
-def test_run_fmnist_end_to_end_on_cpu(tmp_path: Path) -> None:
-    """experiments/run_fmnist.sh with a tiny model on a fake Fashion-MNIST (IDX files as the Debian package has
-    them): prepares the data, trains through the fused path, evaluates zero-shot, summarizes against bf16."""
+def _fake_fashion_mnist_idx(src: Path) -> Path:
+    """A fake Fashion-MNIST as the Debian package has it (gzipped IDX files: 48 training and 20 test images, each
+    a flat grey level per class) in ``src``; returns ``src``."""
     import gzip
-    import os
     import struct
-    import sys
 
     import numpy as np
 
-    src = tmp_path / "idx"
     src.mkdir()
     for split, n in (("train", 48), ("t10k", 20)):
         labels = np.arange(n) % 10
@@ -190,6 +187,16 @@ def test_run_fmnist_end_to_end_on_cpu(tmp_path: Path) -> None:
         for name, a in ((f"{split}-images-idx3-ubyte.gz", images), (f"{split}-labels-idx1-ubyte.gz", labels)):
             header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
             (src / name).write_bytes(gzip.compress(header + a.astype(np.uint8).tobytes()))
+    return src
+
+
+def test_run_fmnist_end_to_end_on_cpu(tmp_path: Path) -> None:
+    """experiments/run_fmnist.sh with a tiny model on a fake Fashion-MNIST (IDX files as the Debian package has
+    them): prepares the data, trains through the fused path, evaluates zero-shot, summarizes against bf16."""
+    import os
+    import sys
+
+    src = _fake_fashion_mnist_idx(tmp_path / "idx")
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PY": sys.executable, "DATA": str(tmp_path / "fmnist"),
            "SOURCE": str(src), "DEVICE": "cpu", "PRESET": "tiny", "STEPS": "2", "BATCH": "8", "WARMUP": "1",
@@ -288,22 +295,11 @@ def test_run_paper_end_to_end_on_cpu(tmp_path: Path) -> None:
     """experiments/run_paper.sh at tiny size on a fake Fashion-MNIST carried as a prepared .tar.gz: every part
     runs (recipe table, layer-scale with --activations, a spike run with --monitor), and with PACK=1 OUT holds
     only what a device call brings back (at most 8 files, none in a folder) with every run's files in the tar."""
-    import gzip
     import os
-    import struct
     import sys
     import tarfile
 
-    import numpy as np
-
-    src = tmp_path / "idx"
-    src.mkdir()
-    for split, n in (("train", 48), ("t10k", 20)):
-        labels = np.arange(n) % 10
-        images = np.stack([np.full((28, 28), 20 + 23 * int(y), np.uint8) for y in labels])
-        for name, a in ((f"{split}-images-idx3-ubyte.gz", images), (f"{split}-labels-idx1-ubyte.gz", labels)):
-            header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
-            (src / name).write_bytes(gzip.compress(header + a.astype(np.uint8).tobytes()))
+    src = _fake_fashion_mnist_idx(tmp_path / "idx")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run([sys.executable, "-m", "lowbit", "data", "prepare", "fashion-mnist", "--source", str(src),
                     "--out", str(tmp_path / "fmnist")], check=True, env=env, capture_output=True, timeout=300)
