@@ -29,3 +29,17 @@ has_option() {
   $PY -c "import dataclasses, sys; from lowbit.train.config import TrainConfig; \
 sys.exit(0 if '$1' in {f.name for f in dataclasses.fields(TrainConfig)} else 1)" 2>/dev/null
 }
+
+# train_flags: the `lowbit train` flags of the size knobs every runner takes from the environment (PRESET, STEPS,
+# BATCH, WARMUP, ZEROSHOT_LIMIT, DEVICE; one thread per run on the CPU), for its EXTRA
+train_flags() {
+  local f=""
+  [ -n "${PRESET:-}" ] && f="$f --preset $PRESET"
+  [ -n "${STEPS:-}" ] && f="$f --steps $STEPS"
+  [ -n "${BATCH:-}" ] && f="$f --batch-size $BATCH"
+  [ -n "${WARMUP:-}" ] && f="$f --warmup $WARMUP"
+  [ -n "${ZEROSHOT_LIMIT:-}" ] && f="$f --zeroshot-limit $ZEROSHOT_LIMIT"
+  [ -n "${DEVICE:-}" ] && f="$f --device $DEVICE"
+  [ "${DEVICE:-}" = cpu ] && f="$f --threads 1"
+  echo "$f"
+}

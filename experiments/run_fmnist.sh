@@ -26,16 +26,9 @@ BUDGET=${BUDGET:-450}     # seconds for the runs; + preflight, data preparation 
 JOB_TIMEOUT=${JOB_TIMEOUT:-$BUDGET}
 DATA=${DATA:-.data/fmnist}
 SOURCE=${SOURCE:-.data/fashion-mnist}
-EXTRA=${EXTRA:-}
-[ -n "${PRESET:-}" ] && EXTRA="$EXTRA --preset $PRESET"
-[ -n "${STEPS:-}" ] && EXTRA="$EXTRA --steps $STEPS"
-[ -n "${BATCH:-}" ] && EXTRA="$EXTRA --batch-size $BATCH"
+EXTRA="${EXTRA:-}$(train_flags)"
 [ -n "${LR:-}" ] && EXTRA="$EXTRA --lr $LR"
-[ -n "${WARMUP:-}" ] && EXTRA="$EXTRA --warmup $WARMUP"
 [ -n "${EVAL_EVERY:-}" ] && EXTRA="$EXTRA --eval-every $EVAL_EVERY"
-[ -n "${ZEROSHOT_LIMIT:-}" ] && EXTRA="$EXTRA --zeroshot-limit $ZEROSHOT_LIMIT"
-[ -n "${DEVICE:-}" ] && EXTRA="$EXTRA --device $DEVICE"
-[ "${DEVICE:-}" = cpu ] && EXTRA="$EXTRA --threads 1"
 # the trainers' own CPU work (zero-shot decoding, collation) beside the loader processes: no oversubscription
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 D="$OUT/fmnist"; mkdir -p "$D"

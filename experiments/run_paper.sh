@@ -44,14 +44,7 @@ DATA=${DATA:-.data/fmnist}
 DATA_TGZ=${DATA_TGZ:-.data/fmnist.tar.gz}
 SOURCE=${SOURCE:-}
 PACK=${PACK:-0}
-EXTRA=${EXTRA:-}
-[ -n "${PRESET:-}" ] && EXTRA="$EXTRA --preset $PRESET"
-[ -n "${STEPS:-}" ] && EXTRA="$EXTRA --steps $STEPS"
-[ -n "${BATCH:-}" ] && EXTRA="$EXTRA --batch-size $BATCH"
-[ -n "${WARMUP:-}" ] && EXTRA="$EXTRA --warmup $WARMUP"
-[ -n "${ZEROSHOT_LIMIT:-}" ] && EXTRA="$EXTRA --zeroshot-limit $ZEROSHOT_LIMIT"
-[ -n "${DEVICE:-}" ] && EXTRA="$EXTRA --device $DEVICE"
-[ "${DEVICE:-}" = cpu ] && EXTRA="$EXTRA --threads 1"
+EXTRA="${EXTRA:-}$(train_flags)"
 [ "$COMPILE" = 0 ] && EXTRA="$EXTRA --no-compile"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$RUNS"
