@@ -5,10 +5,7 @@
 """
 import argparse
 
-import torch
-from torch.profiler import ProfilerActivity, profile
-
-from lowbit.bench.linear import BLOCKS, SHAPES, mlp_step
+from lowbit.bench.linear import BLOCKS, SHAPES, profile_mlp_step
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("kinds", nargs="*", default=["fp8-tensorwise"])
@@ -18,14 +15,7 @@ p.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["ea
 a = p.parse_args()
 for kind in a.kinds:
     for mode in a.modes:
-        one = mlp_step(kind, a.shape, mode == "compiled", block=a.block)
-        for _ in range(5):
-            one()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                one()
-            torch.cuda.synchronize()
+        prof = profile_mlp_step(kind, a.shape, mode == "compiled", block=a.block, warmup=5, steps=10)
         total = sum(e.device_time_total for e in prof.key_averages()) / 10 / 1e3
         print(f"\n### {kind} {a.block} {a.shape} {mode}: {total:.3f} ms CUDA time per step; top kernels (10 steps)")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))

@@ -180,20 +180,11 @@ def part_block(budget: float, kinds: list[str], modes: list[str]) -> None:
 
 
 def part_profile(modes: list[str]) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    from lowbit.bench.linear import mlp_step
+    from lowbit.bench.linear import profile_mlp_step
 
     for mode, kind in [(m, k) for m in modes for k in ("fp8-switchback", "nn.Linear")]:
         torch._dynamo.reset()
-        step = mlp_step(kind, "vit-h-14", mode, block="ln-mlp")
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as p:
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
+        p = profile_mlp_step(kind, "vit-h-14", mode, block="ln-mlp", warmup=3, steps=3)
         table = p.key_averages().table(sort_by="cuda_time_total", row_limit=24, max_name_column_width=90)
         print(f"### profile {kind} {mode} (3 steps)\n{table}", flush=True)
         emit(part="profile", kind=f"{kind} {mode}", table=table)

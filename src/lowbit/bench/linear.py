@@ -149,6 +149,23 @@ def mlp_step(kind: str, shape: str, mode: bool | str = "eager", device="cuda", d
     return one
 
 
+def profile_mlp_step(kind: str, shape: str, mode: bool | str = "eager", block: str = "mlp", warmup: int = 3,
+                     steps: int = 3) -> torch.profiler.profile:
+    """``torch.profiler`` (CUDA activity) over ``steps`` fwd+bwd of :func:`mlp_step` after ``warmup`` untimed ones:
+    the per-kernel tables of the probes (``bench/probes/profile_mlp.py``, ``row_flow.py``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = mlp_step(kind, shape, mode, block=block)
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    return prof
+
+
 def time_block(kind: str, d_in: int, d_out: int, tokens: int, device, dtype=torch.bfloat16,
                mode: bool | str = "eager", mlp_hidden: int | None = None, block: str = "mlp",
                peak: bool = False) -> tuple[float, float | None]:
