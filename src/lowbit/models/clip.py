@@ -92,7 +92,7 @@ class VisionTransformer(nn.Module):
         self.image_size, self.patch_size = v.image_size, v.patch_size
         self.patch_embed = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(v.width))
-        self.positional_embedding = nn.Parameter(torch.empty(v.grid**2 + 1, v.width))
+        self.positional_embedding = nn.Parameter(torch.empty(v.tokens, v.width))
         self.ln_pre = nn.LayerNorm(v.width)
         self.blocks = _blocks(v.width, v.layers, v.heads, v.mlp_ratio, False, cfg)
         self.ln_post = nn.LayerNorm(v.width)

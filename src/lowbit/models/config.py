@@ -56,6 +56,11 @@ class VisionConfig:
         """Patches per side."""
         return self.image_size // self.patch_size
 
+    @property
+    def tokens(self) -> int:
+        """Sequence length of the tower: the patches and the class token."""
+        return self.grid**2 + 1
+
 
 @dataclass
 class TextConfig:

@@ -32,8 +32,7 @@ _BLOCK = re.compile(r"^(visual|text)\.blocks\.(\d+)\.")
 def clip_tokens(config: Any, batch: int) -> dict[str, int]:
     """Rows each linear of a tower sees per call: vision ``batch × (grid² + 1)`` (patches and the class token),
     text ``batch × context_length`` (as ``lowbit.models.flops`` counts them)."""
-    grid = config.vision.image_size // config.vision.patch_size
-    return {"visual": batch * (grid * grid + 1), "text": batch * config.text.context_length}
+    return {"visual": batch * config.vision.tokens, "text": batch * config.text.context_length}
 
 
 class _ClipFilter:

@@ -37,9 +37,8 @@ def tower_forward_flops(width: int, layers: int, mlp_ratio: float, tokens: int, 
 def clip_forward_flops(cfg: CLIPConfig, batch: int = 1) -> float:
     """Forward FLOPs of one image-caption pair through both towers and, with ``batch``, its share of the loss."""
     v, t, e = cfg.vision, cfg.text, cfg.embed_dim
-    grid = v.image_size // v.patch_size
-    vision = (2 * grid * grid * 3 * v.patch_size**2 * v.width
-              + tower_forward_flops(v.width, v.layers, v.mlp_ratio, grid * grid + 1)
+    vision = (2 * v.grid**2 * 3 * v.patch_size**2 * v.width
+              + tower_forward_flops(v.width, v.layers, v.mlp_ratio, v.tokens)
               + 2 * v.width * e)
     text = tower_forward_flops(t.width, t.layers, t.mlp_ratio, t.context_length, causal=True) + 2 * t.width * e
     loss = 2 * e * batch  # one row of the batch x batch logits
