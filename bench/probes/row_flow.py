@@ -81,10 +81,12 @@ def part_producers(gbs: float) -> None:
     for cfg in tp._prune(tp._act_configs(), {"N": H}):
         c = dict(cfg.kwargs, num_warps=cfg.num_warps)
         progs = "one block each" if c["MAX_PROGRAMS"] == tp.ONE_BLOCK_EACH else f"<= {c['MAX_PROGRAMS']} programs"
-        tag = (f"BLOCK_M={c['BLOCK_M']} BLOCK_N={c['BLOCK_N']} warps={c['num_warps']} {progs} "
-               f"stages={c['STAGES']}")
+        width = "+".join(map(str, tp.row_pieces(H))) if c["PIECES"] else f"BLOCK_N={c['BLOCK_N']}"
+        tag = f"BLOCK_M={c['BLOCK_M']} {width} warps={c['num_warps']} {progs} stages={c['STAGES']}"
+        g, qg, _sg, _ = tp.act_quantize(a, None, "gelu", "e4m3", want_out=True, colsum=False, out_dtype=bf, config=c)
+        ok = torch.equal(qg.view(torch.uint8), ref.quantize(g, "e4m3", "row")[0].view(torch.uint8))
         row(f"GELU+quantize e4m3 [{tag}]", ms(lambda c=c: tp.act_quantize(
-            a, None, "gelu", "e4m3", want_out=True, colsum=False, out_dtype=bf, config=c)), fwd_b)
+            a, None, "gelu", "e4m3", want_out=True, colsum=False, out_dtype=bf, config=c)), fwd_b, codes_equal=ok)
         row(f"GELU'+quantize e5m2 +colsum [{tag}]", ms(lambda c=c: tp.act_quantize(
             a, dg, "gelu", "e5m2", want_out=True, colsum=True, out_dtype=bf, config=c)), bwd_b)
     g, qg, _sg = P.act_quantize(a, "gelu", "e4m3")
@@ -103,9 +105,11 @@ def part_producers(gbs: float) -> None:
         ("twin compiled (inductor): GELU'+quantize e5m2 +colsum",
          lambda t: P.act_backward_quantize(dg, t, "gelu", "e5m2", colsum=True, backend="torch"), bwd_b)]:
         try:
+            from torch._inductor.utils import run_and_get_code
+
             cf = torch.compile(fn)
-            cf(a)
-            row(what, ms(lambda cf=cf: cf(a)), nb)
+            _, code = run_and_get_code(cf, a)
+            row(what, ms(lambda cf=cf: cf(a)), nb, inductor_code="\n".join(code)[-12000:])
         except Exception as e:
             emit(part="producers", what=what, error=repr(e)[:200])
     row("torch F.gelu alone", ms(lambda: torch.nn.functional.gelu(a)), M * H * 4)
@@ -204,7 +208,9 @@ def write(out: Path | None) -> None:
             lines.append(f"\n### profile {r['kind']}\n```\n{r['table']}\n```\n")
         else:
             lines.append("- " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in r.items()))
+                                          for k, v in r.items() if k != "inductor_code"))
+            if "inductor_code" in r:
+                lines.append(f"\n  inductor's code (its tail):\n```python\n{r['inductor_code']}\n```\n")
     (out / "row_flow.md").write_text("\n".join(lines) + "\n")
 
 

@@ -26,7 +26,10 @@ ACTS = ["gelu", "gelu_tanh", "quick_gelu"]
 # so one program owns no rows and must leave its column-sum partial zero; the prefetching loop).
 CONFIGS = {"one-pass": dict(BLOCK_M=2, BLOCK_N=64, num_warps=4), "two-pass": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4),
            "one-pass-runs": dict(BLOCK_M=2, BLOCK_N=64, num_warps=4, MAX_PROGRAMS=4, STAGES=2),
-           "two-pass-runs": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4, MAX_PROGRAMS=2)}
+           "two-pass-runs": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4, MAX_PROGRAMS=2),
+           # the row in power-of-two pieces, all in registers (37 = 32 + 4 + 1 under the interpreter)
+           "pieces": dict(BLOCK_M=2, PIECES=True, num_warps=4),
+           "pieces-runs": dict(BLOCK_M=2, PIECES=True, num_warps=4, MAX_PROGRAMS=4)}
 
 
 def _as_accurate_as_twin(k: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> None:
@@ -298,6 +301,30 @@ def test_cuda_producers_at_vit_h_widths(fmt: str) -> None:
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("width", [5120, 1664])
+def test_cuda_every_launch_candidate_at_clip_widths(width: int) -> None:
+    """Every candidate the autotuner may pick at a ViT-H (5120 = 4096 + 1024 pieces) and a ViT-g (1664 = 1024 + 512 +
+    128) hidden width, pinned one by one: the same codes, scales and column sums as the row quantizer and a float32
+    column sum of the stored output."""
+    torch.manual_seed(6)
+    a = (torch.randn(1027, width, device="cuda") * 2).bfloat16()
+    dg = torch.randn(1027, width, device="cuda").bfloat16()
+    configs = tp._prune(tp._act_configs(), {"N": width})
+    assert any(c.kwargs["PIECES"] for c in configs)
+    for cfg in configs:
+        c = dict(cfg.kwargs, num_warps=cfg.num_warps)
+        g, q, s, _ = tp.act_quantize(a, None, "gelu", "e4m3", want_out=True, colsum=False, out_dtype=torch.bfloat16,
+                                     config=c)
+        _assert_row_codes(g, q, s, "e4m3", f"GELU codes {c}")
+        assert torch.equal(g, producers.act_quantize(a, "gelu", "e4m3")[0]), c
+        da, qa, sa, cs = tp.act_quantize(a, dg, "gelu", "e5m2", want_out=True, colsum=True,
+                                         out_dtype=torch.bfloat16, config=c)
+        _assert_row_codes(da, qa, sa, "e5m2", f"GELU' codes {c}")
+        assert torch.allclose(cs.double(), da.double().sum(0), rtol=1e-4, atol=1e-2), c
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize(("fa", "fb"), [("e4m3", "e4m3"), ("e5m2", "e4m3"), ("int8", "int8")])
 @pytest.mark.parametrize("backend", ["triton", "cublas"])
 def test_cuda_plain_gemms_at_k_5120_against_float64(fa: str, fb: str, backend: str) -> None:
@@ -323,3 +350,26 @@ def test_cuda_plain_gemms_at_k_5120_against_float64(fa: str, fb: str, backend: s
     rel = float((got.double() - exact).norm() / exact.norm())
     print(f"plain GEMM {fa}x{fb} {backend} K=5120: relative error vs float64 {rel:.2e}")
     assert rel < (1e-2 if fa != "int8" else 4e-3), rel
+
+
+def test_row_pieces_are_the_binary_digits_of_the_width() -> None:
+    assert tp.row_pieces(5120) == (4096, 1024) and tp.row_pieces(1664) == (1024, 512, 128)
+    assert tp.row_pieces(4096) == (4096,) and tp.row_pieces(37, smallest=1) == (32, 4, 1)
+    assert tp.row_pieces(37) is None  # a piece below 16 lanes
+    assert tp.row_pieces(16 * 31) is None  # 5 pieces
+    assert tp.row_pieces(0) is None
+
+
+def test_the_autotuner_offers_pieces_only_where_a_row_has_them() -> None:
+    configs = [tp._act_config(1, 0, 4), tp._act_config(1, 8192, 8, 1024), tp._act_config(2, 2048, 8, 1024)]
+    kept = tp._prune(configs, {"N": 5120})
+    assert [c.kwargs["PIECES"] for c in kept] == [False, False, True]  # 8192 one pass, 2048 chunks, 4096 + 1024
+    assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 4096}))  # a power of two: the one pass
+    assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 16 * 31}))  # five pieces
+
+
+def test_pinned_pieces_config_on_a_row_without_pieces_raises() -> None:
+    a = torch.randn(4, 16 * 31).bfloat16().to(DEVICE)  # 256 + 128 + 64 + 32 + 16: five pieces
+    with pytest.raises(ValueError, match="no power-of-two pieces"):
+        tp.act_quantize(a, None, "gelu", "e4m3", want_out=True, colsum=False, out_dtype=torch.bfloat16,
+                        config=dict(BLOCK_M=1, PIECES=True, num_warps=4))

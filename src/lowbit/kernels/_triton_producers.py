@@ -84,21 +84,56 @@ def _act_tile(a_ptr, dg_ptr, offs, mask, out_ty: tl.constexpr, ACT: tl.constexpr
 
 
 @triton.jit
+def _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, out_ty: tl.constexpr,
+               ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, EMULATE: tl.constexpr):
+    """One power-of-two column piece ``[OFF, OFF + P)`` of a row block, as float32 (zero in masked rows: every
+    activation maps 0 to 0 and a masked ``dg`` is 0), its 16-bit output stored."""
+    offs = base + (OFF + tl.arange(0, P))[None, :]
+    mask = tl.broadcast_to(rmask[:, None], offs.shape)
+    y = _act_tile(a_ptr, dg_ptr, offs, mask, out_ty, ACT, BACKWARD, EMULATE)
+    if WANT_OUT:
+        tl.store(out_ptr + offs, y, mask=mask)
+    return y.to(tl.float32)
+
+
+@triton.jit
+def _store_codes(q_ptr, yf, mul, base, rmask, OFF: tl.constexpr, P: tl.constexpr, FMT: tl.constexpr,
+                 QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
+                 INV_SUB: tl.constexpr, EMULATE: tl.constexpr):
+    offs = base + (OFF + tl.arange(0, P))[None, :]
+    tl.store(q_ptr + offs, _encode(yf, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE),
+             mask=tl.broadcast_to(rmask[:, None], offs.shape))
+
+
+@triton.jit
 def _act_quantize_kernel(
     a_ptr, dg_ptr, out_ptr, q_ptr, s_ptr, colsum_ptr, M, N,
     ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, COLSUM: tl.constexpr,
     FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
     BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, MAX_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PASS: tl.constexpr, STAGES: tl.constexpr,
+    PIECES: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
 ):
     """Program p takes a contiguous run of row blocks (all of them spread over ``min(blocks, MAX_PROGRAMS)``
     programs; one block each where MAX_PROGRAMS is large), so the column sums of a one-pass program accumulate in
     registers and are written once, to the program's own row of ``colsum_ptr``. ``STAGES`` > 1 lets Triton prefetch
-    the next row block's inputs while this one is reduced and stored."""
+    the next row block's inputs while this one is reduced and stored.
+
+    Three ways over a row: ``PIECES`` (the row as up to four power-of-two pieces ``P0 + P1 + P2 + P3 == N``, all in
+    registers: no masked lanes, e.g. 5120 = 4096 + 1024), ``ONE_PASS`` (one block ``BLOCK_N ≥ N`` wide, masked past
+    N) or two passes over ``BLOCK_N`` column chunks (the second recomputes its chunk)."""
     pid = tl.program_id(0)
     out_ty = out_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK_N)
     col_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if PIECES:
+        acc0 = tl.zeros([P0], dtype=tl.float32)
+        if P1 > 0:
+            acc1 = tl.zeros([P1], dtype=tl.float32)
+        if P2 > 0:
+            acc2 = tl.zeros([P2], dtype=tl.float32)
+        if P3 > 0:
+            acc3 = tl.zeros([P3], dtype=tl.float32)
     n_blocks = tl.cdiv(M, BLOCK_M)
     per = tl.cdiv(n_blocks, tl.num_programs(0))
     first = pid * per
@@ -107,7 +142,40 @@ def _act_quantize_kernel(
         rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < M
         base = rows[:, None].to(tl.int64) * N
-        if ONE_PASS:
+        if PIECES:
+            y0 = _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, 0, P0, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE)
+            amax_bits = tl.max(_abs_bits(y0), axis=1)
+            if P1 > 0:
+                y1 = _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, P0, P1, out_ty, ACT, BACKWARD, WANT_OUT,
+                                EMULATE)
+                amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y1), axis=1))
+            if P2 > 0:
+                y2 = _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, P0 + P1, P2, out_ty, ACT, BACKWARD, WANT_OUT,
+                                EMULATE)
+                amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y2), axis=1))
+            if P3 > 0:
+                y3 = _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, P0 + P1 + P2, P3, out_ty, ACT, BACKWARD,
+                                WANT_OUT, EMULATE)
+                amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y3), axis=1))
+            scale, mul = _scale_and_multiplier(amax_bits.to(tl.float32, bitcast=True), FMT, QMAX, AMAX_FLOOR)
+            _store_codes(q_ptr, y0, mul, base, rmask, 0, P0, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
+            if COLSUM:
+                acc0 += tl.sum(y0, axis=0)
+            if P1 > 0:
+                _store_codes(q_ptr, y1, mul, base, rmask, P0, P1, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
+                if COLSUM:
+                    acc1 += tl.sum(y1, axis=0)
+            if P2 > 0:
+                _store_codes(q_ptr, y2, mul, base, rmask, P0 + P1, P2, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
+                             EMULATE)
+                if COLSUM:
+                    acc2 += tl.sum(y2, axis=0)
+            if P3 > 0:
+                _store_codes(q_ptr, y3, mul, base, rmask, P0 + P1 + P2, P3, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
+                             EMULATE)
+                if COLSUM:
+                    acc3 += tl.sum(y3, axis=0)
+        elif ONE_PASS:
             mask = rmask[:, None] & (cols[None, :] < N)
             y = _act_tile(a_ptr, dg_ptr, base + cols[None, :], mask, out_ty, ACT, BACKWARD, EMULATE)
             if WANT_OUT:
@@ -141,7 +209,15 @@ def _act_quantize_kernel(
                 tl.store(q_ptr + base + cn[None, :], _encode(yf, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
                                                              EMULATE), mask=mask)
         tl.store(s_ptr + rows, scale, mask=rmask)
-    if ONE_PASS and COLSUM:
+    if PIECES and COLSUM:
+        tl.store(colsum_ptr + pid * N + tl.arange(0, P0), acc0)
+        if P1 > 0:
+            tl.store(colsum_ptr + pid * N + P0 + tl.arange(0, P1), acc1)
+        if P2 > 0:
+            tl.store(colsum_ptr + pid * N + P0 + P1 + tl.arange(0, P2), acc2)
+        if P3 > 0:
+            tl.store(colsum_ptr + pid * N + P0 + P1 + P2 + tl.arange(0, P3), acc3)
+    elif ONE_PASS and COLSUM:
         tl.store(colsum_ptr + pid * N + cols, col_acc, mask=cols < N)
 
 
@@ -149,21 +225,44 @@ def _one_pass(args: dict) -> bool:
     return args["BLOCK_N"] >= args["N"]
 
 
+def row_pieces(n: int, *, smallest: int = 16, most: int = 4) -> tuple[int, ...] | None:
+    """``n`` as descending powers of two (its binary digits), each ≥ ``smallest``, at most ``most`` of them: the
+    pieces a ``PIECES`` program holds a row in (5120 → (4096, 1024); 1664 → (1024, 512, 128)); None if it has none."""
+    parts = tuple(1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1)
+    return parts if n > 0 and len(parts) <= most and parts[-1] >= smallest else None
+
+
+def _piece(i: int):
+    def size(args: dict) -> int:
+        if not args.get("PIECES"):
+            return 0
+        parts = row_pieces(args["N"], smallest=_SMALLEST_PIECE)
+        assert parts is not None, f"N={args['N']} has no power-of-two pieces: the PIECES config should be pruned"
+        return parts[i] if i < len(parts) else 0
+    return size
+
+
+_SMALLEST_PIECE = 1 if interpreting() else 16
+_PIECE_HEURISTICS = {"ONE_PASS": _one_pass, **{f"P{i}": _piece(i) for i in range(4)}}
+
 ONE_BLOCK_EACH = 1 << 30  # MAX_PROGRAMS: one row block per program (the plain grid of the Triton softmax tutorial)
 
 
 def _act_config(bm: int, bn: int, warps: int, programs: int = ONE_BLOCK_EACH, stages: int = 1) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "MAX_PROGRAMS": programs, "STAGES": stages},
-                         num_warps=warps)
+    """``bn`` 0: the row in power-of-two pieces (``PIECES``); else blocks ``bn`` wide (one or two passes)."""
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn or 16, "MAX_PROGRAMS": programs, "STAGES": stages,
+                          "PIECES": bn == 0}, num_warps=warps)
 
 
 def _act_configs() -> list[triton.Config]:
     """A small candidate set (a cold cache compiles each, per autotune key), from the H100 measurements at ViT-H's
     32896 x 5120 (``bench/results/h100/row-flow-probe-2.log``): runs of rows over about 8 programs per SM with no
     prefetch were fastest (GELU'+quantize+column sums 0.78 ms, 1.5 TB/s); a row block per program (32896 programs:
-    1.09-1.23 ms) and prefetching runs (``STAGES=2``: 1.09-2.52 ms) were slower. The first entry is the launch of
-    the first kernel (a persistent grid of 4 programs per SM, prefetch 3), kept as the floor; two-pass column
-    chunks serve rows wider than 8192."""
+    1.09-1.23 ms) and prefetching runs (``STAGES=2``: 1.09-2.52 ms) were slower. Those one-pass blocks are
+    ``next_power_of_2(N)`` wide (8192 lanes for 5120 columns: 37% of the lanes masked, and the kernel issue-bound),
+    hence the ``PIECES`` candidates (the row as 4096 + 1024 lanes). The first entry is the launch of the first
+    kernel (a persistent grid of 4 programs per SM, prefetch 3), kept as the floor; two-pass column chunks serve
+    rows wider than 8192."""
     if interpreting():
         return [_act_config(2, 16, 4, 3)]
     if os.environ.get("LOWBIT_AUTOTUNE", "1") == "0":
@@ -172,24 +271,31 @@ def _act_configs() -> list[triton.Config]:
             _act_config(1, 8192, 8, 1024), _act_config(1, 8192, 16, 1024),
             _act_config(2, 4096, 8, 1024), _act_config(1, 4096, 8, 1024),
             _act_config(4, 2048, 8, 1024), _act_config(1, 2048, 4, 1024), _act_config(2, 2048, 8, 1024),
-            _act_config(8, 1024, 4, 1024), _act_config(2, 1024, 4, 1024), _act_config(16, 512, 4, 1024)]
+            _act_config(8, 1024, 4, 1024), _act_config(2, 1024, 4, 1024), _act_config(16, 512, 4, 1024),
+            _act_config(1, 0, 4), _act_config(1, 0, 8), _act_config(1, 0, 4, 1024), _act_config(1, 0, 8, 1024),
+            _act_config(2, 0, 8, 1024), _act_config(2, 0, 4, 1024)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """One-pass blocks exactly ``next_power_of_2(N)`` wide (one row block per program, or runs of them), at most
-    8192 values a block, and the two-pass chunks of 1024 and 2048 columns where they are narrower than a row."""
+    8192 values a block; the two-pass chunks of 1024 and 2048 columns where they are narrower than a row; the
+    pieces where N has them and is not a power of two already (a row of at most 8192 values a block)."""
     n = named_args["N"]
     full = triton.next_power_of_2(n)
-    keep = [c for c in configs if c.kwargs["BLOCK_N"] == full and c.kwargs["BLOCK_M"] * full <= 8192]
-    keep += [c for c in configs if c.kwargs["BLOCK_N"] < n and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] == 4096]
-    return keep or configs[-1:]
+    pieces = n != full and n <= 8192 and row_pieces(n, smallest=_SMALLEST_PIECE) is not None
+    keep = [c for c in configs if not c.kwargs["PIECES"] and c.kwargs["BLOCK_N"] == full
+            and c.kwargs["BLOCK_M"] * full <= 8192]
+    keep += [c for c in configs if not c.kwargs["PIECES"] and c.kwargs["BLOCK_N"] < n
+             and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] == 4096]
+    keep += [c for c in configs if c.kwargs["PIECES"] and pieces and c.kwargs["BLOCK_M"] * n <= 8192]
+    return keep or [c for c in configs if not c.kwargs["PIECES"]][-1:]
 
 
 _act_kernel_tuned = triton.autotune(
     configs=_act_configs(), key=["N", "ACT", "BACKWARD", "WANT_OUT", "COLSUM", "FMT"],
     prune_configs_by={"early_config_prune": _prune}, reset_to_zero=["colsum_ptr"],
-)(triton.heuristics({"ONE_PASS": _one_pass})(_act_quantize_kernel))
-_act_kernel_fixed = triton.heuristics({"ONE_PASS": _one_pass})(_act_quantize_kernel)
+)(triton.heuristics(_PIECE_HEURISTICS)(_act_quantize_kernel))
+_act_kernel_fixed = triton.heuristics(_PIECE_HEURISTICS)(_act_quantize_kernel)
 
 
 def _colsum_programs(t: torch.Tensor) -> int:
@@ -224,7 +330,9 @@ def act_quantize(
         return (max(1, min(programs, triton.cdiv(M, m["BLOCK_M"]))),)
 
     if config is not None:
-        cfg = {"MAX_PROGRAMS": ONE_BLOCK_EACH, "STAGES": 1, **config}
+        cfg = {"MAX_PROGRAMS": ONE_BLOCK_EACH, "STAGES": 1, "PIECES": False, "BLOCK_N": 16, **config}
+        if cfg["PIECES"] and row_pieces(N, smallest=_SMALLEST_PIECE) is None:
+            raise ValueError(f"act_quantize: a row of {N} has no power-of-two pieces (config PIECES=True)")
         warps = cfg.pop("num_warps", 4)
         _act_kernel_fixed[grid(cfg)](*args, **meta, **cfg, num_warps=warps)
     else:
