@@ -78,7 +78,7 @@ def part_producers(gbs: float) -> None:
     a = torch.randn(M, H, device="cuda", dtype=bf)
     dg = torch.randn(M, H, device="cuda", dtype=bf)
     fwd_b, bwd_b = M * H * 5, M * H * 7
-    for cfg in tp._prune(tp._act_configs(), {"N": H}):
+    for cfg in tp._prune(tp.act_candidates(), {"N": H}):
         c = dict(cfg.kwargs, num_warps=cfg.num_warps)
         progs = "one block each" if c["MAX_PROGRAMS"] == tp.ONE_BLOCK_EACH else f"<= {c['MAX_PROGRAMS']} programs"
         width = "+".join(map(str, tp.row_pieces(H))) if c["PIECES"] else f"BLOCK_N={c['BLOCK_N']}"

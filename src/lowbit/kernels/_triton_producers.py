@@ -267,6 +267,11 @@ def _act_configs() -> list[triton.Config]:
         return [_act_config(2, 16, 4, 3)]
     if os.environ.get("LOWBIT_AUTOTUNE", "1") == "0":
         return [_act_config(2, 1024, 4)]
+    return act_candidates()
+
+
+def act_candidates() -> list[triton.Config]:
+    """Every launch the autotuner chooses from on the GPU (before pruning by row width)."""
     return [_act_config(4, 1024, 8, 512, 3),
             _act_config(1, 8192, 8, 1024), _act_config(1, 8192, 16, 1024),
             _act_config(2, 4096, 8, 1024), _act_config(1, 4096, 8, 1024),
