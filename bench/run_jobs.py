@@ -308,7 +308,7 @@ JOBS: list[Job] = [
         note="carry .whl/ with open_clip_torch, timm, ftfy, regex, wcwidth (docs/your-own-model.md)"),
     Job("model-open-clip-vit-h-14-h200", "the same on an H200 (compiled rows only)", f"{LOWBIT} bench model --model "
         "open_clip:ViT-H-14 --batch-size 96 --recipe bf16 fp8-switchback switchback --compile --no-anchors --out $DIR",
-        _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "", 480,
+        _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
         "issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt names the session's first commit)", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-timm-hf-vit-h-14-compiled", "issue #29's speed rows: timm vit_huge_patch14_clip_224 (batch 64) and "
         "Hugging Face CLIPModel at ViT-H widths, converted whole, eager and torch.compile'd, against each model's own "
@@ -328,7 +328,7 @@ JOBS: list[Job] = [
     Job("row-flow-probe-3-h200", "the same on an H200, with the power-of-two row pieces among the producers' "
         "candidates", "python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes "
         "compiled --kinds nn.Linear fp8-switchback fp8-switchback@mixed fp8-switchback@inductor --profile-modes "
-        "compiled --budget 150", _renamed("row_flow", "row-flow-probe-3-h200.md", "row-flow-probe-3-h200.json"), "",
+        "compiled --budget 150", _renamed("row_flow", "row-flow-probe-3-h200.md", "row-flow-probe-3-h200.json"), "8ba9339",
         260, "issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt names the session's first commit)"),
     Job("gpu-tests-autolayers", "`--layers auto`'s measurement on CUDA: one ViT-H MLP shape timed in bf16 and "
         "fp8-switchback under CUDA graphs, its gain and timing method printed, the cache written",
@@ -483,7 +483,7 @@ JOBS: list[Job] = [
     Job("step-vit-h-14-row-flow-h200", "the same on an H200, the producers with row pieces",
         f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
         "switchback:fused --out $DIR", _renamed("step", "step-vit-h-14-row-flow-h200.md",
-        "step-vit-h-14-row-flow-h200.json"), "", 420, "issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt names the session's first commit)"),
+        "step-vit-h-14-row-flow-h200.json"), "8ba9339", 420, "issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt names the session's first commit)"),
     Job("train-vit-l-14", "the same, ViT-L/14 batch 128 (prepared Fashion-MNIST shards: synthetic rendering, ~141 "
         "images/s per worker, could bound it)", "\n".join([PREP_FM, f"{TRAIN} --preset vit-l-14 --batch-size 128 "
         "--steps 30 --data $DIR/fm --recipe bf16 fp8-switchback switchback --limit 100 --out $DIR"]),
