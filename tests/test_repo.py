@@ -64,3 +64,20 @@ def test_what_the_readme_writes_into_a_clone_is_ignored() -> None:
     paths = ["data/fmnist/manifest.json", "runs/x/metrics.csv", "src/lowbit/data/__init__.py", "tests/data/x.py"]
     proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.split() == paths[:2], proc.stdout + proc.stderr
+
+
+def test_readme_your_own_model_block_runs(third_party) -> None:
+    """The README's "Your own model" block, executed as written with the real packages (skipped where open_clip,
+    timm or transformers is not installed, as in CI): open_clip's ViT-H-14 converts its 1280-wide vision tower (128
+    of 224 layers), the Hugging Face default config (768 wide) nothing."""
+    for name in ("open_clip", "timm", "transformers"):
+        third_party(name)
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Your own model.*?```python\n(.+?)\n```", text, re.S)
+    assert block, "README has no Python block under 'Your own model'"
+    code = block.group(1).replace("print(", "(lambda *a, **k: None)(")  # the report's table: 200 lines
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert not lowbit.convert_report(scope["model"]).converted  # the last line's model: HF at ViT-B/32 widths
+    oc = scope["lowbit"].convert(scope["open_clip"].create_model("ViT-H-14"), "fp8-switchback")
+    assert len(lowbit.convert_report(oc).converted) == 128
