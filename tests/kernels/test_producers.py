@@ -29,7 +29,11 @@ CONFIGS = {"one-pass": dict(BLOCK_M=2, BLOCK_N=64, num_warps=4), "two-pass": dic
            "two-pass-runs": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4, MAX_PROGRAMS=2),
            # the row in power-of-two pieces, all in registers (37 = 32 + 4 + 1 under the interpreter)
            "pieces": dict(BLOCK_M=2, PIECES=True, num_warps=4),
-           "pieces-runs": dict(BLOCK_M=2, PIECES=True, num_warps=4, MAX_PROGRAMS=4)}
+           "pieces-runs": dict(BLOCK_M=2, PIECES=True, num_warps=4, MAX_PROGRAMS=4),
+           # two passes whose second reads the stored 16-bit output back instead of recomputing it
+           "two-pass-reload": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4, RELOAD=True),
+           "two-pass-reload-runs": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4, MAX_PROGRAMS=2, RELOAD=True)}
+RELOADS = {k for k, c in CONFIGS.items() if c.get("RELOAD")}  # need the 16-bit output (not for dY's quantizer)
 
 
 def _as_accurate_as_twin(k: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> None:
@@ -145,6 +149,8 @@ def test_act_backward_quantize_kernel_against_float64(fmt: str, activation: str,
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_quantize_rows_colsum_is_the_row_quantizer_and_a_column_sum(fmt: str, config: str) -> None:
     """dY → its dgrad codes (the standalone row quantizer's, bit for bit) and its bias gradient, one read."""
+    if config in RELOADS:
+        pytest.skip("dY's quantizer stores no 16-bit output to read back")
     torch.manual_seed(7)
     t = (torch.randn(9, 37) * 5).bfloat16().to(DEVICE)
     t[4] = 0.0
@@ -364,6 +370,19 @@ def test_the_autotuner_offers_pieces_only_where_a_row_has_them() -> None:
     configs = [tp._act_config(1, 0, 4), tp._act_config(1, 8192, 8, 1024), tp._act_config(2, 2048, 8, 1024)]
     kept = tp._prune(configs, {"N": 5120})
     assert [c.kwargs["PIECES"] for c in kept] == [False, False, True]  # 8192 one pass, 2048 chunks, 4096 + 1024
+
+
+def test_reloading_candidates_get_chunks_that_tile_the_row() -> None:
+    assert tp.divisor_chunk(5120) == 1024 and tp.divisor_chunk(1664) == 128 and tp.divisor_chunk(1280) == 256
+    assert tp.divisor_chunk(8192) == 2048 and tp.divisor_chunk(1024) is None  # one chunk would be the whole row
+    assert tp.divisor_chunk(16 * 37) is None  # 16-wide chunks: too narrow
+    configs = [tp._act_config(1, tp.DIVISOR_CHUNK, 4, reload=True), tp._act_config(4, tp.DIVISOR_CHUNK, 8, reload=True)]
+    kept = tp._prune(configs, {"N": 5120}, WANT_OUT=True)
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept] == [(1, 1024), (4, 1024)]
+    plain = tp._act_config(1, 8192, 8)
+    kept = tp._prune([*configs, plain], {"N": 5120}, WANT_OUT=False)
+    assert kept == [plain]  # nothing stored to read back
+    assert tp._prune([*configs, plain], {"N": 5120}, WANT_OUT=True, COLSUM=True) == [plain]  # column sums
     assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 4096}))  # a power of two: the one pass
     assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 16 * 31}))  # five pieces
 

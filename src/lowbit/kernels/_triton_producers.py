@@ -115,6 +115,7 @@ def _act_quantize_kernel(
     BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, MAX_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PASS: tl.constexpr, STAGES: tl.constexpr,
     PIECES: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
+    RELOAD: tl.constexpr,
 ):
     """Program p takes a contiguous run of row blocks (all of them spread over ``min(blocks, MAX_PROGRAMS)``
     programs; one block each where MAX_PROGRAMS is large), so the column sums of a one-pass program accumulate in
@@ -123,7 +124,8 @@ def _act_quantize_kernel(
 
     Three ways over a row: ``PIECES`` (the row as up to four power-of-two pieces ``P0 + P1 + P2 + P3 == N``, all in
     registers: no masked lanes, e.g. 5120 = 4096 + 1024), ``ONE_PASS`` (one block ``BLOCK_N ≥ N`` wide, masked past
-    N) or two passes over ``BLOCK_N`` column chunks (the second recomputes its chunk)."""
+    N) or two passes over ``BLOCK_N`` column chunks (the second recomputes its chunk, or with ``RELOAD`` reads back
+    the 16-bit output the first stored, as inductor's fusion does: an L2 hit instead of a second erf)."""
     pid = tl.program_id(0)
     out_ty = out_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK_N)
@@ -204,10 +206,16 @@ def _act_quantize_kernel(
                     tl.store(cp, tl.load(cp, mask=cn < N, other=0.0) + tl.sum(yf, axis=0), mask=cn < N)
                     tl.debug_barrier()  # the next read of this partial may come from another thread
             scale, mul = _scale_and_multiplier(amax_bits.to(tl.float32, bitcast=True), FMT, QMAX, AMAX_FLOOR)
+            if RELOAD:
+                tl.debug_barrier()  # the block's stores of the 16-bit output are visible to all its threads
             for n0 in range(0, N, BLOCK_N):
                 cn = n0 + cols
                 mask = rmask[:, None] & (cn[None, :] < N)
-                yf = _act_tile(a_ptr, dg_ptr, base + cn[None, :], mask, out_ty, ACT, BACKWARD, EMULATE).to(tl.float32)
+                if RELOAD:
+                    yf = tl.load(out_ptr + base + cn[None, :], mask=mask, other=0.0).to(tl.float32)
+                else:
+                    yf = _act_tile(a_ptr, dg_ptr, base + cn[None, :], mask, out_ty, ACT, BACKWARD,
+                                   EMULATE).to(tl.float32)
                 tl.store(q_ptr + base + cn[None, :], _encode(yf, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
                                                              EMULATE), mask=mask)
         tl.store(s_ptr + rows, scale, mask=rmask)
@@ -250,10 +258,23 @@ _PIECE_HEURISTICS = {"ONE_PASS": _one_pass, **{f"P{i}": _piece(i) for i in range
 ONE_BLOCK_EACH = 1 << 30  # MAX_PROGRAMS: one row block per program (the plain grid of the Triton softmax tutorial)
 
 
-def _act_config(bm: int, bn: int, warps: int, programs: int = ONE_BLOCK_EACH, stages: int = 1) -> triton.Config:
-    """``bn`` 0: the row in power-of-two pieces (``PIECES``); else blocks ``bn`` wide (one or two passes)."""
+DIVISOR_CHUNK = -1  # BLOCK_N of a RELOAD candidate: the largest power of two ≤ 2048 dividing N, set by _prune
+
+
+def _act_config(bm: int, bn: int, warps: int, programs: int = ONE_BLOCK_EACH, stages: int = 1,
+                reload: bool = False) -> triton.Config:
+    """``bn`` 0: the row in power-of-two pieces (``PIECES``); else blocks ``bn`` wide (one or two passes);
+    ``reload``: two passes whose second reads the stored output back (``bn`` DIVISOR_CHUNK: chunks that tile N)."""
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn or 16, "MAX_PROGRAMS": programs, "STAGES": stages,
-                          "PIECES": bn == 0}, num_warps=warps)
+                          "PIECES": bn == 0, "RELOAD": reload}, num_warps=warps)
+
+
+def divisor_chunk(n: int, *, largest: int = 2048, smallest: int = 128) -> int | None:
+    """The largest power of two ≤ ``largest`` that divides ``n`` (chunks with no masked lane: 5120 → 1024,
+    1664 → 128), or None below ``smallest`` or where one chunk would hold the whole row."""
+    c = n & -n  # the lowest set bit: the largest power-of-two divisor
+    c = min(c, largest)
+    return c if smallest <= c < n else None
 
 
 def _act_configs() -> list[triton.Config]:
@@ -262,9 +283,11 @@ def _act_configs() -> list[triton.Config]:
     prefetch were fastest (GELU'+quantize+column sums 0.78 ms, 1.5 TB/s); a row block per program (32896 programs:
     1.09-1.23 ms) and prefetching runs (``STAGES=2``: 1.09-2.52 ms) were slower. Those one-pass blocks are
     ``next_power_of_2(N)`` wide (8192 lanes for 5120 columns: 37% of the lanes masked, and the kernel issue-bound),
-    hence the ``PIECES`` candidates (the row as 4096 + 1024 lanes). The first entry is the launch of the first
-    kernel (a persistent grid of 4 programs per SM, prefetch 3), kept as the floor; two-pass column chunks serve
-    rows wider than 8192."""
+    hence the ``PIECES`` candidates (the row as 4096 + 1024 lanes; 0.54 / 0.55 ms forward / backward on an H200).
+    The ``RELOAD`` candidates (two passes over chunks that tile the row, the second reading the stored output
+    back: inductor's forward, 0.49 ms there) are offered for the forward, not yet measured as lowbit's kernel. The
+    first entry is the launch of the first kernel (a persistent grid of 4 programs per SM, prefetch 3), kept as the
+    floor; two-pass column chunks serve rows wider than 8192."""
     if interpreting():
         return [_act_config(2, 16, 4, 3)]
     if os.environ.get("LOWBIT_AUTOTUNE", "1") == "0":
@@ -280,22 +303,31 @@ def act_candidates() -> list[triton.Config]:
             _act_config(4, 2048, 8, 1024), _act_config(1, 2048, 4, 1024), _act_config(2, 2048, 8, 1024),
             _act_config(8, 1024, 4, 1024), _act_config(2, 1024, 4, 1024), _act_config(16, 512, 4, 1024),
             _act_config(1, 0, 4), _act_config(1, 0, 8), _act_config(1, 0, 4, 1024), _act_config(1, 0, 8, 1024),
-            _act_config(2, 0, 8, 1024), _act_config(2, 0, 4, 1024)]
+            _act_config(2, 0, 8, 1024), _act_config(2, 0, 4, 1024),
+            _act_config(1, DIVISOR_CHUNK, 4, reload=True), _act_config(1, DIVISOR_CHUNK, 8, reload=True),
+            _act_config(2, DIVISOR_CHUNK, 8, reload=True)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """One-pass blocks exactly ``next_power_of_2(N)`` wide (one row block per program, or runs of them), at most
     8192 values a block; the two-pass chunks of 1024 and 2048 columns where they are narrower than a row; the
-    pieces where N has them and is not a power of two already (a row of at most 8192 values a block)."""
+    pieces where N has them and is not a power of two already (a row of at most 8192 values a block); the reloading
+    two passes over chunks that tile N where the kernel stores its 16-bit output (it reads it back) and sums no
+    columns (their two-pass column sums go through memory: 2.2 ms for the backward at 32896 x 5120 on an H200)."""
     n = named_args["N"]
     full = triton.next_power_of_2(n)
     pieces = n != full and n <= 8192 and row_pieces(n, smallest=_SMALLEST_PIECE) is not None
-    keep = [c for c in configs if not c.kwargs["PIECES"] and c.kwargs["BLOCK_N"] == full
-            and c.kwargs["BLOCK_M"] * full <= 8192]
-    keep += [c for c in configs if not c.kwargs["PIECES"] and c.kwargs["BLOCK_N"] < n
-             and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] == 4096]
+    plain = [c for c in configs if not c.kwargs["PIECES"] and not c.kwargs["RELOAD"]]
+    keep = [c for c in plain if c.kwargs["BLOCK_N"] == full and c.kwargs["BLOCK_M"] * full <= 8192]
+    keep += [c for c in plain if c.kwargs["BLOCK_N"] < n and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] == 4096]
     keep += [c for c in configs if c.kwargs["PIECES"] and pieces and c.kwargs["BLOCK_M"] * n <= 8192]
-    return keep or [c for c in configs if not c.kwargs["PIECES"]][-1:]
+    chunk = divisor_chunk(n)
+    meta = {**named_args, **kwargs}  # the launch's keywords (WANT_OUT, COLSUM) arrive as kwargs
+    if chunk is not None and meta.get("WANT_OUT", True) and not meta.get("COLSUM", False):
+        for c in configs:  # at most 4096 values a chunk, at least 4 a thread
+            if c.kwargs["RELOAD"] and 32 * 4 * c.num_warps <= c.kwargs["BLOCK_M"] * chunk <= 4096:
+                keep.append(triton.Config({**c.kwargs, "BLOCK_N": chunk}, num_warps=c.num_warps))
+    return keep or plain[-1:]
 
 
 _act_kernel_tuned = triton.autotune(
@@ -337,7 +369,10 @@ def act_quantize(
         return (max(1, min(programs, triton.cdiv(M, m["BLOCK_M"]))),)
 
     if config is not None:
-        cfg = {"MAX_PROGRAMS": ONE_BLOCK_EACH, "STAGES": 1, "PIECES": False, "BLOCK_N": 16, **config}
+        cfg = {"MAX_PROGRAMS": ONE_BLOCK_EACH, "STAGES": 1, "PIECES": False, "RELOAD": False, "BLOCK_N": 16,
+               **config}
+        if cfg["RELOAD"] and not want_out:
+            raise ValueError("act_quantize: RELOAD reads back the 16-bit output; it needs want_out=True")
         if cfg["PIECES"] and row_pieces(N, smallest=_SMALLEST_PIECE) is None:
             raise ValueError(f"act_quantize: a row of {N} has no power-of-two pieces (config PIECES=True)")
         warps = cfg.pop("num_warps", 4)
