@@ -56,7 +56,21 @@ def _env_txt() -> str:
             "print(f'torch {torch.__version__} | triton {tv} | python {platform.python_version()} | {dev}')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_environ())
     commit = subprocess.run(["git", "log", "-1", "--format=commit %H %s"], capture_output=True, text=True, cwd=ROOT)
-    return out.stdout + out.stderr[-500:] + commit.stdout
+    return out.stdout + out.stderr[-500:] + commit.stdout + _tree_line()
+
+
+def _tree_line() -> str:
+    """Which code ran, whatever git says: a device copy can carry a working tree newer than its HEAD (as it did in
+    issue #28's session 6), so the line names the files that differ from HEAD and a hash of ``src/`` as it is."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "src").rglob("*.py")):
+        h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                            text=True, cwd=ROOT)
+    changed = len(status.stdout.splitlines()) if status.returncode == 0 else "unknown"
+    return f"src sha256 {h.hexdigest()[:16]}; tracked files differing from that commit: {changed}\n"
 
 
 def _environ() -> dict[str, str]:

@@ -90,3 +90,16 @@ def test_join_steps(runner, tmp_path: Path) -> None:
         (tmp_path / stage / "step.md").write_text(f"## lowbit bench step\n\nenv\n\n| preset |\n| {stage} |\n")
     text = runner.join_steps(str(tmp_path), ["vit-h-14", "missing", "vit-b-32"])
     assert "### vit-h-14\n| preset |\n| vit-h-14 |" in text and "### missing" not in text
+
+
+def test_env_txt_names_the_code_that_ran_not_only_the_commit(runner, tmp_path, monkeypatch) -> None:
+    """A device copy's HEAD can be older than its working tree: env.txt's hash of src/ changes with the code."""
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    code = tmp_path / "src" / "pkg" / "a.py"
+    code.write_text("x = 1\n")
+    monkeypatch.setattr(runner, "ROOT", tmp_path)
+    first = runner._tree_line()
+    assert first.startswith("src sha256 ") and first.endswith("differing from that commit: unknown\n")  # no git
+    assert runner._tree_line() == first
+    code.write_text("x = 2\n")
+    assert runner._tree_line() != first
