@@ -319,9 +319,9 @@ JOBS: list[Job] = [
         "--batch-size 64 --recipe bf16 fp8-switchback switchback --compile --no-anchors --out $DIR",
         _renamed("model", "model-timm-hf-vit-h-14-compiled.md", "model-timm-hf-vit-h-14-compiled.json"), "", 540,
         "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
-    Job("row-flow-probe-3", "the row-wise flow's producers with the trimmed launch list, and the compiled LN→MLP "
-        "block with lowbit's producers, with every producer traced for inductor, and mixed (only the activation's "
-        "forward traced)", "python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes "
+    Job("row-flow-probe-3", "the row-wise flow's producers with every launch candidate (runs of rows, row pieces, "
+        "reloading two passes), and the compiled LN→MLP block with lowbit's producers, with every producer traced "
+        "for inductor, and mixed (only the activation's forward traced)", "python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes "
         "compiled --kinds nn.Linear fp8-switchback fp8-switchback@mixed fp8-switchback@inductor --profile-modes "
         "compiled --budget 150", _renamed("row_flow", "row-flow-probe-3.md", "row-flow-probe-3.json"), "", 260,
         "not measured yet"),
