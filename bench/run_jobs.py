@@ -28,6 +28,16 @@ TRAIN = f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench train --workers 14"
 CLOCK = ("the trainer's clock stopped after the forward's `loss.item()`: its images/s leave out most of the backward "
          "and the optimizer step, by different amounts per configuration (issue 27)")
 TORCHAO = "torchao-float8-tensorwise torchao-float8-rowwise torchao-int8-mixed"
+# issue #28 / #29 session 6: commands measured on an H200 and still to run on an H100 (one string for both jobs)
+OPEN_CLIP_H = (f"{LOWBIT} bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe bf16 fp8-switchback "
+               "switchback --compile --no-anchors --out $DIR")
+ROW_FLOW_3 = ("python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes compiled "
+              "--kinds nn.Linear fp8-switchback fp8-switchback@mixed fp8-switchback@inductor --profile-modes compiled "
+              "--budget 150")
+STEP_ROW_FLOW = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
+                 "switchback:fused --out $DIR")
+SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
+                 "names the session's first commit)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,15 +311,13 @@ JOBS: list[Job] = [
         "issue #18 session, device call 4", note="timm 1.0.29 and transformers 5.17 of the device image"),
     Job("model-open-clip-vit-h-14", "issue #29's speed rows: open_clip 3.3's own ViT-H-14 (both towers, ClipLoss, "
         "random init) converted whole by one lowbit.convert call, against its own bf16 step in the same run, eager "
-        "and torch.compile'd", f"{LOWBIT} bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe bf16 "
-        "fp8-switchback switchback --compile --no-anchors --out $DIR",
+        "and torch.compile'd", OPEN_CLIP_H,
         _renamed("model", "model-open-clip-vit-h-14.md", "model-open-clip-vit-h-14.json"), "", 480,
         "not measured yet", needs="open_clip",
         note="carry .whl/ with open_clip_torch, timm, ftfy, regex, wcwidth (docs/your-own-model.md)"),
-    Job("model-open-clip-vit-h-14-h200", "the same on an H200 (compiled rows only)", f"{LOWBIT} bench model --model "
-        "open_clip:ViT-H-14 --batch-size 96 --recipe bf16 fp8-switchback switchback --compile --no-anchors --out $DIR",
+    Job("model-open-clip-vit-h-14-h200", "the same on an H200 (compiled rows only)", OPEN_CLIP_H,
         _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
-        "issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt names the session's first commit)", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+        SESSION6_H200, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-timm-hf-vit-h-14-compiled", "issue #29's speed rows: timm vit_huge_patch14_clip_224 (batch 64) and "
         "Hugging Face CLIPModel at ViT-H widths, converted whole, eager and torch.compile'd, against each model's own "
         "bf16 step", f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
@@ -321,15 +329,11 @@ JOBS: list[Job] = [
         "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
     Job("row-flow-probe-3", "the row-wise flow's producers with every launch candidate (runs of rows, row pieces, "
         "reloading two passes), and the compiled LN→MLP block with lowbit's producers, with every producer traced "
-        "for inductor, and mixed (only the activation's forward traced)", "python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes "
-        "compiled --kinds nn.Linear fp8-switchback fp8-switchback@mixed fp8-switchback@inductor --profile-modes "
-        "compiled --budget 150", _renamed("row_flow", "row-flow-probe-3.md", "row-flow-probe-3.json"), "", 260,
-        "not measured yet"),
+        "for inductor, and mixed (only the activation's forward traced)", ROW_FLOW_3,
+        _renamed("row_flow", "row-flow-probe-3.md", "row-flow-probe-3.json"), "", 260, "not measured yet"),
     Job("row-flow-probe-3-h200", "the same on an H200, with the power-of-two row pieces among the producers' "
-        "candidates", "python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes "
-        "compiled --kinds nn.Linear fp8-switchback fp8-switchback@mixed fp8-switchback@inductor --profile-modes "
-        "compiled --budget 150", _renamed("row_flow", "row-flow-probe-3-h200.md", "row-flow-probe-3-h200.json"), "8ba9339",
-        260, "issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt names the session's first commit)"),
+        "candidates", ROW_FLOW_3, _renamed("row_flow", "row-flow-probe-3-h200.md", "row-flow-probe-3-h200.json"),
+        "8ba9339", 260, SESSION6_H200),
     Job("gpu-tests-autolayers", "`--layers auto`'s measurement on CUDA: one ViT-H MLP shape timed in bf16 and "
         "fp8-switchback under CUDA graphs, its gain and timing method printed, the cache written",
         f"LOWBIT_CACHE_DIR=$DIR/cache {PYTEST} -s -rf tests/nn/test_autolayers.py -k cuda",
@@ -477,13 +481,11 @@ JOBS: list[Job] = [
         {"gpu-tests-producers.txt": "log"}, "b0fd6c7", 80, "issue #28 session 5, device call 7"),
     Job("step-vit-h-14-row-flow", "`bench step` ViT-H/14 batch 96 under CUDA graphs: bf16 against the fused "
         "row-wise flow (fp8-switchback:fused, switchback:fused) and fp8-switchback per linear",
-        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
-        "switchback:fused --out $DIR", _renamed("step", "step-vit-h-14-row-flow.md", "step-vit-h-14-row-flow.json"),
-        "", 420, "not measured yet"),
-    Job("step-vit-h-14-row-flow-h200", "the same on an H200, the producers with row pieces",
-        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
-        "switchback:fused --out $DIR", _renamed("step", "step-vit-h-14-row-flow-h200.md",
-        "step-vit-h-14-row-flow-h200.json"), "8ba9339", 420, "issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt names the session's first commit)"),
+        STEP_ROW_FLOW, _renamed("step", "step-vit-h-14-row-flow.md", "step-vit-h-14-row-flow.json"), "", 420,
+        "not measured yet"),
+    Job("step-vit-h-14-row-flow-h200", "the same on an H200, the producers with row pieces", STEP_ROW_FLOW,
+        _renamed("step", "step-vit-h-14-row-flow-h200.md", "step-vit-h-14-row-flow-h200.json"), "8ba9339", 420,
+        SESSION6_H200),
     Job("train-vit-l-14", "the same, ViT-L/14 batch 128 (prepared Fashion-MNIST shards: synthetic rendering, ~141 "
         "images/s per worker, could bound it)", "\n".join([PREP_FM, f"{TRAIN} --preset vit-l-14 --batch-size 128 "
         "--steps 30 --data $DIR/fm --recipe bf16 fp8-switchback switchback --limit 100 --out $DIR"]),
