@@ -61,22 +61,22 @@ def act_rows(width: int) -> list[dict]:
     from lowbit.kernels import _triton_producers as tp
     from lowbit.kernels._triton_quant import _fmt_constants
 
-    pieces = list(tp.row_pieces(width) or ()) + [0] * 4
     rows = []
     for backward in (False, True):  # the candidates the autotuner keeps for each pass
         for cfg in tp._prune(tp.act_candidates(), {"N": width}, WANT_OUT=True, COLSUM=backward):
             k = cfg.kwargs
             fmt = _fmt_constants("e5m2" if backward else "e4m3") | {"EMULATE": False}
-            ce = dict(ACT=1, BACKWARD=backward, WANT_OUT=True, COLSUM=backward, **fmt, **k,
-                      ONE_PASS=k["BLOCK_N"] >= width, **{f"P{i}": pieces[i] if k["PIECES"] else 0 for i in range(4)})
+            ce = dict(ACT=1, BACKWARD=backward, WANT_OUT=True, COLSUM=backward, **fmt, **k)
+            ce.update({name: rule({**ce, "N": width}) for name, rule in tp._PIECE_HEURISTICS.items()})  # as a launch
             s = sass_stats(tp._act_quantize_kernel, ACT_SIGNATURE, ce, cfg.num_warps, aligned=(0, 1, 2, 3, 4, 5, 7))
             # useful elements per pass of the code: a whole row block (one pass, masked lanes included in the count;
             # pieces), or one chunk (two passes: each loop body runs once per chunk and is counted once)
-            lanes = k["BLOCK_M"] * (k["BLOCK_N"] if k["BLOCK_N"] < width and not k["PIECES"] else width)
+            chunked = not ce["ONE_PASS"] and not k["PIECES"]
+            lanes = k["BLOCK_M"] * (k["BLOCK_N"] if chunked else width)
             rows.append(dict(width=width, pass_="backward" if backward else "forward", config=_describe(k, width),
                              warps=cfg.num_warps, regs=s["regs"], stack=s["stack"], instructions=s["instructions"],
                              per_element=s["instructions"] * 32 * cfg.num_warps / lanes,
-                             chunked=k["BLOCK_N"] < width and not k["PIECES"]))
+                             chunked=chunked))
     return rows
 
 
