@@ -13,7 +13,8 @@ two. ``"mixed"`` traces only the ops whose twin inductor fused faster than lowbi
 lowbit's ops in every mode. The mode is read while tracing: set it before compiling. On an H100 ``"inductor"`` made
 the ViT-H/14 training step slower (0.93x vs 0.99x bf16 for fp8-switchback,
 bench/results/h100/step-vit-h-14-compiled-quantize.md), and the fused LN→MLP block 1.022x against the kernels'
-1.046x (row-flow-probe-2.log), hence the default; ``"mixed"`` is not measured yet.
+1.046x (row-flow-probe-2.log), hence the default; ``"mixed"`` is measured only as that block, on an H200 (1.20x
+against the kernels' 1.18x, row-flow-probe-3-h200.md), not in a training step.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ COMPILED_QUANTIZE: tuple[str, ...] = ("kernel", "inductor", "mixed")
 # "mixed": the ops whose PyTorch twin inductor fused faster than lowbit's kernel ran, on the H100 at ViT-H widths
 # (bench/results/h100/row-flow-probe-2.log: GELU+quantize 0.49 ms traced vs 0.83 ms kernel), are traced; every other
 # op (LayerNorm+quantize 0.10 ms kernel, GELU'+quantize+colsum 0.78 vs 0.74, the standalone quantizers, which made
-# the compiled step slower when traced) calls lowbit's kernel. Not yet measured as a whole block or step.
+# the compiled step slower when traced) calls lowbit's kernel. Measured as a block on an H200 only (1.20x vs the
+# kernels' 1.18x bf16), not in a step.
 TRACED_WHEN_MIXED: frozenset[str] = frozenset({"act_quantize"})
 
 
