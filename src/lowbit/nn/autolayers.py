@@ -102,6 +102,11 @@ def _versions() -> str:
 
 # ------------------------------------------------------------------------------------------------ measuring
 
+def _first_line(e: BaseException, limit: int) -> str:
+    """The first line of ``e``'s message (its class name where it has none), at most ``limit`` characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def measure_linear(recipe: str | Recipe, device: torch.device | str, tokens: int, d_in: int, d_out: int,
                    bias: bool = True) -> tuple[float, float, str]:
     """(t_bf16 ms, t_recipe ms, method) of one linear's fwd+bwd at ``tokens × d_in → d_out`` on a CUDA device."""
@@ -150,7 +155,7 @@ def _time_module(m: nn.Module, x: torch.Tensor, dy: torch.Tensor, device: torch.
         run, method = graph.replay, "CUDA graphs"
     except Exception as e:  # a host sync or an uncapturable op: time eager iterations instead
         torch.cuda.synchronize(device)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        first = _first_line(e, 120)
         graph = None
 
         def run() -> None:
@@ -360,7 +365,7 @@ class MeasuredFilter:
         try:
             m = self.timer.get(*shape)
         except Exception as e:  # out of memory, a recipe this device cannot run: 16-bit, said in the report
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            first = _first_line(e, 160)
             logger.warning(f"lowbit.autolayers: measuring {self.timer.recipe.name} at {tokens}×{d_in}→{d_out} failed "
                            f"({type(e).__name__}: {first}); layers of this shape stay 16-bit")
             self._failed[shape] = (f"measurement failed ({type(e).__name__}: {first}) at {tokens}×{d_in}→{d_out}: "
