@@ -88,3 +88,22 @@ def test_a_step_with_a_non_finite_loss_is_an_error_row(tmp_path: Path, monkeypat
     data = _run(tmp_path, "none")
     (row,) = data["rows"]
     assert row["error"].startswith("FloatingPointError: tiny none: non-finite loss nan"), row
+
+
+@pytest.mark.parametrize("preset", ["tiny", "vit-b-32", "vit-h-14"])
+def test_blocks_scope_compiles_every_transformer_block_of_both_towers(preset: str, monkeypatch) -> None:
+    """``bench step --compile-scope blocks`` goes through ``bench model``'s compile_model: for lowbit's CLIP the
+    repeated blocks it finds are exactly the blocks of the two towers, each compiled once in place."""
+    from lowbit.bench.common import repeated_blocks
+    from lowbit.models import CLIP, get_config
+
+    with torch.device("meta"):
+        model = CLIP(get_config(preset))
+    towers = [*model.visual.blocks, *model.text.blocks]
+    assert repeated_blocks(model) == towers
+    compiled: list[torch.nn.Module] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(self))
+    assert bench_step.compile_model(model, "blocks", "reduce-overhead") is model
+    assert compiled == towers
+    with pytest.raises(ValueError, match="--compile-scope must be blocks or model"):
+        bench_step.compile_model(model, "layers")

@@ -43,18 +43,18 @@ import torch
 from lowbit.bench.common import (
     RowTable,
     cleanup,
+    compile_model,
     environment,
+    repeated_blocks,
     requested_recipes,
     setup_device,
     split_recipe,
 )
 from lowbit.bench.model_row import (
     LAYERS,
-    compile_model,
     convert_model,
     count_flops,
     module_filter,
-    repeated_blocks,
     time_row,
 )
 from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args, run_row

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.bench.common import BASELINES, make_optimizer, split_recipe, time_steps, torchao_anchors
+from lowbit.bench.common import (
+    BASELINES,
+    compile_model,
+    make_optimizer,
+    split_recipe,
+    time_steps,
+    torchao_anchors,
+)
 from lowbit.bench.workloads import ModelSpec, Workload
 
 LAYERS = ("auto", "all")
@@ -54,37 +61,6 @@ def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool) -> tup
     rep = convert_report(model)
     assert rep is not None
     return model, f"{len(rep.converted)}/{n_lin}", len(rep.fused)
-
-
-def repeated_blocks(model: nn.Module) -> list[nn.Module]:
-    """The children of every outermost ``nn.ModuleList`` / ``nn.Sequential`` holding two or more modules of one
-    class (transformer blocks): what ``--compile-scope blocks`` compiles."""
-    found: list[nn.Module] = []
-
-    def visit(m: nn.Module) -> None:
-        kids = list(m.children())
-        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(kids) >= 2 and len({type(k) for k in kids}) == 1:
-            found.extend(kids)
-            return
-        for k in kids:
-            visit(k)
-
-    visit(model)
-    return found
-
-
-def compile_model(model: nn.Module, scope: str, mode: str | None) -> tuple[nn.Module, str]:
-    """Compile per ``scope``; returns (what the forward calls, what was compiled, for the table)."""
-    if scope == "blocks":
-        blocks = repeated_blocks(model)
-        if blocks:
-            for b in blocks:
-                b.compile(mode=mode)
-            return model, f"blocks ({len(blocks)})"
-        scope = "model"
-    if scope == "model":
-        return torch.compile(model, mode=mode), "model"
-    raise ValueError(f"--compile-scope must be blocks or model, got {scope!r}")
 
 
 # ---------------------------------------------------------------------------------------------- one row

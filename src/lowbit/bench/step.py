@@ -61,6 +61,7 @@ from lowbit.bench.common import (
     time_steps,
     torchao_anchors,
 )
+from lowbit.bench.common import compile_model as common_compile_model
 from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args, run_row
 from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
@@ -130,16 +131,10 @@ def build_model(preset: str, recipe: str, device: torch.device, layers: str = "c
 
 
 def compile_model(model: nn.Module, scope: str, mode: str | None = None) -> nn.Module:
-    """Regional (``blocks``: each transformer block, in place) or whole-model (``model``) ``torch.compile``;
-    ``mode`` is torch.compile's (``"reduce-overhead"``: CUDA graphs)."""
-    if scope == "blocks":
-        for tower in (model.visual, model.text):
-            for block in tower.blocks:
-                block.compile(mode=mode)
-        return model
-    if scope == "model":
-        return torch.compile(model, mode=mode)
-    raise ValueError(f"--compile-scope must be blocks or model, got {scope!r}")
+    """Regional (``blocks``: each transformer block of both towers, in place) or whole-model (``model``)
+    ``torch.compile`` (:func:`lowbit.bench.common.compile_model`, as ``bench model`` compiles); ``mode`` is
+    torch.compile's (``"reduce-overhead"``: CUDA graphs)."""
+    return common_compile_model(model, scope, mode)[0]
 
 
 def random_batch(model: nn.Module, batch: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
