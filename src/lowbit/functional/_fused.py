@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.functional import _pieces as P
-from lowbit.functional.linear import _shares_codes
+from lowbit.functional.linear import _shares_codes, dual_weight
 from lowbit.functional.recipe import Quant, Recipe
 from lowbit.kernels import ops
 
@@ -56,6 +56,7 @@ class _Spec:
     activation: str | None  # None: a single linear (LayerNormLinear)
     eps: float | None  # None: no LayerNorm in front
     recompute_activation: bool = False
+    weights_are_copies: bool = False  # autocast's per-step casts: the forward may keep Wᵀ's codes (linear.dual_weight)
 
 
 def _amax_kind(q: Quant | None) -> str | None:
@@ -79,10 +80,13 @@ def _dual(recipe: Recipe, need_w: bool) -> bool:
     return recipe.save == "wgrad-quantized" and need_w and _shares_codes(recipe.forward.left, recipe.wgrad.right)
 
 
-def _linear_forward(h16, h_codes, amax_in, weight, bias, recipe: Recipe, need_w: bool, **epilogue):
-    """One linear's forward as ``linear.py`` wires it; returns ``(gemm outputs, saved pair for the wgrad)``."""
+def _linear_forward(h16, h_codes, amax_in, weight, bias, recipe: Recipe, need_w: bool, dual_w: bool = False,
+                    **epilogue):
+    """One linear's forward as ``linear.py`` wires it; returns ``(gemm outputs, saved pair for the wgrad, saved
+    weight pair)``: ``(codes of Wᵀ, scale)`` when ``dual_w`` made them with the forward's codes, else ``(W, None)``."""
     fwd, sim, dtype = recipe.forward, recipe.simulated, weight.dtype
     qx = saved = None
+    w_saved = (weight, None)
     if fwd.quantized:
         if h_codes is not None:
             qx = h_codes
@@ -91,7 +95,11 @@ def _linear_forward(h16, h_codes, amax_in, weight, bias, recipe: Recipe, need_w:
             qx, saved = (cx, sx), (cxt, sx)
         else:
             qx = P.quantize(h16, fwd.left, amax=amax_in)
-        qw = P.quantize(weight, fwd.right, weight=True)
+        if dual_w and dual_weight(recipe, weight):
+            cw, cwt, sw = ops.quantize_dual(weight, fwd.right.format)
+            qw, w_saved = (cw, sw), (cwt, sw)
+        else:
+            qw = P.quantize(weight, fwd.right, weight=True)
         outs = _mm(qx, qw, fwd.left, fwd.right, sim, dtype, bias=bias, **epilogue)
     else:
         outs = P.gemm(h16, weight, None, None, bias=bias, out_dtype=dtype, **epilogue)
@@ -102,16 +110,18 @@ def _linear_forward(h16, h_codes, amax_in, weight, bias, recipe: Recipe, need_w:
             saved = P.quantize(h16, recipe.wgrad.right, transpose=True) if need_w else (None, None)
         else:
             saved = (h16, None)
-    return outs, saved
+    return outs, saved, w_saved
 
 
-def _linear_backward(dy2d, saved, weight, recipe: Recipe, need_dx: bool, need_dw: bool, *, amax_in=None,
-                     dy_codes=None, **epilogue):
+def _linear_backward(dy2d, saved, w_saved, w_dtype: torch.dtype, recipe: Recipe, need_dx: bool, need_dw: bool, *,
+                     amax_in=None, dy_codes=None, **epilogue):
     """One linear's dgrad (with an optional epilogue) and wgrad as ``linear.py`` wires them.
 
-    ``dy_codes``: dY's dgrad codes and scales, already written by the producer of dY (the activation's backward).
+    ``w_saved``: the forward's saved weight pair (``(W, None)``, or Wᵀ's codes and scale). ``dy_codes``: dY's dgrad
+    codes and scales, already written by the producer of dY (the activation's backward).
     Returns ``(dx, colsum, amax, dw)`` (``colsum``/``amax`` from the dgrad epilogue when asked)."""
     dg, wg, sim, dtype = recipe.dgrad, recipe.wgrad, recipe.simulated, dy2d.dtype
+    weight, w_scale = w_saved
     qdy = qdyt = None
     if need_dx and need_dw and _shares_codes(dg.left, wg.left):
         cdy, cdyt, sdy = ops.quantize_dual(dy2d, dg.left.format)
@@ -120,14 +130,14 @@ def _linear_backward(dy2d, saved, weight, recipe: Recipe, need_dx: bool, need_dw
     if need_dx:
         if dg.quantized:
             qdy = qdy or dy_codes or P.quantize(dy2d, dg.left, amax=amax_in)
-            qwt = P.quantize(weight, dg.right, transpose=True, weight=True)
+            qwt = w_saved if w_scale is not None else P.quantize(weight, dg.right, transpose=True, weight=True)
             dx, _, col, amax = _mm(qdy, qwt, dg.left, dg.right, sim, dtype, **epilogue)
         else:
             dx, _, col, amax = P.gemm(dy2d, weight.t(), None, None, out_dtype=dtype, **epilogue)
     if need_dw:
         if wg.quantized:
             qdyt = qdyt or P.quantize(dy2d, wg.left, transpose=True)
-            dw = _mm(qdyt, saved, wg.left, wg.right, sim, weight.dtype)[0]
+            dw = _mm(qdyt, saved, wg.left, wg.right, sim, w_dtype)[0]
         else:
             if recipe.save == "forward-quantized":
                 h = P.dequantize_operand(saved[0], saved[1], recipe.forward.left, dtype)
@@ -154,6 +164,10 @@ class _FusedFunction(torch.autograd.Function):
         mlp = act is not None
         need = ctx.needs_input_grad
         need_w1, need_w2 = need[3], need[5]
+        # Which dgrads the backward runs (as it decides below): fc1's for dh, fc2's for dA.
+        need_dh = need[0] or (spec.eps is not None and (need[1] or need[2]))
+        need_da = need_dh or need_w1 or need[4]
+        dual1, dual2 = spec.weights_are_copies and need_dh, spec.weights_are_copies and need_da
         lin_dtype = w1.dtype
         x2d = x.reshape(-1, x.shape[-1])
         fwd = recipe.forward
@@ -174,26 +188,28 @@ class _FusedFunction(torch.autograd.Function):
         if mlp and row_flow(recipe):
             # fc1 plain (a = dequant + b1); the activation writes g (16-bit only for fc2's 16-bit wgrad) and fc2's
             # codes in one pass; fc2 plain.
-            (a, _, _, _), saved1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1)
+            (a, _, _, _), saved1, wq1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1, dual1)
             want_g = recipe.save == "input" and need_w2 and not spec.recompute_activation
             g, cg, sg = ops.act_quantize(a, act, fwd.left.format, a.dtype, want_g)
-            (y, _, _, _), saved2 = _linear_forward(g if want_g else None, (cg, sg), None, w2, b2, recipe, need_w2)
+            (y, _, _, _), saved2, wq2 = _linear_forward(g if want_g else None, (cg, sg), None, w2, b2, recipe,
+                                                        need_w2, dual2)
         elif mlp:
             want_amax = None if _dual(recipe, need_w2) else _amax_kind(fwd.left)
-            (g, a, _, amax_g), saved1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1, activation=act,
-                                                        want_preact=True, want_amax=want_amax)
-            (y, _, _, _), saved2 = _linear_forward(g, None, amax_g, w2, b2, recipe, need_w2)
+            (g, a, _, amax_g), saved1, wq1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1, dual1,
+                                                             activation=act, want_preact=True, want_amax=want_amax)
+            (y, _, _, _), saved2, wq2 = _linear_forward(g, None, amax_g, w2, b2, recipe, need_w2, dual2)
             if saved2[0] is g and spec.recompute_activation:  # the fc2 wgrad takes g in 16-bit: recompute it
                 saved2 = (None, None)
         else:
-            (y, _, _, _), saved1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1)
-            saved2 = (None, None)
+            (y, _, _, _), saved1, wq1 = _linear_forward(h16, h_codes, None, w1, b1, recipe, need_w1, dual1)
+            saved2, wq2 = (None, None), (w2, None)
         # The input itself is saved, not its 2-D view: dynamo (torch.compile) refuses a saved view of an input.
         ctx.s1_is_input = saved1[0] is x2d
         if ctx.s1_is_input:
             saved1 = (x, saved1[1])
-        ctx.save_for_backward(x if spec.eps is not None else None, ln_w, ln_b, mean, rstd, *saved1, w1, a,
-                              *saved2, w2)
+        ctx.save_for_backward(x if spec.eps is not None else None, ln_w, ln_b, mean, rstd, *saved1, *wq1, a,
+                              *saved2, *wq2)
+        ctx.w_dtype = w1.dtype
         ctx.spec = spec
         ctx.x_shape = x.shape
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
@@ -202,7 +218,8 @@ class _FusedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, ln_w, ln_b, mean, rstd, s1a, s1b, w1, a, s2a, s2b, w2 = ctx.saved_tensors
+        x, ln_w, ln_b, mean, rstd, s1a, s1b, w1, w1s, a, s2a, s2b, w2, w2s = ctx.saved_tensors
+        wq1, wq2, w_dtype = (w1, w1s), (w2, w2s), ctx.w_dtype
         x2d = x.reshape(-1, x.shape[-1]) if x is not None else None
         if ctx.s1_is_input:
             s1a = s1a.reshape(-1, s1a.shape[-1])
@@ -228,23 +245,26 @@ class _FusedFunction(torch.autograd.Function):
             if need_da and need_b2 and ctx.has_b2:
                 cdy, sdy, cs2 = ops.quantize_rows_colsum(dy2d, recipe.dgrad.left.format)
                 dy_codes, db2 = (cdy, sdy), cs2.to(dtype)
-            dg, _, _, dw2 = _linear_backward(dy2d, (s2a, s2b), w2, recipe, need_da, need_w2, dy_codes=dy_codes)
+            dg, _, _, dw2 = _linear_backward(dy2d, (s2a, s2b), wq2, w_dtype, recipe, need_da, need_w2,
+                                             dy_codes=dy_codes)
             dh = None
             if need_da:
                 want_db1 = need_b1 and ctx.has_b1
                 da, cda, sda, cs = ops.act_backward_quantize(dg, a, act, recipe.dgrad.left.format, dtype, want_db1)
                 db1 = cs.to(dtype) if want_db1 else None
-                dh, _, _, dw1 = _linear_backward(da, (s1a, s1b), w1, recipe, need_dh, need_w1, dy_codes=(cda, sda))
+                dh, _, _, dw1 = _linear_backward(da, (s1a, s1b), wq1, w_dtype, recipe, need_dh, need_w1,
+                                                 dy_codes=(cda, sda))
         elif act is not None:
             want_amax = None if (need_dh and need_w1 and _shares_codes(recipe.dgrad.left, recipe.wgrad.left)) \
                 else _amax_kind(recipe.dgrad.left)
             da, col, amax_da, dw2 = _linear_backward(
-                dy2d, (s2a, s2b), w2, recipe, need_da, need_w2, activation=act, act_grad_preact=a,
+                dy2d, (s2a, s2b), wq2, w_dtype, recipe, need_da, need_w2, activation=act, act_grad_preact=a,
                 want_colsum=need_b1 and ctx.has_b1, want_amax=want_amax if need_dh else None)
             if need_b1 and ctx.has_b1:
                 db1 = col.to(dtype)
             if need_da:
-                dh, _, _, dw1 = _linear_backward(da, (s1a, s1b), w1, recipe, need_dh, need_w1, amax_in=amax_da)
+                dh, _, _, dw1 = _linear_backward(da, (s1a, s1b), wq1, w_dtype, recipe, need_dh, need_w1,
+                                                 amax_in=amax_da)
             else:
                 dh = None
         else:
@@ -254,7 +274,8 @@ class _FusedFunction(torch.autograd.Function):
                 dy_codes, db1 = (cdy, sdy), cs1.to(dtype)
             elif need_b1 and ctx.has_b1:
                 db1 = P.colsum(dy2d).to(dtype)
-            dh, _, _, dw1 = _linear_backward(dy2d, (s1a, s1b), w1, recipe, need_dh, need_w1, dy_codes=dy_codes)
+            dh, _, _, dw1 = _linear_backward(dy2d, (s1a, s1b), wq1, w_dtype, recipe, need_dh, need_w1,
+                                             dy_codes=dy_codes)
         if spec.eps is not None:
             if need_ln:
                 dx2d, dlnw, dlnb = torch.ops.aten.native_layer_norm_backward(

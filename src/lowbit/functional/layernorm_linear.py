@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from lowbit.functional._fused import _FusedFunction, _Spec, row_flow
 from lowbit.functional._pieces import act_forward
 from lowbit.functional.linear import _check, linear
-from lowbit.functional.mlp import _autocast, _check_activation, _check_second, composed_mlp
+from lowbit.functional.mlp import (
+    _autocast,
+    _check_activation,
+    _check_second,
+    _weights_are_copies,
+    composed_mlp,
+)
 from lowbit.functional.recipe import Recipe, get_recipe
 
 __all__ = ["layernorm_linear", "layernorm_mlp"]
@@ -73,12 +79,14 @@ def layernorm_linear(
     recipe = get_recipe(recipe)
     if torch.compiler.is_compiling() and not row_flow(recipe):
         return linear(F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps), weight, bias, recipe)
+    copies = _weights_are_copies(x, weight)
     x, ln_weight, ln_bias, (weight, bias) = _prepare(x, ln_weight, ln_bias, eps, (weight, bias))
     if not recipe.quantized and x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return F.linear(F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps), weight, bias)
     _check_first(x, weight, bias, recipe)
     with torch.autocast(x.device.type, enabled=False):
-        return _FusedFunction.apply(x, ln_weight, ln_bias, weight, bias, None, None, _Spec(recipe, None, float(eps)))
+        return _FusedFunction.apply(x, ln_weight, ln_bias, weight, bias, None, None,
+                                    _Spec(recipe, None, float(eps), False, copies))
 
 
 def layernorm_mlp(
@@ -101,6 +109,7 @@ def layernorm_mlp(
     _check_activation(activation)
     if torch.compiler.is_compiling() and not row_flow(recipe):
         return composed_mlp(F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps), w1, b1, w2, b2, activation, recipe)
+    copies = _weights_are_copies(x, w1)
     x, ln_weight, ln_bias, (w1, b1, w2, b2) = _prepare(x, ln_weight, ln_bias, eps, (w1, b1, w2, b2))
     if not recipe.quantized and x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         h = F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps)
@@ -109,4 +118,4 @@ def layernorm_mlp(
     _check_second(w1, w2, b2, recipe)
     with torch.autocast(x.device.type, enabled=False):
         return _FusedFunction.apply(x, ln_weight, ln_bias, w1, b1, w2, b2,
-                                    _Spec(recipe, activation, float(eps), recompute_activation))
+                                    _Spec(recipe, activation, float(eps), recompute_activation, copies))

@@ -57,12 +57,27 @@ def _shares_codes(a: Quant | None, b: Quant | None) -> bool:
     return a is not None and a == b and a.scaling == "tensor"
 
 
+def dual_weight(recipe: Recipe, weight: torch.Tensor) -> bool:
+    """The forward can quantize W and Wᵀ (the dgrad's operand) in one pass: both tensor-wise in one format.
+
+    Callers do it only for a weight that is a per-step copy (autocast's cast of an fp32 parameter): the saved Wᵀ
+    codes (1 byte per element) then replace the saved 16-bit copy (2 bytes), and the backward skips W's absmax and
+    transposed cast. A parameter itself (a bf16 model, FSDP's unsharded weight, which FSDP frees after the forward
+    and gathers again for the backward) is saved as it is and quantized again in the backward, so that no codes
+    outlive FSDP's resharding.
+    """
+    return (not recipe.simulated and recipe.dgrad.quantized and _shares_codes(recipe.forward.right, recipe.dgrad.right)
+            and not isinstance(weight, QuantizedWeight))
+
+
 class _LowbitLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe,
+                weight_is_copy: bool = False):
         x2d = x.reshape(-1, x.shape[-1])
         fwd, sim = recipe.forward, recipe.simulated
         qx = saved = None
+        w_saved: tuple[torch.Tensor, torch.Tensor | None] = (weight, None)
         if fwd.quantized:
             if recipe.save == "wgrad-quantized" and ctx.needs_input_grad[1] and _shares_codes(fwd.left,
                                                                                             recipe.wgrad.right):
@@ -70,7 +85,11 @@ class _LowbitLinearFunction(torch.autograd.Function):
                 qx, saved = (cx, sx), (cxt, sx)
             else:
                 qx = _quantize_operand(x2d, fwd.left, False)
-            qw = _quantize_operand(weight, fwd.right, False, weight=True)
+            if weight_is_copy and ctx.needs_input_grad[0] and dual_weight(recipe, weight):
+                cw, cwt, sw = ops.quantize_dual(weight, fwd.right.format)
+                qw, w_saved = (cw, sw), (cwt, sw)
+            else:
+                qw = _quantize_operand(weight, fwd.right, False, weight=True)
             y = _qmm(qx, qw, fwd.left, fwd.right, bias, x.dtype, sim)
         else:
             y = F.linear(x2d, weight, bias)
@@ -81,9 +100,10 @@ class _LowbitLinearFunction(torch.autograd.Function):
                 saved = _quantize_operand(x2d, recipe.wgrad.right, True) if ctx.needs_input_grad[1] else (None, None)
             else:
                 saved = (x2d, None)
-        # W is quantized again in the backward rather than keeping its codes: that costs one small launch pair
-        # (≈0.03-0.09 ms for a ViT-H fc1 W on an H100) and keeps the saved memory exactly what the recipe says.
-        ctx.save_for_backward(*saved, weight)
+        # W: its dgrad codes (Wᵀ, the forward's scale) when the forward made them in the same pass, else W itself
+        # (quantized again in the backward).
+        ctx.save_for_backward(*saved, *w_saved)
+        ctx.w_dtype = weight.dtype
         ctx.recipe = recipe
         ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
@@ -91,7 +111,7 @@ class _LowbitLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        saved_a, saved_b, weight = ctx.saved_tensors
+        saved_a, saved_b, weight, w_scale = ctx.saved_tensors
         recipe: Recipe = ctx.recipe
         sim = recipe.simulated
         dy2d = dy.reshape(-1, dy.shape[-1])
@@ -104,14 +124,16 @@ class _LowbitLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             if dg.quantized:
                 qdy = qdy or _quantize_operand(dy2d, dg.left, False)
-                dx2d = _qmm(qdy, _quantize_operand(weight, dg.right, True, weight=True), dg.left, dg.right, None, dy.dtype, sim)
+                qwt = (weight, w_scale) if w_scale is not None else _quantize_operand(weight, dg.right, True,
+                                                                                      weight=True)
+                dx2d = _qmm(qdy, qwt, dg.left, dg.right, None, dy.dtype, sim)
             else:
                 dx2d = dy2d @ weight
             dx = dx2d.reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             if wg.quantized:
                 qdyt = qdyt or _quantize_operand(dy2d, wg.left, True)
-                dw = _qmm(qdyt, (saved_a, saved_b), wg.left, wg.right, None, weight.dtype, sim)
+                dw = _qmm(qdyt, (saved_a, saved_b), wg.left, wg.right, None, ctx.w_dtype, sim)
             else:
                 if recipe.save == "forward-quantized":
                     x2d = ops.dequantize(saved_a, saved_b, recipe.forward.left.format,
@@ -121,7 +143,7 @@ class _LowbitLinearFunction(torch.autograd.Function):
                 dw = dy2d.t() @ x2d
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2d.sum(0, dtype=torch.float32).to(dy.dtype)
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe) -> None:
@@ -166,10 +188,12 @@ def linear(
     if not recipe.quantized:
         return F.linear(x, weight, bias)
     device_type = x.device.type
+    weight_is_copy = False
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
+        weight_is_copy = weight.dtype != dtype
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     _check(x, weight, bias, recipe)
     with torch.autocast(device_type, enabled=False):
-        return _LowbitLinearFunction.apply(x, weight, bias, recipe)
+        return _LowbitLinearFunction.apply(x, weight, bias, recipe, weight_is_copy)

@@ -38,6 +38,13 @@ def _autocast(x, *tensors):
     return tuple(t.to(dtype) if t is not None else None for t in tensors)
 
 
+def _weights_are_copies(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Autocast casts ``w`` to a new per-step tensor (an fp32 parameter under bf16 autocast): see
+    :func:`lowbit.functional.linear.dual_weight`."""
+    device_type = x.device.type
+    return torch.is_autocast_enabled(device_type) and w.dtype != torch.get_autocast_dtype(device_type)
+
+
 def _unfused(x, w1, b1, w2, b2, activation):
     return F.linear(act_forward(F.linear(x, w1, b1), activation), w2, b2)
 
@@ -73,6 +80,7 @@ def mlp(
     _check_activation(activation)
     if torch.compiler.is_compiling() and not row_flow(recipe):
         return composed_mlp(x, w1, b1, w2, b2, activation, recipe)
+    copies = _weights_are_copies(x, w1)
     w1, b1, w2, b2 = _autocast(x, w1, b1, w2, b2)
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(w1.dtype)
@@ -82,4 +90,4 @@ def mlp(
     _check_second(w1, w2, b2, recipe)
     with torch.autocast(x.device.type, enabled=False):
         return _FusedFunction.apply(x, None, None, w1, b1, w2, b2,
-                                    _Spec(recipe, activation, None, recompute_activation))
+                                    _Spec(recipe, activation, None, recompute_activation, copies))
