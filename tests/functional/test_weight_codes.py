@@ -23,7 +23,7 @@ EIGHT_BIT = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
 def _params(gen: torch.Generator, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """bf16-representable values, so that fp32 parameters and their bf16 twins feed the linears the same numbers;
     the LayerNorm's parameters stay float32 (autocast runs it in float32)."""
-    shapes = {"ln_w": (24,), "ln_b": (24,), "w1": (40, 24), "b1": (40,), "w2": (16, 40), "b2": (16,)}
+    shapes = {"ln_w": (32,), "ln_b": (32,), "w1": (64, 32), "b1": (64,), "w2": (16, 64), "b2": (16,)}
     values = {k: (0.2 * torch.randn(s, generator=gen)).bfloat16() for k, s in shapes.items()}
     return {k: v.to(torch.float32 if k.startswith("ln") else dtype).requires_grad_() for k, v in values.items()}
 
@@ -38,17 +38,18 @@ def _run(kind: str, x: torch.Tensor, p: dict[str, torch.Tensor], name: str):
     return layernorm_mlp(x, p["ln_w"], p["ln_b"], p["w1"], p["b1"], p["w2"], p["b2"], "gelu", name)
 
 
-def _forward_backward(kind: str, name: str, param_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch):
+def _forward_backward(kind: str, name: str, param_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch,
+                      device: str = "cpu"):
     """Forward under bf16 autocast, recording what autograd saves; then the backward, counting W's transposed
     quantizations. Returns (output, grads, saved [(dtype, shape, tensor)], transposed weight quantizations)."""
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 9, 24, generator=gen).requires_grad_()
-    p = _params(gen, param_dtype)
-    dy = torch.randn(2, 9, 16 if "mlp" in kind else 40, generator=gen)
+    x = torch.randn(2, 9, 32, generator=gen).to(device).requires_grad_()
+    p = {k: v.detach().to(device).requires_grad_() for k, v in _params(gen, param_dtype).items()}
+    dy = torch.randn(2, 9, 16 if "mlp" in kind else 64, generator=gen).to(device)
     saved: list[tuple[torch.dtype, tuple[int, ...], torch.Tensor]] = []
     hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, tuple(t.shape), t)) or t,
                                                      lambda t: t)
-    with hooks, torch.autocast("cpu", dtype=torch.bfloat16):
+    with hooks, torch.autocast(device, dtype=torch.bfloat16):
         y = _run(kind, x, p, name)
     weight_shapes = {tuple(p["w1"].shape), tuple(p["w2"].shape)}
     transposed = []
@@ -67,13 +68,16 @@ def _forward_backward(kind: str, name: str, param_dtype: torch.dtype, monkeypatc
 
 
 KINDS = ["linear", "mlp", "layernorm_linear", "layernorm_mlp"]
+FP8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not FP8_GPU, reason="needs an fp8 GPU"))]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", SHARING)
-def test_fp32_params_save_the_dgrad_codes_not_the_bf16_copy(kind: str, name: str,
+def test_fp32_params_save_the_dgrad_codes_not_the_bf16_copy(kind: str, name: str, device: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    y, grads, saved, transposed, p = _forward_backward(kind, name, torch.float32, monkeypatch)
+    y, grads, saved, transposed, p = _forward_backward(kind, name, torch.float32, monkeypatch, device)
     fc = ["w1", "w2"] if "mlp" in kind else ["w1"]
     for k in fc:
         n, m = p[k].shape
@@ -81,7 +85,7 @@ def test_fp32_params_save_the_dgrad_codes_not_the_bf16_copy(kind: str, name: str
         assert any(d in EIGHT_BIT and s == (m, n) for d, s, _ in saved), (k, "no Wᵀ codes saved")
     assert transposed == [], "the backward quantized W again"
     # The same numbers as quantizing W again in the backward (the weights handed over as bf16 tensors).
-    y16, grads16, _, transposed16, _ = _forward_backward(kind, name, torch.bfloat16, monkeypatch)
+    y16, grads16, _, transposed16, _ = _forward_backward(kind, name, torch.bfloat16, monkeypatch, device)
     assert len(transposed16) == len(fc)
     assert torch.equal(y, y16)
     for a, b in zip(grads, grads16):
@@ -113,8 +117,8 @@ def test_no_input_grad_no_dgrad_codes(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = ops.quantize_dual
     monkeypatch.setattr(ops, "quantize_dual", lambda t, fmt: calls.append(tuple(t.shape)) or real(t, fmt))
-    w = torch.randn(40, 24, requires_grad=True)
+    w = torch.randn(64, 32, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = linear(torch.randn(5, 24), w, None, "fp8-switchback")
+        y = linear(torch.randn(5, 32), w, None, "fp8-switchback")
     y.float().sum().backward()
     assert calls == [] and w.grad is not None
