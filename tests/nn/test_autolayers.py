@@ -50,6 +50,9 @@ def test_a_layer_that_gains_converts_and_one_that_loses_stays_16bit_with_the_mea
     assert rows["0"].status == "converted" and "measured faster: 1.25× bf16 at 32×64→128 (fake graphs" in rows["0"].detail
     assert rows["2"].status == "16-bit" and rows["2"].cause == "measured slower"
     assert rows["2"].detail.startswith("measured slower: 0.93× bf16 at 32×128→64 (fake graphs, cpu)")
+    # the measurement itself, not only its wording: the gain and the shape timed
+    assert (rows["0"].gain, rows["0"].measured_at) == (pytest.approx(1.25), "32×64→128")
+    assert (rows["2"].gain, rows["2"].measured_at) == (pytest.approx(0.93), "32×128→64")
     table = convert_report(model).table()
     assert "16-bit (measured slower)" in table and "0.93× bf16" in table and "1.25× bf16" in table
     assert fake.calls == [(32, 64, 128, True), (32, 128, 64, True)]

@@ -131,7 +131,7 @@ def test_report_rows_and_table_name_the_cause_of_every_16_bit_layer() -> None:
     rows = {r["layer"]: r for r in rep.rows()}
     assert [r["layer"] for r in rep.rows()] == ["wide", "narrow", "odd", "head"]  # model order
     assert rows["wide"] == {"layer": "wide", "kind": "Linear", "shape": "1280→5120", "status": "converted",
-                            "cause": "", "detail": "LowbitLinear"}
+                            "cause": "", "detail": "LowbitLinear", "gain": None, "measured_at": ""}
     assert {k: rows[k]["cause"] for k in ("narrow", "odd", "head")} == {
         "narrow": "module_filter", "odd": "module_filter", "head": "module_filter"}  # a filter's own reasons
     convert(model, "switchback-sim")  # the default filter says why

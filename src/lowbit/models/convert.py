@@ -36,8 +36,8 @@ def clip_tokens(config: Any, batch: int) -> dict[str, int]:
 
 
 class _ClipFilter:
-    """The CLIP rules, then (``layers="auto"``) the size rule ``size``: a callable filter with ``reason`` and
-    ``note`` (how ``lowbit.convert`` words its report)."""
+    """The CLIP rules, then (``layers="auto"``) the size rule ``size``: a callable filter with ``reason``, ``note``
+    and ``measurement`` (how ``lowbit.convert`` words its report)."""
 
     def __init__(self, keep_patch_embed: bool, keep_projections: bool, keep_last_blocks: int,
                  depths: dict[str, int] | None, size: Any) -> None:
@@ -76,6 +76,12 @@ class _ClipFilter:
         """What decided a converted layer (the measured gain), or ``""``."""
         note = getattr(self.size, "note", None)
         return note(fqn, module) if note is not None and self(fqn, module) else ""
+
+    def measurement(self, fqn: str, module: nn.Module) -> tuple[float, str] | None:
+        """The size rule's measured gain and shape for a layer the CLIP rules let it decide, or ``None``."""
+        from lowbit.nn.convert import filter_measurement
+
+        return filter_measurement(self.size, fqn, module) if self._clip_ok(fqn, module) else None
 
 
 def make_clip_module_filter(

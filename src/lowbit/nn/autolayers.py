@@ -346,22 +346,23 @@ class MeasuredFilter:
             return "no token count"
         return None
 
-    def _decide(self, fqn: str, module: nn.Linear) -> tuple[bool, str]:
+    def _decide(self, fqn: str, module: nn.Linear) -> tuple[bool, str, tuple[float, str] | None]:
+        """(convert?, why, (measured gain, measured shape ``tokens×in→out``) or None)."""
         from lowbit.nn.convert import MIN_FEATURES, skip_reason
 
         if r := skip_reason(fqn, module, min_features=0):
-            return False, r
+            return False, r, None
         d_in, d_out = module.in_features, module.out_features
         if (why := self._not_measured(fqn)) is not None:
             r = skip_reason(fqn, module)
             rule = f"both widths ≥ {MIN_FEATURES}"
             return (r is None, f"not measured ({why}): width threshold, {rule}" if r is None
-                    else f"not measured ({why}): width threshold: {r}")
+                    else f"not measured ({why}): width threshold: {r}", None)
         tokens = self._tokens(fqn)
         assert tokens is not None
         shape = (tokens, d_in, d_out, module.bias is not None)
         if shape in self._failed:
-            return False, self._failed[shape]
+            return False, self._failed[shape], None
         try:
             m = self.timer.get(*shape)
         except Exception as e:  # out of memory, a recipe this device cannot run: 16-bit, said in the report
@@ -370,11 +371,12 @@ class MeasuredFilter:
                            f"({type(e).__name__}: {first}); layers of this shape stay 16-bit")
             self._failed[shape] = (f"measurement failed ({type(e).__name__}: {first}) at {tokens}×{d_in}→{d_out}: "
                                    "kept 16-bit")
-            return False, self._failed[shape]
-        where = f"{m.gain:.2f}× bf16 at {tokens}×{d_in}→{d_out} ({m.method}, {m.device})"
+            return False, self._failed[shape], None
+        at = f"{tokens}×{d_in}→{d_out}"
+        where = f"{m.gain:.2f}× bf16 at {at} ({m.method}, {m.device})"
         if m.gain >= 1 + self.margin:
-            return True, f"measured faster: {where}"
-        return False, f"measured slower: {where}; needs ≥ {1 + self.margin:.2f}×"
+            return True, f"measured faster: {where}", (m.gain, at)
+        return False, f"measured slower: {where}; needs ≥ {1 + self.margin:.2f}×", (m.gain, at)
 
     def __call__(self, fqn: str, module: nn.Module) -> bool:
         return isinstance(module, nn.Linear) and self._decide(fqn, module)[0]
@@ -383,15 +385,20 @@ class MeasuredFilter:
         """Why ``module`` stays 16-bit, or ``None`` if it converts."""
         if not isinstance(module, nn.Linear):
             return None
-        ok, why = self._decide(fqn, module)
+        ok, why, _ = self._decide(fqn, module)
         return None if ok else why
 
     def note(self, fqn: str, module: nn.Module) -> str:
         """What decided a converted layer (the measured gain, or the threshold); ``""`` if it does not convert."""
         if not isinstance(module, nn.Linear):
             return ""
-        ok, why = self._decide(fqn, module)
+        ok, why, _ = self._decide(fqn, module)
         return why if ok else ""
+
+    def measurement(self, fqn: str, module: nn.Module) -> tuple[float, str] | None:
+        """The measured gain over bf16 and the shape it was measured at (``tokens×in→out``), or ``None`` where
+        nothing was measured: ``lowbit.convert`` puts it in the report row (``LayerRow.gain``, ``measured_at``)."""
+        return self._decide(fqn, module)[2] if isinstance(module, nn.Linear) else None
 
 
 def measured_filter(recipe: str | Recipe, tokens: int | Callable[[str], int | None] | None,

@@ -73,6 +73,13 @@ def filter_reason(module_filter: ModuleFilter, fqn: str, module: nn.Linear) -> s
     return (reason(fqn, module) if callable(reason) else None) or "rejected by module_filter"
 
 
+def filter_measurement(module_filter: ModuleFilter | None, fqn: str, module: nn.Linear) -> tuple[float, str] | None:
+    """The gain over bf16 ``module_filter`` measured for the layer and the shape it measured (its
+    ``measurement(fqn, module)``, as the measured filter of ``lowbit.nn.autolayers`` has), or ``None``."""
+    measurement = getattr(module_filter, "measurement", None)
+    return measurement(fqn, module) if callable(measurement) else None
+
+
 def filter_note(module_filter: ModuleFilter | None, fqn: str, module: nn.Linear) -> str:
     """What ``module_filter`` says about a layer it accepts (its ``note(fqn, module)``, e.g. the measured gain), or
     ``""``."""
@@ -92,7 +99,8 @@ class LayerRow:
     class); ``shape``: ``"d_in→d_out"`` (empty for an MLP); ``status``: converted / fused / 16-bit / not fused;
     ``cause``: for a layer left 16-bit, one of ``too small``, ``alignment``, ``measured slower``, ``not measured``,
     ``measurement failed``, ``module_filter``, ``unsupported``, ``filter rejects``; ``detail``: the full sentence
-    (for a layer the measured filter converted, the measured gain).
+    (for a layer the measured filter converted, the measured gain). ``gain`` and ``measured_at``: where the measured
+    filter timed the layer's shape, the recipe's speed over bf16 and the shape (``tokens×in→out``).
     """
 
     layer: str
@@ -101,6 +109,8 @@ class LayerRow:
     status: str
     cause: str
     detail: str
+    gain: float | None = None
+    measured_at: str = ""
 
 
 def _cause(detail: str) -> str:
@@ -131,12 +141,14 @@ class ConvertReport:
     not_fused: dict[str, str] = field(default_factory=dict)
     layers: list[LayerRow] = field(default_factory=list)
 
-    def record(self, fqn: str, kind: str, shape: str, status: str, detail: str) -> None:
-        """Add one decision to the dicts and to ``layers``."""
+    def record(self, fqn: str, kind: str, shape: str, status: str, detail: str,
+               measured: tuple[float, str] | None = None) -> None:
+        """Add one decision to the dicts and to ``layers`` (``measured``: the gain over bf16 and the shape timed)."""
         {CONVERTED: self.converted, FUSED: self.fused, SKIPPED: self.skipped, NOT_FUSED: self.not_fused}[status][
             fqn] = detail
         cause = _cause(detail) if status in (SKIPPED, NOT_FUSED) else ""
-        self.layers.append(LayerRow(fqn or "<root>", kind, shape, status, cause, detail))
+        gain, at = measured if measured is not None else (None, "")
+        self.layers.append(LayerRow(fqn or "<root>", kind, shape, status, cause, detail, gain, at))
 
     def summary(self) -> str:
         n = len(self.converted) + len(self.skipped)
@@ -155,7 +167,8 @@ class ConvertReport:
         return "".join(lines)
 
     def rows(self) -> list[dict[str, str]]:
-        """One dict per layer (``layer``, ``kind``, ``shape``, ``status``, ``cause``, ``detail``), in model order."""
+        """One dict per layer (``layer``, ``kind``, ``shape``, ``status``, ``cause``, ``detail``, ``gain``,
+        ``measured_at``), in model order."""
         return [dataclasses.asdict(r) for r in self.layers]
 
     def table(self, width: int | None = None) -> str:
@@ -378,7 +391,7 @@ def convert(
         return f"{m.in_features}→{m.out_features}"
 
     def linear(fqn: str, m: nn.Linear, status: str, detail: str) -> None:
-        rep.record(fqn, type(m).__name__, shape(m), status, detail)
+        rep.record(fqn, type(m).__name__, shape(m), status, detail, filter_measurement(module_filter, fqn, m))
 
     def attention(module: nn.MultiheadAttention, fqn: str) -> nn.Module:
         e = module.embed_dim
@@ -388,10 +401,12 @@ def convert(
         why = unsupported_attention(module)
         if why:
             why = f"unsupported {type(module).__name__}: {why} (PyTorch's own path, which bypasses the projections)"
-            rejected = {in_fqn: why, out_fqn: why}
+            rejected, measured = {in_fqn: why, out_fqn: why}, {}
         else:
             in_proj = nn.Linear(e, 3 * e, bias=module.in_proj_bias is not None, device="meta")  # stand-in
             rejected = {}
+            measured = {f: filter_measurement(module_filter, f, m) for f, m in ((in_fqn, in_proj),
+                                                                                (out_fqn, module.out_proj))}
             for f, m in ((in_fqn, in_proj), (out_fqn, module.out_proj)):
                 if module_filter is None:  # the default filter's shape rule (out_proj's class is no reason here)
                     if r := shape_reason(m.in_features, m.out_features):
@@ -405,10 +420,11 @@ def convert(
         if rejected:
             done = " (already converted: left as it is)" if isinstance(module, LowbitMultiheadAttention) else ""
             for f, k, sh in zip((in_fqn, out_fqn), kinds, shapes, strict=True):
-                rep.record(f, k, sh, SKIPPED, rejected[f] + done)
+                rep.record(f, k, sh, SKIPPED, rejected[f] + done, measured.get(f))
             return module
         for f, k, sh, m in zip((in_fqn, out_fqn), kinds, shapes, (in_proj, module.out_proj), strict=True):
-            rep.record(f, k, sh, CONVERTED, noted("in LowbitMultiheadAttention (SDPA between the projections)", f, m))
+            rep.record(f, k, sh, CONVERTED, noted("in LowbitMultiheadAttention (SDPA between the projections)", f, m),
+                       measured.get(f))
         if isinstance(module, LowbitMultiheadAttention):
             module.recipe = recipe
             return module

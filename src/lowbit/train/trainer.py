@@ -100,8 +100,6 @@ def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str) -> tuple[bo
 def _layers_note(cfg: TrainConfig, model: torch.nn.Module) -> str:
     """``layers auto``: how many linears went 8-bit, each measured shape's ratio to bf16, and why the others stayed
     16-bit (the convert report's causes: measured slower, not measured, ...); ``""`` otherwise."""
-    import re
-
     from lowbit.nn import convert_report
 
     report = convert_report(model)
@@ -114,8 +112,8 @@ def _layers_note(cfg: TrainConfig, model: torch.nn.Module) -> str:
         if r.status == "16-bit":  # "not measured (cpu): width threshold: ..." → "not measured (cpu), width threshold"
             cause = r.detail.split(": width")[0] + ", width threshold" if r.cause == "not measured" else r.cause
             causes[cause] = causes.get(cause, 0) + 1
-        if m := re.search(r"measured (?:faster|slower): (\S+) bf16 at (\S+)", r.detail):
-            shapes.setdefault(m.group(2), f"{m.group(1)} {'8-bit' if r.status == 'converted' else '16-bit'}")
+        if r.gain is not None:
+            shapes.setdefault(r.measured_at, f"{r.gain:.2f}× {'8-bit' if r.status == 'converted' else '16-bit'}")
     measured = f"; measured fwd+bwd vs bf16 on this device: {', '.join(f'{k} {v}' for k, v in shapes.items())}"
     kept = ", ".join(f"{k} {v}" for k, v in causes.items()) or "none"
     return (f"lowbit train: layers auto: {len(report.converted)} of {len(rows)} linears in {report.recipe}"
