@@ -38,7 +38,7 @@ STEP_ROW_FLOW = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16
                  "switchback:fused --out $DIR")
 # issue #28 session 7: the weight's dgrad codes made in the forward's pass (functional.linear.dual_weight)
 STEP_WEIGHT_CODES = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback "
-                     "fp8-switchback:fused switchback fp8-tensorwise --out $DIR")
+                     "fp8-switchback:fused fp8-tensorwise --out $DIR")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -491,7 +491,7 @@ JOBS: list[Job] = [
         SESSION6_H200),
     Job("step-vit-h-14-weight-codes", "`bench step` ViT-H/14 batch 96 under CUDA graphs after the forward "
         "quantizes W and Wᵀ in one pass and saves Wᵀ's codes in place of autocast's bf16 copy: bf16, fp8-switchback "
-        "per linear and fused, switchback and fp8-tensorwise per linear", STEP_WEIGHT_CODES,
+        "per linear and fused, fp8-tensorwise per linear", STEP_WEIGHT_CODES,
         _renamed("step", "step-vit-h-14-weight-codes.md", "step-vit-h-14-weight-codes.json"), "", 560,
         "not measured yet"),
     Job("step-vit-h-14-weight-codes-h200", "the same on an H200", STEP_WEIGHT_CODES,
