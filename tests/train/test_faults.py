@@ -182,6 +182,7 @@ def test_sigterm_to_every_process_of_a_torchrun_job_saves(tmp_path: Path) -> Non
     time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=180)
+    assert (run / "summary.json").is_file(), f"torchrun exited {proc.returncode} without a summary:\n{err[-3000:]}"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM", err[-3000:]
     assert "aborted without saving" not in err, err[-3000:]
