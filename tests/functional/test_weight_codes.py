@@ -122,3 +122,31 @@ def test_no_input_grad_no_dgrad_codes(monkeypatch: pytest.MonkeyPatch) -> None:
         y = linear(torch.randn(5, 32), w, None, "fp8-switchback")
     y.float().sum().backward()
     assert calls == [] and w.grad is not None
+
+
+@pytest.mark.parametrize("name", ["fp8-switchback", "fp8-tensorwise"])
+def test_compiled_the_weight_is_quantized_once_per_step(name: str) -> None:
+    """Under torch.compile AOTAutograd's partitioner already moved Wᵀ's quantization into the forward; with W's
+    two layouts from one ``quantize_dual``, the forward and backward graphs quantize W once (one absmax pass)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(gm: torch.fx.GraphModule, _inputs):
+        for n in gm.graph.nodes:
+            if n.op == "call_function" and str(n.target).startswith(("lowbit.quantize", "lowbit.quantize_dual")):
+                calls.append((str(n.target), tuple(n.args[0].meta["val"].shape)))
+        return make_boxed_func(gm)
+
+    torch._dynamo.reset()
+    w = torch.nn.Parameter(0.1 * torch.randn(64, 32))
+    x = torch.randn(16, 32, requires_grad=True)
+
+    def f(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return linear(x, w, None, name)
+
+    y = torch.compile(f, fullgraph=True, backend=aot_autograd(fw_compiler=record, bw_compiler=record))(x)
+    y.float().sum().backward()
+    assert [c for c in calls if c[1] == (64, 32)] == [("lowbit.quantize_dual.default", (64, 32))], calls
