@@ -313,8 +313,8 @@ JOBS: list[Job] = [
         "--no-anchors --out $DIR", _renamed("model", "model-vit-h-14.md", "model-vit-h-14.json"), "b85f212", 340,
         "issue #18 session, device call 4", note="timm 1.0.29 and transformers 5.17 of the device image"),
     Job("model-open-clip-vit-h-14", "issue #29's speed rows: open_clip 3.3's own ViT-H-14 (both towers, ClipLoss, "
-        "random init) converted whole by one lowbit.convert call, against its own bf16 step in the same run, eager "
-        "and torch.compile'd", OPEN_CLIP_H,
+        "random init) converted whole by one lowbit.convert call, against its own bf16 step in the same run, "
+        "torch.compile'd (the eager rows: the same command without --compile)", OPEN_CLIP_H,
         _renamed("model", "model-open-clip-vit-h-14.md", "model-open-clip-vit-h-14.json"), "", 480,
         "not measured yet", needs="open_clip",
         note="carry .whl/ with open_clip_torch, timm, ftfy, regex, wcwidth (docs/your-own-model.md)"),
@@ -322,8 +322,7 @@ JOBS: list[Job] = [
         _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
         SESSION6_H200, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-timm-hf-vit-h-14-compiled", "issue #29's speed rows: timm vit_huge_patch14_clip_224 (batch 64) and "
-        "Hugging Face CLIPModel at ViT-H widths, converted whole, eager and torch.compile'd, against each model's own "
-        "bf16 step", f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
+        "Hugging Face CLIPModel at ViT-H widths, converted whole, torch.compile'd, against each model's own bf16 step", f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
         "'hf:clip:vision.hidden_size=1280,vision.intermediate_size=5120,vision.num_hidden_layers=32,"
         "vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,text.hidden_size=1024,"
         "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024' "
