@@ -58,11 +58,13 @@ def _shares_codes(a: Quant | None, b: Quant | None) -> bool:
 
 
 def dual_weight(recipe: Recipe, weight: torch.Tensor) -> bool:
-    """The forward can quantize W and Wᵀ (the dgrad's operand) in one pass: both tensor-wise in one format.
+    """The forward can quantize W and Wᵀ (the dgrad's operand) from one absmax (``ops.quantize_dual``): both are
+    tensor-wise in one format.
 
     Callers do it only for a weight that is a per-step copy (autocast's cast of an fp32 parameter): the saved Wᵀ
-    codes (1 byte per element) then replace the saved 16-bit copy (2 bytes), and the backward skips W's absmax and
-    transposed cast. A parameter itself (a bf16 model, FSDP's unsharded weight, which FSDP frees after the forward
+    codes (1 byte per element) then replace the saved 16-bit copy (2 bytes), and one absmax pass of W goes (under
+    ``torch.compile`` the partitioner already moved Wᵀ's quantization into the forward; eager, the backward no
+    longer runs it). A parameter itself (a bf16 model, FSDP's unsharded weight, which FSDP frees after the forward
     and gathers again for the backward) is saved as it is and quantized again in the backward, so that no codes
     outlive FSDP's resharding.
     """
