@@ -370,6 +370,8 @@ def test_the_autotuner_offers_pieces_only_where_a_row_has_them() -> None:
     configs = [tp._act_config(1, 0, 4), tp._act_config(1, 8192, 8, 1024), tp._act_config(2, 2048, 8, 1024)]
     kept = tp._prune(configs, {"N": 5120})
     assert [c.kwargs["PIECES"] for c in kept] == [False, False, True]  # 8192 one pass, 2048 chunks, 4096 + 1024
+    assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 4096}))  # a power of two: the one pass
+    assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 16 * 31}))  # five pieces
 
 
 def test_reloading_candidates_get_chunks_that_tile_the_row() -> None:
@@ -383,8 +385,6 @@ def test_reloading_candidates_get_chunks_that_tile_the_row() -> None:
     kept = tp._prune([*configs, plain], {"N": 5120}, WANT_OUT=False)
     assert kept == [plain]  # nothing stored to read back
     assert tp._prune([*configs, plain], {"N": 5120}, WANT_OUT=True, COLSUM=True) == [plain]  # column sums
-    assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 4096}))  # a power of two: the one pass
-    assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 16 * 31}))  # five pieces
 
 
 def test_pinned_pieces_config_on_a_row_without_pieces_raises() -> None:
