@@ -13,14 +13,8 @@ import torch.nn.functional as F
 
 from lowbit.functional._fused import _FusedFunction, _Spec, row_flow
 from lowbit.functional._pieces import act_forward
-from lowbit.functional.linear import _check, linear
-from lowbit.functional.mlp import (
-    _autocast,
-    _check_activation,
-    _check_second,
-    _weights_are_copies,
-    composed_mlp,
-)
+from lowbit.functional.linear import _check, linear, weight_is_autocast_copy
+from lowbit.functional.mlp import _autocast, _check_activation, _check_second, composed_mlp
 from lowbit.functional.recipe import Recipe, get_recipe
 
 __all__ = ["layernorm_linear", "layernorm_mlp"]
@@ -79,7 +73,7 @@ def layernorm_linear(
     recipe = get_recipe(recipe)
     if torch.compiler.is_compiling() and not row_flow(recipe):
         return linear(F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps), weight, bias, recipe)
-    copies = _weights_are_copies(x, weight)
+    copies = weight_is_autocast_copy(x, weight)
     x, ln_weight, ln_bias, (weight, bias) = _prepare(x, ln_weight, ln_bias, eps, (weight, bias))
     if not recipe.quantized and x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return F.linear(F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps), weight, bias)
@@ -109,7 +103,7 @@ def layernorm_mlp(
     _check_activation(activation)
     if torch.compiler.is_compiling() and not row_flow(recipe):
         return composed_mlp(F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps), w1, b1, w2, b2, activation, recipe)
-    copies = _weights_are_copies(x, w1)
+    copies = weight_is_autocast_copy(x, w1)
     x, ln_weight, ln_bias, (w1, b1, w2, b2) = _prepare(x, ln_weight, ln_bias, eps, (w1, b1, w2, b2))
     if not recipe.quantized and x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         h = F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps)

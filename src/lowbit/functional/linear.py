@@ -57,6 +57,13 @@ def _shares_codes(a: Quant | None, b: Quant | None) -> bool:
     return a is not None and a == b and a.scaling == "tensor"
 
 
+def weight_is_autocast_copy(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Autocast will cast ``weight`` to a new per-step tensor (an fp32 parameter under bf16 autocast): see
+    :func:`dual_weight`."""
+    device_type = x.device.type
+    return torch.is_autocast_enabled(device_type) and weight.dtype != torch.get_autocast_dtype(device_type)
+
+
 def dual_weight(recipe: Recipe, weight: torch.Tensor) -> bool:
     """The forward can quantize W and Wᵀ (the dgrad's operand) from one absmax (``ops.quantize_dual``): both are
     tensor-wise in one format.
@@ -190,10 +197,9 @@ def linear(
     if not recipe.quantized:
         return F.linear(x, weight, bias)
     device_type = x.device.type
-    weight_is_copy = False
+    weight_is_copy = weight_is_autocast_copy(x, weight)
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
-        weight_is_copy = weight.dtype != dtype
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     _check(x, weight, bias, recipe)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lowbit.functional._fused import _FusedFunction, _Spec, row_flow
 from lowbit.functional._pieces import ACTIVATIONS, act_forward
-from lowbit.functional.linear import _check, linear
+from lowbit.functional.linear import _check, linear, weight_is_autocast_copy
 from lowbit.functional.recipe import Recipe, get_recipe
 
 __all__ = ["mlp"]
@@ -36,13 +36,6 @@ def _autocast(x, *tensors):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if t is not None else None for t in tensors)
-
-
-def _weights_are_copies(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Autocast casts ``w`` to a new per-step tensor (an fp32 parameter under bf16 autocast): see
-    :func:`lowbit.functional.linear.dual_weight`."""
-    device_type = x.device.type
-    return torch.is_autocast_enabled(device_type) and w.dtype != torch.get_autocast_dtype(device_type)
 
 
 def _unfused(x, w1, b1, w2, b2, activation):
@@ -80,7 +73,7 @@ def mlp(
     _check_activation(activation)
     if torch.compiler.is_compiling() and not row_flow(recipe):
         return composed_mlp(x, w1, b1, w2, b2, activation, recipe)
-    copies = _weights_are_copies(x, w1)
+    copies = weight_is_autocast_copy(x, w1)
     w1, b1, w2, b2 = _autocast(x, w1, b1, w2, b2)
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(w1.dtype)
