@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Issue 30's report from the runs of ``experiments/run_paper.sh``: the table and the plots.
 
-    python experiments/summarize_paper.py RUNS --out RUNS/summary [--jobs RUNS/jobs.tsv] [--title T]
+    python experiments/summarize_paper.py RUNS --out RUNS/summary [--jobs RUNS/jobs.tsv ...] [--title T]
 
 ``RUNS`` holds these parts (any may be missing): ``main/<recipe>/seed<k>`` (the recipe table, compared with
 ``main/bf16``), ``ls-lr<lr>/<recipe>-ls<none|0>/seed<k>`` (layer-scale at a higher learning rate, one part per
@@ -16,7 +16,7 @@ mean over seeds, band = the seeds' min-max), ``zeroshot.png`` (top-1 per group: 
 Throughput comes from each run's ``summary.json``: ``samples_per_s_steady`` (images/s after warm-up), tokens/s =
 images/s x (vision tokens + text context), and ``mfu_steady`` when the trainer wrote it, else MFU computed here
 from ``lowbit.models.flops.clip_train_flops`` and ``lowbit.hardware``. The runs share one GPU (run_paper.sh runs
-several at a time), so a run's images/s is its share, not the recipe's speed; ``--jobs`` adds the call's aggregate.
+several at a time), so a run's images/s is its share, not the recipe's speed; ``--jobs`` adds each call's aggregate (one jobs file per call).
 """
 
 from __future__ import annotations
@@ -95,24 +95,25 @@ def load_part(root: Path, spike_kw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def aggregate_rate(jobs: Path, runs_root: Path) -> dict[str, Any] | None:
-    """Images/s of the whole call: samples every run saw over the span from the first start to the last end."""
+    """Images/s of one call: the samples of the runs its jobs file names, over the span from the first start to the
+    last end (a folder merged from several calls gives one jobs file per call)."""
     if not jobs.is_file():
         return None
     rows = list(csv.DictReader(jobs.open(), delimiter="\t"))
     spans = [(float(r["start_s"]), float(r["start_s"]) + float(r["seconds"])) for r in rows
              if not r["status"].startswith("skipped")]
     seen = []
-    for p in runs_root.rglob("summary.json"):
+    for r in rows:
         try:
-            s = json.loads(p.read_text())
+            s = json.loads((runs_root / r["name"] / "summary.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if "groups" not in s and s.get("samples_seen"):
+        if s.get("samples_seen"):
             seen.append(s["samples_seen"])
     if not spans or not seen:
         return None
     span = max(e for _, e in spans) - min(s for s, _ in spans)
-    return {"jobs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+    return {"file": jobs.name, "jobs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
             "skipped": sum(r["status"].startswith("skipped") for r in rows),
             "timeout": sum(r["status"] == "timeout" for r in rows), "seconds": span,
             "samples": int(sum(seen)), "images_per_s": sum(seen) / span if span > 0 else None}
@@ -292,9 +293,10 @@ def plot_spike(groups: list[dict[str, Any]], out: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def report(root: Path, out: Path, title: str = "Issue 30", jobs: Path | None = None, smooth: int = 10,
+def report(root: Path, out: Path, title: str = "Issue 30", jobs: Path | list[Path] | None = None, smooth: int = 10,
            plots: bool = True) -> dict[str, Any]:
-    """Read RUNS' parts, write results.md, summary.json, the plots and each part's detailed summary."""
+    """Read RUNS' parts, write results.md, summary.json, the plots and each part's detailed summary (``jobs``: one
+    jobs file per device call whose runs RUNS holds)."""
     spike_kw = dict(S.SPIKE_DEFAULTS)
     parts = {p: load_part(root / p, spike_kw) for p in part_names(root)}
     if not any(parts.values()):
@@ -317,16 +319,18 @@ def report(root: Path, out: Path, title: str = "Issue 30", jobs: Path | None = N
           "Zero-shot: top-1 on the held-out test split. Δ: seed k minus the baseline's seed k (same initialisation "
           "and data order), mean ± s.d., then per seed. Verdict: Welch's t-test at 5% on final loss and top-1 "
           "(`experiments/summarize.py`); with 2 seeds it can only rule out large differences.", ""]
-    agg = aggregate_rate(jobs, root) if jobs else None
+    jobs = [jobs] if isinstance(jobs, Path) else list(jobs or [])
+    aggs = [a for a in (aggregate_rate(j, root) for j in jobs) if a]
     if parts["main"]:
         md += [f"### Recipes at lr {parts['main'][0]['lr']}", "", *recipe_table(parts["main"], baseline_of("main"))]
         md += ["Images/s, tokens/s and MFU are each run's own while it shared the GPU with the others "
                "(`samples_per_s_steady`; tokens = vision tokens + text context per image): they compare settings "
                "of one call, not recipe speeds (`lowbit bench step` measures those alone).", ""]
-    if agg:
-        md += [f"The call: {agg['ok']} of {agg['jobs']} jobs finished ({agg['timeout']} cut by the budget, "
+    for agg in aggs:
+        call = "The call" if len(aggs) == 1 else f"The call of `{agg['file']}`"
+        md += [f"{call}: {agg['ok']} of {agg['jobs']} jobs finished ({agg['timeout']} cut by the budget, "
                f"{agg['skipped']} not started); {agg['samples']:,} images trained in {agg['seconds']:.0f} s = "
-               f"{agg['images_per_s']:.0f} images/s over all runs together.", ""]
+               f"{agg['images_per_s']:.0f} images/s over its runs together.", ""]
     for p in (p for p in parts if p.startswith("ls") and parts[p]):
         md += [f"### Layer-scale at lr {parts[p][0]['lr']}", "", *recipe_table(parts[p], baseline_of(p), extra=True)]
     if parts["spike"]:
@@ -352,7 +356,7 @@ def report(root: Path, out: Path, title: str = "Issue 30", jobs: Path | None = N
             "speed": {p: {g["group"]: [{k: r.get(k) for k in ("seed", "images_per_s", "tokens_per_s", "mfu",
                                                               "peak_memory_gb")} for r in g["_runs"]]
                           for g in gs} for p, gs in parts.items()},
-            "aggregate": agg, "comparison": {p: d.get("comparison") for p, d in details.items()}}
+            "aggregate": aggs, "comparison": {p: d.get("comparison") for p, d in details.items()}}
     (out / "summary.json").write_text(json.dumps(data, indent=2, default=lambda x: None if isinstance(
         x, float) and not math.isfinite(x) else str(x)))
     return data
@@ -362,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", type=Path, help="run_paper.sh's RUNS folder (main/, ls/, spike/)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--jobs", type=Path, default=None, help="run_jobs.py's log, for the call's aggregate images/s")
+    p.add_argument("--jobs", type=Path, nargs="+", default=None,
+                   help="run_paper.sh's jobs.tsv, one per device call, for each call's aggregate images/s")
     p.add_argument("--title", default="Issue 30: the paper's claims on Fashion-MNIST")
     p.add_argument("--smooth", type=int, default=10, help="moving average of the plotted loss curves")
     p.add_argument("--no-plots", action="store_true")

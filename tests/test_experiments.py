@@ -261,11 +261,15 @@ def test_summarize_paper_table_speed_and_plots(tmp_path: Path) -> None:
                recipe="none", optimizer="adamw", lr=2e-3, beta2=0.99)
     _paper_run(root / "spike" / "stableadamw" / "seed0", 0, 2.6, 0.6, 700.0, losses=smooth, recipe="none", lr=2e-3,
                beta2=0.99)
-    jobs = root / "jobs.tsv"
-    jobs.write_text("name\tstatus\tseconds\tstart_s\nmain/bf16/seed0\tok\t90.0\t0.0\n"
-                    "spike/adamw/seed0\ttimeout\t100.0\t20.0\nls/x/seed1\tskipped (budget)\t0.0\t119.0\n")
+    jobs = root / "jobs.tsv"  # the first call: 8 of the 9 runs (one cut by the budget), one job never started
+    names = sorted(str(p.parent.relative_to(root)) for p in root.rglob("summary.json"))
+    rows = [f"{n}\t{'timeout' if n == 'spike/adamw/seed0' else 'ok'}\t90.0\t{30.0 * (i % 2)}" for i, n in
+            enumerate(n for n in names if n != "main/switchback/seed1")]
+    jobs.write_text("\n".join(["name\tstatus\tseconds\tstart_s", *rows, "ls/x/seed1\tskipped (budget)\t0.0\t119.0"]))
+    later = root / "jobs-seed1.tsv"  # a second call ran the ninth
+    later.write_text("name\tstatus\tseconds\tstart_s\nmain/switchback/seed1\tok\t40.0\t0.0\n")
     out = tmp_path / "summary"
-    data = _summarize_paper_module().report(root, out, title="T", jobs=jobs)
+    data = _summarize_paper_module().report(root, out, title="T", jobs=[jobs, later])
     md = (out / "results.md").read_text()
     # switchback - bf16 per seed: loss +0.02, -0.02 (mean 0, s.d. 0.0283); top-1 -2, +2 pp; Welch: within noise
     assert ("| switchback | switchback | 2/2 | 2.5500 ± 0.0424 | +0.0000 ± 0.0283 (+0.0200, -0.0200) | "
@@ -273,9 +277,12 @@ def test_summarize_paper_table_speed_and_plots(tmp_path: Path) -> None:
             "2.0 ± 0.0 |") in md  # tiny: 4x4 patches + class token + 77 text tokens = 94 tokens per image
     # ViT-B/32: 7x7 patches + 1 + 77 = 127 tokens; 44.11 GFLOP per image x 1000/s over the H100's 989.4 TFLOP/s
     assert "| 1000 ± 0 | 127000 ± 0 | 4.46 ± 0.00% |" in md and md.index("| bf16 |") < md.index("| switchback |")
-    # 9 runs x 480 images over the span from the first start (0 s) to the last end (120 s)
-    assert "2 of 3 jobs finished" not in md and "1 of 3 jobs finished (1 cut by the budget, 1 not started)" in md
-    assert f"{9 * 480:,} images trained in 120 s = 36 images/s" in md
+    # each call's own runs over its own span: 8 x 480 images from the first start (0 s) to the last end (120 s),
+    # then the second call's one run in 40 s
+    assert "The call of `jobs.tsv`: 7 of 9 jobs finished (1 cut by the budget, 1 not started); " \
+           f"{8 * 480:,} images trained in 120 s = 32 images/s" in md
+    assert "The call of `jobs-seed1.tsv`: 1 of 1 jobs finished (0 cut by the budget, 0 not started); 480 images " \
+           "trained in 40 s = 12 images/s" in md
     assert "### Layer-scale at lr 0.002" in md and "| fp8-tensorwise-ls0 | fp8-tensorwise | 1/1 |" in md
     assert md.index("### Layer-scale at lr 0.001") < md.index("### Layer-scale at lr 0.002")  # parts by lr
     assert "| -0.1000 ± 0.0000 (-0.1000) | 40.0 ± 0.0 (n=1) | +10.0 ± 0.0 (+10.0) | too few seeds |" in md
@@ -285,7 +292,7 @@ def test_summarize_paper_table_speed_and_plots(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
     for part in ("main", "ls-lr1e-3", "ls-lr2e-3", "spike"):
         assert (out / part / "results.md").is_file()
-    assert data["speed"]["main"]["switchback"][1]["mfu"] == 0.25 and data["aggregate"]["samples"] == 9 * 480
+    assert data["speed"]["main"]["switchback"][1]["mfu"] == 0.25 and [a["samples"] for a in data["aggregate"]] == [8 * 480, 480]
     assert data["comparison"]["main"][0]["group"] == "switchback"
     with pytest.raises(SystemExit, match="no runs under"):
         _summarize_paper_module().report(tmp_path / "empty", tmp_path / "x")
