@@ -39,6 +39,8 @@ STEP_ROW_FLOW = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16
 # issue #28 session 7: the weight's dgrad codes made in the forward's pass (functional.linear.dual_weight)
 STEP_WEIGHT_CODES = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback "
                      "fp8-switchback:fused fp8-tensorwise --out $DIR")
+SESSION8 = ("issue #28/#29/#30 session 8: one H100 (device calls 1-3 on one warm machine), code at 5c83142 (the "
+            "probe and the two steps ran as their commands directly, not through bench/run.py)")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -489,17 +491,25 @@ JOBS: list[Job] = [
         _renamed("step", "step-vit-h-14-row-flow-h200.md", "step-vit-h-14-row-flow-h200.json"), "8ba9339", 420,
         SESSION6_H200),
     Job("step-vit-h-14-weight-codes", "`bench step` ViT-H/14 batch 96 under CUDA graphs after the forward "
-        "quantizes W and Wᵀ in one pass and saves Wᵀ's codes in place of autocast's bf16 copy: bf16, fp8-switchback "
-        "per linear and fused, fp8-tensorwise per linear", STEP_WEIGHT_CODES,
-        _renamed("step", "step-vit-h-14-weight-codes.md", "step-vit-h-14-weight-codes.json"), "", 560,
-        "not measured yet"),
-    Job("step-vit-h-14-weight-codes-h200", "the same on an H200", STEP_WEIGHT_CODES,
+        "quantizes W and Wᵀ in one pass and saves Wᵀ's codes in place of autocast's bf16 copy: bf16 and "
+        "fp8-switchback per linear", f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback "
+        "--out $DIR", _renamed("step", "step-vit-h-14-weight-codes.md", "step-vit-h-14-weight-codes.json"), "9bdad09", 300,
+        SESSION8),
+    Job("step-vit-h-14-weight-codes-tensorwise", "the same for fp8-tensorwise (bf16 again in the same run)",
+        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-tensorwise --out $DIR",
+        _renamed("step", "step-vit-h-14-weight-codes-tensorwise.md", "step-vit-h-14-weight-codes-tensorwise.json"),
+        "9bdad09", 300, SESSION8),
+    Job("absmax-grid", "the tensor-wise absmax kernel's launch grid (8, 4, 2 or 1 serial row blocks per program) at "
+        "weight and activation shapes", "python3 bench/probes/absmax_grid.py", {"absmax-grid.md": "log"}, "9bdad09", 60,
+        SESSION8),
+    Job("step-vit-h-14-weight-codes-h200", "the weight codes on an H200: bf16, fp8-switchback per linear and fused, "
+        "fp8-tensorwise per linear", STEP_WEIGHT_CODES,
         _renamed("step", "step-vit-h-14-weight-codes-h200.md", "step-vit-h-14-weight-codes-h200.json"), "", 560,
         "not measured yet"),
     Job("gpu-tests-weight-codes", "the weight's dgrad codes on CUDA: saved in place of the bf16 copy, the same "
         "outputs and gradients bit for bit as quantizing W again in the backward; and the producers' CUDA tests",
         f"{GPU_TESTS} {PYTEST} -rf tests/functional/test_weight_codes.py tests/kernels/test_producers.py -k 'cuda or gpu'",
-        {"gpu-tests-weight-codes.txt": "log"}, "", 200, "not measured yet"),
+        {"gpu-tests-weight-codes.txt": "log"}, "9bdad09", 200, SESSION8),
     Job("train-vit-l-14", "the same, ViT-L/14 batch 128 (prepared Fashion-MNIST shards: synthetic rendering, ~141 "
         "images/s per worker, could bound it)", "\n".join([PREP_FM, f"{TRAIN} --preset vit-l-14 --batch-size 128 "
         "--steps 30 --data $DIR/fm --recipe bf16 fp8-switchback switchback --limit 100 --out $DIR"]),
