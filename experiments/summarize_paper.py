@@ -16,7 +16,8 @@ mean over seeds, band = the seeds' min-max), ``zeroshot.png`` (top-1 per group: 
 Throughput comes from each run's ``summary.json``: ``samples_per_s_steady`` (images/s after warm-up), tokens/s =
 images/s x (vision tokens + text context), and ``mfu_steady`` when the trainer wrote it, else MFU computed here
 from ``lowbit.models.flops.clip_train_flops`` and ``lowbit.hardware``. The runs share one GPU (run_paper.sh runs
-several at a time), so a run's images/s is its share, not the recipe's speed; ``--jobs`` adds each call's aggregate (one jobs file per call).
+several at a time), so a run's images/s is its share, not the recipe's speed; ``--jobs`` adds each call's aggregate
+(one jobs file per call).
 """
 
 from __future__ import annotations

@@ -292,7 +292,8 @@ def test_summarize_paper_table_speed_and_plots(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in md
     for part in ("main", "ls-lr1e-3", "ls-lr2e-3", "spike"):
         assert (out / part / "results.md").is_file()
-    assert data["speed"]["main"]["switchback"][1]["mfu"] == 0.25 and [a["samples"] for a in data["aggregate"]] == [8 * 480, 480]
+    assert data["speed"]["main"]["switchback"][1]["mfu"] == 0.25
+    assert [a["samples"] for a in data["aggregate"]] == [8 * 480, 480]
     assert data["comparison"]["main"][0]["group"] == "switchback"
     with pytest.raises(SystemExit, match="no runs under"):
         _summarize_paper_module().report(tmp_path / "empty", tmp_path / "x")
