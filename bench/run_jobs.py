@@ -324,7 +324,8 @@ JOBS: list[Job] = [
         _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
         SESSION6_H200, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-timm-hf-vit-h-14-compiled", "issue #29's speed rows: timm vit_huge_patch14_clip_224 (batch 64) and "
-        "Hugging Face CLIPModel at ViT-H widths, converted whole, torch.compile'd, against each model's own bf16 step", f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
+        "Hugging Face CLIPModel at ViT-H widths, converted whole, torch.compile'd, against each model's own bf16 step",
+        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
         "'hf:clip:vision.hidden_size=1280,vision.intermediate_size=5120,vision.num_hidden_layers=32,"
         "vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,text.hidden_size=1024,"
         "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024' "

@@ -23,11 +23,18 @@ from lowbit.kernels._triton_quant import _absmax_kernel
 SHAPES = [(1280, 5120), (5120, 1280), (3840, 1280), (1280, 1280), (1664, 8192), (32896, 1280), (32896, 5120)]
 
 
-def absmax(x: torch.Tensor, row_blocks: int, bm: int = 32, bk: int = 128) -> torch.Tensor:
+BM, BK = 32, 128  # quantize_scaled's tile
+
+
+def grid(M: int, K: int, row_blocks: int) -> tuple[int, int]:
+    return triton.cdiv(M, BM * row_blocks), triton.cdiv(K, BK)
+
+
+def absmax(x: torch.Tensor, row_blocks: int) -> torch.Tensor:
     M, K = x.shape
     amax = torch.zeros(1, dtype=torch.int32, device=x.device)
-    _absmax_kernel[(triton.cdiv(M, bm * row_blocks), triton.cdiv(K, bk))](
-        x, amax, M, K, x.stride(0), x.stride(1), PER_COLUMN=False, BLOCK_M=bm, BLOCK_K=bk, ROW_BLOCKS=row_blocks,
+    _absmax_kernel[grid(M, K, row_blocks)](
+        x, amax, M, K, x.stride(0), x.stride(1), PER_COLUMN=False, BLOCK_M=BM, BLOCK_K=BK, ROW_BLOCKS=row_blocks,
         num_warps=4)
     return amax.view(torch.float32)
 
@@ -47,8 +54,8 @@ def main() -> None:
         for rb in (1, 2, 4, 8):
             ok = bool(absmax(x, rb).item() == ref.item())
             us = do_bench(lambda: absmax(x, rb), warmup=25, rep=100) * 1e3
-            grid = triton.cdiv(M, 32 * rb) * triton.cdiv(K, 128)
-            print(f"| {M} × {K} | {rb} | {grid} | {us:.1f} | {ideal:.1f} | {ok} |", flush=True)
+            programs = grid(M, K, rb)[0] * grid(M, K, rb)[1]
+            print(f"| {M} × {K} | {rb} | {programs} | {us:.1f} | {ideal:.1f} | {ok} |", flush=True)
 
 
 if __name__ == "__main__":
