@@ -13,13 +13,14 @@ from torch import nn
 
 from lowbit.models.config import CLIPConfig, TextConfig, VisionConfig
 from lowbit.models.tokenizer import eot_token_id, pad_token_id
+from lowbit.nn import sdpa
 from lowbit.nn.layer_scale import LayerScale
 
 __all__ = ["CLIP", "Attention", "Block", "TextTransformer", "VisionTransformer", "clip_loss"]
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (``scaled_dot_product_attention``), optional per-head LayerNorm on q and k."""
+    """Multi-head self-attention (``scaled_dot_product_attention`` under :mod:`lowbit.nn.sdpa`'s backends), optional per-head LayerNorm on q and k."""
 
     def __init__(self, width: int, heads: int, qk_norm: bool = False, causal: bool = False) -> None:
         super().__init__()
@@ -33,7 +34,7 @@ class Attention(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        y = sdpa.attention(q, k, v, is_causal=self.causal)
         return self.out(y.transpose(1, 2).reshape(b, n, c))
 
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lowbit.functional.linear import linear
 from lowbit.functional.recipe import Recipe, get_recipe
+from lowbit.nn import sdpa
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class LowbitMultiheadAttention(nn.MultiheadAttention):
             if key_padding_mask is not None:
                 pad = _additive(key_padding_mask, q.dtype).view(n, 1, 1, src)
                 mask = pad if mask is None else mask + pad
-        o = F.scaled_dot_product_attention(q, k, v, mask, self.dropout if self.training else 0.0, is_causal)
+        o = sdpa.attention(q, k, v, mask, self.dropout if self.training else 0.0, is_causal)
         # (N, H, L, D) → (N, L, E) or (L, N, E): the output in the caller's layout, contiguous
         o = o.permute(0, 2, 1, 3) if self.batch_first else o.permute(2, 0, 1, 3)
         o = o.reshape(*o.shape[:2], self.embed_dim)

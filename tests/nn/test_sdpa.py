@@ -1,0 +1,99 @@
+"""lowbit.nn.sdpa: the backend preference (parsing, set / restore, what reaches sdpa_kernel), the same attention as
+F.scaled_dot_product_attention, no graph break under torch.compile, and on CUDA the preferred backend chosen."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+
+from lowbit.models import CLIP, get_config
+from lowbit.nn import sdpa
+
+
+@pytest.fixture(autouse=True)
+def _restore():
+    previous = sdpa.set_sdpa_backends(None)
+    yield
+    sdpa.set_sdpa_backends(previous)
+
+
+@pytest.mark.parametrize("bad", ["fast", "flash,flash", "flash,,bogus", ["cudnn", "FLASH"]])
+def test_bad_preference_names_the_problem(bad):
+    with pytest.raises(ValueError, match="SDPA backends must be distinct names from flash, cudnn, efficient, math"):
+        sdpa.set_sdpa_backends(bad)
+    assert sdpa.sdpa_backends() is None  # unchanged
+
+
+def test_set_and_mode_restore():
+    assert sdpa.set_sdpa_backends("flash, cudnn") is None
+    assert sdpa.sdpa_backends() == ("flash", "cudnn")
+    with sdpa.sdpa_backends_mode(["efficient"]):
+        assert sdpa.sdpa_backends() == ("efficient",)
+        with sdpa.sdpa_backends_mode("auto"):
+            assert sdpa.sdpa_backends() is None
+    assert sdpa.sdpa_backends() == ("flash", "cudnn")
+
+
+def test_preference_first_then_every_other_backend(monkeypatch):
+    seen = []
+    real = sdpa.sdpa_kernel
+
+    def spy(backends, set_priority=False):
+        seen.append((list(backends), set_priority))
+        return real(backends, set_priority=set_priority)
+
+    monkeypatch.setattr(sdpa, "sdpa_kernel", spy)
+    q = torch.randn(2, 3, 5, 8)
+    sdpa.attention(q, q, q)
+    assert seen == []  # no preference: PyTorch's own choice, no context at all
+    with sdpa.sdpa_backends_mode("efficient,flash"):
+        sdpa.attention(q, q, q)
+    B = SDPBackend
+    assert seen == [([B.EFFICIENT_ATTENTION, B.FLASH_ATTENTION, B.CUDNN_ATTENTION, B.MATH], True)]
+
+
+@pytest.mark.parametrize("order", [None, "math", "flash,cudnn"])
+def test_same_result_as_sdpa(order):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 16, generator=g) for _ in range(3))
+    mask = torch.randn(2, 3, 7, 7, generator=g)
+    with sdpa.sdpa_backends_mode(order):
+        for kw in ({}, {"is_causal": True}, {"attn_mask": mask}):
+            got = sdpa.attention(q, k, v, **kw)
+            want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                  **{n: t.double() if torch.is_tensor(t) else t for n, t in kw.items()})
+            # float32 softmax(QKᵀ)V with K = 16: a few ulp of the outputs' scale
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiles_without_graph_break():
+    model = CLIP(get_config("tiny")).eval()
+    block = model.visual.blocks[0]
+    x = torch.randn(2, model.visual.positional_embedding.shape[0], block.ln1.normalized_shape[0])
+    with sdpa.sdpa_backends_mode("flash,efficient"):
+        explained = torch._dynamo.explain(block)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_bad_environment_variable_fails_at_import():
+    env = {**os.environ, "LOWBIT_SDPA": "fastest"}
+    out = subprocess.run([sys.executable, "-c", "import lowbit.nn.sdpa"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "LOWBIT_SDPA: SDPA backends must be distinct names" in out.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA: which backend PyTorch's selector picks")
+@pytest.mark.parametrize("name", ["flash", "efficient", "cudnn"])
+def test_cuda_preferred_backend_is_chosen(name):
+    q = torch.randn(4, 16, 257, 80, device="cuda", dtype=torch.bfloat16)
+    with sdpa.sdpa_backends_mode(name), sdpa._context():
+        choice = SDPBackend(torch._fused_sdp_choice(q, q, q))
+    if name == "cudnn" and choice != SDPBackend.CUDNN_ATTENTION:
+        pytest.skip("this build's cuDNN attention does not take the shape")
+    assert choice == sdpa.SDPA_BACKENDS[name]
