@@ -107,3 +107,15 @@ def test_blocks_scope_compiles_every_transformer_block_of_both_towers(preset: st
     assert compiled == towers
     with pytest.raises(ValueError, match="--compile-scope must be blocks or model"):
         bench_step.compile_model(model, "layers")
+
+
+def test_layers_auto_row_says_which_layers_stayed_16bit(tmp_path: Path, capsys) -> None:
+    """``--layers auto``: the row carries the convert report's measured summary (here: on the CPU nothing is
+    measured, the width threshold keeps every tiny layer 16-bit), printed and in step.json; absent otherwise."""
+    data = _run(tmp_path, "switchback-sim", extra=("--layers", "auto"))
+    rows = {r["recipe"]: r for r in data["rows"]}
+    summary = rows["switchback-sim"]["layers_auto"]
+    assert summary == "0 of 22 linears in switchback-sim; 16-bit: not measured (cpu), width threshold 20, module_filter 2"
+    assert f"[tiny switchback-sim] layers auto: {summary}" in capsys.readouterr().out
+    assert "layers_auto" not in rows["bf16"]
+    assert "layers_auto" not in _run(tmp_path / "clip", "switchback-sim")["rows"][1]

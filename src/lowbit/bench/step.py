@@ -65,6 +65,7 @@ from lowbit.bench.common import compile_model as common_compile_model
 from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args, run_row
 from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
+from lowbit.nn.convert import convert_report
 
 HELP = "full CLIP training step (towers, loss, backward, optimizer) per recipe vs bf16: images/s, MFU, peak memory"
 
@@ -162,6 +163,9 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     torch.manual_seed(0)
     graphs0, skips0 = _graphs(), _cudagraph_skips()
     model, row["converted"] = build_model(preset, recipe, device, args.layers, batch)
+    if args.layers == "auto" and (report := convert_report(model)) is not None:  # which layers stayed 16-bit, and why
+        row["layers_auto"] = report.measured_summary()
+        print(f"  [{preset} {recipe}] layers auto: {row['layers_auto']}", flush=True)
     graphs = args.compile and args.cudagraphs
     fwd = compile_model(model, args.compile_scope, "reduce-overhead" if graphs else None) if args.compile else model
     images, tokens = random_batch(model, batch, device)

@@ -160,6 +160,23 @@ class ConvertReport:
         return (f"lowbit.convert: {len(self.converted)} linear layer(s) → {self.recipe}; {len(self.skipped)} skipped "
                 f"(of {n}){why}; {len(self.fused)} fused module(s), {len(self.not_fused)} not fused")
 
+    def measured_summary(self) -> str:
+        """For a measured conversion (``--layers auto``): how many linears went 8-bit, each measured shape's speed over
+        bf16 and its decision, and why the others stayed 16-bit (the causes: measured slower, not measured, ...)."""
+        rows = [r for r in self.layers if r.status in (CONVERTED, SKIPPED)]
+        causes: dict[str, int] = {}
+        shapes: dict[str, str] = {}  # "tokens×in→out": "1.31× 8-bit", in model order
+        for r in rows:
+            if r.status == SKIPPED:  # "not measured (cpu): width threshold: ..." → "not measured (cpu), width threshold"
+                cause = r.detail.split(": width")[0] + ", width threshold" if r.cause == "not measured" else r.cause
+                causes[cause] = causes.get(cause, 0) + 1
+            if r.gain is not None:
+                shapes.setdefault(r.measured_at, f"{r.gain:.2f}× {'8-bit' if r.status == CONVERTED else '16-bit'}")
+        measured = f"; measured fwd+bwd vs bf16 on this device: {', '.join(f'{k} {v}' for k, v in shapes.items())}"
+        kept = ", ".join(f"{k} {v}" for k, v in causes.items()) or "none"
+        return (f"{len(self.converted)} of {len(rows)} linears in {self.recipe}{measured if shapes else ''}; "
+                f"16-bit: {kept}")
+
     def details(self) -> str:
         lines = [f"\n  fused {k or '<root>'}: {v}" for k, v in self.fused.items()]
         lines += [f"\n  not fused {k or '<root>'}: {v}" for k, v in self.not_fused.items()]

@@ -98,26 +98,14 @@ def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str) -> tuple[bo
 
 
 def _layers_note(cfg: TrainConfig, model: torch.nn.Module) -> str:
-    """``layers auto``: how many linears went 8-bit, each measured shape's ratio to bf16, and why the others stayed
-    16-bit (the convert report's causes: measured slower, not measured, ...); ``""`` otherwise."""
+    """``layers auto``: the convert report's measured summary (:meth:`ConvertReport.measured_summary`); ``""``
+    otherwise."""
     from lowbit.nn import convert_report
 
     report = convert_report(model)
     if cfg.layers != "auto" or report is None:
         return ""
-    rows = [r for r in report.layers if r.status in ("converted", "16-bit")]
-    causes: dict[str, int] = {}
-    shapes: dict[str, str] = {}  # "tokens×in→out": "1.31× 8-bit", in model order
-    for r in rows:
-        if r.status == "16-bit":  # "not measured (cpu): width threshold: ..." → "not measured (cpu), width threshold"
-            cause = r.detail.split(": width")[0] + ", width threshold" if r.cause == "not measured" else r.cause
-            causes[cause] = causes.get(cause, 0) + 1
-        if r.gain is not None:
-            shapes.setdefault(r.measured_at, f"{r.gain:.2f}× {'8-bit' if r.status == 'converted' else '16-bit'}")
-    measured = f"; measured fwd+bwd vs bf16 on this device: {', '.join(f'{k} {v}' for k, v in shapes.items())}"
-    kept = ", ".join(f"{k} {v}" for k, v in causes.items()) or "none"
-    return (f"lowbit train: layers auto: {len(report.converted)} of {len(rows)} linears in {report.recipe}"
-            f"{measured if shapes else ''}; 16-bit: {kept}")
+    return f"lowbit train: layers auto: {report.measured_summary()}"
 
 
 def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
