@@ -39,8 +39,12 @@ STEP_ROW_FLOW = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16
 # issue #28 session 7: the weight's dgrad codes made in the forward's pass (functional.linear.dual_weight)
 STEP_WEIGHT_CODES = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback "
                      "fp8-switchback:fused fp8-tensorwise --out $DIR")
+STEP_AUTO = f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback --layers auto"
 SESSION8 = ("issue #28/#29/#30 session 8: one H100 (device calls 1-3 on one warm machine), code at 5c83142 (the "
             "probe and the two steps ran as their commands directly, not through bench/run.py)")
+SESSION9 = ("issue #28/#29 session 9: one H100 (device calls 1-4 on one warm machine), code at 342d133 (the device "
+            "copy's env.txt names b8aa54d with the two files 342d133 changed); the step, probe and test commands ran "
+            "directly, not through bench/run.py; call 1's step.json files were not brought back")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -317,9 +321,13 @@ JOBS: list[Job] = [
     Job("model-open-clip-vit-h-14", "issue #29's speed rows: open_clip 3.3's own ViT-H-14 (both towers, ClipLoss, "
         "random init) converted whole by one lowbit.convert call, against its own bf16 step in the same run, "
         "torch.compile'd (the eager rows: the same command without --compile)", OPEN_CLIP_H,
-        _renamed("model", "model-open-clip-vit-h-14.md", "model-open-clip-vit-h-14.json"), "", 480,
-        "not measured yet", needs="open_clip",
+        _renamed("model", "model-open-clip-vit-h-14.md", "model-open-clip-vit-h-14.json"), "1c1805b", 480,
+        SESSION9, needs="open_clip",
         note="carry .whl/ with open_clip_torch, timm, ftfy, regex, wcwidth (docs/your-own-model.md)"),
+    Job("model-open-clip-vit-h-14-eager", "issue #29's eager rows: the same open_clip ViT-H-14 step without "
+        "torch.compile", OPEN_CLIP_H.replace(" --compile", ""),
+        _renamed("model", "model-open-clip-vit-h-14-eager.md", "model-open-clip-vit-h-14-eager.json"), "1c1805b", 300,
+        SESSION9, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-open-clip-vit-h-14-h200", "the same on an H200 (compiled rows only)", OPEN_CLIP_H,
         _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
         SESSION6_H200, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
@@ -330,8 +338,8 @@ JOBS: list[Job] = [
         "vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,text.hidden_size=1024,"
         "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024' "
         "--batch-size 64 --recipe bf16 fp8-switchback switchback --compile --no-anchors --out $DIR",
-        _renamed("model", "model-timm-hf-vit-h-14-compiled.md", "model-timm-hf-vit-h-14-compiled.json"), "", 540,
-        "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
+        _renamed("model", "model-timm-hf-vit-h-14-compiled.md", "model-timm-hf-vit-h-14-compiled.json"), "1c1805b", 540,
+        SESSION9, needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
     Job("row-flow-probe-3", "the row-wise flow's producers with every launch candidate (runs of rows, row pieces, "
         "reloading two passes), and the compiled LN→MLP block with lowbit's producers, with every producer traced "
         "for inductor, and mixed (only the activation's forward traced)", ROW_FLOW_3,
@@ -342,13 +350,22 @@ JOBS: list[Job] = [
     Job("gpu-tests-autolayers", "`--layers auto`'s measurement on CUDA: one ViT-H MLP shape timed in bf16 and "
         "fp8-switchback under CUDA graphs, its gain and timing method printed, the cache written",
         f"LOWBIT_CACHE_DIR=$DIR/cache {PYTEST} -s -rf tests/nn/test_autolayers.py -k cuda",
-        {"gpu-tests-autolayers.txt": "log"}, "", 240, "not measured yet"),
+        {"gpu-tests-autolayers.txt": "log"}, "1c1805b", 240, SESSION9),
     Job("step-vit-h-14-layers-auto", "issue #28's `--layers auto` check: the ViT-H/14 step under CUDA graphs with "
-        "each layer kept 8-bit only where its shape measured faster than bf16, beside every recipe per linear",
-        f"LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 switchback "
-        "fp8-switchback fp8-tensorwise --layers auto --out $DIR",
-        _renamed("step", "step-vit-h-14-layers-auto.md", "step-vit-h-14-layers-auto.json"), "", 480,
-        "not measured yet", note="rerun with --layers clip in the same call for the comparison"),
+        "each block linear kept 8-bit only where its shape measured faster than bf16 (fp8-switchback)",
+        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_AUTO} --out $DIR",
+        {"step-vit-h-14-layers-auto.md": "step.md"}, "1c1805b", 300, SESSION9),
+    Job("step-vit-h-14-layers-auto-2", "the same for switchback and fp8-tensorwise",
+        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
+        "--recipe bf16 switchback fp8-tensorwise --layers auto --out $DIR",
+        _renamed("step", "step-vit-h-14-layers-auto-2.md", "step-vit-h-14-layers-auto-2.json"), "1c1805b", 300, SESSION9),
+    Job("step-vit-h-14-layers-auto-sdpa-flash", "step-vit-h-14-layers-auto with FlashAttention-2 preferred over cuDNN "
+        "(LOWBIT_SDPA=flash, lowbit.nn.sdpa)",
+        f"LOWBIT_SDPA=flash TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_AUTO} --out $DIR",
+        {"step-vit-h-14-layers-auto-sdpa-flash.md": "step.md"}, "1c1805b", 300, SESSION9),
+    Job("sdpa-backends", "each scaled_dot_product_attention backend (cuDNN, FlashAttention-2, memory-efficient) at "
+        "CLIP's attention shapes, forward and forward+backward from the packed qkv, error against float32 math",
+        "python3 bench/probes/sdpa_backends.py", {"sdpa-backends.md": "log"}, "1c1805b", 120, SESSION9),
     Job("mlp-ln-mlp-vit-b-32", "ViT-B/32 LayerNorm→MLP+residual block, eager and CUDA graphs, every fused recipe",
         f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-b-32 --recipes bf16 switchback switchback-m "
         "fp8-switchback fp8-tensorwise switchback-block fp8-blockwise --cudagraphs --out $DIR",
