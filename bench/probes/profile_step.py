@@ -12,7 +12,6 @@ classes that live in the blocks by the number of transformer blocks (both towers
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import time
 from collections import defaultdict
@@ -20,27 +19,11 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from lowbit.bench.profile import kernel_class
 from lowbit.bench.step import build_model, compile_model, make_optimizer, random_batch
 from lowbit.train.env import Env
 from lowbit.train.step import train_step
 from lowbit.train.trainer import Trainer
-
-# first match wins; lowbit's Triton kernels by their names (kernels/quantize.py, kernels/gemm.py, optim)
-CLASSES = [
-    ("optimizer", r"adam|foreach|multi_tensor|_phase[12]_tile|clamp_min|norm_kernel|reduce_kernel.*norm"),
-    ("attention", r"flash|fmha|attention|sdpa|efficient_attention|cudnn.*(?:mha|sdpa)"),
-    ("gemm", r"gemm|_gemm|nvjet|cutlass|sm90_xmma|xmma|cublas|matmul|_mm_|scaled_mm|wgmma|splitK"),
-    ("quantize", r"quantiz|_absmax|_cast|_encode|_dequant|amax|float8|fp8"),
-    ("layernorm", r"layer_norm|layernorm|LayerNorm|native_layer_norm"),
-    ("gelu/elementwise", r"gelu|elementwise|vectorized|unrolled|copy|fill|add|mul"),
-]
-
-
-def kernel_class(name: str) -> str:
-    for cls, pat in CLASSES:
-        if re.search(pat, name, re.IGNORECASE):
-            return cls
-    return "other"
 
 
 def main() -> None:

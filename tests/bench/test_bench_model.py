@@ -333,3 +333,13 @@ def test_bench_step_model_runs_bench_model_with_its_options(fake_timm, tmp_path:
     monkeypatch.setitem(sys.modules, "transformers", None)
     assert main(["bench", "step", "--model", "hf:clip", "--device", "cpu"]) == 2
     assert "needs the transformers package" in capsys.readouterr().err
+
+
+def test_profile_puts_each_rows_split_in_the_row_and_a_file(fake_timm, tmp_path: Path) -> None:
+    """``--profile``: after the timing, profiled steps classed per kernel (here the CPU's operators)."""
+    data = _bench(tmp_path, "timm:vit_tiny", "switchback-sim", extra=("--layers", "all", "--profile", "1"))
+    for r in data["rows"]:
+        assert r["profile_ms"]["layernorm"] > 0 and sum(r["profile_ms"].values()) > 0, r["profile_ms"]
+        path = Path(r["profile_file"])
+        assert path.parent == tmp_path / "profile" and path.read_text().startswith(f"### timm:vit_tiny {r['recipe']}")
+    assert "profile_ms" not in _bench(tmp_path / "plain", "timm:vit_tiny", "bf16")["rows"][0]

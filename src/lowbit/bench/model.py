@@ -172,6 +172,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     parser.add_argument("--seed", type=int, default=0, help="weights of every row (the same model per row)")
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
+    parser.add_argument("--profile", type=int, nargs="?", const=2, default=0, metavar="STEPS",
+                        help="after each row's timing, STEPS (default 2) more steps under torch.profiler: GPU ms per "
+                             "kernel class in the row, the top kernels in OUT/profile/<model>-<recipe>.txt")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for model.json and model.md (rewritten per row)")
     add_isolate_argument(parser)
@@ -180,8 +183,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> list[ModelSpec]:
     """The options and every ``--model``'s package, before anything runs (``lowbit bench`` calls it before its
     CPU warning): a bad value or a missing package is one line, not a table of errors."""
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.seq_len < 0:
-        raise ValueError("--steps and --batch-size must be >= 1, --warmup and --seq-len >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.seq_len < 0 or args.profile < 0:
+        raise ValueError("--steps and --batch-size must be >= 1, --warmup, --seq-len and --profile >= 0")
     if args.cudagraphs and not args.compile:
         raise ValueError("--cudagraphs needs --compile (CUDA graphs come from torch.compile's reduce-overhead mode)")
     specs = [parse_spec(s) for s in args.model]

@@ -123,6 +123,10 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
                throughput=per_step / ms * 1000, samples_per_s=args.batch_size / ms * 1000)
     if cuda:
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if getattr(args, "profile", 0):  # after the timing, so that the profiler's overhead is in no timed step
+        from lowbit.bench.profile import profile_row
+
+        profile_row(row, step, args, device, f"{spec} {recipe}")
     return row
 
 

@@ -224,6 +224,10 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     row.update(ms_per_step=ms, ms_min=min(times), ms_max=max(times), images_per_s=batch / ms * 1000)
     if cuda:
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if getattr(args, "profile", 0):  # after the timing, so that the profiler's overhead is in no timed step
+        from lowbit.bench.profile import profile_row
+
+        profile_row(row, step, args, device, f"{preset} {recipe}")
     return row
 
 
@@ -338,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
+    parser.add_argument("--profile", type=int, nargs="?", const=2, default=0, metavar="STEPS",
+                        help="after each row's timing, STEPS (default 2) more steps under torch.profiler: GPU ms per "
+                             "kernel class in the row, the top kernels in OUT/profile/<preset>-<recipe>.txt")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for step.json and step.md (rewritten per row)")
     add_isolate_argument(parser)
@@ -357,7 +364,7 @@ def model_args(args: argparse.Namespace) -> argparse.Namespace:
     model.add_arguments(parser)
     out = parser.parse_args(["--model", *args.model])
     for key in ("recipes", "steps", "warmup", "compile", "cudagraphs", "compile_scope", "optimizer", "precision",
-                "no_anchors", "device", "out"):
+                "no_anchors", "device", "out", "profile"):
         setattr(out, key, getattr(args, key))
     out.batch_size = args.batch_size or out.batch_size
     out.layers = "auto" if args.layers in ("clip", "auto") else args.layers
@@ -374,8 +381,8 @@ def check(args: argparse.Namespace) -> None:
         return
     from lowbit.models import list_presets
 
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 0:
-        raise ValueError("--steps must be >= 1, --warmup and --batch-size >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 0 or args.profile < 0:
+        raise ValueError("--steps must be >= 1, --warmup, --batch-size and --profile >= 0")
     if args.cudagraphs and not args.compile:
         raise ValueError("--cudagraphs needs --compile (CUDA graphs come from torch.compile's reduce-overhead mode)")
     unknown = [p for p in args.preset if p not in list_presets()]
