@@ -42,6 +42,9 @@ STEP_WEIGHT_CODES = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe 
 STEP_AUTO = f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback --layers auto"
 SESSION8 = ("issue #28/#29/#30 session 8: one H100 (device calls 1-3 on one warm machine), code at 5c83142 (the "
             "probe and the two steps ran as their commands directly, not through bench/run.py)")
+HF_CLIP_H = ("vision.hidden_size=1280,vision.intermediate_size=5120,vision.num_hidden_layers=32,"
+             "vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,text.hidden_size=1024,"
+             "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024")
 SESSION9 = ("issue #28/#29 session 9: one H100 (device calls 1-4 on one warm machine), code at 342d133 (the device "
             "copy's env.txt names b8aa54d with the two files 342d133 changed); the step, probe and test commands ran "
             "directly, not through bench/run.py; call 1's step.json files were not brought back")
@@ -328,6 +331,19 @@ JOBS: list[Job] = [
         "torch.compile", OPEN_CLIP_H.replace(" --compile", ""),
         _renamed("model", "model-open-clip-vit-h-14-eager.md", "model-open-clip-vit-h-14-eager.json"), "1c1805b", 300,
         SESSION9, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-profile-open-clip-vit-h-14", "why compiled switchback is slower than eager in open_clip's ViT-H-14 "
+        "(session 9: 0.80x compiled, 1.17x eager): the compiled rows with --profile (each row's GPU ms per kernel "
+        "class in the JSON, its top kernels in the log)", OPEN_CLIP_H.replace("--out", "--profile --out"),
+        {"model-profile-open-clip-vit-h-14.log": "log",
+         **_renamed("model", "model-profile-open-clip-vit-h-14.md", "model-profile-open-clip-vit-h-14.json")},
+        "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-profile-hf-clip-vit-h-14", "why Hugging Face CLIPModel at ViT-H widths loses compiled (session 9: "
+        "fp8-switchback 0.79x, switchback 0.50x): its compiled rows with --profile",
+        f"{LOWBIT} bench model --model 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe bf16 fp8-switchback switchback "
+        "--compile --no-anchors --profile --out $DIR",
+        {"model-profile-hf-clip-vit-h-14.log": "log",
+         **_renamed("model", "model-profile-hf-clip-vit-h-14.md", "model-profile-hf-clip-vit-h-14.json")},
+        "", 420, "not measured yet"),
     Job("model-open-clip-vit-h-14-h200", "the same on an H200 (compiled rows only)", OPEN_CLIP_H,
         _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
         SESSION6_H200, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
