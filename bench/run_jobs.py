@@ -344,6 +344,11 @@ JOBS: list[Job] = [
         {"model-profile-hf-clip-vit-h-14.log": "log",
          **_renamed("model", "model-profile-hf-clip-vit-h-14.md", "model-profile-hf-clip-vit-h-14.json")},
         "", 420, "not measured yet"),
+    Job("model-open-clip-vit-h-14-cudagraphs", "is the compiled open_clip step launch-bound? the compiled rows "
+        "again with CUDA graphs (a launch then costs no host time): if switchback's 0.80x was the host's custom-op "
+        "launches, it recovers here", OPEN_CLIP_H.replace("--compile", "--compile --cudagraphs"),
+        _renamed("model", "model-open-clip-vit-h-14-cudagraphs.md", "model-open-clip-vit-h-14-cudagraphs.json"),
+        "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-open-clip-vit-h-14-h200", "the same on an H200 (compiled rows only)", OPEN_CLIP_H,
         _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
         SESSION6_H200, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),

@@ -41,6 +41,7 @@ def test_profile_steps_on_the_cpu_counts_each_step_once() -> None:
         assert p.launches == pytest.approx(3.0)  # matmul, gelu, sum: per step, whatever the number of steps
         assert {n: round(c) for n, (_, c) in p.kernels.items()} == {"aten::matmul": 1, "aten::gelu": 1, "aten::sum": 1}
         assert p.total_ms == pytest.approx(sum(p.per_class_ms.values()))
+        assert p.wall_ms > 0 and p.busy == pytest.approx(p.total_ms / p.wall_ms)
     text = three.text("tiny step")
     assert text.startswith("### tiny step\n") and "| gemm |" in text and "[gemm] aten::matmul" in text
 
@@ -52,7 +53,7 @@ def test_bench_step_profile_writes_the_rows_profile(tmp_path: Path, capsys) -> N
     rows = json.loads((tmp_path / "step.json").read_text())["rows"]
     assert [r["recipe"] for r in rows] == ["bf16", "switchback-sim"]
     for r in rows:
-        assert r["profile_ms"]["gemm"] > 0, r["profile_ms"]
+        assert r["profile_ms"]["gemm"] > 0 and r["profile_busy"] > 0, r
         text = Path(r["profile_file"]).read_text()
         assert text.startswith(f"### tiny {r['recipe']} (batch 2, compiled: no)") and "| gemm |" in text
     assert "### tiny switchback-sim" in capsys.readouterr().out

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +51,12 @@ class StepProfile:
     per_class_ms: dict[str, float] = field(default_factory=dict)
     kernels: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (µs per step, calls per step)
     launches: float = 0.0
+    wall_ms: float = 0.0  # median host time of a profiled step, each ended by a device sync (profiler overhead in it)
+
+    @property
+    def busy(self) -> float:
+        """Kernel time over wall time: well under 1 means the step waits on the host (launch-bound)."""
+        return self.total_ms / self.wall_ms if self.wall_ms else 0.0
 
     @property
     def total_ms(self) -> float:
@@ -67,9 +75,10 @@ class StepProfile:
         return "\n".join(lines)
 
     def text(self, title: str, top: int = 40) -> str:
-        return (f"### {title}\n{self.total_ms:.2f} ms/step of {'GPU kernels' if self.device == 'cuda' else 'CPU operators'}, "
-                f"{self.launches:.0f} launches/step, {self.steps} profiled steps\n\n{self.class_table()}\n\n"
-                f"{self.kernel_table(top)}\n")
+        what = "GPU kernels" if self.device == "cuda" else "CPU operators"
+        return (f"### {title}\n{self.total_ms:.2f} ms/step of {what} in {self.wall_ms:.2f} ms of wall time "
+                f"({100 * self.busy:.0f}% busy), {self.launches:.0f} launches/step, {self.steps} profiled steps\n\n"
+                f"{self.class_table()}\n\n{self.kernel_table(top)}\n")
 
 
 def profile_steps(step: Callable[[], None], steps: int, device: torch.device) -> StepProfile:
@@ -78,12 +87,15 @@ def profile_steps(step: Callable[[], None], steps: int, device: torch.device) ->
 
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    walls: list[float] = []
     with profile(activities=acts) as prof:
         for _ in range(steps):
+            t0 = time.perf_counter()
             step()
-        if cuda:
-            torch.cuda.synchronize(device)
-    out = StepProfile(steps=steps, device="cuda" if cuda else "cpu")
+            if cuda:
+                torch.cuda.synchronize(device)
+            walls.append((time.perf_counter() - t0) * 1e3)
+    out = StepProfile(steps=steps, device="cuda" if cuda else "cpu", wall_ms=statistics.median(walls))
     per_class: dict[str, float] = defaultdict(float)
     kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for e in prof.events():
@@ -108,12 +120,14 @@ def profile_steps(step: Callable[[], None], steps: int, device: torch.device) ->
 def profile_row(row: dict[str, Any], step: Callable[[], None], args: argparse.Namespace, device: torch.device,
                 title: str) -> StepProfile:
     """``--profile N`` of ``lowbit bench model`` / ``bench step``: N more steps under the profiler after a row's
-    timing; the ms per class go into the row (``profile_ms``), the class and kernel tables to stdout and, with
+    timing; the ms per class go into the row (``profile_ms``, with ``profile_busy``: kernel time over wall time),
+    the class and kernel tables to stdout and, with
     ``--out``, to ``OUT/profile/<title>.txt`` (``profile_file``)."""
     from lowbit.atomic_io import atomic_write_text
 
     prof = profile_steps(step, args.profile, device)
     row["profile_ms"] = {c: round(ms, 3) for c, ms in sorted(prof.per_class_ms.items(), key=lambda kv: -kv[1])}
+    row["profile_busy"] = round(prof.busy, 3)
     text = prof.text(f"{title} (batch {row.get('batch')}, compiled: {row.get('compiled')})")
     print(text, flush=True)
     if args.out:
