@@ -40,6 +40,11 @@ STEP_ROW_FLOW = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16
 STEP_WEIGHT_CODES = (f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback "
                      "fp8-switchback:fused fp8-tensorwise --out $DIR")
 STEP_AUTO = f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback --layers auto"
+# FlashAttention-4 and its dependencies (.fa4/WHEELS.txt) unpacked into one tar.xz of 74 MB, split in two parts: a
+# device call carries 64 MiB at most, so one call carries .fa4/a and the next, on the same warm machine, .fa4/b
+FA4_SITE = "mkdir -p /tmp/fa4site && cat .fa4/a/* .fa4/b/* | tar xJf - -C /tmp/fa4site"
+FA4_NOTE = ("carry .fa4/a in one device call and .fa4/b in the next on the same warm machine (the parts stay there; "
+            "git-ignored, made by the session-9 recipe in docs/results.md)")
 SESSION8 = ("issue #28/#29/#30 session 8: one H100 (device calls 1-3 on one warm machine), code at 5c83142 (the "
             "probe and the two steps ran as their commands directly, not through bench/run.py)")
 HF_CLIP_H = ("vision.hidden_size=1280,vision.intermediate_size=5120,vision.num_hidden_layers=32,"
@@ -387,6 +392,15 @@ JOBS: list[Job] = [
     Job("sdpa-backends", "each scaled_dot_product_attention backend (cuDNN, FlashAttention-2, memory-efficient) at "
         "CLIP's attention shapes, forward and forward+backward from the packed qkv, error against float32 math",
         "python3 bench/probes/sdpa_backends.py", {"sdpa-backends.md": "log"}, "1c1805b", 120, SESSION9),
+    Job("sdpa-backends-fa4", "the attention backends again with FlashAttention-4 (flash-attn-4's Hopper kernels "
+        "routed into the flash backend): can a kernel that does not pad head dimension 80 to 128 beat cuDNN?",
+        f"{FA4_SITE} && PYTHONPATH=$PYTHONPATH:/tmp/fa4site python3 bench/probes/sdpa_backends.py --fa4",
+        {"sdpa-backends-fa4.md": "log"}, "", 240, "not measured yet", note=FA4_NOTE),
+    Job("step-vit-h-14-layers-auto-sdpa-fa4", "step-vit-h-14-layers-auto with FlashAttention-4 preferred "
+        "(LOWBIT_SDPA=fa4)", f"{FA4_SITE} && PYTHONPATH=$PYTHONPATH:/tmp/fa4site LOWBIT_SDPA=fa4 "
+        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_AUTO} --out $DIR",
+        _renamed("step", "step-vit-h-14-layers-auto-sdpa-fa4.md", "step-vit-h-14-layers-auto-sdpa-fa4.json"), "",
+        360, "not measured yet", note=FA4_NOTE),
     Job("mlp-ln-mlp-vit-b-32", "ViT-B/32 LayerNorm→MLP+residual block, eager and CUDA graphs, every fused recipe",
         f"TRITON_CACHE_AUTOTUNING=1 {LOWBIT} bench mlp --shapes vit-b-32 --recipes bf16 switchback switchback-m "
         "fp8-switchback fp8-tensorwise switchback-block fp8-blockwise --cudagraphs --out $DIR",

@@ -113,3 +113,40 @@ def test_cuda_preferred_backend_runs(name):
     if name == "cudnn" and not ran:
         pytest.skip(f"this build's cuDNN attention does not take the shape (kernels: {names})")
     assert ran, f"no {name} kernel among {names}"
+
+
+def test_fa4_and_flash_are_one_backend():
+    with pytest.raises(ValueError, match="fa4 and flash are one backend"):
+        sdpa.set_sdpa_backends("flash,fa4")
+
+
+def test_fa4_without_its_package_is_one_clear_error():
+    import importlib.util
+
+    import torch.nn.attention as attention
+
+    if not hasattr(attention, "activate_flash_attention_impl"):
+        pytest.skip("this torch has no flash attention registry")
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(RuntimeError, match=r"set_sdpa_backends: fa4 needs the flash-attn-4 package"):
+        sdpa.set_sdpa_backends("fa4")
+    assert sdpa.sdpa_backends() is None  # unchanged
+
+
+def test_fa4_activates_pytorchs_fa4_impl_once_then_prefers_flash(monkeypatch):
+    import torch.nn.attention as attention
+
+    active: list[str] = []
+    monkeypatch.setattr(attention, "activate_flash_attention_impl", lambda impl: active.append(impl), raising=False)
+    monkeypatch.setattr(attention, "current_flash_attention_impl", lambda: active[-1] if active else None,
+                        raising=False)
+    seen = []
+    real = sdpa.sdpa_kernel
+    monkeypatch.setattr(sdpa, "sdpa_kernel", lambda b, set_priority=False: seen.append(list(b)) or real(b, set_priority))
+    with sdpa.sdpa_backends_mode("fa4,cudnn"), sdpa.sdpa_backends_mode("fa4"):
+        q = torch.randn(1, 2, 3, 8)
+        sdpa.attention(q, q, q)
+    assert active == ["FA4"]  # activated once, then found active
+    B = SDPBackend
+    assert seen == [[B.FLASH_ATTENTION, B.CUDNN_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH]]

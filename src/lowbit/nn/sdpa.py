@@ -10,6 +10,10 @@ PyTorch's choice alone.
 
 Set it with :func:`set_sdpa_backends` / :func:`sdpa_backends_mode` or ``LOWBIT_SDPA=flash,cudnn``; compiled code
 reads it when it traces, as :mod:`lowbit.kernels.ops` reads the compiled-quantize mode.
+
+``fa4`` is the flash backend with FlashAttention-4's kernels (the ``flash-attn-4`` package, CuTe DSL; Hopper and
+Blackwell) routed in through PyTorch's ``torch.nn.attention.activate_flash_attention_impl("FA4")``: the switch is
+process-wide (every flash call then runs FA4 where it supports the inputs, FA2 elsewhere) and stays on.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ SDPA_BACKENDS: dict[str, SDPBackend] = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
+    "fa4": SDPBackend.FLASH_ATTENTION,  # after activate_flash_attention_impl("FA4"): see the module docstring
 }
 
 
@@ -37,10 +42,28 @@ def _parse(order: Sequence[str] | str | None, where: str) -> tuple[str, ...] | N
         return None
     names = tuple(n.strip() for n in (order.split(",") if isinstance(order, str) else order) if n.strip())
     bad = [n for n in names if n not in SDPA_BACKENDS]
-    if bad or not names or len(set(names)) != len(names):
+    if bad or not names or len({SDPA_BACKENDS[n] for n in names}) != len(names):
         raise ValueError(f"{where}: SDPA backends must be distinct names from {', '.join(SDPA_BACKENDS)} "
-                         f"(or 'auto'), got {order!r}")
+                         f"(or 'auto'; fa4 and flash are one backend), got {order!r}")
+    if "fa4" in names:
+        _activate_fa4(where)
     return names
+
+
+def _activate_fa4(where: str) -> None:
+    """Route the flash backend through FlashAttention-4 (once per process); one clear error where it cannot be."""
+    try:
+        from torch.nn.attention import activate_flash_attention_impl, current_flash_attention_impl
+    except ImportError:
+        raise RuntimeError(f"{where}: fa4 needs a torch with torch.nn.attention.activate_flash_attention_impl "
+                           f"(this is torch {torch.__version__})") from None
+    if current_flash_attention_impl() == "FA4":
+        return
+    try:
+        activate_flash_attention_impl("FA4")
+    except Exception as e:  # the package missing, or its kernels not loadable here
+        raise RuntimeError(f"{where}: fa4 needs the flash-attn-4 package (pip install flash-attn-4) on a Hopper or "
+                           f"Blackwell GPU: {type(e).__name__}: {e}") from None
 
 
 _order = _parse(os.environ.get("LOWBIT_SDPA"), "LOWBIT_SDPA")
@@ -72,8 +95,9 @@ def sdpa_backends_mode(order: Sequence[str] | str | None) -> Iterator[None]:
 def _context():
     if _order is None:
         return nullcontext()
-    names = (*_order, *(n for n in SDPA_BACKENDS if n not in _order))
-    return sdpa_kernel([SDPA_BACKENDS[n] for n in names], set_priority=True)
+    backends = [SDPA_BACKENDS[n] for n in _order]
+    backends += [b for b in dict.fromkeys(SDPA_BACKENDS.values()) if b not in backends]
+    return sdpa_kernel(backends, set_priority=True)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
