@@ -120,9 +120,8 @@ def profile_steps(step: Callable[[], None], steps: int, device: torch.device) ->
 def profile_row(row: dict[str, Any], step: Callable[[], None], args: argparse.Namespace, device: torch.device,
                 title: str) -> StepProfile:
     """``--profile N`` of ``lowbit bench model`` / ``bench step``: N more steps under the profiler after a row's
-    timing; the ms per class go into the row (``profile_ms``, with ``profile_busy``: kernel time over wall time),
-    the class and kernel tables to stdout and, with
-    ``--out``, to ``OUT/profile/<title>.txt`` (``profile_file``)."""
+    timing. The ms per class go into the row (``profile_ms``; ``profile_busy``: kernel time over wall time), the
+    class and kernel tables to stdout and, with ``--out``, to ``OUT/profile/<title>.txt`` (``profile_file``)."""
     from lowbit.atomic_io import atomic_write_text
 
     prof = profile_steps(step, args.profile, device)
