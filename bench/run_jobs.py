@@ -354,6 +354,18 @@ JOBS: list[Job] = [
         "launches, it recovers here", OPEN_CLIP_H.replace("--compile", "--compile --cudagraphs"),
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs.md", "model-open-clip-vit-h-14-cudagraphs.json"),
         "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-measured-open-clip-vit-h-14", "issue #29 with each layer measured (--layers measured: only the "
+        "linears whose recipe measures faster than bf16 at the rows each sees; lowbit.nn.measured_filter with "
+        "linear_tokens): open_clip ViT-H-14, b96, compiled",
+        f"LOWBIT_CACHE_DIR=$DIR/cache {OPEN_CLIP_H.replace('--out', '--layers measured --out')}",
+        _renamed("model", "model-measured-open-clip-vit-h-14.md", "model-measured-open-clip-vit-h-14.json"), "", 480,
+        "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-measured-timm-hf-vit-h-14", "the same for timm ViT-H/14 and Hugging Face CLIP at ViT-H widths (b64)",
+        f"LOWBIT_CACHE_DIR=$DIR/cache {LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
+        f"'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe bf16 fp8-switchback switchback --compile --no-anchors "
+        "--layers measured --out $DIR",
+        _renamed("model", "model-measured-timm-hf-vit-h-14.md", "model-measured-timm-hf-vit-h-14.json"), "", 540,
+        "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
     Job("model-open-clip-vit-h-14-h200", "the same on an H200 (compiled rows only)", OPEN_CLIP_H,
         _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
         SESSION6_H200, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),

@@ -343,3 +343,29 @@ def test_profile_puts_each_rows_split_in_the_row_and_a_file(fake_timm, tmp_path:
         path = Path(r["profile_file"])
         assert path.parent == tmp_path / "profile" and path.read_text().startswith(f"### timm:vit_tiny {r['recipe']}")
     assert "profile_ms" not in _bench(tmp_path / "plain", "timm:vit_tiny", "bf16")["rows"][0]
+
+
+def test_layers_measured_times_each_linear_at_its_own_rows(fake_timm, tmp_path: Path, monkeypatch) -> None:
+    """``--layers measured``: one forward counts each linear's rows (batch 4 × 4 patches for the blocks, 4 pooled
+    rows for the head), each shape is measured there (here a fake timing: the 32→32 projections lose), and only the
+    faster layers convert; ``bench step --model ... --layers auto`` means the same."""
+    from lowbit.nn import autolayers
+    from lowbit.nn.autolayers import ShapeTimer
+
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(ShapeTimer, "can_measure", property(lambda self: None))
+    seen: list[tuple[int, int, int]] = []
+
+    def fake(recipe: object, device: object, tokens: int, d_in: int, d_out: int, bias: bool = True):
+        seen.append((tokens, d_in, d_out))
+        return 1.0, 2.0 if d_in == d_out else 0.5, "fake graphs"
+
+    monkeypatch.setattr(autolayers, "measure_linear", fake)
+    rows = _bench(tmp_path, "timm:vit_tiny:num_classes=16", "switchback-sim", extra=("--layers", "measured"))["rows"]
+    # per block qkv 32→96, fc1 32→128, fc2 128→32 convert, proj 32→32 loses; the head 32→16, measured at 4 rows
+    assert rows[1]["converted"] == "7/9" and "(measured slower: 2)" in rows[1]["convert_report"], rows[1]
+    assert sorted(set(seen)) == [(4, 32, 16), (16, 32, 32), (16, 32, 96), (16, 32, 128), (16, 128, 32)]
+    assert len(seen) == 5  # one measurement per shape
+    assert rows[1]["layers_measured"].startswith("7 of 9 linears in switchback-sim; measured fwd+bwd vs bf16 on this "
+                                                 "device: 16×32→96 2.00× 8-bit, 16×32→32 0.50× 16-bit")
+    assert "layers_measured" not in rows[0]  # the bf16 row converts nothing and counts nothing

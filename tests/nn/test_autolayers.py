@@ -251,3 +251,54 @@ def test_a_vit_h_mlp_shape_is_measured_on_cuda(_cache: Path) -> None:
     assert (_cache / CACHE_FILE).exists() and timer.measured == 1
     assert ShapeTimer("switchback", "cuda").get(96 * 257, 1280, 5120) == m  # read back, not measured again
     print(f"switchback at 24672x1280->5120: {m.gain:.3f}x bf16 ({m.method}, {m.device})")
+
+
+class _TwoTowers(nn.Module):
+    """A linear per token, one on a pooled vector, one called twice, one never called, and an attention module."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.tok, self.pool, self.twice, self.unused = (nn.Linear(16, 16), nn.Linear(16, 32), nn.Linear(16, 16),
+                                                        nn.Linear(16, 16))
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=batch_first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [batch, seq, 16]
+        h = self.tok(x)
+        q = h if self.attn.batch_first else h.transpose(0, 1)
+        h = self.attn(q, q, q, need_weights=False)[0]
+        h = h if self.attn.batch_first else h.transpose(0, 1)
+        return self.pool(self.twice(self.twice(h).mean(1)))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_linear_tokens_counts_each_linears_rows_in_one_forward(batch_first: bool) -> None:
+    m = _TwoTowers(batch_first)
+    x = torch.randn(3, 5, 16)
+    rows = autolayers.linear_tokens(m, lambda: m(x))
+    # per token 3 × 5; the attention's projections: the query's rows; "twice": the larger of its two calls (15, 3)
+    assert rows == {"tok": 15, "attn.in_proj": 15, "attn.out_proj": 15, "twice": 15, "pool": 3}
+    assert not any(m._forward_pre_hooks for m in m.modules())  # the hooks are gone
+    assert torch.is_grad_enabled()
+
+
+def test_linear_tokens_drive_the_measured_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``measured_filter(recipe, tokens=linear_tokens(...).get)``: each layer timed at its own rows; a layer the
+    forward never called falls back to the width threshold ("no token count")."""
+    monkeypatch.setattr(ShapeTimer, "can_measure", property(lambda self: None))
+    seen: list[tuple[int, int, int]] = []
+
+    def fake(recipe: object, device: object, tokens: int, d_in: int, d_out: int, bias: bool = True):
+        seen.append((tokens, d_in, d_out))
+        return 1.0, 0.5 if d_out != 32 else 2.0, "fake graphs"  # every layer gains 2× but the pooled head
+
+    monkeypatch.setattr(autolayers, "measure_linear", fake)
+    m = _TwoTowers(True)
+    x = torch.randn(3, 5, 16)
+    rows = autolayers.linear_tokens(m, lambda: m(x))
+    convert(m, RECIPE, module_filter=measured_filter(RECIPE, rows.get, "cpu"))
+    report = {r.layer: r for r in convert_report(m).layers}
+    assert report["tok"].status == "converted" and report["tok"].measured_at == "15×16→16"
+    assert report["pool"].cause == "measured slower" and report["pool"].measured_at == "3×16→32"
+    assert report["unused"].status == "16-bit" and "not measured (no token count)" in report["unused"].detail
+    assert report["attn.in_proj"].status == "converted" and report["attn.in_proj"].measured_at == "15×16→48"
+    assert sorted(seen) == [(3, 16, 32), (15, 16, 16), (15, 16, 48)]  # one measurement per shape

@@ -158,7 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--layers", choices=list(LAYERS), default="auto",
                         help="auto: lowbit.convert's default filter (both widths >= 1280, multiples of 16); "
-                             "all: every nn.Linear")
+                             "all: every nn.Linear; measured: only the linears whose recipe measures faster than "
+                             "bf16 on this GPU at the rows each sees in one forward (lowbit.nn.measured_filter with "
+                             "linear_tokens; cached; without CUDA the width threshold decides)")
     parser.add_argument("--fuse", action="store_true",
                         help="convert(..., fuse=True): Linear -> activation -> Linear MLPs as one LowbitMLP "
                              "(opt-in, as in convert)")

@@ -26,28 +26,38 @@ from lowbit.bench.common import (
 )
 from lowbit.bench.workloads import ModelSpec, Workload
 
-LAYERS = ("auto", "all")
+LAYERS = ("auto", "all", "measured")
 
 
 # ---------------------------------------------------------------------------------------------- conversion
-def module_filter(layers: str) -> Callable[[str, nn.Module], bool] | None:
-    """``auto``: None (``convert``'s default size filter); ``all``: every linear."""
+def module_filter(layers: str, recipe: str | None = None, tokens: dict[str, int] | None = None,
+                  device: torch.device | None = None) -> Callable[[str, nn.Module], bool] | None:
+    """``auto``: None (``convert``'s default size filter); ``all``: every linear; ``measured``: the linears
+    ``recipe`` measured faster than bf16 on ``device`` at their ``tokens`` rows (``lowbit.nn.measured_filter``;
+    without a recipe, as ``auto``)."""
     if layers not in LAYERS:
         raise ValueError(f"--layers must be one of {', '.join(LAYERS)}, got {layers!r}")
-    return None if layers == "auto" else (lambda fqn, m: True)
+    if layers == "measured" and recipe is not None:
+        from lowbit.nn.autolayers import measured_filter
+
+        counts = tokens or {}
+        return measured_filter(recipe, counts.get, device if device is not None else "cpu")
+    return (lambda fqn, m: True) if layers == "all" else None
 
 
-def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool) -> tuple[nn.Module, str, int]:
+def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool, tokens: dict[str, int] | None = None,
+                  device: torch.device | None = None) -> tuple[nn.Module, str, int]:
     """``model`` converted to ``recipe`` (bf16/none: as it is; ``torchao-*``: torchao's training linears on the same
-    layers; ``RECIPE:fused`` / ``RECIPE:per-linear`` override ``fuse``); returns (model, "k/n" linears converted,
-    MLPs fused)."""
+    layers, ``measured`` as ``auto`` for them; ``RECIPE:fused`` / ``RECIPE:per-linear`` override ``fuse``; ``tokens``
+    and ``device``: where ``measured`` times each shape); returns (model, "k/n" linears converted, MLPs fused)."""
     import lowbit
     from lowbit.nn.convert import convert_report, default_filter, matmul_layers
 
     recipe, fuse = split_recipe(recipe, fuse)
     n_lin = matmul_layers(model)
-    flt = module_filter(layers)
     anchors = torchao_anchors()
+    lowbit_recipe = recipe not in BASELINES and not recipe.startswith("torchao-")
+    flt = module_filter(layers, recipe if lowbit_recipe else None, tokens, device)
     if recipe in BASELINES:
         return model, f"0/{n_lin}", 0
     if recipe in anchors:
@@ -75,12 +85,25 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
     torch.manual_seed(args.seed)
     w = dataclasses.replace(built, model=copy.deepcopy(built.model))
     row["flops_per_sample"] = count_flops(w, args.batch_size)  # the model as built: converted layers hide theirs
-    model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse)
+    tokens = None
+    base = split_recipe(recipe, args.fuse)[0]
+    if args.layers == "measured" and base not in BASELINES and not base.startswith("torchao-"):
+        # count each linear's rows in one forward on the device; the filter measures those shapes there
+        from lowbit.nn.autolayers import linear_tokens
+
+        w.model.to(device)
+        batch = w.batch(args.batch_size, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            tokens = linear_tokens(w.model, lambda: w.loss(w.model, batch))
+    model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse, tokens, device)
     from lowbit.nn.convert import convert_report
 
     if (rep := convert_report(model)) is not None:  # what stayed 16-bit and why, counted by cause (per layer:
         row["convert_report"] = rep.summary()  # lowbit.convert_report(model).table())
         print(f"  [{spec} {recipe}] {rep.summary()}", flush=True)
+        if tokens is not None:  # --layers measured: each measured shape's gain, why the rest stayed 16-bit
+            row["layers_measured"] = rep.measured_summary()
+            print(f"  [{spec} {recipe}] layers measured: {row['layers_measured']}", flush=True)
     model = model.to(device)
     graphs = args.compile and args.cudagraphs
     fwd_model: nn.Module = model

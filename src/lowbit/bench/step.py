@@ -353,7 +353,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the same as `lowbit bench model --model SPEC` with this command's --recipe, "
                              "--batch-size (0: 32), --steps, --warmup, --compile, --cudagraphs, --compile-scope, "
                              "--optimizer, --precision, --no-anchors, --device and --out (--layers clip: convert's "
-                             "default filter); writes model.json / model.md")
+                             "default filter, auto: measured per layer); writes model.json / model.md")
 
 
 def model_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -367,7 +367,7 @@ def model_args(args: argparse.Namespace) -> argparse.Namespace:
                 "no_anchors", "device", "out", "profile"):
         setattr(out, key, getattr(args, key))
     out.batch_size = args.batch_size or out.batch_size
-    out.layers = "auto" if args.layers in ("clip", "auto") else args.layers
+    out.layers = {"clip": "auto", "auto": "measured"}.get(args.layers, args.layers)  # (clip: convert's default)
     return out
 
 

@@ -3,7 +3,7 @@
 ``LayerScale``."""
 
 from lowbit.nn.attention import LowbitMultiheadAttention
-from lowbit.nn.autolayers import GAIN_MARGIN, MeasuredFilter, measured_filter
+from lowbit.nn.autolayers import GAIN_MARGIN, MeasuredFilter, linear_tokens, measured_filter
 from lowbit.nn.convert import (
     ConvertReport,
     LayerRow,
@@ -38,6 +38,7 @@ __all__ = [
     "convert_report",
     "default_filter",
     "fuse_layernorm",
+    "linear_tokens",
     "match_activation",
     "match_mlp",
     "matmul_layers",

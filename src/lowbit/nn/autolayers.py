@@ -46,6 +46,7 @@ __all__ = [
     "Measurement",
     "ShapeTimer",
     "default_cache_dir",
+    "linear_tokens",
     "measure_linear",
     "measured_filter",
 ]
@@ -414,6 +415,45 @@ def measured_filter(recipe: str | Recipe, tokens: int | Callable[[str], int | No
         model = lowbit.convert(model, "fp8-switchback",
                                module_filter=measured_filter("fp8-switchback", tokens=batch * seq_len))
         print(lowbit.nn.convert_report(model).table())  # the measured gain of every layer
+
+    Where layers see different row counts (two towers, a pooled head), count them with :func:`linear_tokens`
+    (``tokens=linear_tokens(model, lambda: model(x)).get``).
     """
     return MeasuredFilter(ShapeTimer(recipe, device, measure=measure, cache_dir=cache_dir, ranks_agree=ranks_agree),
                           tokens, margin)
+
+
+def linear_tokens(model: nn.Module, run: Callable[[], Any]) -> dict[str, int]:
+    """The rows per call of every linear :func:`lowbit.convert` may convert, seen in one ``run()`` (a forward of
+    ``model`` on a real batch, without gradients): ``{fqn: rows}`` for each ``nn.Linear`` called (its input's
+    elements over ``in_features``; the largest call where one is called several times) and ``<fqn>.in_proj`` /
+    ``<fqn>.out_proj`` for each ``nn.MultiheadAttention`` (the query's rows; its projections are not module calls).
+    Pass ``.get`` as :func:`measured_filter`'s ``tokens``; a linear the run did not call gets no count (the width
+    threshold decides it)."""
+    rows: dict[str, int] = {}
+
+    def seen(fqn: str, n: int) -> None:
+        rows[fqn] = max(rows.get(fqn, 0), n)
+
+    def hook(fqn: str, module: nn.Module):
+        def pre(_: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else kwargs.get("query", kwargs.get("input"))
+            if not isinstance(x, torch.Tensor) or x.ndim == 0:
+                return
+            if isinstance(module, nn.MultiheadAttention):
+                n = x.numel() // module.embed_dim
+                seen(f"{fqn}.in_proj" if fqn else "in_proj", n)
+                seen(f"{fqn}.out_proj" if fqn else "out_proj", n)
+            else:
+                seen(fqn, x.numel() // x.shape[-1])
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(fqn, m), with_kwargs=True) for fqn, m in model.named_modules()
+               if isinstance(m, (nn.Linear, nn.MultiheadAttention))]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return rows

@@ -420,11 +420,13 @@ def convert(
             why = f"unsupported {type(module).__name__}: {why} (PyTorch's own path, which bypasses the projections)"
             rejected, measured = {in_fqn: why, out_fqn: why}, {}
         else:
-            in_proj = nn.Linear(e, 3 * e, bias=module.in_proj_bias is not None, device="meta")  # stand-in
+            # plain nn.Linear stand-ins for the filter: the packed in-projection is a bare parameter, and out_proj's
+            # class (NonDynamicallyQuantizableLinear) is no reason here, as the module runs it through the recipe
+            in_proj = nn.Linear(e, 3 * e, bias=module.in_proj_bias is not None, device="meta")
+            out_proj = nn.Linear(e, e, bias=module.out_proj.bias is not None, device="meta")
             rejected = {}
-            measured = {f: filter_measurement(module_filter, f, m) for f, m in ((in_fqn, in_proj),
-                                                                                (out_fqn, module.out_proj))}
-            for f, m in ((in_fqn, in_proj), (out_fqn, module.out_proj)):
+            measured = {f: filter_measurement(module_filter, f, m) for f, m in ((in_fqn, in_proj), (out_fqn, out_proj))}
+            for f, m in ((in_fqn, in_proj), (out_fqn, out_proj)):
                 if module_filter is None:  # the default filter's shape rule (out_proj's class is no reason here)
                     if r := shape_reason(m.in_features, m.out_features):
                         rejected[f] = r
@@ -439,7 +441,7 @@ def convert(
             for f, k, sh in zip((in_fqn, out_fqn), kinds, shapes, strict=True):
                 rep.record(f, k, sh, SKIPPED, rejected[f] + done, measured.get(f))
             return module
-        for f, k, sh, m in zip((in_fqn, out_fqn), kinds, shapes, (in_proj, module.out_proj), strict=True):
+        for f, k, sh, m in zip((in_fqn, out_fqn), kinds, shapes, (in_proj, out_proj), strict=True):
             rep.record(f, k, sh, CONVERTED, noted("in LowbitMultiheadAttention (SDPA between the projections)", f, m),
                        measured.get(f))
         if isinstance(module, LowbitMultiheadAttention):
