@@ -92,9 +92,10 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
         from lowbit.nn.autolayers import linear_tokens
 
         w.model.to(device)
-        batch = w.batch(args.batch_size, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            tokens = linear_tokens(w.model, lambda: w.loss(w.model, batch))
+        with torch.random.fork_rng(devices=[device] if cuda else []):  # every row still times the same batch
+            batch = w.batch(args.batch_size, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                tokens = linear_tokens(w.model, lambda: w.loss(w.model, batch))
     model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse, tokens, device)
     from lowbit.nn.convert import convert_report
 
