@@ -41,6 +41,12 @@ def split_recipe(recipe: str, fuse: bool) -> tuple[str, bool]:
     return name, FUSE_SUFFIXES[how]
 
 
+def is_lowbit_recipe(recipe: str) -> bool:
+    """Not a baseline (bf16 / none, the model as built) nor a torchao anchor: a recipe lowbit converts to (a name
+    with a ``:fused`` suffix counts as lowbit's: ``bf16:fused`` is its fused 16-bit path)."""
+    return recipe not in BASELINES and not recipe.startswith("torchao-")
+
+
 def error_line(e: BaseException) -> str:
     """A benchmark row's error: the exception's type and first line (at most 200 characters)."""
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]

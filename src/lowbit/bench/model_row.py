@@ -19,6 +19,7 @@ from torch import nn
 from lowbit.bench.common import (
     BASELINES,
     compile_model,
+    is_lowbit_recipe,
     make_optimizer,
     split_recipe,
     time_steps,
@@ -56,8 +57,7 @@ def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool, tokens
     recipe, fuse = split_recipe(recipe, fuse)
     n_lin = matmul_layers(model)
     anchors = torchao_anchors()
-    lowbit_recipe = recipe not in BASELINES and not recipe.startswith("torchao-")
-    flt = module_filter(layers, recipe if lowbit_recipe else None, tokens, device)
+    flt = module_filter(layers, recipe if is_lowbit_recipe(recipe) else None, tokens, device)
     if recipe in BASELINES:
         return model, f"0/{n_lin}", 0
     if recipe in anchors:
@@ -86,8 +86,7 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
     w = dataclasses.replace(built, model=copy.deepcopy(built.model))
     row["flops_per_sample"] = count_flops(w, args.batch_size)  # the model as built: converted layers hide theirs
     tokens = None
-    base = split_recipe(recipe, args.fuse)[0]
-    if args.layers == "measured" and base not in BASELINES and not base.startswith("torchao-"):
+    if args.layers == "measured" and is_lowbit_recipe(split_recipe(recipe, args.fuse)[0]):
         # count each linear's rows in one forward on the device; the filter measures those shapes there
         from lowbit.nn.autolayers import linear_tokens
 

@@ -54,6 +54,7 @@ from lowbit.bench.common import (
     RowTable,
     cleanup,
     environment,
+    is_lowbit_recipe,
     make_optimizer,
     requested_recipes,
     setup_device,
@@ -110,8 +111,7 @@ def build_model(preset: str, recipe: str, device: torch.device, layers: str = "c
     from lowbit.models.convert import clip_tokens
 
     anchors = torchao_anchors()
-    lowbit_recipe = recipe not in BASELINES and recipe not in anchors and not recipe.startswith("torchao-")
-    flt = layer_filter(layers, recipe if lowbit_recipe else None, device,
+    flt = layer_filter(layers, recipe if is_lowbit_recipe(recipe) else None, device,
                        clip_tokens(model.config, batch) if batch > 0 else None)
     if recipe in BASELINES and not fuse:
         pass
@@ -256,8 +256,7 @@ def _rows(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     (mode None: bf16 and the torchao anchors quantize, if at all, their own way)."""
     rows: list[tuple[str, str | None]] = []
     for recipe in requested_recipes(args):
-        lowbit = recipe not in BASELINES and not recipe.startswith("torchao-")
-        modes = list(dict.fromkeys(args.compiled_quantize)) if lowbit and args.compile else [None]
+        modes = list(dict.fromkeys(args.compiled_quantize)) if is_lowbit_recipe(recipe) and args.compile else [None]
         rows += [(recipe, m) for m in modes]
     return rows
 
