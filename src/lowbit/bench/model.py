@@ -57,6 +57,7 @@ from lowbit.bench.model_row import (
     module_filter,
     time_row,
 )
+from lowbit.bench.profile import add_profile_argument
 from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args, run_row
 from lowbit.bench.workloads import (
     PACKAGES,
@@ -174,9 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     parser.add_argument("--seed", type=int, default=0, help="weights of every row (the same model per row)")
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
-    parser.add_argument("--profile", type=int, nargs="?", const=2, default=0, metavar="STEPS",
-                        help="after each row's timing, STEPS (default 2) more steps under torch.profiler: GPU ms per "
-                             "kernel class in the row, the top kernels in OUT/profile/<model>-<recipe>.txt")
+    add_profile_argument(parser, "<model>-<recipe>")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for model.json and model.md (rewritten per row)")
     add_isolate_argument(parser)

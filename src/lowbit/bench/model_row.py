@@ -25,6 +25,7 @@ from lowbit.bench.common import (
     time_steps,
     torchao_anchors,
 )
+from lowbit.bench.profile import profile_row
 from lowbit.bench.workloads import ModelSpec, Workload
 
 LAYERS = ("auto", "all", "measured")
@@ -147,8 +148,6 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
     if cuda:
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
     if getattr(args, "profile", 0):  # after the timing, so that the profiler's overhead is in no timed step
-        from lowbit.bench.profile import profile_row
-
         profile_row(row, step, args, device, f"{spec} {recipe}")
     return row
 

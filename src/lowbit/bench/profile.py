@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CLASSES", "StepProfile", "kernel_class", "profile_row", "profile_steps"]
+__all__ = ["CLASSES", "StepProfile", "add_profile_argument", "kernel_class", "profile_row", "profile_steps"]
 
 # first match wins; lowbit's Triton kernels by their names (kernels/_triton_*.py, optim/_fused.py)
 CLASSES: list[tuple[str, str]] = [
@@ -115,6 +115,13 @@ def profile_steps(step: Callable[[], None], steps: int, device: torch.device) ->
     out.per_class_ms = dict(per_class)
     out.kernels = {n: (us, calls) for n, (us, calls) in kernels.items()}
     return out
+
+
+def add_profile_argument(parser: argparse.ArgumentParser, row_name: str) -> None:
+    """``--profile [STEPS]`` of ``lowbit bench step`` / ``bench model`` (``row_name``: how a row's file is named)."""
+    parser.add_argument("--profile", type=int, nargs="?", const=2, default=0, metavar="STEPS",
+                        help="after each row's timing, STEPS (default 2) more steps under torch.profiler: GPU ms per "
+                             f"kernel class in the row, the top kernels in OUT/profile/{row_name}.txt")
 
 
 def profile_row(row: dict[str, Any], step: Callable[[], None], args: argparse.Namespace, device: torch.device,

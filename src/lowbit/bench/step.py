@@ -63,6 +63,7 @@ from lowbit.bench.common import (
     torchao_anchors,
 )
 from lowbit.bench.common import compile_model as common_compile_model
+from lowbit.bench.profile import add_profile_argument, profile_row
 from lowbit.bench.rows import add_isolate_argument, isolate_default, plain_args, run_row
 from lowbit.kernels import ops
 from lowbit.models.convert import LAYERS
@@ -225,8 +226,6 @@ def time_row(preset: str, recipe: str, batch: int, args: argparse.Namespace, dev
     if cuda:
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
     if getattr(args, "profile", 0):  # after the timing, so that the profiler's overhead is in no timed step
-        from lowbit.bench.profile import profile_row
-
         profile_row(row, step, args, device, f"{preset} {recipe}")
     return row
 
@@ -341,9 +340,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     parser.add_argument("--no-anchors", action="store_true", help="leave out the torchao anchors")
-    parser.add_argument("--profile", type=int, nargs="?", const=2, default=0, metavar="STEPS",
-                        help="after each row's timing, STEPS (default 2) more steps under torch.profiler: GPU ms per "
-                             "kernel class in the row, the top kernels in OUT/profile/<preset>-<recipe>.txt")
+    add_profile_argument(parser, "<preset>-<recipe>")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="directory for step.json and step.md (rewritten per row)")
     add_isolate_argument(parser)
