@@ -20,7 +20,8 @@ __all__ = ["CLIP", "Attention", "Block", "TextTransformer", "VisionTransformer",
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (``scaled_dot_product_attention`` under :mod:`lowbit.nn.sdpa`'s backends), optional per-head LayerNorm on q and k."""
+    """Multi-head self-attention (``scaled_dot_product_attention`` under :mod:`lowbit.nn.sdpa`'s backend
+    preference), optional per-head LayerNorm on q and k."""
 
     def __init__(self, width: int, heads: int, qk_norm: bool = False, causal: bool = False) -> None:
         super().__init__()

@@ -18,6 +18,7 @@ process-wide (every flash call then runs FA4 where it supports the inputs, FA2 e
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -92,12 +93,15 @@ def sdpa_backends_mode(order: Sequence[str] | str | None) -> Iterator[None]:
         set_sdpa_backends(previous)
 
 
+@functools.cache
+def _priority(order: tuple[str, ...]) -> tuple[SDPBackend, ...]:
+    """The preferred backends, then every other one (each preference is resolved once, not per attention call)."""
+    first = [SDPA_BACKENDS[n] for n in order]
+    return (*first, *(b for b in dict.fromkeys(SDPA_BACKENDS.values()) if b not in first))
+
+
 def _context():
-    if _order is None:
-        return nullcontext()
-    backends = [SDPA_BACKENDS[n] for n in _order]
-    backends += [b for b in dict.fromkeys(SDPA_BACKENDS.values()) if b not in backends]
-    return sdpa_kernel(backends, set_priority=True)
+    return nullcontext() if _order is None else sdpa_kernel(list(_priority(_order)), set_priority=True)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
