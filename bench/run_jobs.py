@@ -342,6 +342,11 @@ JOBS: list[Job] = [
         {"model-profile-open-clip-vit-h-14.log": "log",
          **_renamed("model", "model-profile-open-clip-vit-h-14.md", "model-profile-open-clip-vit-h-14.json")},
         "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("gpu-tests-launch", "FastLaunch on CUDA: every lowbit Triton kernel launched with the replay on and off gives "
+        "identical outputs bit for bit, the second launch of a signature is a replay, and a replayed GEMM launch costs "
+        "the host at least 20 µs less; the matmul tests (scaled_mm now launches the GEMM directly)",
+        f"{PYTEST} -s -rf tests/kernels/test_launch.py tests/kernels/test_matmul.py -k cuda",
+        {"gpu-tests-launch.txt": "log"}, "", 240, "not measured yet"),
     Job("host-cost", "is a compiled model without CUDA graphs launch-bound? the host µs to issue one converted "
         "Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside its GPU time), "
         "the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",

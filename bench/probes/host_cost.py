@@ -11,7 +11,9 @@ Three parts, each printed as it finishes:
    the loop ending at a device sync.
 2. **Per call**: the host µs of single calls (tiny tensors): lowbit's quantizers and matmuls through the Python
    function and through ``torch.ops.lowbit`` (what a compiled graph calls), cuBLAS' ``_scaled_mm`` and
-   ``F.linear``, a ``TensorDescriptor``, and Triton's own floor (an empty kernel with 3 and with 40 arguments).
+   ``F.linear``, a ``TensorDescriptor``, and Triton's own floor (an empty kernel with 3 and with 40 arguments);
+   each with lowbit's launches replayed (``lowbit.kernels._launch.FastLaunch``) and through Triton's own path.
+   Part 1 has each recipe's eager step with the replay off too.
 3. **cProfile** of 200 eager switchback steps at 64 rows, by own time.
 
     PYTHONPATH=src python bench/probes/host_cost.py [--recipes bf16 switchback fp8-switchback fp8-tensorwise]
@@ -34,6 +36,7 @@ import triton.language as tl
 
 import lowbit
 from lowbit.kernels import matmul, ops, quantizers
+from lowbit.kernels._launch import set_fast_launch
 
 
 def linear_step(recipe: str, rows: int, compiled: bool):
@@ -135,11 +138,17 @@ def part_calls() -> None:
         rows["TensorDescriptor.from_tensor"] = lambda: TensorDescriptor.from_tensor(qx, [16, 32])
     except ImportError:
         pass
+    print("| call | µs, FastLaunch replay | µs, Triton's launch path |\n|---|---:|---:|")
     for name, fn in rows.items():
         try:
-            print(f"| {name} | {per_call_us(fn):.1f} |", flush=True)
+            fast = per_call_us(fn)
+            set_fast_launch(False)
+            slow = per_call_us(fn)
+            print(f"| {name} | {fast:.1f} | {slow:.1f} |", flush=True)
         except Exception as e:  # a row that fails on this build says so and the rest still run
-            print(f"| {name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |", flush=True)
+            print(f"| {name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} | |", flush=True)
+        finally:
+            set_fast_launch(True)
 
 
 def part_profile(recipe: str) -> None:
@@ -174,6 +183,12 @@ def main() -> None:
                 h, wl, g = time_step(step, n)
                 print(f"| {recipe} | {'compiled' if compiled else 'eager'} | {rows} | {h:.0f} | {wl:.0f} | {g:.0f} |",
                       flush=True)
+        if recipe != "bf16":  # the same eager step with every launch through Triton's own path
+            set_fast_launch(False)
+            step, _ = linear_step(recipe, 64, False)
+            h, wl, g = time_step(step, 300)
+            set_fast_launch(True)
+            print(f"| {recipe}, replay off | eager | 64 | {h:.0f} | {wl:.0f} | {g:.0f} |", flush=True)
     print("fp8 matmul choices:", {(*k[:3], str(k[3]), str(k[4]), k[5], k[6]): v
                                    for k, v in matmul._FP8_CHOICE.items()})
     part_calls()

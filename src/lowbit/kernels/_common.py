@@ -110,9 +110,13 @@ def triton_available() -> bool:
     return True
 
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def interpreting() -> bool:
-    """True when Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``; read once, at import, as
+    Triton reads it when its kernels are defined)."""
+    return _INTERPRET
 
 
 def use_triton(x: torch.Tensor, backend: Backend, op: str) -> bool:

@@ -36,6 +36,7 @@ from lowbit.kernels._common import (
     SCALE_VECTOR,
     interpreting,
 )
+from lowbit.kernels._launch import FastLaunch
 from lowbit.kernels._triton_quant import _encode, cast_rne
 
 # Constexpr codes of the activation (0: none) and of the absmax hook.
@@ -320,8 +321,10 @@ _KEY = ["M_BUCKET", "N", "K", "A_SCALE", "B_SCALE", "IS_INT", "IS_FLOAT8", "ACT"
         "STORE_PREACT", "HAS_BIAS", "A_QLOAD", "USE_TMA", "OUT_TMA", "FLATTEN", "WARP_SPEC"]
 # Column partials are stored, not accumulated: restore them after each autotune trial so a trial of another
 # BLOCK_M leaves no stale rows behind.
-gemm_kernel = triton.autotune(configs=configs(), key=_KEY, restore_value=["colsum_ptr"])(_gemm)
-gemm_kernel_block = triton.autotune(configs=configs(block_scaled=True), key=_KEY, restore_value=["colsum_ptr"])(_gemm)
+# FastLaunch: Triton's autotuner and binder once per call signature, then the compiled kernel's launcher alone.
+gemm_kernel = FastLaunch(triton.autotune(configs=configs(), key=_KEY, restore_value=["colsum_ptr"])(_gemm))
+gemm_kernel_block = FastLaunch(triton.autotune(configs=configs(block_scaled=True), key=_KEY,
+                                               restore_value=["colsum_ptr"])(_gemm))
 
 
 def _num_programs(device: torch.device) -> int:
@@ -336,12 +339,22 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+_TMA = os.environ.get("LOWBIT_GEMM_TMA", "1") != "0"  # read once: these knobs are set before the process starts
+_FLATTEN = os.environ.get("LOWBIT_GEMM_FLATTEN", "1") == "1"
+_WARP_SPEC = os.environ.get("LOWBIT_GEMM_WS", "0") == "1"
+
+
+@functools.lru_cache(maxsize=16)
+def _hopper(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
 def tma_ok(t: torch.Tensor) -> bool:
     """TMA needs a Hopper+ GPU, a unit inner stride and 16-byte aligned base and row stride."""
-    if os.environ.get("LOWBIT_GEMM_TMA", "1") == "0":
+    if not _TMA:
         return False
     if t.is_cuda:
-        if torch.cuda.get_device_capability(t.device)[0] < 9:
+        if not _hopper(t.device.index if t.device.index is not None else torch.cuda.current_device()):
             return False
     elif not interpreting():
         return False
@@ -354,10 +367,9 @@ def _scale_args(s: torch.Tensor | None, mode: int, like: torch.Tensor) -> tuple[
     if s is None or mode == SCALE_NONE:
         return like, 0, 0
     if mode == SCALE_TENSOR:
-        return s.reshape(1), 0, 0
+        return s, 0, 0  # the kernel reads one float at the pointer: no reshape (a host-side op) needed
     if mode == SCALE_VECTOR:
-        s = s.reshape(-1)
-        return s, s.stride(0), 0
+        return s, s.stride(0), 0  # [rows, 1] or [rows]: the row stride is the vector's
     return s, s.stride(0), s.stride(1)
 
 
@@ -406,9 +418,9 @@ def launch(
         min_bm = min(cfg.kwargs["BLOCK_M"] for cfg in (gemm_kernel_block if a_mode == SCALE_BLOCK else gemm_kernel).configs)
         colsum_buf = torch.zeros((triton.cdiv(M, min_bm), N), dtype=torch.float32, device=dev)
     if flatten is None:
-        flatten = os.environ.get("LOWBIT_GEMM_FLATTEN", "1") == "1"
+        flatten = _FLATTEN
     if warp_specialize is None:
-        warp_specialize = os.environ.get("LOWBIT_GEMM_WS", "0") == "1"
+        warp_specialize = _WARP_SPEC
     q = _fmt_constants(qload_fmt) if qload_fmt is not None else _fmt_constants("int8")
 
     def grid(meta: dict) -> tuple[int]:

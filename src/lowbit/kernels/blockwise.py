@@ -277,5 +277,7 @@ def _kernel():
         code = _encode(x, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
         tl.store(q_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], code, mask=mask)
 
-    _KERNEL = _quantize_blocks_kernel
+    from lowbit.kernels._launch import FastLaunch
+
+    _KERNEL = FastLaunch(_quantize_blocks_kernel)
     return _KERNEL

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from lowbit.kernels import _reference as reference
-from lowbit.kernels._common import Format, code_format, use_triton
+from lowbit.kernels._common import SCALE_TENSOR, SCALE_VECTOR, Format, code_format, use_triton
 
 MatmulBackend = Literal["auto", "torch", "triton", "cublas"]
 __all__ = ["MatmulBackend", "code_format", "fp8_backend", "scaled_mm"]
@@ -74,10 +74,16 @@ def scaled_mm(
 
 
 def _triton(qa, qb, sa, sb, bias, out_dtype) -> torch.Tensor:
-    """lowbit's persistent Hopper GEMM (:mod:`lowbit.kernels.gemm`) with the dequantize + bias epilogue."""
-    from lowbit.kernels.gemm import gemm
+    """lowbit's persistent Hopper GEMM (:mod:`lowbit.kernels.gemm`) with the dequantize + bias epilogue, launched
+    directly: :func:`scaled_mm` has checked what :func:`lowbit.kernels.gemm.gemm` would check again (a host cost
+    paid on every call of a training step)."""
+    from lowbit.kernels import _triton_gemm
 
-    return gemm(qa, qb, sa, sb, bias=bias, out_dtype=out_dtype, backend="triton").out
+    out, _, _ = _triton_gemm.launch(
+        qa, qb, sa, sb, SCALE_VECTOR if sa.ndim else SCALE_TENSOR, SCALE_VECTOR if sb.ndim else SCALE_TENSOR,
+        bias=bias, activation=None, act_grad=False, aux=None, store_preact=False, amax=None, colsum=False,
+        qload_fmt=None, out_dtype=out_dtype)
+    return out
 
 
 def _cublas(qa, qb, sa, sb, fa: Format, fb: Format, bias, out_dtype) -> torch.Tensor:

@@ -68,10 +68,10 @@ def quantize(
 
     from lowbit.kernels import _triton_quant as triton_quant
 
-    x2d = x.reshape(-1, x.shape[-1])
+    x2d = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])  # (each reshape is a host-side op on the hot path)
     if granularity == "row":
         q, scale = triton_quant.quantize_rows(x2d, fmt)
-        return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
+        return (q, scale) if x.ndim == 2 else (q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1))
     per_column = granularity == "column"
     q, scale = triton_quant.quantize_scaled(x2d, fmt, per_column, transpose)
     if transpose:
