@@ -350,7 +350,7 @@ JOBS: list[Job] = [
     Job("host-cost", "is a compiled model without CUDA graphs launch-bound? the host µs to issue one converted "
         "Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside its GPU time), "
         "the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",
-        "python3 bench/probes/host_cost.py", {"host-cost.log": "log"}, "", 300, "not measured yet"),
+        "python3 bench/probes/host_cost.py --recipes bf16 switchback fp8-switchback", {"host-cost.log": "log"}, "", 300, "not measured yet"),
     Job("model-profile-hf-clip-vit-h-14", "why Hugging Face CLIPModel at ViT-H widths loses compiled (session 9: "
         "fp8-switchback 0.79x, switchback 0.50x): its compiled rows with --profile",
         f"{LOWBIT} bench model --model 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe bf16 fp8-switchback switchback "

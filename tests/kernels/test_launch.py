@@ -12,6 +12,7 @@ import inspect
 
 import pytest
 import torch
+import triton.language as tl
 
 from lowbit.kernels import _launch
 from lowbit.kernels._launch import FastLaunch, set_fast_launch
@@ -94,12 +95,16 @@ class _Heuristics:
         return launch
 
 
-def _kernel(x_ptr, y_ptr, n, scale, BLOCK: int, WIDE: bool, EXTRA: int = 7):
+def _kernel(x_ptr, y_ptr, n, scale, BLOCK: tl.constexpr, WIDE: tl.constexpr, EXTRA: tl.constexpr = 7):
     pass
 
 
-@pytest.fixture(autouse=True)
-def _device(monkeypatch):
+@pytest.fixture
+def fake_triton(monkeypatch):
+    """The stand-ins above play Triton's JIT function, autotuner and heuristics; device 0, a named stream."""
+    monkeypatch.setattr(_launch, "_is_jit", lambda k: isinstance(k, _Jit))
+    monkeypatch.setattr(_launch, "_is_autotuner", lambda k: isinstance(k, _Autotuner))
+    monkeypatch.setattr(_launch, "_is_heuristics", lambda k: isinstance(k, _Heuristics))
     monkeypatch.setattr(_launch, "_current_device", lambda: 0)
     monkeypatch.setattr(_launch, "_current_stream", lambda device: "stream")
     monkeypatch.setattr(_launch, "_runtime_knobs", lambda: type("R", (), {"launch_enter_hook": None,
@@ -109,7 +114,25 @@ def _device(monkeypatch):
     set_fast_launch(previous)
 
 
-def test_replay_passes_what_triton_passes_with_config_heuristics_and_defaults() -> None:
+def test_tritons_own_wrappers_are_recognised() -> None:
+    """Real Triton objects (built without a GPU): the JIT function under an autotuner and heuristics is found, and
+    the interpreter's kernels (no JIT function) are left to Triton."""
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    jit = JITFunction(_kernel)
+    tuned = triton.autotune(configs=[triton.Config({"BLOCK": 64})], key=["n"])(
+        triton.heuristics({"WIDE": lambda a: a["n"] > 100})(jit))
+    fast = FastLaunch(tuned)
+    assert fast.jit is jit and fast.autotuner is tuned and len(fast.heuristics) == 1
+    assert fast.names == ("x_ptr", "y_ptr", "n", "scale", "BLOCK", "WIDE", "EXTRA") and fast.defaults == {"EXTRA": 7}
+    assert fast.constexpr == frozenset(jit.constexprs)
+    assert FastLaunch(jit).autotuner is None and FastLaunch(jit).jit is jit
+    assert FastLaunch(triton.heuristics({"WIDE": lambda a: True})(jit)).jit is jit
+    assert FastLaunch(_Jit(_kernel)).jit is None  # not Triton's: never replayed
+
+
+def test_replay_passes_what_triton_passes_with_config_heuristics_and_defaults(fake_triton) -> None:
     hooks = []
     jit = _Jit(_kernel)
     tuned = _Autotuner(_Heuristics(jit, {"WIDE": lambda a: a["n"] > 100}), [_Config({"BLOCK": 64}, 8, hooks.append)])
@@ -126,7 +149,7 @@ def test_replay_passes_what_triton_passes_with_config_heuristics_and_defaults() 
 
 
 @pytest.mark.parametrize("change", ["int", "dtype", "alignment", "kwarg", "bool-vs-int", "float-vs-int"])
-def test_a_new_signature_takes_tritons_path_again(change: str) -> None:
+def test_a_new_signature_takes_tritons_path_again(fake_triton, change: str) -> None:
     jit = _Jit(_kernel)
     fast = FastLaunch(jit)
     buf = torch.zeros(64)
@@ -151,7 +174,7 @@ def test_a_new_signature_takes_tritons_path_again(change: str) -> None:
     assert len(jit.slow_launches) == 2 and fast.replays == 1
 
 
-def test_the_replay_launches_the_call_s_own_tensors_and_runtime_floats() -> None:
+def test_the_replay_launches_the_call_s_own_tensors_and_runtime_floats(fake_triton) -> None:
     jit = _Jit(_kernel)
     fast = FastLaunch(jit)
     a, b = torch.zeros(8), torch.zeros(8)
@@ -160,7 +183,7 @@ def test_the_replay_launches_the_call_s_own_tensors_and_runtime_floats() -> None
     assert k.calls[1][9] is b and k.calls[1][12] == 0.25
 
 
-def test_off_and_uncompiled_kernels_always_take_tritons_path() -> None:
+def test_off_and_uncompiled_kernels_always_take_tritons_path(fake_triton) -> None:
     jit = _Jit(_kernel)
     fast = FastLaunch(jit)
     set_fast_launch(False)
@@ -187,7 +210,7 @@ def test_off_and_uncompiled_kernels_always_take_tritons_path() -> None:
     assert _Interpreted.calls == 3 and fast.replays == 0
 
 
-def test_attributes_are_the_wrapped_kernel_s() -> None:
+def test_attributes_are_the_wrapped_kernel_s(fake_triton) -> None:
     tuned = _Autotuner(_Jit(_kernel), [_Config({"BLOCK": 64})])
     fast = FastLaunch(tuned)
     assert fast.configs is tuned.configs and fast.fn is tuned.fn

@@ -105,11 +105,21 @@ def _runtime_knobs() -> Any:
 
 
 def _is_jit(k: Any) -> bool:
-    return hasattr(k, "device_caches") and hasattr(k, "arg_names")
+    from triton.runtime.jit import JITFunction
+
+    return isinstance(k, JITFunction)
 
 
 def _is_autotuner(k: Any) -> bool:
-    return hasattr(k, "configs") and hasattr(k, "best_config")
+    from triton.runtime.autotuner import Autotuner
+
+    return isinstance(k, Autotuner)
+
+
+def _is_heuristics(k: Any) -> bool:
+    from triton.runtime.autotuner import Heuristics
+
+    return isinstance(k, Heuristics)
 
 
 class _Replay:
@@ -133,8 +143,8 @@ class FastLaunch:
             layers.append(inner)
             inner = inner.fn
         self.autotuner = layers[0] if layers and _is_autotuner(layers[0]) else None
-        self.heuristics = [w.values for w in layers if hasattr(w, "values") and not _is_autotuner(w)]
-        supported = _is_jit(inner) and all(w is self.autotuner or hasattr(w, "values") for w in layers)
+        self.heuristics = [w.values for w in layers if _is_heuristics(w)]
+        supported = _is_jit(inner) and all(w is self.autotuner or _is_heuristics(w) for w in layers)
         # The interpreter's kernels are no JITFunction: nothing compiled to replay.
         self.jit = inner if supported else None
         self.names: tuple[str, ...] = tuple(self.jit.arg_names) if self.jit is not None else ()
@@ -163,9 +173,10 @@ class FastLaunch:
         self.replays += 1
         bound = dict(zip(self.names, args))
         bound.update(kwargs)
-        bound.update(replay.meta)
+        bound.update(replay.hook_kwargs)  # the config's meta-parameters and launch options, as the pre-hook sees them
+        bound.update(replay.meta)  # (heuristics' values)
         if replay.pre_hook is not None:
-            replay.pre_hook({**bound, **replay.hook_kwargs})
+            replay.pre_hook(bound)
         values = [bound[n] if n in bound else self.defaults[n] for n in self.names]
         g = grid(bound) if callable(grid) else grid
         stream = _current_stream(device)
