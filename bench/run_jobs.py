@@ -53,6 +53,11 @@ HF_CLIP_H = ("vision.hidden_size=1280,vision.intermediate_size=5120,vision.num_h
 SESSION9 = ("issue #28/#29 session 9: one H100 (device calls 1-4 on one warm machine), code at 342d133 (the device "
             "copy's env.txt names b8aa54d with the two files 342d133 changed); the step, probe and test commands ran "
             "directly, not through bench/run.py; call 1's step.json files were not brought back")
+SESSION10 = ("issue #28/#29 session 10, H100 host A (calls 1-2 on one warm machine), code at a79110c")
+SESSION10_B = ("issue #28/#29 session 10, H100 host B (call 3; its CPU issued each op about 1.3-1.9x slower than host A's: "
+               "F.linear 15.6 vs 11.9 µs, an empty Triton kernel 18.3 vs 10.3 µs), code at 8edf676, where FastLaunch "
+               "replayed the quantizers but never the GEMM (its autotuner was not recognised before its first run; "
+               "fixed in 8e54a89)")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -341,12 +346,30 @@ JOBS: list[Job] = [
         "class in the JSON, its top kernels in the log)", OPEN_CLIP_H.replace("--out", "--profile --out"),
         {"model-profile-open-clip-vit-h-14.log": "log",
          **_renamed("model", "model-profile-open-clip-vit-h-14.md", "model-profile-open-clip-vit-h-14.json")},
-        "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+        "a79110c", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("gpu-tests-launch", "FastLaunch on CUDA: every lowbit Triton kernel launched with the replay on and off gives "
         "identical outputs bit for bit, the second launch of a signature is a replay, and a replayed GEMM launch costs "
         "the host at least 20 µs less; the matmul tests (scaled_mm now launches the GEMM directly)",
         f"{PYTEST} -s -rf tests/kernels/test_launch.py tests/kernels/test_matmul.py -k cuda",
         {"gpu-tests-launch.txt": "log"}, "", 240, "not measured yet"),
+    Job("host-cost-1", "is a compiled model without CUDA graphs launch-bound? (before FastLaunch) the host µs to issue "
+        "one converted Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside "
+        "its GPU time), the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",
+        "python3 bench/probes/host_cost.py", {"host-cost-1.log": "log"}, "a79110c", 300, SESSION10),
+    Job("host-cost-2", "the same with FastLaunch, its replay on and off side by side (host B; the GEMM was not "
+        "replayed, see the origin)", "python3 bench/probes/host_cost.py", {"host-cost-2.log": "log"}, "8edf676", 300,
+        SESSION10_B),
+    Job("model-profile-open-clip-vit-h-14-2", "the open_clip ViT-H-14 compiled rows with --profile again, on host B "
+        "(same code but for FastLaunch's quantizer replays): the same GPU work, a slower host",
+        OPEN_CLIP_H.replace("--out", "--profile --out"), {"model-profile-open-clip-vit-h-14-2.log": "log",
+         **_renamed("model", "model-profile-open-clip-vit-h-14-2.md", "model-profile-open-clip-vit-h-14-2.json")},
+        "8edf676", 420, SESSION10_B, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-profile-open-clip-vit-h-14-fastlaunch", "the open_clip ViT-H-14 compiled rows with --profile, every lowbit "
+        "launch replayed by FastLaunch", OPEN_CLIP_H.replace("--out", "--profile --out"),
+        {"model-profile-open-clip-vit-h-14-fastlaunch.log": "log",
+         **_renamed("model", "model-profile-open-clip-vit-h-14-fastlaunch.md",
+                    "model-profile-open-clip-vit-h-14-fastlaunch.json")},
+        "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("host-cost", "is a compiled model without CUDA graphs launch-bound? the host µs to issue one converted "
         "Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside its GPU time), "
         "the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",
@@ -357,12 +380,12 @@ JOBS: list[Job] = [
         "--compile --no-anchors --profile --out $DIR",
         {"model-profile-hf-clip-vit-h-14.log": "log",
          **_renamed("model", "model-profile-hf-clip-vit-h-14.md", "model-profile-hf-clip-vit-h-14.json")},
-        "", 420, "not measured yet"),
+        "a79110c", 420, SESSION10),
     Job("model-open-clip-vit-h-14-cudagraphs", "is the compiled open_clip step launch-bound? the compiled rows "
         "again with CUDA graphs (a launch then costs no host time): if switchback's 0.80x was the host's custom-op "
         "launches, it recovers here", OPEN_CLIP_H.replace("--compile", "--compile --cudagraphs"),
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs.md", "model-open-clip-vit-h-14-cudagraphs.json"),
-        "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+        "a79110c", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-measured-open-clip-vit-h-14", "issue #29 with each layer measured (--layers measured: only the "
         "linears whose recipe measures faster than bf16 at the rows each sees; lowbit.nn.measured_filter with "
         "linear_tokens): open_clip ViT-H-14, b96, compiled",
@@ -413,6 +436,9 @@ JOBS: list[Job] = [
     Job("sdpa-backends", "each scaled_dot_product_attention backend (cuDNN, FlashAttention-2, memory-efficient) at "
         "CLIP's attention shapes, forward and forward+backward from the packed qkv, error against float32 math",
         "python3 bench/probes/sdpa_backends.py", {"sdpa-backends.md": "log"}, "1c1805b", 120, SESSION9),
+    Job("gpu-tests-sdpa", "lowbit.nn.sdpa on CUDA: which backend's kernels run for each preference (read from a "
+        "profile: torch._fused_sdp_choice ignores the priority order)", f"{PYTEST} -rf tests/nn/test_sdpa.py -k cuda",
+        {"gpu-tests-sdpa.txt": "log"}, "a79110c", 120, SESSION10),
     Job("sdpa-backends-fa4", "the attention backends again with FlashAttention-4 (flash-attn-4's Hopper kernels "
         "routed into the flash backend): can a kernel that does not pad head dimension 80 to 128 beat cuDNN?",
         f"{FA4_SITE} && PYTHONPATH=$PYTHONPATH:/tmp/fa4site python3 bench/probes/sdpa_backends.py --fa4",
