@@ -346,7 +346,7 @@ JOBS: list[Job] = [
         "class in the JSON, its top kernels in the log)", OPEN_CLIP_H.replace("--out", "--profile --out"),
         {"model-profile-open-clip-vit-h-14.log": "log",
          **_renamed("model", "model-profile-open-clip-vit-h-14.md", "model-profile-open-clip-vit-h-14.json")},
-        "a79110c", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+        "310d682", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("gpu-tests-launch", "FastLaunch on CUDA: every lowbit Triton kernel launched with the replay on and off gives "
         "identical outputs bit for bit, the second launch of a signature is a replay, and a replayed GEMM launch costs "
         "the host at least 20 µs less; the matmul tests (scaled_mm now launches the GEMM directly)",
@@ -355,15 +355,15 @@ JOBS: list[Job] = [
     Job("host-cost-1", "is a compiled model without CUDA graphs launch-bound? (before FastLaunch) the host µs to issue "
         "one converted Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside "
         "its GPU time), the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",
-        "python3 bench/probes/host_cost.py", {"host-cost-1.log": "log"}, "a79110c", 300, SESSION10),
+        "python3 bench/probes/host_cost.py", {"host-cost-1.log": "log"}, "310d682", 300, SESSION10),
     Job("host-cost-2", "the same with FastLaunch, its replay on and off side by side (host B; the GEMM was not "
-        "replayed, see the origin)", "python3 bench/probes/host_cost.py", {"host-cost-2.log": "log"}, "8edf676", 300,
+        "replayed, see the origin)", "python3 bench/probes/host_cost.py", {"host-cost-2.log": "log"}, "310d682", 300,
         SESSION10_B),
     Job("model-profile-open-clip-vit-h-14-2", "the open_clip ViT-H-14 compiled rows with --profile again, on host B "
         "(same code but for FastLaunch's quantizer replays): the same GPU work, a slower host",
         OPEN_CLIP_H.replace("--out", "--profile --out"), {"model-profile-open-clip-vit-h-14-2.log": "log",
          **_renamed("model", "model-profile-open-clip-vit-h-14-2.md", "model-profile-open-clip-vit-h-14-2.json")},
-        "8edf676", 420, SESSION10_B, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+        "310d682", 420, SESSION10_B, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-profile-open-clip-vit-h-14-fastlaunch", "the open_clip ViT-H-14 compiled rows with --profile, every lowbit "
         "launch replayed by FastLaunch", OPEN_CLIP_H.replace("--out", "--profile --out"),
         {"model-profile-open-clip-vit-h-14-fastlaunch.log": "log",
@@ -380,12 +380,12 @@ JOBS: list[Job] = [
         "--compile --no-anchors --profile --out $DIR",
         {"model-profile-hf-clip-vit-h-14.log": "log",
          **_renamed("model", "model-profile-hf-clip-vit-h-14.md", "model-profile-hf-clip-vit-h-14.json")},
-        "a79110c", 420, SESSION10),
+        "310d682", 420, SESSION10),
     Job("model-open-clip-vit-h-14-cudagraphs", "is the compiled open_clip step launch-bound? the compiled rows "
         "again with CUDA graphs (a launch then costs no host time): if switchback's 0.80x was the host's custom-op "
         "launches, it recovers here", OPEN_CLIP_H.replace("--compile", "--compile --cudagraphs"),
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs.md", "model-open-clip-vit-h-14-cudagraphs.json"),
-        "a79110c", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+        "310d682", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-measured-open-clip-vit-h-14", "issue #29 with each layer measured (--layers measured: only the "
         "linears whose recipe measures faster than bf16 at the rows each sees; lowbit.nn.measured_filter with "
         "linear_tokens): open_clip ViT-H-14, b96, compiled",
@@ -438,7 +438,7 @@ JOBS: list[Job] = [
         "python3 bench/probes/sdpa_backends.py", {"sdpa-backends.md": "log"}, "1c1805b", 120, SESSION9),
     Job("gpu-tests-sdpa", "lowbit.nn.sdpa on CUDA: which backend's kernels run for each preference (read from a "
         "profile: torch._fused_sdp_choice ignores the priority order)", f"{PYTEST} -rf tests/nn/test_sdpa.py -k cuda",
-        {"gpu-tests-sdpa.txt": "log"}, "a79110c", 120, SESSION10),
+        {"gpu-tests-sdpa.txt": "log"}, "310d682", 120, SESSION10),
     Job("sdpa-backends-fa4", "the attention backends again with FlashAttention-4 (flash-attn-4's Hopper kernels "
         "routed into the flash backend): can a kernel that does not pad head dimension 80 to 128 beat cuDNN?",
         f"{FA4_SITE} && PYTHONPATH=$PYTHONPATH:/tmp/fa4site python3 bench/probes/sdpa_backends.py --fa4",
