@@ -401,6 +401,13 @@ JOBS: list[Job] = [
     Job("model-open-clip-vit-h-14-h200", "the same on an H200 (compiled rows only)", OPEN_CLIP_H,
         _renamed("model", "model-open-clip-vit-h-14-h200.md", "model-open-clip-vit-h-14-h200.json"), "8ba9339", 480,
         SESSION6_H200, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-timm-hf-vit-h-14-cudagraphs", "issue #29: timm vit_huge_patch14_clip_224 and Hugging Face CLIPModel at "
+        "ViT-H widths (b64), compiled with CUDA graphs (reduce-overhead: the host's launches replayed by the GPU), every "
+        "lowbit launch through FastLaunch: the GPU-bound speed-up that the compiled rows without graphs hide",
+        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe "
+        "bf16 fp8-switchback switchback --compile --cudagraphs --no-anchors --out $DIR",
+        _renamed("model", "model-timm-hf-vit-h-14-cudagraphs.md", "model-timm-hf-vit-h-14-cudagraphs.json"), "", 540,
+        "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
     Job("model-timm-hf-vit-h-14-compiled", "issue #29's speed rows: timm vit_huge_patch14_clip_224 (batch 64) and "
         "Hugging Face CLIPModel at ViT-H widths, converted whole, torch.compile'd, against each model's own bf16 step",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
