@@ -9,6 +9,8 @@ an ordinary matmul in the input's dtype.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -155,6 +157,12 @@ class _LowbitLinearFunction(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
+@functools.lru_cache(maxsize=16)
+def _capability(device_index: int) -> tuple[int, int]:
+    """The GPU's compute capability, asked once per device (every eager call checks it)."""
+    return torch.cuda.get_device_capability(device_index)
+
+
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe) -> None:
     if not x.is_floating_point() or not weight.is_floating_point():
         raise TypeError(f"lowbit linear: input and weight must be floating tensors, got {x.dtype} and {weight.dtype}")
@@ -175,7 +183,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rec
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"lowbit linear: recipe {recipe.name!r} takes float32, float16 or bfloat16, got {x.dtype}")
     if recipe.uses_fp8 and not recipe.simulated and x.is_cuda and not torch.compiler.is_compiling():
-        cap = torch.cuda.get_device_capability(x.device)
+        cap = _capability(x.device.index if x.device.index is not None else torch.cuda.current_device())
         if cap < (8, 9):
             name = torch.cuda.get_device_name(x.device)
             raise RuntimeError(
