@@ -58,6 +58,8 @@ SESSION10_B = ("issue #28/#29 session 10, H100 host B (call 3; its CPU issued ea
                "F.linear 15.6 vs 11.9 µs, an empty Triton kernel 18.3 vs 10.3 µs), code at 8edf676, where FastLaunch "
                "replayed the quantizers but never the GEMM (its autotuner was not recognised before its first run; "
                "fixed in 8e54a89)")
+SESSION10_C = ("issue #28/#29 session 10, H100 host C (call 4, cut at its 520 s limit during its third job), code at "
+               "32e9bc6")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -349,7 +351,7 @@ JOBS: list[Job] = [
         "310d682", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("gpu-tests-launch", "FastLaunch on CUDA: every lowbit Triton kernel launched with the replay on and off gives "
         "identical outputs bit for bit, the second launch of a signature is a replay, and a replayed GEMM launch costs "
-        "the host at least 20 µs less; the matmul tests (scaled_mm now launches the GEMM directly)",
+        "the host at least 20 µs less (the matmul file is named too, but none of its tests has 'cuda' in its name)",
         f"{PYTEST} -s -rf tests/kernels/test_launch.py tests/kernels/test_matmul.py -k cuda",
         {"gpu-tests-launch.txt": "log"}, "", 240, "not measured yet"),
     Job("host-cost-1", "is a compiled model without CUDA graphs launch-bound? (before FastLaunch) the host µs to issue "
