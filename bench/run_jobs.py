@@ -353,7 +353,7 @@ JOBS: list[Job] = [
         "identical outputs bit for bit, the second launch of a signature is a replay, and a replayed GEMM launch costs "
         "the host at least 20 µs less (the matmul file is named too, but none of its tests has 'cuda' in its name)",
         f"{PYTEST} -s -rf tests/kernels/test_launch.py tests/kernels/test_matmul.py -k cuda",
-        {"gpu-tests-launch.txt": "log"}, "", 240, "not measured yet"),
+        {"gpu-tests-launch.txt": "log"}, "cc64b0c", 240, SESSION10_C),
     Job("host-cost-1", "is a compiled model without CUDA graphs launch-bound? (before FastLaunch) the host µs to issue "
         "one converted Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside "
         "its GPU time), the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",
@@ -408,8 +408,8 @@ JOBS: list[Job] = [
         "lowbit launch through FastLaunch: the GPU-bound speed-up that the compiled rows without graphs hide",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe "
         "bf16 fp8-switchback switchback --compile --cudagraphs --no-anchors --out $DIR",
-        _renamed("model", "model-timm-hf-vit-h-14-cudagraphs.md", "model-timm-hf-vit-h-14-cudagraphs.json"), "", 540,
-        "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
+        _renamed("model", "model-timm-hf-vit-h-14-cudagraphs.md", "model-timm-hf-vit-h-14-cudagraphs.json"), "cc64b0c", 540,
+        SESSION10_C, needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
     Job("model-timm-hf-vit-h-14-compiled", "issue #29's speed rows: timm vit_huge_patch14_clip_224 (batch 64) and "
         "Hugging Face CLIPModel at ViT-H widths, converted whole, torch.compile'd, against each model's own bf16 step",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 "
