@@ -22,7 +22,7 @@ from lowbit.train import TrainConfig, resolve_config
         ({"grad_clip": float("inf")}, "grad_clip=inf"),
         ({"device": "tpu"}, "device='tpu'"),
         ({"compile": "yes"}, "compile='yes'"),
-        ({"layers": "all"}, "layers='all'.*clip or auto"),
+        ({"layers": "all"}, "layers='all'.*default, clip, auto"),
         ({"compile": True, "compile_mode": "fast"}, "compile_mode='fast'.*reduce-overhead"),
         ({"compile_mode": "reduce-overhead"}, "compile_mode='reduce-overhead'.*unless compile is true"),
         ({"compile": True, "compile_mode": "reduce-overhead", "accum_steps": 2}, "compile_mode=.*accum_steps > 1"),
@@ -85,3 +85,19 @@ def test_cpu_threads_auto_uses_free_cores(monkeypatch: pytest.MonkeyPatch) -> No
 def test_multi_gpu_options_are_validated(override: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig().replace(override)
+
+
+def test_default_layers_are_auto_on_cuda_and_clip_elsewhere() -> None:
+    """The trainer's default: measured selection where a GPU can time the shapes (never slower than bf16 by
+    construction), every block linear on the CPU (which runs the recipes for their numerics, with no speed to
+    measure). An explicit choice is kept on either device."""
+    import torch
+
+    from lowbit.train.config import resolve_layers
+
+    assert TrainConfig().layers == "default"
+    assert resolve_layers("default", torch.device("cuda", 0)) == "auto"
+    assert resolve_layers("default", torch.device("cpu")) == "clip"
+    for explicit in ("clip", "auto"):
+        assert resolve_layers(explicit, torch.device("cpu")) == explicit
+        assert resolve_layers(explicit, torch.device("cuda")) == explicit

@@ -31,9 +31,10 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--workers", "workers", int, "DataLoader worker processes per rank for the training data, 0 = none"),
     ("--steps", "steps", int, "total steps (the cosine schedule's length)"),
     ("--stop-at", "stop_at", int, "end this invocation after this step, as if pre-empted (resume later)"),
-    ("--layers", "layers", str, "clip: convert every block linear; auto: only those whose recipe measures faster "
-     "than bf16 at their shape (tokens x in -> out), timed on this GPU at start-up and cached per shape "
-     "(~/.cache/lowbit or $LOWBIT_CACHE_DIR); on the CPU a width threshold decides (>= 1280: tiny keeps all 16-bit)"),
+    ("--layers", "layers", str, "default: auto on CUDA, clip on the CPU; clip: convert every block linear; auto: "
+     "only those whose recipe measures faster than bf16 at their shape (tokens x in -> out), timed on this GPU at "
+     "start-up and cached per shape (~/.cache/lowbit or $LOWBIT_CACHE_DIR; on the CPU a width threshold decides: "
+     ">= 1280, so tiny keeps all 16-bit)"),
     ("--compile-mode", "compile_mode", str, "with --compile: default, reduce-overhead (CUDA graphs: no per-launch CPU "
      "cost), max-autotune or max-autotune-no-cudagraphs (without --compile, auto picks reduce-overhead itself)"),
     ("--compiled-quantize", "compiled_quantize", str, "with --compile: kernel (lowbit's Triton quantizers), inductor "

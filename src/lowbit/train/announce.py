@@ -29,7 +29,7 @@ def announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, out
     precision = "bf16 autocast" if env.precision == "bf16" else env.precision
     print(
         f"lowbit train: {env.device_name}, {precision} | recipe {cfg.recipe} ({n_low}/{n_lin} linears), "
-        f"layers {cfg.layers}, {fuse_choice(cfg, raw)} | {compile_choice(cfg, env, tr)} | {cfg.preset} ({tr.n_params:,} params) | "
+        f"layers {tr.layers}, {fuse_choice(cfg, raw)} | {compile_choice(cfg, env, tr)} | {cfg.preset} ({tr.n_params:,} params) | "
         f"{cfg.optimizer} lr {cfg.lr:g} | {cfg.steps} steps x {samples_per_step} | {cfg.data}"
         + (f" | {env.world_size} x {env.parallel}" if env.parallel else "")
         + (f" | accum {cfg.accum_steps}" if cfg.accum_steps > 1 else "") + f" | {out}",
@@ -40,7 +40,7 @@ def announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, out
     if resumed_from is not None:
         print(f"lowbit train: resumed from step {resumed_from[0]} ({resumed_from[1]})", flush=True)
     if n_low == 0 and cfg.recipe not in ("none", "bf16"):
-        warn(f"layers={cfg.layers!r} leaves every linear of {cfg.preset} in 16-bit "
+        warn(f"layers={tr.layers!r} leaves every linear of {cfg.preset} in 16-bit "
               f"(none passes the filter), so recipe {cfg.recipe!r} changes nothing")
     if cfg.steps < cfg.warmup:
         warn(f"steps {cfg.steps} < warmup {cfg.warmup}: the learning rate never reaches "

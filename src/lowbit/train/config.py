@@ -11,21 +11,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from lowbit.kernels.ops import COMPILED_QUANTIZE
 from lowbit.messages import did_you_mean
 from lowbit.models.convert import LAYERS
 
-__all__ = ["COMPILE_MODES", "OPTIMIZERS", "PARALLEL", "PRECISIONS", "TrainConfig", "load_yaml"]
+__all__ = ["COMPILE_MODES", "LAYER_CHOICES", "OPTIMIZERS", "PARALLEL", "PRECISIONS", "TrainConfig", "load_yaml",
+           "resolve_layers"]
 
 OPTIMIZERS = ("adamw", "stableadamw")
 PRECISIONS = ("auto", "bf16", "fp32")
 PARALLEL = ("ddp", "fsdp")
+LAYER_CHOICES = ("default", *LAYERS)  # default: auto on CUDA, clip elsewhere (resolve_layers)
 # torch.compile's modes; the first two of CUDA_GRAPH_MODES replay CUDA graphs, which removes the per-launch CPU cost
 # of the quantized layers (bench/results/h100/step-vit-h-14-cudagraphs.md).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def resolve_layers(layers: str, device: torch.device) -> str:
+    """``layers`` for a run on ``device``: ``default`` is ``auto`` on CUDA (where a block linear converts only if its
+    recipe measures faster than bf16 at its shape: never slower than bf16 by construction) and ``clip`` elsewhere."""
+    if layers != "default":
+        return layers
+    return "auto" if device.type == "cuda" else "clip"
 
 
 @dataclass
@@ -37,7 +48,9 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # CLIPConfig overrides, e.g. {"layer_scale_init": 0.0}
     recipe: str = "switchback"  # a lowbit.nn recipe, or "none" for plain nn.Linear
     keep_last_blocks: int = 0  # transformer blocks per tower kept 16-bit by the recipe filter
-    layers: str = "clip"  # clip: every block linear; auto: only those measured faster than bf16 (lowbit.models.LAYERS)
+    # clip: every block linear; auto: only those measured faster than bf16 (lowbit.models.LAYERS); default: auto on
+    # CUDA, clip elsewhere (the CPU has no speed to measure; it runs the recipes for their numerics)
+    layers: str = "default"
     fuse: bool = False  # each block's MLP one LowbitMLP and its LayerNorms fused with their consumers (convert_clip)
     # optimisation
     optimizer: str = "stableadamw"
@@ -123,7 +136,7 @@ class TrainConfig:
             v = getattr(self, name)
             _check(name, v, isinstance(v, str), "a string")
         _check("recipe", self.recipe, bool(self.recipe), "a recipe name or 'none'")
-        _check("layers", self.layers, self.layers in LAYERS, " or ".join(LAYERS))
+        _check("layers", self.layers, self.layers in LAYER_CHOICES, ", ".join(LAYER_CHOICES))
         _check("parallel", self.parallel, self.parallel in PARALLEL, f"one of {', '.join(PARALLEL)}")
         _check("compile_mode", self.compile_mode, self.compile_mode in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}")
         _check("compile", self.compile, self.compile is True or self.compile is False or self.compile == "auto",

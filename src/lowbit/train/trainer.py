@@ -12,7 +12,7 @@ import torch
 from lowbit.models import CLIP, convert_clip, count_parameters
 from lowbit.train.checkpoint import set_rng_state
 from lowbit.train.compiling import CompileChoice, compile_blocks, resolve_compile
-from lowbit.train.config import CUDA_GRAPH_MODES, TrainConfig
+from lowbit.train.config import CUDA_GRAPH_MODES, TrainConfig, resolve_layers
 from lowbit.train.distributed import load_dcp, load_full_into_fsdp, replicas_agree, shard_model
 from lowbit.train.env import Env
 from lowbit.train.schedule import warmup_cosine_scheduler
@@ -75,6 +75,7 @@ class Trainer:
     fsdp8: bool = False  # FSDP2 gathers eligible weights as 8-bit codes: refresh their scales after each update
     compiled: CompileChoice | None = None  # what build_trainer compiled (resolve_compile); None: built elsewhere
     notes: list[str] = field(default_factory=list)  # set-up notes, printed after the run's first line
+    layers: str = "clip"  # which linears the recipe converted: clip or auto (resolve_layers of the config's choice)
 
     @property
     def replica_checks(self) -> int:
@@ -97,13 +98,13 @@ def _fsdp8(cfg: TrainConfig, model: torch.nn.Module, precision: str) -> tuple[bo
     return not why, f"lowbit train: fsdp all-gather in 16 bits: {why}" if why else f"lowbit train: {describe(model)}"
 
 
-def _layers_note(cfg: TrainConfig, model: torch.nn.Module) -> str:
+def _layers_note(layers: str, model: torch.nn.Module) -> str:
     """``layers auto``: the convert report's measured summary (:meth:`ConvertReport.measured_summary`); ``""``
     otherwise."""
     from lowbit.nn import convert_report
 
     report = convert_report(model)
-    if cfg.layers != "auto" or report is None:
+    if layers != "auto" or report is None:
         return ""
     return f"lowbit train: layers auto: {report.measured_summary()}"
 
@@ -115,11 +116,12 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     n_params = count_parameters(raw_model)
     # layers "auto": each block linear's shape timed on this device at this process's batch (lowbit.nn.autolayers);
     # every rank takes rank 0's timings so that all convert the same layers
-    raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=cfg.layers,
+    layers = resolve_layers(cfg.layers, env.device)
+    raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=layers,
                              fuse=cfg.fuse, device=env.device, batch_size=cfg.batch_size,
                              ranks_agree=env.world_size > 1).to(env.device)
     fsdp8 = False
-    notes: list[str] = [_layers_note(cfg, raw_model)]  # printed after the run's first line
+    notes: list[str] = [_layers_note(layers, raw_model)]  # printed after the run's first line
     act_monitor = None  # hooks go on before sharding / compiling; train-mode forwards only, no per-step sync
     if cfg.activations:
         from lowbit.monitor import ActivationMonitor
@@ -151,7 +153,7 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
         model=model, raw_model=raw_model, optimizer=optimizer, env=env, scheduler=scheduler, accum_steps=cfg.accum_steps,
         grad_clip=cfg.grad_clip, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, graphs=graphs,
         monitor=_monitor(cfg, raw_model, optimizer), act_monitor=act_monitor, n_params=n_params, fsdp8=fsdp8,
-        notes=[n for n in notes if n], compiled=choice,
+        notes=[n for n in notes if n], compiled=choice, layers=layers,
     )
     if tr.replica_checks:
         tr.notes.append(f"DDP with CUDA graphs: the ranks' parameters are compared after each of the first "
