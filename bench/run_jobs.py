@@ -388,6 +388,20 @@ JOBS: list[Job] = [
         "launches, it recovers here", OPEN_CLIP_H.replace("--compile", "--compile --cudagraphs"),
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs.md", "model-open-clip-vit-h-14-cudagraphs.json"),
         "310d682", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-open-clip-vit-h-14-cudagraphs-inductor", "open_clip ViT-H-14 with CUDA graphs and the quantizers traced "
+        "for inductor (LOWBIT_COMPILED_QUANTIZE=inductor: fused into the LayerNorm / GELU / residual kernels that write "
+        "X and dY; 'mixed' traces only the fused MLP's activation quantizer, which per-linear layers do not call): the "
+        "quantize passes, 20-23 ms a step in model-profile-open-clip-vit-h-14.md, bound the GPU-side gain",
+        f"LOWBIT_COMPILED_QUANTIZE=inductor {OPEN_CLIP_H.replace('--compile', '--compile --cudagraphs')}",
+        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-inductor.md",
+                 "model-open-clip-vit-h-14-cudagraphs-inductor.json"), "", 420, "not measured yet",
+        needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-measured-open-clip-vit-h-14-cudagraphs", "open_clip ViT-H-14 with CUDA graphs and --layers measured: "
+        "every linear (the 1024-wide text tower too) 8-bit only where it measured faster at its rows",
+        f"LOWBIT_CACHE_DIR=$DIR/cache {OPEN_CLIP_H.replace('--compile', '--compile --cudagraphs --layers measured')}",
+        _renamed("model", "model-measured-open-clip-vit-h-14-cudagraphs.md",
+                 "model-measured-open-clip-vit-h-14-cudagraphs.json"), "", 480, "not measured yet", needs="open_clip",
+        note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-measured-open-clip-vit-h-14", "issue #29 with each layer measured (--layers measured: only the "
         "linears whose recipe measures faster than bf16 at the rows each sees; lowbit.nn.measured_filter with "
         "linear_tokens): open_clip ViT-H-14, b96, compiled",
@@ -434,6 +448,17 @@ JOBS: list[Job] = [
         "each block linear kept 8-bit only where its shape measured faster than bf16 (fp8-switchback)",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_AUTO} --out $DIR",
         {"step-vit-h-14-layers-auto.md": "step.md"}, "1c1805b", 300, SESSION9),
+    Job("step-vit-l-14-layers-auto", "issue #28's ViT-L/14 row: the step under CUDA graphs, batch 128, each block linear "
+        "8-bit only where its shape measured faster (the trainer's default on CUDA), three recipes",
+        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-l-14 --batch-size 128 "
+        "--recipe bf16 fp8-switchback switchback fp8-tensorwise --layers auto --out $DIR",
+        _renamed("step", "step-vit-l-14-layers-auto.md", "step-vit-l-14-layers-auto.json"), "", 420,
+        "not measured yet"),
+    Job("step-vit-b-32-layers-auto", "issue #28's ViT-B/32 row: the same at batch 256",
+        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-b-32 --batch-size 256 "
+        "--recipe bf16 fp8-switchback switchback fp8-tensorwise --layers auto --out $DIR",
+        _renamed("step", "step-vit-b-32-layers-auto.md", "step-vit-b-32-layers-auto.json"), "", 300,
+        "not measured yet"),
     Job("step-vit-h-14-layers-auto-2", "the same for switchback and fp8-tensorwise",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
         "--recipe bf16 switchback fp8-tensorwise --layers auto --out $DIR",
