@@ -145,3 +145,19 @@ def test_report_rows_and_table_name_the_cause_of_every_16_bit_layer() -> None:
     assert lines[1].split() == ["layer", "kind", "shape", "status", "why", "/", "what"]
     assert any(line.startswith("odd ") and "16-bit (alignment)" in line for line in lines)
     assert all(len(line) <= 80 for line in lowbit.convert_report(model).table(width=10).splitlines()[2:])
+
+
+def test_table_notes_the_launches_a_conversion_adds() -> None:
+    """Issue #29: where launch costs can bound a step, the report says so and points to CUDA graphs; nothing
+    converted, no note."""
+    model = nn.Sequential(nn.Linear(1280, 1280), nn.Linear(1280, 1280))
+    convert(model, "switchback-sim")
+    report = lowbit.convert_report(model)
+    assert "2 8-bit layer(s) issue about 14 more kernel launches" in report.launch_note()
+    table = report.table()
+    assert 'mode="reduce-overhead"' in table.replace("\n", " ") and all(len(line) <= 80 for line in
+                                                                        table.splitlines()[-4:])
+    plain = nn.Sequential(nn.Linear(16, 16))
+    convert(plain, "switchback-sim")
+    assert lowbit.convert_report(plain).launch_note() == "" and "kernel launches" not in \
+        lowbit.convert_report(plain).table()
