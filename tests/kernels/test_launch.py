@@ -139,13 +139,14 @@ def test_replay_passes_what_triton_passes_with_config_heuristics_and_defaults(fa
     fast = FastLaunch(tuned)
     x, y = torch.zeros(8), torch.zeros(8)
     grid = lambda meta: (meta["n"] // meta["BLOCK"] + 1, 2)  # noqa: E731
-    k1 = fast[grid](x, y, 130, 0.5)
-    k2 = fast[grid](x, y, 130, 0.5)
-    assert k1 is k2 and len(jit.slow_launches) == 1 and fast.launches == 2 and fast.replays == 1
-    slow, replayed = k1.calls
+    k1 = fast[grid](x, y, 130, 0.5)  # Triton's path: compiled, kept
+    k2 = fast[grid](x, y, 130, 0.5)  # Triton's path again: it must return the kept kernel (the check)
+    k3 = fast[grid](x, y, 130, 0.5)  # replayed
+    assert k1 is k2 is k3 and len(jit.slow_launches) == 2 and fast.launches == 3 and fast.replays == 1
+    slow, _, replayed = k1.calls
     assert replayed == slow  # grid, stream, binary, every argument in order (config, heuristic, default)
     assert replayed[:3] == (3, 2, 1) and replayed[-3:] == (64, True, 7)
-    assert len(hooks) == 2 and hooks[1]["BLOCK"] == 64 and hooks[1]["num_warps"] == 8 and hooks[1]["x_ptr"] is x
+    assert len(hooks) == 3 and hooks[2]["BLOCK"] == 64 and hooks[2]["num_warps"] == 8 and hooks[2]["x_ptr"] is x
 
 
 @pytest.mark.parametrize("change", ["int", "dtype", "alignment", "kwarg", "bool-vs-int", "float-vs-int"])
@@ -170,8 +171,25 @@ def test_a_new_signature_takes_tritons_path_again(fake_triton, change: str) -> N
         kwargs["BLOCK"] = 32.0
     fast[(1,)](*args, **kwargs)
     assert len(jit.slow_launches) == 2 and fast.replays == 0
+    fast[(1,)](*args, **kwargs)  # the new signature's check
     fast[(1,)](*args, **kwargs)
-    assert len(jit.slow_launches) == 2 and fast.replays == 1
+    assert len(jit.slow_launches) == 3 and fast.replays == 1
+
+
+def test_a_signature_that_misses_what_triton_keys_on_stops_the_replay(fake_triton) -> None:
+    """If Triton compiles another kernel for a call whose signature FastLaunch has seen (a Triton that specializes
+    on something more), the check at the signature's second launch catches it: a warning, and Triton's own path
+    for every later launch of that kernel."""
+    jit = _Jit(_kernel)
+    fast = FastLaunch(jit)
+    args, kwargs = (torch.zeros(8), torch.zeros(8), 16, 0.5), {"BLOCK": 32, "WIDE": False}
+    fast[(1,)](*args, **kwargs)
+    jit.compiled.clear()  # as if Triton keyed this call differently: a new compiled kernel comes back
+    with pytest.warns(RuntimeWarning, match="another kernel"):
+        fast[(1,)](*args, **kwargs)
+    for _ in range(3):
+        fast[(1,)](*args, **kwargs)
+    assert fast.replays == 0 and len(jit.slow_launches) == 5 and fast.jit is None
 
 
 def test_the_replay_launches_the_call_s_own_tensors_and_runtime_floats(fake_triton) -> None:
@@ -179,8 +197,9 @@ def test_the_replay_launches_the_call_s_own_tensors_and_runtime_floats(fake_trit
     fast = FastLaunch(jit)
     a, b = torch.zeros(8), torch.zeros(8)
     k = fast[(1,)](a, a, 16, 0.5, BLOCK=32, WIDE=False)
+    fast[(1,)](a, a, 16, 0.5, BLOCK=32, WIDE=False)  # the check
     fast[(1,)](b, a, 16, 0.25, BLOCK=32, WIDE=False)
-    assert k.calls[1][9] is b and k.calls[1][12] == 0.25
+    assert fast.replays == 1 and k.calls[2][9] is b and k.calls[2][12] == 0.25
 
 
 def test_off_and_uncompiled_kernels_always_take_tritons_path(fake_triton) -> None:
@@ -274,6 +293,7 @@ def test_cuda_replay_is_bit_identical_to_tritons_launch() -> None:
         set_fast_launch(True)
         before = sum(f.replays for f in wrapped)
         run()  # the first launch of this signature: Triton's path
+        run()  # the second: Triton's path again, checked against the kept kernel
         got = [t.clone() for t in _flat(run())]  # a replay
         torch.cuda.synchronize()
         assert sum(f.replays for f in wrapped) > before or name == "blockwise 1x128", name

@@ -14,6 +14,9 @@ keyword arguments — and keeps the compiled kernel it returned and the autotune
 with the same signature assemble the arguments as Triton's binder would (call arguments, then the config's
 meta-parameters, then defaults), run the config's pre-hook, and call the compiled kernel's launcher with the
 same arguments ``JITFunction.run`` passes it (Triton 3.6 and 3.9 alike): same binary, same grid, same stream.
+A signature's second launch still goes through Triton's path and must return the kernel kept at the first; if it
+does not (a Triton that keys its kernels on more than the signature), that kernel is never replayed again and a
+warning says so.
 It stays off under ``TRITON_INTERPRET=1`` (the interpreter has no compiled kernel) and with ``LOWBIT_FAST_LAUNCH=0``;
 any other attribute is the wrapped kernel's (``.configs``, ``.cache``).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +108,12 @@ def _runtime_knobs() -> Any:
     return _runtime()[1].runtime
 
 
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
 def _is_jit(k: Any) -> bool:
     from triton.runtime.jit import JITFunction
 
@@ -125,10 +135,11 @@ def _is_heuristics(k: Any) -> bool:
 class _Replay:
     """What a signature's first launch left behind: the compiled kernel and the config it ran with."""
 
-    __slots__ = ("hook_kwargs", "kernel", "meta", "pre_hook")
+    __slots__ = ("hook_kwargs", "kernel", "meta", "pre_hook", "unchecked")
 
     def __init__(self, kernel: Any, meta: dict, hook_kwargs: dict, pre_hook: Callable[[dict], Any] | None):
         self.kernel, self.meta, self.hook_kwargs, self.pre_hook = kernel, meta, hook_kwargs, pre_hook
+        self.unchecked = True  # the signature's next launch checks it against Triton's own path
 
 
 class FastLaunch:
@@ -170,6 +181,8 @@ class FastLaunch:
         replay = self._replays.get(key)
         if replay is None:
             return self._first(grid, key, args, kwargs)
+        if replay.unchecked:
+            return self._check(grid, replay, args, kwargs)
         self.replays += 1
         bound = dict(zip(self.names, args))
         bound.update(kwargs)
@@ -184,6 +197,21 @@ class FastLaunch:
         rt = _runtime_knobs()
         k.run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, stream, k.function, k.packed_metadata,
               k.launch_metadata(g, stream, *values), rt.launch_enter_hook, rt.launch_exit_hook, *values)
+        return k
+
+    def _check(self, grid: Any, replay: _Replay, args: tuple, kwargs: dict) -> Any:
+        """A signature's second launch goes through Triton's path too, and must come back with the kernel kept at
+        the first: else this Triton keys its kernels on something the signature misses, and the kernel is never
+        replayed again (a warning says so; the launches stay correct, only slower)."""
+        k = self.kernel[grid](*args, **kwargs)
+        if k is not None and hasattr(k, "result"):
+            k = k.result()
+        replay.unchecked = False
+        if k is not replay.kernel:
+            self.jit = None
+            warnings.warn(f"lowbit: {getattr(self.kernel, '__name__', self.kernel)!r}: Triton {_triton_version()} "
+                          "compiled another kernel for a call signature FastLaunch had seen; its launches go through "
+                          "Triton's own path from now on", RuntimeWarning, stacklevel=3)
         return k
 
     def _first(self, grid: Any, key: tuple, args: tuple, kwargs: dict) -> Any:
