@@ -3,7 +3,7 @@
 ``kernel[grid](*args, **kwargs)`` runs, on every call, Triton's autotuner dispatch (a dict of every argument, its
 key, the config's pre-hook) and the JIT's binder (each argument specialized, a cache key built as a string)
 before the compiled kernel's launcher. On an H100 host that front door cost lowbit's GEMM 167 µs per call where
-an empty kernel costs 21 µs (``bench/results/h100/host-cost.log``): with seven launches per converted linear and
+an empty kernel costs 21 µs (``bench/results/h100/host-cost-1.log``): with seven launches per converted linear and
 step, a model compiled without CUDA graphs waited on the host (open_clip ViT-H-14 switchback: 64% GPU-busy; Hugging
 Face CLIP at ViT-H widths: 55%).
 
