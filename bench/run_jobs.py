@@ -92,6 +92,14 @@ def _renamed(stem: str, *names: str) -> dict[str, str]:
     return {n: f"{stem}.{n.rsplit('.', 1)[1]}" for n in names}
 
 
+def _step_layers_auto(preset: str, batch: int, limit: int, what: str) -> Job:
+    """``bench step --layers auto`` under CUDA graphs for bf16 and the three 8-bit recipes (issue #28's rows)."""
+    name = f"step-{preset}-layers-auto"
+    return Job(name, what, f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset {preset} "
+               f"--batch-size {batch} --recipe bf16 fp8-switchback switchback fp8-tensorwise --layers auto --out $DIR",
+               _renamed("step", f"{name}.md", f"{name}.json"), "", limit, "not measured yet")
+
+
 def _tc(stem: str) -> dict[str, str]:
     """``bench/probes/train_compile.py --out $DIR/tc`` writes ``tc/train_compile.md|json``."""
     return {f"{stem}.md": "tc/train_compile.md", f"{stem}.json": "tc/train_compile.json"}
@@ -448,17 +456,10 @@ JOBS: list[Job] = [
         "each block linear kept 8-bit only where its shape measured faster than bf16 (fp8-switchback)",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_AUTO} --out $DIR",
         {"step-vit-h-14-layers-auto.md": "step.md"}, "1c1805b", 300, SESSION9),
-    Job("step-vit-l-14-layers-auto", "issue #28's ViT-L/14 row: the step under CUDA graphs, batch 128, each block linear "
-        "8-bit only where its shape measured faster (the trainer's default on CUDA), three recipes",
-        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-l-14 --batch-size 128 "
-        "--recipe bf16 fp8-switchback switchback fp8-tensorwise --layers auto --out $DIR",
-        _renamed("step", "step-vit-l-14-layers-auto.md", "step-vit-l-14-layers-auto.json"), "", 420,
-        "not measured yet"),
-    Job("step-vit-b-32-layers-auto", "issue #28's ViT-B/32 row: the same at batch 256",
-        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-b-32 --batch-size 256 "
-        "--recipe bf16 fp8-switchback switchback fp8-tensorwise --layers auto --out $DIR",
-        _renamed("step", "step-vit-b-32-layers-auto.md", "step-vit-b-32-layers-auto.json"), "", 300,
-        "not measured yet"),
+    *[_step_layers_auto(preset, batch, limit, what) for preset, batch, limit, what in (
+        ("vit-l-14", 128, 420, "issue #28's ViT-L/14 row: the step under CUDA graphs, batch 128, each block linear "
+         "8-bit only where its shape measured faster (the trainer's default on CUDA), three recipes"),
+        ("vit-b-32", 256, 300, "issue #28's ViT-B/32 row: the same at batch 256"))],
     Job("step-vit-h-14-layers-auto-2", "the same for switchback and fp8-tensorwise",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
         "--recipe bf16 switchback fp8-tensorwise --layers auto --out $DIR",
