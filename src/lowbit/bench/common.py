@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lowbit.hardware import format_mfu, mfu, mfu_warning
+from lowbit.nn.compile import compile_blocks, repeated_blocks  # noqa: F401 (repeated_blocks: re-exported)
 
 # The plain model (nn.Linear) every ratio is taken against.
 BASELINES = ("bf16", "none")
@@ -227,31 +228,12 @@ class RowTable:
 
 
 # ---------------------------------------------------------------------------------------------- step pieces
-def repeated_blocks(model: nn.Module) -> list[nn.Module]:
-    """The children of every outermost ``nn.ModuleList`` / ``nn.Sequential`` holding two or more modules of one
-    class (transformer blocks): what ``--compile-scope blocks`` compiles."""
-    found: list[nn.Module] = []
-
-    def visit(m: nn.Module) -> None:
-        kids = list(m.children())
-        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(kids) >= 2 and len({type(k) for k in kids}) == 1:
-            found.extend(kids)
-            return
-        for k in kids:
-            visit(k)
-
-    visit(model)
-    return found
-
-
 def compile_model(model: nn.Module, scope: str, mode: str | None) -> tuple[nn.Module, str]:
     """Compile per ``scope``; returns (what the forward calls, what was compiled, for the table)."""
     if scope == "blocks":
-        blocks = repeated_blocks(model)
-        if blocks:
-            for b in blocks:
-                b.compile(mode=mode)
-            return model, f"blocks ({len(blocks)})"
+        n = compile_blocks(model, mode)  # lowbit.nn.compile_blocks: what users call
+        if n:
+            return model, f"blocks ({n})"
         scope = "model"
     if scope == "model":
         return torch.compile(model, mode=mode), "model"

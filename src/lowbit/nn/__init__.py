@@ -1,9 +1,10 @@
 """Modules: ``LowbitLinear``, ``LowbitMultiheadAttention``, the fused ``LowbitMLP`` / ``LayerNormLinear`` / ``LayerNormMLP``,
 ``convert()``/``unconvert()`` with their ``ConvertReport``, ``measured_filter`` (layers chosen by measured speed),
-``LayerScale``."""
+``compile_blocks`` (each transformer block compiled with CUDA graphs), ``LayerScale``."""
 
 from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.autolayers import GAIN_MARGIN, MeasuredFilter, linear_tokens, measured_filter
+from lowbit.nn.compile import compile_blocks, repeated_blocks
 from lowbit.nn.convert import (
     ConvertReport,
     LayerRow,
@@ -34,6 +35,7 @@ __all__ = [
     "LowbitMultiheadAttention",
     "MeasuredFilter",
     "SwitchBackLinear",
+    "compile_blocks",
     "convert",
     "convert_report",
     "default_filter",
@@ -43,6 +45,7 @@ __all__ = [
     "match_mlp",
     "matmul_layers",
     "measured_filter",
+    "repeated_blocks",
     "skip_reason",
     "unconvert",
 ]
