@@ -9,8 +9,6 @@ an ordinary matmul in the input's dtype.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +16,7 @@ from lowbit.functional import _pieces
 from lowbit.functional.qweight import QuantizedWeight
 from lowbit.functional.recipe import Quant, Recipe, get_recipe
 from lowbit.kernels import ops
+from lowbit.kernels._common import device_capability
 from lowbit.kernels.blockwise import blockwise_mm
 
 
@@ -157,12 +156,6 @@ class _LowbitLinearFunction(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
-@functools.lru_cache(maxsize=16)
-def _capability(device_index: int) -> tuple[int, int]:
-    """The GPU's compute capability, asked once per device (every eager call checks it)."""
-    return torch.cuda.get_device_capability(device_index)
-
-
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe) -> None:
     if not x.is_floating_point() or not weight.is_floating_point():
         raise TypeError(f"lowbit linear: input and weight must be floating tensors, got {x.dtype} and {weight.dtype}")
@@ -183,7 +176,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rec
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"lowbit linear: recipe {recipe.name!r} takes float32, float16 or bfloat16, got {x.dtype}")
     if recipe.uses_fp8 and not recipe.simulated and x.is_cuda and not torch.compiler.is_compiling():
-        cap = _capability(x.device.index if x.device.index is not None else torch.cuda.current_device())
+        cap = device_capability(x.device)
         if cap < (8, 9):
             name = torch.cuda.get_device_name(x.device)
             raise RuntimeError(

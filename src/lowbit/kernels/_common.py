@@ -101,6 +101,16 @@ def raise_if_nonfinite(x: torch.Tensor, op: str) -> None:
         )
 
 
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """A CUDA device's compute capability, asked once per device (hot paths check it on every call)."""
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=16)
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
 @functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
     try:

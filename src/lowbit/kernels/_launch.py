@@ -35,11 +35,6 @@ _enabled = os.environ.get("LOWBIT_FAST_LAUNCH", "1") != "0"
 MAX_SIGNATURES = 4096  # per kernel; past it the cache starts again (shapes that change on every call)
 
 
-def fast_launch_enabled() -> bool:
-    """Whether :class:`FastLaunch` replays compiled kernels (``LOWBIT_FAST_LAUNCH``, :func:`set_fast_launch`)."""
-    return _enabled
-
-
 def set_fast_launch(enabled: bool) -> bool:
     """Turn the replay on or off for the launches that follow; returns the previous setting."""
     global _enabled

@@ -34,6 +34,7 @@ from lowbit.kernels._common import (
     SCALE_NONE,
     SCALE_TENSOR,
     SCALE_VECTOR,
+    device_capability,
     interpreting,
 )
 from lowbit.kernels._launch import FastLaunch
@@ -344,17 +345,12 @@ _FLATTEN = os.environ.get("LOWBIT_GEMM_FLATTEN", "1") == "1"
 _WARP_SPEC = os.environ.get("LOWBIT_GEMM_WS", "0") == "1"
 
 
-@functools.lru_cache(maxsize=16)
-def _hopper(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def tma_ok(t: torch.Tensor) -> bool:
     """TMA needs a Hopper+ GPU, a unit inner stride and 16-byte aligned base and row stride."""
     if not _TMA:
         return False
     if t.is_cuda:
-        if not _hopper(t.device.index if t.device.index is not None else torch.cuda.current_device()):
+        if device_capability(t.device)[0] < 9:
             return False
     elif not interpreting():
         return False
