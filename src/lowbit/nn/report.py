@@ -132,7 +132,7 @@ class ConvertReport:
     def launch_note(self) -> str:
         """The CPU cost the conversion adds (``""`` when nothing converted): each 8-bit linear issues several kernel
         launches per training step (its quantizers and 8-bit GEMMs), which the CPU must keep up with unless CUDA
-        graphs replay them. Measured on H100 hosts: 1.8-1.9 ms of CPU time per converted ``Linear(1280, 5120)`` and
+        graphs replay them. Measured on an H100 host: 1.77-1.88 ms of CPU time per converted ``Linear(1280, 5120)`` and
         step against 0.24 ms in bf16, and open_clip ViT-H-14 compiled without graphs ran 0.86-1.12x bf16 depending on
         the host, 1.12x with graphs (``docs/your-own-model.md``)."""
         n = len(self.converted)
