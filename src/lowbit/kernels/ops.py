@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lowbit.kernels import _inductor_rows
 from lowbit.kernels import matmul as _matmul
 from lowbit.kernels import producers as _producers
 from lowbit.kernels import quantizers as _quantize
@@ -163,6 +164,7 @@ def _check_mode(mode: str, where: str) -> str:
 
 
 _compiled_quantize = _check_mode(os.environ.get("LOWBIT_COMPILED_QUANTIZE", "kernel"), "LOWBIT_COMPILED_QUANTIZE")
+_inductor_rows._from_env()  # LOWBIT_PERSISTENT_ROWS: the traced quantizers' rows in one pass (see that module)
 
 
 def compiled_quantize() -> str:
