@@ -70,6 +70,12 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
     else:
         env["device"] = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    from lowbit.kernels import _inductor_rows, ops
+
+    if ops.compiled_quantize() != "kernel":  # settings that change what a compiled row runs (their defaults unsaid)
+        env["compiled_quantize"] = ops.compiled_quantize()
+    if _inductor_rows.persistent_rows():
+        env["persistent_rows"] = _inductor_rows.persistent_rows()
     return env
 
 
