@@ -31,6 +31,7 @@ TORCHAO = "torchao-float8-tensorwise torchao-float8-rowwise torchao-int8-mixed"
 # issue #28 / #29 session 6: commands measured on an H200 and still to run on an H100 (one string for both jobs)
 OPEN_CLIP_H = (f"{LOWBIT} bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe bf16 fp8-switchback "
                "switchback --compile --no-anchors --out $DIR")
+OPEN_CLIP_GRAPHS = f"{LOWBIT} bench model --model open_clip:ViT-H-14 --batch-size 96 --compile --cudagraphs --no-anchors"
 ROW_FLOW_3 = ("python3 bench/probes/row_flow.py --out $DIR --parts copy producers block profile --modes compiled "
               "--kinds nn.Linear fp8-switchback fp8-switchback@mixed fp8-switchback@inductor --profile-modes compiled "
               "--budget 150")
@@ -60,6 +61,7 @@ SESSION10_B = ("issue #28/#29 session 10, H100 host B (call 3; its CPU issued ea
                "fixed in 8e54a89)")
 SESSION10_C = ("issue #28/#29 session 10, H100 host C (call 4, cut at its 520 s limit during its third job), code at "
                "32e9bc6")
+SESSION11 = ("issue #28/#29 session 11, one H100 (host D: two calls on one machine, the second warm), code at 869fd2e")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -361,7 +363,9 @@ JOBS: list[Job] = [
         "identical outputs bit for bit, the second launch of a signature is a replay, and a replayed GEMM launch costs "
         "the host at least 20 µs less (the matmul file is named too, but none of its tests has 'cuda' in its name)",
         f"{PYTEST} -s -rf tests/kernels/test_launch.py tests/kernels/test_matmul.py -k cuda",
-        {"gpu-tests-launch.txt": "log"}, "cc64b0c", 240, SESSION10_C),
+        {"gpu-tests-launch.txt": "log"}, "dd717c8", 240, SESSION11,
+        note="re-run with the once-per-signature check (4c23528) that session 10 had tested on the CPU only; host C's "
+        "run of the code before it (32e9bc6) gave 90 vs 140 µs"),
     Job("host-cost-1", "is a compiled model without CUDA graphs launch-bound? (before FastLaunch) the host µs to issue "
         "one converted Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside "
         "its GPU time), the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",
@@ -398,12 +402,31 @@ JOBS: list[Job] = [
         "310d682", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-open-clip-vit-h-14-cudagraphs-inductor", "open_clip ViT-H-14 with CUDA graphs and the quantizers traced "
         "for inductor (LOWBIT_COMPILED_QUANTIZE=inductor: fused into the LayerNorm / GELU / residual kernels that write "
-        "X and dY; 'mixed' traces only the fused MLP's activation quantizer, which per-linear layers do not call): the "
-        "quantize passes, 20-23 ms a step in model-profile-open-clip-vit-h-14.md, bound the GPU-side gain",
-        f"LOWBIT_COMPILED_QUANTIZE=inductor {OPEN_CLIP_H.replace('--compile', '--compile --cudagraphs')}",
+        "X and dY) against lowbit's quantize kernels (model-open-clip-vit-h-14-cudagraphs-fused.md, same machine)",
+        f"LOWBIT_COMPILED_QUANTIZE=inductor {OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback --out $DIR",
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs-inductor.md",
-                 "model-open-clip-vit-h-14-cudagraphs-inductor.json"), "", 420, "not measured yet",
+                 "model-open-clip-vit-h-14-cudagraphs-inductor.json"), "dd717c8", 130, SESSION11,
         needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-open-clip-vit-h-14-cudagraphs-inductor-rows", "the same with inductor's inner reductions persistent up to "
+        "8192 elements (LOWBIT_PERSISTENT_ROWS=8192: each traced quantizer's row in one pass with its producer; "
+        "tests/kernels/test_inductor_rows.py checks the generated kernel); the bf16 row runs under the setting too",
+        f"LOWBIT_COMPILED_QUANTIZE=inductor LOWBIT_PERSISTENT_ROWS=8192 {OPEN_CLIP_GRAPHS} --recipe bf16 "
+        "fp8-switchback switchback fp8-switchback:fused --out $DIR",
+        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-inductor-rows.md",
+                 "model-open-clip-vit-h-14-cudagraphs-inductor-rows.json"), "dd717c8", 200, SESSION11,
+        needs="open_clip", note="carry .whl/; stopped at its 200 s limit during the fp8-switchback:fused row"),
+    Job("model-open-clip-vit-h-14-cudagraphs-fused", "open_clip ViT-H-14 with CUDA graphs, lowbit's quantize kernels "
+        "(the default), per linear and with convert(fuse=True): each c_fc -> GELU -> c_proj as one LowbitMLP in SPEC "
+        "§10's row-wise flow (GELU + quantize and GELU' + quantize + column sums in one pass, dY's quantizer with the "
+        "bias gradient)",
+        f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback fp8-switchback:fused switchback --out $DIR",
+        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused.md",
+                 "model-open-clip-vit-h-14-cudagraphs-fused.json"), "dd717c8", 200, SESSION11,
+        needs="open_clip", note="carry .whl/; stopped at its 200 s limit during the switchback row"),
+    Job("gpu-tests-inductor-rows", "LOWBIT_PERSISTENT_ROWS on CUDA: a compiled LayerNorm + traced row quantizer at "
+        "width 1280 becomes one persistent Triton reduction and writes the eager quantizer's codes",
+        f"{PYTEST} -rf tests/kernels/test_inductor_rows.py", {"gpu-tests-inductor-rows.txt": "log"}, "dd717c8", 90,
+        SESSION11),
     Job("model-measured-open-clip-vit-h-14-cudagraphs", "open_clip ViT-H-14 with CUDA graphs and --layers measured: "
         "every linear (the 1024-wide text tower too) 8-bit only where it measured faster at its rows",
         f"LOWBIT_CACHE_DIR=$DIR/cache {OPEN_CLIP_H.replace('--compile', '--compile --cudagraphs --layers measured')}",
