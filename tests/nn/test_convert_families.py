@@ -18,7 +18,8 @@ from torch import nn
 
 import lowbit
 from lowbit.functional import RECIPES
-from lowbit.nn import LowbitLinear, LowbitMultiheadAttention, convert_report, unconvert
+from lowbit.nn import LayerNormAlias, LowbitLinear, LowbitMultiheadAttention, convert_report, unconvert
+from lowbit.nn.block_norms import block_norm_pairs
 
 RECIPE_NAMES = ["bf16", "switchback-sim", "fp8-switchback-sim"]
 # Relative Frobenius error of one quantized linear against the exact one (tests/functional/test_linear.py's bound).
@@ -43,10 +44,11 @@ def _everything(fqn: str, m: nn.Module) -> bool:
     return True
 
 
-def _check_family(plain: nn.Module, run: Callable[[nn.Module], list[torch.Tensor]], recipe: str) -> nn.Module:
+def _check_family(plain: nn.Module, run: Callable[[nn.Module], list[torch.Tensor]], recipe: str,
+                  fuse: bool = False) -> nn.Module:
     """Convert a copy of ``plain`` (every matmul), compare outputs, keys and unconvert; returns the converted copy."""
     plain.eval()
-    model = lowbit.convert(copy.deepcopy(plain), recipe, _everything)
+    model = lowbit.convert(copy.deepcopy(plain), recipe, _everything, fuse=fuse)
     rep = convert_report(model)
     assert rep is not None and rep.converted and not rep.skipped, rep.table()
     assert not [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.MultiheadAttention)]
@@ -57,7 +59,8 @@ def _check_family(plain: nn.Module, run: Callable[[nn.Module], list[torch.Tensor
         err = _rel(a, b)
         assert (err > 0 or not RECIPES[recipe].quantized) and err < _tol(recipe), (recipe, err)
     back = unconvert(copy.deepcopy(model))
-    assert not [m for m in back.modules() if isinstance(m, (LowbitLinear, LowbitMultiheadAttention))]
+    assert not [m for m in back.modules() if isinstance(m, (LowbitLinear, LowbitMultiheadAttention, LayerNormAlias))]
+    assert [type(m) for m in back.modules()] == [type(m) for m in plain.modules()]  # every class as it was
     with torch.no_grad():
         for a, b in zip(run(back), want, strict=True):
             assert torch.equal(a, b)
@@ -186,3 +189,42 @@ def test_hugging_face_clip_vit_bert(family: str, recipe: str, third_party) -> No
             "vit": {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"},  # transformers 5 (4.x: query, key, ...)
             "bert": {"query", "key", "value", "dense"}}[family]
     assert want <= names
+
+
+# ---- fuse=True: the MLPs and the LayerNorm in front of them, per family -------------------------------------------
+def _fused_norms(model: nn.Module) -> list[str]:
+    return sorted(k for k, r in convert_report(model).fused.items() if "LayerNorm fused" in r)
+
+
+@pytest.mark.parametrize("recipe", RECIPE_NAMES)
+def test_fuse_takes_the_layernorm_in_front_of_each_mlp(recipe: str, third_party) -> None:
+    """With fuse=True each block's MLP is one LowbitMLP and the LayerNorm that feeds it alone is fused with the
+    quantization of its output (LayerNormMLP; timm's norm1 -> attn.qkv too): same outputs within the recipe's error
+    (float32 rounding with bf16), same keys, and unconvert gives every original class back (open_clip's LayerNorm)."""
+    open_clip, timm, transformers = third_party("open_clip"), third_party("timm"), third_party("transformers")
+    torch.manual_seed(0)
+    timm_vit = timm.create_model("vit_huge_patch14_clip_224", pretrained=False, embed_dim=32, depth=2, num_heads=2,
+                                 img_size=28, num_classes=10)
+    hf_clip, hf_run = _hf_models(transformers)["clip"]
+    for plain, run, want in (
+            (_open_clip_tiny(open_clip), _open_clip_run,
+             [f"{t}resblocks.{i}.ln_2 → {t}resblocks.{i}.mlp" for t in ("transformer.", "visual.transformer.")
+              for i in (0, 1)]),
+            (timm_vit, _timm_run, [f"blocks.{i}.{n}" for i in (0, 1)
+                                   for n in ("norm1 → blocks.{i}.attn.qkv", "norm2 → blocks.{i}.mlp")]),
+            (hf_clip, hf_run, [f"{t}_model.encoder.layers.{i}.layer_norm2 → {t}_model.encoder.layers.{i}.mlp"
+                               for t in ("text", "vision") for i in (0, 1)])):
+        want = sorted(w.replace("{i}", w.split(".")[1]) for w in want)
+        model = _check_family(plain, run, recipe, fuse=True)
+        assert _fused_norms(model) == want, convert_report(model).table()
+        assert sum(isinstance(m, LayerNormAlias) for m in model.modules()) == len(want)
+        again = lowbit.convert(model, recipe, _everything, fuse=True)  # converting again changes nothing
+        assert _fused_norms(again) == [] and sum(isinstance(m, LayerNormAlias) for m in again.modules()) == len(want)
+
+
+def test_only_the_exact_block_classes_whose_forward_was_read(third_party) -> None:
+    open_clip = third_party("open_clip")
+    block = _open_clip_tiny(open_clip).transformer.resblocks[0]
+    assert [p[:2] for p in block_norm_pairs(block)] == [("ln_2", "mlp")]
+    block.__class__ = type("MyBlock", (type(block),), {})  # a subclass may call its LayerNorms differently
+    assert block_norm_pairs(block) == ()

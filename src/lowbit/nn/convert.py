@@ -22,6 +22,7 @@ from torch import nn
 from lowbit.functional.recipe import Recipe, get_recipe
 from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.attention import unsupported as unsupported_attention
+from lowbit.nn.block_norms import fuse_block_norms
 from lowbit.nn.layernorm import LayerNormAlias
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
@@ -381,6 +382,8 @@ def convert(
         return module
 
     model = visit(model, "")
+    if fuse:  # the LayerNorm in front of a fused MLP (or timm's qkv), in the block classes whose forward says it is alone
+        fuse_block_norms(model, rep)
     for k, v in rep.fused.items():
         logger.info("lowbit.convert: fused %s: %s → %s", k or "<root>", v, recipe.name)
     for k, v in rep.not_fused.items():

@@ -34,6 +34,7 @@ class LayerNormAlias(nn.LayerNorm):
         new.elementwise_affine = ln.elementwise_affine
         new.weight, new.bias = ln.weight, ln.bias
         new.consumer = consumer
+        new._original = (ln if type(ln) is not nn.LayerNorm else None,)  # a subclass comes back as itself
         new.train(ln.training)
         return new
 
@@ -41,7 +42,12 @@ class LayerNormAlias(nn.LayerNorm):
         return x
 
     def to_layernorm(self) -> nn.LayerNorm:
-        """A plain ``nn.LayerNorm`` sharing these parameters."""
+        """A plain ``nn.LayerNorm`` sharing these parameters (or the original module, where it was a subclass)."""
+        original = getattr(self, "_original", (None,))[0]
+        if original is not None:
+            original.weight, original.bias = self.weight, self.bias
+            original.train(self.training)
+            return original
         ln = nn.LayerNorm(self.normalized_shape, eps=self.eps, elementwise_affine=False, bias=False, device="meta")
         ln.elementwise_affine = self.elementwise_affine
         ln.weight, ln.bias = self.weight, self.bias
@@ -97,6 +103,17 @@ class LayerNormLinear(LowbitLinear):
         return super().to_linear()
 
 
+# LayerNorm subclasses whose forward is F.layer_norm over the last dims, differing from nn.LayerNorm only in the
+# dtype they compute in or return (open_clip's cast back to the input's dtype and its float32 variant; timm's, with
+# its optional 16-bit "fast norm" under autocast): the fused consumer normalizes in float32 and quantizes the rows.
+CASTING_LAYERNORMS = frozenset({"open_clip.transformer.LayerNorm", "open_clip.transformer.LayerNormFp32",
+                                "timm.layers.norm.LayerNorm", "timm.layers.norm.LayerNormFp32"})
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _get(root: nn.Module, fqn: str) -> tuple[nn.Module, str, nn.Module]:
     parent_fqn, _, name = fqn.rpartition(".")
     parent = root.get_submodule(parent_fqn) if parent_fqn else root
@@ -112,7 +129,7 @@ def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
     """
     np_, nname, ln = _get(root, norm)
     cp, cname, mod = _get(root, consumer)
-    if type(ln) is not nn.LayerNorm:
+    if type(ln) is not nn.LayerNorm and _qualname(type(ln)) not in CASTING_LAYERNORMS:
         return f"{norm} is a {type(ln).__name__}, not an nn.LayerNorm"
     if len(ln.normalized_shape) != 1:
         return f"{norm} normalizes {tuple(ln.normalized_shape)}, not the last dim only"

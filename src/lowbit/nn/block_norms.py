@@ -1,0 +1,85 @@
+"""LayerNorm fusion inside the transformer blocks of open_clip, timm and Hugging Face (``convert(..., fuse=True)``).
+
+:func:`lowbit.nn.fuse_layernorm` is valid only where a LayerNorm's output feeds one converted module alone, which
+no module tree says: the block's ``forward`` does. :data:`BLOCK_NORMS` lists, per block class whose ``forward`` was
+read (open_clip 3.3, timm 1.0, transformers 4.5x / 5), the (LayerNorm, consumer) pairs for which that holds:
+
+* open_clip ``ResidualAttentionBlock``: ``x + ls_2(mlp(ln_2(x)))`` — ``ln_2`` feeds ``mlp`` only (``ln_1`` feeds
+  the attention's query, key and value, which share one packed in-projection: not fused here).
+* timm ``Block``: ``norm2`` feeds ``mlp``; ``norm1`` feeds ``attn``, whose ``Attention.forward`` reads its input only
+  for its shape and ``qkv`` (unless the attention has a ``gate``, which reads it too).
+* Hugging Face ``CLIPEncoderLayer``: ``layer_norm2`` feeds ``mlp`` (``layer_norm1`` feeds q, k and v: three
+  consumers).
+
+A subclass of a listed block, or a block whose consumer did not convert, keeps its LayerNorm; the report says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from lowbit.nn.layernorm import LayerNormAlias, fuse_layernorm
+from lowbit.nn.linear import LowbitLinear
+from lowbit.nn.mlp import LowbitMLP
+from lowbit.nn.report import FUSED, NOT_FUSED, ConvertReport
+
+__all__ = ["BLOCK_NORMS", "block_norm_pairs", "fuse_block_norms"]
+
+
+def _qualname(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+# timm's ViT attention: in timm.layers since 1.0.2x, in the model file before
+TIMM_ATTENTION = frozenset({"timm.layers.attention.Attention", "timm.models.vision_transformer.Attention"})
+
+
+def _timm_attention_reads_only_qkv(block: nn.Module) -> str | None:
+    attn = getattr(block, "attn", None)
+    if _qualname(attn) not in TIMM_ATTENTION:
+        return f"attn is {_qualname(attn)}, not timm's Attention (whose forward was read)"
+    if getattr(attn, "gate", None) is not None:
+        return "attn has a gate, which reads norm1's output besides qkv"
+    return None
+
+
+# block class -> ((LayerNorm, consumer, extra check or None), ...): the pairs where the LayerNorm feeds only that consumer
+BLOCK_NORMS: dict[str, tuple[tuple[str, str, Callable[[nn.Module], str | None] | None], ...]] = {
+    "open_clip.transformer.ResidualAttentionBlock": (("ln_2", "mlp", None),),
+    "timm.models.vision_transformer.Block": (("norm2", "mlp", None),
+                                             ("norm1", "attn.qkv", _timm_attention_reads_only_qkv)),
+    "transformers.models.clip.modeling_clip.CLIPEncoderLayer": (("layer_norm2", "mlp", None),),
+}
+
+
+def block_norm_pairs(block: nn.Module) -> tuple[tuple[str, str, Callable[[nn.Module], str | None] | None], ...]:
+    """The (LayerNorm, consumer, check) pairs of ``block``'s exact class (none for any other class)."""
+    return BLOCK_NORMS.get(_qualname(block), ())
+
+
+def fuse_block_norms(model: nn.Module, report: ConvertReport | None) -> int:
+    """Fuse every listed LayerNorm of ``model``'s known blocks into its converted consumer; returns how many fused.
+    Each attempt goes to ``report`` (``LayerNorm`` rows: fused, or not fused and why)."""
+    fused = 0
+    for fqn, block in list(model.named_modules()):
+        for norm, consumer, check in block_norm_pairs(block):
+            try:
+                target, ln = block.get_submodule(consumer), block.get_submodule(norm)
+            except AttributeError:
+                continue
+            if isinstance(ln, LayerNormAlias):  # fused by an earlier convert (the consumer took the new recipe)
+                continue
+            if not isinstance(target, (LowbitMLP, LowbitLinear)):
+                why: str | None = f"{consumer} was not converted" + (
+                    " (fuse=True fuses an MLP only when both its linears convert)" if consumer == "mlp" else "")
+            else:
+                why = (check(block) if check else None) or fuse_layernorm(block, norm, consumer)
+            key = f"{fqn}.{norm} → {fqn}.{consumer}" if fqn else f"{norm} → {consumer}"
+            if why is None:
+                fused += 1
+            if report is not None:
+                report.record(key, "LayerNorm", "", FUSED if why is None else NOT_FUSED,
+                              "LayerNorm fused with the quantization of its output" if why is None else why)
+    return fused
