@@ -245,12 +245,15 @@ def convert(
     report: ConvertReport | None = None,
 ) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` that ``module_filter`` accepts for a ``LowbitLinear`` in place, and
-    (``fuse=True``) every Linear → activation → Linear MLP both of whose linears it accepts for a ``LowbitMLP``.
-    ``fuse`` is off by default, as measured on an H100: fused, the eager CLIP training step ran faster at ViT-H
-    (switchback 0.80× vs 0.66× bf16, fp8-tensorwise 0.80× vs 0.71×) but slower at ViT-L and ViT-B (fp8-switchback
-    0.73× vs 0.85×, 0.26× vs 0.34×; ``bench/results/h100/step-*-fused.md``): the GELU and its derivative in the GEMM
-    epilogue are not yet overlapped with the tensor-core work. Under ``torch.compile`` a fused module computes the
-    per-linear composition (same numerics; the fused function's Triton launches would break the graph).
+    (``fuse=True``) every Linear → activation → Linear MLP both of whose linears it accepts for a ``LowbitMLP``, with
+    the LayerNorm in front of it where the block's class says it feeds the MLP alone (open_clip, timm, Hugging Face
+    CLIP: :mod:`lowbit.nn.block_norms`; ``LayerNormMLP``, keys unchanged). Fused, the row-wise recipes (fp8-switchback,
+    switchback: SPEC §10's flow) quantize inside the producers — LayerNorm, bias + GELU, GELU′ — instead of in
+    separate passes; compiled with CUDA graphs that measured faster on an H100 (open_clip ViT-H-14, fp8-switchback,
+    MLPs fused: 1.135× bf16 against 1.114× per linear, ``model-open-clip-vit-h-14-cudagraphs-fused.md``). ``fuse``
+    stays off by default: eager, the fused CLIP step ran slower than per linear at ViT-L and ViT-B widths
+    (``bench/results/h100/step-*-fused.md``), and under ``torch.compile`` recipes outside the row-wise flow compute
+    the per-linear composition anyway (their fused function's Triton launches would break the graph).
 
     Every ``nn.MultiheadAttention`` (open_clip's towers, ``nn.TransformerEncoderLayer``) becomes a
     :class:`~lowbit.nn.LowbitMultiheadAttention` (its packed in-projection and ``out_proj`` run the recipe, SDPA in
