@@ -62,6 +62,8 @@ SESSION10_B = ("issue #28/#29 session 10, H100 host B (call 3; its CPU issued ea
 SESSION10_C = ("issue #28/#29 session 10, H100 host C (call 4, cut at its 520 s limit during its third job), code at "
                "32e9bc6")
 SESSION11 = ("issue #28/#29 session 11, one H100 (host D: two calls on one machine, the second warm), code at 869fd2e")
+SESSION11_H200 = ("issue #28/#29 session 11, call 2 on an H200 (every H100 start of the session's second half failed), "
+                  "code at fcd2986 (the commits before the run changed docs and a docstring only)")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -423,6 +425,19 @@ JOBS: list[Job] = [
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused.md",
                  "model-open-clip-vit-h-14-cudagraphs-fused.json"), "dd717c8", 200, SESSION11,
         needs="open_clip", note="carry .whl/; stopped at its 200 s limit during the switchback row"),
+    Job("model-open-clip-vit-h-14-cudagraphs-fused-h200", "open_clip ViT-H-14 with CUDA graphs on an H200: fp8-switchback "
+        "per linear and with convert(fuse=True), which now fuses each MLP and the LayerNorm in front of it (ln_2: "
+        "lowbit.nn.block_norms), so the LayerNorm, GELU and GELU' kernels write the codes",
+        f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback:fused fp8-switchback --out ",
+        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused-h200.md",
+                 "model-open-clip-vit-h-14-cudagraphs-fused-h200.json"), "3d8f908", 215, SESSION11_H200,
+        needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-timm-vit-h-14-cudagraphs-fused-h200", "timm vit_huge_patch14_clip_224 (b64) with CUDA graphs on an H200, "
+        "convert(fuse=True): each Mlp fused with norm2, and norm1 with attn.qkv",
+        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
+        "--no-anchors --recipe bf16 fp8-switchback:fused --out ",
+        _renamed("model", "model-timm-vit-h-14-cudagraphs-fused-h200.md", "model-timm-vit-h-14-cudagraphs-fused-h200.json"),
+        "3d8f908", 120, SESSION11_H200, needs="timm", note="carry .whl/ with timm"),
     Job("gpu-tests-inductor-rows", "LOWBIT_PERSISTENT_ROWS on CUDA: a compiled LayerNorm + traced row quantizer at "
         "width 1280 becomes one persistent Triton reduction and writes the eager quantizer's codes",
         f"{PYTEST} -rf tests/kernels/test_inductor_rows.py", {"gpu-tests-inductor-rows.txt": "log"}, "dd717c8", 90,
