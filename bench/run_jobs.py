@@ -438,6 +438,26 @@ JOBS: list[Job] = [
         "--no-anchors --recipe bf16 fp8-switchback:fused --out ",
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused-h200.md", "model-timm-vit-h-14-cudagraphs-fused-h200.json"),
         "3d8f908", 120, SESSION11_H200, needs="timm", note="carry .whl/ with timm"),
+    Job("model-open-clip-vit-h-14-cudagraphs-fused-ln", "issue #29 on the H100: open_clip ViT-H-14 with CUDA graphs, "
+        "per linear and with convert(fuse=True) (MLP + the LayerNorm in front: measured on an H200 only, 1.160x against "
+        "1.143x per linear), both row-wise recipes",
+        f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused --out $DIR",
+        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused-ln.md",
+                 "model-open-clip-vit-h-14-cudagraphs-fused-ln.json"), "", 330, "not measured yet",
+        needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-timm-hf-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm ViT-H/14 (b64) and Hugging Face CLIP at "
+        "ViT-H widths with CUDA graphs, fused (MLP + LayerNorm; timm's norm1 -> qkv too) against per linear",
+        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe "
+        "bf16 fp8-switchback fp8-switchback:fused switchback:fused --compile --cudagraphs --no-anchors --out $DIR",
+        _renamed("model", "model-timm-hf-vit-h-14-cudagraphs-fused.md", "model-timm-hf-vit-h-14-cudagraphs-fused.json"),
+        "", 540, "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
+    Job("step-vit-h-14-fused-graphs", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, per linear "
+        "and fused (convert_clip(fuse=True): ln1 -> qkv, ln2 -> MLP in the producers), after the fused MLP gained on "
+        "open_clip",
+        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
+        "--recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto --out $DIR",
+        _renamed("step", "step-vit-h-14-fused-graphs.md", "step-vit-h-14-fused-graphs.json"), "", 420,
+        "not measured yet"),
     Job("gpu-tests-inductor-rows", "LOWBIT_PERSISTENT_ROWS on CUDA: a compiled LayerNorm + traced row quantizer at "
         "width 1280 becomes one persistent Triton reduction and writes the eager quantizer's codes",
         f"{PYTEST} -rf tests/kernels/test_inductor_rows.py", {"gpu-tests-inductor-rows.txt": "log"}, "dd717c8", 90,

@@ -69,8 +69,8 @@ SKIPPED: dict[str, str] = {
     'FIRST/multi_gpu.json': "needs 4 GPUs and the first call's multi_gpu.json",
     'python3 bench/multi_gpu.py --out "$OUT" --data fmnist --only 1,big,cudagraphs,resume --probe data --budget 545':
         "needs 2 GPUs and the carried Fashion-MNIST IDX files",
-    "lowbit bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe bf16 fp8-switchback switchback --compile "
-    "--cudagraphs":
+    "lowbit bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe bf16 fp8-switchback fp8-switchback:fused "
+    "--compile --cudagraphs":
         "open_clip's ViT-H-14 training step with CUDA graphs for an H100 / H200 (tests/bench/test_bench_model_real.py runs the real "
         "open_clip at a tiny config)",
     "lowbit bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --recipe bf16 fp8-switchback:per-linear "
