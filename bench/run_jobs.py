@@ -431,13 +431,15 @@ JOBS: list[Job] = [
         f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback:fused fp8-switchback --out ",
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused-h200.md",
                  "model-open-clip-vit-h-14-cudagraphs-fused-h200.json"), "3d8f908", 215, SESSION11_H200,
-        needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+        needs="open_clip", note="carry .whl/ (docs/your-own-model.md); its fused column counts MLPs and LayerNorms "
+        "together (32 + 32): bench model counts the MLPs alone since, the LayerNorms in its row line"),
     Job("model-timm-vit-h-14-cudagraphs-fused-h200", "timm vit_huge_patch14_clip_224 (b64) with CUDA graphs on an H200, "
         "convert(fuse=True): each Mlp fused with norm2, and norm1 with attn.qkv",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
         "--no-anchors --recipe bf16 fp8-switchback:fused --out ",
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused-h200.md", "model-timm-vit-h-14-cudagraphs-fused-h200.json"),
-        "3d8f908", 120, SESSION11_H200, needs="timm", note="carry .whl/ with timm"),
+        "3d8f908", 120, SESSION11_H200, needs="timm", note="carry .whl/ with timm; its fused column counts MLPs and "
+        "LayerNorms together (32 + 64)"),
     Job("model-open-clip-vit-h-14-cudagraphs-fused-ln", "issue #29 on the H100: open_clip ViT-H-14 with CUDA graphs, "
         "per linear and with convert(fuse=True) (MLP + the LayerNorm in front: measured on an H200 only, 1.160x against "
         "1.143x per linear), both row-wise recipes",

@@ -54,6 +54,7 @@ from lowbit.bench.model_row import (
     LAYERS,
     convert_model,
     count_flops,
+    fused_norms,
     module_filter,
     time_row,
 )
@@ -77,7 +78,7 @@ from lowbit.bench.workloads import (
 
 __all__ = [
     "COLUMNS", "DEFAULT_RECIPES", "HELP", "LAYERS", "PACKAGES", "PIP_NAMES", "ROW_TARGET", "ModelSpec", "Workload",
-    "add_arguments", "build_workload", "check", "compile_model", "convert_model", "count_flops", "hf_config",
+    "add_arguments", "build_workload", "check", "compile_model", "convert_model", "count_flops", "fused_norms", "hf_config",
     "hf_workload", "measure_row", "module_filter", "open_clip_kwargs", "open_clip_workload", "parse_spec",
     "repeated_blocks", "require", "run", "run_model", "split_recipe", "time_row", "timm_input_size", "timm_workload",
 ]
@@ -115,8 +116,9 @@ def measure_row(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _conversion(row: dict[str, Any]) -> str:
-    """What a row's line says after its MFU: the linears converted, the MLPs fused."""
-    return f", converted {row['converted']}" + (f", fused {row['fused']}" if row["fused"] else "")
+    """What a row's line says after its MFU: the linears converted, the MLPs (and LayerNorms) fused."""
+    norms = f" (+ {row['fused_norms']} LayerNorms)" if row.get("fused_norms") else ""
+    return f", converted {row['converted']}" + (f", fused {row['fused']}{norms}" if row["fused"] else "")
 
 
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
