@@ -182,32 +182,7 @@ def convert_clip(
             f"recipe {recipe!r} needs lowbit.nn.convert, which is not available in this build ({e}); "
             "use recipe 'none' to train with plain nn.Linear"
         ) from e
-    model = convert(model, recipe=recipe, module_filter=module_filter, fuse=fuse)
-    if fuse:
-        _fuse_block_norms(model)
-    return model
-
-
-def _fuse_block_norms(model: nn.Module) -> None:
-    """LayerNorm → consumer fusion inside every CLIP block whose consumer was converted (see ``convert_clip``)."""
-    from lowbit.models.clip import Block
-    from lowbit.nn import LowbitLinear, LowbitMLP, convert_report, fuse_layernorm
-    from lowbit.nn.convert import FUSED, NOT_FUSED
-
-    report = convert_report(model)
-    for fqn, block in model.named_modules():
-        if not isinstance(block, Block):
-            continue
-        for norm, consumer, kinds in (("ln1", "attn.qkv", LowbitLinear), ("ln2", "mlp", LowbitMLP)):
-            if not isinstance(block.get_submodule(consumer), kinds):
-                continue
-            why = fuse_layernorm(block, norm, consumer)
-            if report is not None:
-                key = f"{fqn}.{norm} → {fqn}.{consumer}"
-                if why is None:
-                    report.record(key, "LayerNorm", "", FUSED, "LayerNorm fused with the quantization of its output")
-                else:
-                    report.record(key, "LayerNorm", "", NOT_FUSED, why)
+    return convert(model, recipe=recipe, module_filter=module_filter, fuse=fuse)  # fuse: ln1/ln2 too (block_norms)
 
 
 def fused_counts(model: nn.Module) -> tuple[int, int]:

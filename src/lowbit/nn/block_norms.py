@@ -10,6 +10,7 @@ read (open_clip 3.3, timm 1.0, transformers 4.5x / 5), the (LayerNorm, consumer)
   for its shape and ``qkv`` (unless the attention has a ``gate``, which reads it too).
 * Hugging Face ``CLIPEncoderLayer``: ``layer_norm2`` feeds ``mlp`` (``layer_norm1`` feeds q, k and v: three
   consumers).
+* lowbit's own CLIP ``Block`` (:mod:`lowbit.models.clip`): ``ln1`` feeds ``attn.qkv`` alone, ``ln2`` ``mlp``.
 
 A subclass of a listed block, or a block whose consumer did not convert, keeps its LayerNorm; the report says why.
 """
@@ -51,6 +52,7 @@ BLOCK_NORMS: dict[str, tuple[tuple[str, str, Callable[[nn.Module], str | None] |
     "timm.models.vision_transformer.Block": (("norm2", "mlp", None),
                                              ("norm1", "attn.qkv", _timm_attention_reads_only_qkv)),
     "transformers.models.clip.modeling_clip.CLIPEncoderLayer": (("layer_norm2", "mlp", None),),
+    "lowbit.models.clip.Block": (("ln1", "attn.qkv", None), ("ln2", "mlp", None)),  # named, not imported: no cycle
 }
 
 
