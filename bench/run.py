@@ -178,6 +178,8 @@ def check() -> list[str]:
         if job.invalid and f in on_disk and f.endswith(".md") and \
                 INVALID_MARK not in (RESULTS / f).read_text()[:2000].lower():
             problems.append(f"{f}: job {job.name} is invalid, but the file does not say so at its top")
+    problems += [f"job {job.name}: its files come from $DIR, but its command never names $DIR" for job in JOBS
+                 if any(src != "log" for src in job.produces.values()) and "$DIR" not in job.command]
     text = README.read_text()
     if f"{BEGIN}\n{readme_table()}\n{END}" not in text:
         problems.append(f"{README} is out of date: run `python bench/run.py readme`")

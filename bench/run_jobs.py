@@ -428,7 +428,7 @@ JOBS: list[Job] = [
     Job("model-open-clip-vit-h-14-cudagraphs-fused-h200", "open_clip ViT-H-14 with CUDA graphs on an H200: fp8-switchback "
         "per linear and with convert(fuse=True), which now fuses each MLP and the LayerNorm in front of it (ln_2: "
         "lowbit.nn.block_norms), so the LayerNorm, GELU and GELU' kernels write the codes",
-        f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback:fused fp8-switchback --out ",
+        f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback:fused fp8-switchback --out $DIR",
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused-h200.md",
                  "model-open-clip-vit-h-14-cudagraphs-fused-h200.json"), "3d8f908", 215, SESSION11_H200,
         needs="open_clip", note="carry .whl/ (docs/your-own-model.md); its fused column counts MLPs and LayerNorms "
@@ -436,7 +436,7 @@ JOBS: list[Job] = [
     Job("model-timm-vit-h-14-cudagraphs-fused-h200", "timm vit_huge_patch14_clip_224 (b64) with CUDA graphs on an H200, "
         "convert(fuse=True): each Mlp fused with norm2, and norm1 with attn.qkv",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
-        "--no-anchors --recipe bf16 fp8-switchback:fused --out ",
+        "--no-anchors --recipe bf16 fp8-switchback:fused --out $DIR",
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused-h200.md", "model-timm-vit-h-14-cudagraphs-fused-h200.json"),
         "3d8f908", 120, SESSION11_H200, needs="timm", note="carry .whl/ with timm; its fused column counts MLPs and "
         "LayerNorms together (32 + 64)"),
