@@ -67,3 +67,35 @@ def test_no_repeated_blocks_compiles_nothing() -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
     assert lowbit.compile_blocks(model, mode=None, backend="aot_eager") == 0
     assert all(not hasattr(m, "_compiled_call_impl") or m._compiled_call_impl is None for m in model.modules())
+
+
+def test_open_clip_fused_with_its_layernorms_compiles_and_computes_the_same(third_party) -> None:
+    """convert(fuse=True) on open_clip (each ln_2 → mlp one LayerNormMLP, ln_2 an identity alias), then its blocks
+    compiled: the row-wise flow's custom ops are traced (no graph break: fullgraph) and give eager's outputs and
+    gradients."""
+    open_clip = third_party("open_clip")
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        model = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=28, patch_size=14, width=64, layers=2,
+                                                              head_width=16),
+                               text_cfg=dict(context_length=8, vocab_size=100, width=64, heads=2, layers=2))
+        return lowbit.convert(model, "fp8-switchback", module_filter=lambda fqn, m: True, fuse=True)
+
+    eager, compiled = build(), build()
+    assert sum(isinstance(m, lowbit.nn.LayerNormMLP) for m in compiled.modules()) == 4
+    for block in repeated_blocks(compiled):
+        block.compile(backend="aot_eager", fullgraph=True)
+    image, text = torch.randn(2, 3, 28, 28), torch.randint(0, 100, (2, 8))
+    outs = []
+    for model in (eager, compiled):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(image, text)
+            loss = open_clip.ClipLoss()(*out[:3])
+        loss.backward()
+        outs.append((out[0].float(), out[1].float()))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
