@@ -231,3 +231,24 @@ def test_transformer_encoder_nested_tensor_inference_unchanged() -> None:
     pad[0, -2:] = True
     with torch.inference_mode():
         torch.testing.assert_close(low(x, src_key_padding_mask=pad), plain(x, src_key_padding_mask=pad), **F32)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize(("inputs", "matmuls"), [("qqq", 1), ("qkk", 2), ("qkv", 3)])
+def test_in_projection_matmuls_follow_the_callers_tensors(batch_first: bool, batched: bool, inputs: str, matmuls: int,
+                                                          monkeypatch) -> None:
+    """Self-attention (one tensor passed three times) runs one packed in-projection whatever the layout: the check
+    is made on the caller's tensors, before the transposes of batch_first=False or the unbatched reshape make three
+    tensors of one; key = value runs two, three distinct inputs three (plus out_proj each)."""
+    import lowbit.nn.attention as attention
+
+    calls = []
+    real = attention.linear
+    monkeypatch.setattr(attention, "linear", lambda x, w, *a, **k: calls.append(w.shape[0]) or real(x, w, *a, **k))
+    m = LowbitMultiheadAttention(16, 2, batch_first=batch_first, recipe="bf16")
+    shape = ((2, 5, 16) if batch_first else (5, 2, 16)) if batched else (5, 16)
+    x, y, z = (torch.randn(shape) for _ in range(3))
+    args = {"qqq": (x, x, x), "qkk": (x, y, y), "qkv": (x, y, z)}[inputs]
+    m(*args, need_weights=False)
+    assert len(calls) == matmuls + 1 and calls[-1] == 16 and sum(calls[:-1]) == 48

@@ -110,37 +110,40 @@ class LowbitMultiheadAttention(nn.MultiheadAttention):
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
         batched = query.dim() == 3
+        shared = (query is key and key is value, key is value)  # before any reshape makes three tensors of one
         if not batched:  # unbatched (L, E): a batch of one
             query, key, value = (t.unsqueeze(0 if self.batch_first else 1) for t in (query, key, value))
             key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
-        out = self._attention(query, key, value, key_padding_mask, attn_mask, is_causal)
+        out = self._attention(query, key, value, key_padding_mask, attn_mask, is_causal, shared)
         if not batched:
             out = out.squeeze(0 if self.batch_first else 1)
         return out, None
 
-    def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, shared: tuple[bool, bool]):
         """q, k, v from the packed in-projection: one matmul when query, key and value are one tensor (self-
-        attention), else one per distinct input over the matching rows of ``in_proj_weight``."""
+        attention; ``shared``: (all three one tensor, key and value one tensor), as the caller passed them), else one
+        per distinct input over the matching rows of ``in_proj_weight``."""
         w, b, e, r = self.in_proj_weight, self.in_proj_bias, self.embed_dim, self.recipe
 
         def rows(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             return w[lo:hi], (b[lo:hi] if b is not None else None)
 
-        if query is key and key is value:
+        if shared[0]:
             return linear(query, w, b, r).chunk(3, dim=-1)
         q = linear(query, *rows(0, e), r)
-        if key is value:
+        if shared[1]:
             k, v = linear(key, *rows(e, 3 * e), r).chunk(2, dim=-1)
             return q, k, v
         return q, linear(key, *rows(e, 2 * e), r), linear(value, *rows(2 * e, 3 * e), r)
 
-    def _attention(self, query, key, value, key_padding_mask, attn_mask, is_causal) -> torch.Tensor:
+    def _attention(self, query, key, value, key_padding_mask, attn_mask, is_causal,
+                   shared: tuple[bool, bool]) -> torch.Tensor:
         if not self.batch_first:  # (L, N, E) → (N, L, E)
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, tgt, _ = query.shape
         src = key.shape[1]
         h = self.num_heads
-        q, k, v = self._project(query, key, value)
+        q, k, v = self._project(query, key, value, shared)
         q, k, v = (t.reshape(n, -1, h, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (N, H, L, D)
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention). You may "
