@@ -460,6 +460,10 @@ JOBS: list[Job] = [
         "--recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto --out $DIR",
         _renamed("step", "step-vit-h-14-fused-graphs.md", "step-vit-h-14-fused-graphs.json"), "", 420,
         "not measured yet"),
+    Job("gpu-tests-rows-colsum", "the per-linear backward's dY codes and bias gradient from one quantize_rows_colsum "
+        "pass on CUDA: the same dgrad and wgrad as a separate row quantizer, the bias gradient within float32 "
+        "summation order", f"{GPU_TESTS} {PYTEST} -rf tests/functional/test_linear.py -k one_pass",
+        {"gpu-tests-rows-colsum.txt": "log"}, "", 120, "not measured yet"),
     Job("gpu-tests-inductor-rows", "LOWBIT_PERSISTENT_ROWS on CUDA: a compiled LayerNorm + traced row quantizer at "
         "width 1280 becomes one persistent Triton reduction and writes the eager quantizer's codes",
         f"{PYTEST} -rf tests/kernels/test_inductor_rows.py", {"gpu-tests-inductor-rows.txt": "log"}, "dd717c8", 90,

@@ -228,6 +228,40 @@ def test_tensorwise_recipes_quantize_x_and_dy_once_for_both_layouts(name: str, d
     assert torch.equal(y, y2) and torch.equal(dx, dx2) and torch.equal(dw, dw2)
 
 
+@pytest.mark.parametrize(("name", "one_pass"), [("switchback", True), ("fp8-switchback", True),
+                                              ("fp8-switchback-sim", True), ("fp8-tensorwise", False),
+                                              ("fp8-blockwise", False)])
+def test_row_wise_dy_codes_and_the_bias_gradient_come_from_one_pass(name: str, one_pass: bool, monkeypatch) -> None:
+    """Recipes whose dgrad takes dY row-wise get dY's codes and the bias gradient (dY's column sums) from one
+    quantize_rows_colsum pass, with the gradients of a separate row quantizer and float32 sum (Triton on a GPU,
+    the reference here); other recipes, and a layer without a bias, never call it."""
+    from lowbit.kernels import ops
+
+    calls = []
+    real = ops.quantize_rows_colsum
+    monkeypatch.setattr(ops, "quantize_rows_colsum", lambda t, fmt: calls.append(fmt) or real(t, fmt))
+    recipe = RECIPES[name]
+    gpu_ok = torch.cuda.is_available() and (not recipe.uses_fp8 or torch.cuda.get_device_capability() >= (8, 9))
+    device = "cuda" if gpu_ok and not recipe.simulated else "cpu"
+    torch.manual_seed(5)
+    x = torch.randn(3, 20, 256, device=device, requires_grad=True)
+    w = torch.randn(128, 256, device=device, requires_grad=True)
+    b = torch.randn(128, device=device, requires_grad=True)
+    g = torch.randn(3, 20, 128, device=device)
+    grads = torch.autograd.grad(linear(x, w, b, name), [x, w, b], g)
+    assert len(calls) == int(one_pass)
+    torch.autograd.grad(linear(x, w, None, name), [x, w], g)
+    assert len(calls) == int(one_pass)  # no bias: the plain row quantizer
+    monkeypatch.setattr(ops, "quantize_rows_colsum", lambda t, fmt: (*ops.quantize(t, fmt, "row", False),
+                                                                     t.sum(0, dtype=torch.float32)))
+    again = torch.autograd.grad(linear(x, w, b, name), [x, w, b], g)
+    for got, want in zip(grads[:2], again[:2], strict=True):
+        assert torch.equal(got, want)
+    # float32 column sums of 60 rows in another order (the kernel's per-program partials): n·eps·Σ|g| bounds it
+    bound = 60 * torch.finfo(torch.float32).eps * float(g.reshape(-1, 128).abs().sum(0).max())
+    torch.testing.assert_close(grads[2], again[2], rtol=0, atol=0 if device == "cpu" else bound)
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),
                     reason="needs an fp8 GPU")
 @pytest.mark.parametrize("name", ["fp8-switchback", "fp8-tensorwise", "fp8-rowwise"])

@@ -4,7 +4,8 @@ The recipe says, for each of the three matmuls, whether it runs in 16-bit or on 
 how; this module only wires the operands: which tensor is quantized along which axis, what is saved. On CUDA
 the quantized matmuls run the Triton kernels (int8 or fp8 codes, dequantize + bias fused in the epilogue);
 elsewhere the PyTorch reference computes the same numerics. ``*-sim`` recipes quantize → dequantize and run
-an ordinary matmul in the input's dtype.
+an ordinary matmul in the input's dtype. In the backward, a recipe that quantizes dY row-wise for the dgrad takes
+dY's codes and the bias gradient (its column sums) from one pass (``quantize_rows_colsum``, as the fused MLP does).
 """
 
 from __future__ import annotations
@@ -128,9 +129,14 @@ class _LowbitLinearFunction(torch.autograd.Function):
         dx = dw = db = None
         dg, wg = recipe.dgrad, recipe.wgrad
         qdy = qdyt = None  # dY's codes for dgrad (rows = tokens) and wgrad (transposed), when both are wanted
+        want_db = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and _shares_codes(dg.left, wg.left):
             cdy, cdyt, sdy = ops.quantize_dual(dy2d, dg.left.format)
             qdy, qdyt = (cdy, sdy), (cdyt, sdy)
+        elif ctx.needs_input_grad[0] and want_db and dg.quantized and not dg.left.block and dg.left.scaling != "tensor":
+            # dY's row-wise codes and the bias gradient (its column sums) from one read of dY (SPEC §10)
+            cdy, sdy, colsum = ops.quantize_rows_colsum(dy2d, dg.left.format)
+            qdy, db = (cdy, sdy), colsum.to(dy.dtype)
         if ctx.needs_input_grad[0]:
             if dg.quantized:
                 qdy = qdy or _quantize_operand(dy2d, dg.left, False)
@@ -151,7 +157,7 @@ class _LowbitLinearFunction(torch.autograd.Function):
                 else:
                     x2d = saved_a
                 dw = dy2d.t() @ x2d
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if want_db and db is None:
             db = dy2d.sum(0, dtype=torch.float32).to(dy.dtype)
         return dx, dw, db, None, None
 
