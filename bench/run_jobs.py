@@ -96,6 +96,15 @@ def _renamed(stem: str, *names: str) -> dict[str, str]:
     return {n: f"{stem}.{n.rsplit('.', 1)[1]}" for n in names}
 
 
+def _open_clip_graphs(suffix: str, what: str, recipes: str, commit: str, timeout: int, origin: str, env: str = "",
+                      note: str = "carry .whl/ (docs/your-own-model.md)") -> Job:
+    """open_clip ViT-H-14 at batch 96, blocks compiled with CUDA graphs, ``recipes`` side by side (``env``: settings
+    before the command): ``model-open-clip-vit-h-14-cudagraphs-<suffix>.md|json``."""
+    name = f"model-open-clip-vit-h-14-cudagraphs-{suffix}"
+    return Job(name, what, f"{env}{OPEN_CLIP_GRAPHS} --recipe {recipes} --out $DIR",
+               _renamed("model", f"{name}.md", f"{name}.json"), commit, timeout, origin, needs="open_clip", note=note)
+
+
 def _step_layers_auto(preset: str, batch: int, limit: int, what: str) -> Job:
     """``bench step --layers auto`` under CUDA graphs for bf16 and the three 8-bit recipes (issue #28's rows)."""
     name = f"step-{preset}-layers-auto"
@@ -402,37 +411,28 @@ JOBS: list[Job] = [
         "launches, it recovers here", OPEN_CLIP_H.replace("--compile", "--compile --cudagraphs"),
         _renamed("model", "model-open-clip-vit-h-14-cudagraphs.md", "model-open-clip-vit-h-14-cudagraphs.json"),
         "310d682", 420, SESSION10, needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
-    Job("model-open-clip-vit-h-14-cudagraphs-inductor", "open_clip ViT-H-14 with CUDA graphs and the quantizers traced "
-        "for inductor (LOWBIT_COMPILED_QUANTIZE=inductor: fused into the LayerNorm / GELU / residual kernels that write "
-        "X and dY) against lowbit's quantize kernels (model-open-clip-vit-h-14-cudagraphs-fused.md, same machine)",
-        f"LOWBIT_COMPILED_QUANTIZE=inductor {OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback --out $DIR",
-        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-inductor.md",
-                 "model-open-clip-vit-h-14-cudagraphs-inductor.json"), "dd717c8", 130, SESSION11,
-        needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
-    Job("model-open-clip-vit-h-14-cudagraphs-inductor-rows", "the same with inductor's inner reductions persistent up to "
-        "8192 elements (LOWBIT_PERSISTENT_ROWS=8192: each traced quantizer's row in one pass with its producer; "
-        "tests/kernels/test_inductor_rows.py checks the generated kernel); the bf16 row runs under the setting too",
-        f"LOWBIT_COMPILED_QUANTIZE=inductor LOWBIT_PERSISTENT_ROWS=8192 {OPEN_CLIP_GRAPHS} --recipe bf16 "
-        "fp8-switchback switchback fp8-switchback:fused --out $DIR",
-        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-inductor-rows.md",
-                 "model-open-clip-vit-h-14-cudagraphs-inductor-rows.json"), "dd717c8", 200, SESSION11,
-        needs="open_clip", note="carry .whl/; stopped at its 200 s limit during the fp8-switchback:fused row"),
-    Job("model-open-clip-vit-h-14-cudagraphs-fused", "open_clip ViT-H-14 with CUDA graphs, lowbit's quantize kernels "
-        "(the default), per linear and with convert(fuse=True): each c_fc -> GELU -> c_proj as one LowbitMLP in SPEC "
-        "§10's row-wise flow (GELU + quantize and GELU' + quantize + column sums in one pass, dY's quantizer with the "
-        "bias gradient)",
-        f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback fp8-switchback:fused switchback --out $DIR",
-        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused.md",
-                 "model-open-clip-vit-h-14-cudagraphs-fused.json"), "dd717c8", 200, SESSION11,
-        needs="open_clip", note="carry .whl/; stopped at its 200 s limit during the switchback row"),
-    Job("model-open-clip-vit-h-14-cudagraphs-fused-h200", "open_clip ViT-H-14 with CUDA graphs on an H200: fp8-switchback "
-        "per linear and with convert(fuse=True), which now fuses each MLP and the LayerNorm in front of it (ln_2: "
-        "lowbit.nn.block_norms), so the LayerNorm, GELU and GELU' kernels write the codes",
-        f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback:fused fp8-switchback --out $DIR",
-        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused-h200.md",
-                 "model-open-clip-vit-h-14-cudagraphs-fused-h200.json"), "3d8f908", 215, SESSION11_H200,
-        needs="open_clip", note="carry .whl/ (docs/your-own-model.md); its fused column counts MLPs and LayerNorms "
-        "together (32 + 32): bench model counts the MLPs alone since, the LayerNorms in its row line"),
+    _open_clip_graphs("inductor", "open_clip ViT-H-14 with CUDA graphs and the quantizers traced for inductor "
+                      "(LOWBIT_COMPILED_QUANTIZE=inductor: fused into the LayerNorm / GELU / residual kernels that write "
+                      "X and dY) against lowbit's quantize kernels (model-open-clip-vit-h-14-cudagraphs-fused.md, same "
+                      "machine)", "bf16 fp8-switchback", "dd717c8", 130, SESSION11,
+                      env="LOWBIT_COMPILED_QUANTIZE=inductor "),
+    _open_clip_graphs("inductor-rows", "the same with inductor's inner reductions persistent up to 8192 elements "
+                      "(LOWBIT_PERSISTENT_ROWS=8192: each traced quantizer's row in one pass with its producer; "
+                      "tests/kernels/test_inductor_rows.py checks the generated kernel); the bf16 row runs under the "
+                      "setting too", "bf16 fp8-switchback switchback fp8-switchback:fused", "dd717c8", 200, SESSION11,
+                      env="LOWBIT_COMPILED_QUANTIZE=inductor LOWBIT_PERSISTENT_ROWS=8192 ",
+                      note="carry .whl/; stopped at its 200 s limit during the fp8-switchback:fused row"),
+    _open_clip_graphs("fused", "open_clip ViT-H-14 with CUDA graphs, lowbit's quantize kernels (the default), per linear "
+                      "and with convert(fuse=True): each c_fc -> GELU -> c_proj as one LowbitMLP in SPEC §10's row-wise "
+                      "flow (GELU + quantize and GELU' + quantize + column sums in one pass, dY's quantizer with the bias "
+                      "gradient)", "bf16 fp8-switchback fp8-switchback:fused switchback", "dd717c8", 200, SESSION11,
+                      note="carry .whl/; stopped at its 200 s limit during the switchback row"),
+    _open_clip_graphs("fused-h200", "open_clip ViT-H-14 with CUDA graphs on an H200: fp8-switchback per linear and with "
+                      "convert(fuse=True), which now fuses each MLP and the LayerNorm in front of it (ln_2: "
+                      "lowbit.nn.block_norms), so the LayerNorm, GELU and GELU' kernels write the codes",
+                      "bf16 fp8-switchback:fused fp8-switchback", "3d8f908", 215, SESSION11_H200,
+                      note="carry .whl/ (docs/your-own-model.md); its fused column counts MLPs and LayerNorms together "
+                      "(32 + 32): bench model counts the MLPs alone since, the LayerNorms in its row line"),
     Job("model-timm-vit-h-14-cudagraphs-fused-h200", "timm vit_huge_patch14_clip_224 (b64) with CUDA graphs on an H200, "
         "convert(fuse=True): each Mlp fused with norm2, and norm1 with attn.qkv",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
@@ -440,13 +440,10 @@ JOBS: list[Job] = [
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused-h200.md", "model-timm-vit-h-14-cudagraphs-fused-h200.json"),
         "3d8f908", 120, SESSION11_H200, needs="timm", note="carry .whl/ with timm; its fused column counts MLPs and "
         "LayerNorms together (32 + 64)"),
-    Job("model-open-clip-vit-h-14-cudagraphs-fused-ln", "issue #29 on the H100: open_clip ViT-H-14 with CUDA graphs, "
-        "per linear and with convert(fuse=True) (MLP + the LayerNorm in front: measured on an H200 only, 1.160x against "
-        "1.143x per linear), both row-wise recipes",
-        f"{OPEN_CLIP_GRAPHS} --recipe bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused --out $DIR",
-        _renamed("model", "model-open-clip-vit-h-14-cudagraphs-fused-ln.md",
-                 "model-open-clip-vit-h-14-cudagraphs-fused-ln.json"), "", 330, "not measured yet",
-        needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    _open_clip_graphs("fused-ln", "issue #29 on the H100: open_clip ViT-H-14 with CUDA graphs, per linear and with "
+                      "convert(fuse=True) (MLP + the LayerNorm in front: measured on an H200 only, 1.160x against 1.143x "
+                      "per linear), both row-wise recipes",
+                      "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused", "", 330, "not measured yet"),
     Job("model-timm-hf-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm ViT-H/14 (b64) and Hugging Face CLIP at "
         "ViT-H widths with CUDA graphs, fused (MLP + LayerNorm; timm's norm1 -> qkv too) against per linear",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe "
