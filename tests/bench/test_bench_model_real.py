@@ -16,6 +16,7 @@ import torch
 
 from lowbit.bench import model as bench_model
 from lowbit.cli.main import main
+from lowbit.models import fused_counts
 from lowbit.nn import LowbitMLP, convert_report
 
 # hf:clip at toy widths (both towers 2 layers of 32, 28-pixel images in 14-pixel patches)
@@ -80,7 +81,7 @@ def test_timm_vit_h_one_convert_call_fuses_every_mlp(third_party) -> None:
     rep = convert_report(model)
     assert rep is not None and set(rep.fused.values()) == {"fc1 → gelu → fc2 (timm Mlp)", "LayerNorm fused with the quantization of its output"}
     assert all(isinstance(b.mlp, LowbitMLP) for b in model.blocks)
-    assert bench_model.fused_norms(model) == 64  # each block's norm2 (-> mlp) and norm1 (-> attn.qkv)
+    assert fused_counts(model)[1] == 64  # each block's norm2 (-> mlp) and norm1 (-> attn.qkv)
 
 
 # ---- transformers -----------------------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def test_hf_clip_activations_are_recognised(act: str, fused_as: str, third_party
     third_party("transformers")
     w = bench_model.build_workload(bench_model.parse_spec(f"{HF_TINY},hidden_act={act}"))
     model, _, fused = bench_model.convert_model(w.model, "switchback-sim", "all", fuse=True)
-    assert fused == 4 and bench_model.fused_norms(model) == 4, convert_report(model)  # and each layer_norm2
+    assert fused == 4 and fused_counts(model)[1] == 4, convert_report(model)  # and each layer_norm2
     assert set(convert_report(model).fused.values()) == {f"fc1 → {fused_as} → fc2 (Hugging Face *MLP)", "LayerNorm fused with the quantization of its output"}
     w = bench_model.build_workload(bench_model.parse_spec(f"{HF_TINY},hidden_act={act}"))
     batch = w.batch(2, torch.device("cpu"))

@@ -54,7 +54,6 @@ from lowbit.bench.model_row import (
     LAYERS,
     convert_model,
     count_flops,
-    fused_norms,
     module_filter,
     time_row,
 )
@@ -78,7 +77,7 @@ from lowbit.bench.workloads import (
 
 __all__ = [
     "COLUMNS", "DEFAULT_RECIPES", "HELP", "LAYERS", "PACKAGES", "PIP_NAMES", "ROW_TARGET", "ModelSpec", "Workload",
-    "add_arguments", "build_workload", "check", "compile_model", "convert_model", "count_flops", "fused_norms", "hf_config",
+    "add_arguments", "build_workload", "check", "compile_model", "convert_model", "count_flops", "hf_config",
     "hf_workload", "measure_row", "module_filter", "open_clip_kwargs", "open_clip_workload", "parse_spec",
     "repeated_blocks", "require", "run", "run_model", "split_recipe", "time_row", "timm_input_size", "timm_workload",
 ]

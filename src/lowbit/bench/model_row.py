@@ -27,6 +27,7 @@ from lowbit.bench.common import (
 )
 from lowbit.bench.profile import profile_row
 from lowbit.bench.workloads import ModelSpec, Workload
+from lowbit.models import fused_counts
 
 LAYERS = ("auto", "all", "measured")
 
@@ -71,14 +72,7 @@ def convert_model(model: nn.Module, recipe: str, layers: str, fuse: bool, tokens
     model = lowbit.convert(model, recipe, module_filter=flt, fuse=fuse)
     rep = convert_report(model)
     assert rep is not None
-    return model, f"{len(rep.converted)}/{n_lin}", len(rep.fused) - fused_norms(model)
-
-
-def fused_norms(model: nn.Module) -> int:
-    """LayerNorms fused with their consumer's quantization by ``convert(fuse=True)`` (lowbit.nn.block_norms)."""
-    from lowbit.nn import LayerNormAlias
-
-    return sum(isinstance(m, LayerNormAlias) for m in model.modules())
+    return model, f"{len(rep.converted)}/{n_lin}", fused_counts(model)[0]
 
 
 # ---------------------------------------------------------------------------------------------- one row
@@ -104,7 +98,7 @@ def time_row(spec: ModelSpec, recipe: str, args: argparse.Namespace, device: tor
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 tokens = linear_tokens(w.model, lambda: w.loss(w.model, batch))
     model, row["converted"], row["fused"] = convert_model(w.model, recipe, args.layers, args.fuse, tokens, device)
-    row["fused_norms"] = fused_norms(model)
+    row["fused_norms"] = fused_counts(model)[1]  # LayerNorms fused with their consumer (lowbit.nn.block_norms)
     from lowbit.nn.convert import convert_report
 
     if (rep := convert_report(model)) is not None:  # what stayed 16-bit and why, counted by cause (per layer:

@@ -186,7 +186,8 @@ def convert_clip(
 
 
 def fused_counts(model: nn.Module) -> tuple[int, int]:
-    """(fused MLPs, LayerNorms fused with their consumer) in ``model``: what ``convert_clip(fuse=True)`` made."""
+    """(fused MLPs, LayerNorms fused with their consumer) in ``model``: what ``convert(fuse=True)`` made of lowbit's
+    CLIP (``convert_clip``) or of any model (``lowbit.nn.block_norms``)."""
     from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP
 
     mlps = sum(1 for m in model.modules() if isinstance(m, LowbitMLP))
