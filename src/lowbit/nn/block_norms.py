@@ -21,16 +21,12 @@ from collections.abc import Callable
 
 from torch import nn
 
-from lowbit.nn.layernorm import LayerNormAlias, fuse_layernorm
+from lowbit.nn.layernorm import LayerNormAlias, class_path, fuse_layernorm
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LowbitMLP
 from lowbit.nn.report import FUSED, NOT_FUSED, ConvertReport
 
 __all__ = ["BLOCK_NORMS", "block_norm_pairs", "fuse_block_norms"]
-
-
-def _qualname(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 # timm's ViT attention: in timm.layers since 1.0.2x, in the model file before
@@ -39,8 +35,8 @@ TIMM_ATTENTION = frozenset({"timm.layers.attention.Attention", "timm.models.visi
 
 def _timm_attention_reads_only_qkv(block: nn.Module) -> str | None:
     attn = getattr(block, "attn", None)
-    if _qualname(attn) not in TIMM_ATTENTION:
-        return f"attn is {_qualname(attn)}, not timm's Attention (whose forward was read)"
+    if class_path(attn) not in TIMM_ATTENTION:
+        return f"attn is {class_path(attn)}, not timm's Attention (whose forward was read)"
     if getattr(attn, "gate", None) is not None:
         return "attn has a gate, which reads norm1's output besides qkv"
     return None
@@ -58,7 +54,7 @@ BLOCK_NORMS: dict[str, tuple[tuple[str, str, Callable[[nn.Module], str | None] |
 
 def block_norm_pairs(block: nn.Module) -> tuple[tuple[str, str, Callable[[nn.Module], str | None] | None], ...]:
     """The (LayerNorm, consumer, check) pairs of ``block``'s exact class (none for any other class)."""
-    return BLOCK_NORMS.get(_qualname(block), ())
+    return BLOCK_NORMS.get(class_path(block), ())
 
 
 def fuse_block_norms(model: nn.Module, report: ConvertReport | None) -> int:

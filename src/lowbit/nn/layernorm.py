@@ -110,8 +110,10 @@ CASTING_LAYERNORMS = frozenset({"open_clip.transformer.LayerNorm", "open_clip.tr
                                 "timm.layers.norm.LayerNorm", "timm.layers.norm.LayerNormFp32"})
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+def class_path(obj: object) -> str:
+    """``module.QualName`` of ``obj``'s class: how the known classes of other libraries are named here (matched by
+    name, so that lowbit needs none of them installed)."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _get(root: nn.Module, fqn: str) -> tuple[nn.Module, str, nn.Module]:
@@ -129,7 +131,7 @@ def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
     """
     np_, nname, ln = _get(root, norm)
     cp, cname, mod = _get(root, consumer)
-    if type(ln) is not nn.LayerNorm and _qualname(type(ln)) not in CASTING_LAYERNORMS:
+    if type(ln) is not nn.LayerNorm and class_path(ln) not in CASTING_LAYERNORMS:
         return f"{norm} is a {type(ln).__name__}, not an nn.LayerNorm"
     if len(ln.normalized_shape) != 1:
         return f"{norm} normalizes {tuple(ln.normalized_shape)}, not the last dim only"
