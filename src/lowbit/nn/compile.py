@@ -10,7 +10,7 @@ compiles in seconds, and leaves the model's module tree, parameter names and ``s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
@@ -37,15 +37,16 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def compile_blocks(model: nn.Module, mode: str | None = "reduce-overhead",
-                   backend: str | Callable[..., Any] = "inductor") -> int:
-    """``block.compile(mode=mode, backend=backend)`` for every block :func:`repeated_blocks` finds, in place; returns
-    how many (0: none found, nothing compiled — compile the whole model instead).
+                   backend: str | Callable[..., Any] = "inductor", blocks: Iterable[nn.Module] | None = None) -> int:
+    """``block.compile(mode=mode, backend=backend)`` for every block :func:`repeated_blocks` finds (or of ``blocks``,
+    where the caller knows them: a tower of one block repeats nothing), in place; returns how many (0: none found,
+    nothing compiled — compile the whole model instead).
 
     With the default ``mode="reduce-overhead"`` (CUDA graphs), call ``torch.compiler.cudagraph_mark_step_begin()`` at
     the start of each training step and keep the batch shape constant (drop the last incomplete batch): a graph is
     recorded per shape, and the next step's replay reuses its output memory.
     """
-    blocks = repeated_blocks(model)
+    blocks = repeated_blocks(model) if blocks is None else list(blocks)
     for block in blocks:
         block.compile(mode=mode, backend=backend)
     return len(blocks)

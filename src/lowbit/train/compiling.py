@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from lowbit.nn.compile import compile_blocks as nn_compile_blocks
+
 if TYPE_CHECKING:
     from lowbit.train.config import TrainConfig
     from lowbit.train.env import Env
@@ -65,11 +67,10 @@ def resolve_compile(cfg: TrainConfig, env: Env) -> CompileChoice:
 
 
 def compile_blocks(model: torch.nn.Module, mode: str | None, backend: str | Callable[..., Any] = "inductor") -> None:
-    """Regional compilation: ``block.compile(mode=...)`` for every block of ``model.visual.blocks`` and
-    ``model.text.blocks``, in place (the module tree, parameter names and state dict stay as they were). The
-    blocks of a tower share one compiled graph, so even ViT-H compiles in seconds. ``backend`` is
-    torch.compile's (tests: a cheap one such as ``aot_eager``)."""
-    mode = None if mode == "default" else mode
-    for tower in (model.visual, model.text):
-        for block in tower.blocks:
-            block.compile(mode=mode, backend=backend)
+    """Regional compilation: :func:`lowbit.nn.compile_blocks` (what users call on their own models) over every block
+    of ``model.visual.blocks`` and ``model.text.blocks``, named here since a tower may be one block deep, with the
+    trainer's mode names (``"default"``: torch.compile's default). In place: the module tree, parameter names and
+    state dict stay as they were; the blocks of a tower share one compiled graph, so even ViT-H compiles in seconds.
+    ``backend`` is torch.compile's (tests: a cheap one such as ``aot_eager``)."""
+    nn_compile_blocks(model, None if mode == "default" else mode, backend,
+                      blocks=[*model.visual.blocks, *model.text.blocks])
