@@ -133,7 +133,7 @@ class _LowbitLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and _shares_codes(dg.left, wg.left):
             cdy, cdyt, sdy = ops.quantize_dual(dy2d, dg.left.format)
             qdy, qdyt = (cdy, sdy), (cdyt, sdy)
-        elif ctx.needs_input_grad[0] and want_db and dg.quantized and not dg.left.block and dg.left.scaling != "tensor":
+        elif ctx.needs_input_grad[0] and want_db and dg.quantized and dg.left.scaling == "row":
             # dY's row-wise codes and the bias gradient (its column sums) from one read of dY (SPEC §10)
             cdy, sdy, colsum = ops.quantize_rows_colsum(dy2d, dg.left.format)
             qdy, db = (cdy, sdy), colsum.to(dy.dtype)
