@@ -24,8 +24,6 @@ import logging
 import os
 from typing import Any
 
-import sympy
-
 logger = logging.getLogger(__name__)
 
 _limit = 0
@@ -37,6 +35,8 @@ def wants_persistent(features: Any, cooperative_reduction: bool, enabled: bool, 
     compile-time constant of at most ``limit``."""
     if not enabled or cooperative_reduction or features.get_reduction_hint() != inner:
         return False
+    import sympy  # here, not at import: lowbit's start-up need not load it (inductor has it loaded by now)
+
     numel = sympy.sympify(features.reduction_numel)
     return bool(numel.is_number) and int(numel) <= limit
 
