@@ -167,6 +167,11 @@ def test_open_clip_vit_h_default_filter_converts_the_vision_tower(third_party) -
     # 32 vision blocks x 4 at width 1280; the 24 text blocks (width 1024) stay 16-bit, the report says why
     assert (converted, fused) == ("128/224", 0)
     assert "(too small: 96)" in convert_report(model).summary()
+    with torch.device("meta"):
+        w = bench_model.build_workload(bench_model.parse_spec("open_clip:ViT-H-14:device=meta"))
+    model, converted, fused = bench_model.convert_model(w.model, "fp8-switchback", "auto", fuse=True)
+    # each vision block's ln_2 (-> its LayerNormMLP) and ln_1 (-> its LowbitMultiheadAttention's in-projection)
+    assert (converted, fused, fused_counts(model)) == ("128/224", 32, (32, 64))
 
 
 def test_open_clip_missing_names_its_pip_package(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,7 +70,8 @@ def test_no_repeated_blocks_compiles_nothing() -> None:
 
 
 def test_open_clip_fused_with_its_layernorms_compiles_and_computes_the_same(third_party) -> None:
-    """convert(fuse=True) on open_clip (each ln_2 → mlp one LayerNormMLP, ln_2 an identity alias), then its blocks
+    """convert(fuse=True) on open_clip (each ln_2 → mlp one LayerNormMLP, ln_1 → attn normalized inside the
+    LowbitMultiheadAttention, both LayerNorms identity aliases), then its blocks
     compiled: the row-wise flow's custom ops are traced (no graph break: fullgraph) and give eager's outputs and
     gradients."""
     open_clip = third_party("open_clip")
@@ -84,6 +85,8 @@ def test_open_clip_fused_with_its_layernorms_compiles_and_computes_the_same(thir
 
     eager, compiled = build(), build()
     assert sum(isinstance(m, lowbit.nn.LayerNormMLP) for m in compiled.modules()) == 4
+    assert sum(getattr(m, "layer_norm", None) is not None for m in compiled.modules()
+               if isinstance(m, lowbit.LowbitMultiheadAttention)) == 4
     for block in repeated_blocks(compiled):
         block.compile(backend="aot_eager", fullgraph=True)
     image, text = torch.randn(2, 3, 28, 28), torch.randint(0, 100, (2, 8))

@@ -199,7 +199,7 @@ def _fused_norms(model: nn.Module) -> list[str]:
 @pytest.mark.parametrize("recipe", RECIPE_NAMES)
 def test_fuse_takes_the_layernorm_in_front_of_each_mlp(recipe: str, third_party) -> None:
     """With fuse=True each block's MLP is one LowbitMLP and the LayerNorm that feeds it alone is fused with the
-    quantization of its output (LayerNormMLP; timm's norm1 -> attn.qkv too): same outputs within the recipe's error
+    quantization of its output (LayerNormMLP; timm's norm1 -> attn.qkv and open_clip's ln_1 -> attn too): same outputs within the recipe's error
     (float32 rounding with bf16), same keys, and unconvert gives every original class back (open_clip's LayerNorm)."""
     open_clip, timm, transformers = third_party("open_clip"), third_party("timm"), third_party("transformers")
     torch.manual_seed(0)
@@ -208,8 +208,8 @@ def test_fuse_takes_the_layernorm_in_front_of_each_mlp(recipe: str, third_party)
     hf_clip, hf_run = _hf_models(transformers)["clip"]
     for plain, run, want in (
             (_open_clip_tiny(open_clip), _open_clip_run,
-             [f"{t}resblocks.{i}.ln_2 → {t}resblocks.{i}.mlp" for t in ("transformer.", "visual.transformer.")
-              for i in (0, 1)]),
+             [f"{t}resblocks.{i}.{n}" for t in ("transformer.", "visual.transformer.") for i in (0, 1)
+              for n in (f"ln_1 → {t}resblocks.{i}.attn", f"ln_2 → {t}resblocks.{i}.mlp")]),
             (timm_vit, _timm_run, [f"blocks.{i}.{n}" for i in (0, 1)
                                    for n in ("norm1 → blocks.{i}.attn.qkv", "norm2 → blocks.{i}.mlp")]),
             (hf_clip, hf_run, [f"{t}_model.encoder.layers.{i}.layer_norm2 → {t}_model.encoder.layers.{i}.mlp"
@@ -225,6 +225,6 @@ def test_fuse_takes_the_layernorm_in_front_of_each_mlp(recipe: str, third_party)
 def test_only_the_exact_block_classes_whose_forward_was_read(third_party) -> None:
     open_clip = third_party("open_clip")
     block = _open_clip_tiny(open_clip).transformer.resblocks[0]
-    assert [p[:2] for p in block_norm_pairs(block)] == [("ln_2", "mlp")]
+    assert [p[:2] for p in block_norm_pairs(block)] == [("ln_1", "attn"), ("ln_2", "mlp")]
     block.__class__ = type("MyBlock", (type(block),), {})  # a subclass may call its LayerNorms differently
     assert block_norm_pairs(block) == ()

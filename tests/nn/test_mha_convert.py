@@ -235,12 +235,12 @@ def test_transformer_encoder_nested_tensor_inference_unchanged() -> None:
 
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("batched", [True, False])
-@pytest.mark.parametrize(("inputs", "matmuls"), [("qqq", 1), ("qkk", 2), ("qkv", 3)])
+@pytest.mark.parametrize(("inputs", "matmuls"), [("qqq", 1), ("qkk", 2), ("qqv", 2), ("qkv", 3)])
 def test_in_projection_matmuls_follow_the_callers_tensors(batch_first: bool, batched: bool, inputs: str, matmuls: int,
                                                           monkeypatch) -> None:
     """Self-attention (one tensor passed three times) runs one packed in-projection whatever the layout: the check
     is made on the caller's tensors, before the transposes of batch_first=False or the unbatched reshape make three
-    tensors of one; key = value runs two, three distinct inputs three (plus out_proj each)."""
+    tensors of one; key = value (or query = key) runs two, three distinct inputs three (plus out_proj each)."""
     import lowbit.nn.attention as attention
 
     calls = []
@@ -249,6 +249,68 @@ def test_in_projection_matmuls_follow_the_callers_tensors(batch_first: bool, bat
     m = LowbitMultiheadAttention(16, 2, batch_first=batch_first, recipe="bf16")
     shape = ((2, 5, 16) if batch_first else (5, 2, 16)) if batched else (5, 16)
     x, y, z = (torch.randn(shape) for _ in range(3))
-    args = {"qqq": (x, x, x), "qkk": (x, y, y), "qkv": (x, y, z)}[inputs]
+    args = {"qqq": (x, x, x), "qkk": (x, y, y), "qqv": (x, x, z), "qkv": (x, y, z)}[inputs]
     m(*args, need_weights=False)
     assert len(calls) == matmuls + 1 and calls[-1] == 16 and sum(calls[:-1]) == 48
+
+
+# ---- a LayerNorm fused in front (open_clip's ln_1 → attn, convert(fuse=True)) -------------------------------------
+def _fused_pair(recipe: str) -> tuple[nn.LayerNorm, nn.MultiheadAttention, LowbitMultiheadAttention]:
+    from lowbit.nn import LayerNormAlias
+
+    plain_ln, plain, low = nn.LayerNorm(E), *_pair(True, recipe)
+    with torch.no_grad():
+        plain_ln.weight.normal_()
+        plain_ln.bias.normal_()
+    low.fuse_norm(LayerNormAlias.from_layernorm(copy.deepcopy(plain_ln), "attn"))
+    return plain_ln, plain, low
+
+
+@pytest.mark.parametrize("inputs", ["qqq", "qkk", "qqv", "qkv"])
+@pytest.mark.parametrize("recipe", ["bf16", "switchback-sim"])
+def test_fused_layernorm_normalizes_the_query_and_what_is_the_query(inputs: str, recipe: str) -> None:
+    """With a LayerNorm fused in, the module takes the LayerNorm's *input* as query and normalizes it (and key /
+    value where they are that same tensor, as open_clip's self-attention passes them); a different key / value is
+    projected as it comes. Outputs and gradients (the LayerNorm's parameters included) match LayerNorm followed by
+    PyTorch's module: to float32 rounding unquantized, within the int8 error quantized."""
+    plain_ln, plain, low = _fused_pair(recipe)
+    g = torch.Generator().manual_seed(3)
+    x, y, z = (torch.randn(N, L, E, generator=g, requires_grad=True) for _ in range(3))
+    args = {"qqq": (x, x, x), "qkk": (x, y, y), "qqv": (x, x, z), "qkv": (x, y, z)}[inputs]
+    h = plain_ln(x)
+    want = plain(*(h if t is x else t for t in args), need_weights=False)[0]
+    got = low(*args, need_weights=False)[0]
+    (gw := torch.randn(want.shape, generator=g))
+    want_grads = torch.autograd.grad(want, [x, plain_ln.weight, plain.in_proj_weight], gw)
+    got_grads = torch.autograd.grad(got, [x, low.layer_norm.weight, low.in_proj_weight], gw)
+    if RECIPES[recipe].quantized:
+        assert 0 < _rel(got, want) < EXACT_TOL["int8"]
+        for a, b in zip(got_grads, want_grads, strict=True):
+            assert _rel(a, b) < 2 * EXACT_TOL["int8"]  # the backward's two quantized matmuls in series
+    else:
+        torch.testing.assert_close(got, want, **F32)
+        for a, b in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_layernorm_in_the_need_weights_fallback_and_compiled() -> None:
+    plain_ln, plain, low = _fused_pair("switchback-sim")
+    x = torch.randn(N, L, E)
+    h = plain_ln(x)
+    out, weights = low(x, x, x)  # need_weights=True: PyTorch's path, the LayerNorm applied first
+    want, want_weights = plain(h, h, h)
+    torch.testing.assert_close(out, want, **F32)
+    torch.testing.assert_close(weights, want_weights, **F32)
+    compiled = torch.compile(low, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, x, x, need_weights=False)[0], low(x, x, x, need_weights=False)[0],
+                               rtol=0, atol=0)
+
+
+def test_fuse_norm_checks_its_width_and_unconvert_drops_it() -> None:
+    _, _, low = _fused_pair("bf16")
+    with pytest.raises(ValueError, match=r"normalizes \(16,\), not embed_dim \(32,\)"):
+        low.fuse_norm(nn.LayerNorm(16))
+    assert "LayerNorm fused in front" in repr(low)
+    back = low.to_module()
+    assert type(back) is nn.MultiheadAttention and not hasattr(back, "_norm_ref")
+    assert back.in_proj_weight is low.in_proj_weight

@@ -13,6 +13,13 @@ Calls that need what SDPA does not give run PyTorch's own path (16-bit): ``need_
 default: pass ``need_weights=False``, as open_clip and ``nn.TransformerEncoderLayer`` do) and nested tensors.
 Modules built with ``kdim``/``vdim`` other than ``embed_dim``, ``add_bias_kv`` or ``add_zero_attn`` are not
 converted (:func:`unsupported`).
+
+**A LayerNorm fused in front** (:meth:`LowbitMultiheadAttention.fuse_norm`, done by ``convert(fuse=True)`` for
+open_clip's ``ResidualAttentionBlock``, whose ``ln_1`` feeds the attention alone): the block's LayerNorm becomes an
+identity :class:`~lowbit.nn.LayerNormAlias`, and this module normalizes ``query`` itself, in the pass that writes
+the in-projection's 8-bit operand (:func:`lowbit.functional.layernorm_linear`). ``key`` and ``value`` are normalized
+too where they are the same tensor as ``query`` (self-attention); a different tensor (cross-attention, normalized by
+its own LayerNorm) is projected as it comes.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from lowbit.functional.layernorm_linear import layernorm_linear
 from lowbit.functional.linear import linear
 from lowbit.functional.recipe import Recipe, get_recipe
 from lowbit.nn import sdpa
@@ -62,6 +71,7 @@ class LowbitMultiheadAttention(nn.MultiheadAttention):
             raise ValueError(f"LowbitMultiheadAttention: {why} is not supported (keep nn.MultiheadAttention)")
         self.recipe = get_recipe(recipe)
         self._warned = False
+        self._norm_ref: tuple[nn.LayerNorm | None] = (None,)
 
     @classmethod
     def from_module(cls, module: nn.MultiheadAttention, recipe: str | Recipe = "switchback") -> LowbitMultiheadAttention:
@@ -74,17 +84,33 @@ class LowbitMultiheadAttention(nn.MultiheadAttention):
         new.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()})
         new.recipe = get_recipe(recipe)
         new._warned = False
+        new._norm_ref = (None,)
         return new
 
     def to_module(self) -> nn.MultiheadAttention:
         """The plain ``nn.MultiheadAttention`` sharing this module's parameters."""
         new = nn.MultiheadAttention.__new__(nn.MultiheadAttention)
         new.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in self.__dict__.items()
-                             if k not in ("recipe", "_warned")})
+                             if k not in ("recipe", "_warned", "_norm_ref")})
         return new
 
+    @property
+    def layer_norm(self) -> nn.LayerNorm | None:
+        """The LayerNorm fused in front (applied to ``query`` here), or ``None``."""
+        return getattr(self, "_norm_ref", (None,))[0]
+
+    def fuse_norm(self, norm: nn.LayerNorm) -> None:
+        """Apply ``norm`` (a LayerNorm over ``embed_dim``, referred to, not registered: its keys stay where the
+        model has them) to ``query`` in the in-projection's quantizing pass. The caller asserts that ``norm``'s
+        output feeds this module alone and makes ``norm`` itself the identity (:func:`lowbit.nn.fuse_layernorm`)."""
+        if tuple(norm.normalized_shape) != (self.embed_dim,):
+            raise ValueError(f"LowbitMultiheadAttention.fuse_norm: the LayerNorm normalizes "
+                             f"{tuple(norm.normalized_shape)}, not embed_dim ({self.embed_dim},)")
+        self._norm_ref = (norm,)
+
     def extra_repr(self) -> str:
-        return f"recipe={self.recipe.name!r}"
+        ln = self.layer_norm
+        return f"recipe={self.recipe.name!r}" + (", LayerNorm fused in front" if ln is not None else "")
 
     def _fallback(self, why: str) -> None:
         if not self._warned and not torch.compiler.is_compiling():
@@ -106,11 +132,15 @@ class LowbitMultiheadAttention(nn.MultiheadAttention):
         """As ``nn.MultiheadAttention.forward``; returns ``(output, None)`` unless ``need_weights=True``."""
         if need_weights or query.is_nested or key.is_nested or value.is_nested:
             self._fallback("need_weights=True" if need_weights else "nested tensor input")
+            if (ln := self.layer_norm) is not None:  # the fused LayerNorm, on query and whatever is query
+                normed = F.layer_norm(query, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+                key, value = (normed if t is query else t for t in (key, value))
+                query = normed
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
         batched = query.dim() == 3
-        shared = (query is key and key is value, key is value)  # before any reshape makes three tensors of one
+        shared = (query is key, key is value, query is value)  # before any reshape makes three tensors of one
         if not batched:  # unbatched (L, E): a batch of one
             query, key, value = (t.unsqueeze(0 if self.batch_first else 1) for t in (query, key, value))
             key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
@@ -119,25 +149,30 @@ class LowbitMultiheadAttention(nn.MultiheadAttention):
             out = out.squeeze(0 if self.batch_first else 1)
         return out, None
 
-    def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, shared: tuple[bool, bool]):
-        """q, k, v from the packed in-projection: one matmul when query, key and value are one tensor (self-
-        attention; ``shared``: (all three one tensor, key and value one tensor), as the caller passed them), else one
-        per distinct input over the matching rows of ``in_proj_weight``."""
-        w, b, e, r = self.in_proj_weight, self.in_proj_bias, self.embed_dim, self.recipe
+    def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 shared: tuple[bool, bool, bool]):
+        """q, k, v from the packed in-projection: one matmul per distinct input over its rows of ``in_proj_weight``
+        (one for self-attention; ``shared``: query is key, key is value, query is value, as the caller passed them);
+        the fused LayerNorm, if any, on the input that is ``query``."""
+        w, b, e, r, ln = self.in_proj_weight, self.in_proj_bias, self.embed_dim, self.recipe, self.layer_norm
 
-        def rows(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            return w[lo:hi], (b[lo:hi] if b is not None else None)
+        def proj(x: torch.Tensor, lo: int, hi: int, normed: bool) -> torch.Tensor:
+            wt, bs = (w, b) if (lo, hi) == (0, 3 * e) else (w[lo:hi], b[lo:hi] if b is not None else None)
+            if normed and ln is not None:
+                return layernorm_linear(x, ln.weight, ln.bias, wt, bs, r, ln.eps)
+            return linear(x, wt, bs, r)
 
-        if shared[0]:
-            return linear(query, w, b, r).chunk(3, dim=-1)
-        q = linear(query, *rows(0, e), r)
-        if shared[1]:
-            k, v = linear(key, *rows(e, 3 * e), r).chunk(2, dim=-1)
-            return q, k, v
-        return q, linear(key, *rows(e, 2 * e), r), linear(value, *rows(2 * e, 3 * e), r)
+        qk, kv, qv = shared
+        if qk and kv:
+            return proj(query, 0, 3 * e, True).chunk(3, dim=-1)
+        if kv:
+            return (proj(query, 0, e, True), *proj(key, e, 3 * e, False).chunk(2, dim=-1))
+        if qk:
+            return (*proj(query, 0, 2 * e, True).chunk(2, dim=-1), proj(value, 2 * e, 3 * e, False))
+        return proj(query, 0, e, True), proj(key, e, 2 * e, False), proj(value, 2 * e, 3 * e, qv)
 
     def _attention(self, query, key, value, key_padding_mask, attn_mask, is_causal,
-                   shared: tuple[bool, bool]) -> torch.Tensor:
+                   shared: tuple[bool, bool, bool]) -> torch.Tensor:
         if not self.batch_first:  # (L, N, E) → (N, L, E)
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, tgt, _ = query.shape

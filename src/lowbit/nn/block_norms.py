@@ -4,8 +4,10 @@
 no module tree says: the block's ``forward`` does. :data:`BLOCK_NORMS` lists, per block class whose ``forward`` was
 read (open_clip 3.3, timm 1.0, transformers 4.5x / 5), the (LayerNorm, consumer) pairs for which that holds:
 
-* open_clip ``ResidualAttentionBlock``: ``x + ls_2(mlp(ln_2(x)))`` — ``ln_2`` feeds ``mlp`` only (``ln_1`` feeds
-  the attention's query, key and value, which share one packed in-projection: not fused here).
+* open_clip ``ResidualAttentionBlock``: ``x + ls_2(mlp(ln_2(x)))`` — ``ln_2`` feeds ``mlp`` only; ``ln_1`` feeds
+  ``attn`` alone (as query, and as key and value when the block is given none: ``attention`` passes ``q_x`` for
+  them; a cross-attention block's keys come through its own ``ln_1_kv``), whose
+  :class:`~lowbit.nn.LowbitMultiheadAttention` then normalizes the input that is its query.
 * timm ``Block``: ``norm2`` feeds ``mlp``; ``norm1`` feeds ``attn``, whose ``Attention.forward`` reads its input only
   for its shape and ``qkv`` (unless the attention has a ``gate``, which reads it too).
 * Hugging Face ``CLIPEncoderLayer``: ``layer_norm2`` feeds ``mlp`` (``layer_norm1`` feeds q, k and v: three
@@ -21,6 +23,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.layernorm import LayerNormAlias, class_path, fuse_layernorm
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LowbitMLP
@@ -44,7 +47,7 @@ def _timm_attention_reads_only_qkv(block: nn.Module) -> str | None:
 
 # block class -> ((LayerNorm, consumer, extra check or None), ...): the pairs where the LayerNorm feeds only that consumer
 BLOCK_NORMS: dict[str, tuple[tuple[str, str, Callable[[nn.Module], str | None] | None], ...]] = {
-    "open_clip.transformer.ResidualAttentionBlock": (("ln_2", "mlp", None),),
+    "open_clip.transformer.ResidualAttentionBlock": (("ln_1", "attn", None), ("ln_2", "mlp", None)),
     "timm.models.vision_transformer.Block": (("norm2", "mlp", None),
                                              ("norm1", "attn.qkv", _timm_attention_reads_only_qkv)),
     "transformers.models.clip.modeling_clip.CLIPEncoderLayer": (("layer_norm2", "mlp", None),),
@@ -69,7 +72,7 @@ def fuse_block_norms(model: nn.Module, report: ConvertReport | None) -> int:
                 continue
             if isinstance(ln, LayerNormAlias):  # fused by an earlier convert (the consumer took the new recipe)
                 continue
-            if not isinstance(target, (LowbitMLP, LowbitLinear)):
+            if not isinstance(target, (LowbitMLP, LowbitLinear, LowbitMultiheadAttention)):
                 why: str | None = f"{consumer} was not converted" + (
                     " (fuse=True fuses an MLP only when both its linears convert)" if consumer == "mlp" else "")
             else:

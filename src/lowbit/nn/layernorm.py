@@ -19,6 +19,7 @@ from torch import nn
 
 from lowbit.functional.layernorm_linear import layernorm_linear
 from lowbit.functional.recipe import Recipe, get_recipe
+from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
 
@@ -125,8 +126,9 @@ def _get(root: nn.Module, fqn: str) -> tuple[nn.Module, str, nn.Module]:
 def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
     """Fuse the LayerNorm at ``norm`` (an fqn under ``root``) into the converted module at ``consumer``.
 
-    ``consumer`` must be a ``LowbitLinear`` (becomes :class:`LayerNormLinear`) or a :class:`~lowbit.nn.LowbitMLP`
-    (becomes :class:`~lowbit.nn.LayerNormMLP`), and the LayerNorm's output must feed only that consumer (the caller
+    ``consumer`` must be a ``LowbitLinear`` (becomes :class:`LayerNormLinear`), a :class:`~lowbit.nn.LowbitMLP`
+    (becomes :class:`~lowbit.nn.LayerNormMLP`) or a :class:`~lowbit.nn.LowbitMultiheadAttention` (normalizes its
+    ``query``: :meth:`~lowbit.nn.LowbitMultiheadAttention.fuse_norm`), and the LayerNorm's output must feed only that consumer (the caller
     asserts it). Returns ``None`` on success, else the reason it did not fuse (nothing is changed then).
     """
     np_, nname, ln = _get(root, norm)
@@ -135,8 +137,16 @@ def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
         return f"{norm} is a {type(ln).__name__}, not an nn.LayerNorm"
     if len(ln.normalized_shape) != 1:
         return f"{norm} normalizes {tuple(ln.normalized_shape)}, not the last dim only"
-    if isinstance(mod, (LayerNormLinear, LayerNormMLP)):
+    if isinstance(mod, (LayerNormLinear, LayerNormMLP)) or (
+            isinstance(mod, LowbitMultiheadAttention) and mod.layer_norm is not None):
         return f"{consumer} already has a LayerNorm fused in"
+    if isinstance(mod, LowbitMultiheadAttention):
+        if mod.embed_dim != ln.normalized_shape[0]:
+            return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s embed_dim {mod.embed_dim}"
+        alias = LayerNormAlias.from_layernorm(ln, consumer)
+        mod.fuse_norm(alias)
+        setattr(np_, nname, alias)
+        return None
     if isinstance(mod, LowbitMLP):
         if mod.fc1.in_features != ln.normalized_shape[0]:
             return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s in_features {mod.fc1.in_features}"
@@ -148,7 +158,8 @@ def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
         alias = LayerNormAlias.from_layernorm(ln, consumer)
         new = LayerNormLinear.from_linear_and_norm(mod, alias)
     else:
-        return f"{consumer} is a {type(mod).__name__}, not a converted LowbitLinear / LowbitMLP"
+        return (f"{consumer} is a {type(mod).__name__}, not a converted LowbitLinear / LowbitMLP / "
+                "LowbitMultiheadAttention")
     setattr(np_, nname, alias)
     setattr(cp, cname, new)
     return None
