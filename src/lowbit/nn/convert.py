@@ -247,7 +247,9 @@ def convert(
     """Swap every ``nn.Linear`` of ``model`` that ``module_filter`` accepts for a ``LowbitLinear`` in place, and
     (``fuse=True``) every Linear → activation → Linear MLP both of whose linears it accepts for a ``LowbitMLP``, with
     the LayerNorm in front of it where the block's class says it feeds the MLP alone (open_clip, timm, Hugging Face
-    CLIP: :mod:`lowbit.nn.block_norms`; ``LayerNormMLP``, keys unchanged). Fused, the row-wise recipes (fp8-switchback,
+    CLIP: :mod:`lowbit.nn.block_norms`; ``LayerNormMLP``, keys unchanged), and likewise the LayerNorm in front of
+    the attention's in-projection (timm's ``norm1`` → ``attn.qkv``, open_clip's ``ln_1`` → its
+    ``LowbitMultiheadAttention``). Fused, the row-wise recipes (fp8-switchback,
     switchback: SPEC §10's flow) quantize inside the producers — LayerNorm, bias + GELU, GELU′ — instead of in
     separate passes; compiled with CUDA graphs that measured faster on an H100 (open_clip ViT-H-14, fp8-switchback,
     MLPs fused: 1.135× bf16 against 1.114× per linear, ``model-open-clip-vit-h-14-cudagraphs-fused.md``). ``fuse``
@@ -385,7 +387,7 @@ def convert(
         return module
 
     model = visit(model, "")
-    if fuse:  # the LayerNorm in front of a fused MLP (or timm's qkv), in the block classes whose forward says it is alone
+    if fuse:  # the LayerNorm in front of a fused MLP or an in-projection, in the block classes whose forward says so
         fuse_block_norms(model, rep)
     for k, v in rep.fused.items():
         logger.info("lowbit.convert: fused %s: %s → %s", k or "<root>", v, recipe.name)
