@@ -443,7 +443,7 @@ JOBS: list[Job] = [
     _open_clip_graphs("fused-ln", "issue #29 on the H100: open_clip ViT-H-14 with CUDA graphs, per linear and with "
                       "convert(fuse=True) (MLP + ln_2 in front, measured on an H200 only: 1.160x against 1.143x per "
                       "linear; and ln_1 normalized in the attention's in-projection pass), both row-wise recipes",
-                      "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused", "", 330, "not measured yet"),
+                      "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused", "", 420, "not measured yet"),
     Job("model-timm-hf-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm ViT-H/14 (b64) and Hugging Face CLIP at "
         "ViT-H widths with CUDA graphs, fused (MLP + LayerNorm; timm's norm1 -> qkv too) against per linear",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe "
