@@ -444,6 +444,12 @@ JOBS: list[Job] = [
                       "convert(fuse=True) (MLP + ln_2 in front, measured on an H200 only: 1.160x against 1.143x per "
                       "linear; and ln_1 normalized in the attention's in-projection pass), both row-wise recipes",
                       "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused", "", 420, "not measured yet"),
+    Job("model-timm-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm vit_huge_patch14_clip_224 (b64) with CUDA "
+        "graphs, per linear and convert(fuse=True) (each Mlp with norm2, norm1 with attn.qkv)",
+        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
+        "--no-anchors --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --out $DIR",
+        _renamed("model", "model-timm-vit-h-14-cudagraphs-fused.md", "model-timm-vit-h-14-cudagraphs-fused.json"),
+        "", 280, "not measured yet", needs="timm", note="carry .whl/ with timm"),
     Job("model-timm-hf-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm ViT-H/14 (b64) and Hugging Face CLIP at "
         "ViT-H widths with CUDA graphs, fused (MLP + LayerNorm; timm's norm1 -> qkv too) against per linear",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe "
