@@ -64,6 +64,8 @@ SESSION10_C = ("issue #28/#29 session 10, H100 host C (call 4, cut at its 520 s 
 SESSION11 = ("issue #28/#29 session 11, one H100 (host D: two calls on one machine, the second warm), code at 869fd2e")
 SESSION11_H200 = ("issue #28/#29 session 11, call 2 on an H200 (every H100 start of the session's second half failed), "
                   "code at fcd2986 (the commits before the run changed docs and a docstring only)")
+SESSION12 = ("issue #28/#29 session 12, one H100 (three calls on one machine, the 2nd and 3rd warm), code at 62fbb54 "
+             "(src sha256 38516eb2e5ad1271; the device copy's env.txt names an older commit)")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -443,13 +445,13 @@ JOBS: list[Job] = [
     _open_clip_graphs("fused-ln", "issue #29 on the H100: open_clip ViT-H-14 with CUDA graphs, per linear and with "
                       "convert(fuse=True) (MLP + ln_2 in front, measured on an H200 only: 1.160x against 1.143x per "
                       "linear; and ln_1 normalized in the attention's in-projection pass), both row-wise recipes",
-                      "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused", "", 420, "not measured yet"),
+                      "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused", "3acd201", 420, SESSION12),
     Job("model-timm-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm vit_huge_patch14_clip_224 (b64) with CUDA "
         "graphs, per linear and convert(fuse=True) (each Mlp with norm2, norm1 with attn.qkv)",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
         "--no-anchors --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --out $DIR",
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused.md", "model-timm-vit-h-14-cudagraphs-fused.json"),
-        "", 280, "not measured yet", needs="timm", note="carry .whl/ with timm"),
+        "3acd201", 280, SESSION12, needs="timm", note="carry .whl/ with timm"),
     Job("model-timm-hf-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm ViT-H/14 (b64) and Hugging Face CLIP at "
         "ViT-H widths with CUDA graphs, fused (MLP + LayerNorm; timm's norm1 -> qkv too) against per linear",
         f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe "
@@ -461,12 +463,12 @@ JOBS: list[Job] = [
         "open_clip",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
         "--recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto --out $DIR",
-        _renamed("step", "step-vit-h-14-fused-graphs.md", "step-vit-h-14-fused-graphs.json"), "", 420,
-        "not measured yet"),
+        _renamed("step", "step-vit-h-14-fused-graphs.md", "step-vit-h-14-fused-graphs.json"), "3acd201", 420,
+        SESSION12),
     Job("gpu-tests-rows-colsum", "the per-linear backward's dY codes and bias gradient from one quantize_rows_colsum "
         "pass on CUDA: the same dgrad and wgrad as a separate row quantizer, the bias gradient within float32 "
         "summation order", f"{GPU_TESTS} {PYTEST} -rf tests/functional/test_linear.py -k one_pass",
-        {"gpu-tests-rows-colsum.txt": "log"}, "", 120, "not measured yet"),
+        {"gpu-tests-rows-colsum.txt": "log"}, "3acd201", 120, SESSION12),
     Job("gpu-tests-inductor-rows", "LOWBIT_PERSISTENT_ROWS on CUDA: a compiled LayerNorm + traced row quantizer at "
         "width 1280 becomes one persistent Triton reduction and writes the eager quantizer's codes",
         f"{PYTEST} -rf tests/kernels/test_inductor_rows.py", {"gpu-tests-inductor-rows.txt": "log"}, "dd717c8", 90,
