@@ -397,6 +397,14 @@ JOBS: list[Job] = [
          **_renamed("model", "model-profile-open-clip-vit-h-14-fastlaunch.md",
                     "model-profile-open-clip-vit-h-14-fastlaunch.json")},
         "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+    Job("model-profile-open-clip-vit-h-14-fused", "where the fused flow's time goes: open_clip ViT-H-14 compiled (no "
+        "CUDA graphs, so that the profiler sees each kernel), fp8-switchback per linear and with convert(fuse=True) "
+        "(MLPs, ln_1 and ln_2 in the producers), GPU ms per kernel class in the JSON, top kernels in the log",
+        f"{LOWBIT} bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe fp8-switchback "
+        "fp8-switchback:fused --compile --no-anchors --profile --out $DIR",
+        {"model-profile-open-clip-vit-h-14-fused.log": "log",
+         **_renamed("model", "model-profile-open-clip-vit-h-14-fused.md", "model-profile-open-clip-vit-h-14-fused.json")},
+        "", 240, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("host-cost", "is a compiled model without CUDA graphs launch-bound? the host µs to issue one converted "
         "Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside its GPU time), "
         "the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",
