@@ -460,12 +460,13 @@ JOBS: list[Job] = [
         "--no-anchors --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --out $DIR",
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused.md", "model-timm-vit-h-14-cudagraphs-fused.json"),
         "3acd201", 280, SESSION12, needs="timm", note="carry .whl/ with timm"),
-    Job("model-timm-hf-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm ViT-H/14 (b64) and Hugging Face CLIP at "
-        "ViT-H widths with CUDA graphs, fused (MLP + LayerNorm; timm's norm1 -> qkv too) against per linear",
-        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe "
-        "bf16 fp8-switchback fp8-switchback:fused switchback:fused --compile --cudagraphs --no-anchors --out $DIR",
-        _renamed("model", "model-timm-hf-vit-h-14-cudagraphs-fused.md", "model-timm-hf-vit-h-14-cudagraphs-fused.json"),
-        "", 540, "not measured yet", needs="timm", note="carry .whl/ with timm (transformers is in the device image)"),
+    Job("model-hf-clip-vit-h-14-cudagraphs-fused", "issue #29 on the H100: Hugging Face CLIPModel at ViT-H widths (b64) "
+        "with CUDA graphs, per linear and convert(fuse=True): each CLIPMLP with layer_norm2, q/k/v as one packed GEMM "
+        "with layer_norm1 (lowbit.nn.packed)",
+        f"{LOWBIT} bench model --model 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe bf16 fp8-switchback "
+        "fp8-switchback:fused switchback switchback:fused --compile --cudagraphs --no-anchors --out $DIR",
+        _renamed("model", "model-hf-clip-vit-h-14-cudagraphs-fused.md", "model-hf-clip-vit-h-14-cudagraphs-fused.json"),
+        "", 420, "not measured yet", note="transformers is in the device image"),
     Job("step-vit-h-14-fused-graphs", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, per linear "
         "and fused (convert_clip(fuse=True): ln1 -> qkv, ln2 -> MLP in the producers), after the fused MLP gained on "
         "open_clip",

@@ -212,8 +212,9 @@ def test_fuse_takes_the_layernorm_in_front_of_each_mlp(recipe: str, third_party)
               for n in (f"ln_1 → {t}resblocks.{i}.attn", f"ln_2 → {t}resblocks.{i}.mlp")]),
             (timm_vit, _timm_run, [f"blocks.{i}.{n}" for i in (0, 1)
                                    for n in ("norm1 → blocks.{i}.attn.qkv", "norm2 → blocks.{i}.mlp")]),
-            (hf_clip, hf_run, [f"{t}_model.encoder.layers.{i}.layer_norm2 → {t}_model.encoder.layers.{i}.mlp"
-                               for t in ("text", "vision") for i in (0, 1)])):
+            (hf_clip, hf_run, [f"{t}_model.encoder.layers.{i}.{n}" for t in ("text", "vision") for i in (0, 1)
+                               for n in (f"layer_norm1 → {t}_model.encoder.layers.{i}.self_attn.q_proj",
+                                         f"layer_norm2 → {t}_model.encoder.layers.{i}.mlp")])):
         want = sorted(w.replace("{i}", w.split(".")[1]) for w in want)
         model = _check_family(plain, run, recipe, fuse=True)
         assert _fused_norms(model) == want, convert_report(model).table()

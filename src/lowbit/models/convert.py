@@ -188,9 +188,10 @@ def convert_clip(
 def fused_counts(model: nn.Module) -> tuple[int, int]:
     """(fused MLPs, LayerNorms fused with their consumer) in ``model``: what ``convert(fuse=True)`` made of lowbit's
     CLIP (``convert_clip``) or of any model (``lowbit.nn.block_norms``)."""
-    from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP, LowbitMultiheadAttention
+    from lowbit.nn import LayerNormLinear, LayerNormMLP, LowbitMLP, LowbitMultiheadAttention, PackedLinear
 
     mlps = sum(1 for m in model.modules() if isinstance(m, LowbitMLP))
     norms = sum(1 for m in model.modules() if isinstance(m, LayerNormMLP | LayerNormLinear) or (
-        isinstance(m, LowbitMultiheadAttention) and m.layer_norm is not None))
+        isinstance(m, LowbitMultiheadAttention) and m.layer_norm is not None) or (
+        isinstance(m, PackedLinear) and m.slot == 0 and m.group.norm is not None))
     return mlps, norms

@@ -1,4 +1,5 @@
 """Modules: ``LowbitLinear``, ``LowbitMultiheadAttention``, the fused ``LowbitMLP`` / ``LayerNormLinear`` / ``LayerNormMLP``,
+``PackedLinear`` (q/k/v of one input as one GEMM),
 ``convert()``/``unconvert()`` with their ``ConvertReport``, ``measured_filter`` (layers chosen by measured speed),
 ``compile_blocks`` (each transformer block compiled with CUDA graphs), ``LayerScale``."""
 
@@ -21,6 +22,7 @@ from lowbit.nn.layer_scale import LayerScale
 from lowbit.nn.layernorm import LayerNormAlias, LayerNormLinear, fuse_layernorm
 from lowbit.nn.linear import LowbitLinear, SwitchBackLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
+from lowbit.nn.packed import PackedLinear, ProjectionGroup, pack_projections
 
 __all__ = [
     "GAIN_MARGIN",
@@ -34,6 +36,8 @@ __all__ = [
     "LowbitMLP",
     "LowbitMultiheadAttention",
     "MeasuredFilter",
+    "PackedLinear",
+    "ProjectionGroup",
     "SwitchBackLinear",
     "compile_blocks",
     "convert",
@@ -45,6 +49,7 @@ __all__ = [
     "match_mlp",
     "matmul_layers",
     "measured_filter",
+    "pack_projections",
     "repeated_blocks",
     "skip_reason",
     "unconvert",

@@ -10,8 +10,9 @@ read (open_clip 3.3, timm 1.0, transformers 4.5x / 5), the (LayerNorm, consumer)
   :class:`~lowbit.nn.LowbitMultiheadAttention` then normalizes the input that is its query.
 * timm ``Block``: ``norm2`` feeds ``mlp``; ``norm1`` feeds ``attn``, whose ``Attention.forward`` reads its input only
   for its shape and ``qkv`` (unless the attention has a ``gate``, which reads it too).
-* Hugging Face ``CLIPEncoderLayer``: ``layer_norm2`` feeds ``mlp`` (``layer_norm1`` feeds q, k and v: three
-  consumers).
+* Hugging Face ``CLIPEncoderLayer``: ``layer_norm2`` feeds ``mlp``; ``layer_norm1`` feeds ``self_attn``, whose
+  ``CLIPAttention.forward`` reads its input for its shape and ``q_proj``, ``k_proj``, ``v_proj``: fused only where
+  those three are one :class:`~lowbit.nn.ProjectionGroup` (:mod:`lowbit.nn.packed`), which then normalizes it.
 * lowbit's own CLIP ``Block`` (:mod:`lowbit.models.clip`): ``ln1`` feeds ``attn.qkv`` alone, ``ln2`` ``mlp``.
 
 A subclass of a listed block, or a block whose consumer did not convert, keeps its LayerNorm; the report says why.
@@ -23,10 +24,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from lowbit.nn._names import class_path
 from lowbit.nn.attention import LowbitMultiheadAttention
-from lowbit.nn.layernorm import LayerNormAlias, class_path, fuse_layernorm
+from lowbit.nn.layernorm import LayerNormAlias, fuse_layernorm
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LowbitMLP
+from lowbit.nn.packed import PackedLinear
 from lowbit.nn.report import FUSED, NOT_FUSED, ConvertReport
 
 __all__ = ["BLOCK_NORMS", "block_norm_pairs", "fuse_block_norms"]
@@ -45,12 +48,23 @@ def _timm_attention_reads_only_qkv(block: nn.Module) -> str | None:
     return None
 
 
+def _hf_qkv_packed(block: nn.Module) -> str | None:
+    attn = getattr(block, "self_attn", None)
+    if class_path(attn) != "transformers.models.clip.modeling_clip.CLIPAttention":
+        return f"self_attn is {class_path(attn)}, not CLIPAttention (whose forward was read)"
+    projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
+    if not all(isinstance(p, PackedLinear) for p in projs) or len({id(p.group) for p in projs}) > 1:
+        return "q_proj, k_proj and v_proj are not one packed group (layer_norm1 feeds all three)"
+    return None
+
+
 # block class -> ((LayerNorm, consumer, extra check or None), ...): the pairs where the LayerNorm feeds only that consumer
 BLOCK_NORMS: dict[str, tuple[tuple[str, str, Callable[[nn.Module], str | None] | None], ...]] = {
     "open_clip.transformer.ResidualAttentionBlock": (("ln_1", "attn", None), ("ln_2", "mlp", None)),
     "timm.models.vision_transformer.Block": (("norm2", "mlp", None),
                                              ("norm1", "attn.qkv", _timm_attention_reads_only_qkv)),
-    "transformers.models.clip.modeling_clip.CLIPEncoderLayer": (("layer_norm2", "mlp", None),),
+    "transformers.models.clip.modeling_clip.CLIPEncoderLayer": (("layer_norm1", "self_attn.q_proj", _hf_qkv_packed),
+                                                                ("layer_norm2", "mlp", None)),
     "lowbit.models.clip.Block": (("ln1", "attn.qkv", None), ("ln2", "mlp", None)),  # named, not imported: no cycle
 }
 

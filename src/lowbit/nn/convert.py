@@ -26,6 +26,7 @@ from lowbit.nn.block_norms import fuse_block_norms
 from lowbit.nn.layernorm import LayerNormAlias
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
+from lowbit.nn.packed import pack_projections
 from lowbit.nn.report import CONVERTED, FUSED, NOT_FUSED, SKIPPED, ConvertReport, LayerRow  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -249,7 +250,8 @@ def convert(
     the LayerNorm in front of it where the block's class says it feeds the MLP alone (open_clip, timm, Hugging Face
     CLIP: :mod:`lowbit.nn.block_norms`; ``LayerNormMLP``, keys unchanged), and likewise the LayerNorm in front of
     the attention's in-projection (timm's ``norm1`` → ``attn.qkv``, open_clip's ``ln_1`` → its
-    ``LowbitMultiheadAttention``). Fused, the row-wise recipes (fp8-switchback,
+    ``LowbitMultiheadAttention``, Hugging Face's ``layer_norm1`` → its q/k/v); Hugging Face CLIP's ``q_proj``,
+    ``k_proj``, ``v_proj`` run as one GEMM (:mod:`lowbit.nn.packed`, keys unchanged). Fused, the row-wise recipes (fp8-switchback,
     switchback: SPEC §10's flow) quantize inside the producers — LayerNorm, bias + GELU, GELU′ — instead of in
     separate passes; compiled with CUDA graphs that measured faster on an H100 (open_clip ViT-H-14, fp8-switchback,
     MLPs fused: 1.135× bf16 against 1.114× per linear, ``model-open-clip-vit-h-14-cudagraphs-fused.md``). ``fuse``
@@ -387,7 +389,8 @@ def convert(
         return module
 
     model = visit(model, "")
-    if fuse:  # the LayerNorm in front of a fused MLP or an in-projection, in the block classes whose forward says so
+    if fuse:  # q/k/v linears of one input as one GEMM; the LayerNorm in front of a fused MLP or an in-projection, in
+        pack_projections(model, rep)  # the classes whose forward says so
         fuse_block_norms(model, rep)
     for k, v in rep.fused.items():
         logger.info("lowbit.convert: fused %s: %s → %s", k or "<root>", v, recipe.name)

@@ -19,9 +19,11 @@ from torch import nn
 
 from lowbit.functional.layernorm_linear import layernorm_linear
 from lowbit.functional.recipe import Recipe, get_recipe
+from lowbit.nn._names import class_path
 from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
+from lowbit.nn.packed import PackedLinear
 
 __all__ = ["LayerNormAlias", "LayerNormLinear", "fuse_layernorm"]
 
@@ -111,12 +113,6 @@ CASTING_LAYERNORMS = frozenset({"open_clip.transformer.LayerNorm", "open_clip.tr
                                 "timm.layers.norm.LayerNorm", "timm.layers.norm.LayerNormFp32"})
 
 
-def class_path(obj: object) -> str:
-    """``module.QualName`` of ``obj``'s class: how the known classes of other libraries are named here (matched by
-    name, so that lowbit needs none of them installed)."""
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
 def _get(root: nn.Module, fqn: str) -> tuple[nn.Module, str, nn.Module]:
     parent_fqn, _, name = fqn.rpartition(".")
     parent = root.get_submodule(parent_fqn) if parent_fqn else root
@@ -127,8 +123,9 @@ def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
     """Fuse the LayerNorm at ``norm`` (an fqn under ``root``) into the converted module at ``consumer``.
 
     ``consumer`` must be a ``LowbitLinear`` (becomes :class:`LayerNormLinear`), a :class:`~lowbit.nn.LowbitMLP`
-    (becomes :class:`~lowbit.nn.LayerNormMLP`) or a :class:`~lowbit.nn.LowbitMultiheadAttention` (normalizes its
-    ``query``: :meth:`~lowbit.nn.LowbitMultiheadAttention.fuse_norm`), and the LayerNorm's output must feed only that consumer (the caller
+    (becomes :class:`~lowbit.nn.LayerNormMLP`), a :class:`~lowbit.nn.LowbitMultiheadAttention` (normalizes its
+    ``query``: :meth:`~lowbit.nn.LowbitMultiheadAttention.fuse_norm`) or a :class:`~lowbit.nn.PackedLinear` (its
+    whole :class:`~lowbit.nn.ProjectionGroup` normalizes its input), and the LayerNorm's output must feed only that consumer (the caller
     asserts it). Returns ``None`` on success, else the reason it did not fuse (nothing is changed then).
     """
     np_, nname, ln = _get(root, norm)
@@ -140,6 +137,15 @@ def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
     if isinstance(mod, (LayerNormLinear, LayerNormMLP)) or (
             isinstance(mod, LowbitMultiheadAttention) and mod.layer_norm is not None):
         return f"{consumer} already has a LayerNorm fused in"
+    if isinstance(mod, PackedLinear):  # the whole group reads the LayerNorm's output
+        if mod.group.norm is not None:
+            return f"{consumer}'s projection group already has a LayerNorm fused in"
+        if mod.in_features != ln.normalized_shape[0]:
+            return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s in_features {mod.in_features}"
+        alias = LayerNormAlias.from_layernorm(ln, consumer)
+        mod.group.fuse_norm(alias)
+        setattr(np_, nname, alias)
+        return None
     if isinstance(mod, LowbitMultiheadAttention):
         if mod.embed_dim != ln.normalized_shape[0]:
             return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s embed_dim {mod.embed_dim}"

@@ -1,0 +1,144 @@
+"""Packed projections: q, k and v linears that read one input run as one GEMM (``convert(..., fuse=True)``).
+
+Hugging Face's ``CLIPAttention`` keeps ``q_proj``, ``k_proj`` and ``v_proj`` as three ``nn.Linear`` and calls each on
+the same ``hidden_states``: three GEMMs of ``E → E``, three quantize passes over the same input and, in the
+backward, three dgrad GEMMs whose outputs are added. :func:`pack_projections` makes them one
+:class:`ProjectionGroup`: the first of the three called with a tensor runs ``linear(x, cat(Wq, Wk, Wv), cat(bq, bk,
+bv))`` (one ``E → 3E`` GEMM, one quantize of ``x``, one dgrad GEMM with K = 3E) and keeps the other two slices for the
+calls that follow with the *same* tensor (checked by identity). The first member packs (the listed classes call
+``q_proj`` first); any other call without a kept slice — cross-attention's keys and values — drops what was kept
+and computes its own slice of the weight: always correct, only slower, and nothing is kept past the forward. The modules stay where the
+model has them (:class:`PackedLinear`, an ``nn.Linear`` with the same parameters), so keys, ``parameters()`` and
+``unconvert`` are unchanged. Kept slices live only between the calls of one forward: the last call takes them out.
+
+Numerics: the recipes scale the weight per tensor, so the packed weight has one scale where the three had one each
+(as open_clip's and timm's packed in-projections always have); in float formats (fp8) that changes nothing but
+underflow, in int8 the projection whose weights are smaller keeps fewer levels.
+
+A LayerNorm whose output feeds the group alone (Hugging Face's ``layer_norm1``; :mod:`lowbit.nn.block_norms`) can be
+fused in (:meth:`ProjectionGroup.fuse_norm`): every call then normalizes its input in the quantizing pass.
+
+Packing is valid only where the class's ``forward`` calls the three on its input and nothing else reads the
+results in between: :data:`PACKED_PROJECTIONS` lists the classes whose ``forward`` was read.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.functional.layernorm_linear import layernorm_linear
+from lowbit.functional.linear import linear
+from lowbit.nn._names import class_path
+from lowbit.nn.linear import LowbitLinear
+from lowbit.nn.report import FUSED, NOT_FUSED, ConvertReport
+
+__all__ = ["PACKED_PROJECTIONS", "PackedLinear", "ProjectionGroup", "pack_projections"]
+
+# attention class -> the names of its linears that read the same input (transformers 4.5x and 5: CLIPAttention.forward
+# calls q_proj, k_proj and v_proj on hidden_states, then reshapes each)
+PACKED_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "transformers.models.clip.modeling_clip.CLIPAttention": ("q_proj", "k_proj", "v_proj"),
+}
+
+
+class ProjectionGroup:
+    """Linears reading one input, run as one GEMM over their concatenated weights (not a module: holds no state
+    that a checkpoint would see; the members refer to it)."""
+
+    def __init__(self, members: list[LowbitLinear]) -> None:
+        self.members = members
+        self.norm: nn.LayerNorm | None = None
+        self._kept: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
+
+    def fuse_norm(self, norm: nn.LayerNorm) -> None:
+        """Normalize every member's input with ``norm`` in the quantizing pass (the caller makes ``norm`` itself the
+        identity and asserts that its output feeds these members alone)."""
+        if tuple(norm.normalized_shape) != (self.members[0].in_features,):
+            raise ValueError(f"ProjectionGroup.fuse_norm: the LayerNorm normalizes {tuple(norm.normalized_shape)}, "
+                             f"not the projections' in_features ({self.members[0].in_features},)")
+        self.norm = norm
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe) -> torch.Tensor:
+        ln = self.norm
+        if ln is None:
+            return linear(x, weight, bias, recipe)
+        return layernorm_linear(x, ln.weight, ln.bias, weight, bias, recipe, ln.eps)
+
+    def project(self, x: torch.Tensor, slot: int) -> torch.Tensor:
+        """Member ``slot``'s output for input ``x``: a slice kept from this forward's packed GEMM on ``x``; for the
+        first member a new packed GEMM whose other slices are kept; for the others their own slice of the weight."""
+        kept, members = self._kept, self.members
+        if kept is not None:
+            if kept[0] is x and slot in kept[1]:
+                out = kept[1].pop(slot)
+                if not kept[1]:
+                    self._kept = None  # the last member took its slice: nothing outlives the forward
+                return out
+            self._kept = None  # another input (cross-attention): drop the slices, this member computes its own
+        recipe = members[slot].recipe
+        if slot != 0 or any(m.recipe.name != recipe.name for m in members):  # (or re-converted apart)
+            m = members[slot]
+            return self._linear(x, m.weight, m.bias, m.recipe)
+        weight = torch.cat([m.weight for m in members])
+        bias = torch.cat([m.bias for m in members]) if members[0].bias is not None else None
+        outs = self._linear(x, weight, bias, recipe).split([m.out_features for m in members], dim=-1)
+        self._kept = (x, {i: o for i, o in enumerate(outs) if i != slot})
+        return outs[slot]
+
+
+class PackedLinear(LowbitLinear):
+    """A member of a :class:`ProjectionGroup`: an ``nn.Linear`` (same parameters, same keys) whose forward is its slice
+    of the group's packed GEMM."""
+
+    group: ProjectionGroup
+    slot: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group.project(x, self.slot)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, packed: slice {self.slot} of {len(self.group.members)}"
+
+
+def _why_not(members: list[nn.Module]) -> str | None:
+    if not all(isinstance(m, LowbitLinear) and type(m) in (LowbitLinear, PackedLinear) for m in members):
+        kinds = ", ".join(type(m).__name__ for m in members)
+        return f"not all converted to plain LowbitLinear ({kinds})"
+    first = members[0]
+    if len({m.recipe.name for m in members}) > 1:
+        return "recipes differ: " + ", ".join(m.recipe.name for m in members)
+    if any(m.in_features != first.in_features for m in members):
+        return "in_features differ"
+    if len({m.bias is None for m in members}) > 1:
+        return "some have a bias and some not"
+    if len({(m.weight.dtype, m.weight.device) for m in members}) > 1:
+        return "weights of different dtypes or devices"
+    return None
+
+
+def pack_projections(model: nn.Module, report: ConvertReport | None) -> int:
+    """Pack the projections of every module of a class in :data:`PACKED_PROJECTIONS` whose members all converted
+    alike; returns how many groups were made. Each attempt goes to ``report`` (fused, or not fused and why)."""
+    packed = 0
+    for fqn, module in list(model.named_modules()):
+        names = PACKED_PROJECTIONS.get(class_path(module))
+        if names is None:
+            continue
+        members = [getattr(module, n, None) for n in names]
+        key = ", ".join(f"{fqn}.{n}" if fqn else n for n in names)
+        if all(isinstance(m, PackedLinear) for m in members) and len({id(m.group) for m in members}) == 1:
+            continue  # packed by an earlier convert
+        why = _why_not(members)
+        if why is None:
+            group = ProjectionGroup([])
+            for slot, (name, m) in enumerate(zip(names, members, strict=True)):
+                new = PackedLinear.from_linear(m, m.recipe)
+                new.group, new.slot = group, slot
+                group.members.append(new)
+                setattr(module, name, new)
+            packed += 1
+        if report is not None:
+            report.record(key, "packed projections", "", FUSED if why is None else NOT_FUSED,
+                          f"{' + '.join(names)} as one GEMM over their concatenated weights" if why is None else why)
+    return packed

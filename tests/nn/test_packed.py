@@ -1,0 +1,173 @@
+"""Packed projections (lowbit.nn.packed): Hugging Face CLIP's q/k/v as one GEMM under convert(fuse=True), with
+layer_norm1 fused in; the group's reuse by identity, its fallbacks, compile (fullgraph) and unconvert."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.nn import LayerNormAlias, PackedLinear, ProjectionGroup, convert_report, unconvert
+from lowbit.nn import packed as packed_mod
+from lowbit.nn.compile import repeated_blocks
+
+
+def _everything(fqn: str, m: nn.Module) -> bool:
+    return True
+
+
+def _group(recipe: str = "bf16", e: int = 16, bias: bool = True) -> tuple[list[nn.Linear], ProjectionGroup]:
+    torch.manual_seed(0)
+    plain = [nn.Linear(e, e, bias=bias) for _ in range(3)]
+    group = ProjectionGroup([])
+    for slot, m in enumerate(plain):
+        new = PackedLinear.from_linear(m, recipe)
+        new.group, new.slot = group, slot
+        group.members.append(new)
+    return plain, group
+
+
+def _count_linears(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = packed_mod.linear
+    monkeypatch.setattr(packed_mod, "linear", lambda x, w, *a, **k: calls.append(w.shape[0]) or real(x, w, *a, **k))
+    return calls
+
+
+def test_one_gemm_for_three_calls_on_one_tensor(monkeypatch) -> None:
+    """q, k, v called on one tensor: one E -> 3E matmul, each member's output its nn.Linear's (float32 rounding),
+    and nothing kept after the third call."""
+    calls = _count_linears(monkeypatch)
+    plain, group = _group()
+    x = torch.randn(2, 5, 16)
+    outs = [m(x) for m in group.members]
+    assert calls == [48] and group._kept is None
+    for got, p in zip(outs, plain, strict=True):
+        torch.testing.assert_close(got, p(x), rtol=1e-5, atol=1e-6)
+
+
+def test_another_input_drops_the_kept_slices_and_computes_its_own(monkeypatch) -> None:
+    """Cross-attention (k and v on another tensor): correct outputs; the kept slices of the first tensor are dropped
+    at the first call with another input, so nothing outlives the forward. A member other than the first, called
+    without a kept slice, computes its own slice (so no later call finds stale slices)."""
+    calls = _count_linears(monkeypatch)
+    plain, group = _group()
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    q, k, v = group.members[0](x), group.members[1](y), group.members[2](y)
+    assert calls == [48, 16, 16] and group._kept is None
+    for got, p, inp in zip((q, k, v), plain, (x, y, y), strict=True):
+        torch.testing.assert_close(got, p(inp), rtol=1e-5, atol=1e-6)
+    calls.clear()
+    k, q = group.members[1](x), group.members[0](x)  # k before q: its own slice, then q packs
+    assert calls == [16, 48]
+    torch.testing.assert_close(k, plain[1](x), rtol=1e-5, atol=1e-6)
+
+
+def test_members_with_different_recipes_run_apart(monkeypatch) -> None:
+    calls = _count_linears(monkeypatch)
+    plain, group = _group("switchback-sim")
+    group.members[1].recipe = lowbit.functional.get_recipe("bf16")  # e.g. re-converted with a filter rejecting it
+    x = torch.randn(4, 16)
+    outs = [m(x) for m in group.members]
+    assert calls == [16, 16, 16]
+    torch.testing.assert_close(outs[1], plain[1](x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["switchback-sim", "fp8-switchback-sim"])
+def test_gradients_reach_each_member_within_the_recipes_error(recipe: str) -> None:
+    """Backward through the packed GEMM: each member's weight, bias and the input get their gradient (the recipe's
+    quantized dgrad, so within its error of nn.Linear's; the wgrad is 16-bit, exact to rounding)."""
+    plain, group = _group(recipe)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    xp = x.detach().clone().requires_grad_(True)
+    g = [torch.randn(3, 5, 16) for _ in range(3)]
+    sum((m(x) * gi).sum() for m, gi in zip(group.members, g, strict=True)).backward()
+    sum((p(xp) * gi).sum() for p, gi in zip(plain, g, strict=True)).backward()
+    bound = 0.03 if recipe.startswith("switchback") else 0.15  # int8 / e5m2 x e4m3 dgrad (test_linear.py's bounds)
+    assert float((x.grad - xp.grad).norm() / xp.grad.norm()) < bound
+    for m, p in zip(group.members, plain, strict=True):
+        torch.testing.assert_close(m.bias.grad, p.bias.grad, rtol=1e-5, atol=1e-5)
+        assert float((m.weight.grad - p.weight.grad).norm() / p.weight.grad.norm()) < bound
+
+
+def test_fuse_norm_checks_its_width() -> None:
+    _, group = _group()
+    with pytest.raises(ValueError, match=r"normalizes \(8,\), not the projections' in_features \(16,\)"):
+        group.fuse_norm(nn.LayerNorm(8))
+
+
+# ---- Hugging Face CLIP, converted with fuse=True -------------------------------------------------------------------
+def _hf_clip(transformers) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(transformers.CLIPConfig(
+        text_config=dict(vocab_size=100, max_position_embeddings=8, **small), projection_dim=16,
+        vision_config=dict(image_size=28, patch_size=14, **small)))
+    g = torch.Generator().manual_seed(1)
+    return model, {"pixel_values": torch.randn(2, 3, 28, 28, generator=g),
+                   "input_ids": torch.randint(1, 100, (2, 8), generator=g)}
+
+
+def test_hf_clip_packs_each_attention_and_fuses_layer_norm1(third_party, monkeypatch) -> None:
+    """Per CLIPAttention one group of q/k/v (state_dict keys unchanged), layer_norm1 an identity alias whose
+    normalization the group applies, one packed matmul per attention call, nothing kept after the forward; unconvert
+    gives back nn.Linear and nn.LayerNorm with the plain model's outputs."""
+    transformers = third_party("transformers")
+    plain, inputs = _hf_clip(transformers)
+    plain.eval()
+    model = lowbit.convert(copy.deepcopy(plain), "bf16", _everything, fuse=True)
+    assert list(model.state_dict()) == list(plain.state_dict())
+    attns = [m for m in model.modules() if type(m).__name__ == "CLIPAttention"]
+    assert len(attns) == 4
+    for a in attns:
+        members = [a.q_proj, a.k_proj, a.v_proj]
+        assert all(type(m) is PackedLinear for m in members) and len({id(m.group) for m in members}) == 1
+        assert isinstance(a.q_proj.group.norm, LayerNormAlias)
+    rep = convert_report(model)
+    assert sum(r == "q_proj + k_proj + v_proj as one GEMM over their concatenated weights"
+               for r in rep.fused.values()) == 4
+    calls = _count_linears(monkeypatch)
+    layernorm_calls: list[int] = []
+    real_ln = packed_mod.layernorm_linear
+    monkeypatch.setattr(packed_mod, "layernorm_linear",
+                        lambda x, lw, lb, w, *a, **k: layernorm_calls.append(w.shape[0]) or real_ln(x, lw, lb, w, *a, **k))
+    with torch.no_grad():
+        got, want = model(**inputs), plain(**inputs)
+    assert calls == [] and layernorm_calls == [96] * 4  # one packed LayerNorm + GEMM per attention
+    assert all(a.q_proj.group._kept is None for a in attns)
+    torch.testing.assert_close(got.logits_per_image, want.logits_per_image, rtol=1e-5, atol=1e-5)
+    back = unconvert(model)
+    assert [type(m) for m in back.modules()] == [type(m) for m in plain.modules()]
+    with torch.no_grad():
+        assert torch.equal(back(**inputs).logits_per_image, want.logits_per_image)
+
+
+def test_hf_clip_packed_compiles_whole_and_matches_eager(third_party) -> None:
+    """Each CLIPEncoderLayer compiled with fullgraph=True (the kept slices are attribute writes dynamo replays; no
+    graph break) gives eager's outputs and gradients, fp8-switchback under bf16 autocast."""
+    transformers = third_party("transformers")
+
+    def build() -> nn.Module:
+        model, _ = _hf_clip(transformers)
+        return lowbit.convert(model, "fp8-switchback", _everything, fuse=True).train()
+
+    _, inputs = _hf_clip(transformers)
+    eager, compiled = build(), build()
+    blocks = repeated_blocks(compiled)
+    assert blocks and all(type(b).__name__ == "CLIPEncoderLayer" for b in blocks)
+    for block in blocks:
+        block.compile(backend="aot_eager", fullgraph=True)
+    outs = []
+    for model in (eager, compiled):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(**inputs, return_loss=True)
+        out.loss.backward()
+        outs.append(out.logits_per_image.float())
+        assert all(m.group._kept is None for m in model.modules() if isinstance(m, PackedLinear))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
