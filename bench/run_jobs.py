@@ -460,6 +460,13 @@ JOBS: list[Job] = [
         "--no-anchors --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --out $DIR",
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused.md", "model-timm-vit-h-14-cudagraphs-fused.json"),
         "3acd201", 280, SESSION12, needs="timm", note="carry .whl/ with timm"),
+    Job("model-hf-clip-vit-h-14-cudagraphs-packed", "Hugging Face CLIPModel at ViT-H widths (b64) with CUDA graphs: bf16 "
+        "and fp8-switchback with convert(fuse=True) alone (q/k/v packed with layer_norm1, CLIPMLP with layer_norm2): "
+        "the two rows that fit a short device call",
+        f"{LOWBIT} bench model --model 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe bf16 fp8-switchback:fused "
+        "--compile --cudagraphs --no-anchors --out $DIR",
+        _renamed("model", "model-hf-clip-vit-h-14-cudagraphs-packed.md", "model-hf-clip-vit-h-14-cudagraphs-packed.json"),
+        "", 200, "not measured yet", note="transformers is in the device image"),
     Job("model-hf-clip-vit-h-14-cudagraphs-fused", "issue #29 on the H100: Hugging Face CLIPModel at ViT-H widths (b64) "
         "with CUDA graphs, per linear and convert(fuse=True): each CLIPMLP with layer_norm2, q/k/v as one packed GEMM "
         "with layer_norm1 (lowbit.nn.packed)",
