@@ -171,3 +171,14 @@ def test_hf_clip_packed_compiles_whole_and_matches_eager(third_party) -> None:
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_copy_gets_its_own_group() -> None:
+    """deepcopy (and torch.save of the module) copies the group once: the copy's members share a new group that
+    refers to them, not to the original's members."""
+    plain, group = _group()
+    copied = copy.deepcopy(nn.ModuleList(group.members))
+    assert copied[0].group is copied[2].group and copied[0].group is not group
+    assert all(a is b for a, b in zip(copied[0].group.members, copied, strict=True))
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(copied[1](x), plain[1](x), rtol=1e-5, atol=1e-6)
