@@ -107,6 +107,15 @@ def _open_clip_graphs(suffix: str, what: str, recipes: str, commit: str, timeout
                _renamed("model", f"{name}.md", f"{name}.json"), commit, timeout, origin, needs="open_clip", note=note)
 
 
+def _hf_graphs(suffix: str, what: str, recipes: str, timeout: int) -> Job:
+    """Hugging Face ``CLIPModel`` at ViT-H widths, batch 64, blocks compiled with CUDA graphs, ``recipes`` side by
+    side: ``model-hf-clip-vit-h-14-cudagraphs-<suffix>.md|json`` (not measured yet)."""
+    name = f"model-hf-clip-vit-h-14-cudagraphs-{suffix}"
+    return Job(name, what, f"{LOWBIT} bench model --model 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe {recipes} "
+               "--compile --cudagraphs --no-anchors --out $DIR", _renamed("model", f"{name}.md", f"{name}.json"), "",
+               timeout, "not measured yet", note="transformers is in the device image")
+
+
 def _step_layers_auto(preset: str, batch: int, limit: int, what: str) -> Job:
     """``bench step --layers auto`` under CUDA graphs for bf16 and the three 8-bit recipes (issue #28's rows)."""
     name = f"step-{preset}-layers-auto"
@@ -460,20 +469,13 @@ JOBS: list[Job] = [
         "--no-anchors --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --out $DIR",
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused.md", "model-timm-vit-h-14-cudagraphs-fused.json"),
         "3acd201", 280, SESSION12, needs="timm", note="carry .whl/ with timm"),
-    Job("model-hf-clip-vit-h-14-cudagraphs-packed", "Hugging Face CLIPModel at ViT-H widths (b64) with CUDA graphs: bf16 "
-        "and fp8-switchback with convert(fuse=True) alone (q/k/v packed with layer_norm1, CLIPMLP with layer_norm2): "
-        "the two rows that fit a short device call",
-        f"{LOWBIT} bench model --model 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe bf16 fp8-switchback:fused "
-        "--compile --cudagraphs --no-anchors --out $DIR",
-        _renamed("model", "model-hf-clip-vit-h-14-cudagraphs-packed.md", "model-hf-clip-vit-h-14-cudagraphs-packed.json"),
-        "", 200, "not measured yet", note="transformers is in the device image"),
-    Job("model-hf-clip-vit-h-14-cudagraphs-fused", "issue #29 on the H100: Hugging Face CLIPModel at ViT-H widths (b64) "
-        "with CUDA graphs, per linear and convert(fuse=True): each CLIPMLP with layer_norm2, q/k/v as one packed GEMM "
-        "with layer_norm1 (lowbit.nn.packed)",
-        f"{LOWBIT} bench model --model 'hf:clip:{HF_CLIP_H}' --batch-size 64 --recipe bf16 fp8-switchback "
-        "fp8-switchback:fused switchback switchback:fused --compile --cudagraphs --no-anchors --out $DIR",
-        _renamed("model", "model-hf-clip-vit-h-14-cudagraphs-fused.md", "model-hf-clip-vit-h-14-cudagraphs-fused.json"),
-        "", 420, "not measured yet", note="transformers is in the device image"),
+    _hf_graphs("packed", "Hugging Face CLIPModel at ViT-H widths (b64) with CUDA graphs: bf16 and fp8-switchback with "
+               "convert(fuse=True) alone (q/k/v packed with layer_norm1, CLIPMLP with layer_norm2): the two rows that "
+               "fit a short device call", "bf16 fp8-switchback:fused", 200),
+    _hf_graphs("fused", "issue #29 on the H100: Hugging Face CLIPModel at ViT-H widths (b64) with CUDA graphs, per "
+               "linear and convert(fuse=True): each CLIPMLP with layer_norm2, q/k/v as one packed GEMM with "
+               "layer_norm1 (lowbit.nn.packed)", "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused",
+               420),
     Job("step-vit-h-14-fused-graphs", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, per linear "
         "and fused (convert_clip(fuse=True): ln1 -> qkv, ln2 -> MLP in the producers), after the fused MLP gained on "
         "open_clip",
