@@ -182,3 +182,26 @@ def test_a_copy_gets_its_own_group() -> None:
     assert all(a is b for a, b in zip(copied[0].group.members, copied, strict=True))
     x = torch.randn(3, 16)
     torch.testing.assert_close(copied[1](x), plain[1](x), rtol=1e-5, atol=1e-6)
+
+
+def test_hf_vit_packs_and_fuses_both_layernorms(third_party) -> None:
+    """transformers 5's ViT (ViTAttention with q/k/v, ViTLayer's layernorm_before -> attention, layernorm_after ->
+    ViTMLP): packed and fused, outputs float32-exact unquantized; transformers 4's ViT (split MLP, ViTSelfAttention)
+    has nothing of this to fuse."""
+    transformers = third_party("transformers")
+    torch.manual_seed(0)
+    plain = transformers.ViTModel(transformers.ViTConfig(image_size=28, patch_size=14, hidden_size=32,
+                                                         intermediate_size=64, num_hidden_layers=2,
+                                                         num_attention_heads=2)).eval()
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    model = lowbit.convert(copy.deepcopy(plain), "bf16", _everything, fuse=True)
+    fused = sorted(k for k, r in convert_report(model).fused.items() if "LayerNorm fused" in r)
+    if transformers.__version__.startswith("4."):
+        assert fused == [] and not any(isinstance(m, PackedLinear) for m in model.modules())
+        return
+    assert fused == sorted(f"layers.{i}.{n}" for i in (0, 1) for n in (
+        f"layernorm_before → layers.{i}.attention.q_proj", f"layernorm_after → layers.{i}.mlp"))
+    assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 6
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=pixels).last_hidden_state,
+                                   plain(pixel_values=pixels).last_hidden_state, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,8 @@ read (open_clip 3.3, timm 1.0, transformers 4.5x / 5), the (LayerNorm, consumer)
 * Hugging Face ``CLIPEncoderLayer``: ``layer_norm2`` feeds ``mlp``; ``layer_norm1`` feeds ``self_attn``, whose
   ``CLIPAttention.forward`` reads its input for its shape and ``q_proj``, ``k_proj``, ``v_proj``: fused only where
   those three are one :class:`~lowbit.nn.ProjectionGroup` (:mod:`lowbit.nn.packed`), which then normalizes it.
+* Hugging Face ``ViTLayer`` (transformers 5): ``layernorm_before`` feeds ``attention`` (``ViTAttention``, read as
+  ``CLIPAttention``: q/k/v packed) and ``layernorm_after`` feeds ``mlp`` alone.
 * lowbit's own CLIP ``Block`` (:mod:`lowbit.models.clip`): ``ln1`` feeds ``attn.qkv`` alone, ``ln2`` ``mlp``.
 
 A subclass of a listed block, or a block whose consumer did not convert, keeps its LayerNorm; the report says why.
@@ -29,7 +31,7 @@ from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.layernorm import LayerNormAlias, fuse_layernorm
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LowbitMLP
-from lowbit.nn.packed import PackedLinear
+from lowbit.nn.packed import PACKED_PROJECTIONS, PackedLinear
 from lowbit.nn.report import FUSED, NOT_FUSED, ConvertReport
 
 __all__ = ["BLOCK_NORMS", "block_norm_pairs", "fuse_block_norms"]
@@ -48,14 +50,21 @@ def _timm_attention_reads_only_qkv(block: nn.Module) -> str | None:
     return None
 
 
-def _hf_qkv_packed(block: nn.Module) -> str | None:
-    attn = getattr(block, "self_attn", None)
-    if class_path(attn) != "transformers.models.clip.modeling_clip.CLIPAttention":
-        return f"self_attn is {class_path(attn)}, not CLIPAttention (whose forward was read)"
-    projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
-    if not all(isinstance(p, PackedLinear) for p in projs) or len({id(p.group) for p in projs}) > 1:
-        return "q_proj, k_proj and v_proj are not one packed group (layer_norm1 feeds all three)"
-    return None
+def _packed(attr: str) -> Callable[[nn.Module], str | None]:
+    """The check for a LayerNorm that feeds ``block.<attr>``, an attention class of :data:`PACKED_PROJECTIONS`
+    (whose forward reads its input for its shape and its projections): fused only where those are one group."""
+
+    def check(block: nn.Module) -> str | None:
+        attn = getattr(block, attr, None)
+        names = PACKED_PROJECTIONS.get(class_path(attn))
+        if names is None:
+            return f"{attr} is {class_path(attn)}, not an attention class whose forward was read"
+        projs = [getattr(attn, n, None) for n in names]
+        if not all(isinstance(p, PackedLinear) for p in projs) or len({id(p.group) for p in projs}) > 1:
+            return f"{', '.join(names)} are not one packed group (the LayerNorm feeds all of them)"
+        return None
+
+    return check
 
 
 # block class -> ((LayerNorm, consumer, extra check or None), ...): the pairs where the LayerNorm feeds only that consumer
@@ -63,8 +72,11 @@ BLOCK_NORMS: dict[str, tuple[tuple[str, str, Callable[[nn.Module], str | None] |
     "open_clip.transformer.ResidualAttentionBlock": (("ln_1", "attn", None), ("ln_2", "mlp", None)),
     "timm.models.vision_transformer.Block": (("norm2", "mlp", None),
                                              ("norm1", "attn.qkv", _timm_attention_reads_only_qkv)),
-    "transformers.models.clip.modeling_clip.CLIPEncoderLayer": (("layer_norm1", "self_attn.q_proj", _hf_qkv_packed),
+    "transformers.models.clip.modeling_clip.CLIPEncoderLayer": (("layer_norm1", "self_attn.q_proj", _packed("self_attn")),
                                                                 ("layer_norm2", "mlp", None)),
+    # transformers 5 (4.x's ViTLayer has neither attention.q_proj nor mlp: nothing there to fuse)
+    "transformers.models.vit.modeling_vit.ViTLayer": (("layernorm_before", "attention.q_proj", _packed("attention")),
+                                                      ("layernorm_after", "mlp", None)),
     "lowbit.models.clip.Block": (("ln1", "attn.qkv", None), ("ln2", "mlp", None)),  # named, not imported: no cycle
 }
 

@@ -1,15 +1,16 @@
 """Packed projections: q, k and v linears that read one input run as one GEMM (``convert(..., fuse=True)``).
 
-Hugging Face's ``CLIPAttention`` keeps ``q_proj``, ``k_proj`` and ``v_proj`` as three ``nn.Linear`` and calls each on
-the same ``hidden_states``: three GEMMs of ``E → E``, three quantize passes over the same input and, in the
-backward, three dgrad GEMMs whose outputs are added. :func:`pack_projections` makes them one
-:class:`ProjectionGroup`: the first of the three called with a tensor runs ``linear(x, cat(Wq, Wk, Wv), cat(bq, bk,
-bv))`` (one ``E → 3E`` GEMM, one quantize of ``x``, one dgrad GEMM with K = 3E) and keeps the other two slices for the
-calls that follow with the *same* tensor (checked by identity). The first member packs (the listed classes call
-``q_proj`` first); any other call without a kept slice — cross-attention's keys and values — drops what was kept
-and computes its own slice of the weight: always correct, only slower, and nothing is kept past the forward. The modules stay where the
-model has them (:class:`PackedLinear`, an ``nn.Linear`` with the same parameters), so keys, ``parameters()`` and
-``unconvert`` are unchanged. Kept slices live only between the calls of one forward: the last call takes them out.
+Hugging Face's ``CLIPAttention`` (and ``ViTAttention`` since transformers 5) keeps ``q_proj``, ``k_proj`` and
+``v_proj`` as three ``nn.Linear`` and calls each on the same ``hidden_states``: three GEMMs of ``E → E``, three
+quantize passes over the same input and, in the backward, three dgrad GEMMs whose outputs are added.
+:func:`pack_projections` makes them one :class:`ProjectionGroup`: the first of the three called with a tensor runs
+``linear(x, cat(Wq, Wk, Wv), cat(bq, bk, bv))`` (one ``E → 3E`` GEMM, one quantize of ``x``, one dgrad GEMM with
+K = 3E) and keeps the other two slices for the calls that follow with the *same* tensor (checked by identity). The
+first member packs (the listed classes call ``q_proj`` first); any other call without a kept slice —
+cross-attention's keys and values — drops what was kept and computes its own slice of the weight: always correct,
+only slower, and nothing is kept past the forward. The modules stay where the model has them
+(:class:`PackedLinear`, an ``nn.Linear`` with the same parameters), so keys, ``parameters()`` and ``unconvert`` are
+unchanged.
 
 Numerics: the recipes scale the weight per tensor, so the packed weight has one scale where the three had one each
 (as open_clip's and timm's packed in-projections always have); in float formats (fp8) that changes nothing but
@@ -35,10 +36,11 @@ from lowbit.nn.report import FUSED, NOT_FUSED, ConvertReport
 
 __all__ = ["PACKED_PROJECTIONS", "PackedLinear", "ProjectionGroup", "pack_projections"]
 
-# attention class -> the names of its linears that read the same input (transformers 4.5x and 5: CLIPAttention.forward
-# calls q_proj, k_proj and v_proj on hidden_states, then reshapes each)
+# attention class -> the names of its linears that read the same input, the first called first (CLIPAttention in
+# transformers 4.5x and 5, ViTAttention in 5: forward calls q_proj, k_proj, v_proj on hidden_states, then reshapes each)
 PACKED_PROJECTIONS: dict[str, tuple[str, ...]] = {
     "transformers.models.clip.modeling_clip.CLIPAttention": ("q_proj", "k_proj", "v_proj"),
+    "transformers.models.vit.modeling_vit.ViTAttention": ("q_proj", "k_proj", "v_proj"),
 }
 
 
@@ -126,6 +128,8 @@ def pack_projections(model: nn.Module, report: ConvertReport | None) -> int:
         if names is None:
             continue
         members = [getattr(module, n, None) for n in names]
+        if any(m is None for m in members):  # the same class name in another library version, built otherwise
+            continue
         key = ", ".join(f"{fqn}.{n}" if fqn else n for n in names)
         if all(isinstance(m, PackedLinear) for m in members) and len({id(m.group) for m in members}) == 1:
             continue  # packed by an earlier convert
