@@ -129,6 +129,7 @@ def test_hf_clip_packs_each_attention_and_fuses_layer_norm1(third_party, monkeyp
     rep = convert_report(model)
     assert sum(r == "q_proj + k_proj + v_proj as one GEMM over their concatenated weights"
                for r in rep.fused.values()) == 4
+    assert "vision_model.encoder.layers.1.self_attn.q_proj+k_proj+v_proj" in rep.fused  # one short row per group
     calls = _count_linears(monkeypatch)
     layernorm_calls: list[int] = []
     real_ln = packed_mod.layernorm_linear

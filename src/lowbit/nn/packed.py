@@ -130,7 +130,7 @@ def pack_projections(model: nn.Module, report: ConvertReport | None) -> int:
         members = [getattr(module, n, None) for n in names]
         if any(m is None for m in members):  # the same class name in another library version, built otherwise
             continue
-        key = ", ".join(f"{fqn}.{n}" if fqn else n for n in names)
+        key = f"{fqn}.{'+'.join(names)}" if fqn else "+".join(names)  # e.g. "….self_attn.q_proj+k_proj+v_proj"
         if all(isinstance(m, PackedLinear) for m in members) and len({id(m.group) for m in members}) == 1:
             continue  # packed by an earlier convert
         why = _why_not(members)
