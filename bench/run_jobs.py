@@ -483,6 +483,10 @@ JOBS: list[Job] = [
         "--recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto --out $DIR",
         _renamed("step", "step-vit-h-14-fused-graphs.md", "step-vit-h-14-fused-graphs.json"), "3acd201", 420,
         SESSION12),
+    Job("gpu-tests-packed", "Hugging Face CLIP with q/k/v packed and layer_norm1 fused, each block compiled with CUDA "
+        "graphs (fullgraph): trains, nothing kept past a replay, logits within the recipe's error of bf16",
+        f"{GPU_TESTS} {PYTEST} -rf tests/nn/test_packed.py -k cuda", {"gpu-tests-packed.txt": "log"}, "", 180,
+        "not measured yet", note="transformers is in the device image"),
     Job("gpu-tests-rows-colsum", "the per-linear backward's dY codes and bias gradient from one quantize_rows_colsum "
         "pass on CUDA: the same dgrad and wgrad as a separate row quantizer, the bias gradient within float32 "
         "summation order", f"{GPU_TESTS} {PYTEST} -rf tests/functional/test_linear.py -k one_pass",

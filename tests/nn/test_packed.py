@@ -206,3 +206,33 @@ def test_hf_vit_packs_and_fuses_both_layernorms(third_party) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=pixels).last_hidden_state,
                                    plain(pixel_values=pixels).last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the GPU host)")
+@pytest.mark.parametrize("recipe", ["fp8-switchback", "switchback"])
+def test_hf_clip_packed_under_cuda_graphs(recipe: str, third_party) -> None:
+    """On the GPU, each CLIPEncoderLayer compiled with CUDA graphs (mode="reduce-overhead", fullgraph=True): the
+    packed, LayerNorm-fused conversion trains (finite loss, a gradient on every q/k/v weight and LayerNorm), nothing
+    kept past a replayed step, and its logits within the recipe's error of the plain bf16 model's."""
+    transformers = third_party("transformers")
+    plain, inputs = _hf_clip(transformers)
+    plain = plain.cuda().train()
+    inputs = {k: v.cuda() for k, v in inputs.items()}
+    model = lowbit.convert(copy.deepcopy(plain), recipe, _everything, fuse=True)
+    assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 12
+    for block in repeated_blocks(model):
+        block.compile(mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # warm-up, record, replay
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(**inputs, return_loss=True)
+        model.zero_grad(set_to_none=True)
+        out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(m.group._kept is None for m in model.modules() if isinstance(m, PackedLinear))
+    for name, p in model.named_parameters():
+        if "q_proj" in name or "k_proj" in name or "v_proj" in name or "layer_norm1" in name:
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        want = plain(**inputs).logits_per_image.float()
+        got = model(**inputs).logits_per_image.float().clone()
+    assert float((got - want).norm() / want.norm()) < 0.15 * 9**0.5  # e5m2's per-layer bound, 9 layers in series
