@@ -125,8 +125,9 @@ def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
     ``consumer`` must be a ``LowbitLinear`` (becomes :class:`LayerNormLinear`), a :class:`~lowbit.nn.LowbitMLP`
     (becomes :class:`~lowbit.nn.LayerNormMLP`), a :class:`~lowbit.nn.LowbitMultiheadAttention` (normalizes its
     ``query``: :meth:`~lowbit.nn.LowbitMultiheadAttention.fuse_norm`) or a :class:`~lowbit.nn.PackedLinear` (its
-    whole :class:`~lowbit.nn.ProjectionGroup` normalizes its input), and the LayerNorm's output must feed only that consumer (the caller
-    asserts it). Returns ``None`` on success, else the reason it did not fuse (nothing is changed then).
+    whole :class:`~lowbit.nn.ProjectionGroup` normalizes its input), and the LayerNorm's output must feed only that
+    consumer (the caller asserts it). Returns ``None`` on success, else the reason it did not fuse (nothing is
+    changed then).
     """
     np_, nname, ln = _get(root, norm)
     cp, cname, mod = _get(root, consumer)
