@@ -252,10 +252,11 @@ def convert(
     the attention's in-projection (timm's ``norm1`` → ``attn.qkv``, open_clip's ``ln_1`` → its
     ``LowbitMultiheadAttention``, Hugging Face's ``layer_norm1`` → its q/k/v); Hugging Face CLIP's (and
     transformers 5 ViT's) ``q_proj``, ``k_proj``, ``v_proj`` run as one GEMM (:mod:`lowbit.nn.packed`, keys
-    unchanged). Fused, the row-wise recipes (fp8-switchback, switchback: SPEC §10's flow) quantize inside the producers — LayerNorm, bias + GELU, GELU′ — instead of in
-    separate passes; compiled with CUDA graphs that measured faster on an H100 (open_clip ViT-H-14, fp8-switchback,
-    MLPs fused: 1.135× bf16 against 1.114× per linear, ``model-open-clip-vit-h-14-cudagraphs-fused.md``). ``fuse``
-    stays off by default: eager, the fused CLIP step ran slower than per linear at ViT-L and ViT-B widths
+    unchanged). Fused, the row-wise recipes (fp8-switchback, switchback: SPEC §10's flow) quantize inside the
+    producers — LayerNorm, bias + GELU, GELU′ — instead of in separate passes; compiled with CUDA graphs that
+    measured faster on an H100, by a little (open_clip ViT-H-14, fp8-switchback, MLPs and LayerNorms fused: 1.140×
+    bf16 against 1.133× per linear, ``model-open-clip-vit-h-14-cudagraphs-fused-ln.md``). ``fuse`` stays off by
+    default: eager, the fused CLIP step ran slower than per linear at ViT-L and ViT-B widths
     (``bench/results/h100/step-*-fused.md``), and under ``torch.compile`` recipes outside the row-wise flow compute
     the per-linear composition anyway (their fused function's Triton launches would break the graph).
 
