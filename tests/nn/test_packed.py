@@ -236,3 +236,43 @@ def test_hf_clip_packed_under_cuda_graphs(recipe: str, third_party) -> None:
         want = plain(**inputs).logits_per_image.float()
         got = model(**inputs).logits_per_image.float().clone()
     assert float((got - want).norm() / want.norm()) < 0.15 * 9**0.5  # e5m2's per-layer bound, 9 layers in series
+
+
+class _MeasuringFilter:
+    """A stand-in for lowbit.nn.measured_filter: records the shape it is asked about and accepts where out ≥ 64."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, fqn: str, m: nn.Linear) -> bool:
+        self.asked[fqn] = (m.in_features, m.out_features)
+        return m.out_features >= 64
+
+    def measurement(self, fqn: str, m: nn.Linear) -> tuple[float, str]:
+        return (1.2 if m.out_features >= 64 else 0.9), f"8×{m.in_features}→{m.out_features}"
+
+    def reason(self, fqn: str, m: nn.Linear) -> str:
+        return f"measured slower at {m.in_features}→{m.out_features}"
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_a_measuring_filter_is_asked_about_the_packed_shape(fuse: bool, third_party) -> None:
+    """With fuse=True a filter that measures sees q/k/v as the E -> 3E GEMM they will run as (32 -> 96 here: accepted,
+    so the three convert and pack); per linear, E -> E (32 -> 32: rejected). A plain callable filter always sees the
+    real E -> E linear."""
+    transformers = third_party("transformers")
+    model, _ = _hf_clip(transformers)
+    filt = _MeasuringFilter()
+    model = lowbit.convert(model, "bf16", filt, fuse=fuse)
+    q = "vision_model.encoder.layers.0.self_attn.q_proj"
+    assert filt.asked[q] == ((32, 96) if fuse else (32, 32))
+    assert filt.asked["vision_model.encoder.layers.0.self_attn.out_proj"] == (32, 32)
+    row = next(r for r in convert_report(model).rows() if r["layer"] == q)
+    if fuse:
+        assert isinstance(model.get_submodule(q), PackedLinear) and row["measured_at"] == "8×32→96", row
+    else:
+        assert type(model.get_submodule(q)) is nn.Linear and "measured slower at 32→32" in row["detail"], row
+    plain_asked: list[tuple[int, int]] = []
+    lowbit.convert(_hf_clip(transformers)[0], "bf16",
+                   lambda fqn, m: plain_asked.append((m.in_features, m.out_features)) or True, fuse=True)
+    assert (32, 96) not in plain_asked

@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from lowbit.functional.recipe import Recipe, get_recipe
+from lowbit.nn._names import class_path
 from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.attention import unsupported as unsupported_attention
 from lowbit.nn.block_norms import fuse_block_norms
 from lowbit.nn.layernorm import LayerNormAlias
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
-from lowbit.nn.packed import pack_projections
+from lowbit.nn.packed import PACKED_PROJECTIONS, PackedLinear, pack_projections
 from lowbit.nn.report import CONVERTED, FUSED, NOT_FUSED, SKIPPED, ConvertReport, LayerRow  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,9 @@ def convert(
     multiples of 16 (:func:`skip_reason`); pass ``module_filter=lambda fqn, m: True`` to convert every linear, or
     ``module_filter=lowbit.nn.measured_filter(recipe, tokens=batch * seq_len)`` to convert only the linears whose
     recipe measures faster than bf16 at their shape, timed on your GPU when ``convert`` asks (cached per shape;
-    :mod:`lowbit.nn.autolayers`). A filter's ``reason`` / ``note`` methods, where it has them, word the report.
+    :mod:`lowbit.nn.autolayers`). A filter's ``reason`` / ``note`` methods, where it has them, word the report. A
+    filter that measures (has a ``measurement`` method) is asked, with ``fuse=True``, about q/k/v that will be
+    packed as one ``nn.Linear(E, 3E)`` stand-in: the GEMM that will run.
 
     The decisions go to a :class:`ConvertReport` (filled into ``report`` when given, and kept as
     ``convert_report(model)``), to the ``lowbit.nn.convert`` logger at INFO (printed too with ``verbose``), and,
@@ -286,11 +289,14 @@ def convert(
     def why_not(fqn: str, module: nn.Linear) -> str:
         if module_filter is None:
             return skip_reason(fqn, module) or "rejected by module_filter"
-        return filter_reason(module_filter, fqn, module)
+        return filter_reason(module_filter, fqn, asked_as.get(fqn, module))
 
     def noted(what: str, fqn: str, module: nn.Linear) -> str:
-        note = filter_note(module_filter, fqn, module)
+        note = filter_note(module_filter, fqn, asked_as.get(fqn, module))
         return f"{what}; {note}" if note else what
+
+    def takes(fqn: str, module: nn.Linear) -> bool:
+        return accept(fqn, asked_as.get(fqn, module))
 
     def join(fqn: str, name: str) -> str:
         return f"{fqn}.{name}" if fqn else name
@@ -299,7 +305,22 @@ def convert(
         return f"{m.in_features}→{m.out_features}"
 
     def linear(fqn: str, m: nn.Linear, status: str, detail: str) -> None:
-        rep.record(fqn, type(m).__name__, shape(m), status, detail, filter_measurement(module_filter, fqn, m))
+        probe = asked_as.get(fqn, m)
+        rep.record(fqn, type(m).__name__, shape(m), status, detail, filter_measurement(module_filter, fqn, probe))
+
+    # q/k/v that fuse=True will pack run at E → 3E: a measuring filter is asked about that shape (a stand-in on the
+    # meta device, as for nn.MultiheadAttention's in_proj), so that it times the GEMM that will run
+    measuring = fuse and callable(getattr(module_filter, "measurement", None))
+    asked_as: dict[str, nn.Linear] = {}
+
+    def ask_packed(module: nn.Module, fqn: str) -> None:
+        names = PACKED_PROJECTIONS.get(class_path(module)) if measuring else None
+        members = [module._modules.get(n) for n in names or ()]
+        if not names or not all(type(m) in (nn.Linear, LowbitLinear, PackedLinear) for m in members):
+            return
+        standin = nn.Linear(members[0].in_features, sum(m.out_features for m in members),
+                            bias=members[0].bias is not None, device="meta")
+        asked_as.update({join(fqn, n): standin for n in names})
 
     def attention(module: nn.MultiheadAttention, fqn: str) -> nn.Module:
         e = module.embed_dim
@@ -358,13 +379,13 @@ def convert(
             return attention(module, fqn)
         if isinstance(module, nn.Linear):
             if isinstance(module, LowbitLinear):
-                if accept(fqn, module):
+                if takes(fqn, module):
                     module.recipe = recipe
                     linear(fqn, module, CONVERTED, noted(type(module).__name__, fqn, module))
                 else:
                     linear(fqn, module, SKIPPED, why_not(fqn, module) + " (already converted: left as it is)")
                 return module
-            if accept(fqn, module):
+            if takes(fqn, module):
                 linear(fqn, module, CONVERTED, noted("LowbitLinear", fqn, module))
                 return LowbitLinear.from_linear(module, recipe)
             linear(fqn, module, SKIPPED, why_not(fqn, module))
@@ -383,6 +404,7 @@ def convert(
                            "; ".join(f"{n}: {r}" for n, r in rejected.items()))
             elif isinstance(m, str):
                 rep.record(fqn, type(module).__name__, "", NOT_FUSED, m)
+        ask_packed(module, fqn)
         for name, child in list(module.named_children()):
             new = visit(child, join(fqn, name))
             if new is not child:
