@@ -276,3 +276,26 @@ def test_a_measuring_filter_is_asked_about_the_packed_shape(fuse: bool, third_pa
     lowbit.convert(_hf_clip(transformers)[0], "bf16",
                    lambda fqn, m: plain_asked.append((m.in_features, m.out_features)) or True, fuse=True)
     assert (32, 96) not in plain_asked
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_hf_bert_encoder_packs_and_a_decoder_does_not(decoder: bool, third_party) -> None:
+    """BERT's self-attention (query, key, value on hidden_states) packs in an encoder, outputs float32-exact
+    unquantized; a decoder's is left per linear with the reason (its cache or cross-attention may skip key/value)."""
+    transformers = third_party("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, max_position_embeddings=16, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=2, is_decoder=decoder)
+    plain = transformers.BertModel(cfg).eval()
+    ids = torch.randint(1, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+    model = lowbit.convert(copy.deepcopy(plain), "bf16", _everything, fuse=True)
+    rep = convert_report(model)
+    key = "encoder.layer.0.attention.self.query+key+value"
+    if decoder:
+        assert not any(isinstance(m, PackedLinear) for m in model.modules())
+        assert "a decoder's attention" in rep.not_fused[key]
+    else:
+        assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 6 and key in rep.fused
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).last_hidden_state, plain(input_ids=ids).last_hidden_state,
+                                   rtol=1e-5, atol=1e-5)

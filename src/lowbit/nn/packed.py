@@ -1,8 +1,9 @@
 """Packed projections: q, k and v linears that read one input run as one GEMM (``convert(..., fuse=True)``).
 
-Hugging Face's ``CLIPAttention`` (and ``ViTAttention`` since transformers 5) keeps ``q_proj``, ``k_proj`` and
-``v_proj`` as three ``nn.Linear`` and calls each on the same ``hidden_states``: three GEMMs of ``E → E``, three
-quantize passes over the same input and, in the backward, three dgrad GEMMs whose outputs are added.
+Hugging Face's ``CLIPAttention`` (and ``ViTAttention`` since transformers 5; BERT's encoder ``BertSelfAttention``
+with ``query``, ``key``, ``value``) keeps ``q_proj``, ``k_proj`` and ``v_proj`` as three ``nn.Linear`` and calls
+each on the same ``hidden_states``: three GEMMs of ``E → E``, three quantize passes over the same input and, in the
+backward, three dgrad GEMMs whose outputs are added.
 :func:`pack_projections` makes them one :class:`ProjectionGroup`: the first of the three called with a tensor runs
 ``linear(x, cat(Wq, Wk, Wv), cat(bq, bk, bv))`` (one ``E → 3E`` GEMM, one quantize of ``x``, one dgrad GEMM with
 K = 3E) and keeps the other two slices for the calls that follow with the *same* tensor (checked by identity). The
@@ -25,6 +26,8 @@ results in between: :data:`PACKED_PROJECTIONS` lists the classes whose ``forward
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -41,6 +44,15 @@ __all__ = ["PACKED_PROJECTIONS", "PackedLinear", "ProjectionGroup", "pack_projec
 PACKED_PROJECTIONS: dict[str, tuple[str, ...]] = {
     "transformers.models.clip.modeling_clip.CLIPAttention": ("q_proj", "k_proj", "v_proj"),
     "transformers.models.vit.modeling_vit.ViTAttention": ("q_proj", "k_proj", "v_proj"),
+    # BERT's self-attention calls query, key, value on hidden_states; in a decoder (transformers 4) a cache or
+    # cross-attention may skip key and value, so only encoders are packed (_PACKED_UNLESS)
+    "transformers.models.bert.modeling_bert.BertSelfAttention": ("query", "key", "value"),
+}
+# class -> why a module of it is not packed, or None
+_PACKED_UNLESS: dict[str, Callable[[nn.Module], str | None]] = {
+    "transformers.models.bert.modeling_bert.BertSelfAttention":
+        lambda m: "a decoder's attention (a cache or cross-attention may skip key and value)"
+        if getattr(m, "is_decoder", False) else None,
 }
 
 
@@ -133,7 +145,8 @@ def pack_projections(model: nn.Module, report: ConvertReport | None) -> int:
         key = f"{fqn}.{'+'.join(names)}" if fqn else "+".join(names)  # e.g. "….self_attn.q_proj+k_proj+v_proj"
         if all(isinstance(m, PackedLinear) for m in members) and len({id(m.group) for m in members}) == 1:
             continue  # packed by an earlier convert
-        why = _why_not(members)
+        unless = _PACKED_UNLESS.get(class_path(module))
+        why = (unless(module) if unless else None) or _why_not(members)
         if why is None:
             group = ProjectionGroup([])
             for slot, (name, m) in enumerate(zip(names, members, strict=True)):
