@@ -299,3 +299,21 @@ def test_hf_bert_encoder_packs_and_a_decoder_does_not(decoder: bool, third_party
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).last_hidden_state, plain(input_ids=ids).last_hidden_state,
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_hf_clip_packed_with_activation_checkpointing(third_party) -> None:
+    """Hugging Face's activation checkpointing recomputes each layer's forward in the backward: the packed group
+    packs again there (kept slices matched by the recomputed tensor) and the gradients equal those without it."""
+    transformers = third_party("transformers")
+    plain, inputs = _hf_clip(transformers)
+    a = lowbit.convert(copy.deepcopy(plain), "switchback-sim", _everything, fuse=True).train()
+    b = copy.deepcopy(a)
+    enable = getattr(b, "activation_checkpointing_enable", None) or b.gradient_checkpointing_enable
+    enable()
+    for m in (a, b):
+        m(**inputs, return_loss=True).loss.backward()
+    grads = dict(a.named_parameters())
+    for name, p in b.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads[name].grad, rtol=0, atol=0, msg=name)
+    assert all(m.group._kept is None for m in b.modules() if isinstance(m, PackedLinear))
