@@ -130,6 +130,8 @@ def test_hf_clip_packs_each_attention_and_fuses_layer_norm1(third_party, monkeyp
     assert sum(r == "q_proj + k_proj + v_proj as one GEMM over their concatenated weights"
                for r in rep.fused.values()) == 4
     assert "vision_model.encoder.layers.1.self_attn.q_proj+k_proj+v_proj" in rep.fused  # one short row per group
+    # 26 linears converted (2 towers x 2 layers x 6, 2 projections); 4 groups of 3 run as 4 GEMMs: 18 GEMMs
+    assert rep.launch_note().startswith("note: the 26 8-bit layer(s) (18 GEMMs: q/k/v packed) issue about 126 more")
     calls = _count_linears(monkeypatch)
     layernorm_calls: list[int] = []
     real_ln = packed_mod.layernorm_linear

@@ -35,7 +35,7 @@ from lowbit.functional.layernorm_linear import layernorm_linear
 from lowbit.functional.linear import linear
 from lowbit.nn._names import class_path
 from lowbit.nn.linear import LowbitLinear
-from lowbit.nn.report import FUSED, NOT_FUSED, ConvertReport
+from lowbit.nn.report import FUSED, NOT_FUSED, PACKED, ConvertReport
 
 __all__ = ["PACKED_PROJECTIONS", "PackedLinear", "ProjectionGroup", "pack_projections"]
 
@@ -156,6 +156,6 @@ def pack_projections(model: nn.Module, report: ConvertReport | None) -> int:
                 setattr(module, name, new)
             packed += 1
         if report is not None:
-            report.record(key, "packed projections", "", FUSED if why is None else NOT_FUSED,
+            report.record(key, PACKED, "", FUSED if why is None else NOT_FUSED,
                           f"{' + '.join(names)} as one GEMM over their concatenated weights" if why is None else why)
     return packed

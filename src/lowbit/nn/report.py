@@ -12,10 +12,12 @@ import dataclasses
 import textwrap
 from dataclasses import dataclass, field
 
-__all__ = ["CONVERTED", "FUSED", "NOT_FUSED", "SKIPPED", "ConvertReport", "LayerRow"]
+__all__ = ["CONVERTED", "FUSED", "NOT_FUSED", "PACKED", "SKIPPED", "ConvertReport", "LayerRow"]
 
 # A report row's status: what happened to the layer.
 CONVERTED, FUSED, SKIPPED, NOT_FUSED = "converted", "fused", "16-bit", "not fused"
+# The kind of a packed q/k/v group's row (lowbit.nn.packed), named "<attention>.q_proj+k_proj+v_proj"
+PACKED = "packed projections"
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,11 @@ class ConvertReport:
         n = len(self.converted)
         if not n:
             return ""
-        return (f"note: the {n} 8-bit layer(s) issue about {7 * n} more kernel launches per training step (quantizers "
-                "and 8-bit GEMMs, forward and backward); eager or compiled without CUDA graphs the CPU may then bound "
+        # a packed group of k linears runs as one: k - 1 fewer (its name joins the k with "+")
+        gemms = n - sum(r.layer.count("+") for r in self.layers if r.kind == PACKED and r.status == FUSED)
+        packed = f" ({gemms} GEMMs: q/k/v packed)" if gemms != n else ""
+        return (f"note: the {n} 8-bit layer(s){packed} issue about {7 * gemms} more kernel launches per training step "
+                "(quantizers and 8-bit GEMMs, forward and backward); eager or compiled without CUDA graphs the CPU may then bound "
                 "the step — compile with torch.compile(model, mode=\"reduce-overhead\") (CUDA graphs); `lowbit bench "
                 "model --compile --profile` reports a step's GPU-busy share, `--cudagraphs` the step with graphs")
 
