@@ -125,7 +125,7 @@ def test_hf_clip_packs_each_attention_and_fuses_layer_norm1(third_party, monkeyp
     for a in attns:
         members = [a.q_proj, a.k_proj, a.v_proj]
         assert all(type(m) is PackedLinear for m in members) and len({id(m.group) for m in members}) == 1
-        assert isinstance(a.q_proj.group.norm, LayerNormAlias)
+        assert isinstance(a.q_proj.group.layer_norm, LayerNormAlias)
     rep = convert_report(model)
     assert sum(r == "q_proj + k_proj + v_proj as one GEMM over their concatenated weights"
                for r in rep.fused.values()) == 4

@@ -193,5 +193,5 @@ def fused_counts(model: nn.Module) -> tuple[int, int]:
     mlps = sum(1 for m in model.modules() if isinstance(m, LowbitMLP))
     norms = sum(1 for m in model.modules() if isinstance(m, LayerNormMLP | LayerNormLinear) or (
         isinstance(m, LowbitMultiheadAttention) and m.layer_norm is not None) or (
-        isinstance(m, PackedLinear) and m.slot == 0 and m.group.norm is not None))
+        isinstance(m, PackedLinear) and m.slot == 0 and m.group.layer_norm is not None))
     return mlps, norms

@@ -23,7 +23,7 @@ from lowbit.nn._names import class_path
 from lowbit.nn.attention import LowbitMultiheadAttention
 from lowbit.nn.linear import LowbitLinear
 from lowbit.nn.mlp import LayerNormMLP, LowbitMLP
-from lowbit.nn.packed import PackedLinear
+from lowbit.nn.packed import PackedLinear, ProjectionGroup
 
 __all__ = ["LayerNormAlias", "LayerNormLinear", "fuse_layernorm"]
 
@@ -135,38 +135,29 @@ def fuse_layernorm(root: nn.Module, norm: str, consumer: str) -> str | None:
         return f"{norm} is a {type(ln).__name__}, not an nn.LayerNorm"
     if len(ln.normalized_shape) != 1:
         return f"{norm} normalizes {tuple(ln.normalized_shape)}, not the last dim only"
-    if isinstance(mod, (LayerNormLinear, LayerNormMLP)) or (
-            isinstance(mod, LowbitMultiheadAttention) and mod.layer_norm is not None):
-        return f"{consumer} already has a LayerNorm fused in"
+    # the consumer's input width, and what takes the LayerNorm: a module that normalizes its own input (in place), or
+    # None where a LayerNormMLP / LayerNormLinear replaces the consumer
+    takes: ProjectionGroup | LowbitMultiheadAttention | None
     if isinstance(mod, PackedLinear):  # the whole group reads the LayerNorm's output
-        if mod.group.norm is not None:
-            return f"{consumer}'s projection group already has a LayerNorm fused in"
-        if mod.in_features != ln.normalized_shape[0]:
-            return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s in_features {mod.in_features}"
-        alias = LayerNormAlias.from_layernorm(ln, consumer)
-        mod.group.fuse_norm(alias)
-        setattr(np_, nname, alias)
-        return None
-    if isinstance(mod, LowbitMultiheadAttention):
-        if mod.embed_dim != ln.normalized_shape[0]:
-            return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s embed_dim {mod.embed_dim}"
-        alias = LayerNormAlias.from_layernorm(ln, consumer)
-        mod.fuse_norm(alias)
-        setattr(np_, nname, alias)
-        return None
-    if isinstance(mod, LowbitMLP):
-        if mod.fc1.in_features != ln.normalized_shape[0]:
-            return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s in_features {mod.fc1.in_features}"
-        alias = LayerNormAlias.from_layernorm(ln, consumer)
-        new: nn.Module = LayerNormMLP.from_mlp(mod, alias)
+        takes, width, what = mod.group, mod.in_features, "in_features"
+    elif isinstance(mod, LowbitMultiheadAttention):  # it normalizes its query
+        takes, width, what = mod, mod.embed_dim, "embed_dim"
+    elif isinstance(mod, LowbitMLP):
+        takes, width, what = None, mod.fc1.in_features, "in_features"
     elif isinstance(mod, LowbitLinear):
-        if mod.in_features != ln.normalized_shape[0]:
-            return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s in_features {mod.in_features}"
-        alias = LayerNormAlias.from_layernorm(ln, consumer)
-        new = LayerNormLinear.from_linear_and_norm(mod, alias)
+        takes, width, what = None, mod.in_features, "in_features"
     else:
         return (f"{consumer} is a {type(mod).__name__}, not a converted LowbitLinear / LowbitMLP / "
                 "LowbitMultiheadAttention")
+    if isinstance(mod, (LayerNormLinear, LayerNormMLP)) or (takes is not None and takes.layer_norm is not None):
+        return f"{consumer} already has a LayerNorm fused in"
+    if width != ln.normalized_shape[0]:
+        return f"{norm} width {ln.normalized_shape[0]} ≠ {consumer}'s {what} {width}"
+    alias = LayerNormAlias.from_layernorm(ln, consumer)
+    if takes is not None:
+        takes.fuse_norm(alias)
+    else:
+        setattr(cp, cname, LayerNormMLP.from_mlp(mod, alias) if isinstance(mod, LowbitMLP)
+                else LayerNormLinear.from_linear_and_norm(mod, alias))
     setattr(np_, nname, alias)
-    setattr(cp, cname, new)
     return None

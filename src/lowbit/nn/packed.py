@@ -62,7 +62,7 @@ class ProjectionGroup:
 
     def __init__(self, members: list[LowbitLinear]) -> None:
         self.members = members
-        self.norm: nn.LayerNorm | None = None
+        self.layer_norm: nn.LayerNorm | None = None  # fused in front (as LowbitMultiheadAttention.layer_norm)
         self._kept: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
 
     def fuse_norm(self, norm: nn.LayerNorm) -> None:
@@ -71,10 +71,10 @@ class ProjectionGroup:
         if tuple(norm.normalized_shape) != (self.members[0].in_features,):
             raise ValueError(f"ProjectionGroup.fuse_norm: the LayerNorm normalizes {tuple(norm.normalized_shape)}, "
                              f"not the projections' in_features ({self.members[0].in_features},)")
-        self.norm = norm
+        self.layer_norm = norm
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe) -> torch.Tensor:
-        ln = self.norm
+        ln = self.layer_norm
         if ln is None:
             return linear(x, weight, bias, recipe)
         return layernorm_linear(x, ln.weight, ln.bias, weight, bias, recipe, ln.eps)
