@@ -144,9 +144,10 @@ class ConvertReport:
         gemms = n - sum(r.layer.count("+") for r in self.layers if r.kind == PACKED and r.status == FUSED)
         packed = f" ({gemms} GEMMs: q/k/v packed)" if gemms != n else ""
         return (f"note: the {n} 8-bit layer(s){packed} issue about {7 * gemms} more kernel launches per training step "
-                "(quantizers and 8-bit GEMMs, forward and backward); eager or compiled without CUDA graphs the CPU may then bound "
-                "the step — compile with torch.compile(model, mode=\"reduce-overhead\") (CUDA graphs); `lowbit bench "
-                "model --compile --profile` reports a step's GPU-busy share, `--cudagraphs` the step with graphs")
+                "(quantizers and 8-bit GEMMs, forward and backward); eager or compiled without CUDA graphs the CPU "
+                "may then bound the step — compile with torch.compile(model, mode=\"reduce-overhead\") (CUDA graphs); "
+                "`lowbit bench model --compile --profile` reports a step's GPU-busy share, `--cudagraphs` the step with "
+                "graphs")
 
     def __str__(self) -> str:
         return self.summary() + self.details()
