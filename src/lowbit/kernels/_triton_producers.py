@@ -87,24 +87,52 @@ def _act_tile(a_ptr, dg_ptr, offs, mask, out_ty: tl.constexpr, ACT: tl.constexpr
 
 
 @triton.jit
-def _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, out_ty: tl.constexpr,
-               ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, EMULATE: tl.constexpr):
-    """One power-of-two column piece ``[OFF, OFF + P)`` of a row block, as float32 (zero in masked rows: every
-    activation maps 0 to 0 and a masked ``dg`` is 0), its 16-bit output stored."""
-    offs = base + (OFF + tl.arange(0, P))[None, :]
-    mask = tl.broadcast_to(rmask[:, None], offs.shape)
-    y = _act_tile(a_ptr, dg_ptr, offs, mask, out_ty, ACT, BACKWARD, EMULATE)
-    if WANT_OUT:
-        tl.store(out_ptr + offs, y, mask=mask)
-    return y.to(tl.float32)
+def _load_piece(ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, USED: tl.constexpr):
+    """Columns ``[OFF, OFF + P)`` of a row block as stored (16-bit; zero in masked rows), or a 16-wide zero stand-in
+    where the piece is absent (``P`` 0) or the input unused, so a prefetched (loop-carried) value has one type."""
+    if USED:
+        if P > 0:
+            offs = base + (OFF + tl.arange(0, P))[None, :]
+            return tl.load(ptr + offs, mask=tl.broadcast_to(rmask[:, None], offs.shape), other=0.0)
+        else:
+            return tl.zeros([BLOCK_M, 16], dtype=ptr.dtype.element_ty)
+    else:
+        return tl.zeros([BLOCK_M, 16], dtype=ptr.dtype.element_ty)
 
 
 @triton.jit
-def _store_codes(q_ptr, yf, mul, base, rmask, OFF: tl.constexpr, P: tl.constexpr, FMT: tl.constexpr,
+def _act_piece(a, dg, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, out_ty: tl.constexpr,
+               ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, EMULATE: tl.constexpr,
+               HOLD16: tl.constexpr):
+    """One power-of-two column piece ``[OFF, OFF + P)`` of a row block from its loaded inputs (every activation
+    maps 0 to 0 and a masked ``dg`` is 0, so masked rows give 0), its 16-bit output stored; returned as that 16-bit
+    value (``HOLD16``: half the registers while the row's absmax is reduced) or as float32."""
+    af = a.to(tl.float32)
+    if BACKWARD:
+        y = dg.to(tl.float32) * _activation_grad(af, ACT)
+    else:
+        y = _activation(af, ACT)
+    y = _cast(y, out_ty, EMULATE)
+    if WANT_OUT:
+        offs = base + (OFF + tl.arange(0, P))[None, :]
+        tl.store(out_ptr + offs, y, mask=tl.broadcast_to(rmask[:, None], offs.shape))
+    if HOLD16:
+        return y
+    else:
+        return y.to(tl.float32)
+
+
+@triton.jit
+def _piece_amax(y, amax_bits):
+    return tl.maximum(amax_bits, tl.max(_abs_bits(y.to(tl.float32)), axis=1))
+
+
+@triton.jit
+def _store_codes(q_ptr, y, mul, base, rmask, OFF: tl.constexpr, P: tl.constexpr, FMT: tl.constexpr,
                  QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
                  INV_SUB: tl.constexpr, EMULATE: tl.constexpr):
     offs = base + (OFF + tl.arange(0, P))[None, :]
-    tl.store(q_ptr + offs, _encode(yf, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE),
+    tl.store(q_ptr + offs, _encode(y.to(tl.float32), mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE),
              mask=tl.broadcast_to(rmask[:, None], offs.shape))
 
 
@@ -116,7 +144,7 @@ def _act_quantize_kernel(
     BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, MAX_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PASS: tl.constexpr, STAGES: tl.constexpr,
     PIECES: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
-    RELOAD: tl.constexpr,
+    RELOAD: tl.constexpr, HOLD16: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Program p takes a contiguous run of row blocks (all of them spread over ``min(blocks, MAX_PROGRAMS)``
     programs; one block each where MAX_PROGRAMS is large), so the column sums of a one-pass program accumulate in
@@ -126,7 +154,10 @@ def _act_quantize_kernel(
     Three ways over a row: ``PIECES`` (the row as up to four power-of-two pieces ``P0 + P1 + P2 + P3 == N``, all in
     registers: no masked lanes, e.g. 5120 = 4096 + 1024), ``ONE_PASS`` (one block ``BLOCK_N â‰¥ N`` wide, masked past
     N) or two passes over ``BLOCK_N`` column chunks (the second recomputes its chunk, or with ``RELOAD`` reads back
-    the 16-bit output the first stored, as inductor's fusion does: an L2 hit instead of a second erf)."""
+    the 16-bit output the first stored, as inductor's fusion does: an L2 hit instead of a second erf). With pieces,
+    ``HOLD16`` keeps the row as its 16-bit output between the absmax and the codes, and ``PREFETCH`` loads the next
+    row block of a run into registers before this one is computed (its loads in flight across the row's reduction
+    and stores)."""
     pid = tl.program_id(0)
     out_ty = out_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK_N)
@@ -143,43 +174,78 @@ def _act_quantize_kernel(
     per = tl.cdiv(n_blocks, tl.num_programs(0))
     first = pid * per
     last = tl.minimum(first + per, n_blocks)
+    # The first row block's inputs (PREFETCH; unused zero stand-ins otherwise).
+    row_end = tl.minimum(last * BLOCK_M, M)  # this program's rows end here
+    nrows = first * BLOCK_M + tl.arange(0, BLOCK_M)
+    nmask = nrows < row_end
+    nbase = nrows[:, None].to(tl.int64) * N
+    ON: tl.constexpr = PIECES and PREFETCH
+    a0n = _load_piece(a_ptr, nbase, nmask, 0, P0, BLOCK_M, ON)
+    a1n = _load_piece(a_ptr, nbase, nmask, P0, P1, BLOCK_M, ON)
+    a2n = _load_piece(a_ptr, nbase, nmask, P0 + P1, P2, BLOCK_M, ON)
+    a3n = _load_piece(a_ptr, nbase, nmask, P0 + P1 + P2, P3, BLOCK_M, ON)
+    d0n = _load_piece(dg_ptr, nbase, nmask, 0, P0, BLOCK_M, ON and BACKWARD)
+    d1n = _load_piece(dg_ptr, nbase, nmask, P0, P1, BLOCK_M, ON and BACKWARD)
+    d2n = _load_piece(dg_ptr, nbase, nmask, P0 + P1, P2, BLOCK_M, ON and BACKWARD)
+    d3n = _load_piece(dg_ptr, nbase, nmask, P0 + P1 + P2, P3, BLOCK_M, ON and BACKWARD)
     for rb in tl.range(first, last, num_stages=STAGES):
         rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < M
         base = rows[:, None].to(tl.int64) * N
         if PIECES:
-            y0 = _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, 0, P0, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE)
-            amax_bits = tl.max(_abs_bits(y0), axis=1)
+            if PREFETCH:
+                a0, a1, a2, a3, d0, d1, d2, d3 = a0n, a1n, a2n, a3n, d0n, d1n, d2n, d3n
+                nmask = rows + BLOCK_M < row_end
+                nbase = base + BLOCK_M * N
+                a0n = _load_piece(a_ptr, nbase, nmask, 0, P0, BLOCK_M, True)
+                a1n = _load_piece(a_ptr, nbase, nmask, P0, P1, BLOCK_M, True)
+                a2n = _load_piece(a_ptr, nbase, nmask, P0 + P1, P2, BLOCK_M, True)
+                a3n = _load_piece(a_ptr, nbase, nmask, P0 + P1 + P2, P3, BLOCK_M, True)
+                d0n = _load_piece(dg_ptr, nbase, nmask, 0, P0, BLOCK_M, BACKWARD)
+                d1n = _load_piece(dg_ptr, nbase, nmask, P0, P1, BLOCK_M, BACKWARD)
+                d2n = _load_piece(dg_ptr, nbase, nmask, P0 + P1, P2, BLOCK_M, BACKWARD)
+                d3n = _load_piece(dg_ptr, nbase, nmask, P0 + P1 + P2, P3, BLOCK_M, BACKWARD)
+            else:
+                a0 = _load_piece(a_ptr, base, rmask, 0, P0, BLOCK_M, True)
+                a1 = _load_piece(a_ptr, base, rmask, P0, P1, BLOCK_M, True)
+                a2 = _load_piece(a_ptr, base, rmask, P0 + P1, P2, BLOCK_M, True)
+                a3 = _load_piece(a_ptr, base, rmask, P0 + P1 + P2, P3, BLOCK_M, True)
+                d0 = _load_piece(dg_ptr, base, rmask, 0, P0, BLOCK_M, BACKWARD)
+                d1 = _load_piece(dg_ptr, base, rmask, P0, P1, BLOCK_M, BACKWARD)
+                d2 = _load_piece(dg_ptr, base, rmask, P0 + P1, P2, BLOCK_M, BACKWARD)
+                d3 = _load_piece(dg_ptr, base, rmask, P0 + P1 + P2, P3, BLOCK_M, BACKWARD)
+            y0 = _act_piece(a0, d0, out_ptr, base, rmask, 0, P0, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE, HOLD16)
+            amax_bits = _piece_amax(y0, tl.zeros([BLOCK_M], dtype=tl.int32))
             if P1 > 0:
-                y1 = _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, P0, P1, out_ty, ACT, BACKWARD, WANT_OUT,
-                                EMULATE)
-                amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y1), axis=1))
+                y1 = _act_piece(a1, d1, out_ptr, base, rmask, P0, P1, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE,
+                                HOLD16)
+                amax_bits = _piece_amax(y1, amax_bits)
             if P2 > 0:
-                y2 = _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, P0 + P1, P2, out_ty, ACT, BACKWARD, WANT_OUT,
-                                EMULATE)
-                amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y2), axis=1))
+                y2 = _act_piece(a2, d2, out_ptr, base, rmask, P0 + P1, P2, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE,
+                                HOLD16)
+                amax_bits = _piece_amax(y2, amax_bits)
             if P3 > 0:
-                y3 = _act_piece(a_ptr, dg_ptr, out_ptr, base, rmask, P0 + P1 + P2, P3, out_ty, ACT, BACKWARD,
-                                WANT_OUT, EMULATE)
-                amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y3), axis=1))
+                y3 = _act_piece(a3, d3, out_ptr, base, rmask, P0 + P1 + P2, P3, out_ty, ACT, BACKWARD, WANT_OUT,
+                                EMULATE, HOLD16)
+                amax_bits = _piece_amax(y3, amax_bits)
             scale, mul = _scale_and_multiplier(amax_bits.to(tl.float32, bitcast=True), FMT, QMAX, AMAX_FLOOR)
             _store_codes(q_ptr, y0, mul, base, rmask, 0, P0, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
             if COLSUM:
-                acc0 += tl.sum(y0, axis=0)
+                acc0 += tl.sum(y0.to(tl.float32), axis=0)
             if P1 > 0:
                 _store_codes(q_ptr, y1, mul, base, rmask, P0, P1, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
                 if COLSUM:
-                    acc1 += tl.sum(y1, axis=0)
+                    acc1 += tl.sum(y1.to(tl.float32), axis=0)
             if P2 > 0:
                 _store_codes(q_ptr, y2, mul, base, rmask, P0 + P1, P2, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
                              EMULATE)
                 if COLSUM:
-                    acc2 += tl.sum(y2, axis=0)
+                    acc2 += tl.sum(y2.to(tl.float32), axis=0)
             if P3 > 0:
                 _store_codes(q_ptr, y3, mul, base, rmask, P0 + P1 + P2, P3, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
                              EMULATE)
                 if COLSUM:
-                    acc3 += tl.sum(y3, axis=0)
+                    acc3 += tl.sum(y3.to(tl.float32), axis=0)
         elif ONE_PASS:
             mask = rmask[:, None] & (cols[None, :] < N)
             y = _act_tile(a_ptr, dg_ptr, base + cols[None, :], mask, out_ty, ACT, BACKWARD, EMULATE)
@@ -263,11 +329,14 @@ DIVISOR_CHUNK = -1  # BLOCK_N of a RELOAD candidate: the largest power of two â‰
 
 
 def _act_config(bm: int, bn: int, warps: int, programs: int = ONE_BLOCK_EACH, stages: int = 1,
-                reload: bool = False) -> triton.Config:
-    """``bn`` 0: the row in power-of-two pieces (``PIECES``); else blocks ``bn`` wide (one or two passes);
-    ``reload``: two passes whose second reads the stored output back (``bn`` DIVISOR_CHUNK: chunks that tile N)."""
+                reload: bool = False, hold16: bool = False, prefetch: bool = False,
+                maxnreg: int | None = None) -> triton.Config:
+    """``bn`` 0: the row in power-of-two pieces (``PIECES``, optionally ``hold16`` / ``prefetch``); else blocks
+    ``bn`` wide (one or two passes); ``reload``: two passes whose second reads the stored output back (``bn``
+    DIVISOR_CHUNK: chunks that tile N); ``maxnreg``: a register cap per thread (more programs resident per SM)."""
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn or 16, "MAX_PROGRAMS": programs, "STAGES": stages,
-                          "PIECES": bn == 0, "RELOAD": reload}, num_warps=warps)
+                          "PIECES": bn == 0, "RELOAD": reload, "HOLD16": hold16, "PREFETCH": prefetch},
+                         num_warps=warps, maxnreg=maxnreg)
 
 
 def divisor_chunk(n: int, *, largest: int = 2048, smallest: int = 128) -> int | None:
@@ -373,13 +442,15 @@ def act_quantize(
 
     if config is not None:
         cfg = {"MAX_PROGRAMS": ONE_BLOCK_EACH, "STAGES": 1, "PIECES": False, "RELOAD": False, "BLOCK_N": 16,
-               **config}
+               "HOLD16": False, "PREFETCH": False, **config}
         if cfg["RELOAD"] and not want_out:
             raise ValueError("act_quantize: RELOAD reads back the 16-bit output; it needs want_out=True")
         if cfg["PIECES"] and row_pieces(N, smallest=_SMALLEST_PIECE) is None:
             raise ValueError(f"act_quantize: a row of {N} has no power-of-two pieces (config PIECES=True)")
         warps = cfg.pop("num_warps", 4)
-        _act_kernel_fixed[grid(cfg)](*args, **meta, **cfg, num_warps=warps)
+        launch = {"maxnreg": cfg.pop("maxnreg")} if cfg.get("maxnreg") is not None else {}
+        cfg.pop("maxnreg", None)
+        _act_kernel_fixed[grid(cfg)](*args, **meta, **cfg, num_warps=warps, **launch)
     else:
         _act_kernel_tuned[grid](*args, **meta)
     # Programs past the grid left their partial rows zero: the sum over all rows is the sum over the grid's.
