@@ -469,6 +469,22 @@ JOBS: list[Job] = [
         "--no-anchors --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --out $DIR",
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused.md", "model-timm-vit-h-14-cudagraphs-fused.json"),
         "3acd201", 280, SESSION12, needs="timm", note="carry .whl/ with timm"),
+    Job("producer-sweep", "issue #28: the activation producers' launch space at ViT-H's 32896 x 5120 (GELU -> bf16 + "
+        "e4m3 codes; GELU' -> bf16 + e5m2 codes + column sums): warps, programs per SM, PREFETCH, register caps, "
+        "against copy bandwidth and PyTorch's GELU alone; then Nsight Compute on three launches",
+        "bash bench/probes/producer_sweep.sh $DIR", {"producer-sweep.md": "r/producer_sweep.md",
+                                                   "producer-sweep.json": "r/producer_sweep.json",
+                                                   "producer-sweep-ncu.txt": "r/ncu.txt"}, "", 420,
+        "not measured yet"),
+    _open_clip_graphs("prefetch", "issue #29: open_clip ViT-H-14 with CUDA graphs after the producers' PREFETCH "
+                      "candidates (the next row loaded ahead): bf16 and both row-wise recipes fused",
+                      "bf16 fp8-switchback:fused switchback:fused", "", 300, "not measured yet"),
+    Job("step-vit-h-14-prefetch-graphs", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, fused, "
+        "after the producers' PREFETCH candidates",
+        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
+        "--recipe bf16 fp8-switchback:fused switchback:fused --layers auto --out $DIR",
+        _renamed("step", "step-vit-h-14-prefetch-graphs.md", "step-vit-h-14-prefetch-graphs.json"), "", 300,
+        "not measured yet"),
     _hf_graphs("packed", "Hugging Face CLIPModel at ViT-H widths (b64) with CUDA graphs: bf16 and fp8-switchback with "
                "convert(fuse=True) alone (q/k/v packed with layer_norm1, CLIPMLP with layer_norm2): the two rows that "
                "fit a short device call", "bf16 fp8-switchback:fused", 200),

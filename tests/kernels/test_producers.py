@@ -376,6 +376,8 @@ def test_the_autotuner_offers_pieces_only_where_a_row_has_them() -> None:
     kept = tp._prune(configs, {"N": 5120})
     assert [c.kwargs["PIECES"] for c in kept] == [False, False, True]  # 8192 one pass, 2048 chunks, 4096 + 1024
     assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 4096}))  # a power of two: the one pass
+    prefetch = tp._act_config(1, 0, 4, 1024, prefetch=True)
+    assert tp._prune([*configs, prefetch], {"N": 4096})[-1] is prefetch  # ... unless it loads the next row ahead
     assert not any(c.kwargs["PIECES"] for c in tp._prune(configs, {"N": 16 * 31}))  # five pieces
 
 

@@ -374,6 +374,9 @@ def act_candidates() -> list[triton.Config]:
             _act_config(8, 1024, 4, 1024), _act_config(2, 1024, 4, 1024), _act_config(16, 512, 4, 1024),
             _act_config(1, 0, 4), _act_config(1, 0, 8), _act_config(1, 0, 4, 1024), _act_config(1, 0, 8, 1024),
             _act_config(2, 0, 8, 1024), _act_config(2, 0, 4, 1024),
+            _act_config(1, 0, 4, 512, prefetch=True), _act_config(1, 0, 4, 768, prefetch=True),
+            _act_config(1, 0, 4, 1024, prefetch=True), _act_config(1, 0, 8, 512, prefetch=True),
+            _act_config(1, 0, 8, 1024, prefetch=True),
             _act_config(1, DIVISOR_CHUNK, 4, reload=True), _act_config(1, DIVISOR_CHUNK, 8, reload=True),
             _act_config(2, DIVISOR_CHUNK, 8, reload=True)]
 
@@ -381,16 +384,18 @@ def act_candidates() -> list[triton.Config]:
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """One-pass blocks exactly ``next_power_of_2(N)`` wide (one row block per program, or runs of them), at most
     8192 values a block; the two-pass chunks of 1024 and 2048 columns where they are narrower than a row; the
-    pieces where N has them and is not a power of two already (a row of at most 8192 values a block); the reloading
+    pieces where N has them (a row of at most 8192 values a block; a power of two, one piece, only to prefetch:
+    otherwise it is the one pass); the reloading
     two passes over chunks that tile N where the kernel stores its 16-bit output (it reads it back) and sums no
     columns (their two-pass column sums go through memory: 2.2 ms for the backward at 32896 x 5120 on an H200)."""
     n = named_args["N"]
     full = triton.next_power_of_2(n)
-    pieces = n != full and n <= 8192 and row_pieces(n, smallest=_SMALLEST_PIECE) is not None
+    pieces = n <= 8192 and row_pieces(n, smallest=_SMALLEST_PIECE) is not None
     plain = [c for c in configs if not c.kwargs["PIECES"] and not c.kwargs["RELOAD"]]
     keep = [c for c in plain if c.kwargs["BLOCK_N"] == full and c.kwargs["BLOCK_M"] * full <= 8192]
     keep += [c for c in plain if c.kwargs["BLOCK_N"] < n and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] == 4096]
-    keep += [c for c in configs if c.kwargs["PIECES"] and pieces and c.kwargs["BLOCK_M"] * n <= 8192]
+    keep += [c for c in configs if c.kwargs["PIECES"] and pieces and c.kwargs["BLOCK_M"] * n <= 8192
+             and (n != full or c.kwargs["PREFETCH"])]  # a power of two: one piece is the one pass
     chunk = divisor_chunk(n)
     meta = {**named_args, **kwargs}  # the launch's keywords (WANT_OUT, COLSUM) arrive as kwargs
     if chunk is not None and meta.get("WANT_OUT", True) and not meta.get("COLSUM", False):
