@@ -5,7 +5,7 @@ set -u
 DIR=$1
 mkdir -p "$DIR/r"
 export PYTHONPATH=src
-python3 bench/probes/producer_sweep.py --out "$DIR/r" --budget 170
+python3 bench/probes/producer_sweep.py --out "$DIR/r" --budget ${SWEEP_BUDGET:-170}
 B='{"BLOCK_M": 1, "PIECES": true, "num_warps": 4}'
 P='{"BLOCK_M": 1, "PIECES": true, "num_warps": 4, "MAX_PROGRAMS": 1056, "PREFETCH": true}'
 : > "$DIR/r/ncu.txt"
