@@ -1,13 +1,11 @@
-set -x
 export PYTHONPATH=src
-mkdir -p $OUT/r
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv
-python3 bench/probes/producer_sweep.py --out $OUT/r --budget 170 > $OUT/r/sweep.log 2>&1
-tail -3 $OUT/r/sweep.log
-B='{"BLOCK_M": 1, "PIECES": true, "num_warps": 4}'
-P='{"BLOCK_M": 1, "PIECES": true, "num_warps": 4, "MAX_PROGRAMS": 1056, "PREFETCH": true}'
-for spec in "fwd-base:$B:" "fwd-prefetch:$P:" "bwd-prefetch:$P:--backward" ; do
-  name=${spec%%:*}; rest=${spec#*:}; cfg=${rest%:*}; flag=${rest##*:}
-  timeout 100 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section SchedulerStats -k regex:_act_quantize --launch-skip 2 --launch-count 1 python3 bench/probes/producer_sweep.py --one "$cfg" $flag > $OUT/r/ncu-$name.txt 2>&1
-  grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers|Issue Slots|No Eligible|Theoretical Occ" $OUT/r/ncu-$name.txt | head -12
-done
+nvidia-smi --query-gpu=name --format=csv,noheader
+SWEEP_BUDGET=110 python3 bench/run.py run producer-sweep --out $OUT/r > $OUT/sweep.log 2>&1; echo rc=$?
+grep -E "^[{].*GELU" $OUT/r/logs/producer-sweep.log | python3 -c "
+import sys, json
+for l in sys.stdin:
+    r = json.loads(l); print(r['pass'][:6], r.get('ms', r.get('error', r.get('skipped'))), round(r.get('of_copy', 0), 2), r.get('correct',''), r['config'][:110])"
+find $OUT -name ncu.txt -exec grep -E "^###|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Theoretical Occ|Block Limit Reg|Warp Cycles Per Issued" {} +
+python3 bench/run.py run model-open-clip-vit-h-14-cudagraphs-prefetch --out $OUT/m > $OUT/run.log 2>&1; echo rc=$?
+tail -3 $OUT/run.log
+grep -E "ms/step" $OUT/m/logs/*.log | tail -6

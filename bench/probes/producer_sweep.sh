@@ -13,7 +13,7 @@ for spec in "forward, a row each|$B|" "forward, PREFETCH runs|$P|" "backward, PR
   IFS='|' read -r name cfg flag <<< "$spec"
   echo "### $name: $cfg" >> "$DIR/r/ncu.txt"
   # shellcheck disable=SC2086
-  timeout 120 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
+  timeout 60 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
     --section LaunchStats --section SchedulerStats -k regex:_act_quantize --launch-skip 2 --launch-count 1 \
     python3 bench/probes/producer_sweep.py --one "$cfg" $flag >> "$DIR/r/ncu.txt" 2>&1
 done
