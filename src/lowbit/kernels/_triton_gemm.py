@@ -100,8 +100,35 @@ def _dequant(s, IS_INT: tl.constexpr, IS_FLOAT8: tl.constexpr):
 
 
 @triton.jit
+def _gelu_tail(x):
+    """``Φ(-|x|) = erfc(|x| / √2) / 2`` as ``exp2(p(t) - t² log2 e)``, ``t = min(|x| / √2, 4)``, ``p`` a degree-8
+    polynomial fitted to ``log2(erfc(t) / 2) + t² log2 e`` on [0, 4] (Chebyshev least squares; relative error
+    below 4e-6 for |x| < 5.6, where float32's ``(1 + erf(x / √2)) / 2`` loses all digits to cancellation). One
+    ``ex2`` and nine FMAs: libdevice's ``erff`` selects between two polynomials' coefficients element by element,
+    about twice the instructions in the issue-bound producers (``bench/probes/sass_producers.py``)."""
+    t = tl.minimum(tl.abs(x) * 0.7071067811865476, 4.0)
+    p = -1.0387241218268173e-06
+    p = p * t + -5.158052317710826e-06
+    p = p * t + 0.00039880574331618845
+    p = p * t + -0.004973767325282097
+    p = p * t + 0.03354588896036148
+    p = p * t + -0.1521928310394287
+    p = p * t + 0.5255870819091797
+    p = p * t + -1.6280879974365234
+    p = p * t + -0.9999958872795105
+    return tl.exp2(p - t * t * 1.4426950408889634)
+
+
+@triton.jit
+def _gelu_cdf(x):
+    """Φ(x), the standard normal CDF: the tail below zero, one minus it above (no cancellation on either side)."""
+    e = _gelu_tail(x)
+    return tl.where(x < 0, e, 1.0 - e)
+
+
+@triton.jit
 def _gelu_erf(x):
-    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    return x * _gelu_cdf(x)
 
 
 @triton.jit
@@ -121,6 +148,8 @@ def _activation(x, ACT: tl.constexpr):
         return 0.5 * x * (1.0 + _tanh(inner))
     elif ACT == 3:
         return x * tl.sigmoid(1.702 * x)
+    elif ACT == 9:  # GELU through libdevice's erff: only the producers' benchmark compares against it
+        return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
     else:
         return x
 
@@ -129,7 +158,7 @@ def _activation(x, ACT: tl.constexpr):
 def _activation_grad(x, ACT: tl.constexpr):
     """d act / dx, in the forms of PyTorch's ``gelu_backward`` (erf / tanh) and of QuickGELU's autograd."""
     if ACT == 1:
-        cdf = 0.5 * (1.0 + tl.erf(x * 0.7071067811865476))
+        cdf = _gelu_cdf(x)
         pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
         return cdf + x * pdf
     elif ACT == 2:
@@ -141,6 +170,8 @@ def _activation_grad(x, ACT: tl.constexpr):
     elif ACT == 3:
         s = tl.sigmoid(1.702 * x)
         return s + 1.702 * x * s * (1.0 - s)
+    elif ACT == 9:
+        return 0.5 * (1.0 + tl.erf(x * 0.7071067811865476)) + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
     else:
         return tl.full(x.shape, 1.0, tl.float32)
 

@@ -36,6 +36,7 @@ from lowbit.kernels._triton_gemm import _activation, _activation_grad, _cast, _n
 from lowbit.kernels._triton_quant import _abs_bits, _encode, _fmt_constants, _scale_and_multiplier
 
 ACT_CODES = {name: i + 1 for i, name in enumerate(ACTIVATIONS)}
+LIBDEVICE_GELU = 9  # ACT code of GELU through libdevice's erff (bench/probes/producer_sweep.py compares)
 
 
 @triton.jit
