@@ -114,6 +114,28 @@ def sweep(m: int, n: int, budget: float) -> None:
                 emit(**base, config=str(cfg), error=repr(e)[:300])
 
 
+def sweep_layernorm(m: int, d: int) -> None:
+    """The LayerNorm producer's candidates (bf16 x, bf16 h + e4m3 codes) at ``m`` x ``d``."""
+    from lowbit.kernels import _triton_producers as tp
+
+    x = torch.randn(m, d, device="cuda").bfloat16()
+    w, b = torch.randn(d, device="cuda").bfloat16(), torch.randn(d, device="cuda").bfloat16()
+    nbytes = m * d * 5 + m * 12
+    base = {"pass": "LN+e4m3", "M": m, "N": d}
+
+    def run(cfg: dict | None = None):
+        return tp.layernorm_quantize(x, w, b, 1e-5, "e4m3", want_h=True, out_dtype=torch.bfloat16, config=cfg)
+
+    t = ms(run)
+    emit(**base, config="autotuned " + str(tp._ln_kernel_tuned.best_config), ms=t, GBps=nbytes / t / 1e6)
+    for c in tp._ln_prune(tp.ln_candidates(), {"D": d}):
+        cfg = dict(c.kwargs, num_warps=c.num_warps)
+        t = ms(lambda cfg=cfg: run(cfg))
+        emit(**base, config=str(cfg), ms=t, GBps=nbytes / t / 1e6)
+    t = ms(lambda: torch.nn.functional.layer_norm(x, [d], w, b))
+    emit(**base, config="torch layer_norm alone (no codes)", ms=t, GBps=m * d * 4 / t / 1e6)
+
+
 def write(out: Path) -> None:
     from lowbit.bench.common import environment
 
@@ -137,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=32896)
     ap.add_argument("--width", type=int, nargs="*", default=[5120])
     ap.add_argument("--budget", type=float, default=240.0, help="seconds of sweeping per width")
+    ap.add_argument("--layernorm", type=int, nargs="*", default=[1280], help="LayerNorm widths (the model width)")
     ap.add_argument("--one", help="run this config (JSON) 5 times and stop (a target for ncu)")
     ap.add_argument("--backward", action="store_true", help="with --one: the backward producer")
     args = ap.parse_args(argv)
@@ -152,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         sweep(args.rows, n, args.budget)
         if args.out:
             write(args.out)
+    for d in args.layernorm:
+        sweep_layernorm(args.rows, d)
+    if args.out:
+        write(args.out)
     return 0
 
 

@@ -84,13 +84,21 @@ def layernorm_rows(width: int) -> list[dict]:
     from lowbit.kernels import _triton_producers as tp
     from lowbit.kernels._triton_quant import _fmt_constants
 
-    bm, bd, warps = tp._ln_blocks(width)
     fmt = _fmt_constants("e4m3") | {"EMULATE": False}
-    ce = dict(HAS_W=True, HAS_B=True, WANT_H=True, **fmt, BLOCK_M=bm, BLOCK_D=bd)
-    s = sass_stats(tp._layernorm_quantize_kernel, LN_SIGNATURE, ce, warps, aligned=(0, 1, 2, 3, 4, 5, 6, 7, 9, 10))
-    return [dict(width=width, pass_="forward", config=f"LayerNorm BLOCK_M={bm} BLOCK_D={bd}", warps=warps,
-                 regs=s["regs"], stack=s["stack"], instructions=s["instructions"],
-                 per_element=s["instructions"] * 32 * warps / (bm * width), chunked=False)]
+    rows = []
+    bd = triton.next_power_of_2(width)
+    for cfg in tp._ln_prune(tp.ln_candidates(), {"D": width}):
+        bm, pieces = cfg.kwargs["BLOCK_M"], cfg.kwargs["LN_PIECES"]
+        p0, p1, p2 = tp.ln_pieces(width) if pieces else (0, 0, 0)
+        ce = dict(HAS_W=True, HAS_B=True, WANT_H=True, **fmt, BLOCK_M=bm, BLOCK_D=bd, LN_PIECES=pieces, P0=p0, P1=p1,
+                  P2=p2)
+        s = sass_stats(tp._layernorm_quantize_kernel, LN_SIGNATURE, ce, cfg.num_warps,
+                       aligned=(0, 1, 2, 3, 4, 5, 6, 7, 9, 10))
+        shape = "+".join(str(p) for p in (p0, p1, p2) if p) if pieces else f"BLOCK_D={bd}"
+        rows.append(dict(width=width, pass_="forward", config=f"LayerNorm BLOCK_M={bm} {shape}", warps=cfg.num_warps,
+                         regs=s["regs"], stack=s["stack"], instructions=s["instructions"],
+                         per_element=s["instructions"] * 32 * cfg.num_warps / (bm * width), chunked=False))
+    return rows
 
 
 def _describe(k: dict, width: int) -> str:

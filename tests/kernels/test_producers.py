@@ -91,14 +91,27 @@ def _exact_act_grad(a: torch.Tensor, activation: str) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("affine", [True, False])
-def test_layernorm_quantize_kernel_against_float64(fmt: str, out_dtype: torch.dtype, affine: bool) -> None:
+@pytest.mark.parametrize("d", [40, 37, 64])  # pieces 32 + 8 / 32 + 4 + 1 / a power of two (the masked block)
+@pytest.mark.parametrize("config", [None, "masked", "pieces-4-rows"])
+def test_layernorm_quantize_kernel_against_float64(fmt: str, out_dtype: torch.dtype, affine: bool, d: int,
+                                                   config: str | None) -> None:
+    """The autotuned launch (under the interpreter: rows in pieces where D has them) and pinned ones."""
+    if config == "pieces-4-rows" and d == 64:
+        pytest.skip("a power of two has no pieces")
+    pinned = {"masked": dict(BLOCK_M=2, num_warps=4), "pieces-4-rows": dict(BLOCK_M=4, LN_PIECES=True)}.get(config)
+
+    def layernorm_quantize(*args, want_h: bool = True, **kw):
+        if pinned is None:
+            return producers.layernorm_quantize(*args, want_h=want_h, backend="triton", **kw)
+        return tp.layernorm_quantize(*args, want_h=want_h, config=pinned, **kw)
+
     torch.manual_seed(1)
-    m, d = 7, 40
+    m = 7
     x = (torch.randn(m, d) * 3 + 1).to(DEVICE)
     x[3] = 2.5  # a constant row: h = bias (or 0), the LayerNorm of a zero-variance row
     w = torch.randn(d, device=DEVICE) if affine else None
     b = torch.randn(d, device=DEVICE) if affine else None
-    q, s, h, mean, rstd = producers.layernorm_quantize(x, w, b, 1e-5, fmt, out_dtype=out_dtype, backend="triton")
+    q, s, h, mean, rstd = layernorm_quantize(x, w, b, 1e-5, fmt, out_dtype=out_dtype)
     exact = torch.nn.functional.layer_norm(x.double(), [d], None if w is None else w.double(),
                                            None if b is None else b.double(), 1e-5)
     assert h.dtype == out_dtype and h.shape == (m, d)
@@ -112,8 +125,7 @@ def test_layernorm_quantize_kernel_against_float64(fmt: str, out_dtype: torch.dt
     assert torch.allclose(mean.double(), x.double().mean(1, keepdim=True), rtol=1e-6, atol=1e-6)
     assert torch.allclose(rstd.double(), (var + 1e-5).rsqrt(), rtol=1e-5)
     # Without the 16-bit output: the same codes, nothing else written.
-    q2, s2, h2, _, _ = producers.layernorm_quantize(x, w, b, 1e-5, fmt, out_dtype=out_dtype, want_h=False,
-                                                    backend="triton")
+    q2, s2, h2, _, _ = layernorm_quantize(x, w, b, 1e-5, fmt, out_dtype=out_dtype, want_h=False)
     assert h2.numel() == 0 and torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(s2, s)
 
 
@@ -392,6 +404,14 @@ def test_reloading_candidates_get_chunks_that_tile_the_row() -> None:
     kept = tp._prune([*configs, plain], {"N": 5120}, WANT_OUT=False)
     assert kept == [plain]  # nothing stored to read back
     assert tp._prune([*configs, plain], {"N": 5120}, WANT_OUT=True, COLSUM=True) == [plain]  # column sums
+
+
+def test_the_layernorm_autotuner_offers_pieces_only_where_a_row_has_them() -> None:
+    kept = tp._ln_prune(tp.ln_candidates(), {"D": 1280})
+    assert any(c.kwargs["LN_PIECES"] for c in kept) and all(c.kwargs["BLOCK_M"] * 2048 <= 16384 for c in kept)
+    assert not any(c.kwargs["LN_PIECES"] for c in tp._ln_prune(tp.ln_candidates(), {"D": 1024}))
+    assert tp.ln_pieces(1664) == (1024, 512, 128) and tp.ln_pieces(1280) == (1024, 256, 0)
+    assert tp.ln_pieces(16 * 15) == (0, 0, 0)  # four pieces: the masked block
 
 
 def test_pinned_pieces_config_on_a_row_without_pieces_raises() -> None:
