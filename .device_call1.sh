@@ -1,6 +1,6 @@
 export PYTHONPATH=src
 nvidia-smi --query-gpu=name --format=csv,noheader
-SWEEP_BUDGET=110 python3 bench/run.py run producer-sweep --out $OUT/r > $OUT/sweep.log 2>&1; echo rc=$?
+SWEEP_BUDGET=80 python3 bench/run.py run producer-sweep --out $OUT/r > $OUT/sweep.log 2>&1; echo rc=$?
 grep -E "^[{].*GELU" $OUT/r/logs/producer-sweep.log | python3 -c "
 import sys, json
 for l in sys.stdin:
