@@ -1,7 +1,7 @@
 export PYTHONPATH=src
 nvidia-smi --query-gpu=name --format=csv,noheader
-SWEEP_BUDGET=80 python3 bench/run.py run producer-sweep --out $OUT/r > $OUT/sweep.log 2>&1; echo rc=$?
-grep -E "^[{].*GELU" $OUT/r/logs/producer-sweep.log | python3 -c "
+NCU_LAUNCHES=2 SWEEP_BUDGET=45 python3 bench/run.py run producer-sweep --out $OUT/r > $OUT/sweep.log 2>&1; echo rc=$?
+grep -E "^[{].*(GELU|LN)" $OUT/r/logs/producer-sweep.log | python3 -c "
 import sys, json
 for l in sys.stdin:
     r = json.loads(l); print(r['pass'][:6], r.get('ms', r.get('error', r.get('skipped'))), round(r.get('of_copy', 0), 2), r.get('correct',''), r['config'][:110])"

@@ -9,7 +9,9 @@ python3 bench/probes/producer_sweep.py --out "$DIR/r" --budget ${SWEEP_BUDGET:-1
 B='{"BLOCK_M": 1, "PIECES": true, "num_warps": 4}'
 P='{"BLOCK_M": 1, "PIECES": true, "num_warps": 4, "MAX_PROGRAMS": 1056, "PREFETCH": true}'
 : > "$DIR/r/ncu.txt"
-for spec in "forward, a row each|$B|" "forward, PREFETCH runs|$P|" "backward, PREFETCH runs|$P|--backward"; do
+n=0
+for spec in "forward, PREFETCH runs|$P|" "backward, PREFETCH runs|$P|--backward" "forward, a row each|$B|"; do
+  n=$((n + 1)); [ "$n" -gt "${NCU_LAUNCHES:-3}" ] && break
   IFS='|' read -r name cfg flag <<< "$spec"
   echo "### $name: $cfg" >> "$DIR/r/ncu.txt"
   # shellcheck disable=SC2086
