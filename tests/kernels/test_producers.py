@@ -348,6 +348,24 @@ def test_cuda_every_launch_candidate_at_clip_widths(width: int) -> None:
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("width", [1280, 1664, 1024])
+def test_cuda_every_layernorm_candidate_at_clip_widths(width: int) -> None:
+    """Every LayerNorm launch the autotuner may pick at ViT-H / ViT-g / ViT-L widths, pinned one by one: the codes are
+    the row quantizer's of the stored h, h is PyTorch's LayerNorm within its own error of float64."""
+    torch.manual_seed(8)
+    x = (torch.randn(2051, width, device="cuda") * 3 + 1).bfloat16()
+    w, b = torch.randn(width, device="cuda").bfloat16(), torch.randn(width, device="cuda").bfloat16()
+    ref = torch.nn.functional.layer_norm(x.double(), [width], w.double(), b.double(), 1e-5)
+    twin = torch.nn.functional.layer_norm(x, [width], w, b, 1e-5)
+    for cfg in tp._ln_prune(tp.ln_candidates(), {"D": width}):
+        c = dict(cfg.kwargs, num_warps=cfg.num_warps)
+        q, s, h, _, _ = tp.layernorm_quantize(x, w, b, 1e-5, "e4m3", want_h=True, out_dtype=torch.bfloat16, config=c)
+        _assert_row_codes(h, q, s, "e4m3", f"LN codes {c}")
+        _as_accurate_as_twin(h, twin, ref)
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize(("fa", "fb"), [("e4m3", "e4m3"), ("e5m2", "e4m3"), ("int8", "int8")])
 @pytest.mark.parametrize("backend", ["triton", "cublas"])
 def test_cuda_plain_gemms_at_k_5120_against_float64(fa: str, fb: str, backend: str) -> None:
