@@ -1,6 +1,6 @@
 export PYTHONPATH=src
 nvidia-smi --query-gpu=name --format=csv,noheader
-NCU_LAUNCHES=2 SWEEP_BUDGET=45 python3 bench/run.py run producer-sweep --out $OUT/r > $OUT/sweep.log 2>&1; echo rc=$?
+NCU_LAUNCHES=1 SWEEP_BUDGET=30 python3 bench/run.py run producer-sweep --out $OUT/r > $OUT/sweep.log 2>&1; echo rc=$?
 grep -E "^[{].*(GELU|LN)" $OUT/r/logs/producer-sweep.log | python3 -c "
 import sys, json
 for l in sys.stdin:

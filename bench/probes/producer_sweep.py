@@ -40,19 +40,23 @@ def configs(sms: int, backward: bool) -> list[dict]:
     programs resident per SM."""
     from lowbit.kernels import _triton_producers as tp
 
-    out = [dict(BLOCK_M=1, PIECES=True, num_warps=4, MAX_PROGRAMS=tp.ONE_BLOCK_EACH if not backward else 8 * sms,
-                libdevice=True),  # session 12's pick, with libdevice's erf
-           dict(BLOCK_M=1, PIECES=True, num_warps=4, MAX_PROGRAMS=8 * sms, PREFETCH=True, libdevice=True)]
+    each = tp.ONE_BLOCK_EACH if not backward else 8 * sms  # the backward's column sums need runs
+    pick = dict(BLOCK_M=1, PIECES=True, num_warps=4, MAX_PROGRAMS=each)  # session 12's pick
+    out = [dict(pick, libdevice=True), pick,  # the erf's share, then the most likely winners first (a short budget)
+           dict(pick, MAX_PROGRAMS=8 * sms, PREFETCH=True), dict(pick, MAX_PROGRAMS=4 * sms, PREFETCH=True),
+           dict(pick, num_warps=8, MAX_PROGRAMS=4 * sms, PREFETCH=True),
+           dict(pick, MAX_PROGRAMS=8 * sms, PREFETCH=True, libdevice=True)]
     for warps in (4, 8):
         for per_sm in (2, 4, 8):
             for prefetch in (False, True):
-                out.append(dict(BLOCK_M=1, PIECES=True, num_warps=warps, MAX_PROGRAMS=per_sm * sms,
-                                PREFETCH=prefetch))
+                c = dict(BLOCK_M=1, PIECES=True, num_warps=warps, MAX_PROGRAMS=per_sm * sms, PREFETCH=prefetch)
+                if c not in out:
+                    out.append(c)
         if not backward:
             out.append(dict(BLOCK_M=1, PIECES=True, num_warps=warps, MAX_PROGRAMS=tp.ONE_BLOCK_EACH))
     caps = (128, 96) if backward else (96, 80, 64)
     for cap in caps:
-        for per_sm in (4, 6, 8):
+        for per_sm in (4, 8):
             out.append(dict(BLOCK_M=1, PIECES=True, num_warps=4, MAX_PROGRAMS=per_sm * sms, PREFETCH=True,
                             maxnreg=cap))
     if not backward:
