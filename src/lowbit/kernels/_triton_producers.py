@@ -8,9 +8,10 @@ also writing the row-wise int8 / fp8 codes and row scales of its output for the 
   column sums of dA (fc1's bias gradient) as per-program partials (deterministic: each program owns its row).
 
 The activation kernels launch runs of row blocks per program (about 8 programs per SM; ``MAX_PROGRAMS``) or a row
-block per program, optionally prefetching the next block (``STAGES``), and hold a row either in one power-of-two
-block or as its power-of-two pieces (``PIECES``: 5120 = 4096 + 1024, no masked lane); the autotuner picks per row
-width. They are issue-bound (the GELU's erf), so masked lanes cost time: at ViT-H's 32896 x 5120 on an H200 the
+block per program, optionally prefetching the next block (``STAGES`` through shared memory; ``PREFETCH`` into
+registers, for pieces: ptxas otherwise sinks a row's loads between its GELU computations, several round trips to
+memory per row), and hold a row either in one power-of-two block or as its power-of-two pieces (``PIECES``: 5120 =
+4096 + 1024, no masked lane); the autotuner picks per row width. They are issue-bound (the GELU's erf), so masked lanes cost time: at ViT-H's 32896 x 5120 on an H200 the
 pieces took the forward from 0.82 to 0.54 ms and the backward from 0.76 to 0.55 ms, 38-52% of copy bandwidth
 (inductor's fusion of the PyTorch twin: 0.49 / 0.70; ``bench/results/h100/row-flow-probe-3-h200.md``).
 
