@@ -66,6 +66,8 @@ SESSION11_H200 = ("issue #28/#29 session 11, call 2 on an H200 (every H100 start
                   "code at fcd2986 (the commits before the run changed docs and a docstring only)")
 SESSION12 = ("issue #28/#29 session 12, one H100 (three calls on one machine, the 2nd and 3rd warm), code at 62fbb54 "
              "(src sha256 38516eb2e5ad1271; the device copy's env.txt names an older commit)")
+SESSION13 = ("issue #28/#29 session 13, one H100 (two calls on one machine, the second warm), code at 6885035 "
+             "(src sha256 f8bdad54dca6e071; the device copy's env.txt names an older commit)")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -470,15 +472,24 @@ JOBS: list[Job] = [
         _renamed("model", "model-timm-vit-h-14-cudagraphs-fused.md", "model-timm-vit-h-14-cudagraphs-fused.json"),
         "3acd201", 280, SESSION12, needs="timm", note="carry .whl/ with timm"),
     Job("producer-sweep", "issue #28: the activation producers' launch space at ViT-H's 32896 x 5120 (GELU -> bf16 + "
-        "e4m3 codes; GELU' -> bf16 + e5m2 codes + column sums): warps, programs per SM, PREFETCH, register caps, "
-        "against copy bandwidth and PyTorch's GELU alone; then Nsight Compute on three launches",
-        "bash bench/probes/producer_sweep.sh $DIR", {"producer-sweep.md": "r/producer_sweep.md",
-                                                   "producer-sweep.json": "r/producer_sweep.json",
-                                                   "producer-sweep-ncu.txt": "r/ncu.txt"}, "", 420,
-        "not measured yet"),
-    _open_clip_graphs("prefetch", "issue #29: open_clip ViT-H-14 with CUDA graphs after the producers' PREFETCH "
-                      "candidates (the next row loaded ahead): bf16 and both row-wise recipes fused",
-                      "bf16 fp8-switchback:fused switchback:fused", "", 300, "not measured yet"),
+        "e4m3 codes; GELU' -> bf16 + e5m2 codes + column sums) with the fitted GELU and with libdevice's erf: warps, "
+        "programs per SM, PREFETCH, register caps; the LayerNorm producer's launches at 1280; against copy bandwidth "
+        "and PyTorch's GELU / LayerNorm alone; Nsight Compute on the forward PREFETCH launch",
+        "NCU_LAUNCHES=1 SWEEP_BUDGET=30 bash bench/probes/producer_sweep.sh $DIR",
+        {"producer-sweep.md": "r/producer_sweep.md"}, "36c71ea", 420, SESSION13,
+        annotated="written from the call's printed summary (ms, fraction of copy bandwidth, codes check) and the ncu "
+                  "lines it printed: the probe's .md/.json and ncu text did not come back (the device tool's "
+                  "file-count limit)"),
+    Job("gpu-tests-producers-fitted-gelu", "the producers' CUDA tests after the fitted GELU, PREFETCH and the LayerNorm "
+        "candidates: ViT-H widths against the PyTorch twins and float64, every LayerNorm candidate, the plain GEMMs at "
+        "K = 5120 (autotuned launches; every activation candidate is the next job's)",
+        f"{PYTEST} -x -rf tests/kernels/test_producers.py -k 'cuda and not every_launch'",
+        {"gpu-tests-producers-fitted-gelu.txt": "log"}, "36c71ea", 120, SESSION13),
+    _open_clip_graphs("prefetch", "issue #29: open_clip ViT-H-14 with CUDA graphs after the fitted GELU, the producers' "
+                      "PREFETCH candidates and the LayerNorm producer's autotuned launch: bf16 and both row-wise "
+                      "recipes fused", "bf16 fp8-switchback:fused switchback:fused", "36c71ea", 420, SESSION13,
+                      note="carry .whl/; the committed file has the bf16 and fp8-switchback:fused rows: the "
+                           "switchback:fused row was cut by the job's limit of the time (300 s) after its warm-up"),
     Job("step-vit-h-14-prefetch-graphs", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, fused, "
         "after the producers' PREFETCH candidates",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
