@@ -30,11 +30,8 @@ CONFIGS = {"one-pass": dict(BLOCK_M=2, BLOCK_N=64, num_warps=4), "two-pass": dic
            # the row in power-of-two pieces, all in registers (37 = 32 + 4 + 1 under the interpreter)
            "pieces": dict(BLOCK_M=2, PIECES=True, num_warps=4),
            "pieces-runs": dict(BLOCK_M=2, PIECES=True, num_warps=4, MAX_PROGRAMS=4),
-           # held as the 16-bit output between absmax and codes; the next row block loaded ahead (runs of 2, 2, 1, 0)
-           "pieces-hold16": dict(BLOCK_M=2, PIECES=True, num_warps=4, HOLD16=True),
+           # the next row block loaded ahead into registers (runs of 2, 2, 1 and 0 blocks)
            "pieces-prefetch-runs": dict(BLOCK_M=2, PIECES=True, num_warps=4, MAX_PROGRAMS=4, PREFETCH=True),
-           "pieces-prefetch-hold16-runs": dict(BLOCK_M=2, PIECES=True, num_warps=4, MAX_PROGRAMS=4, PREFETCH=True,
-                                               HOLD16=True),
            # two passes whose second reads the stored 16-bit output back instead of recomputing it
            "two-pass-reload": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4, RELOAD=True),
            "two-pass-reload-runs": dict(BLOCK_M=2, BLOCK_N=16, num_warps=4, MAX_PROGRAMS=2, RELOAD=True)}

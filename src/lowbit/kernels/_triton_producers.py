@@ -172,11 +172,10 @@ def _load_piece(ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, BLOCK_M: t
 
 @triton.jit
 def _act_piece(a, dg, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, out_ty: tl.constexpr,
-               ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, EMULATE: tl.constexpr,
-               HOLD16: tl.constexpr):
+               ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, EMULATE: tl.constexpr):
     """One power-of-two column piece ``[OFF, OFF + P)`` of a row block from its loaded inputs (every activation
-    maps 0 to 0 and a masked ``dg`` is 0, so masked rows give 0), its 16-bit output stored; returned as that 16-bit
-    value (``HOLD16``: half the registers while the row's absmax is reduced) or as float32."""
+    maps 0 to 0 and a masked ``dg`` is 0, so masked rows give 0), its 16-bit output stored; returned as float32
+    (holding the 16-bit value instead compiled to the same SASS: ptxas keeps the float32 copy either way)."""
     af = a.to(tl.float32)
     if BACKWARD:
         y = dg.to(tl.float32) * _activation_grad(af, ACT)
@@ -186,10 +185,7 @@ def _act_piece(a, dg, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, 
     if WANT_OUT:
         offs = base + (OFF + tl.arange(0, P))[None, :]
         tl.store(out_ptr + offs, y, mask=tl.broadcast_to(rmask[:, None], offs.shape))
-    if HOLD16:
-        return y
-    else:
-        return y.to(tl.float32)
+    return y.to(tl.float32)
 
 
 @triton.jit
@@ -214,7 +210,7 @@ def _act_quantize_kernel(
     BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, MAX_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PASS: tl.constexpr, STAGES: tl.constexpr,
     PIECES: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
-    RELOAD: tl.constexpr, HOLD16: tl.constexpr, PREFETCH: tl.constexpr,
+    RELOAD: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Program p takes a contiguous run of row blocks (all of them spread over ``min(blocks, MAX_PROGRAMS)``
     programs; one block each where MAX_PROGRAMS is large), so the column sums of a one-pass program accumulate in
@@ -225,7 +221,7 @@ def _act_quantize_kernel(
     registers: no masked lanes, e.g. 5120 = 4096 + 1024), ``ONE_PASS`` (one block ``BLOCK_N â‰¥ N`` wide, masked past
     N) or two passes over ``BLOCK_N`` column chunks (the second recomputes its chunk, or with ``RELOAD`` reads back
     the 16-bit output the first stored, as inductor's fusion does: an L2 hit instead of a second erf). With pieces,
-    ``HOLD16`` keeps the row as its 16-bit output between the absmax and the codes, and ``PREFETCH`` loads the next
+    ``PREFETCH`` loads the next
     row block of a run into registers before this one is computed (its loads in flight across the row's reduction
     and stores)."""
     pid = tl.program_id(0)
@@ -284,38 +280,36 @@ def _act_quantize_kernel(
                 d1 = _load_piece(dg_ptr, base, rmask, P0, P1, BLOCK_M, BACKWARD)
                 d2 = _load_piece(dg_ptr, base, rmask, P0 + P1, P2, BLOCK_M, BACKWARD)
                 d3 = _load_piece(dg_ptr, base, rmask, P0 + P1 + P2, P3, BLOCK_M, BACKWARD)
-            y0 = _act_piece(a0, d0, out_ptr, base, rmask, 0, P0, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE, HOLD16)
+            y0 = _act_piece(a0, d0, out_ptr, base, rmask, 0, P0, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE)
             amax_bits = _piece_amax(y0, tl.zeros([BLOCK_M], dtype=tl.int32))
             if P1 > 0:
-                y1 = _act_piece(a1, d1, out_ptr, base, rmask, P0, P1, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE,
-                                HOLD16)
+                y1 = _act_piece(a1, d1, out_ptr, base, rmask, P0, P1, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE)
                 amax_bits = _piece_amax(y1, amax_bits)
             if P2 > 0:
-                y2 = _act_piece(a2, d2, out_ptr, base, rmask, P0 + P1, P2, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE,
-                                HOLD16)
+                y2 = _act_piece(a2, d2, out_ptr, base, rmask, P0 + P1, P2, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE)
                 amax_bits = _piece_amax(y2, amax_bits)
             if P3 > 0:
                 y3 = _act_piece(a3, d3, out_ptr, base, rmask, P0 + P1 + P2, P3, out_ty, ACT, BACKWARD, WANT_OUT,
-                                EMULATE, HOLD16)
+                                EMULATE)
                 amax_bits = _piece_amax(y3, amax_bits)
             scale, mul = _scale_and_multiplier(amax_bits.to(tl.float32, bitcast=True), FMT, QMAX, AMAX_FLOOR)
             _store_codes(q_ptr, y0, mul, base, rmask, 0, P0, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
             if COLSUM:
-                acc0 += tl.sum(y0.to(tl.float32), axis=0)
+                acc0 += tl.sum(y0, axis=0)
             if P1 > 0:
                 _store_codes(q_ptr, y1, mul, base, rmask, P0, P1, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
                 if COLSUM:
-                    acc1 += tl.sum(y1.to(tl.float32), axis=0)
+                    acc1 += tl.sum(y1, axis=0)
             if P2 > 0:
                 _store_codes(q_ptr, y2, mul, base, rmask, P0 + P1, P2, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
                              EMULATE)
                 if COLSUM:
-                    acc2 += tl.sum(y2.to(tl.float32), axis=0)
+                    acc2 += tl.sum(y2, axis=0)
             if P3 > 0:
                 _store_codes(q_ptr, y3, mul, base, rmask, P0 + P1 + P2, P3, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB,
                              EMULATE)
                 if COLSUM:
-                    acc3 += tl.sum(y3.to(tl.float32), axis=0)
+                    acc3 += tl.sum(y3, axis=0)
         elif ONE_PASS:
             mask = rmask[:, None] & (cols[None, :] < N)
             y = _act_tile(a_ptr, dg_ptr, base + cols[None, :], mask, out_ty, ACT, BACKWARD, EMULATE)
@@ -399,13 +393,13 @@ DIVISOR_CHUNK = -1  # BLOCK_N of a RELOAD candidate: the largest power of two â‰
 
 
 def _act_config(bm: int, bn: int, warps: int, programs: int = ONE_BLOCK_EACH, stages: int = 1,
-                reload: bool = False, hold16: bool = False, prefetch: bool = False,
+                reload: bool = False, prefetch: bool = False,
                 maxnreg: int | None = None) -> triton.Config:
-    """``bn`` 0: the row in power-of-two pieces (``PIECES``, optionally ``hold16`` / ``prefetch``); else blocks
+    """``bn`` 0: the row in power-of-two pieces (``PIECES``, optionally ``prefetch``); else blocks
     ``bn`` wide (one or two passes); ``reload``: two passes whose second reads the stored output back (``bn``
     DIVISOR_CHUNK: chunks that tile N); ``maxnreg``: a register cap per thread (more programs resident per SM)."""
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn or 16, "MAX_PROGRAMS": programs, "STAGES": stages,
-                          "PIECES": bn == 0, "RELOAD": reload, "HOLD16": hold16, "PREFETCH": prefetch},
+                          "PIECES": bn == 0, "RELOAD": reload, "PREFETCH": prefetch},
                          num_warps=warps, maxnreg=maxnreg)
 
 
@@ -425,7 +419,9 @@ def _act_configs() -> list[triton.Config]:
     ``next_power_of_2(N)`` wide (8192 lanes for 5120 columns: 37% of the lanes masked, and the kernel issue-bound),
     hence the ``PIECES`` candidates (the row as 4096 + 1024 lanes; 0.54 / 0.55 ms forward / backward on an H200).
     The ``RELOAD`` candidates (two passes over chunks that tile the row, the second reading the stored output
-    back: inductor's forward, 0.49 ms there) are offered for the forward, not yet measured as lowbit's kernel. The
+    back: inductor's forward) and the ``PREFETCH`` runs (the next row loaded into registers ahead) were the H100's
+    picks with the fitted GELU (``bench/results/h100/producer-sweep.md``): forward 0.305 ms (93% of copy
+    bandwidth), backward 0.447 ms (89%), against 0.499 / 0.600 for session 12's launch with libdevice's erf. The
     first entry is the launch of the first kernel (a persistent grid of 4 programs per SM, prefetch 3), kept as the
     floor; two-pass column chunks serve rows wider than 8192."""
     if interpreting():
@@ -561,7 +557,7 @@ def act_quantize(
 
     if config is not None:
         cfg = {"MAX_PROGRAMS": ONE_BLOCK_EACH, "STAGES": 1, "PIECES": False, "RELOAD": False, "BLOCK_N": 16,
-               "HOLD16": False, "PREFETCH": False, **config}
+               "PREFETCH": False, **config}
         if cfg["RELOAD"] and not want_out:
             raise ValueError("act_quantize: RELOAD reads back the 16-bit output; it needs want_out=True")
         if cfg["PIECES"] and row_pieces(N, smallest=_SMALLEST_PIECE) is None:
