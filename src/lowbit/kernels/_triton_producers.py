@@ -11,9 +11,10 @@ The activation kernels launch runs of row blocks per program (about 8 programs p
 block per program, optionally prefetching the next block (``STAGES`` through shared memory; ``PREFETCH`` into
 registers, for pieces: ptxas otherwise sinks a row's loads between its GELU computations, several round trips to
 memory per row), and hold a row either in one power-of-two block or as its power-of-two pieces (``PIECES``: 5120 =
-4096 + 1024, no masked lane); the autotuner picks per row width. They are issue-bound (the GELU's erf), so masked lanes cost time: at ViT-H's 32896 x 5120 on an H200 the
-pieces took the forward from 0.82 to 0.54 ms and the backward from 0.76 to 0.55 ms, 38-52% of copy bandwidth
-(inductor's fusion of the PyTorch twin: 0.49 / 0.70; ``bench/results/h100/row-flow-probe-3-h200.md``).
+4096 + 1024, no masked lane); the autotuner picks per row width. They were issue-bound on libdevice's erf, so masked
+lanes cost time (the pieces took ViT-H's 32896 x 5120 from 0.82 to 0.54 ms forward on an H200); with the fitted
+GELU of :mod:`lowbit.kernels._triton_gemm` and ``PREFETCH`` the H100 runs them at 93% / 89% of copy bandwidth
+(forward 0.305 ms, backward 0.447 ms: ``bench/results/h100/producer-sweep.md``).
 
 The codes are those of the standalone row quantizer (:mod:`lowbit.kernels._reference`) applied to the 16-bit
 output as stored, bit for bit: the kernels round the output first and quantize that rounded value with the same
