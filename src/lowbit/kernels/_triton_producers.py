@@ -520,7 +520,8 @@ def _ln_configs() -> list[triton.Config]:
 
 
 _ln_kernel_tuned = FastLaunch(triton.autotune(
-    configs=_ln_configs(), key=["D", "HAS_W", "HAS_B", "WANT_H", "FMT"], prune_configs_by={"early_config_prune": _ln_prune},
+    configs=_ln_configs(), key=["D", "HAS_W", "HAS_B", "WANT_H", "FMT"],
+    prune_configs_by={"early_config_prune": _ln_prune},
 )(triton.heuristics(_LN_HEURISTICS)(_layernorm_quantize_kernel)))
 _ln_kernel_fixed = FastLaunch(triton.heuristics(_LN_HEURISTICS)(_layernorm_quantize_kernel))
 
