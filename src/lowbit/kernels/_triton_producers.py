@@ -172,6 +172,21 @@ def _load_piece(ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, BLOCK_M: t
 
 
 @triton.jit
+def _load_row(a_ptr, dg_ptr, base, rmask, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
+              BLOCK_M: tl.constexpr, USED: tl.constexpr, BACKWARD: tl.constexpr):
+    """A row block's pieces of ``a`` and (backward) ``dg``: the eight values a prefetching program carries."""
+    DG: tl.constexpr = USED and BACKWARD
+    return (_load_piece(a_ptr, base, rmask, 0, P0, BLOCK_M, USED),
+            _load_piece(a_ptr, base, rmask, P0, P1, BLOCK_M, USED),
+            _load_piece(a_ptr, base, rmask, P0 + P1, P2, BLOCK_M, USED),
+            _load_piece(a_ptr, base, rmask, P0 + P1 + P2, P3, BLOCK_M, USED),
+            _load_piece(dg_ptr, base, rmask, 0, P0, BLOCK_M, DG),
+            _load_piece(dg_ptr, base, rmask, P0, P1, BLOCK_M, DG),
+            _load_piece(dg_ptr, base, rmask, P0 + P1, P2, BLOCK_M, DG),
+            _load_piece(dg_ptr, base, rmask, P0 + P1 + P2, P3, BLOCK_M, DG))
+
+
+@triton.jit
 def _act_piece(a, dg, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, out_ty: tl.constexpr,
                ACT: tl.constexpr, BACKWARD: tl.constexpr, WANT_OUT: tl.constexpr, EMULATE: tl.constexpr):
     """One power-of-two column piece ``[OFF, OFF + P)`` of a row block from its loaded inputs (every activation
@@ -247,14 +262,8 @@ def _act_quantize_kernel(
     nmask = nrows < row_end
     nbase = nrows[:, None].to(tl.int64) * N
     ON: tl.constexpr = PIECES and PREFETCH
-    a0n = _load_piece(a_ptr, nbase, nmask, 0, P0, BLOCK_M, ON)
-    a1n = _load_piece(a_ptr, nbase, nmask, P0, P1, BLOCK_M, ON)
-    a2n = _load_piece(a_ptr, nbase, nmask, P0 + P1, P2, BLOCK_M, ON)
-    a3n = _load_piece(a_ptr, nbase, nmask, P0 + P1 + P2, P3, BLOCK_M, ON)
-    d0n = _load_piece(dg_ptr, nbase, nmask, 0, P0, BLOCK_M, ON and BACKWARD)
-    d1n = _load_piece(dg_ptr, nbase, nmask, P0, P1, BLOCK_M, ON and BACKWARD)
-    d2n = _load_piece(dg_ptr, nbase, nmask, P0 + P1, P2, BLOCK_M, ON and BACKWARD)
-    d3n = _load_piece(dg_ptr, nbase, nmask, P0 + P1 + P2, P3, BLOCK_M, ON and BACKWARD)
+    a0n, a1n, a2n, a3n, d0n, d1n, d2n, d3n = _load_row(a_ptr, dg_ptr, nbase, nmask, P0, P1, P2, P3, BLOCK_M, ON,
+                                                       BACKWARD)
     for rb in tl.range(first, last, num_stages=STAGES):
         rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < M
@@ -264,23 +273,11 @@ def _act_quantize_kernel(
                 a0, a1, a2, a3, d0, d1, d2, d3 = a0n, a1n, a2n, a3n, d0n, d1n, d2n, d3n
                 nmask = rows + BLOCK_M < row_end
                 nbase = base + BLOCK_M * N
-                a0n = _load_piece(a_ptr, nbase, nmask, 0, P0, BLOCK_M, True)
-                a1n = _load_piece(a_ptr, nbase, nmask, P0, P1, BLOCK_M, True)
-                a2n = _load_piece(a_ptr, nbase, nmask, P0 + P1, P2, BLOCK_M, True)
-                a3n = _load_piece(a_ptr, nbase, nmask, P0 + P1 + P2, P3, BLOCK_M, True)
-                d0n = _load_piece(dg_ptr, nbase, nmask, 0, P0, BLOCK_M, BACKWARD)
-                d1n = _load_piece(dg_ptr, nbase, nmask, P0, P1, BLOCK_M, BACKWARD)
-                d2n = _load_piece(dg_ptr, nbase, nmask, P0 + P1, P2, BLOCK_M, BACKWARD)
-                d3n = _load_piece(dg_ptr, nbase, nmask, P0 + P1 + P2, P3, BLOCK_M, BACKWARD)
+                a0n, a1n, a2n, a3n, d0n, d1n, d2n, d3n = _load_row(a_ptr, dg_ptr, nbase, nmask, P0, P1, P2, P3,
+                                                                   BLOCK_M, True, BACKWARD)
             else:
-                a0 = _load_piece(a_ptr, base, rmask, 0, P0, BLOCK_M, True)
-                a1 = _load_piece(a_ptr, base, rmask, P0, P1, BLOCK_M, True)
-                a2 = _load_piece(a_ptr, base, rmask, P0 + P1, P2, BLOCK_M, True)
-                a3 = _load_piece(a_ptr, base, rmask, P0 + P1 + P2, P3, BLOCK_M, True)
-                d0 = _load_piece(dg_ptr, base, rmask, 0, P0, BLOCK_M, BACKWARD)
-                d1 = _load_piece(dg_ptr, base, rmask, P0, P1, BLOCK_M, BACKWARD)
-                d2 = _load_piece(dg_ptr, base, rmask, P0 + P1, P2, BLOCK_M, BACKWARD)
-                d3 = _load_piece(dg_ptr, base, rmask, P0 + P1 + P2, P3, BLOCK_M, BACKWARD)
+                a0, a1, a2, a3, d0, d1, d2, d3 = _load_row(a_ptr, dg_ptr, base, rmask, P0, P1, P2, P3, BLOCK_M, True,
+                                                           BACKWARD)
             y0 = _act_piece(a0, d0, out_ptr, base, rmask, 0, P0, out_ty, ACT, BACKWARD, WANT_OUT, EMULATE)
             amax_bits = _piece_amax(y0, tl.zeros([BLOCK_M], dtype=tl.int32))
             if P1 > 0:
