@@ -164,6 +164,34 @@ def test_the_same_signal_forwarded_soon_after_is_not_a_second_one(monkeypatch: p
         time.sleep(0.01)
 
 
+def test_a_forward_after_the_loop_ended_is_absorbed_then_the_old_handler_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A short step: the loop saves and leaves ``Interrupt`` before torchrun's forward of the signal arrives, while
+    the run still writes its summary. That forward is absorbed; a signal after the window reaches the handler the
+    run found (here a recording one), which is back in place."""
+    from lowbit.train.signals import Interrupt
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        monkeypatch.setattr(Interrupt, "REPEAT_WINDOW", 0.3)
+        with Interrupt() as interrupt:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        assert interrupt.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's forward, after the loop
+        time.sleep(0.01)
+        assert seen == []
+        time.sleep(0.35)
+        os.kill(os.getpid(), signal.SIGTERM)  # a new request, past the window
+        time.sleep(0.01)
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the other signal restored at exit
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file() or not torch.distributed.is_gloo_available(),
                     reason="needs /proc and gloo")
 def test_sigterm_to_every_process_of_a_torchrun_job_saves(tmp_path: Path) -> None:
