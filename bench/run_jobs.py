@@ -482,14 +482,14 @@ JOBS: list[Job] = [
                   "file-count limit)"),
     Job("gpu-tests-producers-fitted-gelu", "the producers' CUDA tests after the fitted GELU, PREFETCH and the LayerNorm "
         "candidates: ViT-H widths against the PyTorch twins and float64, every LayerNorm candidate, the plain GEMMs at "
-        "K = 5120 (autotuned launches; every activation candidate is the next job's)",
+        "K = 5120 (autotuned launches; every activation candidate pinned, `every_launch`, was not run this session)",
         f"{PYTEST} -x -rf tests/kernels/test_producers.py -k 'cuda and not every_launch'",
         {"gpu-tests-producers-fitted-gelu.txt": "log"}, "36c71ea", 120, SESSION13),
     _open_clip_graphs("prefetch", "issue #29: open_clip ViT-H-14 with CUDA graphs after the fitted GELU, the producers' "
                       "PREFETCH candidates and the LayerNorm producer's autotuned launch: bf16 and both row-wise "
                       "recipes fused", "bf16 fp8-switchback:fused switchback:fused", "36c71ea", 420, SESSION13,
                       note="carry .whl/; the committed file has the bf16 and fp8-switchback:fused rows: the "
-                           "switchback:fused row was cut by the job's limit of the time (300 s) after its warm-up"),
+                           "switchback:fused row was cut by the job's time limit (300 s then) after its warm-up"),
     Job("step-vit-h-14-prefetch-graphs", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, fused, "
         "after the producers' PREFETCH candidates",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "

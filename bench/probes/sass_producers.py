@@ -86,15 +86,13 @@ def layernorm_rows(width: int) -> list[dict]:
 
     fmt = _fmt_constants("e4m3") | {"EMULATE": False}
     rows = []
-    bd = triton.next_power_of_2(width)
     for cfg in tp._ln_prune(tp.ln_candidates(), {"D": width}):
-        bm, pieces = cfg.kwargs["BLOCK_M"], cfg.kwargs["LN_PIECES"]
-        p0, p1, p2 = tp.ln_pieces(width) if pieces else (0, 0, 0)
-        ce = dict(HAS_W=True, HAS_B=True, WANT_H=True, **fmt, BLOCK_M=bm, BLOCK_D=bd, LN_PIECES=pieces, P0=p0, P1=p1,
-                  P2=p2)
+        ce = dict(HAS_W=True, HAS_B=True, WANT_H=True, **fmt, **cfg.kwargs)
+        ce.update({name: rule({**ce, "D": width}) for name, rule in tp._LN_HEURISTICS.items()})  # as a launch
         s = sass_stats(tp._layernorm_quantize_kernel, LN_SIGNATURE, ce, cfg.num_warps,
                        aligned=(0, 1, 2, 3, 4, 5, 6, 7, 9, 10))
-        shape = "+".join(str(p) for p in (p0, p1, p2) if p) if pieces else f"BLOCK_D={bd}"
+        bm, pieces = ce["BLOCK_M"], (ce["P0"], ce["P1"], ce["P2"])
+        shape = "+".join(str(p) for p in pieces if p) if ce["LN_PIECES"] else f"BLOCK_D={ce['BLOCK_D']}"
         rows.append(dict(width=width, pass_="forward", config=f"LayerNorm BLOCK_M={bm} {shape}", warps=cfg.num_warps,
                          regs=s["regs"], stack=s["stack"], instructions=s["instructions"],
                          per_element=s["instructions"] * 32 * cfg.num_warps / (bm * width), chunked=False))

@@ -145,28 +145,34 @@ def _layernorm_quantize_kernel(
 
 
 @triton.jit
+def _act_values(a, dg, out_ty: tl.constexpr, ACT: tl.constexpr, BACKWARD: tl.constexpr, EMULATE: tl.constexpr):
+    """``act(a)`` or ``dg · act'(a)`` of loaded 16-bit values, rounded once to ``out_ty``."""
+    af = a.to(tl.float32)
+    if BACKWARD:
+        y = dg.to(tl.float32) * _activation_grad(af, ACT)
+    else:
+        y = _activation(af, ACT)
+    return _cast(y, out_ty, EMULATE)
+
+
+@triton.jit
 def _act_tile(a_ptr, dg_ptr, offs, mask, out_ty: tl.constexpr, ACT: tl.constexpr, BACKWARD: tl.constexpr,
               EMULATE: tl.constexpr):
     """The 16-bit output of one tile: ``act(a)`` or ``dg · act'(a)``, rounded once to ``out_ty``."""
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0)
+    dg = a  # unused in the forward
     if BACKWARD:
-        dg = tl.load(dg_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        y = dg * _activation_grad(a, ACT)
-    else:
-        y = _activation(a, ACT)
-    return _cast(y, out_ty, EMULATE)
+        dg = tl.load(dg_ptr + offs, mask=mask, other=0.0)
+    return _act_values(a, dg, out_ty, ACT, BACKWARD, EMULATE)
 
 
 @triton.jit
 def _load_piece(ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, USED: tl.constexpr):
     """Columns ``[OFF, OFF + P)`` of a row block as stored (16-bit; zero in masked rows), or a 16-wide zero stand-in
     where the piece is absent (``P`` 0) or the input unused, so a prefetched (loop-carried) value has one type."""
-    if USED:
-        if P > 0:
-            offs = base + (OFF + tl.arange(0, P))[None, :]
-            return tl.load(ptr + offs, mask=tl.broadcast_to(rmask[:, None], offs.shape), other=0.0)
-        else:
-            return tl.zeros([BLOCK_M, 16], dtype=ptr.dtype.element_ty)
+    if USED and P > 0:
+        offs = base + (OFF + tl.arange(0, P))[None, :]
+        return tl.load(ptr + offs, mask=tl.broadcast_to(rmask[:, None], offs.shape), other=0.0)
     else:
         return tl.zeros([BLOCK_M, 16], dtype=ptr.dtype.element_ty)
 
@@ -192,12 +198,7 @@ def _act_piece(a, dg, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, 
     """One power-of-two column piece ``[OFF, OFF + P)`` of a row block from its loaded inputs (every activation
     maps 0 to 0 and a masked ``dg`` is 0, so masked rows give 0), its 16-bit output stored; returned as float32
     (holding the 16-bit value instead compiled to the same SASS: ptxas keeps the float32 copy either way)."""
-    af = a.to(tl.float32)
-    if BACKWARD:
-        y = dg.to(tl.float32) * _activation_grad(af, ACT)
-    else:
-        y = _activation(af, ACT)
-    y = _cast(y, out_ty, EMULATE)
+    y = _act_values(a, dg, out_ty, ACT, BACKWARD, EMULATE)
     if WANT_OUT:
         offs = base + (OFF + tl.arange(0, P))[None, :]
         tl.store(out_ptr + offs, y, mask=tl.broadcast_to(rmask[:, None], offs.shape))
@@ -206,7 +207,7 @@ def _act_piece(a, dg, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, 
 
 @triton.jit
 def _piece_amax(y, amax_bits):
-    return tl.maximum(amax_bits, tl.max(_abs_bits(y.to(tl.float32)), axis=1))
+    return tl.maximum(amax_bits, tl.max(_abs_bits(y), axis=1))
 
 
 @triton.jit
@@ -214,7 +215,7 @@ def _store_codes(q_ptr, y, mul, base, rmask, OFF: tl.constexpr, P: tl.constexpr,
                  QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
                  INV_SUB: tl.constexpr, EMULATE: tl.constexpr):
     offs = base + (OFF + tl.arange(0, P))[None, :]
-    tl.store(q_ptr + offs, _encode(y.to(tl.float32), mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE),
+    tl.store(q_ptr + offs, _encode(y, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE),
              mask=tl.broadcast_to(rmask[:, None], offs.shape))
 
 
@@ -237,9 +238,8 @@ def _act_quantize_kernel(
     registers: no masked lanes, e.g. 5120 = 4096 + 1024), ``ONE_PASS`` (one block ``BLOCK_N ≥ N`` wide, masked past
     N) or two passes over ``BLOCK_N`` column chunks (the second recomputes its chunk, or with ``RELOAD`` reads back
     the 16-bit output the first stored, as inductor's fusion does: an L2 hit instead of a second erf). With pieces,
-    ``PREFETCH`` loads the next
-    row block of a run into registers before this one is computed (its loads in flight across the row's reduction
-    and stores)."""
+    ``PREFETCH`` loads the next row block of a run into registers before this one is computed (its loads in flight
+    across the row's reduction and stores)."""
     pid = tl.program_id(0)
     out_ty = out_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK_N)

@@ -35,19 +35,21 @@ class Interrupt:
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
-            late = sig == self.signum and time.monotonic() - self._first < self.REPEAT_WINDOW
-            signal.signal(sig, self._forwarded(sig, old) if late else old)
+            signal.signal(sig, self._forwarded(old) if self._is_forward(sig) else old)
         self._old.clear()
 
-    def _forwarded(self, sig: int, old: Any) -> Any:
-        """The handler left for the rest of the window after a run stopped on ``sig``: the launcher's forward of it
+    def _is_forward(self, signum: int) -> bool:
+        """The signal this run stopped for, again within the window: a launcher's forward of it."""
+        return self.signum == signum and time.monotonic() - self._first < self.REPEAT_WINDOW
+
+    def _forwarded(self, old: Any) -> Any:
+        """The handler left for the rest of the window after a run stopped on a signal: the launcher's forward of it
         can arrive after the loop (a short step) while the run still writes its summary, and must not kill it.
         Past the window the handler the run found is put back and the signal delivered to it."""
-        first, window = self._first, self.REPEAT_WINDOW
         previous = old if old is not None else signal.SIG_DFL
 
         def handler(signum: int, frame: Any) -> None:
-            if time.monotonic() - first < window:
+            if self._is_forward(signum):
                 return
             signal.signal(signum, previous)
             signal.raise_signal(signum)
@@ -55,7 +57,7 @@ class Interrupt:
         return handler
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum == signum and time.monotonic() - self._first < self.REPEAT_WINDOW:
+        if self._is_forward(signum):
             return  # the same signal forwarded by a launcher: still finishing the step and saving
         if self.signum:
             raise KeyboardInterrupt(f"second {self.NAMES.get(signum, signum)}: aborted without saving")
