@@ -121,7 +121,7 @@ def sweep(m: int, n: int, budget: float) -> None:
 
 def sweep_layernorm(m: int, d: int) -> None:
     """The LayerNorm producer's candidates (bf16 x, bf16 h + e4m3 codes) at ``m`` x ``d``."""
-    from lowbit.kernels import _triton_producers as tp
+    from lowbit.kernels import _triton_layernorm as tln
 
     x = torch.randn(m, d, device="cuda").bfloat16()
     w, b = torch.randn(d, device="cuda").bfloat16(), torch.randn(d, device="cuda").bfloat16()
@@ -129,11 +129,11 @@ def sweep_layernorm(m: int, d: int) -> None:
     base = {"pass": "LN+e4m3", "M": m, "N": d}
 
     def run(cfg: dict | None = None):
-        return tp.layernorm_quantize(x, w, b, 1e-5, "e4m3", want_h=True, out_dtype=torch.bfloat16, config=cfg)
+        return tln.layernorm_quantize(x, w, b, 1e-5, "e4m3", want_h=True, out_dtype=torch.bfloat16, config=cfg)
 
     t = ms(run)
-    emit(**base, config="autotuned " + str(tp._ln_kernel_tuned.best_config), ms=t, GBps=nbytes / t / 1e6)
-    for c in tp._ln_prune(tp.ln_candidates(), {"D": d}):
+    emit(**base, config="autotuned " + str(tln._ln_kernel_tuned.best_config), ms=t, GBps=nbytes / t / 1e6)
+    for c in tln._ln_prune(tln.ln_candidates(), {"D": d}):
         cfg = dict(c.kwargs, num_warps=c.num_warps)
         t = ms(lambda cfg=cfg: run(cfg))
         emit(**base, config=str(cfg), ms=t, GBps=nbytes / t / 1e6)

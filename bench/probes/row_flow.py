@@ -55,6 +55,7 @@ def part_producers(gbs: float) -> None:
     from lowbit.kernels import _reference as ref
     from lowbit.kernels import _triton_producers as tp
     from lowbit.kernels import producers as P
+    from lowbit.kernels._common import row_pieces
 
     bf = torch.bfloat16
 
@@ -81,7 +82,7 @@ def part_producers(gbs: float) -> None:
     for cfg in tp._prune(tp.act_candidates(), {"N": H}):
         c = dict(cfg.kwargs, num_warps=cfg.num_warps)
         progs = "one block each" if c["MAX_PROGRAMS"] == tp.ONE_BLOCK_EACH else f"<= {c['MAX_PROGRAMS']} programs"
-        width = "+".join(map(str, tp.row_pieces(H))) if c["PIECES"] else f"BLOCK_N={c['BLOCK_N']}"
+        width = "+".join(map(str, row_pieces(H))) if c["PIECES"] else f"BLOCK_N={c['BLOCK_N']}"
         tag = f"BLOCK_M={c['BLOCK_M']} {width} warps={c['num_warps']} {progs} stages={c['STAGES']}"
         g, qg, _sg, _ = tp.act_quantize(a, None, "gelu", "e4m3", want_out=True, colsum=False, out_dtype=bf, config=c)
         ok = torch.equal(qg.view(torch.uint8), ref.quantize(g, "e4m3", "row")[0].view(torch.uint8))

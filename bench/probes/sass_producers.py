@@ -81,15 +81,15 @@ def act_rows(width: int) -> list[dict]:
 
 
 def layernorm_rows(width: int) -> list[dict]:
-    from lowbit.kernels import _triton_producers as tp
+    from lowbit.kernels import _triton_layernorm as tln
     from lowbit.kernels._triton_quant import _fmt_constants
 
     fmt = _fmt_constants("e4m3") | {"EMULATE": False}
     rows = []
-    for cfg in tp._ln_prune(tp.ln_candidates(), {"D": width}):
+    for cfg in tln._ln_prune(tln.ln_candidates(), {"D": width}):
         ce = dict(HAS_W=True, HAS_B=True, WANT_H=True, **fmt, **cfg.kwargs)
-        ce.update({name: rule({**ce, "D": width}) for name, rule in tp._LN_HEURISTICS.items()})  # as a launch
-        s = sass_stats(tp._layernorm_quantize_kernel, LN_SIGNATURE, ce, cfg.num_warps,
+        ce.update({name: rule({**ce, "D": width}) for name, rule in tln._LN_HEURISTICS.items()})  # as a launch
+        s = sass_stats(tln._layernorm_quantize_kernel, LN_SIGNATURE, ce, cfg.num_warps,
                        aligned=(0, 1, 2, 3, 4, 5, 6, 7, 9, 10))
         bm, pieces = ce["BLOCK_M"], (ce["P0"], ce["P1"], ce["P2"])
         shape = "+".join(str(p) for p in pieces if p) if ce["LN_PIECES"] else f"BLOCK_D={ce['BLOCK_D']}"
@@ -101,9 +101,10 @@ def layernorm_rows(width: int) -> list[dict]:
 
 def _describe(k: dict, width: int) -> str:
     from lowbit.kernels import _triton_producers as tp
+    from lowbit.kernels._common import row_pieces
 
     if k["PIECES"]:
-        shape = "pieces " + "+".join(map(str, tp.row_pieces(width)))
+        shape = "pieces " + "+".join(map(str, row_pieces(width)))
     elif k["BLOCK_N"] >= width:
         shape = f"one pass {k['BLOCK_N']} lanes"
     else:

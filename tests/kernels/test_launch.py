@@ -242,6 +242,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def _every_kernel() -> dict:
     """Each lowbit Triton launcher once, at a ViT-ish shape: name → function returning its outputs."""
+    from lowbit.kernels import _triton_layernorm as tln
     from lowbit.kernels import _triton_producers as tp
     from lowbit.kernels import _triton_quant as tq
     from lowbit.kernels import blockwise
@@ -269,8 +270,8 @@ def _every_kernel() -> dict:
                                                 out_dtype=torch.bfloat16),
         "act_backward_quantize colsum": lambda: tp.act_quantize(a, a, "gelu", "e4m3", want_out=True, colsum=True,
                                                                 out_dtype=torch.bfloat16),
-        "layernorm_quantize": lambda: tp.layernorm_quantize(x, lw.bfloat16(), lb.bfloat16(), 1e-5, "int8",
-                                                            want_h=True, out_dtype=torch.bfloat16),
+        "layernorm_quantize": lambda: tln.layernorm_quantize(x, lw.bfloat16(), lb.bfloat16(), 1e-5, "int8",
+                                                             want_h=True, out_dtype=torch.bfloat16),
         "blockwise 1x128": lambda: blockwise.quantize_blockwise(x, "e4m3", blockwise.ACT_BLOCK, backend="triton"),
     }
 
@@ -283,9 +284,9 @@ def _flat(out) -> list[torch.Tensor]:
 
 @cuda
 def test_cuda_replay_is_bit_identical_to_tritons_launch() -> None:
-    from lowbit.kernels import _triton_gemm, _triton_producers, _triton_quant
+    from lowbit.kernels import _triton_gemm, _triton_layernorm, _triton_producers, _triton_quant
 
-    wrapped = [v for m in (_triton_gemm, _triton_producers, _triton_quant) for v in vars(m).values()
+    wrapped = [v for m in (_triton_gemm, _triton_layernorm, _triton_producers, _triton_quant) for v in vars(m).values()
                if isinstance(v, FastLaunch)]
     for name, run in _every_kernel().items():
         set_fast_launch(False)

@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from lowbit.kernels import _reference as reference
+from lowbit.kernels import _triton_layernorm as tln
 from lowbit.kernels import _triton_producers as tp
 from lowbit.kernels import ops, producers
+from lowbit.kernels._common import row_pieces
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -100,7 +102,7 @@ def test_layernorm_quantize_kernel_against_float64(fmt: str, out_dtype: torch.dt
     def layernorm_quantize(*args, want_h: bool = True, **kw):
         if pinned is None:
             return producers.layernorm_quantize(*args, want_h=want_h, backend="triton", **kw)
-        return tp.layernorm_quantize(*args, want_h=want_h, config=pinned, **kw)
+        return tln.layernorm_quantize(*args, want_h=want_h, config=pinned, **kw)
 
     torch.manual_seed(1)
     m = 7
@@ -354,9 +356,9 @@ def test_cuda_every_layernorm_candidate_at_clip_widths(width: int) -> None:
     w, b = torch.randn(width, device="cuda").bfloat16(), torch.randn(width, device="cuda").bfloat16()
     ref = torch.nn.functional.layer_norm(x.double(), [width], w.double(), b.double(), 1e-5)
     twin = torch.nn.functional.layer_norm(x, [width], w, b, 1e-5)
-    for cfg in tp._ln_prune(tp.ln_candidates(), {"D": width}):
+    for cfg in tln._ln_prune(tln.ln_candidates(), {"D": width}):
         c = dict(cfg.kwargs, num_warps=cfg.num_warps)
-        q, s, h, _, _ = tp.layernorm_quantize(x, w, b, 1e-5, "e4m3", want_h=True, out_dtype=torch.bfloat16, config=c)
+        q, s, h, _, _ = tln.layernorm_quantize(x, w, b, 1e-5, "e4m3", want_h=True, out_dtype=torch.bfloat16, config=c)
         _assert_row_codes(h, q, s, "e4m3", f"LN codes {c}")
         _as_accurate_as_twin(h, twin, ref)
 
@@ -391,11 +393,11 @@ def test_cuda_plain_gemms_at_k_5120_against_float64(fa: str, fb: str, backend: s
 
 
 def test_row_pieces_are_the_binary_digits_of_the_width() -> None:
-    assert tp.row_pieces(5120) == (4096, 1024) and tp.row_pieces(1664) == (1024, 512, 128)
-    assert tp.row_pieces(4096) == (4096,) and tp.row_pieces(37, smallest=1) == (32, 4, 1)
-    assert tp.row_pieces(37) is None  # a piece below 16 lanes
-    assert tp.row_pieces(16 * 31) is None  # 5 pieces
-    assert tp.row_pieces(0) is None
+    assert row_pieces(5120) == (4096, 1024) and row_pieces(1664) == (1024, 512, 128)
+    assert row_pieces(4096) == (4096,) and row_pieces(37, smallest=1) == (32, 4, 1)
+    assert row_pieces(37) is None  # a piece below 16 lanes
+    assert row_pieces(16 * 31) is None  # 5 pieces
+    assert row_pieces(0) is None
 
 
 def test_the_autotuner_offers_pieces_only_where_a_row_has_them() -> None:
@@ -422,11 +424,11 @@ def test_reloading_candidates_get_chunks_that_tile_the_row() -> None:
 
 
 def test_the_layernorm_autotuner_offers_pieces_only_where_a_row_has_them() -> None:
-    kept = tp._ln_prune(tp.ln_candidates(), {"D": 1280})
+    kept = tln._ln_prune(tln.ln_candidates(), {"D": 1280})
     assert any(c.kwargs["LN_PIECES"] for c in kept) and all(c.kwargs["BLOCK_M"] * 2048 <= 16384 for c in kept)
-    assert not any(c.kwargs["LN_PIECES"] for c in tp._ln_prune(tp.ln_candidates(), {"D": 1024}))
-    assert tp.ln_pieces(1664) == (1024, 512, 128) and tp.ln_pieces(1280) == (1024, 256, 0)
-    assert tp.ln_pieces(16 * 15) == (0, 0, 0)  # four pieces: the masked block
+    assert not any(c.kwargs["LN_PIECES"] for c in tln._ln_prune(tln.ln_candidates(), {"D": 1024}))
+    assert tln.ln_pieces(1664) == (1024, 512, 128) and tln.ln_pieces(1280) == (1024, 256, 0)
+    assert tln.ln_pieces(16 * 15) == (0, 0, 0)  # four pieces: the masked block
 
 
 def test_pinned_pieces_config_on_a_row_without_pieces_raises() -> None:

@@ -142,3 +142,13 @@ def use_triton(x: torch.Tensor, backend: Backend, op: str) -> bool:
             f"installed triton; got a tensor on {x.device}"
         )
     return runnable and (backend == "triton" or x.is_cuda)
+
+
+SMALLEST_PIECE = 1 if interpreting() else 16  # lanes; the interpreter tests use tiny rows
+
+
+def row_pieces(n: int, *, smallest: int = 16, most: int = 4) -> tuple[int, ...] | None:
+    """``n`` as descending powers of two (its binary digits), each ≥ ``smallest``, at most ``most`` of them: the
+    pieces a ``PIECES`` program holds a row in (5120 → (4096, 1024); 1664 → (1024, 512, 128)); None if it has none."""
+    parts = tuple(1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1)
+    return parts if n > 0 and len(parts) <= most and parts[-1] >= smallest else None

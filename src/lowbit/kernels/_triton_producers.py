@@ -1,8 +1,7 @@
-"""Single-pass quantizing producers (SPEC §10): the elementwise passes that exist in a 16-bit block anyway, each
-also writing the row-wise int8 / fp8 codes and row scales of its output for the next GEMM.
+"""Single-pass quantizing activation producers (SPEC §10): the elementwise passes that exist in a 16-bit MLP anyway,
+each also writing the row-wise int8 / fp8 codes and row scales of its output for the next GEMM (the LayerNorm
+producer is :mod:`lowbit.kernels._triton_layernorm`).
 
-* ``layernorm_quantize``: x → h = LayerNorm(x) (16-bit, only where a wgrad needs it) + codes_h + scale_h, with the
-  mean and rstd the backward uses. A row (≤ 16384 wide) fits one program: one read of x, one write of each output.
 * ``act_quantize``: a → g = act(a) (16-bit, for fc2's wgrad) + codes_g + scale_g (bias is added in fc1's epilogue).
 * ``act_backward_quantize``: dg, a → dA = dg · act'(a) (16-bit, for fc1's wgrad) + codes_dA + scale_dA, and the
   column sums of dA (fc1's bias gradient) as per-program partials (deterministic: each program owns its row).
@@ -32,116 +31,27 @@ import torch
 import triton
 import triton.language as tl
 
-from lowbit.kernels._common import ACTIVATIONS, Format, interpreting, storage_dtype
+from lowbit.kernels._common import (
+    ACTIVATIONS,
+    SMALLEST_PIECE,
+    Format,
+    interpreting,
+    row_pieces,
+    storage_dtype,
+)
 from lowbit.kernels._launch import FastLaunch
 from lowbit.kernels._triton_gemm import _activation, _activation_grad, _cast, _num_programs
-from lowbit.kernels._triton_quant import _abs_bits, _encode, _fmt_constants, _scale_and_multiplier
+from lowbit.kernels._triton_quant import (
+    _abs_bits,
+    _encode,
+    _fmt_constants,
+    _piece_amax,
+    _scale_and_multiplier,
+    _store_codes,
+)
 
 ACT_CODES = {name: i + 1 for i, name in enumerate(ACTIVATIONS)}
 LIBDEVICE_GELU = 9  # ACT code of GELU through libdevice's erff (bench/probes/producer_sweep.py compares)
-
-
-@triton.jit
-def _ln_load(x_ptr, xrow, rmask, OFF: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Columns ``[OFF, OFF + P)`` of a row block of x as float32 (zero in masked rows; a zero stand-in if P is 0)."""
-    if P > 0:
-        offs = xrow + (OFF + tl.arange(0, P))[None, :]
-        return tl.load(x_ptr + offs, mask=tl.broadcast_to(rmask[:, None], offs.shape), other=0.0).to(tl.float32)
-    else:
-        return tl.zeros([BLOCK_M, 16], dtype=tl.float32)
-
-
-@triton.jit
-def _ln_piece(x, w_ptr, b_ptr, h_ptr, mean, rstd, hrow, rmask, OFF: tl.constexpr, P: tl.constexpr,
-              HAS_W: tl.constexpr, HAS_B: tl.constexpr, WANT_H: tl.constexpr, EMULATE: tl.constexpr):
-    """A piece's normalized output, rounded once to h's dtype (stored where wanted), as float32."""
-    cols = OFF + tl.arange(0, P)
-    y = (x - mean[:, None]) * rstd[:, None]
-    if HAS_W:
-        y = y * tl.load(w_ptr + cols).to(tl.float32)[None, :]
-    if HAS_B:
-        y = y + tl.load(b_ptr + cols).to(tl.float32)[None, :]
-    h = _cast(y, h_ptr.dtype.element_ty, EMULATE)
-    offs = hrow + cols[None, :]
-    if WANT_H:
-        tl.store(h_ptr + offs, h, mask=tl.broadcast_to(rmask[:, None], offs.shape))
-    return tl.where(rmask[:, None], h.to(tl.float32), 0.0)
-
-
-@triton.jit
-def _layernorm_quantize_kernel(
-    x_ptr, w_ptr, b_ptr, h_ptr, q_ptr, s_ptr, mean_ptr, rstd_ptr, M, D, stride_xm, eps,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, WANT_H: tl.constexpr,
-    FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-    BIAS: tl.constexpr, INV_SUB: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    LN_PIECES: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-):
-    """A block of rows, each whole in registers: one ``BLOCK_D``-wide block masked past D (``P0`` 0), or D as up to
-    three power-of-two pieces ``P0 + P1 + P2`` (1280 = 1024 + 256: no masked lane; the kernel is issue-bound)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
-    if P0 > 0:
-        xrow = rows[:, None].to(tl.int64) * stride_xm
-        hrow = rows[:, None].to(tl.int64) * D
-        x0 = _ln_load(x_ptr, xrow, rmask, 0, P0, BLOCK_M)
-        x1 = _ln_load(x_ptr, xrow, rmask, P0, P1, BLOCK_M)
-        x2 = _ln_load(x_ptr, xrow, rmask, P0 + P1, P2, BLOCK_M)
-        total = tl.sum(x0, axis=1)
-        if P1 > 0:
-            total += tl.sum(x1, axis=1)
-        if P2 > 0:
-            total += tl.sum(x2, axis=1)
-        mean = total / D
-        c0 = x0 - mean[:, None]
-        sq = tl.sum(c0 * c0, axis=1)
-        if P1 > 0:
-            c1 = x1 - mean[:, None]
-            sq += tl.sum(c1 * c1, axis=1)
-        if P2 > 0:
-            c2 = x2 - mean[:, None]
-            sq += tl.sum(c2 * c2, axis=1)
-        rstd = 1.0 / tl.sqrt(sq / D + eps)
-        h0 = _ln_piece(x0, w_ptr, b_ptr, h_ptr, mean, rstd, hrow, rmask, 0, P0, HAS_W, HAS_B, WANT_H, EMULATE)
-        amax_bits = tl.max(_abs_bits(h0), axis=1)
-        if P1 > 0:
-            h1 = _ln_piece(x1, w_ptr, b_ptr, h_ptr, mean, rstd, hrow, rmask, P0, P1, HAS_W, HAS_B, WANT_H, EMULATE)
-            amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(h1), axis=1))
-        if P2 > 0:
-            h2 = _ln_piece(x2, w_ptr, b_ptr, h_ptr, mean, rstd, hrow, rmask, P0 + P1, P2, HAS_W, HAS_B, WANT_H,
-                           EMULATE)
-            amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(h2), axis=1))
-        scale, mul = _scale_and_multiplier(amax_bits.to(tl.float32, bitcast=True), FMT, QMAX, AMAX_FLOOR)
-        _store_codes(q_ptr, h0, mul, hrow, rmask, 0, P0, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
-        if P1 > 0:
-            _store_codes(q_ptr, h1, mul, hrow, rmask, P0, P1, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
-        if P2 > 0:
-            _store_codes(q_ptr, h2, mul, hrow, rmask, P0 + P1, P2, FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE)
-    else:
-        cols = tl.arange(0, BLOCK_D)
-        cmask = cols < D
-        mask = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=1) / D
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        var = tl.sum(xc * xc, axis=1) / D
-        rstd = 1.0 / tl.sqrt(var + eps)
-        y = xc * rstd[:, None]
-        if HAS_W:
-            y = y * tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        if HAS_B:
-            y = y + tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        h = _cast(y, h_ptr.dtype.element_ty, EMULATE)
-        offs = rows[:, None].to(tl.int64) * D + cols[None, :]
-        if WANT_H:
-            tl.store(h_ptr + offs, h, mask=mask)
-        hf = tl.where(mask, h.to(tl.float32), 0.0)
-        amax = tl.max(_abs_bits(hf), axis=1).to(tl.float32, bitcast=True)
-        scale, mul = _scale_and_multiplier(amax, FMT, QMAX, AMAX_FLOOR)
-        tl.store(q_ptr + offs, _encode(hf, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE), mask=mask)
-    tl.store(s_ptr + rows, scale, mask=rmask)
-    tl.store(mean_ptr + rows, mean, mask=rmask)
-    tl.store(rstd_ptr + rows, rstd, mask=rmask)
 
 
 @triton.jit
@@ -203,20 +113,6 @@ def _act_piece(a, dg, out_ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, 
         offs = base + (OFF + tl.arange(0, P))[None, :]
         tl.store(out_ptr + offs, y, mask=tl.broadcast_to(rmask[:, None], offs.shape))
     return y.to(tl.float32)
-
-
-@triton.jit
-def _piece_amax(y, amax_bits):
-    return tl.maximum(amax_bits, tl.max(_abs_bits(y), axis=1))
-
-
-@triton.jit
-def _store_codes(q_ptr, y, mul, base, rmask, OFF: tl.constexpr, P: tl.constexpr, FMT: tl.constexpr,
-                 QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
-                 INV_SUB: tl.constexpr, EMULATE: tl.constexpr):
-    offs = base + (OFF + tl.arange(0, P))[None, :]
-    tl.store(q_ptr + offs, _encode(y, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE),
-             mask=tl.broadcast_to(rmask[:, None], offs.shape))
 
 
 @triton.jit
@@ -364,24 +260,16 @@ def _one_pass(args: dict) -> bool:
     return args["BLOCK_N"] >= args["N"]
 
 
-def row_pieces(n: int, *, smallest: int = 16, most: int = 4) -> tuple[int, ...] | None:
-    """``n`` as descending powers of two (its binary digits), each ≥ ``smallest``, at most ``most`` of them: the
-    pieces a ``PIECES`` program holds a row in (5120 → (4096, 1024); 1664 → (1024, 512, 128)); None if it has none."""
-    parts = tuple(1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1)
-    return parts if n > 0 and len(parts) <= most and parts[-1] >= smallest else None
-
-
 def _piece(i: int):
     def size(args: dict) -> int:
         if not args.get("PIECES"):
             return 0
-        parts = row_pieces(args["N"], smallest=_SMALLEST_PIECE)
+        parts = row_pieces(args["N"], smallest=SMALLEST_PIECE)
         assert parts is not None, f"N={args['N']} has no power-of-two pieces: the PIECES config should be pruned"
         return parts[i] if i < len(parts) else 0
     return size
 
 
-_SMALLEST_PIECE = 1 if interpreting() else 16
 _PIECE_HEURISTICS = {"ONE_PASS": _one_pass, **{f"P{i}": _piece(i) for i in range(4)}}
 
 ONE_BLOCK_EACH = 1 << 30  # MAX_PROGRAMS: one row block per program (the plain grid of the Triton softmax tutorial)
@@ -454,7 +342,7 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     columns (their two-pass column sums go through memory: 2.2 ms for the backward at 32896 x 5120 on an H200)."""
     n = named_args["N"]
     full = triton.next_power_of_2(n)
-    pieces = n <= 8192 and row_pieces(n, smallest=_SMALLEST_PIECE) is not None
+    pieces = n <= 8192 and row_pieces(n, smallest=SMALLEST_PIECE) is not None
     plain = [c for c in configs if not c.kwargs["PIECES"] and not c.kwargs["RELOAD"]]
     keep = [c for c in plain if c.kwargs["BLOCK_N"] == full and c.kwargs["BLOCK_M"] * full <= 8192]
     keep += [c for c in plain if c.kwargs["BLOCK_N"] < n and c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] == 4096]
@@ -475,52 +363,6 @@ _act_kernel_tuned = FastLaunch(triton.autotune(
     prune_configs_by={"early_config_prune": _prune}, reset_to_zero=["colsum_ptr"],
 )(triton.heuristics(_PIECE_HEURISTICS)(_act_quantize_kernel)))
 _act_kernel_fixed = FastLaunch(triton.heuristics(_PIECE_HEURISTICS)(_act_quantize_kernel))
-
-
-def _ln_piece_size(i: int):
-    def size(args: dict) -> int:
-        return ln_pieces(args["D"])[i] if args.get("LN_PIECES") else 0
-    return size
-
-
-_LN_HEURISTICS = {"BLOCK_D": lambda args: triton.next_power_of_2(args["D"]), **{f"P{i}": _ln_piece_size(i)
-                                                                                   for i in range(3)}}
-
-
-def _ln_config(bm: int, warps: int, pieces: bool) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "LN_PIECES": pieces}, num_warps=warps)
-
-
-def ln_candidates() -> list[triton.Config]:
-    """The LayerNorm producer's launches: the first kernel's (a masked power-of-two block, about 4096 values a
-    program) and blocks of 1-8 rows in pieces: 58 thread-instructions per element at D = 1280 for the former, 26 for
-    four rows of 1024 + 256 in four warps (sm_90 SASS, ``bench/probes/sass_producers.py``)."""
-    return [_ln_config(1, 4, False), _ln_config(2, 8, False), _ln_config(2, 4, False), _ln_config(4, 4, False),
-            _ln_config(2, 4, True), _ln_config(4, 4, True), _ln_config(4, 8, True), _ln_config(8, 8, True)]
-
-
-def _ln_prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """At most 16384 values a program; pieces where D has them."""
-    d = named_args["D"]
-    full = triton.next_power_of_2(d)
-    has = ln_pieces(d)[0] > 0 and d != full
-    keep = [c for c in configs if c.kwargs["BLOCK_M"] * full <= 16384 and (has or not c.kwargs["LN_PIECES"])]
-    return keep or configs[:1]
-
-
-def _ln_configs() -> list[triton.Config]:
-    if interpreting():
-        return [_ln_config(2, 4, True)]
-    if os.environ.get("LOWBIT_AUTOTUNE", "1") == "0":
-        return [_ln_config(2, 8, False)]
-    return ln_candidates()
-
-
-_ln_kernel_tuned = FastLaunch(triton.autotune(
-    configs=_ln_configs(), key=["D", "HAS_W", "HAS_B", "WANT_H", "FMT"],
-    prune_configs_by={"early_config_prune": _ln_prune},
-)(triton.heuristics(_LN_HEURISTICS)(_layernorm_quantize_kernel)))
-_ln_kernel_fixed = FastLaunch(triton.heuristics(_LN_HEURISTICS)(_layernorm_quantize_kernel))
 
 
 def _colsum_programs(t: torch.Tensor) -> int:
@@ -559,7 +401,7 @@ def act_quantize(
                "PREFETCH": False, **config}
         if cfg["RELOAD"] and not want_out:
             raise ValueError("act_quantize: RELOAD reads back the 16-bit output; it needs want_out=True")
-        if cfg["PIECES"] and row_pieces(N, smallest=_SMALLEST_PIECE) is None:
+        if cfg["PIECES"] and row_pieces(N, smallest=SMALLEST_PIECE) is None:
             raise ValueError(f"act_quantize: a row of {N} has no power-of-two pieces (config PIECES=True)")
         warps = cfg.pop("num_warps", 4)
         launch = {"maxnreg": cfg.pop("maxnreg")} if cfg.get("maxnreg") is not None else {}
@@ -569,38 +411,3 @@ def act_quantize(
         _act_kernel_tuned[grid](*args, **meta)
     # Programs past the grid left their partial rows zero: the sum over all rows is the sum over the grid's.
     return out, q, scale, (partial.sum(0) if colsum else None)
-
-
-def ln_pieces(D: int) -> tuple[int, int, int]:
-    """(P0, P1, P2): D as at most three power-of-two pieces (1280 → 1024 + 256; 1664 → 1024 + 512 + 128), each at
-    least 16 lanes (1 under the interpreter), or (0, 0, 0): the masked block."""
-    parts = row_pieces(D, smallest=_SMALLEST_PIECE, most=3)
-    return (*parts, 0, 0)[:3] if parts else (0, 0, 0)
-
-
-def layernorm_quantize(
-    x: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None, eps: float, fmt: Format, *,
-    want_h: bool, out_dtype: torch.dtype, config: dict | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(codes [M, D], scale [M, 1], h [M, D] or empty, mean [M, 1], rstd [M, 1])`` (float32 statistics) of a 2-D
-    ``x`` with unit inner stride; ``D`` ≤ :data:`lowbit.kernels.producers.LN_MAX_WIDTH`. ``config``
-    (``BLOCK_M``, ``LN_PIECES``, ``num_warps``) pins a launch instead of the autotuned one."""
-    M, D = x.shape
-    dev = x.device
-    h = torch.empty((M, D) if want_h else (1,), dtype=out_dtype, device=dev)
-    q = torch.empty((M, D), dtype=storage_dtype(fmt), device=dev)
-    scale = torch.empty((M, 1), dtype=torch.float32, device=dev)
-    mean = torch.empty((M, 1), dtype=torch.float32, device=dev)
-    rstd = torch.empty((M, 1), dtype=torch.float32, device=dev)
-    args = (x, w if w is not None else x, b if b is not None else x, h, q.view(torch.uint8), scale, mean, rstd, M, D,
-            x.stride(0), float(eps))
-    meta = dict(HAS_W=w is not None, HAS_B=b is not None, WANT_H=want_h, **_fmt_constants(fmt))
-    if config is not None:
-        cfg = {"LN_PIECES": False, **config}
-        if cfg["LN_PIECES"] and ln_pieces(D)[0] == 0:
-            raise ValueError(f"layernorm_quantize: a row of {D} has no power-of-two pieces (config LN_PIECES=True)")
-        warps = cfg.pop("num_warps", 4)
-        _ln_kernel_fixed[(triton.cdiv(M, cfg["BLOCK_M"]),)](*args, **meta, **cfg, num_warps=warps)
-    else:
-        _ln_kernel_tuned[lambda m: (triton.cdiv(M, m["BLOCK_M"]),)](*args, **meta)
-    return q, scale, h if want_h else h[:0], mean, rstd

@@ -140,6 +140,22 @@ def _scale_and_multiplier(amax, FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOO
 
 
 @triton.jit
+def _piece_amax(y, amax_bits):
+    """The running row absmax (int32 bits of |y|, see ``_abs_bits``) with a ``[rows, P]`` piece's."""
+    return tl.maximum(amax_bits, tl.max(_abs_bits(y), axis=1))
+
+
+@triton.jit
+def _store_codes(q_ptr, y, mul, base, rmask, OFF: tl.constexpr, P: tl.constexpr, FMT: tl.constexpr,
+                 QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
+                 INV_SUB: tl.constexpr, EMULATE: tl.constexpr):
+    """Store the codes of a ``[rows, P]`` piece at columns ``[OFF, OFF + P)`` of rows ``base`` (row multipliers)."""
+    offs = base + (OFF + tl.arange(0, P))[None, :]
+    tl.store(q_ptr + offs, _encode(y, mul[:, None], FMT, QMAX, MBITS, EMIN, BIAS, INV_SUB, EMULATE),
+             mask=tl.broadcast_to(rmask[:, None], offs.shape))
+
+
+@triton.jit
 def _quantize_rows_kernel(
     x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_xk,
     FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOOR: tl.constexpr, MBITS: tl.constexpr,

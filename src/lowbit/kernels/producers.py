@@ -105,10 +105,10 @@ def layernorm_quantize(
         raise_if_nonfinite(x, op)
     if x.numel() == 0 or d > LN_MAX_WIDTH or not use_triton(x, backend, op):
         return layernorm_quantize_reference(x, weight, bias, eps, fmt, out_dtype=out_dtype, want_h=want_h)
-    from lowbit.kernels import _triton_producers as tp
+    from lowbit.kernels import _triton_layernorm as tln
 
-    q, s, h, mean, rstd = tp.layernorm_quantize(x.contiguous(), weight, bias, eps, fmt, want_h=want_h,
-                                                out_dtype=out_dtype)
+    q, s, h, mean, rstd = tln.layernorm_quantize(x.contiguous(), weight, bias, eps, fmt, want_h=want_h,
+                                                 out_dtype=out_dtype)
     sd = stat_dtype(x)
     return q, s, h, mean.to(sd), rstd.to(sd)
 
