@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowbit.optim import StableAdamW, _fused
+from lowbit.optim import StableAdamW, _fused, _fused_plan
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() or _fused.interpreter_mode()),
@@ -168,9 +168,9 @@ def test_fused_unaligned_and_noncontiguous_params() -> None:
 
 def test_item_order_interleaves_phases_with_the_lag() -> None:
     """Every tile once; a tensor's phase 2 after all its phase 1 plus the lag; big tensors last-read-first."""
-    cfg = _fused.FusedConfig(block=4, p1_blocks=2, p2_blocks=1, l2_budget_bytes=3 * 8 * 8)  # lag: 3 tiles
+    cfg = _fused_plan.FusedConfig(block=4, p1_blocks=2, p2_blocks=1, l2_budget_bytes=3 * 8 * 8)  # lag: 3 tiles
     numels = [20, 3, 8, 1, 33]
-    items = _fused.item_order(numels, foot=8, cfg=cfg, grid=2)
+    items = _fused_plan.item_order(numels, foot=8, cfg=cfg, grid=2)
     kind, tid, start = items[:, 0] & 1, items[:, 0] >> 1, items[:, 1]
     for t, n in enumerate(numels):
         assert sorted(start[(tid == t) & (kind == 0)]) == list(range(0, n, 8))

@@ -1,4 +1,5 @@
-"""lowbit.optim's modules import each other only at the top, through one leaf (``_common``): no circle."""
+"""lowbit.optim's modules import each other only at the top, through one leaf (``_common``) and the fused path's
+host tables (``_fused_plan``): no circle."""
 
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ def _optim_imports(path: Path) -> tuple[set[str], set[str]]:
 
 def test_one_leaf_module_and_no_hidden_imports() -> None:
     imports = {p.stem: _optim_imports(p) for p in OPTIM.glob("_*.py") if p.stem != "__init__"}
-    assert set(imports) == {"_common", "_fused", "_sharded", "_stable_adamw"}
+    assert set(imports) == {"_common", "_foreach", "_fused", "_fused_plan", "_sharded", "_stable_adamw"}
     assert imports["_common"] == (set(), set())  # the leaf
-    for name in ("_fused", "_sharded"):
+    assert imports["_fused_plan"] == (set(), set())  # host-side tables: no optimizer arithmetic
+    for name in ("_foreach", "_sharded"):
         assert imports[name] == ({"lowbit.optim._common"}, set()), name
+    assert imports["_fused"] == ({"lowbit.optim._common", "lowbit.optim._fused_plan"}, set())
     assert imports["_stable_adamw"] == (
-        {"lowbit.optim._common", "lowbit.optim._fused", "lowbit.optim._sharded"}, set()
+        {"lowbit.optim._common", "lowbit.optim._foreach", "lowbit.optim._fused", "lowbit.optim._sharded"}, set()
     )
 
 

@@ -13,6 +13,7 @@ import torch
 
 from lowbit.optim import StableAdamW, folded_betas
 from lowbit.optim import _stable_adamw as sa
+from lowbit.optim._foreach import _multi_tensor_stable_adamw
 
 HYPER = dict(lr=2e-2, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.2)
 SHAPES = [(13, 7), (40,), (1,), (3, 4, 5)]
@@ -77,7 +78,7 @@ def torch_trajectory(make_opt, steps: int, dtype=torch.float64):
     return thetas, rmss, opt, params
 
 
-_MULTI = sa._multi_tensor_stable_adamw
+_MULTI = _multi_tensor_stable_adamw
 
 
 def _patched(monkeypatch, engine: str | None, host_scalars: bool | None = None) -> None:
