@@ -51,6 +51,9 @@ SESSION8 = ("issue #28/#29/#30 session 8: one H100 (device calls 1-3 on one warm
 HF_CLIP_H = ("vision.hidden_size=1280,vision.intermediate_size=5120,vision.num_hidden_layers=32,"
              "vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,text.hidden_size=1024,"
              "text.intermediate_size=4096,text.num_hidden_layers=24,text.num_attention_heads=16,projection_dim=1024")
+HF_SIGLIP_SO400M = ("vision.hidden_size=1152,vision.intermediate_size=4304,vision.num_hidden_layers=27,"
+                    "vision.num_attention_heads=16,vision.patch_size=14,vision.image_size=224,text.hidden_size=1152,"
+                    "text.intermediate_size=4304,text.num_hidden_layers=27,text.num_attention_heads=16")
 SESSION9 = ("issue #28/#29 session 9: one H100 (device calls 1-4 on one warm machine), code at 342d133 (the device "
             "copy's env.txt names b8aa54d with the two files 342d133 changed); the step, probe and test commands ran "
             "directly, not through bench/run.py; call 1's step.json files were not brought back")
@@ -503,6 +506,13 @@ JOBS: list[Job] = [
                "linear and convert(fuse=True): each CLIPMLP with layer_norm2, q/k/v as one packed GEMM with "
                "layer_norm1 (lowbit.nn.packed)", "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused",
                420),
+    Job("model-hf-siglip-so400m-cudagraphs-fused", "issue #29: Hugging Face SiglipModel at so400m widths (both towers "
+        "1152 -> 4304, 27 layers; 224 px, text 64 tokens), batch 64, CUDA graphs: bf16, per linear and "
+        "convert(fuse=True) (q/k/v packed with layer_norm1, SiglipMLP with layer_norm2)",
+        f"{LOWBIT} bench model --model 'hf:siglip:{HF_SIGLIP_SO400M}' --batch-size 64 --recipe bf16 fp8-switchback "
+        "fp8-switchback:fused --compile --cudagraphs --no-anchors --out $DIR",
+        _renamed("model", "model-hf-siglip-so400m-cudagraphs-fused.md", "model-hf-siglip-so400m-cudagraphs-fused.json"),
+        "", 420, "not measured yet", note="transformers is in the device image"),
     Job("step-vit-h-14-fused-graphs", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, per linear "
         "and fused (convert_clip(fuse=True): ln1 -> qkv, ln2 -> MLP in the producers), after the fused MLP gained on "
         "open_clip",

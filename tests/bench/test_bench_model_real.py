@@ -100,6 +100,22 @@ def test_hf_clip_tiny_end_to_end_with_fused_mlps(tmp_path: Path, third_party) ->
     assert rows["fp8-switchback-sim"]["converted"] == "26/26" and rows["fp8-switchback-sim"]["fused"] == 4
 
 
+def test_hf_siglip_tiny_end_to_end_packed_and_fused(tmp_path: Path, third_party) -> None:
+    """hf:siglip (the so400m job's model type) at toy widths: both towers' MLPs, the attention-pooling head's MLP, and
+    per encoder layer q/k/v packed with layer_norm1 and the MLP with layer_norm2."""
+    third_party("transformers")
+    spec = HF_TINY.replace("hf:clip:", "hf:siglip:").replace(",projection_dim=16", "")
+    rows = _bench(tmp_path, spec, "bf16", "fp8-switchback-sim")
+    assert rows["fp8-switchback-sim"]["fused"] == 5  # 4 SiglipMLPs + the head's
+    w = bench_model.build_workload(bench_model.parse_spec(spec))
+    model, _, _ = bench_model.convert_model(w.model, "switchback-sim", "all", fuse=True)
+    fused = convert_report(model).fused
+    assert sum("as one GEMM" in r for r in fused.values()) == 4
+    assert sum(r == "LayerNorm fused with the quantization of its output" for r in fused.values()) == 8
+    w = bench_model.build_workload(bench_model.parse_spec(spec))
+    _same_with_and_without_fusion(w.model, w.batch(2, torch.device("cpu")), packed=True)
+
+
 @pytest.mark.parametrize(("act", "fused_as"), [("quick_gelu", "quick_gelu"), ("gelu", "gelu"),
                                                ("gelu_new", "gelu_tanh"), ("gelu_pytorch_tanh", "gelu_tanh")])
 def test_hf_clip_activations_are_recognised(act: str, fused_as: str, third_party) -> None:

@@ -51,8 +51,8 @@ def test_one_gemm_for_three_calls_on_one_tensor(monkeypatch) -> None:
 
 def test_another_input_drops_the_kept_slices_and_computes_its_own(monkeypatch) -> None:
     """Cross-attention (k and v on another tensor): correct outputs; the kept slices of the first tensor are dropped
-    at the first call with another input, so nothing outlives the forward. A member other than the first, called
-    without a kept slice, computes its own slice (so no later call finds stale slices)."""
+    at the first call with another input, so nothing outlives the forward. A member called later in the forward
+    without a kept slice computes its own slice (so no later call finds stale slices)."""
     calls = _count_linears(monkeypatch)
     plain, group = _group()
     x, y = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
@@ -60,10 +60,54 @@ def test_another_input_drops_the_kept_slices_and_computes_its_own(monkeypatch) -
     assert calls == [48, 16, 16] and group._kept is None
     for got, p, inp in zip((q, k, v), plain, (x, y, y), strict=True):
         torch.testing.assert_close(got, p(inp), rtol=1e-5, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("order", [(1, 2, 0), (2, 0, 1), (0, 2, 1)])
+def test_whichever_member_a_forward_calls_first_packs(order: tuple[int, ...], monkeypatch) -> None:
+    """transformers 4.48+ ViT called key and value before query: the first call of a round packs in any order, the
+    others take their slices, and the round ends clean; a member called twice (a forward that skipped one) starts a
+    new round instead of reading a slice of the previous input."""
+    calls = _count_linears(monkeypatch)
+    plain, group = _group()
+    for _ in range(2):  # two forwards
+        x = torch.randn(3, 16)
+        outs = {i: group.members[i](x) for i in order}
+        assert group._kept is None and group._called == 0
+        for i, got in outs.items():
+            torch.testing.assert_close(got, plain[i](x), rtol=1e-5, atol=1e-6)
+    assert calls == [48, 48]
     calls.clear()
-    k, q = group.members[1](x), group.members[0](x)  # k before q: its own slice, then q packs
-    assert calls == [16, 48]
-    torch.testing.assert_close(k, plain[1](x), rtol=1e-5, atol=1e-6)
+    x, y = torch.randn(3, 16), torch.randn(3, 16)
+    group.members[0](x)  # packs, keeps k and v of x
+    q = group.members[0](y)  # q again: a new round, nothing of x is read
+    assert calls == [48, 48]
+    torch.testing.assert_close(q, plain[0](y), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(group.members[1](y), plain[1](y), rtol=1e-5, atol=1e-6)
+
+
+def test_a_member_without_a_bias_packs_with_zeros(monkeypatch) -> None:
+    """BEiT's k_proj has no bias: the packed bias holds zeros there; each output is its nn.Linear's, and the
+    members' bias gradients are their own."""
+    calls = _count_linears(monkeypatch)
+    torch.manual_seed(0)
+    plain = [nn.Linear(16, 16), nn.Linear(16, 16, bias=False), nn.Linear(16, 8)]
+    group = ProjectionGroup([])
+    for slot, m in enumerate(copy.deepcopy(plain)):  # (from_linear shares the parameters: the copy has its own)
+        new = PackedLinear.from_linear(m, "bf16")
+        new.group, new.slot = group, slot
+        group.members.append(new)
+    x = torch.randn(4, 16)
+    outs = [m(x) for m in group.members]
+    assert calls == [40]
+    for got, p in zip(outs, plain, strict=True):
+        torch.testing.assert_close(got, p(x), rtol=1e-5, atol=1e-6)
+    sum(o.square().sum() for o in outs).backward()
+    sum(p(x).square().sum() for p in plain).backward()
+    for got, p in zip(group.members, plain, strict=True):
+        torch.testing.assert_close(got.weight.grad, p.weight.grad, rtol=1e-5, atol=1e-5)
+        if p.bias is not None:
+            torch.testing.assert_close(got.bias.grad, p.bias.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_members_with_different_recipes_run_apart(monkeypatch) -> None:

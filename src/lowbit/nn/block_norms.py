@@ -13,8 +13,9 @@ read (open_clip 3.3, timm 1.0, transformers 4.5x / 5), the (LayerNorm, consumer)
 * Hugging Face ``CLIPEncoderLayer``: ``layer_norm2`` feeds ``mlp``; ``layer_norm1`` feeds ``self_attn``, whose
   ``CLIPAttention.forward`` reads its input for its shape and ``q_proj``, ``k_proj``, ``v_proj``: fused only where
   those three are one :class:`~lowbit.nn.ProjectionGroup` (:mod:`lowbit.nn.packed`), which then normalizes it.
-* Hugging Face ``ViTLayer`` (transformers 5): ``layernorm_before`` feeds ``attention`` (``ViTAttention``, read as
-  ``CLIPAttention``: q/k/v packed) and ``layernorm_after`` feeds ``mlp`` alone.
+* Hugging Face ``ViTLayer`` (transformers 5), ``DeiTLayer``, ``BeitLayer``: ``layernorm_before`` feeds ``attention``
+  (read as ``CLIPAttention``: q/k/v packed) and ``layernorm_after`` feeds ``mlp`` alone; ``Dinov2Layer`` the same
+  with ``norm1`` / ``norm2``; ``SiglipEncoderLayer`` and ``Siglip2EncoderLayer`` as ``CLIPEncoderLayer``.
 * lowbit's own CLIP ``Block`` (:mod:`lowbit.models.clip`): ``ln1`` feeds ``attn.qkv`` alone, ``ln2`` ``mlp``.
 
 A subclass of a listed block, or a block whose consumer did not convert, keeps its LayerNorm; the report says why.
@@ -74,9 +75,18 @@ BLOCK_NORMS: dict[str, tuple[tuple[str, str, Callable[[nn.Module], str | None] |
                                              ("norm1", "attn.qkv", _timm_attention_reads_only_qkv)),
     "transformers.models.clip.modeling_clip.CLIPEncoderLayer": (("layer_norm1", "self_attn.q_proj", _packed("self_attn")),
                                                                 ("layer_norm2", "mlp", None)),
-    # transformers 5 (4.x's ViTLayer has neither attention.q_proj nor mlp: nothing there to fuse)
-    "transformers.models.vit.modeling_vit.ViTLayer": (("layernorm_before", "attention.q_proj", _packed("attention")),
-                                                      ("layernorm_after", "mlp", None)),
+    # SigLIP's encoder layers read as CLIP's (transformers 5.25)
+    **{f"transformers.models.{mod}.modeling_{mod}.{cls}": (("layer_norm1", "self_attn.q_proj", _packed("self_attn")),
+                                                           ("layer_norm2", "mlp", None))
+       for mod, cls in (("siglip", "SiglipEncoderLayer"), ("siglip2", "Siglip2EncoderLayer"))},
+    # transformers 5 (4.x's ViTLayer has neither attention.q_proj nor mlp: nothing there to fuse); DeiT and BEiT
+    # read the same (BEiT scales each branch's output by lambda_1 / lambda_2, after the consumers)
+    **{f"transformers.models.{mod}.modeling_{mod}.{cls}": (("layernorm_before", "attention.q_proj",
+                                                            _packed("attention")), ("layernorm_after", "mlp", None))
+       for mod, cls in (("vit", "ViTLayer"), ("deit", "DeiTLayer"), ("beit", "BeitLayer"))},
+    # DINOv2: norm1 -> attention, norm2 -> mlp (a plain MLP; the SwiGLU variant's is not fused), layer scale after
+    "transformers.models.dinov2.modeling_dinov2.Dinov2Layer": (("norm1", "attention.q_proj", _packed("attention")),
+                                                               ("norm2", "mlp", None)),
     "lowbit.models.clip.Block": (("ln1", "attn.qkv", None), ("ln2", "mlp", None)),  # named, not imported: no cycle
 }
 

@@ -251,9 +251,9 @@ def convert(
     the LayerNorm in front of it where the block's class says it feeds the MLP alone (open_clip, timm, Hugging Face
     CLIP: :mod:`lowbit.nn.block_norms`; ``LayerNormMLP``, keys unchanged), and likewise the LayerNorm in front of
     the attention's in-projection (timm's ``norm1`` → ``attn.qkv``, open_clip's ``ln_1`` → its
-    ``LowbitMultiheadAttention``, Hugging Face's ``layer_norm1`` → its q/k/v); Hugging Face CLIP's (and
-    transformers 5 ViT's) ``q_proj``, ``k_proj``, ``v_proj`` run as one GEMM (:mod:`lowbit.nn.packed`, keys
-    unchanged). Fused, the row-wise recipes (fp8-switchback, switchback: SPEC §10's flow) quantize inside the
+    ``LowbitMultiheadAttention``, Hugging Face's ``layer_norm1`` → its q/k/v); Hugging Face's q, k, v projections
+    (CLIP, SigLIP, the transformers 5 ViT family, BERT-style encoders, LLaMA-style decoders: the classes of
+    :data:`lowbit.nn.packed.PACKED_PROJECTIONS`) run as one GEMM (:mod:`lowbit.nn.packed`, keys unchanged). Fused, the row-wise recipes (fp8-switchback, switchback: SPEC §10's flow) quantize inside the
     producers — LayerNorm, bias + GELU, GELU′ — instead of in separate passes; compiled with CUDA graphs that
     measured faster on an H100, by a little (open_clip ViT-H-14, fp8-switchback, MLPs and LayerNorms fused: 1.140×
     bf16 against 1.133× per linear, ``model-open-clip-vit-h-14-cudagraphs-fused-ln.md``). ``fuse`` stays off by

@@ -1,17 +1,17 @@
 """Packed projections: q, k and v linears that read one input run as one GEMM (``convert(..., fuse=True)``).
 
-Hugging Face's ``CLIPAttention`` (and ``ViTAttention`` since transformers 5; BERT's encoder ``BertSelfAttention``
-with ``query``, ``key``, ``value``) keeps ``q_proj``, ``k_proj`` and ``v_proj`` as three ``nn.Linear`` and calls
+Hugging Face's attention classes (``CLIPAttention``, ``SiglipAttention``, the transformers 5 ViT family, LLaMA-style
+decoders; BERT-style encoders with ``query``, ``key``, ``value``) keep q, k and v as three ``nn.Linear`` and call
 each on the same ``hidden_states``: three GEMMs of ``E → E``, three quantize passes over the same input and, in the
 backward, three dgrad GEMMs whose outputs are added.
-:func:`pack_projections` makes them one :class:`ProjectionGroup`: the first of the three called with a tensor runs
+:func:`pack_projections` makes them one :class:`ProjectionGroup`: the first of the three called in a forward runs
 ``linear(x, cat(Wq, Wk, Wv), cat(bq, bk, bv))`` (one ``E → 3E`` GEMM, one quantize of ``x``, one dgrad GEMM with
-K = 3E) and keeps the other two slices for the calls that follow with the *same* tensor (checked by identity). The
-first member packs (the listed classes call ``q_proj`` first); any other call without a kept slice —
+K = 3E; a member without a bias adds zeros) and keeps the other two slices for the calls that follow with the
+*same* tensor (checked by identity), whatever the order of the calls. Any other call without a kept slice —
 cross-attention's keys and values — drops what was kept and computes its own slice of the weight: always correct,
 only slower, and nothing is kept past the forward. The modules stay where the model has them
 (:class:`PackedLinear`, an ``nn.Linear`` with the same parameters), so keys, ``parameters()`` and ``unconvert`` are
-unchanged.
+unchanged. Grouped-query attention packs too (k and v narrower than q: the slices follow ``out_features``).
 
 Numerics: the recipes scale the weight per tensor, so the packed weight has one scale where the three had one each
 (as open_clip's and timm's packed in-projections always have); in float formats (fp8) that changes nothing but
@@ -21,7 +21,8 @@ A LayerNorm whose output feeds the group alone (Hugging Face's ``layer_norm1``; 
 fused in (:meth:`ProjectionGroup.fuse_norm`): every call then normalizes its input in the quantizing pass.
 
 Packing is valid only where the class's ``forward`` calls the three on its input and nothing else reads the
-results in between: :data:`PACKED_PROJECTIONS` lists the classes whose ``forward`` was read.
+results in between: :data:`PACKED_PROJECTIONS` lists the classes whose ``forward`` was read; the convert report
+names any other module with converted q, k, v linears and says why they stay three GEMMs.
 """
 
 from __future__ import annotations
@@ -39,21 +40,34 @@ from lowbit.nn.report import FUSED, NOT_FUSED, PACKED, ConvertReport
 
 __all__ = ["PACKED_PROJECTIONS", "PackedLinear", "ProjectionGroup", "pack_projections"]
 
-# attention class -> the names of its linears that read the same input, the first called first (CLIPAttention in
-# transformers 4.5x and 5, ViTAttention in 5: forward calls q_proj, k_proj, v_proj on hidden_states, then reshapes each)
+_QKV = ("q_proj", "k_proj", "v_proj")
+# attention class -> the names of its linears that read the same input. Each class's forward (transformers 5.x, read
+# at 5.25; CLIPAttention also 4.5x) calls them on hidden_states one after another and reads nothing else of them in
+# between; tests/nn/test_packed.py checks the installed sources still do.
 PACKED_PROJECTIONS: dict[str, tuple[str, ...]] = {
-    "transformers.models.clip.modeling_clip.CLIPAttention": ("q_proj", "k_proj", "v_proj"),
-    "transformers.models.vit.modeling_vit.ViTAttention": ("q_proj", "k_proj", "v_proj"),
-    # BERT's self-attention calls query, key, value on hidden_states; in a decoder (transformers 4) a cache or
+    **{f"transformers.models.{mod}.modeling_{mod}.{cls}": _QKV for mod, cls in (
+        ("clip", "CLIPAttention"), ("siglip", "SiglipAttention"), ("siglip2", "Siglip2Attention"),
+        ("vit", "ViTAttention"), ("deit", "DeiTAttention"), ("dinov2", "Dinov2Attention"), ("beit", "BeitAttention"),
+        ("llama", "LlamaAttention"), ("mistral", "MistralAttention"), ("qwen2", "Qwen2Attention"),
+        ("qwen3", "Qwen3Attention"))},
+    # BERT-style self-attention calls query, key, value on hidden_states; in a decoder (transformers 4) a cache or
     # cross-attention may skip key and value, so only encoders are packed (_PACKED_UNLESS)
-    "transformers.models.bert.modeling_bert.BertSelfAttention": ("query", "key", "value"),
+    **{f"transformers.models.{mod}.modeling_{mod}.{cls}": ("query", "key", "value") for mod, cls in (
+        ("bert", "BertSelfAttention"), ("roberta", "RobertaSelfAttention"),
+        ("xlm_roberta", "XLMRobertaSelfAttention"))},
 }
+
+
+def _encoder_only(m: nn.Module) -> str | None:
+    return "a decoder's attention (a cache or cross-attention may skip key and value)" \
+        if getattr(m, "is_decoder", False) else None
+
+
 # class -> why a module of it is not packed, or None
 _PACKED_UNLESS: dict[str, Callable[[nn.Module], str | None]] = {
-    "transformers.models.bert.modeling_bert.BertSelfAttention":
-        lambda m: "a decoder's attention (a cache or cross-attention may skip key and value)"
-        if getattr(m, "is_decoder", False) else None,
-}
+    cls: _encoder_only for cls, names in PACKED_PROJECTIONS.items() if names[0] == "query"}
+# the name triples an attention module's q, k, v linears go by (for the report on classes not listed above)
+_TRIPLES = (_QKV, ("query", "key", "value"))
 
 
 class ProjectionGroup:
@@ -64,6 +78,7 @@ class ProjectionGroup:
         self.members = members
         self.layer_norm: nn.LayerNorm | None = None  # fused in front (as LowbitMultiheadAttention.layer_norm)
         self._kept: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
+        self._called = 0  # bit i: member i was called in this round (a forward calls each once)
 
     def fuse_norm(self, norm: nn.LayerNorm) -> None:
         """Normalize every member's input with ``norm`` in the quantizing pass (the caller makes ``norm`` itself the
@@ -80,25 +95,37 @@ class ProjectionGroup:
         return layernorm_linear(x, ln.weight, ln.bias, weight, bias, recipe, ln.eps)
 
     def project(self, x: torch.Tensor, slot: int) -> torch.Tensor:
-        """Member ``slot``'s output for input ``x``: a slice kept from this forward's packed GEMM on ``x``; for the
-        first member a new packed GEMM whose other slices are kept; for the others their own slice of the weight."""
-        kept, members = self._kept, self.members
+        """Member ``slot``'s output for input ``x``: a slice kept from this round's packed GEMM on ``x``; for the
+        first member called in a round (a forward calls each member once, in any order) a new packed GEMM whose other
+        slices are kept; for any other call its own slice of the weight. A round ends when every member was called,
+        or when one is called again (then nothing kept survives it)."""
+        members, bit = self.members, 1 << slot
+        if self._called & bit:
+            self._called, self._kept = 0, None
+        first, out = self._called == 0, None
+        self._called |= bit
+        kept = self._kept
         if kept is not None:
             if kept[0] is x and slot in kept[1]:
                 out = kept[1].pop(slot)
-                if not kept[1]:
-                    self._kept = None  # the last member took its slice: nothing outlives the forward
-                return out
-            self._kept = None  # another input (cross-attention): drop the slices, this member computes its own
-        recipe = members[slot].recipe
-        if slot != 0 or any(m.recipe.name != recipe.name for m in members):  # (or re-converted apart)
+            else:
+                self._kept = None  # another input (cross-attention): drop the slices, this member computes its own
+        if out is None:
             m = members[slot]
-            return self._linear(x, m.weight, m.bias, m.recipe)
-        weight = torch.cat([m.weight for m in members])
-        bias = torch.cat([m.bias for m in members]) if members[0].bias is not None else None
-        outs = self._linear(x, weight, bias, recipe).split([m.out_features for m in members], dim=-1)
-        self._kept = (x, {i: o for i, o in enumerate(outs) if i != slot})
-        return outs[slot]
+            if not first or any(o.recipe.name != m.recipe.name for o in members):  # (or re-converted apart)
+                out = self._linear(x, m.weight, m.bias, m.recipe)
+            else:
+                weight = torch.cat([o.weight for o in members])
+                bias = None
+                if any(o.bias is not None for o in members):  # a member without one (BEiT's k_proj) adds zeros
+                    bias = torch.cat([o.bias if o.bias is not None else o.weight.new_zeros(o.out_features)
+                                      for o in members])
+                outs = self._linear(x, weight, bias, m.recipe).split([o.out_features for o in members], dim=-1)
+                self._kept = (x, {i: o for i, o in enumerate(outs) if i != slot})
+                out = outs[slot]
+        if self._called == (1 << len(members)) - 1:  # the round is complete: nothing outlives the forward
+            self._called, self._kept = 0, None
+        return out
 
 
 class PackedLinear(LowbitLinear):
@@ -124,8 +151,6 @@ def _why_not(members: list[nn.Module]) -> str | None:
         return "recipes differ: " + ", ".join(m.recipe.name for m in members)
     if any(m.in_features != first.in_features for m in members):
         return "in_features differ"
-    if len({m.bias is None for m in members}) > 1:
-        return "some have a bias and some not"
     if len({(m.weight.dtype, m.weight.device) for m in members}) > 1:
         return "weights of different dtypes or devices"
     return None
@@ -138,6 +163,7 @@ def pack_projections(model: nn.Module, report: ConvertReport | None) -> int:
     for fqn, module in list(model.named_modules()):
         names = PACKED_PROJECTIONS.get(class_path(module))
         if names is None:
+            _report_unread(fqn, module, report)
             continue
         members = [getattr(module, n, None) for n in names]
         if any(m is None for m in members):  # the same class name in another library version, built otherwise
@@ -159,3 +185,15 @@ def pack_projections(model: nn.Module, report: ConvertReport | None) -> int:
             report.record(key, PACKED, "", FUSED if why is None else NOT_FUSED,
                           f"{' + '.join(names)} as one GEMM over their concatenated weights" if why is None else why)
     return packed
+
+
+def _report_unread(fqn: str, module: nn.Module, report: ConvertReport | None) -> None:
+    """A module with converted q, k, v linears whose class is not listed: say why they run as three GEMMs."""
+    for names in _TRIPLES:
+        members = [getattr(module, n, None) for n in names]
+        if report is not None and all(isinstance(m, LowbitLinear) for m in members):
+            key = f"{fqn}.{'+'.join(names)}" if fqn else "+".join(names)
+            report.record(key, PACKED, "", NOT_FUSED,
+                          f"{class_path(module)} is not an attention class whose forward was read "
+                          "(lowbit.nn.packed.PACKED_PROJECTIONS): its projections run as separate GEMMs")
+            return
