@@ -520,6 +520,10 @@ JOBS: list[Job] = [
         "--recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto --out $DIR",
         _renamed("step", "step-vit-h-14-fused-graphs.md", "step-vit-h-14-fused-graphs.json"), "3acd201", 420,
         SESSION12),
+    Job("gpu-tests-gemm-fitted-gelu", "CUDA tests of the GEMM family's epilogues (GELU, pre-activation store, GELU', "
+        "absmax, column sums) and the fused MLP with the fitted GELU of session 13, at LOWBIT_AUTOTUNE=0",
+        f"{GPU_TESTS} {PYTEST} -rf tests/kernels/test_gemm.py tests/functional/test_mlp.py",
+        {"gpu-tests-gemm-fitted-gelu.txt": "log"}, "", 240, "not measured yet"),
     Job("gpu-tests-packed", "Hugging Face CLIP with q/k/v packed and layer_norm1 fused, each block compiled with CUDA "
         "graphs (fullgraph): trains, nothing kept past a replay, logits within the recipe's error of bf16",
         f"{GPU_TESTS} {PYTEST} -rf tests/nn/test_packed.py -k cuda", {"gpu-tests-packed.txt": "log"}, "", 180,
