@@ -520,6 +520,15 @@ JOBS: list[Job] = [
         "--recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto --out $DIR",
         _renamed("step", "step-vit-h-14-fused-graphs.md", "step-vit-h-14-fused-graphs.json"), "3acd201", 420,
         SESSION12),
+    _open_clip_graphs("rowwise", "issues #29: open_clip ViT-H-14 with CUDA graphs, convert(fuse=True), both row-wise "
+                      "recipes with session 13's producers (fitted GELU, PREFETCH), the switchback row the prefetch "
+                      "job's limit cut", "bf16 fp8-switchback:fused switchback:fused", "", 420, "not measured yet"),
+    Job("model-timm-vit-h-14-cudagraphs-prefetch", "issue #29: timm vit_huge_patch14_clip_224 (b64) with CUDA graphs, "
+        "convert(fuse=True) (each Mlp with norm2, norm1 with attn.qkv) with session 13's producers",
+        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
+        "--no-anchors --recipe bf16 fp8-switchback:fused switchback:fused --out $DIR",
+        _renamed("model", "model-timm-vit-h-14-cudagraphs-prefetch.md", "model-timm-vit-h-14-cudagraphs-prefetch.json"),
+        "", 280, "not measured yet", needs="timm", note="carry .whl/ with timm"),
     Job("gpu-tests-gemm-fitted-gelu", "CUDA tests of the GEMM family's epilogues (GELU, pre-activation store, GELU', "
         "absmax, column sums) and the fused MLP with the fitted GELU of session 13, at LOWBIT_AUTOTUNE=0",
         f"{GPU_TESTS} {PYTEST} -rf tests/kernels/test_gemm.py tests/functional/test_mlp.py",
