@@ -319,7 +319,7 @@ def convert(
         if not names or not all(type(m) in (nn.Linear, LowbitLinear, PackedLinear) for m in members):
             return
         standin = nn.Linear(members[0].in_features, sum(m.out_features for m in members),
-                            bias=members[0].bias is not None, device="meta")
+                            bias=any(m.bias is not None for m in members), device="meta")
         asked_as.update({join(fqn, n): standin for n in names})
 
     def attention(module: nn.MultiheadAttention, fqn: str) -> nn.Module:

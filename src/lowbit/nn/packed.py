@@ -43,7 +43,7 @@ __all__ = ["PACKED_PROJECTIONS", "PackedLinear", "ProjectionGroup", "pack_projec
 _QKV = ("q_proj", "k_proj", "v_proj")
 # attention class -> the names of its linears that read the same input. Each class's forward (transformers 5.x, read
 # at 5.25; CLIPAttention also 4.5x) calls them on hidden_states one after another and reads nothing else of them in
-# between; tests/nn/test_packed.py checks the installed sources still do.
+# between; tests/nn/test_packed_families.py checks the installed sources still do.
 PACKED_PROJECTIONS: dict[str, tuple[str, ...]] = {
     **{f"transformers.models.{mod}.modeling_{mod}.{cls}": _QKV for mod, cls in (
         ("clip", "CLIPAttention"), ("siglip", "SiglipAttention"), ("siglip2", "Siglip2Attention"),
