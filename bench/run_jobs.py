@@ -510,6 +510,12 @@ JOBS: list[Job] = [
                "linear and convert(fuse=True): each CLIPMLP with layer_norm2, q/k/v as one packed GEMM with "
                "layer_norm1 (lowbit.nn.packed)", "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused",
                420),
+    Job("profile-step-vit-h-14-compiled-fused", "issue #28: why lowbit's fused ViT-H step saves 29 ms where open_clip's "
+        "saves 39 (session 14: 1.117x against 1.162x, same 128 converted linears, 32 MLPs + 64 LayerNorms fused): the "
+        "compiled step's GPU time per kernel class, bf16 and fp8-switchback:fused, to set beside "
+        "model-profile-open-clip-vit-h-14-fused", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 "
+        "--compile blocks --warmup 3 --steps 2 --top 45 bf16 fp8-switchback:fused",
+        {"profile-step-vit-h-14-compiled-fused.txt": "log"}, "", 240, "not measured yet"),
     Job("model-hf-siglip-so400m-cudagraphs-fused", "issue #29: Hugging Face SiglipModel at so400m widths (both towers "
         "1152 -> 4304, 27 layers; 224 px, text 64 tokens), batch 64, CUDA graphs: bf16, per linear and "
         "convert(fuse=True) (q/k/v packed with layer_norm1, SiglipMLP with layer_norm2)",
