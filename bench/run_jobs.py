@@ -114,6 +114,15 @@ def _open_clip_graphs(suffix: str, what: str, recipes: str, commit: str, timeout
                _renamed("model", f"{name}.md", f"{name}.json"), commit, timeout, origin, needs="open_clip", note=note)
 
 
+def _timm_graphs(suffix: str, what: str, recipes: str, commit: str, timeout: int, origin: str) -> Job:
+    """timm ``vit_huge_patch14_clip_224`` at batch 64, blocks compiled with CUDA graphs, ``recipes`` side by side:
+    ``model-timm-vit-h-14-cudagraphs-<suffix>.md|json``."""
+    name = f"model-timm-vit-h-14-cudagraphs-{suffix}"
+    return Job(name, what, f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile "
+               f"--cudagraphs --no-anchors --recipe {recipes} --out $DIR", _renamed("model", f"{name}.md", f"{name}.json"),
+               commit, timeout, origin, needs="timm", note="carry .whl/ with timm")
+
+
 def _hf_graphs(suffix: str, what: str, recipes: str, timeout: int, commit: str = "",
                origin: str = "not measured yet") -> Job:
     """Hugging Face ``CLIPModel`` at ViT-H widths, batch 64, blocks compiled with CUDA graphs, ``recipes`` side by
@@ -471,12 +480,9 @@ JOBS: list[Job] = [
                       "convert(fuse=True) (MLP + ln_2 in front, measured on an H200 only: 1.160x against 1.143x per "
                       "linear; and ln_1 normalized in the attention's in-projection pass), both row-wise recipes",
                       "bf16 fp8-switchback fp8-switchback:fused switchback switchback:fused", "3acd201", 420, SESSION12),
-    Job("model-timm-vit-h-14-cudagraphs-fused", "issue #29 on the H100: timm vit_huge_patch14_clip_224 (b64) with CUDA "
-        "graphs, per linear and convert(fuse=True) (each Mlp with norm2, norm1 with attn.qkv)",
-        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
-        "--no-anchors --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --out $DIR",
-        _renamed("model", "model-timm-vit-h-14-cudagraphs-fused.md", "model-timm-vit-h-14-cudagraphs-fused.json"),
-        "3acd201", 280, SESSION12, needs="timm", note="carry .whl/ with timm"),
+    _timm_graphs("fused", "issue #29 on the H100: timm vit_huge_patch14_clip_224 (b64) with CUDA graphs, per linear and "
+                 "convert(fuse=True) (each Mlp with norm2, norm1 with attn.qkv)",
+                 "bf16 fp8-switchback fp8-switchback:fused switchback:fused", "3acd201", 280, SESSION12),
     Job("producer-sweep", "issue #28: the activation producers' launch space at ViT-H's 32896 x 5120 (GELU -> bf16 + "
         "e4m3 codes; GELU' -> bf16 + e5m2 codes + column sums) with the fitted GELU and with libdevice's erf: warps, "
         "programs per SM, PREFETCH, register caps; the LayerNorm producer's launches at 1280; against copy bandwidth "
@@ -530,15 +536,12 @@ JOBS: list[Job] = [
         "--recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto --out $DIR",
         _renamed("step", "step-vit-h-14-fused-graphs.md", "step-vit-h-14-fused-graphs.json"), "3acd201", 420,
         SESSION12),
-    _open_clip_graphs("rowwise", "issues #29: open_clip ViT-H-14 with CUDA graphs, convert(fuse=True), both row-wise "
+    _open_clip_graphs("rowwise", "issue #29: open_clip ViT-H-14 with CUDA graphs, convert(fuse=True), both row-wise "
                       "recipes with session 13's producers (fitted GELU, PREFETCH), the switchback row the prefetch "
                       "job's limit cut", "bf16 fp8-switchback:fused switchback:fused", "1177467", 420, SESSION14),
-    Job("model-timm-vit-h-14-cudagraphs-prefetch", "issue #29: timm vit_huge_patch14_clip_224 (b64) with CUDA graphs, "
-        "convert(fuse=True) (each Mlp with norm2, norm1 with attn.qkv) with session 13's producers",
-        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --compile --cudagraphs "
-        "--no-anchors --recipe bf16 fp8-switchback:fused switchback:fused --out $DIR",
-        _renamed("model", "model-timm-vit-h-14-cudagraphs-prefetch.md", "model-timm-vit-h-14-cudagraphs-prefetch.json"),
-        "1177467", 280, SESSION14, needs="timm", note="carry .whl/ with timm"),
+    _timm_graphs("prefetch", "issue #29: timm vit_huge_patch14_clip_224 (b64) with CUDA graphs, convert(fuse=True) (each "
+                 "Mlp with norm2, norm1 with attn.qkv) with session 13's producers",
+                 "bf16 fp8-switchback:fused switchback:fused", "1177467", 280, SESSION14),
     Job("gpu-tests-gemm-fitted-gelu", "CUDA tests of the GEMM family's epilogues (GELU, pre-activation store, GELU', "
         "absmax, column sums) and the fused MLP with the fitted GELU of session 13, at LOWBIT_AUTOTUNE=0",
         f"{GPU_TESTS} {PYTEST} -rf tests/kernels/test_gemm.py tests/functional/test_mlp.py",

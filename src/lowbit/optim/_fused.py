@@ -65,6 +65,7 @@ from lowbit.optim._fused_plan import (
     _plan_for,
     _prepare,
     config,
+    config_key,
 )
 
 try:
@@ -340,15 +341,7 @@ def fused_stable_adamw(
         tuple(map(id, exp_avgs)),
         tuple(map(id, exp_avg_sqs)),
         tuple(map(id, rmss)),
-        (
-            cfg.block,
-            cfg.p1_blocks,
-            cfg.p2_blocks,
-            cfg.programs_per_sm,
-            cfg.l2_budget_bytes,
-            cfg.min_lag_grids,
-            cfg.reverse_phase2,
-        ),
+        config_key(cfg),
     )
     ptrs = np.array([[t.data_ptr() for t in role] for role in roles], dtype=np.int64)
     prep = _PREPARED.get(ids)

@@ -107,20 +107,15 @@ def _build_plan(numels: list[int], foot: int, device: torch.device, cfg: FusedCo
     )
 
 
+def config_key(cfg: FusedConfig) -> tuple[Any, ...]:
+    """The knobs a plan (and a prepared parameter list) depends on: a cache key part."""
+    return (cfg.block, cfg.p1_blocks, cfg.p2_blocks, cfg.programs_per_sm, cfg.l2_budget_bytes, cfg.min_lag_grids,
+            cfg.reverse_phase2)
+
+
 def _plan_for(numels: list[int], foot: int, device: torch.device) -> _Plan:
     cfg = config
-    key = (
-        device,
-        tuple(numels),
-        foot,
-        cfg.block,
-        cfg.p1_blocks,
-        cfg.p2_blocks,
-        cfg.programs_per_sm,
-        cfg.l2_budget_bytes,
-        cfg.min_lag_grids,
-        cfg.reverse_phase2,
-    )
+    key = (device, tuple(numels), foot, *config_key(cfg))
     plan = cfg.cache.get(key)
     if plan is None:
         if len(cfg.cache) >= 16:
