@@ -109,8 +109,9 @@ def fuse_block_norms(model: nn.Module, report: ConvertReport | None) -> int:
             if isinstance(ln, LayerNormAlias):  # fused by an earlier convert (the consumer took the new recipe)
                 continue
             if not isinstance(target, (LowbitMLP, LowbitLinear, LowbitMultiheadAttention)):
-                why: str | None = f"{consumer} was not converted" + (
-                    " (fuse=True fuses an MLP only when both its linears convert)" if consumer == "mlp" else "")
+                why: str | None = f"{consumer} ({type(target).__name__}) was not converted" + (
+                    " to a fused MLP (fuse=True fuses a Linear → activation → Linear MLP whose two linears both "
+                    "convert; its own report row says why not)" if consumer == "mlp" else "")
             else:
                 why = (check(block) if check else None) or fuse_layernorm(block, norm, consumer)
             key = f"{fqn}.{norm} → {fqn}.{consumer}" if fqn else f"{norm} → {consumer}"

@@ -253,10 +253,11 @@ def convert(
     the attention's in-projection (timm's ``norm1`` → ``attn.qkv``, open_clip's ``ln_1`` → its
     ``LowbitMultiheadAttention``, Hugging Face's ``layer_norm1`` → its q/k/v); Hugging Face's q, k, v projections
     (CLIP, SigLIP, the transformers 5 ViT family, BERT-style encoders, LLaMA-style decoders: the classes of
-    :data:`lowbit.nn.packed.PACKED_PROJECTIONS`) run as one GEMM (:mod:`lowbit.nn.packed`, keys unchanged). Fused, the row-wise recipes (fp8-switchback, switchback: SPEC §10's flow) quantize inside the
-    producers — LayerNorm, bias + GELU, GELU′ — instead of in separate passes; compiled with CUDA graphs that
-    measured faster on an H100, by a little (open_clip ViT-H-14, fp8-switchback, MLPs and LayerNorms fused: 1.140×
-    bf16 against 1.133× per linear, ``model-open-clip-vit-h-14-cudagraphs-fused-ln.md``). ``fuse`` stays off by
+    :data:`lowbit.nn.packed.PACKED_PROJECTIONS`) run as one GEMM (:mod:`lowbit.nn.packed`, keys unchanged).
+    Fused, the row-wise recipes (fp8-switchback, switchback: SPEC §10's flow) quantize inside the producers —
+    LayerNorm, bias + GELU, GELU′ — instead of in separate passes; compiled with CUDA graphs that measured faster
+    on an H100 (open_clip ViT-H-14 fused 1.162× bf16 fp8-switchback, 1.111× switchback, session 14; per linear 1.133×
+    and 1.096×, session 12: ``bench/results/h100/model-open-clip-vit-h-14-cudagraphs-*.md``). ``fuse`` stays off by
     default: eager, the fused CLIP step ran slower than per linear at ViT-L and ViT-B widths
     (``bench/results/h100/step-*-fused.md``), and under ``torch.compile`` recipes outside the row-wise flow compute
     the per-linear composition anyway (their fused function's Triton launches would break the graph).
