@@ -65,7 +65,7 @@ def test_another_input_drops_the_kept_slices_and_computes_its_own(monkeypatch) -
 
 @pytest.mark.parametrize("order", [(1, 2, 0), (2, 0, 1), (0, 2, 1)])
 def test_whichever_member_a_forward_calls_first_packs(order: tuple[int, ...], monkeypatch) -> None:
-    """transformers 4.48+ ViT called key and value before query: the first call of a round packs in any order, the
+    """An attention class may call key and value before query: the first call of a round packs in any order, the
     others take their slices, and the round ends clean; a member called twice (a forward that skipped one) starts a
     new round instead of reading a slice of the previous input."""
     calls = _count_linears(monkeypatch)
