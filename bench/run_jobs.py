@@ -524,9 +524,10 @@ JOBS: list[Job] = [
         {"profile-step-vit-h-14-compiled-fused.txt": "log"}, "", 240, "not measured yet"),
     Job("model-hf-siglip-so400m-cudagraphs-fused", "issue #29: Hugging Face SiglipModel at so400m widths (both towers "
         "1152 -> 4304, 27 layers; 224 px, text 64 tokens), batch 64, CUDA graphs: bf16, per linear and "
-        "convert(fuse=True) (q/k/v packed with layer_norm1, SiglipMLP with layer_norm2)",
+        "convert(fuse=True) (q/k/v packed with layer_norm1, SiglipMLP with layer_norm2), every linear converted "
+        "(--layers all: 1152 is below the default filter's 1280)",
         f"{LOWBIT} bench model --model 'hf:siglip:{HF_SIGLIP_SO400M}' --batch-size 64 --recipe bf16 fp8-switchback "
-        "fp8-switchback:fused --compile --cudagraphs --no-anchors --out $DIR",
+        "fp8-switchback:fused --layers all --compile --cudagraphs --no-anchors --out $DIR",
         _renamed("model", "model-hf-siglip-so400m-cudagraphs-fused.md", "model-hf-siglip-so400m-cudagraphs-fused.json"),
         "", 420, "not measured yet", note="transformers is in the device image"),
     Job("step-vit-h-14-fused-graphs", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, per linear "
