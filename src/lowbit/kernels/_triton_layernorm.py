@@ -23,20 +23,11 @@ from lowbit.kernels._triton_quant import (
     _abs_bits,
     _encode,
     _fmt_constants,
+    _load_piece,
     _piece_amax,
     _scale_and_multiplier,
     _store_codes,
 )
-
-
-@triton.jit
-def _ln_load(x_ptr, xrow, rmask, OFF: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Columns ``[OFF, OFF + P)`` of a row block of x as float32 (zero in masked rows; a zero stand-in if P is 0)."""
-    if P > 0:
-        offs = xrow + (OFF + tl.arange(0, P))[None, :]
-        return tl.load(x_ptr + offs, mask=tl.broadcast_to(rmask[:, None], offs.shape), other=0.0).to(tl.float32)
-    else:
-        return tl.zeros([BLOCK_M, 16], dtype=tl.float32)
 
 
 @triton.jit
@@ -71,9 +62,9 @@ def _layernorm_quantize_kernel(
     if P0 > 0:
         xrow = rows[:, None].to(tl.int64) * stride_xm
         hrow = rows[:, None].to(tl.int64) * D
-        x0 = _ln_load(x_ptr, xrow, rmask, 0, P0, BLOCK_M)
-        x1 = _ln_load(x_ptr, xrow, rmask, P0, P1, BLOCK_M)
-        x2 = _ln_load(x_ptr, xrow, rmask, P0 + P1, P2, BLOCK_M)
+        x0 = _load_piece(x_ptr, xrow, rmask, 0, P0, BLOCK_M, True).to(tl.float32)
+        x1 = _load_piece(x_ptr, xrow, rmask, P0, P1, BLOCK_M, True).to(tl.float32)
+        x2 = _load_piece(x_ptr, xrow, rmask, P0 + P1, P2, BLOCK_M, True).to(tl.float32)
         total = tl.sum(x0, axis=1)
         if P1 > 0:
             total += tl.sum(x1, axis=1)

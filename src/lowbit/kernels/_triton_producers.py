@@ -45,6 +45,7 @@ from lowbit.kernels._triton_quant import (
     _abs_bits,
     _encode,
     _fmt_constants,
+    _load_piece,
     _piece_amax,
     _scale_and_multiplier,
     _store_codes,
@@ -74,17 +75,6 @@ def _act_tile(a_ptr, dg_ptr, offs, mask, out_ty: tl.constexpr, ACT: tl.constexpr
     if BACKWARD:
         dg = tl.load(dg_ptr + offs, mask=mask, other=0.0)
     return _act_values(a, dg, out_ty, ACT, BACKWARD, EMULATE)
-
-
-@triton.jit
-def _load_piece(ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, USED: tl.constexpr):
-    """Columns ``[OFF, OFF + P)`` of a row block as stored (16-bit; zero in masked rows), or a 16-wide zero stand-in
-    where the piece is absent (``P`` 0) or the input unused, so a prefetched (loop-carried) value has one type."""
-    if USED and P > 0:
-        offs = base + (OFF + tl.arange(0, P))[None, :]
-        return tl.load(ptr + offs, mask=tl.broadcast_to(rmask[:, None], offs.shape), other=0.0)
-    else:
-        return tl.zeros([BLOCK_M, 16], dtype=ptr.dtype.element_ty)
 
 
 @triton.jit
@@ -225,7 +215,7 @@ def _act_quantize_kernel(
                 if WANT_OUT:
                     tl.store(out_ptr + base + cn[None, :], y, mask=mask)
                 yf = tl.where(mask, y.to(tl.float32), 0.0)
-                amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(yf), axis=1))
+                amax_bits = _piece_amax(yf, amax_bits)
                 if COLSUM:  # this program's own partial row: no other program touches it
                     cp = colsum_ptr + pid * N + cn
                     tl.store(cp, tl.load(cp, mask=cn < N, other=0.0) + tl.sum(yf, axis=0), mask=cn < N)

@@ -140,6 +140,17 @@ def _scale_and_multiplier(amax, FMT: tl.constexpr, QMAX: tl.constexpr, AMAX_FLOO
 
 
 @triton.jit
+def _load_piece(ptr, base, rmask, OFF: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr, USED: tl.constexpr):
+    """Columns ``[OFF, OFF + P)`` of a row block as stored (16-bit; zero in masked rows), or a 16-wide zero stand-in
+    where the piece is absent (``P`` 0) or the input unused, so a prefetched (loop-carried) value has one type."""
+    if USED and P > 0:
+        offs = base + (OFF + tl.arange(0, P))[None, :]
+        return tl.load(ptr + offs, mask=tl.broadcast_to(rmask[:, None], offs.shape), other=0.0)
+    else:
+        return tl.zeros([BLOCK_M, 16], dtype=ptr.dtype.element_ty)
+
+
+@triton.jit
 def _piece_amax(y, amax_bits):
     """The running row absmax (int32 bits of |y|, see ``_abs_bits``) with a ``[rows, P]`` piece's."""
     return tl.maximum(amax_bits, tl.max(_abs_bits(y), axis=1))
