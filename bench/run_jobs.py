@@ -424,9 +424,9 @@ JOBS: list[Job] = [
                     "model-profile-open-clip-vit-h-14-fastlaunch.json")},
         "", 420, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
     Job("model-profile-open-clip-vit-h-14-fused", "where the fused flow's time goes: open_clip ViT-H-14 compiled (no "
-        "CUDA graphs, so that the profiler sees each kernel), fp8-switchback per linear and with convert(fuse=True) "
+        "CUDA graphs, so that the profiler sees each kernel), bf16 and fp8-switchback with convert(fuse=True) "
         "(MLPs, ln_1 and ln_2 in the producers), GPU ms per kernel class in the JSON, top kernels in the log",
-        f"{LOWBIT} bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe fp8-switchback "
+        f"{LOWBIT} bench model --model open_clip:ViT-H-14 --batch-size 96 --recipe bf16 "
         "fp8-switchback:fused --compile --no-anchors --profile --out $DIR",
         {"model-profile-open-clip-vit-h-14-fused.log": "log",
          **_renamed("model", "model-profile-open-clip-vit-h-14-fused.md", "model-profile-open-clip-vit-h-14-fused.json")},
