@@ -134,10 +134,12 @@ def _hf_graphs(suffix: str, what: str, recipes: str, timeout: int, commit: str =
 
 
 def _step_layers_auto(preset: str, batch: int, limit: int, what: str) -> Job:
-    """``bench step --layers auto`` under CUDA graphs for bf16 and the three 8-bit recipes (issue #28's rows)."""
+    """``bench step --layers auto`` under CUDA graphs: bf16, fp8-switchback per linear, both row-wise recipes fused
+    (issue #28's rows; is ``fuse`` the better default at this width?)."""
     name = f"step-{preset}-layers-auto"
     return Job(name, what, f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset {preset} "
-               f"--batch-size {batch} --recipe bf16 fp8-switchback switchback fp8-tensorwise --layers auto --out $DIR",
+               f"--batch-size {batch} --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto "
+               "--out $DIR",
                _renamed("step", f"{name}.md", f"{name}.json"), "", limit, "not measured yet")
 
 
@@ -614,9 +616,9 @@ JOBS: list[Job] = [
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_AUTO} --out $DIR",
         {"step-vit-h-14-layers-auto.md": "step.md"}, "1c1805b", 300, SESSION9),
     *[_step_layers_auto(preset, batch, limit, what) for preset, batch, limit, what in (
-        ("vit-l-14", 128, 420, "issue #28's ViT-L/14 row: the step under CUDA graphs, batch 128, each block linear "
-         "8-bit only where its shape measured faster (the trainer's default on CUDA), three recipes"),
-        ("vit-b-32", 256, 300, "issue #28's ViT-B/32 row: the same at batch 256"))],
+        ("vit-l-14", 128, 320, "issue #28's ViT-L/14 row: the step under CUDA graphs, batch 128, each block linear "
+         "8-bit only where its shape measured faster (the trainer's default on CUDA), per linear and fused"),
+        ("vit-b-32", 256, 230, "issue #28's ViT-B/32 row: the same at batch 256"))],
     Job("step-vit-h-14-layers-auto-2", "the same for switchback and fp8-tensorwise",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
         "--recipe bf16 switchback fp8-tensorwise --layers auto --out $DIR",
