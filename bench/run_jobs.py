@@ -524,6 +524,12 @@ JOBS: list[Job] = [
         "model-profile-open-clip-vit-h-14-fused", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 "
         "--compile blocks --warmup 3 --steps 2 --top 45 bf16 fp8-switchback:fused",
         {"profile-step-vit-h-14-compiled-fused.txt": "log"}, "", 240, "not measured yet"),
+    Job("step-vit-h-14-qkv-grad", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, fused, "
+        "after the attention splits q/k/v along the packed dim before moving heads (the backward writes dqkv once, "
+        "where inductor wrote it three times for the fp8 quantizer and the wgrad, twice in bf16)",
+        f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
+        "--recipe bf16 fp8-switchback:fused switchback:fused --layers auto --out $DIR",
+        _renamed("step", "step-vit-h-14-qkv-grad.md", "step-vit-h-14-qkv-grad.json"), "", 440, "not measured yet"),
     Job("model-hf-siglip-so400m-cudagraphs-fused", "issue #29: Hugging Face SiglipModel at so400m widths (both towers "
         "1152 -> 4304, 27 layers; 224 px, text 64 tokens), batch 64, CUDA graphs: bf16, per linear and "
         "convert(fuse=True) (q/k/v packed with layer_norm1, SiglipMLP with layer_norm2), every linear converted "

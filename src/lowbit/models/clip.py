@@ -33,7 +33,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # split along the packed dim first, then move heads: the backward stacks dq, dk, dv straight into the
+        # contiguous [b, n, 3c] gradient that the qkv linear's quantizer and wgrad both read (one write; splitting
+        # after a permute made inductor write it three times)
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(b, n, 3, self.heads, self.head_dim).unbind(2))
         q, k = self.q_norm(q), self.k_norm(k)
         y = sdpa.attention(q, k, v, is_causal=self.causal)
         return self.out(y.transpose(1, 2).reshape(b, n, c))
