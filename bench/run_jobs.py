@@ -73,6 +73,9 @@ SESSION13 = ("issue #28/#29 session 13, one H100 (two calls on one machine, the 
              "(src sha256 f8bdad54dca6e071; the device copy's env.txt names an older commit)")
 SESSION14 = ("issue #28/#29 session 14, one H100 (four calls on one machine, warm after the first), code at 0dbdde6 "
              "(src sha256 2a8a1cca8d7c79af; the device copy's env.txt names the checkout's base commit)")
+SESSION15 = ("issue #28/#29 session 15, one H100 (four calls on one machine, warm after the first; three earlier starts "
+             "found none), code at 9030d8a (src sha256 30cc62a73db96e04; the device copy's env.txt names the checkout's "
+             "base commit)")
 SESSION6_H200 = ("issue #28/#29 session 6 (nvidia-h200: no H100 started), code at 03edfb2 (the device copy's env.txt "
                  "names the session's first commit)")
 
@@ -140,7 +143,7 @@ def _step_layers_auto(preset: str, batch: int, limit: int, what: str) -> Job:
     return Job(name, what, f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset {preset} "
                f"--batch-size {batch} --recipe bf16 fp8-switchback fp8-switchback:fused switchback:fused --layers auto "
                "--out $DIR",
-               _renamed("step", f"{name}.md", f"{name}.json"), "", limit, "not measured yet")
+               _renamed("step", f"{name}.md", f"{name}.json"), "3d6979b", limit, SESSION15)
 
 
 def _tc(stem: str) -> dict[str, str]:
@@ -432,7 +435,8 @@ JOBS: list[Job] = [
         "fp8-switchback:fused --compile --no-anchors --profile --out $DIR",
         {"model-profile-open-clip-vit-h-14-fused.log": "log",
          **_renamed("model", "model-profile-open-clip-vit-h-14-fused.md", "model-profile-open-clip-vit-h-14-fused.json")},
-        "", 240, "not measured yet", needs="open_clip", note="carry .whl/ (docs/your-own-model.md)"),
+        "3d6979b", 240, SESSION15, needs="open_clip", note="carry .whl/ (docs/your-own-model.md); without CUDA graphs "
+        "the fp8 row is launch-bound (its wall time 0.90x bf16): read the GPU ms per class, not the ratio"),
     Job("host-cost", "is a compiled model without CUDA graphs launch-bound? the host µs to issue one converted "
         "Linear(1280, 5120) fwd+bwd per recipe (eager and compiled, 64 rows; eager at 24672 rows beside its GPU time), "
         "the host µs of single lowbit / cuBLAS / Triton calls, and a cProfile of eager switchback steps",
@@ -523,13 +527,18 @@ JOBS: list[Job] = [
         "compiled step's GPU time per kernel class, bf16 and fp8-switchback:fused, to set beside "
         "model-profile-open-clip-vit-h-14-fused", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 "
         "--compile blocks --warmup 3 --steps 2 --top 45 bf16 fp8-switchback:fused",
-        {"profile-step-vit-h-14-compiled-fused.txt": "log"}, "", 240, "not measured yet"),
+        {"profile-step-vit-h-14-compiled-fused.txt": "log"}, "3d6979b", 240, SESSION15,
+        note="the probe converts every block linear of both towers (224 of 226), open_clip's job the vision tower's "
+        "(128): compare the vision blocks' kernels, not the totals"),
     Job("step-vit-h-14-qkv-grad", "issue #28: lowbit's ViT-H/14 step under CUDA graphs with --layers auto, fused, "
-        "after the attention splits q/k/v along the packed dim before moving heads (the backward writes dqkv once, "
-        "where inductor wrote it three times for the fp8 quantizer and the wgrad, twice in bf16)",
+        "after the attention splits q/k/v along the packed dim before moving heads (on the CPU inductor then writes dqkv "
+        "once where it wrote it three times for the fp8 quantizer and the wgrad; on the GPU it already wrote it once: "
+        "profile-step-vit-h-14-compiled.txt, and the step measured the same as step-vit-h-14-prefetch-graphs)",
         f"TRITON_CACHE_AUTOTUNING=1 LOWBIT_CACHE_DIR=$DIR/cache {STEP_GRAPHS} --preset vit-h-14 --batch-size 96 "
         "--recipe bf16 fp8-switchback:fused switchback:fused --layers auto --out $DIR",
-        _renamed("step", "step-vit-h-14-qkv-grad.md", "step-vit-h-14-qkv-grad.json"), "", 440, "not measured yet"),
+        _renamed("step", "step-vit-h-14-qkv-grad.md", "step-vit-h-14-qkv-grad.json"), "3d6979b", 440, SESSION15,
+        note="--layers auto measured the text MLP's shapes at 1.02x / 1.03x this time and converted them (176 of 226 "
+        "linears; session 14: 128)"),
     Job("model-hf-siglip-so400m-cudagraphs-fused", "issue #29: Hugging Face SiglipModel at so400m widths (both towers "
         "1152 -> 4304, 27 layers; 224 px, text 64 tokens), batch 64, CUDA graphs: bf16, per linear and "
         "convert(fuse=True) (q/k/v packed with layer_norm1, SiglipMLP with layer_norm2), every linear converted "
@@ -557,10 +566,10 @@ JOBS: list[Job] = [
         {"gpu-tests-gemm-fitted-gelu.txt": "log"}, "1177467", 240, SESSION14),
     Job("gpu-tests-packed", "Hugging Face CLIP with q/k/v packed and layer_norm1 fused, each block compiled with CUDA "
         "graphs (fullgraph): trains, nothing kept past a replay, logits within the recipe's error of bf16",
-        f"{GPU_TESTS} {PYTEST} -rf tests/nn/test_packed.py -k cuda", {"gpu-tests-packed.txt": "log"}, "1177467", 180,
-        SESSION14, note="transformers is in the device image; both tests failed there on test bugs, fixed in 79a35f4 "
-        "and not re-run: the toy text tower pooled at position 0 (its eos id outside the vocabulary), where the last "
-        "layer's q and k get no gradient, and the final forward read a graph output a replay had overwritten"),
+        f"{GPU_TESTS} {PYTEST} -rf tests/nn/test_packed.py -k cuda", {"gpu-tests-packed.txt": "log"}, "3d6979b", 180,
+        SESSION15, note="transformers is in the device image; 2 passed (session 14's run failed on two test bugs, fixed "
+        "in 79a35f4: the toy text tower pooled at position 0, its eos id outside the vocabulary, and the final forward "
+        "read a graph output a replay had overwritten)"),
     Job("gpu-tests-rows-colsum", "the per-linear backward's dY codes and bias gradient from one quantize_rows_colsum "
         "pass on CUDA: the same dgrad and wgrad as a separate row quantizer, the bias gradient within float32 "
         "summation order", f"{GPU_TESTS} {PYTEST} -rf tests/functional/test_linear.py -k one_pass",
