@@ -539,6 +539,19 @@ JOBS: list[Job] = [
         _renamed("step", "step-vit-h-14-qkv-grad.md", "step-vit-h-14-qkv-grad.json"), "3d6979b", 440, SESSION15,
         note="--layers auto measured the text MLP's shapes at 1.02x / 1.03x this time and converted them (176 of 226 "
         "linears; session 14: 128)"),
+    Job("step-vit-h-14-layers-wide", "issue #28: lowbit's ViT-H/14 step under CUDA graphs, fused, converting the layers "
+        "lowbit.convert's default converts in open_clip's ViT-H-14 (--layers wide: the 128 vision-block linears; the "
+        "1024-wide text tower 16-bit), to set beside step-vit-h-14-qkv-grad (--layers auto converted the text MLPs "
+        "too, measured at 1.02x / 1.03x alone) and model-open-clip-vit-h-14-cudagraphs-rowwise",
+        f"{STEP_GRAPHS} --preset vit-h-14 --batch-size 96 --recipe bf16 fp8-switchback:fused switchback:fused "
+        "--layers wide --out $DIR",
+        _renamed("step", "step-vit-h-14-layers-wide.md", "step-vit-h-14-layers-wide.json"), "", 360, "not measured yet"),
+    Job("profile-step-vit-h-14-compiled-fused-wide", "issue #28: the compiled ViT-H step's GPU time per kernel class "
+        "with the layers open_clip's conversion converts (--layers wide), bf16 and fp8-switchback:fused, to set "
+        "kernel by kernel beside model-profile-open-clip-vit-h-14-fused (profile-step-vit-h-14-compiled-fused "
+        "converted both towers)", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 "
+        "--compile blocks --layers wide --warmup 3 --steps 2 --top 45 bf16 fp8-switchback:fused",
+        {"profile-step-vit-h-14-compiled-fused-wide.txt": "log"}, "", 240, "not measured yet"),
     Job("model-hf-siglip-so400m-cudagraphs-fused", "issue #29: Hugging Face SiglipModel at so400m widths (both towers "
         "1152 -> 4304, 27 layers; 224 px, text 64 tokens), batch 64, CUDA graphs: bf16, per linear and "
         "convert(fuse=True) (q/k/v packed with layer_norm1, SiglipMLP with layer_norm2), every linear converted "

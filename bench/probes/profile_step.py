@@ -21,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lowbit.bench.profile import kernel_class
 from lowbit.bench.step import build_model, compile_model, make_optimizer, random_batch
+from lowbit.models.convert import LAYERS
 from lowbit.train.env import Env
 from lowbit.train.step import train_step
 from lowbit.train.trainer import Trainer
@@ -34,6 +35,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--compile", choices=["no", "blocks", "cudagraphs"], default="no")
+    p.add_argument("--layers", choices=list(LAYERS), default="clip",
+                   help="which block linears convert (bench step's --layers; wide: as lowbit.convert's default)")
     p.add_argument("--top", type=int, default=15, help="kernels listed per recipe")
     p.add_argument("--device", default="cuda")
     a = p.parse_args()
@@ -42,7 +45,7 @@ def main() -> None:
     summary = []
     for recipe in a.recipes:
         torch.manual_seed(0)
-        model, converted = build_model(a.preset, recipe, device)
+        model, converted = build_model(a.preset, recipe, device, layers=a.layers, batch=a.batch_size)
         graphs = a.compile == "cudagraphs"
         fwd = model if a.compile == "no" else compile_model(model, "blocks", "reduce-overhead" if graphs else None)
         images, tokens = random_batch(model, a.batch_size, device)

@@ -51,7 +51,7 @@ def test_runs_lowbit_train_per_recipe_and_a_failing_run_is_a_row(tmp_path: Path,
     assert not list((out / "runs" / "bf16").glob("*.pt"))  # --save-every -1: no checkpoint written
 
 
-def test_fused_variant_passes_fuse_and_bad_variants_are_refused(tmp_path: Path) -> None:
+def test_fuse_variants_pass_their_flag_and_bad_variants_are_refused(tmp_path: Path) -> None:
     import argparse
 
     from lowbit.bench.train import add_arguments, train_command
@@ -61,7 +61,8 @@ def test_fused_variant_passes_fuse_and_bad_variants_are_refused(tmp_path: Path) 
     args = parser.parse_args(["--preset", "tiny"])
     plain = train_command(args, "fp8-switchback", tmp_path)
     fused = train_command(args, "fp8-switchback:fused", tmp_path)
-    assert "--fuse" not in plain and fused[-1] == "--fuse"
+    per_linear = train_command(args, "fp8-switchback:per-linear", tmp_path)
+    assert not {"--fuse", "--no-fuse"} & set(plain) and fused[-1] == "--fuse" and per_linear[-1] == "--no-fuse"
     assert fused[fused.index("--recipe") + 1] == "fp8-switchback"
     with pytest.raises(ValueError, match="unknown recipe variant"):
         train_command(args, "fp8-switchback:bogus", tmp_path)

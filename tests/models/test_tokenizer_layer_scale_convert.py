@@ -163,14 +163,30 @@ def test_layers_auto_keeps_narrow_linears_16bit() -> None:
     assert auto("visual.blocks.0.mlp.fc", wide) and not auto("text.blocks.0.mlp.fc", narrow)
     assert clip("visual.blocks.0.mlp.fc", wide) and clip("text.blocks.0.mlp.fc", narrow)
     assert not auto("visual.proj", wide)  # the CLIP rules still apply
-    with pytest.raises(ValueError, match="layers must be one of clip, auto"):
-        make_clip_module_filter(layers="wide")
+    with pytest.raises(ValueError, match="layers must be one of clip, auto, wide"):
+        make_clip_module_filter(layers="all")
     try:
         from lowbit.nn import convert  # noqa: F401
     except ImportError:
         return
     model = convert_clip(CLIP(get_config("tiny")), "switchback-sim", layers="auto")
     assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def test_layers_wide_is_the_threshold_and_never_measures() -> None:
+    """``layers="wide"`` converts what ``lowbit.convert``'s default converts in other models (both widths >= 1280),
+    without timing anything, even where ``auto`` would measure (a recipe, a device and token counts given)."""
+
+    def measure(*args: object) -> tuple[float, float, str]:
+        raise AssertionError("layers='wide' measured a shape")
+
+    wide = make_clip_module_filter(layers="wide", recipe="fp8-switchback", device="cpu",
+                                   tokens={"visual": 8, "text": 8}, measure=measure)
+    assert wide("visual.blocks.0.mlp.fc", nn.Linear(1280, 5120))
+    assert wide("visual.blocks.0.attn.out", nn.Linear(1280, 1280))
+    assert not wide("text.blocks.0.mlp.fc", nn.Linear(1024, 4096))  # ViT-H's text tower: 1024 wide
+    assert not wide("visual.blocks.0.mlp.fc", nn.Linear(1280, 1000))  # both widths count
+    assert not wide("visual.proj", nn.Linear(1280, 1280))  # the CLIP rules still apply
 
 
 def test_convert_clip_none_is_identity_and_recipes_use_lowbit_nn() -> None:

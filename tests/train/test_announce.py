@@ -31,7 +31,7 @@ def test_first_line_says_what_it_chose_and_the_end_gives_steady_images_per_s(
     first = lines[0]
     assert first.startswith("lowbit train: cpu ") and ", fp32 | " in first  # device, precision
     # 1-layer towers: 4 linears each converted, the 2 final projections not (layers clip)
-    assert "| recipe switchback-sim (8/10 linears), layers clip, per-linear (not fused) |" in first
+    assert "| recipe switchback-sim (8/10 linears), layers clip, per-linear (auto: eager) |" in first
     assert "| eager (auto: CPU) |" in first
     assert "| tiny (" in first and "| adamw lr " in first and "| 8 steps x 8 |" in first
     assert first.endswith(str(tmp_path / "run"))

@@ -67,14 +67,46 @@ def test_fuse_trains_fused_blocks_and_says_so(tmp_path: Path, fake_data: SimpleN
     assert sorted(_losses(tmp_path / "fused")) == [1, 2, 3, 4] and "fake-colors" in summary["zeroshot"]
 
 
-def test_no_fuse_is_the_default_and_per_linear(tmp_path: Path, fake_data: SimpleNamespace, built: list,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    assert TrainConfig().fuse is False
+def test_no_fuse_is_per_linear(tmp_path: Path, fake_data: SimpleNamespace, built: list,
+                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_cli(tmp_path, "plain", "--steps", "1", "--zeroshot", "none", "--no-fuse")) == 0
     assert "layers clip, per-linear (not fused) |" in capsys.readouterr().out.splitlines()[0]
     assert not any(isinstance(m, LowbitMLP | LayerNormAlias) for m in built[0].modules())
+    summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert summary["config"]["fuse"] is False and summary["fused"] == "per-linear (not fused)"
     with pytest.raises(ValueError, match="bad training option fuse='yes'"):
         TrainConfig(fuse="yes")  # type: ignore[arg-type]
+
+
+def test_fuse_auto_is_the_default_and_per_linear_when_eager(tmp_path: Path, fake_data: SimpleNamespace, built: list,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """On the CPU compile auto is eager, so fuse auto converts per linear and the first line says why."""
+    assert TrainConfig().fuse == "auto"
+    assert main(_cli(tmp_path, "auto", "--steps", "1", "--zeroshot", "none")) == 0
+    assert "layers clip, per-linear (auto: eager) |" in capsys.readouterr().out.splitlines()[0]
+    assert not any(isinstance(m, LowbitMLP | LayerNormAlias) for m in built[0].modules())
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["config"]["fuse"] == "auto"
+
+
+@pytest.mark.parametrize(("fuse", "recipe", "compiled", "expected"), [
+    ("auto", "fp8-switchback", True, (True, "auto: compiled")),
+    ("auto", "switchback", True, (True, "auto: compiled")),
+    ("auto", "switchback-m", True, (True, "auto: compiled")),
+    ("auto", "fp8-tensorwise", True, (False, "auto: fp8-tensorwise is outside the row-wise flow")),
+    ("auto", "switchback-block", True, (False, "auto: switchback-block is outside the row-wise flow")),
+    ("auto", "none", True, (False, "auto: none is 16-bit")),
+    ("auto", "bf16", True, (False, "auto: bf16 is 16-bit")),
+    ("auto", "fp8-switchback", False, (False, "auto: eager")),
+    (True, "fp8-tensorwise", False, (True, "fuse true")),
+    (False, "fp8-switchback", True, (False, "fuse false")),
+])
+def test_resolve_fuse(fuse: object, recipe: str, compiled: bool, expected: tuple[bool, str]) -> None:
+    """fuse auto follows the compile choice and the recipe's data flow; true and false are taken as given."""
+    from lowbit.train.compiling import CompileChoice, resolve_fuse
+
+    choice = (CompileChoice(True, "reduce-overhead", "blocks", "auto: one GPU") if compiled
+              else CompileChoice(False, None, "none", "auto: CPU"))
+    assert resolve_fuse(TrainConfig(recipe=recipe, fuse=fuse), choice) == expected  # type: ignore[arg-type]
 
 
 def test_resume_across_fuse_is_allowed_and_exact(tmp_path: Path, fake_data: SimpleNamespace) -> None:

@@ -90,7 +90,7 @@ def layer_filter(layers: str, recipe: str | None = None, device: torch.device | 
     try:
         return make_clip_module_filter(layers=layers, recipe=recipe, device=device, tokens=tokens)
     except ValueError:
-        raise ValueError(f"--layers must be clip or auto, got {layers!r}") from None
+        raise ValueError(f"--layers must be one of {', '.join(LAYERS)}, got {layers!r}") from None
 
 
 def build_model(preset: str, recipe: str, device: torch.device, layers: str = "clip",
@@ -330,7 +330,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", choices=list(LAYERS), default="clip",
                         help="clip: every block linear (as lowbit train); auto: only those whose recipe measures "
                              "faster than bf16 at their shape, timed on this GPU at this batch (cached per shape; "
-                             "on the CPU, lowbit.nn's width threshold)")
+                             "on the CPU, lowbit.nn's width threshold); wide: that threshold alone (both widths "
+                             ">= 1280, as lowbit.convert's default converts open_clip, timm or HF models)")
     parser.add_argument("--compiled-quantize", nargs="+", choices=list(ops.COMPILED_QUANTIZE),
                         default=[ops.compiled_quantize()],
                         help="with --compile, how lowbit recipes quantize: kernel (lowbit's Triton ops) or inductor "

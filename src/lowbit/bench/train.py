@@ -34,10 +34,11 @@ COLUMNS = ["preset", "recipe", "batch", "compiled", "images_per_s", "ms_per_step
 
 
 def train_command(args: argparse.Namespace, recipe: str, run_dir: Path) -> list[str]:
-    """The ``lowbit train`` command line of one row (this interpreter); ``RECIPE:fused`` adds ``--fuse``."""
+    """The ``lowbit train`` command line of one row (this interpreter); ``RECIPE:fused`` adds ``--fuse``,
+    ``RECIPE:per-linear`` ``--no-fuse`` (a plain name: the trainer's default, ``fuse: auto``)."""
     name, _, variant = recipe.partition(":")
-    if variant not in ("", "fused"):
-        raise ValueError(f"bench train: unknown recipe variant {recipe!r} (RECIPE or RECIPE:fused)")
+    if variant not in ("", "fused", "per-linear"):
+        raise ValueError(f"bench train: unknown recipe variant {recipe!r} (RECIPE, RECIPE:fused or RECIPE:per-linear)")
     cmd = [sys.executable, "-m", "lowbit", "train", "--preset", args.preset, "--batch-size", str(args.batch_size),
            "--recipe", name, "--data", args.data, "--steps", str(args.steps), "--zeroshot", "none",
            "--save-every", "-1", "--no-progress", "--overwrite", "--out", str(run_dir)]
@@ -47,8 +48,8 @@ def train_command(args: argparse.Namespace, recipe: str, run_dir: Path) -> list[
         cmd += ["--device", args.device]
     if args.no_compile:
         cmd.append("--no-compile")
-    if variant == "fused":
-        cmd.append("--fuse")
+    if variant:
+        cmd.append("--fuse" if variant == "fused" else "--no-fuse")
     return cmd
 
 
@@ -156,7 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="vit-b-32", help="CLIP preset (lowbit.models)")
     parser.add_argument("--recipe", "--recipes", dest="recipes", nargs="+", default=DEFAULT_RECIPES,
                         help="one lowbit train run per recipe, in this order (bf16: the ratios' baseline; "
-                        "RECIPE:fused: with --fuse)")
+                        "RECIPE:fused: with --fuse, RECIPE:per-linear: with --no-fuse; a plain name: the trainer's default, "
+                        "fuse auto)")
     parser.add_argument("--batch-size", type=int, default=64, help="lowbit train --batch-size")
     parser.add_argument("--steps", type=int, default=40,
                         help="steps per run (the trainer's steady rate leaves out the first min(5, steps/2))")

@@ -34,7 +34,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--layers", "layers", str, "default: auto on CUDA, clip on the CPU; clip: convert every block linear; auto: "
      "only those whose recipe measures faster than bf16 at their shape (tokens x in -> out), timed on this GPU at "
      "start-up and cached per shape (~/.cache/lowbit or $LOWBIT_CACHE_DIR; on the CPU a width threshold decides: "
-     ">= 1280, so tiny keeps all 16-bit)"),
+     ">= 1280, so tiny keeps all 16-bit); wide: that threshold alone (the layers lowbit.convert's default converts "
+     "in open_clip, timm or Hugging Face models)"),
     ("--compile-mode", "compile_mode", str, "with --compile: default, reduce-overhead (CUDA graphs: no per-launch CPU "
      "cost), max-autotune or max-autotune-no-cudagraphs (without --compile, auto picks reduce-overhead itself)"),
     ("--compiled-quantize", "compiled_quantize", str, "with --compile: kernel (lowbit's Triton quantizers), inductor "
@@ -96,9 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuse", dest="fuse", action="store_true", default=None,
                         help="fused blocks: each MLP one LowbitMLP (fc1, activation, fc2 in one autograd function), "
                         "each LayerNorm fused with the quantization of its consumer (LayerNormMLP, LayerNormLinear); "
-                        "same parameters and checkpoints (default: per-linear)")
+                        "same parameters and checkpoints (default auto: fused where the run is compiled and the "
+                        "recipe row-wise, as fp8-switchback and switchback; per linear elsewhere)")
     parser.add_argument("--no-fuse", dest="fuse", action="store_false", default=None,
-                        help="convert linear by linear (the default)")
+                        help="convert linear by linear")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="--out holds another run: delete it and start over (without this the run is refused)")

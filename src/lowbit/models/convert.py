@@ -24,8 +24,10 @@ __all__ = ["LAYERS", "ModuleFilter", "clip_module_filter", "clip_tokens", "conve
 
 ModuleFilter = Callable[[str, nn.Module], bool]
 # Which linears a recipe converts: "clip" = every block linear (the filter below); "auto" = those of them measured
-# faster than bf16 at their shape (lowbit.nn.autolayers; without CUDA, lowbit.nn.convert's width threshold).
-LAYERS = ("clip", "auto")
+# faster than bf16 at their shape (lowbit.nn.autolayers; without CUDA, lowbit.nn.convert's width threshold); "wide" =
+# those of them that threshold passes (both widths >= 1280: the layers lowbit.convert's default converts in open_clip,
+# timm or Hugging Face models, so that lowbit's step and theirs compare layer for layer).
+LAYERS = ("clip", "auto", "wide")
 _BLOCK = re.compile(r"^(visual|text)\.blocks\.(\d+)\.")
 
 
@@ -105,7 +107,8 @@ def make_clip_module_filter(
     also keeps 16-bit the block linears that ``recipe`` does not run faster than bf16: measured on ``device``
     (CUDA) at ``tokens[tower]`` rows per call (:func:`clip_tokens`) by :func:`lowbit.nn.measured_filter`
     (``measure``, ``cache_dir``, ``ranks_agree`` go to it). Without a CUDA ``device``, a recipe or token counts,
-    ``lowbit.nn.convert``'s width threshold decides (the report says "not measured").
+    ``lowbit.nn.convert``'s width threshold decides (the report says "not measured"). ``layers="wide"``: that
+    threshold alone, nothing measured.
     """
     if keep_last_blocks < 0:
         raise ValueError(f"keep_last_blocks must be >= 0, got {keep_last_blocks}")
@@ -114,7 +117,11 @@ def make_clip_module_filter(
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
     size = None
-    if layers == "auto":
+    if layers == "wide":
+        from lowbit.nn.convert import default_filter
+
+        size = default_filter
+    elif layers == "auto":
         from lowbit.nn.convert import default_filter
 
         size = default_filter

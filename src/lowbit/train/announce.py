@@ -29,7 +29,7 @@ def announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, out
     precision = "bf16 autocast" if env.precision == "bf16" else env.precision
     print(
         f"lowbit train: {env.device_name}, {precision} | recipe {cfg.recipe} ({n_low}/{n_lin} linears), "
-        f"layers {tr.layers}, {fuse_choice(cfg, raw)} | {compile_choice(cfg, env, tr)} | {cfg.preset} ({tr.n_params:,} params) | "
+        f"layers {tr.layers}, {fuse_choice(cfg, tr)} | {compile_choice(cfg, env, tr)} | {cfg.preset} ({tr.n_params:,} params) | "
         f"{cfg.optimizer} lr {cfg.lr:g} | {cfg.steps} steps x {samples_per_step} | {cfg.data}"
         + (f" | {env.world_size} x {env.parallel}" if env.parallel else "")
         + (f" | accum {cfg.accum_steps}" if cfg.accum_steps > 1 else "") + f" | {out}",
@@ -60,12 +60,14 @@ def announce(cfg: TrainConfig, env: Env, tr: Trainer, samples_per_step: int, out
               "left out of the shards")
 
 
-def fuse_choice(cfg: TrainConfig, model: torch.nn.Module) -> str:
-    """``per-linear``, or with ``fuse`` how many MLPs and LayerNorms were fused (``convert_clip(fuse=True)``)."""
-    if not cfg.fuse:
-        return "per-linear (not fused)"
-    mlps, norms = fused_counts(model)
-    return f"fused ({mlps} MLPs, {norms} LayerNorms)"
+def fuse_choice(cfg: TrainConfig, tr: Trainer) -> str:
+    """``per-linear (why)``, or fused with how many MLPs and LayerNorms (``convert_clip(fuse=True)``) and why: the
+    trainer's ``resolve_fuse`` (a trainer built elsewhere: the config's own ``fuse``)."""
+    fused, why = tr.fuse if tr.fuse[1] else (cfg.fuse is True, f"fuse {str(cfg.fuse).lower()}")
+    if not fused:
+        return f"per-linear ({'not fused' if why == 'fuse false' else why})"
+    mlps, norms = fused_counts(tr.raw_model)
+    return f"fused ({mlps} MLPs, {norms} LayerNorms" + ("" if why == "fuse true" else f"; {why}") + ")"
 
 
 def compile_choice(cfg: TrainConfig, env: Env, tr: Trainer) -> str:

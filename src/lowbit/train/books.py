@@ -16,7 +16,7 @@ import torch
 from lowbit.atomic_io import atomic_write_text
 from lowbit.hardware import dense_bf16_peak_tflops, format_mfu, mfu, mfu_warning
 from lowbit.models.flops import clip_train_flops
-from lowbit.train.announce import compile_choice
+from lowbit.train.announce import compile_choice, fuse_choice
 from lowbit.train.checkpoint import (
     CHECKPOINT_NAME,
     DCP_NAME,
@@ -201,6 +201,7 @@ class _Run:
             "optimizer": cfg.optimizer,
             "precision": env.precision,
             "compiled": compile_choice(cfg, env, self.tr),  # what compile (auto by default) chose, and why
+            "fused": fuse_choice(cfg, self.tr),  # what fuse (auto by default) chose, and why
             "device": env.device_name,
             "world_size": env.world_size,
             "parallel": env.parallel or "none",

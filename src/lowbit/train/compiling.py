@@ -12,6 +12,14 @@ with ``reduce-overhead``, replicas checked) but the block-wise graphs are not ve
 replay would overwrite the cached micro-batch features; ``activations`` hooks inside the compiled blocks are not
 verified under CUDA graphs. ``compile: true`` compiles the whole model with ``compile_mode`` (all of
 ``build_trainer``'s checks); ``compile: false`` is eager.
+
+``fuse: auto`` (the default, :func:`resolve_fuse`) follows the compile choice: a compiled run of a recipe in SPEC
+§10's row-wise flow (fp8-switchback, switchback and their variants) converts fused — each block's LayerNorm → q/k/v
+and LayerNorm → MLP in the producers that write the 8-bit codes — since compiled with CUDA graphs that measured at
+least as fast as per linear at every CLIP width on an H100 (``--layers auto``, session 15: ViT-H/14 1.119x bf16
+fused, ViT-L/14 1.091x against 1.085x per linear, ViT-B/32 0.988x against 0.999x, within the 1% that two bf16-equal
+rows differ by: ``bench/results/h100/step-*-layers-auto.md``, ``step-vit-h-14-qkv-grad.md``). Eager runs convert
+per linear: there the fused blocks lost at ViT-L and ViT-B widths (``step-*-fused.md``).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ if TYPE_CHECKING:
     from lowbit.train.config import TrainConfig
     from lowbit.train.env import Env
 
-__all__ = ["AUTO_MODE", "CompileChoice", "compile_blocks", "resolve_compile"]
+__all__ = ["AUTO_MODE", "CompileChoice", "compile_blocks", "resolve_compile", "resolve_fuse"]
 
 AUTO_MODE = "reduce-overhead"  # compile auto's torch.compile mode: CUDA graphs
 
@@ -64,6 +72,22 @@ def resolve_compile(cfg: TrainConfig, env: Env) -> CompileChoice:
     if not hasattr(torch.compiler, "set_stance"):  # torch < 2.6: evaluation could not run the compiled blocks eager
         return CompileChoice(False, None, "none", f"auto: torch {torch.__version__} (the compiled path needs >= 2.6)")
     return CompileChoice(True, AUTO_MODE, "blocks", "auto: one GPU")
+
+
+def resolve_fuse(cfg: TrainConfig, choice: CompileChoice) -> tuple[bool, str]:
+    """``cfg.fuse`` (True, False or "auto") for this run's compile ``choice`` and recipe: (fuse, why)."""
+    if cfg.fuse is True or cfg.fuse is False:
+        return cfg.fuse, f"fuse {str(cfg.fuse).lower()}"
+    if not choice.compile:
+        return False, "auto: eager"
+    from lowbit.functional import RECIPES, row_flow
+
+    recipe = RECIPES.get(cfg.recipe)
+    if recipe is None or not recipe.quantized:
+        return False, f"auto: {cfg.recipe} is 16-bit"
+    if not row_flow(recipe):
+        return False, f"auto: {cfg.recipe} is outside the row-wise flow"
+    return True, "auto: compiled"
 
 
 def compile_blocks(model: torch.nn.Module, mode: str | None, backend: str | Callable[..., Any] = "inductor") -> None:

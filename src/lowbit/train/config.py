@@ -48,10 +48,13 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # CLIPConfig overrides, e.g. {"layer_scale_init": 0.0}
     recipe: str = "switchback"  # a lowbit.nn recipe, or "none" for plain nn.Linear
     keep_last_blocks: int = 0  # transformer blocks per tower kept 16-bit by the recipe filter
-    # clip: every block linear; auto: only those measured faster than bf16 (lowbit.models.LAYERS); default: auto on
-    # CUDA, clip elsewhere (the CPU has no speed to measure; it runs the recipes for their numerics)
+    # clip: every block linear; auto: only those measured faster than bf16; wide: only those >= 1280 wide (as
+    # lowbit.convert's default) (lowbit.models.LAYERS); default: auto on CUDA, clip elsewhere (the CPU has no speed to
+    # measure; it runs the recipes for their numerics)
     layers: str = "default"
-    fuse: bool = False  # each block's MLP one LowbitMLP and its LayerNorms fused with their consumers (convert_clip)
+    # each block's MLP one LowbitMLP and its LayerNorms fused with their consumers (convert_clip); auto: fused where
+    # the run is compiled and the recipe is in the row-wise flow, per linear elsewhere (compiling.resolve_fuse)
+    fuse: bool | str = "auto"
     # optimisation
     optimizer: str = "stableadamw"
     lr: float = 1e-3
@@ -153,8 +156,9 @@ class TrainConfig:
         _check("compiled_quantize", self.compiled_quantize, self.compiled_quantize == "kernel" or self.compile is True,
                "'kernel' unless compile is true (it chooses how a compiled model quantizes; pass --compile)")
         for name in ("monitor", "activations", "progress", "local_loss", "gather_with_grad",
-                     "fsdp_8bit_allgather", "overwrite", "fuse"):
+                     "fsdp_8bit_allgather", "overwrite"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
+        _check("fuse", self.fuse, self.fuse is True or self.fuse is False or self.fuse == "auto", "true, false or auto")
         _check(
             "local_loss",
             self.local_loss,

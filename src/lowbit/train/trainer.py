@@ -11,7 +11,7 @@ import torch
 
 from lowbit.models import CLIP, convert_clip, count_parameters
 from lowbit.train.checkpoint import set_rng_state
-from lowbit.train.compiling import CompileChoice, compile_blocks, resolve_compile
+from lowbit.train.compiling import CompileChoice, compile_blocks, resolve_compile, resolve_fuse
 from lowbit.train.config import CUDA_GRAPH_MODES, TrainConfig, resolve_layers
 from lowbit.train.distributed import load_dcp, load_full_into_fsdp, replicas_agree, shard_model
 from lowbit.train.env import Env
@@ -76,6 +76,7 @@ class Trainer:
     compiled: CompileChoice | None = None  # what build_trainer compiled (resolve_compile); None: built elsewhere
     notes: list[str] = field(default_factory=list)  # set-up notes, printed after the run's first line
     layers: str = "clip"  # which linears the recipe converted: clip or auto (resolve_layers of the config's choice)
+    fuse: tuple[bool, str] = (False, "")  # converted fused or per linear, and why (resolve_fuse of the config's choice)
 
     @property
     def replica_checks(self) -> int:
@@ -117,8 +118,10 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     # layers "auto": each block linear's shape timed on this device at this process's batch (lowbit.nn.autolayers);
     # every rank takes rank 0's timings so that all convert the same layers
     layers = resolve_layers(cfg.layers, env.device)
+    choice = resolve_compile(cfg, env)
+    fuse = resolve_fuse(cfg, choice)
     raw_model = convert_clip(raw_model, cfg.recipe, keep_last_blocks=cfg.keep_last_blocks, layers=layers,
-                             fuse=cfg.fuse, device=env.device, batch_size=cfg.batch_size,
+                             fuse=fuse[0], device=env.device, batch_size=cfg.batch_size,
                              ranks_agree=env.world_size > 1).to(env.device)
     fsdp8 = False
     notes: list[str] = [_layers_note(layers, raw_model)]  # printed after the run's first line
@@ -138,7 +141,6 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
     model: torch.nn.Module = raw_model
     if env.parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    choice = resolve_compile(cfg, env)
     graphs = choice.compile and choice.mode in CUDA_GRAPH_MODES and env.device.type == "cuda"
     if graphs and env.parallel == "fsdp" and env.world_size > 1:
         raise ValueError(f"compile_mode={cfg.compile_mode!r} (CUDA graphs) is not supported under FSDP with several "
@@ -153,7 +155,7 @@ def build_trainer(cfg: TrainConfig, env: Env, model_cfg: Any) -> Trainer:
         model=model, raw_model=raw_model, optimizer=optimizer, env=env, scheduler=scheduler, accum_steps=cfg.accum_steps,
         grad_clip=cfg.grad_clip, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, graphs=graphs,
         monitor=_monitor(cfg, raw_model, optimizer), act_monitor=act_monitor, n_params=n_params, fsdp8=fsdp8,
-        notes=[n for n in notes if n], compiled=choice, layers=layers,
+        notes=[n for n in notes if n], compiled=choice, layers=layers, fuse=fuse,
     )
     if tr.replica_checks:
         tr.notes.append(f"DDP with CUDA graphs: the ranks' parameters are compared after each of the first "
