@@ -770,6 +770,12 @@ JOBS: list[Job] = [
         "fp8-switchback:fused fp8-tensorwise --limit 110 --out $DIR", _renamed("train", "train-vit-h-14.md",
         "train-vit-h-14.json"), "551040b", 560, "issue #27 session 4, device calls 3-6",
         note="about 7 minutes on an H100: five runs of start-up, compile, autotuning, then 30 steps of ~0.28 s"),
+    Job("train-vit-h-14-defaults", "`lowbit train` per recipe with today's defaults (compile auto, --layers auto, fuse "
+        "auto: fused for the row-wise recipes), ViT-H/14 batch 96, synthetic data: the README's results table again",
+        f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 30 --recipe bf16 fp8-switchback switchback "
+        "fp8-tensorwise --limit 140 --out $DIR", _renamed("train", "train-vit-h-14-defaults.md",
+        "train-vit-h-14-defaults.json"), "", 580, "not measured yet",
+        note="--layers auto times each shape first (about a minute per recipe on an H100)"),
     Job("gpu-tests-timing", "the trainer's steady images/s against CUDA events and a synchronised wall clock "
         "(eager and compile auto, ViT-B/32 batch 64)", f"{PYTEST} -rf -s tests/train/test_timing_gpu.py",
         {"gpu-tests-timing.txt": "log"}, "551040b", 150, "issue #27 session 4, device calls 3-6"),
