@@ -2,7 +2,8 @@
 
 One step is ``lowbit train``'s own step function (``lowbit.train.step.train_step``) with the trainer's optimizer
 (``lowbit.train.trainer``'s parameter groups and optimizer): both towers forward, the contrastive loss (read back for
-the trainer's non-finite check), backward, the gradient norm, the optimizer step (StableAdamW, fused Triton
+the trainer's non-finite check), backward (the gradient norm only with clipping: a step of ``lowbit train`` that
+logs nothing takes none), the optimizer step (StableAdamW, fused Triton
 kernel on CUDA), ``logit_scale`` clamp. Under bf16 autocast on CUDA
 (fp32 on the CPU), with fp32 master weights, on random images and tokens already on the device (no data loader,
 so the numbers are the model's, not the input pipeline's). Every recipe of a preset runs at the same batch size.
