@@ -552,6 +552,20 @@ JOBS: list[Job] = [
         "converted both towers)", "python3 bench/probes/profile_step.py --preset vit-h-14 --batch-size 96 "
         "--compile blocks --layers wide --warmup 3 --steps 2 --top 45 bf16 fp8-switchback:fused",
         {"profile-step-vit-h-14-compiled-fused-wide.txt": "log"}, "", 240, "not measured yet"),
+    Job("model-profile-timm-vit-h-14-fused", "issue #29: why timm's fused ViT-H saves less per token than open_clip's "
+        "(session 14: 15.9 ms at b64 against 39 at b96): bf16 and fp8-switchback fused, blocks compiled without CUDA "
+        "graphs so that the profiler sees each kernel, GPU ms per kernel class and the top kernels",
+        f"{LOWBIT} bench model --model timm:vit_huge_patch14_clip_224 --batch-size 64 --recipe bf16 "
+        "fp8-switchback:fused --compile --no-anchors --profile --out $DIR",
+        {"model-profile-timm-vit-h-14-fused.log": "log",
+         **_renamed("model", "model-profile-timm-vit-h-14-fused.md", "model-profile-timm-vit-h-14-fused.json")},
+        "", 200, "not measured yet", needs="timm", note="carry .whl/ with timm"),
+    Job("model-profile-hf-clip-vit-h-14-fused", "issue #29: the same for Hugging Face CLIPModel at ViT-H widths (b64, "
+        "q/k/v packed, LayerNorms fused)", f"{LOWBIT} bench model --model 'hf:clip:{HF_CLIP_H}' --batch-size 64 "
+        "--recipe bf16 fp8-switchback:fused --compile --no-anchors --profile --out $DIR",
+        {"model-profile-hf-clip-vit-h-14-fused.log": "log",
+         **_renamed("model", "model-profile-hf-clip-vit-h-14-fused.md", "model-profile-hf-clip-vit-h-14-fused.json")},
+        "", 200, "not measured yet", note="transformers is in the device image"),
     Job("model-hf-siglip-so400m-cudagraphs-fused", "issue #29: Hugging Face SiglipModel at so400m widths (both towers "
         "1152 -> 4304, 27 layers; 224 px, text 64 tokens), batch 64, CUDA graphs: bf16, per linear and "
         "convert(fuse=True) (q/k/v packed with layer_norm1, SiglipMLP with layer_norm2), every linear converted "
