@@ -34,8 +34,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         # split along the packed dim first, then move heads: the backward stacks dq, dk, dv straight into the
-        # contiguous [b, n, 3c] gradient that the qkv linear's quantizer and wgrad both read (one write; splitting
-        # after a permute made inductor write it three times)
+        # contiguous [b, n, 3c] gradient that the qkv linear's quantizer and wgrad both read (one write; after a
+        # permute-first split inductor's CPU code wrote it three times, its CUDA code once)
         q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(b, n, 3, self.heads, self.head_dim).unbind(2))
         q, k = self.q_norm(q), self.k_norm(k)
         y = sdpa.attention(q, k, v, is_causal=self.causal)

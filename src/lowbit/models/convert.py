@@ -117,21 +117,17 @@ def make_clip_module_filter(
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
     size = None
-    if layers == "wide":
+    if layers in ("wide", "auto"):
         from lowbit.nn.convert import default_filter
 
         size = default_filter
-    elif layers == "auto":
-        from lowbit.nn.convert import default_filter
+    if layers == "auto" and recipe is not None and recipe != "none":
+        from lowbit.nn.autolayers import measured_filter
 
-        size = default_filter
-        if recipe is not None and recipe != "none":
-            from lowbit.nn.autolayers import measured_filter
-
-            towers = tokens or {}
-            size = measured_filter(recipe, lambda fqn: towers.get(fqn.split(".", 1)[0]),
-                                   device if device is not None else "cpu", measure=measure, cache_dir=cache_dir,
-                                   ranks_agree=ranks_agree)
+        towers = tokens or {}
+        size = measured_filter(recipe, lambda fqn: towers.get(fqn.split(".", 1)[0]),
+                               device if device is not None else "cpu", measure=measure, cache_dir=cache_dir,
+                               ranks_agree=ranks_agree)
     return _ClipFilter(keep_patch_embed, keep_projections, keep_last_blocks, depths, size)
 
 
