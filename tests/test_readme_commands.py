@@ -52,7 +52,8 @@ SKIPPED: dict[str, str] = {
         "creates a venv and installs from the network; its last command, `lowbit train`, runs above",
     'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[dev]" && pip install --no-deps -r tests/third-party.txt && python -m pytest -q':
         "creates a venv, installs from the network and runs the whole test suite (which this file is part of)",
-    "lowbit bench step --preset vit-h-14 --batch-size 96 --compile --cudagraphs --recipe bf16 fp8-switchback":
+    "lowbit bench step --preset vit-h-14 --batch-size 96 --compile --cudagraphs --layers auto --recipe bf16 "
+    "fp8-switchback:fused":
         "needs a GPU (--cudagraphs); the same command without --compile --cudagraphs at tiny size runs instead",
     "torchrun --nproc_per_node 2 -m lowbit train --preset vit-b-32 --batch-size 128 --parallel ddp  --out runs/ddp":
         "torchrun with 2 processes (GPUs); the 2-process paths have their CPU tests in tests/train",
@@ -261,10 +262,10 @@ def test_bench_linear_on_the_cpu_warns(workspace: Path) -> None:
 
 def test_bench_step_without_cuda_graphs(workspace: Path) -> None:
     """The README's `lowbit bench step ...` needs a GPU (--cudagraphs); its CPU twin at tiny size runs."""
-    proc = sh(workspace, "lowbit bench step --preset tiny --batch-size 4 --steps 1 --warmup 1 --recipe bf16 "
-                         "fp8-switchback --no-anchors --device cpu")  # fmt: skip
+    proc = sh(workspace, "lowbit bench step --preset tiny --batch-size 4 --steps 1 --warmup 1 --layers auto "
+                         "--recipe bf16 fp8-switchback:fused --no-anchors --device cpu")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "fp8-switchback" in proc.stdout
+    assert "fp8-switchback:fused" in proc.stdout
 
 
 # What the README's `lowbit bench model --model timm:...` imports: create_model giving a tiny ViT-like model

@@ -9,11 +9,12 @@ kernel on CUDA), ``logit_scale`` clamp. Under bf16 autocast on CUDA
 so the numbers are the model's, not the input pipeline's). Every recipe of a preset runs at the same batch size.
 
 * Recipes go through ``lowbit.models.convert_clip`` (``--layers clip``: every block linear, as ``lowbit train``
-  does; ``--layers auto``: as ``lowbit train --layers auto``, only the block linears whose recipe measures faster
+  does on the CPU; ``--layers auto``: as ``lowbit train`` on CUDA, only the block linears whose recipe measures faster
   than bf16 at their shape at this batch, timed on the device when the row's model is converted and cached per
   shape (``lowbit.nn.autolayers``; on the CPU and for the torchao anchors, ``lowbit.nn.convert``'s width
   threshold).
-  ``bf16`` / ``none`` are the plain ``nn.Linear`` model, the baseline of the ratios.
+  ``bf16`` / ``none`` are the plain ``nn.Linear`` model, the baseline of the ratios. A plain recipe name converts per
+  linear; ``RECIPE:fused`` as ``lowbit train`` does by default when compiled (``fuse: auto``).
 * When torchao is importable (and ``--no-anchors`` is not given), its float8 (tensorwise, rowwise) and int8
   mixed-precision training linears join the table as anchors, on the same layers.
 * ``--compile``: ``torch.compile`` of each transformer block (``--compile-scope blocks``, regional compilation:
