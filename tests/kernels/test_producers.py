@@ -161,6 +161,23 @@ def test_act_backward_quantize_kernel_against_float64(fmt: str, activation: str,
     assert torch.allclose(cs.double(), exact, rtol=0, atol=m * 2**-23 * float(out.double().abs().sum(0).max()))
 
 
+@pytest.mark.parametrize("config", [None, *CONFIGS])
+def test_column_sums_never_read_a_row_no_program_wrote(config: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The partials are allocated without a fill: each launched program writes its own row (programs without rows
+    write zeros; the two-pass path zeroes its row before adding to it) and only the launched rows are summed. With
+    the buffer full of NaN the sums are the same as with it full of zeros (None: the autotuned launch)."""
+    torch.manual_seed(4)
+    m, n = 9, 37  # 5 row blocks of 2 over 2-4 programs: runs of 2, 2, 1 and 0 blocks
+    a = (torch.randn(m, n) * 2).bfloat16().to(DEVICE)
+    dg = torch.randn(m, n).bfloat16().to(DEVICE)
+    kw = dict(want_out=True, colsum=True, out_dtype=torch.bfloat16, config=None if config is None else CONFIGS[config])
+    sums = []
+    for fill in (0.0, float("nan")):
+        monkeypatch.setattr(tp, "_colsum_partials", lambda r, c, d, fill=fill: torch.full((r, c), fill, device=d))
+        sums.append(tp.act_quantize(a, dg, "gelu", "e5m2", **kw)[3])
+    assert torch.isfinite(sums[0]).all() and torch.equal(sums[0], sums[1])
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_quantize_rows_colsum_is_the_row_quantizer_and_a_column_sum(fmt: str, config: str) -> None:

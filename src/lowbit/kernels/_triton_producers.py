@@ -138,6 +138,10 @@ def _act_quantize_kernel(
             acc2 = tl.zeros([P2], dtype=tl.float32)
         if P3 > 0:
             acc3 = tl.zeros([P3], dtype=tl.float32)
+    if COLSUM and not PIECES and not ONE_PASS:  # two passes add each row block's sums to the program's own row
+        for n0 in range(0, N, BLOCK_N):  # of partials in memory: it starts at zero (the host allocates it empty)
+            tl.store(colsum_ptr + pid * N + n0 + cols, tl.zeros([BLOCK_N], dtype=tl.float32), mask=n0 + cols < N)
+        tl.debug_barrier()  # the zeros are visible to every thread of the block before the first addition
     n_blocks = tl.cdiv(M, BLOCK_M)
     per = tl.cdiv(n_blocks, tl.num_programs(0))
     first = pid * per
@@ -350,9 +354,16 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
 # FastLaunch: Triton's autotuner, heuristics and binder once per call signature, then the launcher alone.
 _act_kernel_tuned = FastLaunch(triton.autotune(
     configs=_act_configs(), key=["N", "ACT", "BACKWARD", "WANT_OUT", "COLSUM", "FMT"],
-    prune_configs_by={"early_config_prune": _prune}, reset_to_zero=["colsum_ptr"],
+    prune_configs_by={"early_config_prune": _prune},
 )(triton.heuristics(_PIECE_HEURISTICS)(_act_quantize_kernel)))
 _act_kernel_fixed = FastLaunch(triton.heuristics(_PIECE_HEURISTICS)(_act_quantize_kernel))
+
+
+def _colsum_partials(rows: int, n: int, device: torch.device) -> torch.Tensor:
+    """The ``[rows, n]`` float32 column-sum partials, uninitialised: every launched program writes its own row
+    (the two-pass path zeroes it first) and only the launched programs' rows are summed, so no fill kernel runs
+    before each producer (tests fill it with NaN to check that)."""
+    return torch.empty((rows, n), dtype=torch.float32, device=device)
 
 
 def _colsum_programs(t: torch.Tensor) -> int:
@@ -377,14 +388,17 @@ def act_quantize(
     q = torch.empty((M, N), dtype=storage_dtype(fmt), device=dev)
     scale = torch.empty((M, 1), dtype=torch.float32, device=dev)
     cap = _colsum_programs(a)  # with colsum, at most this many programs (rows of partials)
-    partial = torch.zeros((cap, N) if colsum else (1,), dtype=torch.float32, device=dev)
+    partial = _colsum_partials(cap if colsum else 1, N if colsum else 1, dev)
     args = (a, dg if dg is not None else a, out, q.view(torch.uint8), scale, partial, M, N)
     meta = dict(ACT=ACT_CODES[activation] if activation is not None else 0, BACKWARD=dg is not None, WANT_OUT=want_out,
                 COLSUM=colsum, **_fmt_constants(fmt))
 
+    launched: list[int] = []  # each launch's program count (the autotuner's trials first, the kernel's launch last)
+
     def grid(m: dict) -> tuple[int]:
         programs = min(m["MAX_PROGRAMS"], cap) if colsum else m["MAX_PROGRAMS"]
-        return (max(1, min(programs, triton.cdiv(M, m["BLOCK_M"]))),)
+        launched.append(max(1, min(programs, triton.cdiv(M, m["BLOCK_M"]))))
+        return (launched[-1],)
 
     if config is not None:
         cfg = {"MAX_PROGRAMS": ONE_BLOCK_EACH, "STAGES": 1, "PIECES": False, "RELOAD": False, "BLOCK_N": 16,
@@ -399,5 +413,5 @@ def act_quantize(
         _act_kernel_fixed[grid(cfg)](*args, **meta, **cfg, num_warps=warps, **launch)
     else:
         _act_kernel_tuned[grid](*args, **meta)
-    # Programs past the grid left their partial rows zero: the sum over all rows is the sum over the grid's.
-    return out, q, scale, (partial.sum(0) if colsum else None)
+    # Every launched program wrote its own row (a program without rows: zeros); rows past the grid are not read.
+    return out, q, scale, (partial[: launched[-1]].sum(0) if colsum else None)
