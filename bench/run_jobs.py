@@ -146,6 +146,15 @@ def _step_layers_auto(preset: str, batch: int, limit: int, what: str) -> Job:
                _renamed("step", f"{name}.md", f"{name}.json"), "3d6979b", limit, SESSION15)
 
 
+def _train_vit_h(suffix: str, what: str, recipes: str, limit: int, timeout: int, commit: str, origin: str,
+                 note: str) -> Job:
+    """``lowbit bench train`` at ViT-H/14 batch 96, 30 steps a run, ``recipes`` one run each (``limit`` seconds a
+    run): ``train-vit-h-14<suffix>.md|json``."""
+    name = f"train-vit-h-14{suffix}"
+    return Job(name, what, f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 30 --recipe {recipes} --limit {limit} "
+               "--out $DIR", _renamed("train", f"{name}.md", f"{name}.json"), commit, timeout, origin, note=note)
+
+
 def _tc(stem: str) -> dict[str, str]:
     """``bench/probes/train_compile.py --out $DIR/tc`` writes ``tc/train_compile.md|json``."""
     return {f"{stem}.md": "tc/train_compile.md", f"{stem}.json": "tc/train_compile.json"}
@@ -778,18 +787,15 @@ JOBS: list[Job] = [
              "(36.8 vs 22.8 s) and the budget killed the compiled run after 98 s, before its first step was "
              "logged (call 3's took 74 s in all): the replica check has not yet run on GPUs",
         invalid=CLOCK + "; the loss and resume checks are unaffected"),
-    Job("train-vit-h-14", "`lowbit train` per recipe as a user runs it (default compile auto, synthetic data), "
-        "ViT-H/14 batch 96: steady images/s, MFU, data wait, peak memory from each summary.json",
-        f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 30 --recipe bf16 switchback fp8-switchback "
-        "fp8-switchback:fused fp8-tensorwise --limit 110 --out $DIR", _renamed("train", "train-vit-h-14.md",
-        "train-vit-h-14.json"), "551040b", 560, "issue #27 session 4, device calls 3-6",
-        note="about 7 minutes on an H100: five runs of start-up, compile, autotuning, then 30 steps of ~0.28 s"),
-    Job("train-vit-h-14-defaults", "`lowbit train` per recipe with today's defaults (compile auto, --layers auto, fuse "
-        "auto: fused for the row-wise recipes), ViT-H/14 batch 96, synthetic data: the README's results table again",
-        f"{TRAIN} --preset vit-h-14 --batch-size 96 --steps 30 --recipe bf16 fp8-switchback switchback "
-        "fp8-tensorwise --limit 140 --out $DIR", _renamed("train", "train-vit-h-14-defaults.md",
-        "train-vit-h-14-defaults.json"), "", 580, "not measured yet",
-        note="--layers auto times each shape first (about a minute per recipe on an H100)"),
+    _train_vit_h("", "`lowbit train` per recipe as a user runs it (default compile auto, synthetic data), ViT-H/14 "
+                 "batch 96: steady images/s, MFU, data wait, peak memory from each summary.json",
+                 "bf16 switchback fp8-switchback fp8-switchback:fused fp8-tensorwise", 110, 560, "551040b",
+                 "issue #27 session 4, device calls 3-6",
+                 "about 7 minutes on an H100: five runs of start-up, compile, autotuning, then 30 steps of ~0.28 s"),
+    _train_vit_h("-defaults", "`lowbit train` per recipe with today's defaults (compile auto, --layers auto, fuse "
+                 "auto: fused for the row-wise recipes), ViT-H/14 batch 96, synthetic data: the README's results table "
+                 "again", "bf16 fp8-switchback switchback fp8-tensorwise", 140, 580, "", "not measured yet",
+                 "--layers auto times each shape first (about a minute per recipe on an H100)"),
     Job("gpu-tests-timing", "the trainer's steady images/s against CUDA events and a synchronised wall clock "
         "(eager and compile auto, ViT-B/32 batch 64)", f"{PYTEST} -rf -s tests/train/test_timing_gpu.py",
         {"gpu-tests-timing.txt": "log"}, "551040b", 150, "issue #27 session 4, device calls 3-6"),
